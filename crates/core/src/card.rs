@@ -1,0 +1,322 @@
+//! Contact cards: an address plus a display name and hints on where to reach its owner, signed by the account.
+//!
+//! A card is shown as one link, `kith:<address>?card=<z-base-32>`, so anything that understands an address
+//! can take the part before `?`, and the whole link fits a QR code. The card body does not repeat the key:
+//! the address in front of it is the key the signature is checked against.
+//!
+//! Hints are how peers find each other until discovery through the DHT exists; they live behind the
+//! `Discovery` seam of the networking layer, so they stay one source among several later.
+
+use crate::address::{Address, AddressError, strip_scheme};
+use crate::identity::{AccountKey, AccountSecret, EndpointKey, Signature, domain_signed_bytes};
+use crate::zbase32;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Card format version carried in the body.
+pub const CARD_VERSION: u8 = 1;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+pub const MAX_DIRECT_ADDRS: usize = 8;
+pub const MAX_RELAYS: usize = 4;
+pub const MAX_RELAY_URL_LEN: usize = 256;
+/// Longest encoded card body in bytes; keeps the link inside one QR code.
+pub const MAX_CARD_BYTES: usize = 1200;
+
+/// Where the card's owner may be reached. All optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hints {
+    /// The QUIC endpoint the owner's device listens on.
+    pub endpoint: Option<EndpointKey>,
+    /// Direct UDP addresses of that endpoint.
+    pub direct: Vec<SocketAddr>,
+    /// Relay URLs through which the endpoint is reachable.
+    pub relays: Vec<String>,
+}
+
+/// A verified contact card. Constructed only by [`ContactCard::issue`] or by parsing, which checks the
+/// signature, so holding one means the account really said this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactCard {
+    account: AccountKey,
+    body: CardBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CardBody {
+    version: u8,
+    name: String,
+    hints: Hints,
+    /// Unix seconds; a newer card replaces an older one.
+    issued: u64,
+    signature: Signature,
+}
+
+/// What can be wrong with a card link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CardError {
+    #[error("{0}")]
+    Address(#[from] AddressError),
+    #[error("the link has no card part (`?card=`): it is an address, not a card")]
+    NotACard,
+    #[error("unknown part {0:?} in the card link: copy the link exactly as it was given")]
+    UnknownParameter(String),
+    #[error("character {ch:?} at position {pos} of the card part cannot appear in a card: the link was altered")]
+    InvalidChar { ch: char, pos: usize },
+    #[error("the card is truncated or damaged: copy the whole link")]
+    Malformed,
+    #[error("the card is {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("this card was made by a newer version of kith (card version {0}): update kith")]
+    UnsupportedVersion(u8),
+    #[error("the card's signature does not match its address: it was altered or forged, ask for it again")]
+    BadSignature,
+    #[error("invalid display name: {0}")]
+    InvalidName(&'static str),
+    #[error("the card has too many hints")]
+    TooManyHints,
+}
+
+/// Either a bare address or a full card, as a user may paste either to `kith add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedContact {
+    Address(Address),
+    Card(ContactCard),
+}
+
+impl ParsedContact {
+    /// Parses what a user pasted: an address or a card link.
+    pub fn parse(text: &str) -> Result<Self, CardError> {
+        let body = strip_scheme(text)?;
+        if body.contains('?') { Ok(Self::Card(text.parse()?)) } else { Ok(Self::Address(text.parse()?)) }
+    }
+
+    pub fn address(&self) -> Address {
+        match self {
+            Self::Address(a) => *a,
+            Self::Card(c) => c.address(),
+        }
+    }
+}
+
+/// Checks a display name: 1 to 64 characters, no control characters, not only spaces.
+pub fn check_name(name: &str) -> Result<(), CardError> {
+    if name.trim().is_empty() {
+        return Err(CardError::InvalidName("it is empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(CardError::InvalidName("it is longer than 64 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(CardError::InvalidName("it contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_hints(h: &Hints) -> Result<(), CardError> {
+    if h.direct.len() > MAX_DIRECT_ADDRS
+        || h.relays.len() > MAX_RELAYS
+        || h.relays.iter().any(|r| r.len() > MAX_RELAY_URL_LEN)
+    {
+        return Err(CardError::TooManyHints);
+    }
+    Ok(())
+}
+
+impl ContactCard {
+    const DOMAIN: &'static str = "kith contact-card v1";
+
+    fn signed_part(account: &AccountKey, version: u8, name: &str, hints: &Hints, issued: u64) -> Vec<u8> {
+        domain_signed_bytes(Self::DOMAIN, &(account, version, name, hints, issued))
+    }
+
+    /// Makes and signs a card.
+    pub fn issue(account: &AccountSecret, name: &str, hints: Hints, issued: u64) -> Result<Self, CardError> {
+        check_name(name)?;
+        check_hints(&hints)?;
+        let key = account.public();
+        let signature = account.sign(&Self::signed_part(&key, CARD_VERSION, name, &hints, issued));
+        let card = Self { account: key, body: CardBody { version: CARD_VERSION, name: name.to_owned(), hints, issued, signature } };
+        let len = card.encode_body().len();
+        if len > MAX_CARD_BYTES {
+            return Err(CardError::TooLarge { len, max: MAX_CARD_BYTES });
+        }
+        Ok(card)
+    }
+
+    pub fn account(&self) -> AccountKey {
+        self.account
+    }
+    pub fn address(&self) -> Address {
+        Address::new(self.account)
+    }
+    pub fn name(&self) -> &str {
+        &self.body.name
+    }
+    pub fn hints(&self) -> &Hints {
+        &self.body.hints
+    }
+    pub fn issued(&self) -> u64 {
+        self.body.issued
+    }
+
+    fn encode_body(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.body).unwrap_or_default()
+    }
+
+    /// The card as bytes (for storage and the wire): key followed by the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.account.as_bytes().to_vec();
+        out.extend(self.encode_body());
+        out
+    }
+
+    /// Parses and verifies bytes made by [`Self::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CardError> {
+        if bytes.len() < 32 {
+            return Err(CardError::Malformed);
+        }
+        let key: [u8; 32] = bytes[..32].try_into().map_err(|_| CardError::Malformed)?;
+        let account = AccountKey::from_bytes(key).map_err(|_| CardError::Address(AddressError::InvalidKey))?;
+        Self::from_body(account, &bytes[32..])
+    }
+
+    fn from_body(account: AccountKey, bytes: &[u8]) -> Result<Self, CardError> {
+        if bytes.len() > MAX_CARD_BYTES {
+            return Err(CardError::TooLarge { len: bytes.len(), max: MAX_CARD_BYTES });
+        }
+        // The version is the first byte of the postcard body (a u8 is encoded as itself).
+        match bytes.first() {
+            None => return Err(CardError::Malformed),
+            Some(&v) if v != CARD_VERSION => return Err(CardError::UnsupportedVersion(v)),
+            _ => {}
+        }
+        let body: CardBody = match postcard::take_from_bytes(bytes) {
+            Ok((body, [])) => body,
+            _ => return Err(CardError::Malformed),
+        };
+        check_name(&body.name)?;
+        check_hints(&body.hints)?;
+        let signed = Self::signed_part(&account, body.version, &body.name, &body.hints, body.issued);
+        account.verify(&signed, &body.signature).map_err(|_| CardError::BadSignature)?;
+        Ok(Self { account, body })
+    }
+
+    /// The card as one link: `kith:<address>?card=<z-base-32>`.
+    pub fn to_link(&self) -> String {
+        format!("{}?card={}", self.address(), zbase32::encode(&self.encode_body()))
+    }
+}
+
+impl std::str::FromStr for ContactCard {
+    type Err = CardError;
+    fn from_str(text: &str) -> Result<Self, CardError> {
+        let rest = strip_scheme(text)?;
+        let Some((addr, query)) = rest.split_once('?') else {
+            // Validate the address first so a typo there is reported as such.
+            Address::parse_body(rest)?;
+            return Err(CardError::NotACard);
+        };
+        let address = Address::parse_body(addr)?;
+        let encoded = match query.split_once('=') {
+            Some((k, v)) if k.eq_ignore_ascii_case("card") => v,
+            Some((k, _)) => return Err(CardError::UnknownParameter(k.chars().take(16).collect())),
+            None => return Err(CardError::UnknownParameter(query.chars().take(16).collect())),
+        };
+        let max_chars = (MAX_CARD_BYTES * 8).div_ceil(5);
+        if encoded.len() > max_chars {
+            return Err(CardError::TooLarge { len: encoded.len() * 5 / 8, max: MAX_CARD_BYTES });
+        }
+        let bytes = zbase32::decode(encoded).map_err(|e| match e {
+            zbase32::DecodeError::InvalidChar { ch, pos } => CardError::InvalidChar { ch, pos },
+            zbase32::DecodeError::TrailingBits => CardError::Malformed,
+        })?;
+        Self::from_body(address.account(), &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    fn secret(seed: u64) -> AccountSecret {
+        AccountSecret::generate(&mut StdRng::seed_from_u64(seed))
+    }
+
+    fn hints() -> Hints {
+        Hints {
+            endpoint: Some(EndpointKey::from_bytes(*secret(99).public().as_bytes()).unwrap()),
+            direct: vec!["127.0.0.1:4242".parse().unwrap()],
+            relays: vec!["https://relay.example/".into()],
+        }
+    }
+
+    #[test]
+    fn link_round_trip_any_case() {
+        let card = ContactCard::issue(&secret(1), "Alice Ö", hints(), 1_700_000_000).unwrap();
+        let link = card.to_link();
+        assert_eq!(link.parse::<ContactCard>().unwrap(), card);
+        assert_eq!(link.to_uppercase().parse::<ContactCard>().unwrap(), card);
+        assert_eq!(ContactCard::from_bytes(&card.to_bytes()).unwrap(), card);
+        assert_eq!(ParsedContact::parse(&link).unwrap(), ParsedContact::Card(card.clone()));
+        assert_eq!(ParsedContact::parse(&card.address().to_string()).unwrap(), ParsedContact::Address(card.address()));
+    }
+
+    #[test]
+    fn forged_and_damaged_cards_are_refused() {
+        let alice = ContactCard::issue(&secret(1), "Alice", hints(), 5).unwrap();
+        let mallory = ContactCard::issue(&secret(2), "Alice", hints(), 5).unwrap();
+        // Mallory's body under Alice's address: signature fails.
+        let (_, m_body) = mallory.to_link().split_once('?').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap();
+        let forged = format!("{}?{}", alice.address(), m_body);
+        assert_eq!(forged.parse::<ContactCard>(), Err(CardError::BadSignature));
+        let link = alice.to_link();
+        assert_eq!(link[..link.len() - 10].parse::<ContactCard>(), Err(CardError::Malformed));
+        assert!(matches!(format!("{link}!").parse::<ContactCard>(), Err(CardError::InvalidChar { ch: '!', .. })));
+        assert_eq!(alice.address().to_string().parse::<ContactCard>(), Err(CardError::NotACard));
+        assert!(matches!(link.replace("?card=", "?cart=").parse::<ContactCard>(), Err(CardError::UnknownParameter(_))));
+        assert!(matches!(ContactCard::issue(&secret(1), "", hints(), 5), Err(CardError::InvalidName(_))));
+        assert!(matches!(ContactCard::issue(&secret(1), "a\nb", hints(), 5), Err(CardError::InvalidName(_))));
+    }
+
+    #[test]
+    fn every_changed_character_in_the_card_is_caught() {
+        let link = ContactCard::issue(&secret(3), "Bob", hints(), 9).unwrap().to_link();
+        let start = link.find('=').unwrap() + 1;
+        for pos in start..link.len() {
+            let mut chars: Vec<char> = link.chars().collect();
+            chars[pos] = if chars[pos] == 'y' { 'n' } else { 'y' };
+            let s: String = chars.into_iter().collect();
+            assert!(s.parse::<ContactCard>().is_err(), "change at {pos} accepted");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(seed in any::<u64>(), name in "[a-zA-Z0-9 äöü]{1,64}", issued in any::<u64>(),
+                      port in any::<u16>(), n_relays in 0usize..4) {
+            prop_assume!(!name.trim().is_empty());
+            let h = Hints {
+                endpoint: None,
+                direct: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+                relays: (0..n_relays).map(|i| format!("https://r{i}.example/")).collect(),
+            };
+            let card = ContactCard::issue(&secret(seed), &name, h, issued).unwrap();
+            prop_assert_eq!(card.to_link().parse::<ContactCard>().unwrap(), card.clone());
+            prop_assert_eq!(ContactCard::from_bytes(&card.to_bytes()).unwrap(), card);
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500), s in "\\PC{0,300}") {
+            let _ = ContactCard::from_bytes(&bytes);
+            let _ = ParsedContact::parse(&s);
+            let _ = format!("kith:{}?card={s}", "y".repeat(56)).parse::<ContactCard>();
+            let addr = ContactCard::issue(&secret(1), "a", Hints::default(), 0).unwrap().address();
+            let _ = format!("{addr}?card={}", zbase32::encode(&bytes)).parse::<ContactCard>();
+            let lossy = String::from_utf8_lossy(&bytes);
+            let _ = ParsedContact::parse(&lossy);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Key roles and the certificates that link them.
+//!
+//! * [`AccountKey`]: the user. Its z-base-32 form is the address. Held by the user, never by a server.
+//! * [`DeviceKey`]: one installation, certified by the account in a [`DeviceCert`].
+//! * [`EndpointKey`]: the QUIC (iroh) key a device uses on the network, certified by the device in an
+//!   [`EndpointCert`] with a validity window. It is what relays and peers see before the hello.
+//!
+//! Each role is its own type so the compiler stops us from using a device key where an account key belongs.
+//! Secrets zeroize on drop and print as `Secret(..)`.
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An Ed25519 signature (64 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature(#[serde(with = "serde_sig")] pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+mod serde_sig {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: &[u8] = <&[u8]>::deserialize(d)?;
+        v.try_into().map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+    }
+}
+
+/// A signature did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("signature does not verify")]
+pub struct BadSignature;
+
+/// The bytes are not a valid Ed25519 public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid public key")]
+pub struct InvalidKey;
+
+macro_rules! public_key {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name([u8; 32]);
+
+        impl $name {
+            /// Checks that the bytes are a valid Ed25519 point and wraps them.
+            pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, InvalidKey> {
+                VerifyingKey::from_bytes(&bytes).map_err(|_| InvalidKey)?;
+                Ok(Self(bytes))
+            }
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+            /// Verifies `sig` over `msg` (strict: no malleable or small-order forms).
+            pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), BadSignature> {
+                let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
+                key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0)).map_err(|_| BadSignature)
+            }
+            /// A short, non-identifying-enough-to-matter prefix for debugging output.
+            pub fn short(&self) -> String {
+                format!("{:02x}{:02x}{:02x}", self.0[0], self.0[1], self.0[2])
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({}..)"), self.short())
+            }
+        }
+    };
+}
+
+public_key!(AccountKey, "The public key of an account: the user's identity.");
+public_key!(DeviceKey, "The public key of one device (installation) of an account.");
+public_key!(EndpointKey, "The public key of a QUIC endpoint (iroh `EndpointId`) used by a device.");
+
+macro_rules! secret_key {
+    ($name:ident, $public:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name(SigningKey);
+
+        impl $name {
+            pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                rng.fill_bytes(&mut bytes[..]);
+                Self(SigningKey::from_bytes(&bytes))
+            }
+            pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+                Self(SigningKey::from_bytes(bytes))
+            }
+            /// The secret seed; keep it in a `Zeroizing` and only write it to protected storage.
+            pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+                zeroize::Zeroizing::new(self.0.to_bytes())
+            }
+            pub fn public(&self) -> $public {
+                $public(self.0.verifying_key().to_bytes())
+            }
+            pub fn sign(&self, msg: &[u8]) -> Signature {
+                Signature(self.0.sign(msg).to_bytes())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("Secret(..)")
+            }
+        }
+    };
+}
+
+secret_key!(AccountSecret, AccountKey, "The secret key of an account. Zeroized on drop.");
+secret_key!(DeviceSecret, DeviceKey, "The secret key of a device. Zeroized on drop.");
+
+/// Builds the byte string that a certificate's signature covers: a domain label, then the fields.
+fn signed_bytes<T: Serialize>(domain: &str, fields: &T) -> Vec<u8> {
+    let mut out = domain.as_bytes().to_vec();
+    out.push(0);
+    // postcard serialization of plain data cannot fail.
+    out.extend(postcard::to_allocvec(fields).unwrap_or_default());
+    out
+}
+
+/// The account's statement "this device is mine".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCert {
+    pub account: AccountKey,
+    pub device: DeviceKey,
+    /// Unix seconds when it was made.
+    pub created: u64,
+    pub signature: Signature,
+}
+
+impl DeviceCert {
+    const DOMAIN: &'static str = "kith device-cert v1";
+
+    pub fn issue(account: &AccountSecret, device: DeviceKey, created: u64) -> Self {
+        let account_key = account.public();
+        let signature = account.sign(&signed_bytes(Self::DOMAIN, &(account_key, device, created)));
+        Self { account: account_key, device, created, signature }
+    }
+
+    /// Checks the account's signature.
+    pub fn verify(&self) -> Result<(), BadSignature> {
+        self.account.verify(&signed_bytes(Self::DOMAIN, &(self.account, self.device, self.created)), &self.signature)
+    }
+}
+
+/// The device's statement "this QUIC endpoint speaks for me between `not_before` and `not_after`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointCert {
+    pub device: DeviceKey,
+    pub endpoint: EndpointKey,
+    /// Unix seconds.
+    pub not_before: u64,
+    /// Unix seconds.
+    pub not_after: u64,
+    pub signature: Signature,
+}
+
+impl EndpointCert {
+    const DOMAIN: &'static str = "kith endpoint-cert v1";
+
+    pub fn issue(device: &DeviceSecret, endpoint: EndpointKey, not_before: u64, not_after: u64) -> Self {
+        let device_key = device.public();
+        let signature =
+            device.sign(&signed_bytes(Self::DOMAIN, &(device_key, endpoint, not_before, not_after)));
+        Self { device: device_key, endpoint, not_before, not_after, signature }
+    }
+
+    /// Checks the device's signature.
+    pub fn verify(&self) -> Result<(), BadSignature> {
+        self.device.verify(
+            &signed_bytes(Self::DOMAIN, &(self.device, self.endpoint, self.not_before, self.not_after)),
+            &self.signature,
+        )
+    }
+}
+
+pub(crate) fn domain_signed_bytes<T: Serialize>(domain: &str, fields: &T) -> Vec<u8> {
+    signed_bytes(domain, fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn certs_verify_and_detect_tampering() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let account = AccountSecret::generate(&mut rng);
+        let device = DeviceSecret::generate(&mut rng);
+        let mut cert = DeviceCert::issue(&account, device.public(), 100);
+        assert!(cert.verify().is_ok());
+        cert.created = 101;
+        assert_eq!(cert.verify(), Err(BadSignature));
+
+        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
+        let mut ecert = EndpointCert::issue(&device, endpoint, 10, 20);
+        assert!(ecert.verify().is_ok());
+        ecert.not_after = 2000;
+        assert_eq!(ecert.verify(), Err(BadSignature));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = AccountSecret::generate(&mut StdRng::seed_from_u64(2));
+        assert_eq!(format!("{s:?}"), "Secret(..)");
+    }
+}
