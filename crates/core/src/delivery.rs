@@ -192,7 +192,13 @@ impl Outbox {
         }
         let seq = self.queued.pop_first()?;
         let deadline = now.checked_add(self.rto).unwrap_or(now);
-        self.in_flight.insert(seq, InFlight { sent_at: now, deadline });
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                sent_at: now,
+                deadline,
+            },
+        );
         Some(seq)
     }
 
@@ -341,7 +347,10 @@ impl Inbox {
     pub fn restore(shown_upto: u64, stored_ahead: impl IntoIterator<Item = u64>) -> Self {
         let mut inbox = Self {
             shown_upto,
-            ahead: stored_ahead.into_iter().filter(|&s| s > shown_upto).collect(),
+            ahead: stored_ahead
+                .into_iter()
+                .filter(|&s| s > shown_upto)
+                .collect(),
         };
         inbox.advance();
         inbox
@@ -496,8 +505,15 @@ mod tests {
         let t1 = t0 + Duration::from_secs(2);
         ob.handle_timeout(t1);
         assert_eq!(ob.in_flight(), 1);
-        assert_eq!(ob.poll_transmit(t1), Some(1), "retransmit before newer seq 3");
-        assert_eq!(ob.poll_timeout(), Some(t0 + 10 * MS + Duration::from_secs(2)));
+        assert_eq!(
+            ob.poll_transmit(t1),
+            Some(1),
+            "retransmit before newer seq 3"
+        );
+        assert_eq!(
+            ob.poll_timeout(),
+            Some(t0 + 10 * MS + Duration::from_secs(2))
+        );
 
         // Seq 2 belongs to the same loss episode: no second doubling.
         let t2 = t0 + 10 * MS + Duration::from_secs(2);
@@ -557,7 +573,11 @@ mod tests {
         ob.enqueue(1, t0);
         assert!(ob.poll_dial(t0), "first dial is immediate");
         assert!(!ob.poll_dial(t0), "once per attempt");
-        assert_eq!(ob.poll_timeout(), None, "dial outcome is an event, not a timer");
+        assert_eq!(
+            ob.poll_timeout(),
+            None,
+            "dial outcome is an event, not a timer"
+        );
 
         ob.dial_failed(t0);
         assert_eq!(ob.poll_timeout(), Some(t0 + 250 * MS));

@@ -27,11 +27,20 @@ enum Ev {
     /// The application persists message `seq` and hands it to the outbox.
     Enqueue(u64),
     /// Data frame towards the receiver, sent on connection `conn`.
-    Frame { conn: u64, seq: u64 },
+    Frame {
+        conn: u64,
+        seq: u64,
+    },
     /// Receipt towards the sender, sent on connection `conn`.
-    Ack { conn: u64, seqs: Vec<u64> },
+    Ack {
+        conn: u64,
+        seqs: Vec<u64>,
+    },
     /// Outcome of a dial started by the sender incarnation `epoch`.
-    DialDone { epoch: u64, ok: bool },
+    DialDone {
+        epoch: u64,
+        ok: bool,
+    },
     LinkDown,
     ReceiverCrash,
     SenderCrash,
@@ -62,8 +71,38 @@ impl Ord for Scheduled {
     }
 }
 
+/// What a run exercised; summed over seeds and checked so the simulation
+/// cannot silently degrade into a happy-path test.
+#[derive(Debug, Default)]
+struct Stats {
+    flaps: u64,
+    rx_crashes: u64,
+    restore_revealed: u64,
+    tx_crashes: u64,
+    dial_failures: u64,
+    retransmissions: u64,
+    duplicates: u64,
+    held_behind_gap: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.flaps += o.flaps;
+        self.rx_crashes += o.rx_crashes;
+        self.restore_revealed += o.restore_revealed;
+        self.tx_crashes += o.tx_crashes;
+        self.dial_failures += o.dial_failures;
+        self.retransmissions += o.retransmissions;
+        self.duplicates += o.duplicates;
+        self.held_behind_gap += o.held_behind_gap;
+    }
+}
+
 struct Sim {
     seed: u64,
+    stats: Stats,
+    /// Per seq: has the sender transmitted it before (to count retransmissions).
+    transmitted: Vec<bool>,
     rng: StdRng,
     base: Instant,
     /// Virtual time since `base`.
@@ -107,10 +146,19 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = rng.random_range(20..=100u64);
-        let window = if rng.random_bool(0.5) { rng.random_range(1..=16) } else { 256 };
-        let config = OutboxConfig { window, ..OutboxConfig::default() };
+        let window = if rng.random_bool(0.5) {
+            rng.random_range(1..=16)
+        } else {
+            256
+        };
+        let config = OutboxConfig {
+            window,
+            ..OutboxConfig::default()
+        };
         Self {
             seed,
+            stats: Stats::default(),
+            transmitted: vec![false; n as usize + 1],
             n,
             drop_p: rng.random_range(0.0..0.3),
             dup_p: rng.random_range(0.0..0.2),
@@ -144,7 +192,11 @@ impl Sim {
 
     fn schedule(&mut self, after: Duration, ev: Ev) {
         self.next_id += 1;
-        self.queue.push(Scheduled { at: self.t + after, id: self.next_id, ev });
+        self.queue.push(Scheduled {
+            at: self.t + after,
+            id: self.next_id,
+            ev,
+        });
     }
 
     /// Schedules the next chaos event of a kind, roughly `mean_ms` apart.
@@ -161,7 +213,11 @@ impl Sim {
         if self.rng.random_bool(self.drop_p) {
             return;
         }
-        let copies = if self.rng.random_bool(self.dup_p) { 2 } else { 1 };
+        let copies = if self.rng.random_bool(self.dup_p) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = Duration::from_millis(self.rng.random_range(1..=200));
             self.schedule(delay, make());
@@ -170,6 +226,7 @@ impl Sim {
 
     fn link_down(&mut self) {
         if self.link.take().is_some() {
+            self.stats.flaps += 1;
             let now = self.now();
             self.outbox.disconnected(now);
         }
@@ -177,17 +234,28 @@ impl Sim {
 
     fn show(&mut self, seq: u64) {
         let seed = self.seed;
-        assert_eq!(seq, self.visible.len() as u64 + 1, "seed {seed}: shown out of order");
-        assert!(self.rx_stored.contains(&seq), "seed {seed}: shown {seq} before it was stored");
+        assert_eq!(
+            seq,
+            self.visible.len() as u64 + 1,
+            "seed {seed}: shown out of order"
+        );
+        assert!(
+            self.rx_stored.contains(&seq),
+            "seed {seed}: shown {seq} before it was stored"
+        );
         self.visible.push(seq);
     }
 
     fn receiver_crash(&mut self) {
+        self.stats.rx_crashes += 1;
         let restored_from = self.rx_shown_upto;
-        self.inbox =
-            Inbox::restore(restored_from, self.rx_stored.range(restored_from + 1..).copied());
+        self.inbox = Inbox::restore(
+            restored_from,
+            self.rx_stored.range(restored_from + 1..).copied(),
+        );
         // Restore may reveal stored seqs that were contiguous when we crashed.
         for seq in restored_from + 1..=self.inbox.shown_upto() {
+            self.stats.restore_revealed += 1;
             self.show(seq);
         }
         self.rx_shown_upto = self.inbox.shown_upto();
@@ -196,13 +264,15 @@ impl Sim {
 
     fn sender_crash(&mut self) {
         self.sender_epoch += 1;
+        self.stats.tx_crashes += 1;
         // The process is gone: its connection with it. The new Outbox starts
         // disconnected, so there is nobody to notify.
         self.link = None;
         self.outbox = Outbox::new(self.config.clone());
         let now = self.now();
-        let mut undelivered: Vec<u64> =
-            (1..=self.created).filter(|&s| !self.delivered[s as usize]).collect();
+        let mut undelivered: Vec<u64> = (1..=self.created)
+            .filter(|&s| !self.delivered[s as usize])
+            .collect();
         undelivered.shuffle(&mut self.rng);
         for seq in undelivered {
             self.outbox.enqueue(seq, now);
@@ -223,29 +293,47 @@ impl Sim {
                     self.receiver_crash();
                     return;
                 }
-                for shown in self.inbox.stored(seq) {
-                    self.show(shown);
+                let shown = self.inbox.stored(seq);
+                if shown.is_empty() {
+                    self.stats.held_behind_gap += 1;
+                }
+                for seq in shown {
+                    self.show(seq);
                 }
                 self.rx_shown_upto = self.inbox.shown_upto();
                 self.send_ack(conn, seq);
             }
             Offer::Duplicate => {
-                assert!(self.rx_stored.contains(&seq), "seed {seed}: Duplicate for unstored {seq}");
+                self.stats.duplicates += 1;
+                assert!(
+                    self.rx_stored.contains(&seq),
+                    "seed {seed}: Duplicate for unstored {seq}"
+                );
                 self.send_ack(conn, seq);
             }
             other => panic!("seed {seed}: unexpected {other:?} for seq {seq}"),
         }
-        assert!(self.inbox.held() <= MAX_AHEAD as usize, "seed {seed}: held unbounded");
+        assert!(
+            self.inbox.held() <= MAX_AHEAD as usize,
+            "seed {seed}: held unbounded"
+        );
     }
 
     fn send_ack(&mut self, conn: u64, seq: u64) {
         let mut seqs = vec![seq];
         // Garbage from the peer must be ignored.
         if self.rng.random_bool(0.05) {
-            let bogus = if self.rng.random_bool(0.5) { 0 } else { self.n + self.rng.random_range(1..1000) };
+            let bogus = if self.rng.random_bool(0.5) {
+                0
+            } else {
+                self.n + self.rng.random_range(1..1000)
+            };
             seqs.push(bogus);
         }
-        self.transmit(|| Ev::Ack { conn, seqs: seqs.clone() });
+        self.transmit(|| Ev::Ack {
+            conn,
+            seqs: seqs.clone(),
+        });
     }
 
     fn on_ack(&mut self, conn: u64, seqs: &[u64]) {
@@ -255,9 +343,18 @@ impl Sim {
         }
         let now = self.now();
         for seq in self.outbox.receipt(seqs, now) {
-            assert!((1..=self.created).contains(&seq), "seed {seed}: delivered unknown {seq}");
-            assert!(!self.delivered[seq as usize], "seed {seed}: {seq} delivered twice");
-            assert!(self.rx_stored.contains(&seq), "seed {seed}: {seq} acked but not stored");
+            assert!(
+                (1..=self.created).contains(&seq),
+                "seed {seed}: delivered unknown {seq}"
+            );
+            assert!(
+                !self.delivered[seq as usize],
+                "seed {seed}: {seq} delivered twice"
+            );
+            assert!(
+                self.rx_stored.contains(&seq),
+                "seed {seed}: {seq} acked but not stored"
+            );
             self.delivered[seq as usize] = true;
         }
     }
@@ -271,11 +368,26 @@ impl Sim {
             assert!(self.link.is_none(), "seed {seed}: dial while connected");
             let ok = self.rng.random_bool(self.dial_ok_p);
             let delay = Duration::from_millis(self.rng.random_range(5..=300));
-            self.schedule(delay, Ev::DialDone { epoch: self.sender_epoch, ok });
+            self.schedule(
+                delay,
+                Ev::DialDone {
+                    epoch: self.sender_epoch,
+                    ok,
+                },
+            );
         }
         while let Some(seq) = self.outbox.poll_transmit(now) {
-            assert!((1..=self.created).contains(&seq), "seed {seed}: transmit unknown {seq}");
-            assert!(!self.delivered[seq as usize], "seed {seed}: transmit delivered {seq}");
+            assert!(
+                (1..=self.created).contains(&seq),
+                "seed {seed}: transmit unknown {seq}"
+            );
+            assert!(
+                !self.delivered[seq as usize],
+                "seed {seed}: transmit delivered {seq}"
+            );
+            if std::mem::replace(&mut self.transmitted[seq as usize], true) {
+                self.stats.retransmissions += 1;
+            }
             let Some(conn) = self.link else {
                 panic!("seed {seed}: transmit {seq} while disconnected");
             };
@@ -286,7 +398,10 @@ impl Sim {
             "seed {seed}: window exceeded"
         );
         if let Some(at) = self.outbox.poll_timeout() {
-            assert!(at > now, "seed {seed}: timer {at:?} not in the future of {now:?}");
+            assert!(
+                at > now,
+                "seed {seed}: timer {at:?} not in the future of {now:?}"
+            );
         }
     }
 
@@ -294,10 +409,18 @@ impl Sim {
         self.created == self.n && self.outbox.is_idle()
     }
 
-    fn run(mut self) {
+    fn run(mut self) -> Stats {
         let seed = self.seed;
-        // Messages appear at random times during the first 30 s.
-        let mut times: Vec<u64> = (0..self.n).map(|_| self.rng.random_range(0..30_000)).collect();
+        // Messages appear at random times; a short spread means bursts that
+        // fill the window and reorder heavily, a long one means trickles.
+        let spread_ms = if self.rng.random_bool(0.3) {
+            100
+        } else {
+            30_000
+        };
+        let mut times: Vec<u64> = (0..self.n)
+            .map(|_| self.rng.random_range(0..spread_ms))
+            .collect();
         times.sort_unstable();
         for (i, ms) in times.into_iter().enumerate() {
             self.schedule(Duration::from_millis(ms), Ev::Enqueue(i as u64 + 1));
@@ -309,8 +432,15 @@ impl Sim {
         let mut steps = 0u64;
         while !self.done() {
             steps += 1;
-            assert!(steps <= MAX_STEPS, "seed {seed}: no termination after {steps} steps");
-            assert!(self.t <= MAX_TIME, "seed {seed}: no termination by {:?}", self.t);
+            assert!(
+                steps <= MAX_STEPS,
+                "seed {seed}: no termination after {steps} steps"
+            );
+            assert!(
+                self.t <= MAX_TIME,
+                "seed {seed}: no termination by {:?}",
+                self.t
+            );
 
             let timer = self.outbox.poll_timeout().map(|at| at - self.base);
             let next_ev = self.queue.peek().map(|s| s.at);
@@ -329,7 +459,9 @@ impl Sim {
                 }
                 _ => {}
             }
-            let Some(Scheduled { at, ev, .. }) = self.queue.pop() else { unreachable!() };
+            let Some(Scheduled { at, ev, .. }) = self.queue.pop() else {
+                unreachable!()
+            };
             self.t = at;
             let now = self.now();
             match ev {
@@ -348,6 +480,7 @@ impl Sim {
                             self.link = Some(self.next_conn);
                             self.outbox.connected(now);
                         } else {
+                            self.stats.dial_failures += 1;
                             self.outbox.dial_failed(now);
                         }
                     }
@@ -369,20 +502,50 @@ impl Sim {
         }
 
         let expected: Vec<u64> = (1..=self.n).collect();
-        assert_eq!(self.visible, expected, "seed {seed}: receiver must show 1..=N exactly once, in order");
+        assert_eq!(
+            self.visible, expected,
+            "seed {seed}: receiver must show 1..=N exactly once, in order"
+        );
         assert_eq!(self.inbox.shown_upto(), self.n, "seed {seed}: shown_upto");
         assert_eq!(self.inbox.held(), 0, "seed {seed}: nothing held at the end");
         assert!(
             self.delivered[1..].iter().all(|&d| d),
             "seed {seed}: every message must be marked delivered at the sender"
         );
+        self.stats
     }
 }
 
 fn run_seeds(seeds: std::ops::Range<u64>) {
+    let range = seeds.clone();
+    let mut total = Stats::default();
     for seed in seeds {
-        Sim::new(seed).run();
+        total.add(&Sim::new(seed).run());
     }
+    // Every fault the simulation claims to inject must actually have happened.
+    let Stats {
+        flaps,
+        rx_crashes,
+        restore_revealed,
+        tx_crashes,
+        dial_failures,
+        retransmissions,
+        duplicates,
+        held_behind_gap,
+    } = total;
+    for (what, count) in [
+        ("link flaps", flaps),
+        ("receiver crashes", rx_crashes),
+        ("restores revealing stored seqs", restore_revealed),
+        ("sender crashes", tx_crashes),
+        ("dial failures", dial_failures),
+        ("retransmissions", retransmissions),
+        ("duplicate offers", duplicates),
+        ("messages held behind a gap", held_behind_gap),
+    ] {
+        assert!(count > 0, "seeds {range:?}: no {what} were exercised");
+    }
+    eprintln!("seeds {range:?}: {total:?}");
 }
 
 // Split so the test runner can use several cores; together: seeds 0..1000.
@@ -425,6 +588,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
+    // Integration tests have no lib.rs for proptest to persist failures next
+    // to; a failing case is printed (and shrunk) instead.
+    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
     #[test]
     fn inbox_never_shows_twice_or_out_of_order(ops in prop::collection::vec(op(), 0..200)) {
         let mut inbox = Inbox::new();

@@ -1,1 +1,138 @@
-pub fn x(){}
+//! kith-net: the networking driver. It turns an iroh QUIC endpoint into authenticated kith sessions.
+//!
+//! What it does: binds an iroh endpoint with kith's settings (ALPN `kith/1`, n0's default relays and
+//! address lookup OFF, no port mapping, loopback unless told otherwise), dials a peer through the
+//! [`Discovery`] seam, runs the hello exchange on the first bidirectional stream and hands back a
+//! [`Session`] whose peer proved the chain account -> device -> endpoint. A peer that cannot prove it is
+//! dropped with the reason in the log and in the QUIC close frame.
+//!
+//! What it does not do: decide what to send (that is `kith-node`), parse frames (that is `kith-core::wire`)
+//! or find addresses itself: [`Discovery`] answers "where might this account be?". Today the answer comes
+//! from contact-card hints; the DHT plugs in behind the same trait.
+//!
+//! Call contract: [`Net::bind`], then loop on [`Net::accept`] in one task and call [`Net::dial`] as needed;
+//! each [`Session`] is split into a [`SessionReader`] and a [`SessionWriter`] for two tasks.
+#![forbid(unsafe_code)]
+
+mod discovery;
+mod session;
+
+pub use discovery::{BoxFuture, Discovery, StaticDiscovery};
+pub use session::{PathKind, Session, SessionError, SessionReader, SessionWriter};
+
+use iroh::endpoint::{PortmapperConfig, presets};
+use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};
+use kith_core::hello::Hello;
+use kith_core::{AccountKey, EndpointKey};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The QUIC ALPN of kith's control protocol.
+pub const ALPN: &[u8] = b"kith/1";
+/// How long the hello exchange may take before the connection is dropped.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of [`Net::bind`].
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot use {addr} as the listen address: {reason}")]
+    BadAddress { addr: SocketAddr, reason: String },
+    #[error("cannot open the network endpoint: {0} (is the port already in use by another program?)")]
+    Endpoint(String),
+}
+
+/// Errors of [`Net::dial`].
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("no known way to reach this contact yet (no endpoint in their card): ask for their current card")]
+    NoRoute,
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("connection attempt timed out")]
+    Timeout,
+    #[error("handshake failed: {0}")]
+    Session(#[from] SessionError),
+}
+
+/// A bound endpoint.
+#[derive(Clone)]
+pub struct Net {
+    endpoint: Endpoint,
+    discovery: Arc<dyn Discovery>,
+}
+
+impl Net {
+    /// Binds the endpoint. `bind` is a UDP socket address; port 0 picks a free one.
+    pub async fn bind(secret: [u8; 32], bind: SocketAddr, discovery: Arc<dyn Discovery>) -> Result<Self, BindError> {
+        let builder = Endpoint::builder(presets::Minimal)
+            .secret_key(SecretKey::from_bytes(&secret))
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .portmapper_config(PortmapperConfig::Disabled)
+            .clear_ip_transports()
+            .bind_addr(bind)
+            .map_err(|e| BindError::BadAddress { addr: bind, reason: e.to_string() })?;
+        let endpoint = builder.bind().await.map_err(|e| BindError::Endpoint(e.to_string()))?;
+        Ok(Self { endpoint, discovery })
+    }
+
+    /// The endpoint key peers see on the QUIC layer.
+    pub fn endpoint_key(&self) -> EndpointKey {
+        EndpointKey::from_bytes(*self.endpoint.id().as_bytes()).expect("iroh ids are valid ed25519 keys")
+    }
+
+    /// The local UDP addresses the endpoint is bound to.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
+
+    /// Dials `account` using every hint the discovery knows, sends `hello` and verifies the peer's.
+    pub async fn dial(&self, account: AccountKey, hello: &Hello, now_unix: u64) -> Result<Session, DialError> {
+        let hints = self.discovery.resolve(account).await;
+        let mut last = DialError::NoRoute;
+        for hint in hints {
+            let Some(endpoint) = hint.endpoint else { continue };
+            let Ok(id) = iroh::EndpointId::from_bytes(endpoint.as_bytes()) else { continue };
+            let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
+            let relays = hint.relays.iter().filter_map(|r| r.parse().ok()).map(TransportAddr::Relay);
+            let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+            let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    last = DialError::Connect(e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    last = DialError::Timeout;
+                    continue;
+                }
+            };
+            return Ok(Session::handshake_dialer(conn, account, hello, now_unix).await?);
+        }
+        Err(last)
+    }
+
+    /// Waits for the next incoming connection and runs the hello exchange. Returns `None` once the endpoint
+    /// is closed. A failed handshake is logged and skipped, so callers simply loop.
+    pub async fn accept(&self, hello: &Hello, now_unix: impl Fn() -> u64) -> Option<Result<Session, SessionError>> {
+        let incoming = self.endpoint.accept().await?;
+        let conn = match incoming.accept() {
+            Ok(accepting) => match tokio::time::timeout(HELLO_TIMEOUT, accepting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Some(Err(SessionError::Connection(e.to_string()))),
+                Err(_) => return Some(Err(SessionError::Timeout)),
+            },
+            Err(e) => return Some(Err(SessionError::Connection(e.to_string()))),
+        };
+        Some(Session::handshake_acceptor(conn, hello, now_unix()).await)
+    }
+
+    /// Closes the endpoint and every connection on it.
+    pub async fn close(&self) {
+        self.endpoint.close().await;
+    }
+}

@@ -1,1 +1,505 @@
+//! kith-store: one SQLite file per profile holding contacts, contact requests and message history.
+//!
+//! What it is: a thin, typed layer over `rusqlite` (bundled SQLite, WAL, `synchronous=FULL` so a message
+//! acknowledged to a peer survives a crash of the process or the machine) with schema migrations keyed on
+//! `PRAGMA user_version`.
+//!
+//! What it does not do: decide anything. The delivery state machines in `kith-core` decide what to store
+//! and when; this crate makes it durable. Every write that a protocol step depends on is one transaction.
+//!
+//! Message states: outgoing `queued` (in the outbox, not yet on the wire) -> `sent` (written to a
+//! connection) -> `delivered` (the peer stored it and said so); incoming `held` (stored, waiting for an
+//! earlier message of the same sender) -> `received` (shown, with its place in the chat: `shown_idx`).
+#![forbid(unsafe_code)]
 
+use kith_core::{AccountKey, ContactCard, DeviceKey};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the name {0:?} is already used by another contact: choose another with --name")]
+    NameTaken(String),
+    #[error("no contact named {0:?}: `kith contacts` lists them")]
+    UnknownContact(String),
+    #[error("no contact request from {0:?}: `kith requests` lists them")]
+    UnknownRequest(String),
+    #[error("the profile database was made by a newer kith (schema {0}): update kith")]
+    TooNew(i64),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Relationship to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Contact,
+    Request,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Peer {
+    #[serde(skip)]
+    pub account: AccountKey,
+    pub state: PeerState,
+    /// Our local name for a contact (None for a request).
+    pub petname: Option<String>,
+    /// The name their card gives.
+    pub display_name: Option<String>,
+    #[serde(skip)]
+    pub card: Option<ContactCard>,
+    pub added_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    Queued,
+    Sent,
+    Delivered,
+    Held,
+    Received,
+}
+
+impl MessageState {
+    fn parse(s: &str) -> Self {
+        match s {
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "held" => Self::Held,
+            "received" => Self::Received,
+            _ => Self::Queued,
+        }
+    }
+}
+
+/// One message of a chat, as shown to the user.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    pub outgoing: bool,
+    pub seq: u64,
+    pub id: String,
+    pub text: String,
+    pub sent_at_ms: i64,
+    pub received_at_ms: Option<i64>,
+    pub delivered_at_ms: Option<i64>,
+    pub state: MessageState,
+}
+
+/// An outgoing message loaded for transmission.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: u64,
+    pub id: [u8; 16],
+    pub text: String,
+    pub sent_at_ms: u64,
+}
+
+/// An incoming message to store.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub seq: u64,
+    pub id: [u8; 16],
+    pub text: &'a str,
+    pub sent_at_ms: u64,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE peers (
+    account       BLOB PRIMARY KEY,
+    state         TEXT NOT NULL,
+    petname       TEXT UNIQUE,
+    display_name  TEXT,
+    card          BLOB,
+    card_issued   INTEGER,
+    added_at_ms   INTEGER NOT NULL,
+    last_seen_ms  INTEGER
+);
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY,
+    peer            BLOB NOT NULL,
+    outgoing        INTEGER NOT NULL,
+    device          BLOB NOT NULL,
+    seq             INTEGER NOT NULL,
+    msg_id          BLOB NOT NULL,
+    body            TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    received_at_ms  INTEGER,
+    delivered_at_ms INTEGER,
+    state           TEXT NOT NULL,
+    shown_idx       INTEGER,
+    UNIQUE (peer, outgoing, device, seq)
+);
+CREATE INDEX messages_pending ON messages (outgoing, state, peer);
+CREATE INDEX messages_chat ON messages (peer, shown_idx);
+";
+
+fn key_of(blob: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
+    blob.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "key".into(), rusqlite::types::Type::Blob))
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew(version));
+        }
+        if version < 1 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+        }
+        Ok(Self { conn })
+    }
+
+    fn peer_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
+        let account = key_of(row.get(0)?)?;
+        let card: Option<Vec<u8>> = row.get(4)?;
+        Ok(Peer {
+            account: AccountKey::from_bytes(account)
+                .map_err(|_| rusqlite::Error::InvalidColumnType(0, "account".into(), rusqlite::types::Type::Blob))?,
+            state: if row.get::<_, String>(1)? == "contact" { PeerState::Contact } else { PeerState::Request },
+            petname: row.get(2)?,
+            display_name: row.get(3)?,
+            card: card.and_then(|c| ContactCard::from_bytes(&c).ok()),
+            added_at_ms: row.get(5)?,
+            last_seen_ms: row.get(6)?,
+        })
+    }
+
+    const PEER_COLS: &'static str = "account, state, petname, display_name, card, added_at_ms, last_seen_ms";
+
+    pub fn peer(&self, account: &AccountKey) -> Result<Option<Peer>> {
+        let sql = format!("SELECT {} FROM peers WHERE account = ?1", Self::PEER_COLS);
+        Ok(self.conn.query_row(&sql, params![account.as_bytes()], Self::peer_from_row).optional()?)
+    }
+
+    pub fn contact_by_name(&self, name: &str) -> Result<Peer> {
+        let sql = format!("SELECT {} FROM peers WHERE state = 'contact' AND petname = ?1", Self::PEER_COLS);
+        self.conn
+            .query_row(&sql, params![name], Self::peer_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownContact(name.to_owned()))
+    }
+
+    fn list(&self, state: &str) -> Result<Vec<Peer>> {
+        let sql = format!("SELECT {} FROM peers WHERE state = ?1 ORDER BY petname, added_at_ms", Self::PEER_COLS);
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![state], Self::peer_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn contacts(&self) -> Result<Vec<Peer>> {
+        self.list("contact")
+    }
+
+    pub fn requests(&self) -> Result<Vec<Peer>> {
+        self.list("request")
+    }
+
+    /// Adds a contact, or turns a request into one, or updates the card of an existing contact.
+    pub fn add_contact(&self, account: &AccountKey, petname: &str, card: Option<&ContactCard>, now_ms: i64) -> Result<()> {
+        if let Some(other) = self.conn
+            .query_row("SELECT account FROM peers WHERE petname = ?1", params![petname], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            && other != account.as_bytes()
+        {
+            return Err(StoreError::NameTaken(petname.to_owned()));
+        }
+        self.conn.execute(
+            "INSERT INTO peers (account, state, petname, added_at_ms) VALUES (?1, 'contact', ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET state = 'contact', petname = ?2",
+            params![account.as_bytes(), petname, now_ms],
+        )?;
+        if let Some(card) = card {
+            self.update_card(card)?;
+        }
+        Ok(())
+    }
+
+    /// Records a card if it is newer than the one stored. Returns whether it was stored.
+    pub fn update_card(&self, card: &ContactCard) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE peers SET card = ?2, card_issued = ?3, display_name = ?4
+             WHERE account = ?1 AND (card_issued IS NULL OR card_issued <= ?3)",
+            params![card.account().as_bytes(), card.to_bytes(), card.issued() as i64, card.name()],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn remove_contact(&self, petname: &str) -> Result<AccountKey> {
+        let peer = self.contact_by_name(petname)?;
+        self.conn.execute("DELETE FROM peers WHERE account = ?1", params![peer.account.as_bytes()])?;
+        Ok(peer.account)
+    }
+
+    /// Records that a stranger wrote to us. Returns false if they are already a contact.
+    pub fn record_request(&self, account: &AccountKey, card: Option<&ContactCard>, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO peers (account, state, added_at_ms) VALUES (?1, 'request', ?2) ON CONFLICT (account) DO NOTHING",
+            params![account.as_bytes(), now_ms],
+        )?;
+        if let Some(card) = card {
+            self.update_card(card)?;
+        }
+        Ok(())
+    }
+
+    pub fn request_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM peers WHERE state = 'request'", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Finds a request by the display name on its card or by its address.
+    pub fn find_request(&self, name_or_address: &str) -> Result<Peer> {
+        let wanted = name_or_address.trim();
+        self.requests()?
+            .into_iter()
+            .find(|p| {
+                p.display_name.as_deref() == Some(wanted)
+                    || kith_core::Address::new(p.account).to_string().eq_ignore_ascii_case(wanted)
+            })
+            .ok_or_else(|| StoreError::UnknownRequest(wanted.to_owned()))
+    }
+
+    pub fn touch(&self, account: &AccountKey, now_ms: i64) -> Result<()> {
+        self.conn.execute("UPDATE peers SET last_seen_ms = ?2 WHERE account = ?1", params![account.as_bytes(), now_ms])?;
+        Ok(())
+    }
+
+    /// Puts a new outgoing message in the outbox (durably) and returns its sequence number.
+    pub fn enqueue_outgoing(&mut self, peer: &AccountKey, device: &DeviceKey, id: [u8; 16], text: &str, now_ms: i64) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE peer = ?1 AND outgoing = 1 AND device = ?2",
+            params![peer.as_bytes(), device.as_bytes()],
+            |r| r.get(0),
+        )?;
+        let idx: i64 = tx.query_row("SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages", [], |r| r.get(0))?;
+        tx.execute(
+            "INSERT INTO messages (peer, outgoing, device, seq, msg_id, body, sent_at_ms, state, shown_idx)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+            params![peer.as_bytes(), device.as_bytes(), seq, &id[..], text, now_ms, idx],
+        )?;
+        tx.commit()?;
+        Ok(seq as u64)
+    }
+
+    pub fn outgoing(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<Option<Outgoing>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT msg_id, body, sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3",
+                params![peer.as_bytes(), device.as_bytes(), seq as i64],
+                |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    Ok(Outgoing {
+                        seq,
+                        id: id.try_into().unwrap_or([0; 16]),
+                        text: r.get(1)?,
+                        sent_at_ms: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Every (peer, seq) not yet delivered, for rebuilding outboxes at start.
+    pub fn undelivered(&self, device: &DeviceKey) -> Result<Vec<(AccountKey, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT peer, seq FROM messages WHERE outgoing = 1 AND device = ?1 AND state != 'delivered' ORDER BY peer, seq",
+        )?;
+        let rows = stmt.query_map(params![device.as_bytes()], |r| Ok((key_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+        let mut out = vec![];
+        for row in rows {
+            let (k, seq) = row?;
+            if let Ok(k) = AccountKey::from_bytes(k) {
+                out.push((k, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn mark_sent(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state = 'queued'",
+            params![peer.as_bytes(), device.as_bytes(), seq as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_delivered(&mut self, peer: &AccountKey, device: &DeviceKey, seqs: &[u64], now_ms: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET state = 'delivered', delivered_at_ms = ?4
+                 WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state != 'delivered'",
+            )?;
+            for seq in seqs {
+                stmt.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64, now_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores incoming messages (held) and marks `show` as shown, in that order, in one transaction.
+    /// Messages already stored are ignored, so a retransmission never creates a second copy.
+    pub fn store_incoming(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        messages: &[Incoming<'_>],
+        show: &[u64],
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (peer, outgoing, device, seq, msg_id, body, sent_at_ms, received_at_ms, state)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, 'held') ON CONFLICT DO NOTHING",
+            )?;
+            for m in messages {
+                insert.execute(params![peer.as_bytes(), device.as_bytes(), m.seq as i64, &m.id[..], m.text, m.sent_at_ms as i64, now_ms])?;
+            }
+            let mut idx: i64 = tx.query_row("SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages", [], |r| r.get(0))?;
+            let mut shown = tx.prepare_cached(
+                "UPDATE messages SET state = 'received', shown_idx = ?4
+                 WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND seq = ?3 AND state = 'held'",
+            )?;
+            for seq in show {
+                idx += shown.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64, idx])? as i64;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What an inbox needs after a restart: the highest seq shown contiguously and the held seqs beyond.
+    pub fn inbox_state(&self, peer: &AccountKey, device: &DeviceKey) -> Result<(u64, Vec<u64>)> {
+        let shown: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND state = 'received'",
+            params![peer.as_bytes(), device.as_bytes()],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT seq FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND state = 'held' ORDER BY seq",
+        )?;
+        let held = stmt
+            .query_map(params![peer.as_bytes(), device.as_bytes()], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|s| s as u64))
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((shown as u64, held))
+    }
+
+    /// The last `limit` shown messages with a peer, oldest first.
+    pub fn chat(&self, peer: &AccountKey, limit: usize) -> Result<Vec<ChatMessage>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT outgoing, seq, msg_id, body, sent_at_ms, received_at_ms, delivered_at_ms, state FROM (
+                SELECT * FROM messages WHERE peer = ?1 AND shown_idx IS NOT NULL ORDER BY shown_idx DESC LIMIT ?2
+             ) ORDER BY shown_idx ASC",
+        )?;
+        let rows = stmt.query_map(params![peer.as_bytes(), limit as i64], |r| {
+            let id: Vec<u8> = r.get(2)?;
+            Ok(ChatMessage {
+                outgoing: r.get::<_, i64>(0)? == 1,
+                seq: r.get::<_, i64>(1)? as u64,
+                id: id.iter().map(|b| format!("{b:02x}")).collect(),
+                text: r.get(3)?,
+                sent_at_ms: r.get(4)?,
+                received_at_ms: r.get(5)?,
+                delivered_at_ms: r.get(6)?,
+                state: MessageState::parse(&r.get::<_, String>(7)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// (outgoing not yet delivered, incoming held back waiting for a gap).
+    pub fn queue_sizes(&self) -> Result<(u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(outgoing = 1 AND state != 'delivered'), 0), COALESCE(SUM(outgoing = 0 AND state = 'held'), 0) FROM messages",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Number of stored messages from a peer (used to cap what a stranger may leave).
+    pub fn incoming_count(&self, peer: &AccountKey) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM messages WHERE peer = ?1 AND outgoing = 0",
+            params![peer.as_bytes()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_core::{AccountSecret, DeviceSecret, Hints};
+    use rand::{SeedableRng, rngs::StdRng};
+
+    fn keys() -> (AccountSecret, DeviceKey, AccountKey) {
+        let mut rng = StdRng::seed_from_u64(3);
+        let me = AccountSecret::generate(&mut rng);
+        let dev = DeviceSecret::generate(&mut rng).public();
+        let peer = AccountSecret::generate(&mut rng).public();
+        (me, dev, peer)
+    }
+
+    #[test]
+    fn contacts_names_and_cards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (me, _, peer) = keys();
+        store.add_contact(&peer, "bob", None, 1).unwrap();
+        assert!(matches!(store.add_contact(&me.public(), "bob", None, 1), Err(StoreError::NameTaken(_))));
+        let card = ContactCard::issue(&me, "Me", Hints::default(), 10).unwrap();
+        store.add_contact(&me.public(), "me", Some(&card), 1).unwrap();
+        let older = ContactCard::issue(&me, "Old", Hints::default(), 5).unwrap();
+        assert!(!store.update_card(&older).unwrap());
+        assert_eq!(store.contact_by_name("me").unwrap().display_name.as_deref(), Some("Me"));
+        assert_eq!(store.contacts().unwrap().len(), 2);
+        store.remove_contact("bob").unwrap();
+        assert!(matches!(store.contact_by_name("bob"), Err(StoreError::UnknownContact(_))));
+    }
+
+    #[test]
+    fn outbox_and_inbox_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (_, dev, peer) = keys();
+        {
+            let mut store = Store::open(&path).unwrap();
+            assert_eq!(store.enqueue_outgoing(&peer, &dev, [1; 16], "a", 1).unwrap(), 1);
+            assert_eq!(store.enqueue_outgoing(&peer, &dev, [2; 16], "b", 2).unwrap(), 2);
+            store.mark_delivered(&peer, &dev, &[1], 3).unwrap();
+            let m = |seq| Incoming { seq, id: [seq as u8; 16], text: "x", sent_at_ms: 0 };
+            store.store_incoming(&peer, &dev, &[m(1), m(3)], &[1], 5).unwrap();
+            // A retransmission is not stored twice.
+            store.store_incoming(&peer, &dev, &[m(1)], &[], 6).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.undelivered(&dev).unwrap(), vec![(peer, 2)]);
+        assert_eq!(store.inbox_state(&peer, &dev).unwrap(), (1, vec![3]));
+        let chat = store.chat(&peer, 10).unwrap();
+        assert_eq!(chat.len(), 3, "two outgoing and one shown incoming");
+        assert_eq!(store.queue_sizes().unwrap(), (1, 1));
+    }
+}
