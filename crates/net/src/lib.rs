@@ -18,7 +18,7 @@ mod discovery;
 mod session;
 
 pub use discovery::{BoxFuture, Discovery, StaticDiscovery};
-pub use session::{PathKind, Session, SessionError, SessionReader, SessionWriter};
+pub use session::{PathKind, Session, SessionError, SessionReader, SessionWriter, path_kind};
 
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};

@@ -1,1 +1,73 @@
+//! kith-node: the daemon. It owns a profile ([`profile`]), runs the protocol ([`node`]) over the network
+//! driver and the store, and serves the local control API ([`api`]) with its event stream ([`events`]).
+//!
+//! What it does not do: parse user input beyond what the API receives, or print for humans; the `kith`
+//! binary does that.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod events;
+pub mod limiter;
+pub mod node;
+pub mod profile;
+
+pub use node::{Node, NodeConfig, NodeError};
+pub use profile::{Profile, ProfileError};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Profile(#[from] ProfileError),
+    #[error("{0}")]
+    Store(#[from] kith_store::StoreError),
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("cannot listen for the control API on {addr}: {source}")]
+    Api { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
+/// node and the API are up, with the API address.
+pub async fn run_daemon(
+    profile: &Profile,
+    passphrase: Option<&str>,
+    listen: Option<SocketAddr>,
+    ready: impl FnOnce(&Node, SocketAddr),
+) -> Result<(), DaemonError> {
+    let _lock = profile.lock()?;
+    let identity = profile.unlock(passphrase)?;
+    let config = profile.config()?;
+    let token = profile.token()?;
+    let store = kith_store::Store::open(&profile.path(profile::DB_FILE))?;
+    let node_config = NodeConfig {
+        listen: listen.unwrap_or(config.listen),
+        outbox: Default::default(),
+        limiter: Default::default(),
+    };
+    let node = Node::start(identity, store, node_config).await?;
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| DaemonError::Api { addr: config.api_listen, source })?;
+    let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_listen, source })?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let app = api::router(node.clone(), token, stop_tx);
+    profile.write_daemon_info(&profile::DaemonInfo { pid: std::process::id(), api: api_addr })?;
+    ready(&node, api_addr);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = stop_rx.wait_for(|v| *v) => {}
+        }
+    });
+    let result = server.await;
+    node.shutdown().await;
+    profile.remove_daemon_info();
+    drop(Arc::clone(&node));
+    result.map_err(|source| DaemonError::Api { addr: api_addr, source })
+}

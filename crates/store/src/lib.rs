@@ -91,7 +91,7 @@ pub struct ChatMessage {
     pub state: MessageState,
 }
 
-/// An outgoing message loaded for transmission.
+/// A stored message loaded by sequence number.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub seq: u64,
@@ -334,12 +334,33 @@ impl Store {
         Ok(out)
     }
 
-    pub fn mark_sent(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state = 'queued'",
-            params![peer.as_bytes(), device.as_bytes(), seq as i64],
-        )?;
+    pub fn mark_sent(&mut self, peer: &AccountKey, device: &DeviceKey, seqs: &[u64]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state = 'queued'",
+            )?;
+            for seq in seqs {
+                stmt.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A stored incoming message.
+    pub fn incoming(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<Option<Outgoing>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT msg_id, body, sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND seq = ?3",
+                params![peer.as_bytes(), device.as_bytes(), seq as i64],
+                |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    Ok(Outgoing { seq, id: id.try_into().unwrap_or([0; 16]), text: r.get(1)?, sent_at_ms: r.get::<_, i64>(2)? as u64 })
+                },
+            )
+            .optional()?)
     }
 
     pub fn mark_delivered(&mut self, peer: &AccountKey, device: &DeviceKey, seqs: &[u64], now_ms: i64) -> Result<()> {

@@ -1,0 +1,396 @@
+//! Argument parsing and the commands a person types.
+//!
+//! Exit status: 0 success, 2 for anything the user can fix (bad input, missing profile, daemon not running,
+//! unknown contact, wrong passphrase), 1 for internal failures. Errors go to stderr as one sentence that
+//! names the cause and what to do.
+
+use crate::client::{Client, UserError, user};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kith_core::ParsedContact;
+use kith_node::Profile;
+use serde_json::{Value, json};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kith", version, about = "A phone and messenger with no servers: a user is a key.")]
+struct Cli {
+    /// Profile directory (default: the platform data directory, e.g. ~/.local/share/kith).
+    #[arg(long, global = true, env = "KITH_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a profile: account key, device key, store. Set KITH_PASSPHRASE (or answer the prompt) to
+    /// encrypt the secret keys.
+    Init {
+        /// Display name shown on your contact card.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run the node in the foreground.
+    Daemon {
+        /// UDP address to listen on (default: the one in config.toml, on 127.0.0.1).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print your address.
+    Id {
+        /// Also show it as a QR code.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Print your signed contact card as one kith: link.
+    Card {
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Add a contact from a card link or an address.
+    Add {
+        /// A `kith:...` card link or address.
+        card_or_address: String,
+        /// Your name for the contact (required for a bare address).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List contacts with their reachability.
+    Contacts,
+    /// Remove a contact (the message history stays).
+    Remove { name: String },
+    /// Show the safety number shared with a contact: compare it in person.
+    Verify { name: String },
+    /// Send a message to a contact.
+    Send { name: String, text: String },
+    /// Show the history with a contact, with each message's state.
+    Chat {
+        name: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List contact requests (messages from people who are not your contacts).
+    Requests,
+    /// Accept a contact request: the person becomes a contact and their messages a chat.
+    Accept {
+        /// The request's name or address, as `kith requests` shows it.
+        request: String,
+        /// Your name for the new contact (default: the name on their card).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show the node: address, endpoint, connections, queues.
+    Status,
+    /// Start three nodes on loopback, exchange cards and messages, crash and restart one, print what happened.
+    Demo {
+        /// Messages per direction.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Keep the temporary profiles and logs instead of removing them.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measure messaging latency and throughput between two daemons on loopback; print and save numbers.
+    Bench {
+        /// Messages for the latency run.
+        #[arg(long, default_value_t = 500)]
+        latency_messages: usize,
+        /// Messages for the throughput run.
+        #[arg(long, default_value_t = 5000)]
+        throughput_messages: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kith: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<UserError>() {
+                eprintln!("kith: {u}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("kith: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn home_dir(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match cli_home {
+        Some(h) => Ok(h),
+        None => directories::ProjectDirs::from("", "", "kith")
+            .map(|d| d.data_dir().to_owned())
+            .ok_or_else(|| user("cannot find a home directory for the profile: pass --home DIR or set KITH_HOME")),
+    }
+}
+
+/// The passphrase: KITH_PASSPHRASE if set, else a prompt when a terminal is attached and `needed`.
+fn passphrase(prompt: &str, confirm: bool) -> anyhow::Result<Option<String>> {
+    if let Ok(p) = std::env::var("KITH_PASSPHRASE") {
+        return Ok(Some(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let p = rpassword::prompt_password(prompt).context("reading the passphrase")?;
+    if confirm && !p.is_empty() {
+        let again = rpassword::prompt_password("Repeat the passphrase: ").context("reading the passphrase")?;
+        if again != p {
+            return Err(user("the two passphrases differ: nothing was created"));
+        }
+    }
+    Ok(Some(p))
+}
+
+fn profile_error(e: kith_node::ProfileError) -> anyhow::Error {
+    match e {
+        kith_node::ProfileError::Io { .. } => anyhow::Error::from(e),
+        other => user(other.to_string()),
+    }
+}
+
+fn print_qr(text: &str) -> anyhow::Result<()> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.to_uppercase().as_bytes()).map_err(|e| anyhow::anyhow!("QR code: {e}"))?;
+    let image = code.render::<Dense1x2>().dark_color(Dense1x2::Light).light_color(Dense1x2::Dark).quiet_zone(true).build();
+    println!("{image}");
+    Ok(())
+}
+
+fn out(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        human(value);
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn fmt_ms(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) => {
+            let now = kith_node::node::unix_ms();
+            let ago = (now - ms).max(0) / 1000;
+            match ago {
+                0..=59 => format!("{ago}s ago"),
+                60..=3599 => format!("{}m ago", ago / 60),
+                3600..=86399 => format!("{}h ago", ago / 3600),
+                _ => format!("{}d ago", ago / 86400),
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_mode = cli.json;
+    let home = || home_dir(cli.home.clone());
+    match cli.command {
+        Command::Init { name } => {
+            let home = home()?;
+            let profile = Profile::new(&home);
+            if profile.exists() {
+                return Err(profile_error(kith_node::ProfileError::Exists(home)));
+            }
+            let name = name.unwrap_or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "kith user".into()));
+            kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
+            let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
+            // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
+            let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(0);
+            let public = profile.init(&name, pass.as_deref(), port).map_err(profile_error)?;
+            let address = kith_core::Address::new(public.account).to_string();
+            out(json_mode, &json!({ "address": address, "name": name, "home": home, "encrypted": pass.is_some_and(|p| !p.is_empty()) }), |v| {
+                println!("Created profile {:?} in {}", name, home.display());
+                println!("Your address: {}", s(v, "address"));
+                println!("Next: `kith --home {} daemon`, then `kith card` to share your contact card.", home.display());
+            });
+        }
+        Command::Daemon { listen } => {
+            let home = home()?;
+            let profile = Profile::new(&home);
+            if !profile.exists() {
+                return Err(profile_error(kith_node::ProfileError::Missing(home)));
+            }
+            let pass = if profile.is_encrypted().map_err(profile_error)? { passphrase("Passphrase: ", false)? } else { None };
+            init_logging();
+            let result = kith_node::run_daemon(&profile, pass.as_deref(), listen, |node, api| {
+                println!("kith daemon ready: {} (control API on {api})", node.address());
+            })
+            .await;
+            match result {
+                Ok(()) => {}
+                Err(kith_node::DaemonError::Profile(e)) => return Err(profile_error(e)),
+                Err(kith_node::DaemonError::Node(kith_node::NodeError::Net(e))) => {
+                    return Err(user(format!("cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Id { qr } => {
+            let home = home()?;
+            let public = Profile::new(&home).public().map_err(profile_error)?;
+            let address = kith_core::Address::new(public.account).to_string();
+            out(json_mode, &json!({ "address": address, "name": public.name }), |_| println!("{address}"));
+            if qr && !json_mode {
+                print_qr(&address)?;
+            }
+        }
+        Command::Card { qr } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get("/v1/card").await?;
+            out(json_mode, &v, |v| println!("{}", s(v, "card")));
+            if qr && !json_mode {
+                print_qr(s(&v, "card"))?;
+            }
+        }
+        Command::Add { card_or_address, name } => {
+            // Parse here first, so a typo is reported even when the daemon is down, and nothing is written.
+            let parsed = ParsedContact::parse(&card_or_address).map_err(|e| user(e.to_string()))?;
+            if let Some(n) = &name {
+                kith_core::card::check_name(n).map_err(|e| user(format!("--name: {e}")))?;
+            } else if matches!(parsed, ParsedContact::Address(_)) {
+                return Err(user("an address carries no name: give the contact one with --name NAME"));
+            }
+            let client = Client::for_profile(&home()?)?;
+            let v = client.post("/v1/contacts", json!({ "contact": card_or_address, "name": name })).await?;
+            out(json_mode, &v, |v| {
+                println!("Added {} ({})", s(v, "name"), s(v, "address"));
+                if v.get("has_route") == Some(&Value::Bool(false)) {
+                    println!("No route to them yet: ask for their card (`kith card`) so kith knows where to reach them.");
+                }
+            });
+        }
+        Command::Contacts => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get("/v1/contacts").await?;
+            out(json_mode, &v, |v| {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("No contacts yet. Add one with `kith add CARD --name NAME`.");
+                }
+                for c in list {
+                    println!("{:<20} {:<18} last seen {:<10} {}", s(&c, "name"), s(&c, "reachability"), fmt_ms(c["last_seen_ms"].as_i64()), s(&c, "address"));
+                }
+            });
+        }
+        Command::Remove { name } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.delete(&format!("/v1/contacts/{}", urlencode(&name))).await?;
+            out(json_mode, &v, |_| println!("Removed {name}. The message history stays."));
+        }
+        Command::Verify { name } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get(&format!("/v1/contacts/{}/safety-number", urlencode(&name))).await?;
+            out(json_mode, &v, |v| {
+                println!("Safety number with {name}:");
+                let digits = s(v, "safety_number").split(' ').collect::<Vec<_>>();
+                for row in digits.chunks(4) {
+                    println!("  {}", row.join(" "));
+                }
+                println!("Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between.");
+            });
+        }
+        Command::Send { name, text } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.post("/v1/messages", json!({ "to": name, "text": text })).await?;
+            out(json_mode, &v, |v| println!("queued #{} to {}", v["seq"], s(v, "to")));
+        }
+        Command::Chat { name, limit } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get(&format!("/v1/chat/{}?limit={limit}", urlencode(&name))).await?;
+            out(json_mode, &v, |v| {
+                for m in v.as_array().cloned().unwrap_or_default() {
+                    let who = if m["outgoing"].as_bool() == Some(true) { "me" } else { name.as_str() };
+                    println!("{:>10} {:<12} {}", s(&m, "state"), format!("{who}:"), s(&m, "text"));
+                }
+            });
+        }
+        Command::Requests => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get("/v1/requests").await?;
+            out(json_mode, &v, |v| {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("No contact requests.");
+                }
+                for r in list {
+                    println!("{} ({}):", s(&r, "name"), s(&r, "address"));
+                    for m in r["messages"].as_array().cloned().unwrap_or_default() {
+                        println!("    {}", s(&m, "text"));
+                    }
+                    println!("  accept with: kith accept {:?}", s(&r, "name"));
+                }
+            });
+        }
+        Command::Accept { request, name } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.post("/v1/requests/accept", json!({ "request": request, "name": name })).await?;
+            out(json_mode, &v, |v| println!("{} is now a contact.", s(v, "name")));
+        }
+        Command::Status => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get("/v1/status").await?;
+            out(json_mode, &v, |v| {
+                println!("name:        {}", s(v, "name"));
+                println!("address:     {}", s(v, "address"));
+                println!("endpoint:    {}", s(v, "endpoint"));
+                println!("listening:   {}", v["listen"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+                println!("uptime:      {} s", v["uptime_secs"]);
+                println!("contacts:    {} ({} requests)", v["contacts"], v["requests"]);
+                println!("outbox:      {} waiting for delivery ({} in flight)", v["outbox"], v["in_flight"]);
+                println!("held:        {} received, waiting for an earlier message", v["held"]);
+                let conns = v["connections"].as_array().cloned().unwrap_or_default();
+                println!("connections: {}", conns.len());
+                for c in conns {
+                    println!("  {:<20} {}", s(&c, "peer"), s(&c, "path"));
+                }
+            });
+        }
+        Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
+        Command::Bench { latency_messages, throughput_messages, out } => {
+            crate::bench::run(latency_messages, throughput_messages, out).await?
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,iroh=warn,noq=warn,noq_proto=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,210 @@
+//! A client of the daemon's local control API, shared by the CLI, `kith demo`, the benchmark and tests.
+
+use futures_util::StreamExt;
+use kith_node::Profile;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// An error meant for a person, with the exit status the CLI uses: 2 for anything the user can fix.
+#[derive(Debug, Clone)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UserError {}
+
+pub fn user(msg: impl Into<String>) -> anyhow::Error {
+    UserError(msg.into()).into()
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    home: String,
+}
+
+fn not_running(home: &Path) -> anyhow::Error {
+    user(format!(
+        "the kith daemon is not running for the profile in {}: start it with `kith --home {} daemon`",
+        home.display(),
+        home.display()
+    ))
+}
+
+impl Client {
+    /// Connects to the daemon of the profile in `home`.
+    pub fn for_profile(home: &Path) -> anyhow::Result<Self> {
+        let profile = Profile::new(home);
+        if !profile.exists() {
+            return Err(user(kith_node::ProfileError::Missing(home.to_owned()).to_string()));
+        }
+        let info = profile.daemon_info().ok_or_else(|| not_running(home))?;
+        let token = profile.token().map_err(|e| user(e.to_string()))?;
+        Ok(Self::new(&format!("http://{}", info.api), &token, home))
+    }
+
+    pub fn new(base: &str, token: &str, home: &Path) -> Self {
+        // reqwest comes with rustls but no crypto provider (iroh's choice); the API is plain HTTP on loopback,
+        // yet the client builder insists on a provider: install ring, which iroh already uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        Self { http, base: base.to_owned(), token: token.to_owned(), home: home.display().to_string() }
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() { not_running(Path::new(&self.home)) } else { anyhow::anyhow!("control API: {e}") }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let msg = value.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_owned();
+        if status.is_client_error() { Err(user(msg)) } else { Err(anyhow::anyhow!(msg)) }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body)?);
+        self.call(req).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// Sends a message; returns its sequence number in the conversation.
+    pub async fn send(&self, to: &str, text: &str) -> anyhow::Result<u64> {
+        let v = self.post("/v1/messages", serde_json::json!({ "to": to, "text": text })).await?;
+        v.get("seq").and_then(Value::as_u64).ok_or_else(|| anyhow::anyhow!("no seq in reply"))
+    }
+
+    /// Opens the event stream; events are delivered to `f` until the stream ends.
+    pub async fn events(&self) -> anyhow::Result<impl futures_util::Stream<Item = Value> + use<>> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|_| not_running(Path::new(&self.home)))?;
+        if !resp.status().is_success() {
+            anyhow::bail!("event stream refused: {}", resp.status());
+        }
+        let bytes = resp.bytes_stream();
+        Ok(futures_util::stream::unfold((bytes, String::new()), |(mut bytes, mut buf)| async move {
+            loop {
+                if let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let data: String =
+                        block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect::<Vec<_>>().join("\n");
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        return Some((v, (bytes, buf)));
+                    }
+                    continue;
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    _ => return None,
+                }
+            }
+        }))
+    }
+}
+
+/// Follows a daemon's event stream and remembers when each message was delivered and received, so a
+/// driver (demo, benchmark, test) can wait for conditions without polling the API.
+#[derive(Clone, Default)]
+pub struct Watcher {
+    inner: Arc<Mutex<Seen>>,
+    changed: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// (peer label, seq) -> when the delivered receipt was seen.
+    delivered: HashMap<(String, u64), Instant>,
+    /// peer label -> seqs of received messages, in the order shown.
+    received: HashMap<String, Vec<u64>>,
+}
+
+impl Watcher {
+    /// Starts following `client`'s events. The stream is open when this returns.
+    pub async fn start(client: &Client) -> anyhow::Result<Self> {
+        let w = Watcher::default();
+        let stream = client.events().await?;
+        let w2 = w.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                let now = Instant::now();
+                let kind = ev.get("type").and_then(Value::as_str).unwrap_or("");
+                let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
+                match kind {
+                    "message_state" if ev.get("state").and_then(Value::as_str) == Some("delivered") => {
+                        let to = ev.get("to").and_then(Value::as_str).unwrap_or("").to_owned();
+                        let seq = ev.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                        seen.delivered.entry((to, seq)).or_insert(now);
+                    }
+                    "message" => {
+                        let from = ev.get("from").and_then(Value::as_str).unwrap_or("").to_owned();
+                        let seq = ev.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                        seen.received.entry(from).or_default().push(seq);
+                    }
+                    _ => continue,
+                }
+                drop(seen);
+                w2.changed.notify_waiters();
+            }
+        });
+        Ok(w)
+    }
+
+    pub fn delivered_at(&self, to: &str, seq: u64) -> Option<Instant> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).delivered.get(&(to.to_owned(), seq)).copied()
+    }
+
+    pub fn delivered_count(&self, to: &str, seqs: &[u64]) -> usize {
+        let seen = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        seqs.iter().filter(|s| seen.delivered.contains_key(&(to.to_owned(), **s))).count()
+    }
+
+    pub fn received(&self, from: &str) -> Vec<u64> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).received.get(from).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds or `timeout` passes; returns whether it held.
+    pub async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Watcher) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if cond(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return cond(self);
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The `kith` command: a thin CLI over the daemon's control API, plus `kith demo` and the benchmark
+//! driver. The binary (`main.rs`) only parses arguments and maps errors to exit codes.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod process;

@@ -1,0 +1,126 @@
+//! Runs kith daemons as child processes: used by `kith demo`, the benchmark and the end-to-end tests, so
+//! all of them exercise exactly what a user runs.
+
+use crate::client::{Client, Watcher};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kith executable: this one (a test passes the binary under test explicitly).
+pub fn kith_exe() -> PathBuf {
+    std::env::var_os("KITH_EXE").map(PathBuf::from).unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "kith".into()))
+}
+
+/// A profile directory plus its daemon process.
+pub struct Daemon {
+    pub name: String,
+    pub home: PathBuf,
+    exe: PathBuf,
+    child: Option<Child>,
+    pub client: Option<Client>,
+}
+
+impl Daemon {
+    /// Creates a fresh profile (no passphrase) in `home`.
+    pub fn init(exe: &Path, home: &Path, name: &str) -> anyhow::Result<Self> {
+        let out = Command::new(exe)
+            .args(["--home"])
+            .arg(home)
+            .args(["init", "--name", name])
+            .env_remove("KITH_PASSPHRASE")
+            .stdin(Stdio::null())
+            .output()
+            .context("running kith init")?;
+        if !out.status.success() {
+            anyhow::bail!("kith init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self { name: name.to_owned(), home: home.to_owned(), exe: exe.to_owned(), child: None, client: None })
+    }
+
+    /// Starts the daemon and waits until its API answers.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home.join("daemon.log"))?;
+        // A stale daemon.json from a killed process must not be mistaken for the new daemon.
+        let _ = std::fs::remove_file(self.home.join(kith_node::profile::DAEMON_FILE));
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--home").arg(&self.home).arg("daemon");
+        if let Ok(filter) = std::env::var("KITH_DAEMON_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting kith daemon")?;
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                anyhow::bail!("daemon {} exited at start ({status}); log: {}", self.name, self.home.join("daemon.log").display());
+            }
+            let profile = kith_node::Profile::new(&self.home);
+            if let Some(info) = profile.daemon_info().filter(|i| i.pid == pid) {
+                let client = Client::new(&format!("http://{}", info.api), &profile.token()?, &self.home);
+                if client.get("/v1/status").await.is_ok() {
+                    self.client = Some(client);
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("daemon {} did not come up within 30 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("daemon started")
+    }
+
+    pub async fn watcher(&self) -> anyhow::Result<Watcher> {
+        Watcher::start(self.client()).await
+    }
+
+    /// SIGKILL: the process gets no chance to clean up, like a crash or a power cut of the app.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.client = None;
+    }
+
+    /// Asks the daemon to stop and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.post("/v1/shutdown", serde_json::json!({})).await;
+        }
+        if let Some(mut c) = self.child.take() {
+            for _ in 0..200 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Adds `b` as a contact of `a` (by `b`'s card) under `b`'s name.
+pub async fn introduce(a: &Daemon, b: &Daemon) -> anyhow::Result<()> {
+    let card = b.client().get("/v1/card").await?;
+    let link = card["card"].as_str().context("card link")?;
+    a.client().post("/v1/contacts", serde_json::json!({ "contact": link, "name": b.name })).await?;
+    Ok(())
+}

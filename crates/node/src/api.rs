@@ -1,0 +1,181 @@
+//! The local control API: HTTP + JSON on loopback, every request carrying `Authorization: Bearer <token>`
+//! (the token is in the profile's `api-token`, mode 0600). The CLI uses it; later a web UI will.
+//!
+//! Errors are `{"error": "...", "kind": "user" | "internal"}` with status 4xx for the caller's input and
+//! 5xx for the node's own faults.
+
+use crate::node::{Node, NodeError};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+struct Ctx {
+    node: Arc<Node>,
+    token: Arc<String>,
+    shutdown: watch::Sender<bool>,
+}
+
+struct ApiError(StatusCode, String);
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::Store(kith_store::StoreError::UnknownContact(_) | kith_store::StoreError::UnknownRequest(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            NodeError::Store(kith_store::StoreError::NameTaken(_)) => StatusCode::CONFLICT,
+            e if e.is_user_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = if self.0.is_client_error() { "user" } else { "internal" };
+        (self.0, Json(json!({ "error": self.1, "kind": kind }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok<T: serde::Serialize>(v: T) -> ApiResult {
+    Ok(Json(v).into_response())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), ctx.token.as_bytes()) {
+        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API token (see the profile's api-token file)".into())
+            .into_response();
+    }
+    next.run(req).await
+}
+
+pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Router {
+    let ctx = Ctx { node, token: Arc::new(token), shutdown: stop };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/card", get(card))
+        .route("/v1/contacts", get(contacts).post(add_contact))
+        .route("/v1/contacts/{name}", delete(remove_contact))
+        .route("/v1/contacts/{name}/safety-number", get(safety_number))
+        .route("/v1/messages", post(send))
+        .route("/v1/chat/{name}", get(chat))
+        .route("/v1/requests", get(requests))
+        .route("/v1/requests/accept", post(accept))
+        .route("/v1/events", get(events))
+        .route("/v1/shutdown", post(shutdown))
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .with_state(ctx)
+}
+
+async fn status(State(c): State<Ctx>) -> ApiResult {
+    ok(c.node.status()?)
+}
+
+async fn card(State(c): State<Ctx>) -> ApiResult {
+    let card = c.node.card();
+    ok(json!({ "card": card.to_link(), "address": card.address().to_string(), "name": card.name() }))
+}
+
+async fn contacts(State(c): State<Ctx>) -> ApiResult {
+    ok(c.node.contacts()?)
+}
+
+#[derive(Deserialize)]
+struct AddContact {
+    contact: String,
+    name: Option<String>,
+}
+
+async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiResult {
+    ok(c.node.add_contact(&body.contact, body.name.as_deref())?)
+}
+
+async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
+    c.node.remove_contact(&name)?;
+    ok(json!({ "removed": name }))
+}
+
+async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
+    let (number, address) = c.node.safety_number(&name)?;
+    ok(json!({ "name": name, "address": address, "safety_number": number }))
+}
+
+#[derive(Deserialize)]
+struct Send {
+    to: String,
+    text: String,
+}
+
+async fn send(State(c): State<Ctx>, Json(body): Json<Send>) -> ApiResult {
+    ok(c.node.send(&body.to, &body.text)?)
+}
+
+#[derive(Deserialize)]
+struct ChatQuery {
+    limit: Option<usize>,
+}
+
+async fn chat(State(c): State<Ctx>, Path(name): Path<String>, Query(q): Query<ChatQuery>) -> ApiResult {
+    ok(c.node.chat(&name, q.limit.unwrap_or(100).min(100_000))?)
+}
+
+async fn requests(State(c): State<Ctx>) -> ApiResult {
+    ok(c.node.requests()?)
+}
+
+#[derive(Deserialize)]
+struct Accept {
+    request: String,
+    name: Option<String>,
+}
+
+async fn accept(State(c): State<Ctx>, Json(body): Json<Accept>) -> ApiResult {
+    ok(c.node.accept_request(&body.request, body.name.as_deref())?)
+}
+
+async fn events(State(c): State<Ctx>) -> Response {
+    let rx = c.node.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let data = serde_json::to_string(&ev).unwrap_or_default();
+                    return Some((Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let data = json!({ "type": "lagged", "missed": n }).to_string();
+                    return Some((Ok(SseEvent::default().data(data)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn shutdown(State(c): State<Ctx>) -> ApiResult {
+    let _ = c.shutdown.send(true);
+    ok(json!({ "stopping": true }))
+}

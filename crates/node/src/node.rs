@@ -1,0 +1,827 @@
+//! The running node: the delivery state machines of `kith-core` driven by real connections and the store.
+//!
+//! Structure: one [`Node`] shared by
+//! * the accept loop (incoming sessions),
+//! * one reader and one writer task per connection,
+//! * the pump: the only place that asks the outboxes what to transmit, when to dial and when to wake up
+//!   (quinn's "drain all outputs after every input", run whenever something changes via [`Notify`]),
+//! * the control API handlers.
+//!
+//! Locking: `state` (in-memory protocol state) is taken before `store` when both are needed, never the other
+//! way round, and neither is held across an `.await`.
+
+use crate::events::Event;
+use crate::limiter::{LimiterConfig, RequestLimiter};
+use crate::profile::Identity;
+use kith_core::delivery::{Inbox, Offer, Outbox, OutboxConfig};
+use kith_core::hello::{Hello, VerifiedPeer};
+use kith_core::wire::{Frame, MAX_RECEIPT_SEQS, MAX_TEXT_BYTES, MessageFrame, ReceiptFrame};
+use kith_core::{AccountKey, Address, ContactCard, DeviceKey, EndpointCert, Hints, ParsedContact};
+use kith_net::{BoxFuture, Discovery, Net, PathKind, Session, SessionReader, SessionWriter};
+use kith_store::{ChatMessage, Incoming, Peer, PeerState, Store, StoreError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+/// Frames queued for one connection's writer.
+const CONN_QUEUE: usize = 512;
+/// Messages read from one connection before they are stored in one transaction.
+const READ_BATCH: usize = 256;
+/// Connections kept per peer; an older one is closed when a newer one arrives beyond this.
+const MAX_CONNS_PER_PEER: usize = 2;
+/// Peers without a contact entry we keep connection state for.
+const MAX_STRANGERS: usize = 256;
+/// Contacts dialled at once when the node starts (to announce itself and flush outboxes).
+const ANNOUNCE_CONCURRENCY: usize = 8;
+/// Lifetime of an endpoint certificate; renewed at half-life.
+const ENDPOINT_CERT_SECS: u64 = 48 * 3600;
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Errors of node operations, each naming what the user can do.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Contact(#[from] kith_core::CardError),
+    #[error("that is your own address: you cannot add yourself as a contact")]
+    SelfContact,
+    #[error("the message is empty")]
+    EmptyMessage,
+    #[error("the message is {0} bytes, more than the {MAX_TEXT_BYTES}-byte limit: split it")]
+    MessageTooLong(usize),
+    #[error("network: {0}")]
+    Net(String),
+}
+
+impl NodeError {
+    /// Whether the error is the user's input (HTTP 4xx) rather than the node's fault.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, NodeError::Net(_) | NodeError::Store(StoreError::Sqlite(_)) | NodeError::Store(StoreError::TooNew(_)))
+    }
+}
+
+struct ConnHandle {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    conn: iroh::endpoint::Connection,
+    since_ms: i64,
+}
+
+struct PeerRt {
+    outbox: Outbox,
+    inboxes: HashMap<DeviceKey, Inbox>,
+    conns: Vec<ConnHandle>,
+}
+
+impl PeerRt {
+    fn new(config: &OutboxConfig) -> Self {
+        Self { outbox: Outbox::new(config.clone()), inboxes: HashMap::new(), conns: Vec::new() }
+    }
+}
+
+struct State {
+    peers: HashMap<AccountKey, PeerRt>,
+    next_conn: u64,
+    limiter: RequestLimiter,
+    endpoint_cert: EndpointCert,
+    card: ContactCard,
+}
+
+/// Tunables of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub outbox: OutboxConfig,
+    pub limiter: LimiterConfig,
+}
+
+/// Looks up hints in contact cards stored in the profile: the discovery source of this release.
+struct CardDiscovery {
+    store: Arc<Mutex<Store>>,
+}
+
+impl Discovery for CardDiscovery {
+    fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
+        let hints = lock(&self.store).peer(&account).ok().flatten().and_then(|p| p.card).map(|c| c.hints().clone());
+        Box::pin(async move { hints.into_iter().collect() })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Node {
+    id: Identity,
+    account: AccountKey,
+    device: DeviceKey,
+    store: Arc<Mutex<Store>>,
+    net: Net,
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    wake: Notify,
+    config: NodeConfig,
+    started: Instant,
+}
+
+/// A contact as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ContactView {
+    pub name: String,
+    pub address: String,
+    pub display_name: Option<String>,
+    pub reachability: String,
+    pub last_seen_ms: Option<i64>,
+    pub added_at_ms: i64,
+    pub has_route: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub name: String,
+    pub address: String,
+    pub messages: Vec<ChatMessage>,
+    pub first_seen_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    pub peer: String,
+    pub path: String,
+    pub since_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub name: String,
+    pub address: String,
+    pub endpoint: String,
+    pub listen: Vec<SocketAddr>,
+    pub connections: Vec<ConnectionView>,
+    pub outbox: u64,
+    pub held: u64,
+    pub in_flight: usize,
+    pub contacts: usize,
+    pub requests: u64,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SentView {
+    pub to: String,
+    pub seq: u64,
+    pub id: String,
+    pub state: &'static str,
+}
+
+fn path_name(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::Direct => "direct",
+        PathKind::Relayed => "relayed",
+        PathKind::Unknown => "connecting",
+    }
+}
+
+impl Node {
+    /// Opens the store, binds the endpoint, restores outboxes and starts the background tasks.
+    pub async fn start(id: Identity, store: Store, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        let store = Arc::new(Mutex::new(store));
+        let discovery = Arc::new(CardDiscovery { store: store.clone() });
+        let net = Net::bind(*id.endpoint_secret, config.listen, discovery).await.map_err(|e| NodeError::Net(e.to_string()))?;
+        let account = id.account.public();
+        let device = id.device.public();
+        let now = unix_now();
+        let endpoint_cert = EndpointCert::issue(&id.device, net.endpoint_key(), now.saturating_sub(60), now + ENDPOINT_CERT_SECS);
+        let card = Self::make_card(&id, &net, now)?;
+        let t0 = Instant::now();
+        let mut peers: HashMap<AccountKey, PeerRt> = HashMap::new();
+        for (peer, seq) in lock(&store).undelivered(&device)? {
+            peers.entry(peer).or_insert_with(|| PeerRt::new(&config.outbox)).outbox.enqueue(seq, t0);
+        }
+        let state = State {
+            peers,
+            next_conn: 0,
+            limiter: RequestLimiter::new(config.limiter.clone(), t0),
+            endpoint_cert,
+            card,
+        };
+        let (events, _) = broadcast::channel(4096);
+        let node = Arc::new(Self {
+            id,
+            account,
+            device,
+            store,
+            net,
+            state: Mutex::new(state),
+            events,
+            wake: Notify::new(),
+            config,
+            started: t0,
+        });
+        tokio::spawn(node.clone().accept_loop());
+        tokio::spawn(node.clone().pump());
+        tokio::spawn(node.clone().announce());
+        Ok(node)
+    }
+
+    fn make_card(id: &Identity, net: &Net, now: u64) -> Result<ContactCard, NodeError> {
+        let direct: Vec<SocketAddr> = net.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).take(8).collect();
+        let hints = Hints { endpoint: Some(net.endpoint_key()), direct, relays: vec![] };
+        Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+    }
+
+    pub fn address(&self) -> Address {
+        Address::new(self.account)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn hello(&self) -> Hello {
+        let mut st = lock(&self.state);
+        let now = unix_now();
+        if st.endpoint_cert.not_after.saturating_sub(now) < ENDPOINT_CERT_SECS / 2 {
+            st.endpoint_cert =
+                EndpointCert::issue(&self.id.device, self.net.endpoint_key(), now.saturating_sub(60), now + ENDPOINT_CERT_SECS);
+        }
+        Hello {
+            account: self.account,
+            device_cert: self.id.device_cert.clone(),
+            endpoint_cert: st.endpoint_cert.clone(),
+            card: Some(st.card.to_bytes()),
+        }
+    }
+
+    pub fn card(&self) -> ContactCard {
+        lock(&self.state).card.clone()
+    }
+
+    /// The name the user knows a peer by: petname, else the name on its card, else its address.
+    fn label(&self, account: &AccountKey) -> String {
+        match lock(&self.store).peer(account) {
+            Ok(Some(p)) => p.petname.or(p.display_name).unwrap_or_else(|| Address::new(*account).to_string()),
+            _ => Address::new(*account).to_string(),
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let hello = self.hello();
+            match self.net.accept(&hello, unix_now).await {
+                None => return,
+                Some(Ok(session)) => self.register(session),
+                Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
+            }
+        }
+    }
+
+    /// Dials every contact once at start, so peers learn we are back (and our current card) at once.
+    async fn announce(self: Arc<Self>) {
+        let contacts = match lock(&self.store).contacts() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list contacts to announce");
+                return;
+            }
+        };
+        let sem = Arc::new(tokio::sync::Semaphore::new(ANNOUNCE_CONCURRENCY));
+        for c in contacts {
+            if c.card.as_ref().is_none_or(|card| card.hints().endpoint.is_none()) {
+                continue;
+            }
+            if lock(&self.state).peers.get(&c.account).is_some_and(|p| !p.conns.is_empty()) {
+                continue;
+            }
+            let Ok(permit) = sem.clone().acquire_owned().await else { return };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let hello = node.hello();
+                if let Ok(session) = node.net.dial(c.account, &hello, unix_now()).await {
+                    node.register(session);
+                }
+            });
+        }
+    }
+
+    fn dial(self: &Arc<Self>, account: AccountKey) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let hello = node.hello();
+            match node.net.dial(account, &hello, unix_now()).await {
+                Ok(session) => node.register(session),
+                Err(e) => {
+                    tracing::debug!(error = %e, "dial failed");
+                    if let Some(p) = lock(&node.state).peers.get_mut(&account) {
+                        p.outbox.dial_failed(Instant::now());
+                    }
+                    node.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Takes a verified session into service: records the peer's card, starts its reader and writer.
+    fn register(self: &Arc<Self>, session: Session) {
+        let peer = session.peer.clone();
+        let account = peer.account();
+        if account == self.account {
+            session.conn.close(0u32.into(), b"connected to self");
+            return;
+        }
+        let path = path_name(session.path_kind());
+        let known = {
+            let store = lock(&self.store);
+            let known = matches!(store.peer(&account), Ok(Some(_)));
+            if known {
+                if let Some(card) = peer.card() {
+                    let _ = store.update_card(card);
+                }
+                let _ = store.touch(&account, unix_ms());
+            }
+            known
+        };
+        let (tx, rx) = mpsc::channel(CONN_QUEUE);
+        let conn = session.conn.clone();
+        let id = {
+            let mut st = lock(&self.state);
+            if !known && !st.peers.contains_key(&account) && st.peers.len() >= MAX_STRANGERS + 1024 {
+                conn.close(0u32.into(), b"busy");
+                return;
+            }
+            st.next_conn += 1;
+            let id = st.next_conn;
+            let outbox_cfg = self.config.outbox.clone();
+            let p = st.peers.entry(account).or_insert_with(|| PeerRt::new(&outbox_cfg));
+            p.conns.push(ConnHandle { id, tx, conn: conn.clone(), since_ms: unix_ms() });
+            if p.conns.len() > MAX_CONNS_PER_PEER {
+                let old = p.conns.remove(0);
+                old.conn.close(0u32.into(), b"replaced by a newer connection");
+            }
+            p.outbox.connected(Instant::now());
+            id
+        };
+        tracing::info!(path, "peer connected");
+        self.emit(Event::Peer { name: self.label(&account), address: Address::new(account).to_string(), online: true, path: path.into() });
+        let (reader, writer) = session.split();
+        tokio::spawn(Self::write_loop(writer, rx));
+        tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
+        self.wake.notify_one();
+    }
+
+    async fn write_loop(mut writer: SessionWriter, mut rx: mpsc::Receiver<Frame>) {
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = writer.send(&frame).await {
+                tracing::debug!(error = %e, "write failed");
+                return;
+            }
+        }
+    }
+
+    async fn read_loop(self: Arc<Self>, mut reader: SessionReader, peer: VerifiedPeer, conn_id: u64, conn: iroh::endpoint::Connection) {
+        let account = peer.account();
+        loop {
+            let first = match reader.next().await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended");
+                    break;
+                }
+            };
+            let mut messages = vec![];
+            let mut receipts = vec![];
+            fn push(f: Frame, messages: &mut Vec<MessageFrame>, receipts: &mut Vec<u64>) {
+                match f {
+                    Frame::Message(m) => messages.push(m),
+                    Frame::Receipt(r) => receipts.extend(r.seqs),
+                    Frame::Hello(_) => {}
+                }
+            }
+            push(first, &mut messages, &mut receipts);
+            // Take whatever is already buffered, so one store transaction covers many messages.
+            while reader.has_buffered() && messages.len() < READ_BATCH {
+                match reader.next().await {
+                    Ok(f) => push(f, &mut messages, &mut receipts),
+                    Err(_) => break,
+                }
+            }
+            if !receipts.is_empty() {
+                self.handle_receipts(account, &receipts);
+            }
+            if !messages.is_empty() {
+                let acks = match self.handle_messages(&peer, messages) {
+                    Ok(acks) => acks,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot store incoming messages; dropping the connection so the peer retries");
+                        conn.close(3u32.into(), b"receiver storage error");
+                        break;
+                    }
+                };
+                let tx = lock(&self.state).peers.get(&account).and_then(|p| p.conns.iter().find(|c| c.id == conn_id).map(|c| c.tx.clone()));
+                if let Some(tx) = tx {
+                    for chunk in acks.chunks(MAX_RECEIPT_SEQS) {
+                        if tx.send(Frame::Receipt(ReceiptFrame { seqs: chunk.to_vec() })).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.unregister(account, conn_id);
+    }
+
+    fn unregister(&self, account: AccountKey, conn_id: u64) {
+        let offline = {
+            let mut st = lock(&self.state);
+            let Some(p) = st.peers.get_mut(&account) else { return };
+            p.conns.retain(|c| c.id != conn_id);
+            let offline = p.conns.is_empty();
+            if offline {
+                p.outbox.disconnected(Instant::now());
+                if p.outbox.is_idle() && p.outbox.pending() == 0 && !matches!(lock(&self.store).peer(&account), Ok(Some(_))) {
+                    st.peers.remove(&account);
+                }
+            }
+            offline
+        };
+        if offline {
+            tracing::info!("peer disconnected");
+            self.emit(Event::Peer { name: self.label(&account), address: Address::new(account).to_string(), online: false, path: "offline".into() });
+        }
+        self.wake.notify_one();
+    }
+
+    fn handle_receipts(&self, account: AccountKey, seqs: &[u64]) {
+        let delivered = {
+            let mut st = lock(&self.state);
+            match st.peers.get_mut(&account) {
+                Some(p) => p.outbox.receipt(seqs, Instant::now()),
+                None => vec![],
+            }
+        };
+        if delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = lock(&self.store).mark_delivered(&account, &self.device, &delivered, unix_ms()) {
+            tracing::error!(error = %e, "cannot record delivery");
+        }
+        let to = self.label(&account);
+        for seq in delivered {
+            self.emit(Event::MessageState { to: to.clone(), seq, state: kith_store::MessageState::Delivered });
+        }
+        self.wake.notify_one();
+    }
+
+    /// Stores what is new, decides what becomes visible, and returns the seqs to acknowledge.
+    fn handle_messages(&self, peer: &VerifiedPeer, mut messages: Vec<MessageFrame>) -> Result<Vec<u64>, StoreError> {
+        let account = peer.account();
+        let device = peer.device();
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let mut st = lock(&self.state);
+        let mut store = lock(&self.store);
+        let is_contact = matches!(store.peer(&account)?, Some(Peer { state: PeerState::Contact, .. }));
+        let mut new_request = false;
+        if !is_contact {
+            // Only messages not yet stored count against the limits (retransmissions are free).
+            let inbox = match st.peers.get(&account).and_then(|p| p.inboxes.get(&device)) {
+                Some(i) => i.clone(),
+                None => {
+                    let (shown, held) = store.inbox_state(&account, &device)?;
+                    Inbox::restore(shown, held)
+                }
+            };
+            let fresh = messages.iter().filter(|m| matches!(inbox.offer(m.seq), Offer::New)).count();
+            let known = store.peer(&account)?.is_some();
+            let allowed = if !known && store.request_count()? >= MAX_STRANGERS as u64 { 0 } else { st.limiter.allow(account, fresh, now) };
+            if allowed < fresh {
+                tracing::info!(refused = fresh - allowed, "contact request rate-limited; the sender will retry later");
+                let mut budget = allowed;
+                messages.retain(|m| match inbox.offer(m.seq) {
+                    Offer::New if budget > 0 => {
+                        budget -= 1;
+                        true
+                    }
+                    Offer::New => false,
+                    _ => true,
+                });
+            }
+            if messages.is_empty() {
+                return Ok(vec![]);
+            }
+            if !known {
+                store.record_request(&account, peer.card(), now_ms)?;
+                new_request = true;
+            }
+        }
+        let outbox_cfg = self.config.outbox.clone();
+        let p = st.peers.entry(account).or_insert_with(|| PeerRt::new(&outbox_cfg));
+        let mut restored_shows = vec![];
+        let inbox = match p.inboxes.entry(device) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (shown, held) = store.inbox_state(&account, &device)?;
+                let inbox = Inbox::restore(shown, held);
+                // A crash between storing and showing leaves a run that restore already counts as shown.
+                restored_shows.extend(shown + 1..=inbox.shown_upto());
+                v.insert(inbox)
+            }
+        };
+        let mut next = inbox.clone();
+        let mut acks = vec![];
+        let mut fresh: Vec<&MessageFrame> = vec![];
+        let mut show = restored_shows;
+        for m in &messages {
+            match next.offer(m.seq) {
+                Offer::New if !fresh.iter().any(|f| f.seq == m.seq) => {
+                    fresh.push(m);
+                    show.extend(next.stored(m.seq));
+                    acks.push(m.seq);
+                }
+                Offer::New | Offer::Duplicate => acks.push(m.seq),
+                Offer::TooFarAhead | Offer::Invalid => {}
+            }
+        }
+        let incoming: Vec<Incoming<'_>> =
+            fresh.iter().map(|m| Incoming { seq: m.seq, id: m.id, text: &m.text, sent_at_ms: m.sent_at_ms }).collect();
+        store.store_incoming(&account, &device, &incoming, &show, now_ms)?;
+        *inbox = next;
+        store.touch(&account, now_ms)?;
+        let peer_row = store.peer(&account)?;
+        drop(st);
+        let from = peer_row
+            .as_ref()
+            .and_then(|p| p.petname.clone().or(p.display_name.clone()))
+            .unwrap_or_else(|| Address::new(account).to_string());
+        let address = Address::new(account).to_string();
+        if new_request {
+            self.emit(Event::Request { name: from.clone(), address: address.clone() });
+        }
+        for seq in show {
+            let (text, id, sent_at_ms) = match messages.iter().find(|m| m.seq == seq) {
+                Some(m) => (m.text.clone(), m.id, m.sent_at_ms),
+                None => match store.incoming(&account, &device, seq)? {
+                    Some(m) => (m.text, m.id, m.sent_at_ms),
+                    None => continue,
+                },
+            };
+            self.emit(Event::Message {
+                from: from.clone(),
+                address: address.clone(),
+                seq,
+                id: hex::encode(id),
+                text,
+                sent_at_ms,
+                request: !is_contact,
+            });
+        }
+        Ok(acks)
+    }
+
+    /// The one loop that turns outbox decisions into dials and frames.
+    async fn pump(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let mut dials = vec![];
+            let mut sends: Vec<(AccountKey, Vec<u64>, mpsc::Sender<Frame>)> = vec![];
+            let mut deadline: Option<Instant> = None;
+            {
+                let mut st = lock(&self.state);
+                for (account, p) in st.peers.iter_mut() {
+                    if p.outbox.poll_timeout().is_some_and(|t| t <= now) {
+                        p.outbox.handle_timeout(now);
+                    }
+                    if p.outbox.poll_dial(now) {
+                        dials.push(*account);
+                    }
+                    if let Some(conn) = p.conns.last() {
+                        let mut seqs = vec![];
+                        let room = conn.tx.capacity().saturating_sub(8);
+                        while seqs.len() < room {
+                            match p.outbox.poll_transmit(now) {
+                                Some(seq) => seqs.push(seq),
+                                None => break,
+                            }
+                        }
+                        if !seqs.is_empty() {
+                            sends.push((*account, seqs, conn.tx.clone()));
+                        }
+                    }
+                    if let Some(t) = p.outbox.poll_timeout() {
+                        deadline = Some(deadline.map_or(t, |d| d.min(t)));
+                    }
+                }
+            }
+            for account in dials {
+                self.dial(account);
+            }
+            for (account, seqs, tx) in sends {
+                let loaded: Vec<_> = {
+                    let store = lock(&self.store);
+                    seqs.iter().filter_map(|seq| store.outgoing(&account, &self.device, *seq).ok().flatten()).collect()
+                };
+                let mut sent = vec![];
+                for m in loaded {
+                    let frame = Frame::Message(MessageFrame { seq: m.seq, id: m.id, sent_at_ms: m.sent_at_ms, text: m.text });
+                    if tx.try_send(frame).is_err() {
+                        // The connection is going away; the outbox retransmits after its timeout or reconnect.
+                        break;
+                    }
+                    sent.push(m.seq);
+                }
+                if !sent.is_empty() {
+                    if let Err(e) = lock(&self.store).mark_sent(&account, &self.device, &sent) {
+                        tracing::warn!(error = %e, "cannot record sent state");
+                    }
+                    let to = self.label(&account);
+                    for seq in sent {
+                        self.emit(Event::MessageState { to: to.clone(), seq, state: kith_store::MessageState::Sent });
+                    }
+                }
+            }
+            let sleep = deadline.map(|d| d.max(Instant::now())).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(sleep.into()) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    // ---- operations of the control API ----
+
+    pub fn status(&self) -> Result<StatusView, NodeError> {
+        let (outbox, held) = lock(&self.store).queue_sizes()?;
+        let requests = lock(&self.store).request_count()?;
+        let contacts = lock(&self.store).contacts()?.len();
+        let (conns, in_flight) = {
+            let st = lock(&self.state);
+            let conns: Vec<(AccountKey, i64, PathKind)> = st
+                .peers
+                .iter()
+                .filter_map(|(a, p)| p.conns.last().map(|c| (*a, c.since_ms, kith_net::path_kind(&c.conn))))
+                .collect();
+            (conns, st.peers.values().map(|p| p.outbox.in_flight()).sum())
+        };
+        Ok(StatusView {
+            name: self.id.name.clone(),
+            address: self.address().to_string(),
+            endpoint: kith_core::zbase32::encode(self.net.endpoint_key().as_bytes()),
+            listen: self.net.local_addrs(),
+            connections: conns
+                .into_iter()
+                .map(|(a, since_ms, kind)| ConnectionView { peer: self.label(&a), path: path_name(kind).into(), since_ms })
+                .collect(),
+            outbox,
+            held,
+            in_flight,
+            contacts,
+            requests,
+            uptime_secs: self.started.elapsed().as_secs(),
+        })
+    }
+
+    pub fn add_contact(self: &Arc<Self>, text: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
+        let parsed = ParsedContact::parse(text)?;
+        let account = parsed.address().account();
+        if account == self.account {
+            return Err(NodeError::SelfContact);
+        }
+        let card = match &parsed {
+            ParsedContact::Card(c) => Some(c),
+            ParsedContact::Address(_) => None,
+        };
+        let name = match (name, card) {
+            (Some(n), _) => n.trim().to_owned(),
+            (None, Some(c)) => c.name().to_owned(),
+            (None, None) => return Err(NodeError::Contact(kith_core::CardError::InvalidName("an address carries no name: give one with --name"))),
+        };
+        kith_core::card::check_name(&name)?;
+        lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
+        let view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
+        // Say hello now: the peer learns our card, and we learn whether they are reachable.
+        if lock(&self.state).peers.get(&account).is_none_or(|p| p.conns.is_empty()) && view.has_route {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let hello = node.hello();
+                if let Ok(s) = node.net.dial(account, &hello, unix_now()).await {
+                    node.register(s);
+                }
+            });
+        }
+        Ok(view)
+    }
+
+    fn contact_view(&self, p: &Peer) -> ContactView {
+        let reachability = {
+            let st = lock(&self.state);
+            match st.peers.get(&p.account).and_then(|rt| rt.conns.last()) {
+                Some(c) => format!("online {}", path_name(kith_net::path_kind(&c.conn))),
+                None => "offline".into(),
+            }
+        };
+        ContactView {
+            name: p.petname.clone().unwrap_or_default(),
+            address: Address::new(p.account).to_string(),
+            display_name: p.display_name.clone(),
+            reachability,
+            last_seen_ms: p.last_seen_ms,
+            added_at_ms: p.added_at_ms,
+            has_route: p.card.as_ref().is_some_and(|c| c.hints().endpoint.is_some()),
+        }
+    }
+
+    pub fn contacts(&self) -> Result<Vec<ContactView>, NodeError> {
+        let contacts = lock(&self.store).contacts()?;
+        Ok(contacts.iter().map(|p| self.contact_view(p)).collect())
+    }
+
+    pub fn remove_contact(&self, name: &str) -> Result<(), NodeError> {
+        let account = lock(&self.store).remove_contact(name)?;
+        let mut st = lock(&self.state);
+        if let Some(p) = st.peers.remove(&account) {
+            for c in p.conns {
+                c.conn.close(0u32.into(), b"contact removed");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn safety_number(&self, name: &str) -> Result<(String, String), NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?;
+        Ok((kith_core::safety::safety_number(&self.account, &peer.account), Address::new(peer.account).to_string()))
+    }
+
+    pub fn send(self: &Arc<Self>, name: &str, text: &str) -> Result<SentView, NodeError> {
+        if text.trim().is_empty() {
+            return Err(NodeError::EmptyMessage);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(NodeError::MessageTooLong(text.len()));
+        }
+        let mut id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
+        let (account, seq) = {
+            let mut st = lock(&self.state);
+            let mut store = lock(&self.store);
+            let peer = store.contact_by_name(name)?;
+            let seq = store.enqueue_outgoing(&peer.account, &self.device, id, text, unix_ms())?;
+            let outbox_cfg = self.config.outbox.clone();
+            st.peers.entry(peer.account).or_insert_with(|| PeerRt::new(&outbox_cfg)).outbox.enqueue(seq, Instant::now());
+            (peer.account, seq)
+        };
+        let _ = account;
+        self.wake.notify_one();
+        Ok(SentView { to: name.to_owned(), seq, id: hex::encode(id), state: "queued" })
+    }
+
+    pub fn chat(&self, name: &str, limit: usize) -> Result<Vec<ChatMessage>, NodeError> {
+        let store = lock(&self.store);
+        let peer = store.contact_by_name(name)?;
+        Ok(store.chat(&peer.account, limit)?)
+    }
+
+    pub fn requests(&self) -> Result<Vec<RequestView>, NodeError> {
+        let store = lock(&self.store);
+        let mut out = vec![];
+        for p in store.requests()? {
+            out.push(RequestView {
+                name: p.display_name.clone().unwrap_or_else(|| Address::new(p.account).to_string()),
+                address: Address::new(p.account).to_string(),
+                messages: store.chat(&p.account, 20)?,
+                first_seen_ms: p.added_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn accept_request(&self, request: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
+        let store = lock(&self.store);
+        let peer = store.find_request(request)?;
+        let name = name.map(str::to_owned).or(peer.display_name.clone()).unwrap_or_else(|| request.to_owned());
+        kith_core::card::check_name(&name)?;
+        store.add_contact(&peer.account, &name, None, unix_ms())?;
+        let p = store.contact_by_name(&name)?;
+        drop(store);
+        Ok(self.contact_view(&p))
+    }
+
+    pub async fn shutdown(&self) {
+        self.net.close().await;
+    }
+}

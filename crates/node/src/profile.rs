@@ -1,0 +1,392 @@
+//! A profile: one user's keys, configuration, API token and database in one directory.
+//!
+//! Layout of `--home DIR`:
+//! * `identity.json` (0600): public keys, the device certificate and the secret keys, encrypted with
+//!   XChaCha20-Poly1305 under an argon2id key when a passphrase was given.
+//! * `config.toml`: the listen address (a port chosen at `init`, so contact cards stay valid across
+//!   restarts) and the control API address.
+//! * `api-token` (0600): the bearer token of the local control API.
+//! * `kith.db`: the SQLite store. `daemon.json` (0600) exists while a daemon runs: its pid and API address.
+//! * `daemon.lock`: held (flock) by the running daemon, so two daemons never share a profile.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use kith_core::{AccountKey, AccountSecret, DeviceCert, DeviceKey, DeviceSecret};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub const IDENTITY_FILE: &str = "identity.json";
+pub const CONFIG_FILE: &str = "config.toml";
+pub const TOKEN_FILE: &str = "api-token";
+pub const DB_FILE: &str = "kith.db";
+pub const DAEMON_FILE: &str = "daemon.json";
+pub const LOCK_FILE: &str = "daemon.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("a profile already exists in {0}: refusing to overwrite it (use another --home to make a second one)")]
+    Exists(PathBuf),
+    #[error("no kith profile in {0}: create one with `kith init`")]
+    Missing(PathBuf),
+    #[error("the profile is locked with a passphrase: set KITH_PASSPHRASE or run in a terminal to be asked")]
+    Locked,
+    #[error("wrong passphrase for this profile")]
+    WrongPassphrase,
+    #[error("the profile file {file} is damaged ({reason}); restore it from a backup")]
+    Damaged { file: PathBuf, reason: String },
+    #[error("the profile in {0} is in use by another kith daemon (pid {1}); stop it first")]
+    InUse(PathBuf, String),
+    #[error("cannot access {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid display name: {0}")]
+    Name(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {
+    move |source| ProfileError::Io { path: path.to_owned(), source }
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdentityFile {
+    version: u32,
+    name: String,
+    account: String,
+    device: String,
+    endpoint: String,
+    device_cert: String,
+    secrets: SecretBlob,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum SecretBlob {
+    /// No passphrase: the file's 0600 mode is the only protection.
+    Plain { keys: String },
+    Argon2idXchacha20poly1305 { m_cost: u32, t_cost: u32, p_cost: u32, salt: String, nonce: String, ciphertext: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// TCP address of the local control API (always loopback unless changed by hand).
+    pub api_listen: SocketAddr,
+}
+
+/// What a running daemon leaves for the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub api: SocketAddr,
+}
+
+/// The unlocked identity of a profile.
+pub struct Identity {
+    pub name: String,
+    pub account: AccountSecret,
+    pub device: DeviceSecret,
+    pub device_cert: DeviceCert,
+    pub endpoint_secret: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(Secret(..))")
+    }
+}
+
+/// The public part of a profile, readable without the passphrase.
+#[derive(Debug, Clone)]
+pub struct PublicIdentity {
+    pub name: String,
+    pub account: AccountKey,
+    pub device: DeviceKey,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub home: PathBuf,
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), ProfileError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+const M_COST: u32 = 64 * 1024;
+const T_COST: u32 = 3;
+const P_COST: u32 = 1;
+
+fn derive_key(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>, ProfileError> {
+    let params = argon2::Params::new(m, t, p, Some(32))
+        .map_err(|e| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: format!("bad argon2 parameters: {e}") })?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
+        .map_err(|e| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: format!("argon2: {e}") })?;
+    Ok(key)
+}
+
+fn unhex(file: &Path, s: &str) -> Result<Vec<u8>, ProfileError> {
+    hex::decode(s).map_err(|_| ProfileError::Damaged { file: file.to_owned(), reason: "not hexadecimal".into() })
+}
+
+impl Profile {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self { home: home.into() }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.home.join(file)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path(IDENTITY_FILE).exists()
+    }
+
+    /// Creates a new profile. `passphrase` (non-empty) encrypts the secret keys.
+    pub fn init(&self, name: &str, passphrase: Option<&str>, listen_port: u16) -> Result<PublicIdentity, ProfileError> {
+        kith_core::card::check_name(name).map_err(|e| ProfileError::Name(e.to_string()))?;
+        if self.exists() {
+            return Err(ProfileError::Exists(self.home.clone()));
+        }
+        fs::create_dir_all(&self.home).map_err(io(&self.home))?;
+        fs::set_permissions(&self.home, fs::Permissions::from_mode(0o700)).map_err(io(&self.home))?;
+        let mut rng = rand::rng();
+        let account = AccountSecret::generate(&mut rng);
+        let device = DeviceSecret::generate(&mut rng);
+        let mut endpoint = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut endpoint[..]);
+        let endpoint_public = iroh::SecretKey::from_bytes(&endpoint).public();
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let cert = DeviceCert::issue(&account, device.public(), created);
+
+        let mut plain = Zeroizing::new(Vec::with_capacity(96));
+        plain.extend_from_slice(&account.to_bytes()[..]);
+        plain.extend_from_slice(&device.to_bytes()[..]);
+        plain.extend_from_slice(&endpoint[..]);
+        let secrets = match passphrase.filter(|p| !p.is_empty()) {
+            None => SecretBlob::Plain { keys: hex::encode(&plain[..]) },
+            Some(pass) => {
+                let mut salt = [0u8; 16];
+                let mut nonce = [0u8; 24];
+                rng.fill_bytes(&mut salt);
+                rng.fill_bytes(&mut nonce);
+                let key = derive_key(pass, &salt, M_COST, T_COST, P_COST)?;
+                let cipher = XChaCha20Poly1305::new_from_slice(&key[..]).map_err(|_| ProfileError::WrongPassphrase)?;
+                let ct = cipher
+                    .encrypt(&XNonce::from(nonce), &plain[..])
+                    .map_err(|_| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: "encryption failed".into() })?;
+                SecretBlob::Argon2idXchacha20poly1305 {
+                    m_cost: M_COST,
+                    t_cost: T_COST,
+                    p_cost: P_COST,
+                    salt: hex::encode(salt),
+                    nonce: hex::encode(nonce),
+                    ciphertext: hex::encode(ct),
+                }
+            }
+        };
+        let file = IdentityFile {
+            version: 1,
+            name: name.to_owned(),
+            account: hex::encode(account.public().as_bytes()),
+            device: hex::encode(device.public().as_bytes()),
+            endpoint: hex::encode(endpoint_public.as_bytes()),
+            device_cert: hex::encode(postcard::to_allocvec(&cert).unwrap_or_default()),
+            secrets,
+        };
+        let mut token = [0u8; 32];
+        rng.fill_bytes(&mut token);
+        let config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
+        let config_text = format!(
+            "# kith profile configuration\n# UDP address of the QUIC endpoint (the port is kept so contact cards stay valid)\nlisten = \"{}\"\n# TCP address of the local control API (token in ./api-token)\napi_listen = \"{}\"\n",
+            config.listen, config.api_listen
+        );
+        write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
+        let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        // The identity file is written last: its presence is what marks a complete profile.
+        write_private(&self.path(IDENTITY_FILE), &json)?;
+        Ok(PublicIdentity { name: name.to_owned(), account: account.public(), device: device.public() })
+    }
+
+    fn read_identity_file(&self) -> Result<IdentityFile, ProfileError> {
+        let path = self.path(IDENTITY_FILE);
+        if !path.exists() {
+            return Err(ProfileError::Missing(self.home.clone()));
+        }
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| ProfileError::Damaged { file: path, reason: e.to_string() })
+    }
+
+    pub fn public(&self) -> Result<PublicIdentity, ProfileError> {
+        let f = self.read_identity_file()?;
+        let path = self.path(IDENTITY_FILE);
+        let key = |s: &str| -> Result<[u8; 32], ProfileError> {
+            unhex(&path, s)?.try_into().map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad key length".into() })
+        };
+        let damaged = |r: &str| ProfileError::Damaged { file: path.clone(), reason: r.into() };
+        Ok(PublicIdentity {
+            name: f.name.clone(),
+            account: AccountKey::from_bytes(key(&f.account)?).map_err(|_| damaged("bad account key"))?,
+            device: DeviceKey::from_bytes(key(&f.device)?).map_err(|_| damaged("bad device key"))?,
+        })
+    }
+
+    /// Whether the secret keys need a passphrase.
+    pub fn is_encrypted(&self) -> Result<bool, ProfileError> {
+        Ok(matches!(self.read_identity_file()?.secrets, SecretBlob::Argon2idXchacha20poly1305 { .. }))
+    }
+
+    /// Unlocks the secret keys.
+    pub fn unlock(&self, passphrase: Option<&str>) -> Result<Identity, ProfileError> {
+        let f = self.read_identity_file()?;
+        let path = self.path(IDENTITY_FILE);
+        let plain: Zeroizing<Vec<u8>> = match &f.secrets {
+            SecretBlob::Plain { keys } => Zeroizing::new(unhex(&path, keys)?),
+            SecretBlob::Argon2idXchacha20poly1305 { m_cost, t_cost, p_cost, salt, nonce, ciphertext } => {
+                let pass = passphrase.filter(|p| !p.is_empty()).ok_or(ProfileError::Locked)?;
+                let key = derive_key(pass, &unhex(&path, salt)?, *m_cost, *t_cost, *p_cost)?;
+                let nonce: [u8; 24] = unhex(&path, nonce)?
+                    .try_into()
+                    .map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad nonce".into() })?;
+                let cipher = XChaCha20Poly1305::new_from_slice(&key[..]).map_err(|_| ProfileError::WrongPassphrase)?;
+                Zeroizing::new(
+                    cipher.decrypt(&XNonce::from(nonce), &unhex(&path, ciphertext)?[..]).map_err(|_| ProfileError::WrongPassphrase)?,
+                )
+            }
+        };
+        if plain.len() != 96 {
+            return Err(ProfileError::Damaged { file: path, reason: "wrong secret length".into() });
+        }
+        let part = |i: usize| -> [u8; 32] { plain[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
+        let account = AccountSecret::from_bytes(&part(0));
+        let device = DeviceSecret::from_bytes(&part(1));
+        let cert_bytes = unhex(&path, &f.device_cert)?;
+        let device_cert: DeviceCert = postcard::from_bytes(&cert_bytes)
+            .map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad device certificate".into() })?;
+        if device_cert.account != account.public() || device_cert.device != device.public() || device_cert.verify().is_err() {
+            return Err(ProfileError::Damaged { file: path, reason: "device certificate does not match the keys".into() });
+        }
+        Ok(Identity { name: f.name, account, device, device_cert, endpoint_secret: Zeroizing::new(part(2)) })
+    }
+
+    pub fn config(&self) -> Result<Config, ProfileError> {
+        let path = self.path(CONFIG_FILE);
+        if !self.exists() {
+            return Err(ProfileError::Missing(self.home.clone()));
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        parse_config(&text).map_err(|reason| ProfileError::Damaged { file: path, reason })
+    }
+
+    pub fn token(&self) -> Result<String, ProfileError> {
+        let path = self.path(TOKEN_FILE);
+        if !self.exists() {
+            return Err(ProfileError::Missing(self.home.clone()));
+        }
+        Ok(fs::read_to_string(&path).map_err(io(&path))?.trim().to_owned())
+    }
+
+    pub fn daemon_info(&self) -> Option<DaemonInfo> {
+        let bytes = fs::read(self.path(DAEMON_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn write_daemon_info(&self, info: &DaemonInfo) -> Result<(), ProfileError> {
+        write_private(&self.path(DAEMON_FILE), &serde_json::to_vec(info).unwrap_or_default())
+    }
+
+    pub fn remove_daemon_info(&self) {
+        let _ = fs::remove_file(self.path(DAEMON_FILE));
+    }
+
+    /// Takes the daemon lock; held until the returned value is dropped (or the process dies).
+    pub fn lock(&self) -> Result<ProfileLock, ProfileError> {
+        if !self.exists() {
+            return Err(ProfileError::Missing(self.home.clone()));
+        }
+        let path = self.path(LOCK_FILE);
+        let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io(&path))?;
+        if file.try_lock().is_err() {
+            let pid = self.daemon_info().map(|d| d.pid.to_string()).unwrap_or_else(|| "unknown".into());
+            return Err(ProfileError::InUse(self.home.clone(), pid));
+        }
+        Ok(ProfileLock { _file: file })
+    }
+}
+
+/// Holds the profile lock.
+pub struct ProfileLock {
+    _file: fs::File,
+}
+
+/// A tiny parser for the two `key = "value"` lines of `config.toml` (comments and blank lines allowed).
+fn parse_config(text: &str) -> Result<Config, String> {
+    let mut listen = None;
+    let mut api = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or(format!("line {}: expected key = \"value\"", n + 1))?;
+        let v = v.trim().trim_matches('"');
+        let addr: SocketAddr = v.parse().map_err(|_| format!("line {}: {v:?} is not an address like 127.0.0.1:4000", n + 1))?;
+        match k.trim() {
+            "listen" => listen = Some(addr),
+            "api_listen" => api = Some(addr),
+            other => return Err(format!("line {}: unknown setting {other:?}", n + 1)),
+        }
+    }
+    Ok(Config { listen: listen.ok_or("missing `listen`")?, api_listen: api.ok_or("missing `api_listen`")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_unlock_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path().join("a"));
+        let public = p.init("Alice", Some("correct horse"), 4000).unwrap();
+        assert!(matches!(p.init("Alice", None, 4000), Err(ProfileError::Exists(_))));
+        assert!(matches!(p.unlock(None), Err(ProfileError::Locked)));
+        assert!(matches!(p.unlock(Some("wrong")), Err(ProfileError::WrongPassphrase)));
+        let id = p.unlock(Some("correct horse")).unwrap();
+        assert_eq!(id.account.public(), public.account);
+        let mode = fs::metadata(p.path(IDENTITY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(p.config().unwrap().listen.port(), 4000);
+        // The secret keys are not in the file in clear.
+        let text = fs::read_to_string(p.path(IDENTITY_FILE)).unwrap();
+        assert!(!text.contains(&hex::encode(&id.account.to_bytes()[..])));
+    }
+
+    #[test]
+    fn plain_profile_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        p.init("Bob", None, 0).unwrap();
+        assert!(p.unlock(None).is_ok());
+        let _held = p.lock().unwrap();
+        assert!(matches!(p.lock(), Err(ProfileError::InUse(..))));
+    }
+}
