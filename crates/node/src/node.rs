@@ -715,16 +715,23 @@ impl Node {
         lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
         let view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
         // Say hello now: the peer learns our card, and we learn whether they are reachable.
-        if lock(&self.state).peers.get(&account).is_none_or(|p| p.conns.is_empty()) && view.has_route {
-            let node = self.clone();
-            tokio::spawn(async move {
-                let hello = node.hello();
-                if let Ok(s) = node.net.dial(account, &hello, unix_now()).await {
-                    node.register(s);
-                }
-            });
-        }
+        self.say_hello(account);
         Ok(view)
+    }
+
+    /// Opens a connection to `account` unless one is up. A new connection also makes the peer's outbox to us
+    /// retransmit at once whatever we have not acknowledged (used after accepting a request).
+    fn say_hello(self: &Arc<Self>, account: AccountKey) {
+        if lock(&self.state).peers.get(&account).is_some_and(|p| !p.conns.is_empty()) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let hello = node.hello();
+            if let Ok(s) = node.net.dial(account, &hello, unix_now()).await {
+                node.register(s);
+            }
+        });
     }
 
     fn contact_view(&self, p: &Peer) -> ContactView {
@@ -810,7 +817,7 @@ impl Node {
         Ok(out)
     }
 
-    pub fn accept_request(&self, request: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
+    pub fn accept_request(self: &Arc<Self>, request: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
         let store = lock(&self.store);
         let peer = store.find_request(request)?;
         let name = name.map(str::to_owned).or(peer.display_name.clone()).unwrap_or_else(|| request.to_owned());
@@ -818,6 +825,14 @@ impl Node {
         store.add_contact(&peer.account, &name, None, unix_ms())?;
         let p = store.contact_by_name(&name)?;
         drop(store);
+        // Close the stranger-era connections and dial afresh: the new connection makes their outbox resend
+        // at once what the rate limit held back.
+        if let Some(rt) = lock(&self.state).peers.get_mut(&p.account) {
+            for c in rt.conns.drain(..) {
+                c.conn.close(0u32.into(), b"request accepted, reconnecting");
+            }
+        }
+        self.say_hello(p.account);
         Ok(self.contact_view(&p))
     }
 
