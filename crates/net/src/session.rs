@@ -58,14 +58,16 @@ impl Session {
         Self::finish(conn, send, recv, Some(expected), now).await
     }
 
+    /// The acceptor reads and verifies the dialer's hello before it sends its own, so a peer that cannot
+    /// prove itself learns nothing about who runs this endpoint.
     pub(crate) async fn handshake_acceptor(conn: Connection, hello: &Hello, now: u64) -> Result<Self, SessionError> {
-        let fut = async {
-            let (mut send, recv) = conn.accept_bi().await.map_err(|e| SessionError::Connection(e.to_string()))?;
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
-            Ok::<_, SessionError>((send, recv))
-        };
-        let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, fut).await.map_err(|_| SessionError::Timeout)??;
-        Self::finish(conn, send, recv, None, now).await
+        let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, conn.accept_bi())
+            .await
+            .map_err(|_| SessionError::Timeout)?
+            .map_err(|e| SessionError::Connection(e.to_string()))?;
+        let mut session = Self::finish(conn, send, recv, None, now).await?;
+        write_frame(&mut session.send, &Frame::Hello(hello.clone())).await?;
+        Ok(session)
     }
 
     async fn finish(
@@ -87,6 +89,10 @@ impl Session {
             }
             Ok(Frame::Message(_)) => Err(SessionError::NoHello("a message")),
             Ok(Frame::Receipt(_)) => Err(SessionError::NoHello("a receipt")),
+            // The peer refused us: report its reason rather than "connection lost".
+            Err(SessionError::Connection(_)) if conn.close_reason().is_some() => {
+                return Err(SessionError::Connection(describe_close(&conn)));
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -109,6 +115,17 @@ impl Session {
             SessionReader { recv: self.recv, decoder: self.decoder, conn: self.conn.clone() },
             SessionWriter { send: self.send, conn: self.conn },
         )
+    }
+}
+
+/// Describes why a connection closed, with the peer's stated reason when it gave one.
+fn describe_close(conn: &Connection) -> String {
+    match conn.close_reason() {
+        Some(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => {
+            format!("the peer closed the connection: {}", String::from_utf8_lossy(&close.reason))
+        }
+        Some(other) => other.to_string(),
+        None => "connection lost".into(),
     }
 }
 
@@ -181,6 +198,12 @@ pub struct SessionWriter {
 impl SessionWriter {
     pub async fn send(&mut self, frame: &Frame) -> Result<(), SessionError> {
         write_frame(&mut self.send, frame).await
+    }
+
+    /// Writes raw bytes to the stream, bypassing the encoder: for protocol-robustness tests and tools that
+    /// probe how a peer handles malformed input. Production code sends [`Frame`]s.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.send.write_all(bytes).await.map_err(|e| SessionError::Connection(e.to_string()))
     }
 
     pub fn connection(&self) -> &Connection {
