@@ -30,11 +30,17 @@ pub enum AddressError {
     Empty,
     #[error("the address must start with `kith:` (found {found:?}): copy the whole address")]
     WrongPrefix { found: String },
-    #[error("the address is too short ({len} of {expected} characters after `kith:`): it looks truncated, copy all of it")]
+    #[error(
+        "the address is too short ({len} of {expected} characters after `kith:`): it looks truncated, copy all of it"
+    )]
     TooShort { len: usize, expected: usize },
-    #[error("the address is too long ({len} of {expected} characters after `kith:`): it has extra characters")]
+    #[error(
+        "the address is too long ({len} of {expected} characters after `kith:`): it has extra characters"
+    )]
     TooLong { len: usize, expected: usize },
-    #[error("character {ch:?} at position {pos} after `kith:` cannot appear in an address: check for a typo")]
+    #[error(
+        "character {ch:?} at position {pos} after `kith:` cannot appear in an address: check for a typo"
+    )]
     InvalidChar { ch: char, pos: usize },
     #[error("the address has a bad checksum: check for a typo")]
     BadChecksum,
@@ -43,7 +49,10 @@ pub enum AddressError {
 }
 
 fn checksum(key: &[u8; KEY_LEN]) -> [u8; CHECKSUM_LEN] {
-    let digest = Sha256::new().chain_update(b"kith address checksum v1").chain_update(key).finalize();
+    let digest = Sha256::new()
+        .chain_update(b"kith address checksum v1")
+        .chain_update(key)
+        .finalize();
     [digest[0], digest[1], digest[2]]
 }
 
@@ -78,14 +87,24 @@ impl Address {
     pub(crate) fn parse_body(body: &str) -> Result<Self, AddressError> {
         let len = body.chars().count();
         // Report a bad character before a wrong length: "position 12 is a `l`" is the more useful hint.
-        if let Some((pos, ch)) = body.chars().enumerate().find(|(_, c)| !zbase32::is_char(*c)) {
+        if let Some((pos, ch)) = body
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !zbase32::is_char(*c))
+        {
             return Err(AddressError::InvalidChar { ch, pos });
         }
         if len < ENCODED_LEN {
-            return Err(AddressError::TooShort { len, expected: ENCODED_LEN });
+            return Err(AddressError::TooShort {
+                len,
+                expected: ENCODED_LEN,
+            });
         }
         if len > ENCODED_LEN {
-            return Err(AddressError::TooLong { len, expected: ENCODED_LEN });
+            return Err(AddressError::TooLong {
+                len,
+                expected: ENCODED_LEN,
+            });
         }
         let bytes = zbase32::decode(body).map_err(|e| match e {
             zbase32::DecodeError::InvalidChar { ch, pos } => AddressError::InvalidChar { ch, pos },
@@ -96,7 +115,9 @@ impl Address {
         if checksum(&key) != sum {
             return Err(AddressError::BadChecksum);
         }
-        AccountKey::from_bytes(key).map(Self).map_err(|_| AddressError::InvalidKey)
+        AccountKey::from_bytes(key)
+            .map(Self)
+            .map_err(|_| AddressError::InvalidKey)
     }
 
     /// The 56 characters after `kith:`.
@@ -163,16 +184,51 @@ mod tests {
         let text = sample().to_string();
         let body = &text[5..];
         assert_eq!("".parse::<Address>(), Err(AddressError::Empty));
-        assert!(matches!(format!("kit:{body}").parse::<Address>(), Err(AddressError::WrongPrefix { .. })));
-        assert!(matches!(body.parse::<Address>(), Err(AddressError::WrongPrefix { .. })));
-        assert!(matches!(text[..40].parse::<Address>(), Err(AddressError::TooShort { len: 35, .. })));
-        assert!(matches!(format!("{text}y").parse::<Address>(), Err(AddressError::TooLong { len: 57, .. })));
-        let typo: String = body.chars().enumerate().map(|(i, c)| if i == 10 { if c == 'y' { 'b' } else { 'y' } } else { c }).collect();
-        assert_eq!(format!("kith:{typo}").parse::<Address>(), Err(AddressError::BadChecksum));
-        let bad: String = body.chars().enumerate().map(|(i, c)| if i == 12 { 'l' } else { c }).collect();
-        assert_eq!(format!("kith:{bad}").parse::<Address>(), Err(AddressError::InvalidChar { ch: 'l', pos: 12 }));
+        assert!(matches!(
+            format!("kit:{body}").parse::<Address>(),
+            Err(AddressError::WrongPrefix { .. })
+        ));
+        assert!(matches!(
+            body.parse::<Address>(),
+            Err(AddressError::WrongPrefix { .. })
+        ));
+        assert!(matches!(
+            text[..40].parse::<Address>(),
+            Err(AddressError::TooShort { len: 35, .. })
+        ));
+        assert!(matches!(
+            format!("{text}y").parse::<Address>(),
+            Err(AddressError::TooLong { len: 57, .. })
+        ));
+        let typo: String = body
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 10 {
+                    if c == 'y' { 'b' } else { 'y' }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        assert_eq!(
+            format!("kith:{typo}").parse::<Address>(),
+            Err(AddressError::BadChecksum)
+        );
+        let bad: String = body
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i == 12 { 'l' } else { c })
+            .collect();
+        assert_eq!(
+            format!("kith:{bad}").parse::<Address>(),
+            Err(AddressError::InvalidChar { ch: 'l', pos: 12 })
+        );
         let space = format!("kith:{} {}", &body[..20], &body[20..]);
-        assert_eq!(space.parse::<Address>(), Err(AddressError::InvalidChar { ch: ' ', pos: 20 }));
+        assert_eq!(
+            space.parse::<Address>(),
+            Err(AddressError::InvalidChar { ch: ' ', pos: 20 })
+        );
     }
 
     #[test]

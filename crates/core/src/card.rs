@@ -61,7 +61,9 @@ pub enum CardError {
     NotACard,
     #[error("unknown part {0:?} in the card link: copy the link exactly as it was given")]
     UnknownParameter(String),
-    #[error("character {ch:?} at position {pos} of the card part cannot appear in a card: the link was altered")]
+    #[error(
+        "character {ch:?} at position {pos} of the card part cannot appear in a card: the link was altered"
+    )]
     InvalidChar { ch: char, pos: usize },
     #[error("the card is truncated or damaged: copy the whole link")]
     Malformed,
@@ -69,7 +71,9 @@ pub enum CardError {
     TooLarge { len: usize, max: usize },
     #[error("this card was made by a newer version of kith (card version {0}): update kith")]
     UnsupportedVersion(u8),
-    #[error("the card's signature does not match its address: it was altered or forged, ask for it again")]
+    #[error(
+        "the card's signature does not match its address: it was altered or forged, ask for it again"
+    )]
     BadSignature,
     #[error("invalid display name: {0}")]
     InvalidName(&'static str),
@@ -88,7 +92,11 @@ impl ParsedContact {
     /// Parses what a user pasted: an address or a card link.
     pub fn parse(text: &str) -> Result<Self, CardError> {
         let body = strip_scheme(text)?;
-        if body.contains('?') { Ok(Self::Card(text.parse()?)) } else { Ok(Self::Address(text.parse()?)) }
+        if body.contains('?') {
+            Ok(Self::Card(text.parse()?))
+        } else {
+            Ok(Self::Address(text.parse()?))
+        }
     }
 
     pub fn address(&self) -> Address {
@@ -126,20 +134,43 @@ fn check_hints(h: &Hints) -> Result<(), CardError> {
 impl ContactCard {
     const DOMAIN: &'static str = "kith contact-card v1";
 
-    fn signed_part(account: &AccountKey, version: u8, name: &str, hints: &Hints, issued: u64) -> Vec<u8> {
+    fn signed_part(
+        account: &AccountKey,
+        version: u8,
+        name: &str,
+        hints: &Hints,
+        issued: u64,
+    ) -> Vec<u8> {
         domain_signed_bytes(Self::DOMAIN, &(account, version, name, hints, issued))
     }
 
     /// Makes and signs a card.
-    pub fn issue(account: &AccountSecret, name: &str, hints: Hints, issued: u64) -> Result<Self, CardError> {
+    pub fn issue(
+        account: &AccountSecret,
+        name: &str,
+        hints: Hints,
+        issued: u64,
+    ) -> Result<Self, CardError> {
         check_name(name)?;
         check_hints(&hints)?;
         let key = account.public();
         let signature = account.sign(&Self::signed_part(&key, CARD_VERSION, name, &hints, issued));
-        let card = Self { account: key, body: CardBody { version: CARD_VERSION, name: name.to_owned(), hints, issued, signature } };
+        let card = Self {
+            account: key,
+            body: CardBody {
+                version: CARD_VERSION,
+                name: name.to_owned(),
+                hints,
+                issued,
+                signature,
+            },
+        };
         let len = card.encode_body().len();
         if len > MAX_CARD_BYTES {
-            return Err(CardError::TooLarge { len, max: MAX_CARD_BYTES });
+            return Err(CardError::TooLarge {
+                len,
+                max: MAX_CARD_BYTES,
+            });
         }
         Ok(card)
     }
@@ -177,13 +208,17 @@ impl ContactCard {
             return Err(CardError::Malformed);
         }
         let key: [u8; 32] = bytes[..32].try_into().map_err(|_| CardError::Malformed)?;
-        let account = AccountKey::from_bytes(key).map_err(|_| CardError::Address(AddressError::InvalidKey))?;
+        let account = AccountKey::from_bytes(key)
+            .map_err(|_| CardError::Address(AddressError::InvalidKey))?;
         Self::from_body(account, &bytes[32..])
     }
 
     fn from_body(account: AccountKey, bytes: &[u8]) -> Result<Self, CardError> {
         if bytes.len() > MAX_CARD_BYTES {
-            return Err(CardError::TooLarge { len: bytes.len(), max: MAX_CARD_BYTES });
+            return Err(CardError::TooLarge {
+                len: bytes.len(),
+                max: MAX_CARD_BYTES,
+            });
         }
         // The version is the first byte of the postcard body (a u8 is encoded as itself).
         match bytes.first() {
@@ -197,14 +232,21 @@ impl ContactCard {
         };
         check_name(&body.name)?;
         check_hints(&body.hints)?;
-        let signed = Self::signed_part(&account, body.version, &body.name, &body.hints, body.issued);
-        account.verify(&signed, &body.signature).map_err(|_| CardError::BadSignature)?;
+        let signed =
+            Self::signed_part(&account, body.version, &body.name, &body.hints, body.issued);
+        account
+            .verify(&signed, &body.signature)
+            .map_err(|_| CardError::BadSignature)?;
         Ok(Self { account, body })
     }
 
     /// The card as one link: `kith:<address>?card=<z-base-32>`.
     pub fn to_link(&self) -> String {
-        format!("{}?card={}", self.address(), zbase32::encode(&self.encode_body()))
+        format!(
+            "{}?card={}",
+            self.address(),
+            zbase32::encode(&self.encode_body())
+        )
     }
 }
 
@@ -221,11 +263,18 @@ impl std::str::FromStr for ContactCard {
         let encoded = match query.split_once('=') {
             Some((k, v)) if k.eq_ignore_ascii_case("card") => v,
             Some((k, _)) => return Err(CardError::UnknownParameter(k.chars().take(16).collect())),
-            None => return Err(CardError::UnknownParameter(query.chars().take(16).collect())),
+            None => {
+                return Err(CardError::UnknownParameter(
+                    query.chars().take(16).collect(),
+                ));
+            }
         };
         let max_chars = (MAX_CARD_BYTES * 8).div_ceil(5);
         if encoded.len() > max_chars {
-            return Err(CardError::TooLarge { len: encoded.len() * 5 / 8, max: MAX_CARD_BYTES });
+            return Err(CardError::TooLarge {
+                len: encoded.len() * 5 / 8,
+                max: MAX_CARD_BYTES,
+            });
         }
         let bytes = zbase32::decode(encoded).map_err(|e| match e {
             zbase32::DecodeError::InvalidChar { ch, pos } => CardError::InvalidChar { ch, pos },
@@ -260,8 +309,14 @@ mod tests {
         assert_eq!(link.parse::<ContactCard>().unwrap(), card);
         assert_eq!(link.to_uppercase().parse::<ContactCard>().unwrap(), card);
         assert_eq!(ContactCard::from_bytes(&card.to_bytes()).unwrap(), card);
-        assert_eq!(ParsedContact::parse(&link).unwrap(), ParsedContact::Card(card.clone()));
-        assert_eq!(ParsedContact::parse(&card.address().to_string()).unwrap(), ParsedContact::Address(card.address()));
+        assert_eq!(
+            ParsedContact::parse(&link).unwrap(),
+            ParsedContact::Card(card.clone())
+        );
+        assert_eq!(
+            ParsedContact::parse(&card.address().to_string()).unwrap(),
+            ParsedContact::Address(card.address())
+        );
     }
 
     #[test]
@@ -269,27 +324,54 @@ mod tests {
         let alice = ContactCard::issue(&secret(1), "Alice", hints(), 5).unwrap();
         let mallory = ContactCard::issue(&secret(2), "Alice", hints(), 5).unwrap();
         // Mallory's body under Alice's address: signature fails.
-        let (_, m_body) = mallory.to_link().split_once('?').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap();
+        let (_, m_body) = mallory
+            .to_link()
+            .split_once('?')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .unwrap();
         let forged = format!("{}?{}", alice.address(), m_body);
         assert_eq!(forged.parse::<ContactCard>(), Err(CardError::BadSignature));
         let link = alice.to_link();
-        assert_eq!(link[..link.len() - 10].parse::<ContactCard>(), Err(CardError::Malformed));
-        assert!(matches!(format!("{link}!").parse::<ContactCard>(), Err(CardError::InvalidChar { ch: '!', .. })));
-        assert_eq!(alice.address().to_string().parse::<ContactCard>(), Err(CardError::NotACard));
-        assert!(matches!(link.replace("?card=", "?cart=").parse::<ContactCard>(), Err(CardError::UnknownParameter(_))));
-        assert!(matches!(ContactCard::issue(&secret(1), "", hints(), 5), Err(CardError::InvalidName(_))));
-        assert!(matches!(ContactCard::issue(&secret(1), "a\nb", hints(), 5), Err(CardError::InvalidName(_))));
+        assert_eq!(
+            link[..link.len() - 10].parse::<ContactCard>(),
+            Err(CardError::Malformed)
+        );
+        assert!(matches!(
+            format!("{link}!").parse::<ContactCard>(),
+            Err(CardError::InvalidChar { ch: '!', .. })
+        ));
+        assert_eq!(
+            alice.address().to_string().parse::<ContactCard>(),
+            Err(CardError::NotACard)
+        );
+        assert!(matches!(
+            link.replace("?card=", "?cart=").parse::<ContactCard>(),
+            Err(CardError::UnknownParameter(_))
+        ));
+        assert!(matches!(
+            ContactCard::issue(&secret(1), "", hints(), 5),
+            Err(CardError::InvalidName(_))
+        ));
+        assert!(matches!(
+            ContactCard::issue(&secret(1), "a\nb", hints(), 5),
+            Err(CardError::InvalidName(_))
+        ));
     }
 
     #[test]
     fn every_changed_character_in_the_card_is_caught() {
-        let link = ContactCard::issue(&secret(3), "Bob", hints(), 9).unwrap().to_link();
+        let link = ContactCard::issue(&secret(3), "Bob", hints(), 9)
+            .unwrap()
+            .to_link();
         let start = link.find('=').unwrap() + 1;
         for pos in start..link.len() {
             let mut chars: Vec<char> = link.chars().collect();
             chars[pos] = if chars[pos] == 'y' { 'n' } else { 'y' };
             let s: String = chars.into_iter().collect();
-            assert!(s.parse::<ContactCard>().is_err(), "change at {pos} accepted");
+            assert!(
+                s.parse::<ContactCard>().is_err(),
+                "change at {pos} accepted"
+            );
         }
     }
 

@@ -83,11 +83,15 @@ impl Hello {
         if self.device_cert.account != self.account {
             return Err(HelloError::DeviceCertWrongAccount);
         }
-        self.device_cert.verify().map_err(|_| HelloError::DeviceCertBadSignature)?;
+        self.device_cert
+            .verify()
+            .map_err(|_| HelloError::DeviceCertBadSignature)?;
         if self.endpoint_cert.device != self.device_cert.device {
             return Err(HelloError::EndpointCertWrongDevice);
         }
-        self.endpoint_cert.verify().map_err(|_| HelloError::EndpointCertBadSignature)?;
+        self.endpoint_cert
+            .verify()
+            .map_err(|_| HelloError::EndpointCertBadSignature)?;
         if self.endpoint_cert.endpoint != remote_endpoint {
             return Err(HelloError::EndpointMismatch);
         }
@@ -110,7 +114,12 @@ impl Hello {
                 Some(card)
             }
         };
-        Ok(VerifiedPeer { account: self.account, device: self.device_cert.device, endpoint: remote_endpoint, card })
+        Ok(VerifiedPeer {
+            account: self.account,
+            device: self.device_cert.device,
+            endpoint: remote_endpoint,
+            card,
+        })
     }
 }
 
@@ -132,8 +141,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let account = AccountSecret::generate(&mut rng);
         let device = DeviceSecret::generate(&mut rng);
-        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
-        Party { account, device, endpoint }
+        let endpoint =
+            EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
+        Party {
+            account,
+            device,
+            endpoint,
+        }
     }
 
     fn hello(p: &Party) -> Hello {
@@ -149,7 +163,9 @@ mod tests {
     #[test]
     fn honest_chain_verifies() {
         let p = party(1);
-        let v = hello(&p).verify(p.endpoint, Some(p.account.public()), 1500).unwrap();
+        let v = hello(&p)
+            .verify(p.endpoint, Some(p.account.public()), 1500)
+            .unwrap();
         assert_eq!(v.account(), p.account.public());
         assert_eq!(v.device(), p.device.public());
         assert_eq!(v.card().unwrap().name(), "p");
@@ -161,12 +177,18 @@ mod tests {
         // Mallory claims Alice's account with her own device cert.
         let mut h = hello(&m);
         h.account = p.account.public();
-        assert_eq!(h.verify(m.endpoint, None, 1500).unwrap_err(), HelloError::DeviceCertWrongAccount);
+        assert_eq!(
+            h.verify(m.endpoint, None, 1500).unwrap_err(),
+            HelloError::DeviceCertWrongAccount
+        );
         // Or edits the cert to name Alice's account: the signature breaks.
         let mut h = hello(&m);
         h.account = p.account.public();
         h.device_cert.account = p.account.public();
-        assert_eq!(h.verify(m.endpoint, None, 1500).unwrap_err(), HelloError::DeviceCertBadSignature);
+        assert_eq!(
+            h.verify(m.endpoint, None, 1500).unwrap_err(),
+            HelloError::DeviceCertBadSignature
+        );
     }
 
     #[test]
@@ -175,35 +197,63 @@ mod tests {
         // Alice's real device cert, but an endpoint cert signed by Mallory's device.
         let mut h = hello(&p);
         h.endpoint_cert = EndpointCert::issue(&m.device, m.endpoint, 1000, 2000);
-        assert_eq!(h.verify(m.endpoint, None, 1500).unwrap_err(), HelloError::EndpointCertWrongDevice);
+        assert_eq!(
+            h.verify(m.endpoint, None, 1500).unwrap_err(),
+            HelloError::EndpointCertWrongDevice
+        );
         let mut h = hello(&p);
         h.endpoint_cert = EndpointCert::issue(&m.device, m.endpoint, 1000, 2000);
         h.endpoint_cert.device = p.device.public();
-        assert_eq!(h.verify(m.endpoint, None, 1500).unwrap_err(), HelloError::EndpointCertBadSignature);
+        assert_eq!(
+            h.verify(m.endpoint, None, 1500).unwrap_err(),
+            HelloError::EndpointCertBadSignature
+        );
     }
 
     #[test]
     fn forged_endpoint_link() {
         let (p, m) = (party(1), party(2));
         // A replayed hello of Alice, sent from Mallory's endpoint.
-        assert_eq!(hello(&p).verify(m.endpoint, None, 1500).unwrap_err(), HelloError::EndpointMismatch);
+        assert_eq!(
+            hello(&p).verify(m.endpoint, None, 1500).unwrap_err(),
+            HelloError::EndpointMismatch
+        );
     }
 
     #[test]
     fn validity_window_and_expected_account() {
         let (p, m) = (party(1), party(2));
         let h = hello(&p);
-        assert_eq!(h.verify(p.endpoint, None, 2000 + CLOCK_SKEW_SECS + 1).unwrap_err(), HelloError::EndpointCertExpired);
-        assert_eq!(h.verify(p.endpoint, None, 1000 - CLOCK_SKEW_SECS - 1).unwrap_err(), HelloError::EndpointCertNotYetValid);
+        assert_eq!(
+            h.verify(p.endpoint, None, 2000 + CLOCK_SKEW_SECS + 1)
+                .unwrap_err(),
+            HelloError::EndpointCertExpired
+        );
+        assert_eq!(
+            h.verify(p.endpoint, None, 1000 - CLOCK_SKEW_SECS - 1)
+                .unwrap_err(),
+            HelloError::EndpointCertNotYetValid
+        );
         assert!(h.verify(p.endpoint, None, 2000 + CLOCK_SKEW_SECS).is_ok());
-        assert_eq!(h.verify(p.endpoint, Some(m.account.public()), 1500).unwrap_err(), HelloError::UnexpectedAccount);
+        assert_eq!(
+            h.verify(p.endpoint, Some(m.account.public()), 1500)
+                .unwrap_err(),
+            HelloError::UnexpectedAccount
+        );
     }
 
     #[test]
     fn card_of_another_account_is_refused() {
         let (p, m) = (party(1), party(2));
         let mut h = hello(&p);
-        h.card = Some(ContactCard::issue(&m.account, "p", Hints::default(), 1).unwrap().to_bytes());
-        assert_eq!(h.verify(p.endpoint, None, 1500).unwrap_err(), HelloError::BadCard);
+        h.card = Some(
+            ContactCard::issue(&m.account, "p", Hints::default(), 1)
+                .unwrap()
+                .to_bytes(),
+        );
+        assert_eq!(
+            h.verify(p.endpoint, None, 1500).unwrap_err(),
+            HelloError::BadCard
+        );
     }
 }

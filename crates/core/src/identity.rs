@@ -29,7 +29,8 @@ mod serde_sig {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into().map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
     }
 }
 
@@ -61,7 +62,8 @@ macro_rules! public_key {
             /// Verifies `sig` over `msg` (strict: no malleable or small-order forms).
             pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), BadSignature> {
                 let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
-                key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0)).map_err(|_| BadSignature)
+                key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
+                    .map_err(|_| BadSignature)
             }
             /// A short, non-identifying-enough-to-matter prefix for debugging output.
             pub fn short(&self) -> String {
@@ -77,9 +79,18 @@ macro_rules! public_key {
     };
 }
 
-public_key!(AccountKey, "The public key of an account: the user's identity.");
-public_key!(DeviceKey, "The public key of one device (installation) of an account.");
-public_key!(EndpointKey, "The public key of a QUIC endpoint (iroh `EndpointId`) used by a device.");
+public_key!(
+    AccountKey,
+    "The public key of an account: the user's identity."
+);
+public_key!(
+    DeviceKey,
+    "The public key of one device (installation) of an account."
+);
+public_key!(
+    EndpointKey,
+    "The public key of a QUIC endpoint (iroh `EndpointId`) used by a device."
+);
 
 macro_rules! secret_key {
     ($name:ident, $public:ident, $doc:literal) => {
@@ -115,8 +126,16 @@ macro_rules! secret_key {
     };
 }
 
-secret_key!(AccountSecret, AccountKey, "The secret key of an account. Zeroized on drop.");
-secret_key!(DeviceSecret, DeviceKey, "The secret key of a device. Zeroized on drop.");
+secret_key!(
+    AccountSecret,
+    AccountKey,
+    "The secret key of an account. Zeroized on drop."
+);
+secret_key!(
+    DeviceSecret,
+    DeviceKey,
+    "The secret key of a device. Zeroized on drop."
+);
 
 /// Builds the byte string that a certificate's signature covers: a domain label, then the fields.
 fn signed_bytes<T: Serialize>(domain: &str, fields: &T) -> Vec<u8> {
@@ -143,12 +162,20 @@ impl DeviceCert {
     pub fn issue(account: &AccountSecret, device: DeviceKey, created: u64) -> Self {
         let account_key = account.public();
         let signature = account.sign(&signed_bytes(Self::DOMAIN, &(account_key, device, created)));
-        Self { account: account_key, device, created, signature }
+        Self {
+            account: account_key,
+            device,
+            created,
+            signature,
+        }
     }
 
     /// Checks the account's signature.
     pub fn verify(&self) -> Result<(), BadSignature> {
-        self.account.verify(&signed_bytes(Self::DOMAIN, &(self.account, self.device, self.created)), &self.signature)
+        self.account.verify(
+            &signed_bytes(Self::DOMAIN, &(self.account, self.device, self.created)),
+            &self.signature,
+        )
     }
 }
 
@@ -167,17 +194,33 @@ pub struct EndpointCert {
 impl EndpointCert {
     const DOMAIN: &'static str = "kith endpoint-cert v1";
 
-    pub fn issue(device: &DeviceSecret, endpoint: EndpointKey, not_before: u64, not_after: u64) -> Self {
+    pub fn issue(
+        device: &DeviceSecret,
+        endpoint: EndpointKey,
+        not_before: u64,
+        not_after: u64,
+    ) -> Self {
         let device_key = device.public();
-        let signature =
-            device.sign(&signed_bytes(Self::DOMAIN, &(device_key, endpoint, not_before, not_after)));
-        Self { device: device_key, endpoint, not_before, not_after, signature }
+        let signature = device.sign(&signed_bytes(
+            Self::DOMAIN,
+            &(device_key, endpoint, not_before, not_after),
+        ));
+        Self {
+            device: device_key,
+            endpoint,
+            not_before,
+            not_after,
+            signature,
+        }
     }
 
     /// Checks the device's signature.
     pub fn verify(&self) -> Result<(), BadSignature> {
         self.device.verify(
-            &signed_bytes(Self::DOMAIN, &(self.device, self.endpoint, self.not_before, self.not_after)),
+            &signed_bytes(
+                Self::DOMAIN,
+                &(self.device, self.endpoint, self.not_before, self.not_after),
+            ),
             &self.signature,
         )
     }
@@ -202,7 +245,8 @@ mod tests {
         cert.created = 101;
         assert_eq!(cert.verify(), Err(BadSignature));
 
-        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
+        let endpoint =
+            EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
         let mut ecert = EndpointCert::issue(&device, endpoint, 10, 20);
         assert!(ecert.verify().is_ok());
         ecert.not_after = 2000;

@@ -25,5 +25,6 @@ pub mod zbase32;
 pub use address::{Address, AddressError};
 pub use card::{CardError, ContactCard, Hints, ParsedContact};
 pub use identity::{
-    AccountKey, AccountSecret, DeviceCert, DeviceKey, DeviceSecret, EndpointCert, EndpointKey, Signature,
+    AccountKey, AccountSecret, DeviceCert, DeviceKey, DeviceSecret, EndpointCert, EndpointKey,
+    Signature,
 };

@@ -7,11 +7,23 @@ use sha2::{Digest, Sha512};
 /// The safety number of two accounts as 12 groups of 5 digits. Symmetric: `safety_number(a, b) ==
 /// safety_number(b, a)`.
 pub fn safety_number(a: &AccountKey, b: &AccountKey) -> String {
-    let (lo, hi) = if a.as_bytes() <= b.as_bytes() { (a, b) } else { (b, a) };
+    let (lo, hi) = if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     // Iterated like Signal's fingerprints, so grinding a key to collide with a given number is expensive.
-    let mut digest = Sha512::new().chain_update(b"kith safety number v1").chain_update(lo.as_bytes()).chain_update(hi.as_bytes()).finalize();
+    let mut digest = Sha512::new()
+        .chain_update(b"kith safety number v1")
+        .chain_update(lo.as_bytes())
+        .chain_update(hi.as_bytes())
+        .finalize();
     for _ in 0..5200 {
-        digest = Sha512::new().chain_update(digest).chain_update(lo.as_bytes()).chain_update(hi.as_bytes()).finalize();
+        digest = Sha512::new()
+            .chain_update(digest)
+            .chain_update(lo.as_bytes())
+            .chain_update(hi.as_bytes())
+            .finalize();
     }
     digest
         .chunks(5)
@@ -40,6 +52,9 @@ mod tests {
         assert_eq!(ab, safety_number(&b, &a));
         assert_ne!(ab, safety_number(&a, &c));
         assert_eq!(ab.len(), 12 * 5 + 11);
-        assert!(ab.split(' ').all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())));
+        assert!(
+            ab.split(' ')
+                .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit()))
+        );
     }
 }

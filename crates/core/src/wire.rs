@@ -38,7 +38,7 @@ pub struct ReceiptFrame {
 /// Every frame kith speaks, one versioned enum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello(Hello),
+    Hello(Box<Hello>),
     Message(MessageFrame),
     Receipt(ReceiptFrame),
 }
@@ -54,7 +54,9 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("frame is too short to hold a header")]
     TooShort,
-    #[error("frame uses wire version {0}, this kith speaks version {WIRE_VERSION}: one side needs an update")]
+    #[error(
+        "frame uses wire version {0}, this kith speaks version {WIRE_VERSION}: one side needs an update"
+    )]
     UnsupportedVersion(u8),
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
@@ -79,11 +81,15 @@ impl Frame {
     /// Checks the limits a peer must respect, so an encoder never produces what a decoder refuses.
     pub fn validate(&self) -> Result<(), FrameError> {
         match self {
-            Frame::Message(m) if m.text.len() > MAX_TEXT_BYTES => {
-                Err(FrameError::TextTooLong { len: m.text.len(), max: MAX_TEXT_BYTES })
-            }
+            Frame::Message(m) if m.text.len() > MAX_TEXT_BYTES => Err(FrameError::TextTooLong {
+                len: m.text.len(),
+                max: MAX_TEXT_BYTES,
+            }),
             Frame::Receipt(r) if r.seqs.len() > MAX_RECEIPT_SEQS => {
-                Err(FrameError::ReceiptTooLong { len: r.seqs.len(), max: MAX_RECEIPT_SEQS })
+                Err(FrameError::ReceiptTooLong {
+                    len: r.seqs.len(),
+                    max: MAX_RECEIPT_SEQS,
+                })
             }
             _ => Ok(()),
         }
@@ -97,10 +103,15 @@ impl Frame {
             Frame::Message(m) => (KIND_MESSAGE, postcard::to_allocvec(m)),
             Frame::Receipt(r) => (KIND_RECEIPT, postcard::to_allocvec(r)),
         };
-        let payload = payload.map_err(|_| FrameError::Malformed { kind: Self::kind_name(kind) })?;
+        let payload = payload.map_err(|_| FrameError::Malformed {
+            kind: Self::kind_name(kind),
+        })?;
         let len = payload.len() + 2;
         if len + 4 > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len: len + 4, max: MAX_FRAME_LEN });
+            return Err(FrameError::TooLarge {
+                len: len + 4,
+                max: MAX_FRAME_LEN,
+            });
         }
         let mut out = Vec::with_capacity(len + 4);
         out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -112,18 +123,22 @@ impl Frame {
 
     /// Decodes one frame body (everything after the length prefix).
     pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
-        let [version, kind, payload @ ..] = body else { return Err(FrameError::TooShort) };
+        let [version, kind, payload @ ..] = body else {
+            return Err(FrameError::TooShort);
+        };
         if *version != WIRE_VERSION {
             return Err(FrameError::UnsupportedVersion(*version));
         }
         fn parse<'a, T: Deserialize<'a>>(payload: &'a [u8], kind: u8) -> Result<T, FrameError> {
             match postcard::take_from_bytes(payload) {
                 Ok((v, [])) => Ok(v),
-                _ => Err(FrameError::Malformed { kind: Frame::kind_name(kind) }),
+                _ => Err(FrameError::Malformed {
+                    kind: Frame::kind_name(kind),
+                }),
             }
         }
         let frame = match *kind {
-            KIND_HELLO => Frame::Hello(parse(payload, *kind)?),
+            KIND_HELLO => Frame::Hello(Box::new(parse(payload, *kind)?)),
             KIND_MESSAGE => Frame::Message(parse(payload, *kind)?),
             KIND_RECEIPT => Frame::Receipt(parse(payload, *kind)?),
             other => return Err(FrameError::UnknownKind(other)),
@@ -155,10 +170,15 @@ impl FrameDecoder {
     }
 
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(prefix) = self.buf.get(..4) else { return Ok(None) };
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
         if len + 4 > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len: len.saturating_add(4), max: MAX_FRAME_LEN });
+            return Err(FrameError::TooLarge {
+                len: len.saturating_add(4),
+                max: MAX_FRAME_LEN,
+            });
         }
         if self.buf.len() < len + 4 {
             return Ok(None);
@@ -177,8 +197,15 @@ mod tests {
     #[test]
     fn round_trip_split_anywhere() {
         let frames = vec![
-            Frame::Message(MessageFrame { seq: 7, id: [3; 16], sent_at_ms: 99, text: "hej ✓".into() }),
-            Frame::Receipt(ReceiptFrame { seqs: vec![1, 2, 3] }),
+            Frame::Message(MessageFrame {
+                seq: 7,
+                id: [3; 16],
+                sent_at_ms: 99,
+                text: "hej ✓".into(),
+            }),
+            Frame::Receipt(ReceiptFrame {
+                seqs: vec![1, 2, 3],
+            }),
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode().unwrap()).collect();
         for split in 0..bytes.len() {
@@ -201,16 +228,39 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&(MAX_FRAME_LEN as u32).to_be_bytes());
         assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
-        assert_eq!(Frame::decode_body(&[WIRE_VERSION, 200, 0]), Err(FrameError::UnknownKind(200)));
-        assert_eq!(Frame::decode_body(&[9, KIND_RECEIPT, 0]), Err(FrameError::UnsupportedVersion(9)));
-        assert_eq!(Frame::decode_body(&[WIRE_VERSION]), Err(FrameError::TooShort));
-        assert_eq!(Frame::decode_body(&[WIRE_VERSION, KIND_MESSAGE, 1]), Err(FrameError::Malformed { kind: "message" }));
-        let long = Frame::Message(MessageFrame { seq: 1, id: [0; 16], sent_at_ms: 0, text: "x".repeat(MAX_TEXT_BYTES + 1) });
+        assert_eq!(
+            Frame::decode_body(&[WIRE_VERSION, 200, 0]),
+            Err(FrameError::UnknownKind(200))
+        );
+        assert_eq!(
+            Frame::decode_body(&[9, KIND_RECEIPT, 0]),
+            Err(FrameError::UnsupportedVersion(9))
+        );
+        assert_eq!(
+            Frame::decode_body(&[WIRE_VERSION]),
+            Err(FrameError::TooShort)
+        );
+        assert_eq!(
+            Frame::decode_body(&[WIRE_VERSION, KIND_MESSAGE, 1]),
+            Err(FrameError::Malformed { kind: "message" })
+        );
+        let long = Frame::Message(MessageFrame {
+            seq: 1,
+            id: [0; 16],
+            sent_at_ms: 0,
+            text: "x".repeat(MAX_TEXT_BYTES + 1),
+        });
         assert!(matches!(long.encode(), Err(FrameError::TextTooLong { .. })));
         // Trailing garbage after a valid payload is refused too.
-        let mut body = Frame::Receipt(ReceiptFrame { seqs: vec![1] }).encode().unwrap()[4..].to_vec();
+        let mut body = Frame::Receipt(ReceiptFrame { seqs: vec![1] })
+            .encode()
+            .unwrap()[4..]
+            .to_vec();
         body.push(0);
-        assert_eq!(Frame::decode_body(&body), Err(FrameError::Malformed { kind: "receipt" }));
+        assert_eq!(
+            Frame::decode_body(&body),
+            Err(FrameError::Malformed { kind: "receipt" })
+        );
     }
 
     proptest! {
@@ -219,12 +269,7 @@ mod tests {
             let mut d = FrameDecoder::new();
             for c in chunks {
                 d.push(&c);
-                loop {
-                    match d.next_frame() {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(_)) = d.next_frame() {}
             }
         }
 

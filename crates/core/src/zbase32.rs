@@ -52,7 +52,11 @@ pub fn decode(text: &str) -> Result<Vec<u8>, DecodeError> {
     let mut buffer: u32 = 0;
     let mut bits = 0u32;
     for (pos, ch) in text.chars().enumerate() {
-        let v = if ch.is_ascii() { value_of(ch as u8) } else { None };
+        let v = if ch.is_ascii() {
+            value_of(ch as u8)
+        } else {
+            None
+        };
         let v = v.ok_or(DecodeError::InvalidChar { ch, pos })?;
         buffer = (buffer << 5) | u32::from(v);
         bits += 5;
@@ -83,7 +87,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_chars_and_trailing_bits() {
-        assert_eq!(decode("6n9hl"), Err(DecodeError::InvalidChar { ch: 'l', pos: 4 }));
+        assert_eq!(
+            decode("6n9hl"),
+            Err(DecodeError::InvalidChar { ch: 'l', pos: 4 })
+        );
         assert_eq!(decode("6n9hq6"), Err(DecodeError::TrailingBits));
         assert!(decode("é").is_err());
     }

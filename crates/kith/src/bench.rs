@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Concurrent API clients in the throughput run.
+const SENDERS: usize = 4;
+
 struct Stats {
     median_ms: f64,
     p99_ms: f64,
@@ -33,25 +36,55 @@ async fn kith_daemons(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
     ping_latencies(&a, &w, "b", 20, "warm-up").await?;
     let mut lat = ping_latencies(&a, &w, "b", lat_n, "latency").await?;
     lat.sort_by(f64::total_cmp);
+    // Several API clients at once, as a busy UI or script would: the rate is then the node's, not one
+    // HTTP round trip's.
     let t0 = Instant::now();
-    let mut seqs = Vec::with_capacity(thr_n);
-    for i in 0..thr_n {
-        seqs.push(a.client().send("b", &format!("throughput {i}")).await?);
+    let mut tasks = vec![];
+    for worker in 0..SENDERS {
+        let client = a.client().clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = vec![];
+            for i in (worker..thr_n).step_by(SENDERS) {
+                seqs.push(client.send("b", &format!("throughput {i}")).await?);
+            }
+            anyhow::Ok(seqs)
+        }));
     }
-    if !w.wait_for(Duration::from_secs(300), |w| w.delivered_count("b", &seqs) == seqs.len()).await {
+    let mut seqs = Vec::with_capacity(thr_n);
+    for t in tasks {
+        seqs.extend(t.await??);
+    }
+    if !w
+        .wait_for(Duration::from_secs(300), |w| {
+            w.delivered_count("b", &seqs) == seqs.len()
+        })
+        .await
+    {
         anyhow::bail!("throughput run: not all messages delivered");
     }
-    let last = seqs.iter().filter_map(|s| w.delivered_at("b", *s)).max().unwrap_or_else(Instant::now);
+    let last = seqs
+        .iter()
+        .filter_map(|s| w.delivered_at("b", *s))
+        .max()
+        .unwrap_or_else(Instant::now);
     let secs = last.duration_since(t0).as_secs_f64();
     a.stop().await;
     b.stop().await;
-    Ok(Stats { median_ms: percentile(&lat, 0.5), p99_ms: percentile(&lat, 0.99), msgs_per_sec: thr_n as f64 / secs })
+    Ok(Stats {
+        median_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        msgs_per_sec: thr_n as f64 / secs,
+    })
 }
 
 fn party(rng: &mut impl rand::CryptoRng) -> (AccountSecret, DeviceSecret, [u8; 32]) {
     let mut ep = [0u8; 32];
     rng.fill_bytes(&mut ep);
-    (AccountSecret::generate(rng), DeviceSecret::generate(rng), ep)
+    (
+        AccountSecret::generate(rng),
+        DeviceSecret::generate(rng),
+        ep,
+    )
 }
 
 fn hello(p: &(AccountSecret, DeviceSecret, [u8; 32]), endpoint: EndpointKey) -> Hello {
@@ -71,22 +104,45 @@ async fn bare_quic(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
     let disc = Arc::new(StaticDiscovery::default());
     let na = Net::bind(pa.2, "127.0.0.1:0".parse()?, disc.clone()).await?;
     let nb = Net::bind(pb.2, "127.0.0.1:0".parse()?, disc.clone()).await?;
-    disc.insert(pb.0.public(), Hints { endpoint: Some(nb.endpoint_key()), direct: nb.local_addrs(), relays: vec![] });
+    disc.insert(
+        pb.0.public(),
+        Hints {
+            endpoint: Some(nb.endpoint_key()),
+            direct: nb.local_addrs(),
+            relays: vec![],
+        },
+    );
     let hb = hello(&pb, nb.endpoint_key());
     let server = tokio::spawn(async move {
         if let Some(Ok(session)) = nb.accept(&hb, kith_node::node::unix_now).await {
             let (mut r, mut w) = session.split();
             while let Ok(Frame::Message(m)) = r.next().await {
-                if w.send(&Frame::Receipt(ReceiptFrame { seqs: vec![m.seq] })).await.is_err() {
+                if w.send(&Frame::Receipt(ReceiptFrame { seqs: vec![m.seq] }))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         }
         nb.close().await;
     });
-    let session = na.dial(pb.0.public(), &hello(&pa, na.endpoint_key()), kith_node::node::unix_now()).await?;
+    let session = na
+        .dial(
+            pb.0.public(),
+            &hello(&pa, na.endpoint_key()),
+            kith_node::node::unix_now(),
+        )
+        .await?;
     let (mut r, mut w) = session.split();
-    let msg = |seq: u64, text: String| Frame::Message(MessageFrame { seq, id: [0; 16], sent_at_ms: 0, text });
+    let msg = |seq: u64, text: String| {
+        Frame::Message(MessageFrame {
+            seq,
+            id: [0; 16],
+            sent_at_ms: 0,
+            text,
+        })
+    };
     let mut lat = vec![];
     for i in 0..(lat_n + 20) as u64 {
         let t0 = Instant::now();
@@ -121,14 +177,22 @@ async fn bare_quic(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
 }
 
 pub async fn run(lat_n: usize, thr_n: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!("kith bench: send -> delivered receipt between two processes on 127.0.0.1 ({lat_n} sequential, {thr_n} pipelined)");
+    println!(
+        "kith bench: send -> delivered receipt between two processes on 127.0.0.1 ({lat_n} sequential, {thr_n} pipelined by {SENDERS} API clients)"
+    );
     let kith = kith_daemons(lat_n, thr_n).await?;
     let bare = bare_quic(lat_n, thr_n).await?;
     println!();
     println!("| system | latency median | latency p99 | throughput |");
     println!("|---|---|---|---|");
-    println!("| kith daemons (CLI API -> SQLite outbox -> QUIC -> SQLite inbox, fsync -> receipt) | {:.2} ms | {:.2} ms | {:.0} msg/s |", kith.median_ms, kith.p99_ms, kith.msgs_per_sec);
-    println!("| reference: bare kith-net/iroh QUIC frame echo, no store, in-process | {:.3} ms | {:.3} ms | {:.0} msg/s |", bare.median_ms, bare.p99_ms, bare.msgs_per_sec);
+    println!(
+        "| kith daemons (CLI API -> SQLite outbox -> QUIC -> SQLite inbox, fsync -> receipt) | {:.2} ms | {:.2} ms | {:.0} msg/s |",
+        kith.median_ms, kith.p99_ms, kith.msgs_per_sec
+    );
+    println!(
+        "| reference: bare kith-net/iroh QUIC frame echo, no store, in-process | {:.3} ms | {:.3} ms | {:.0} msg/s |",
+        bare.median_ms, bare.p99_ms, bare.msgs_per_sec
+    );
     let report = json!({
         "date": kith_node::node::unix_now(),
         "latency_messages": lat_n,

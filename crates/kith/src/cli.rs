@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kith", version, about = "A phone and messenger with no servers: a user is a key.")]
+#[command(
+    name = "kith",
+    version,
+    about = "A phone and messenger with no servers: a user is a key."
+)]
 struct Cli {
     /// Profile directory (default: the platform data directory, e.g. ~/.local/share/kith).
     #[arg(long, global = true, env = "KITH_HOME", value_name = "DIR")]
@@ -115,10 +119,17 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kith: cannot start the async runtime: {e}");
@@ -158,7 +169,8 @@ fn passphrase(prompt: &str, confirm: bool) -> anyhow::Result<Option<String>> {
     }
     let p = rpassword::prompt_password(prompt).context("reading the passphrase")?;
     if confirm && !p.is_empty() {
-        let again = rpassword::prompt_password("Repeat the passphrase: ").context("reading the passphrase")?;
+        let again = rpassword::prompt_password("Repeat the passphrase: ")
+            .context("reading the passphrase")?;
         if again != p {
             return Err(user("the two passphrases differ: nothing was created"));
         }
@@ -175,15 +187,24 @@ fn profile_error(e: kith_node::ProfileError) -> anyhow::Error {
 
 fn print_qr(text: &str) -> anyhow::Result<()> {
     use qrcode::render::unicode::Dense1x2;
-    let code = qrcode::QrCode::new(text.to_uppercase().as_bytes()).map_err(|e| anyhow::anyhow!("QR code: {e}"))?;
-    let image = code.render::<Dense1x2>().dark_color(Dense1x2::Light).light_color(Dense1x2::Dark).quiet_zone(true).build();
+    let code = qrcode::QrCode::new(text.to_uppercase().as_bytes())
+        .map_err(|e| anyhow::anyhow!("QR code: {e}"))?;
+    let image = code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
     println!("{image}");
     Ok(())
 }
 
 fn out(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
     if json_mode {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         human(value);
     }
@@ -219,18 +240,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if profile.exists() {
                 return Err(profile_error(kith_node::ProfileError::Exists(home)));
             }
-            let name = name.unwrap_or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "kith user".into()));
+            let name = name.unwrap_or_else(|| {
+                std::env::var("USER")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "kith user".into())
+            });
             kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
             let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
             // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
-            let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(0);
-            let public = profile.init(&name, pass.as_deref(), port).map_err(profile_error)?;
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .unwrap_or(0);
+            let public = profile
+                .init(&name, pass.as_deref(), port)
+                .map_err(profile_error)?;
             let address = kith_core::Address::new(public.account).to_string();
-            out(json_mode, &json!({ "address": address, "name": name, "home": home, "encrypted": pass.is_some_and(|p| !p.is_empty()) }), |v| {
-                println!("Created profile {:?} in {}", name, home.display());
-                println!("Your address: {}", s(v, "address"));
-                println!("Next: `kith --home {} daemon`, then `kith card` to share your contact card.", home.display());
-            });
+            out(
+                json_mode,
+                &json!({ "address": address, "name": name, "home": home, "encrypted": pass.is_some_and(|p| !p.is_empty()) }),
+                |v| {
+                    println!("Created profile {:?} in {}", name, home.display());
+                    println!("Your address: {}", s(v, "address"));
+                    println!(
+                        "Next: `kith --home {} daemon`, then `kith card` to share your contact card.",
+                        home.display()
+                    );
+                },
+            );
         }
         Command::Daemon { listen } => {
             let home = home()?;
@@ -238,17 +276,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !profile.exists() {
                 return Err(profile_error(kith_node::ProfileError::Missing(home)));
             }
-            let pass = if profile.is_encrypted().map_err(profile_error)? { passphrase("Passphrase: ", false)? } else { None };
+            let pass = if profile.is_encrypted().map_err(profile_error)? {
+                passphrase("Passphrase: ", false)?
+            } else {
+                None
+            };
             init_logging();
             let result = kith_node::run_daemon(&profile, pass.as_deref(), listen, |node, api| {
-                println!("kith daemon ready: {} (control API on {api})", node.address());
+                println!(
+                    "kith daemon ready: {} (control API on {api})",
+                    node.address()
+                );
             })
             .await;
             match result {
                 Ok(()) => {}
                 Err(kith_node::DaemonError::Profile(e)) => return Err(profile_error(e)),
                 Err(kith_node::DaemonError::Node(kith_node::NodeError::Net(e))) => {
-                    return Err(user(format!("cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen")));
+                    return Err(user(format!(
+                        "cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen"
+                    )));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -257,7 +304,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let home = home()?;
             let public = Profile::new(&home).public().map_err(profile_error)?;
             let address = kith_core::Address::new(public.account).to_string();
-            out(json_mode, &json!({ "address": address, "name": public.name }), |_| println!("{address}"));
+            out(
+                json_mode,
+                &json!({ "address": address, "name": public.name }),
+                |_| println!("{address}"),
+            );
             if qr && !json_mode {
                 print_qr(&address)?;
             }
@@ -270,20 +321,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_qr(s(&v, "card"))?;
             }
         }
-        Command::Add { card_or_address, name } => {
+        Command::Add {
+            card_or_address,
+            name,
+        } => {
             // Parse here first, so a typo is reported even when the daemon is down, and nothing is written.
             let parsed = ParsedContact::parse(&card_or_address).map_err(|e| user(e.to_string()))?;
             if let Some(n) = &name {
                 kith_core::card::check_name(n).map_err(|e| user(format!("--name: {e}")))?;
             } else if matches!(parsed, ParsedContact::Address(_)) {
-                return Err(user("an address carries no name: give the contact one with --name NAME"));
+                return Err(user(
+                    "an address carries no name: give the contact one with --name NAME",
+                ));
             }
             let client = Client::for_profile(&home()?)?;
-            let v = client.post("/v1/contacts", json!({ "contact": card_or_address, "name": name })).await?;
+            let v = client
+                .post(
+                    "/v1/contacts",
+                    json!({ "contact": card_or_address, "name": name }),
+                )
+                .await?;
             out(json_mode, &v, |v| {
                 println!("Added {} ({})", s(v, "name"), s(v, "address"));
                 if v.get("has_route") == Some(&Value::Bool(false)) {
-                    println!("No route to them yet: ask for their card (`kith card`) so kith knows where to reach them.");
+                    println!(
+                        "No route to them yet: ask for their card (`kith card`) so kith knows where to reach them."
+                    );
                 }
             });
         }
@@ -296,39 +359,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("No contacts yet. Add one with `kith add CARD --name NAME`.");
                 }
                 for c in list {
-                    println!("{:<20} {:<18} last seen {:<10} {}", s(&c, "name"), s(&c, "reachability"), fmt_ms(c["last_seen_ms"].as_i64()), s(&c, "address"));
+                    println!(
+                        "{:<20} {:<18} last seen {:<10} {}",
+                        s(&c, "name"),
+                        s(&c, "reachability"),
+                        fmt_ms(c["last_seen_ms"].as_i64()),
+                        s(&c, "address")
+                    );
                 }
             });
         }
         Command::Remove { name } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client.delete(&format!("/v1/contacts/{}", urlencode(&name))).await?;
-            out(json_mode, &v, |_| println!("Removed {name}. The message history stays."));
+            let v = client
+                .delete(&format!("/v1/contacts/{}", urlencode(&name)))
+                .await?;
+            out(json_mode, &v, |_| {
+                println!("Removed {name}. The message history stays.")
+            });
         }
         Command::Verify { name } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client.get(&format!("/v1/contacts/{}/safety-number", urlencode(&name))).await?;
+            let v = client
+                .get(&format!("/v1/contacts/{}/safety-number", urlencode(&name)))
+                .await?;
             out(json_mode, &v, |v| {
                 println!("Safety number with {name}:");
                 let digits = s(v, "safety_number").split(' ').collect::<Vec<_>>();
                 for row in digits.chunks(4) {
                     println!("  {}", row.join(" "));
                 }
-                println!("Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between.");
+                println!(
+                    "Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between."
+                );
             });
         }
         Command::Send { name, text } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client.post("/v1/messages", json!({ "to": name, "text": text })).await?;
-            out(json_mode, &v, |v| println!("queued #{} to {}", v["seq"], s(v, "to")));
+            let v = client
+                .post("/v1/messages", json!({ "to": name, "text": text }))
+                .await?;
+            out(json_mode, &v, |v| {
+                println!("queued #{} to {}", v["seq"], s(v, "to"))
+            });
         }
         Command::Chat { name, limit } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client.get(&format!("/v1/chat/{}?limit={limit}", urlencode(&name))).await?;
+            let v = client
+                .get(&format!("/v1/chat/{}?limit={limit}", urlencode(&name)))
+                .await?;
             out(json_mode, &v, |v| {
                 for m in v.as_array().cloned().unwrap_or_default() {
-                    let who = if m["outgoing"].as_bool() == Some(true) { "me" } else { name.as_str() };
-                    println!("{:>10} {:<12} {}", s(&m, "state"), format!("{who}:"), s(&m, "text"));
+                    let who = if m["outgoing"].as_bool() == Some(true) {
+                        "me"
+                    } else {
+                        name.as_str()
+                    };
+                    println!(
+                        "{:>10} {:<12} {}",
+                        s(&m, "state"),
+                        format!("{who}:"),
+                        s(&m, "text")
+                    );
                 }
             });
         }
@@ -351,8 +443,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Accept { request, name } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client.post("/v1/requests/accept", json!({ "request": request, "name": name })).await?;
-            out(json_mode, &v, |v| println!("{} is now a contact.", s(v, "name")));
+            let v = client
+                .post(
+                    "/v1/requests/accept",
+                    json!({ "request": request, "name": name }),
+                )
+                .await?;
+            out(json_mode, &v, |v| {
+                println!("{} is now a contact.", s(v, "name"))
+            });
         }
         Command::Status => {
             let client = Client::for_profile(&home()?)?;
@@ -361,11 +460,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("name:        {}", s(v, "name"));
                 println!("address:     {}", s(v, "address"));
                 println!("endpoint:    {}", s(v, "endpoint"));
-                println!("listening:   {}", v["listen"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+                println!(
+                    "listening:   {}",
+                    v["listen"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                );
                 println!("uptime:      {} s", v["uptime_secs"]);
-                println!("contacts:    {} ({} requests)", v["contacts"], v["requests"]);
-                println!("outbox:      {} waiting for delivery ({} in flight)", v["outbox"], v["in_flight"]);
-                println!("held:        {} received, waiting for an earlier message", v["held"]);
+                println!(
+                    "contacts:    {} ({} requests)",
+                    v["contacts"], v["requests"]
+                );
+                println!(
+                    "outbox:      {} waiting for delivery ({} in flight)",
+                    v["outbox"], v["in_flight"]
+                );
+                println!(
+                    "held:        {} received, waiting for an earlier message",
+                    v["held"]
+                );
                 let conns = v["connections"].as_array().cloned().unwrap_or_default();
                 println!("connections: {}", conns.len());
                 for c in conns {
@@ -374,9 +492,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
-        Command::Bench { latency_messages, throughput_messages, out } => {
-            crate::bench::run(latency_messages, throughput_messages, out).await?
-        }
+        Command::Bench {
+            latency_messages,
+            throughput_messages,
+            out,
+        } => crate::bench::run(latency_messages, throughput_messages, out).await?,
     }
     Ok(())
 }
@@ -384,13 +504,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,iroh=warn,noq=warn,noq_proto=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,iroh=warn,noq=warn,noq_proto=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

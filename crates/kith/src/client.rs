@@ -45,7 +45,9 @@ impl Client {
     pub fn for_profile(home: &Path) -> anyhow::Result<Self> {
         let profile = Profile::new(home);
         if !profile.exists() {
-            return Err(user(kith_node::ProfileError::Missing(home.to_owned()).to_string()));
+            return Err(user(
+                kith_node::ProfileError::Missing(home.to_owned()).to_string(),
+            ));
         }
         let info = profile.daemon_info().ok_or_else(|| not_running(home))?;
         let token = profile.token().map_err(|e| user(e.to_string()))?;
@@ -56,13 +58,25 @@ impl Client {
         // reqwest comes with rustls but no crypto provider (iroh's choice); the API is plain HTTP on loopback,
         // yet the client builder insists on a provider: install ring, which iroh already uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        Self { http, base: base.to_owned(), token: token.to_owned(), home: home.display().to_string() }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base: base.to_owned(),
+            token: token.to_owned(),
+            home: home.display().to_string(),
+        }
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            if e.is_connect() { not_running(Path::new(&self.home)) } else { anyhow::anyhow!("control API: {e}") }
+            if e.is_connect() {
+                not_running(Path::new(&self.home))
+            } else {
+                anyhow::anyhow!("control API: {e}")
+            }
         })?;
         let status = resp.status();
         let body = resp.bytes().await?;
@@ -70,12 +84,21 @@ impl Client {
         if status.is_success() {
             return Ok(value);
         }
-        let msg = value.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_owned();
-        if status.is_client_error() { Err(user(msg)) } else { Err(anyhow::anyhow!(msg)) }
+        let msg = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error")
+            .to_owned();
+        if status.is_client_error() {
+            Err(user(msg))
+        } else {
+            Err(anyhow::anyhow!(msg))
+        }
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.http.get(format!("{}{path}", self.base))).await
+        self.call(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -88,13 +111,21 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.http.delete(format!("{}{path}", self.base))).await
+        self.call(self.http.delete(format!("{}{path}", self.base)))
+            .await
     }
 
     /// Sends a message; returns its sequence number in the conversation.
     pub async fn send(&self, to: &str, text: &str) -> anyhow::Result<u64> {
-        let v = self.post("/v1/messages", serde_json::json!({ "to": to, "text": text })).await?;
-        v.get("seq").and_then(Value::as_u64).ok_or_else(|| anyhow::anyhow!("no seq in reply"))
+        let v = self
+            .post(
+                "/v1/messages",
+                serde_json::json!({ "to": to, "text": text }),
+            )
+            .await?;
+        v.get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow::anyhow!("no seq in reply"))
     }
 
     /// Opens the event stream; events are delivered to `f` until the stream ends.
@@ -110,26 +141,33 @@ impl Client {
             anyhow::bail!("event stream refused: {}", resp.status());
         }
         let bytes = resp.bytes_stream();
-        Ok(futures_util::stream::unfold((bytes, String::new()), |(mut bytes, mut buf)| async move {
-            loop {
-                if let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    let data: String =
-                        block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect::<Vec<_>>().join("\n");
-                    if data.is_empty() {
+        Ok(futures_util::stream::unfold(
+            (bytes, String::new()),
+            |(mut bytes, mut buf)| async move {
+                loop {
+                    if let Some(end) = buf.find("\n\n") {
+                        let block: String = buf.drain(..end + 2).collect();
+                        let data: String = block
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data:"))
+                            .map(str::trim_start)
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                            return Some((v, (bytes, buf)));
+                        }
                         continue;
                     }
-                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                        return Some((v, (bytes, buf)));
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                        _ => return None,
                     }
-                    continue;
                 }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
-                    _ => return None,
-                }
-            }
-        }))
+            },
+        ))
     }
 }
 
@@ -162,13 +200,23 @@ impl Watcher {
                 let kind = ev.get("type").and_then(Value::as_str).unwrap_or("");
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
                 match kind {
-                    "message_state" if ev.get("state").and_then(Value::as_str) == Some("delivered") => {
-                        let to = ev.get("to").and_then(Value::as_str).unwrap_or("").to_owned();
+                    "message_state"
+                        if ev.get("state").and_then(Value::as_str) == Some("delivered") =>
+                    {
+                        let to = ev
+                            .get("to")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned();
                         let seq = ev.get("seq").and_then(Value::as_u64).unwrap_or(0);
                         seen.delivered.entry((to, seq)).or_insert(now);
                     }
                     "message" => {
-                        let from = ev.get("from").and_then(Value::as_str).unwrap_or("").to_owned();
+                        let from = ev
+                            .get("from")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned();
                         let seq = ev.get("seq").and_then(Value::as_u64).unwrap_or(0);
                         seen.received.entry(from).or_default().push(seq);
                     }
@@ -182,16 +230,29 @@ impl Watcher {
     }
 
     pub fn delivered_at(&self, to: &str, seq: u64) -> Option<Instant> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).delivered.get(&(to.to_owned(), seq)).copied()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delivered
+            .get(&(to.to_owned(), seq))
+            .copied()
     }
 
     pub fn delivered_count(&self, to: &str, seqs: &[u64]) -> usize {
         let seen = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        seqs.iter().filter(|s| seen.delivered.contains_key(&(to.to_owned(), **s))).count()
+        seqs.iter()
+            .filter(|s| seen.delivered.contains_key(&(to.to_owned(), **s)))
+            .count()
     }
 
     pub fn received(&self, from: &str) -> Vec<u64> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).received.get(from).cloned().unwrap_or_default()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .received
+            .get(from)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `cond` holds or `timeout` passes; returns whether it held.

@@ -14,13 +14,27 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Sends `n` messages one at a time, each after the previous was delivered; returns latencies in ms.
-pub async fn ping_latencies(from: &Daemon, w: &Watcher, to: &str, n: usize, tag: &str) -> anyhow::Result<Vec<f64>> {
+pub async fn ping_latencies(
+    from: &Daemon,
+    w: &Watcher,
+    to: &str,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let t0 = Instant::now();
         let seq = from.client().send(to, &format!("{tag} {i}")).await?;
-        if !w.wait_for(Duration::from_secs(20), |w| w.delivered_at(to, seq).is_some()).await {
-            anyhow::bail!("{} -> {to}: message {i} not delivered within 20 s", from.name);
+        if !w
+            .wait_for(Duration::from_secs(20), |w| {
+                w.delivered_at(to, seq).is_some()
+            })
+            .await
+        {
+            anyhow::bail!(
+                "{} -> {to}: message {i} not delivered within 20 s",
+                from.name
+            );
         }
         let t1 = w.delivered_at(to, seq).context("delivered")?;
         out.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
@@ -30,12 +44,20 @@ pub async fn ping_latencies(from: &Daemon, w: &Watcher, to: &str, n: usize, tag:
 
 fn summary(label: &str, lat: &mut [f64], n: usize) -> String {
     lat.sort_by(f64::total_cmp);
-    format!("{label}: {}/{n} delivered, median {:.1} ms, p99 {:.1} ms", lat.len(), percentile(lat, 0.5), percentile(lat, 0.99))
+    format!(
+        "{label}: {}/{n} delivered, median {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        percentile(lat, 0.5),
+        percentile(lat, 0.99)
+    )
 }
 
 /// Checks that `reader`'s chat with `peer` holds exactly `expected` texts from `peer`, in order, once each.
 pub async fn check_history(reader: &Daemon, peer: &str, expected: &[String]) -> anyhow::Result<()> {
-    let chat = reader.client().get(&format!("/v1/chat/{peer}?limit=100000")).await?;
+    let chat = reader
+        .client()
+        .get(&format!("/v1/chat/{peer}?limit=100000"))
+        .await?;
     let got: Vec<String> = chat
         .as_array()
         .context("chat")?
@@ -44,7 +66,11 @@ pub async fn check_history(reader: &Daemon, peer: &str, expected: &[String]) -> 
         .filter_map(|m| m["text"].as_str().map(str::to_owned))
         .collect();
     if got != expected {
-        let first_diff = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+        let first_diff = got
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
         anyhow::bail!(
             "{}'s history with {peer} has {} messages, expected {} (first difference at #{first_diff})",
             reader.name,
@@ -59,14 +85,20 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("kith-demo-").tempdir()?;
     let exe = kith_exe();
-    println!("kith demo: three nodes on 127.0.0.1 with fresh profiles in {}", dir.path().display());
+    println!(
+        "kith demo: three nodes on 127.0.0.1 with fresh profiles in {}",
+        dir.path().display()
+    );
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
         let mut d = Daemon::init(&exe, &dir.path().join(name), name)?;
         d.start().await?;
         nodes.push(d);
     }
-    println!("  started 3 daemons in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  started 3 daemons in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     let t = Instant::now();
     for i in 0..3 {
         for j in 0..3 {
@@ -75,11 +107,24 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
             }
         }
     }
-    println!("  exchanged contact cards (6 adds) in {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  exchanged contact cards (6 adds) in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     for n in &nodes {
-        let v = n.client().get(&format!("/v1/contacts/{}/safety-number", if n.name == "alice" { "bob" } else { "alice" })).await?;
+        let v = n
+            .client()
+            .get(&format!(
+                "/v1/contacts/{}/safety-number",
+                if n.name == "alice" { "bob" } else { "alice" }
+            ))
+            .await?;
         if n.name != "carol" {
-            println!("  safety number {} sees: {}", n.name, v["safety_number"].as_str().unwrap_or(""));
+            println!(
+                "  safety number {} sees: {}",
+                n.name,
+                v["safety_number"].as_str().unwrap_or("")
+            );
         }
     }
 
@@ -110,19 +155,36 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         seqs.push(alice.client().send("bob", &format!("burst {i}")).await?);
         if i == kill_at {
             // Let some of the burst through, then pull the plug.
-            wa.wait_for(Duration::from_secs(10), |w| w.delivered_count("bob", &seqs) >= kill_at / 2).await;
+            wa.wait_for(Duration::from_secs(10), |w| {
+                w.delivered_count("bob", &seqs) >= kill_at / 2
+            })
+            .await;
             bob.kill();
             killed_at = Some(Instant::now());
-            println!("  bob killed with SIGKILL after {} of {burst} burst messages were delivered", wa.delivered_count("bob", &seqs));
+            println!(
+                "  bob killed with SIGKILL after {} of {burst} burst messages were delivered",
+                wa.delivered_count("bob", &seqs)
+            );
         }
         if i == burst / 2 {
             bob.start().await?;
             restarted = Some(Instant::now());
-            println!("  bob restarted ({:.0} ms after the kill) while alice kept sending", killed_at.map(|k| k.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0));
+            println!(
+                "  bob restarted ({:.0} ms after the kill) while alice kept sending",
+                killed_at
+                    .map(|k| k.elapsed().as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0)
+            );
         }
     }
-    let all = wa.wait_for(Duration::from_secs(60), |w| w.delivered_count("bob", &seqs) == seqs.len()).await;
-    let drained = restarted.map(|r| r.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let all = wa
+        .wait_for(Duration::from_secs(60), |w| {
+            w.delivered_count("bob", &seqs) == seqs.len()
+        })
+        .await;
+    let drained = restarted
+        .map(|r| r.elapsed().as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
     println!(
         "  alice -> bob across the crash: {}/{burst} delivered, all within {:.0} ms of bob's restart",
         wa.delivered_count("bob", &seqs),
@@ -135,11 +197,18 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     let mut expected: Vec<String> = (0..messages).map(|i| format!("a->b {i}")).collect();
     expected.extend((0..burst).map(|i| format!("burst {i}")));
     check_history(bob, "alice", &expected).await?;
-    println!("  bob's history with alice: {} messages, each exactly once, in send order", expected.len());
+    println!(
+        "  bob's history with alice: {} messages, each exactly once, in send order",
+        expected.len()
+    );
     let expected_ba: Vec<String> = (0..messages).map(|i| format!("b->a {i}")).collect();
     check_history(alice, "bob", &expected_ba).await?;
     let st = alice.client().get("/v1/status").await?;
-    println!("  alice's status: outbox {} waiting, {} connections", st["outbox"], st["connections"].as_array().map_or(0, |a| a.len()));
+    println!(
+        "  alice's status: outbox {} waiting, {} connections",
+        st["outbox"],
+        st["connections"].as_array().map_or(0, |a| a.len())
+    );
 
     for n in [&mut *alice, &mut *bob, &mut *carol] {
         n.stop().await;

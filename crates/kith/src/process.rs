@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 /// The kith executable: this one (a test passes the binary under test explicitly).
 pub fn kith_exe() -> PathBuf {
-    std::env::var_os("KITH_EXE").map(PathBuf::from).unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "kith".into()))
+    std::env::var_os("KITH_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "kith".into()))
 }
 
 /// A profile directory plus its daemon process.
@@ -35,12 +37,21 @@ impl Daemon {
         if !out.status.success() {
             anyhow::bail!("kith init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(Self { name: name.to_owned(), home: home.to_owned(), exe: exe.to_owned(), child: None, client: None })
+        Ok(Self {
+            name: name.to_owned(),
+            home: home.to_owned(),
+            exe: exe.to_owned(),
+            child: None,
+            client: None,
+        })
     }
 
     /// Starts the daemon and waits until its API answers.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("daemon.log"))?;
         // A stale daemon.json from a killed process must not be mistaken for the new daemon.
         let _ = std::fs::remove_file(self.home.join(kith_node::profile::DAEMON_FILE));
         let mut cmd = Command::new(&self.exe);
@@ -58,12 +69,24 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("daemon {} exited at start ({status}); log: {}", self.name, self.home.join("daemon.log").display());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "daemon {} exited at start ({status}); log: {}",
+                    self.name,
+                    self.home.join("daemon.log").display()
+                );
             }
             let profile = kith_node::Profile::new(&self.home);
             if let Some(info) = profile.daemon_info().filter(|i| i.pid == pid) {
-                let client = Client::new(&format!("http://{}", info.api), &profile.token()?, &self.home);
+                let client = Client::new(
+                    &format!("http://{}", info.api),
+                    &profile.token()?,
+                    &self.home,
+                );
                 if client.get("/v1/status").await.is_ok() {
                     self.client = Some(client);
                     return Ok(());
@@ -121,6 +144,11 @@ impl Drop for Daemon {
 pub async fn introduce(a: &Daemon, b: &Daemon) -> anyhow::Result<()> {
     let card = b.client().get("/v1/card").await?;
     let link = card["card"].as_str().context("card link")?;
-    a.client().post("/v1/contacts", serde_json::json!({ "contact": link, "name": b.name })).await?;
+    a.client()
+        .post(
+            "/v1/contacts",
+            serde_json::json!({ "contact": link, "name": b.name }),
+        )
+        .await?;
     Ok(())
 }

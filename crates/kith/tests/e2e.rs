@@ -21,21 +21,36 @@ async fn pair(dir: &Path) -> (Daemon, Daemon) {
 }
 
 async fn outgoing_states(d: &Daemon, peer: &str) -> Vec<(String, String)> {
-    let chat = d.client().get(&format!("/v1/chat/{peer}?limit=100000")).await.unwrap();
+    let chat = d
+        .client()
+        .get(&format!("/v1/chat/{peer}?limit=100000"))
+        .await
+        .unwrap();
     chat.as_array()
         .unwrap()
         .iter()
         .filter(|m| m["outgoing"].as_bool() == Some(true))
-        .map(|m| (m["text"].as_str().unwrap().to_owned(), m["state"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
 async fn outgoing_seqs_not_delivered(d: &Daemon, peer: &str) -> Vec<u64> {
-    let chat = d.client().get(&format!("/v1/chat/{peer}?limit=100000")).await.unwrap();
+    let chat = d
+        .client()
+        .get(&format!("/v1/chat/{peer}?limit=100000"))
+        .await
+        .unwrap();
     chat.as_array()
         .unwrap()
         .iter()
-        .filter(|m| m["outgoing"].as_bool() == Some(true) && m["state"].as_str() != Some("delivered"))
+        .filter(|m| {
+            m["outgoing"].as_bool() == Some(true) && m["state"].as_str() != Some("delivered")
+        })
         .map(|m| m["seq"].as_u64().unwrap())
         .collect()
 }
@@ -62,13 +77,25 @@ async fn thousand_each_way_survive_sigkill_of_the_receiver() {
         bob_seqs.push(bob.client().send("alice", &format!("b {i}")).await.unwrap());
     }
     // Kill bob while alice's stream is flowing into him.
-    assert!(wa.wait_for(Duration::from_secs(60), |w| w.received("bob").len() >= 100 && {
-        let delivered = (1..=N as u64).filter(|s| w.delivered_at("bob", *s).is_some()).count();
-        delivered >= 200
-    }).await, "alice's messages did not start flowing");
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w.received("bob").len() >= 100
+            && {
+                let delivered = (1..=N as u64)
+                    .filter(|s| w.delivered_at("bob", *s).is_some())
+                    .count();
+                delivered >= 200
+            })
+        .await,
+        "alice's messages did not start flowing"
+    );
     bob.kill();
-    let delivered_at_kill = (1..=N as u64).filter(|s| wa.delivered_at("bob", *s).is_some()).count();
-    assert!(delivered_at_kill < N, "the kill must happen mid-stream (delivered {delivered_at_kill} of {N})");
+    let delivered_at_kill = (1..=N as u64)
+        .filter(|s| wa.delivered_at("bob", *s).is_some())
+        .count();
+    assert!(
+        delivered_at_kill < N,
+        "the kill must happen mid-stream (delivered {delivered_at_kill} of {N})"
+    );
     bob.start().await.unwrap();
     // Subscribe first, then ask the store what is still undelivered: each of those will show up as an event.
     let wb_after = bob.watcher().await.unwrap();
@@ -80,13 +107,21 @@ async fn thousand_each_way_survive_sigkill_of_the_receiver() {
     }
     let alice_seqs = alice_sender.await.unwrap();
     assert!(
-        wa.wait_for(Duration::from_secs(180), |w| w.delivered_count("bob", &alice_seqs) == N).await,
+        wa.wait_for(Duration::from_secs(180), |w| w
+            .delivered_count("bob", &alice_seqs)
+            == N)
+            .await,
         "alice -> bob: only {} of {N} delivered",
         wa.delivered_count("bob", &alice_seqs)
     );
-    let bob_done = |w: &kith::client::Watcher| w.delivered_count("alice", &bob_waiting) == bob_waiting.len();
+    let bob_done =
+        |w: &kith::client::Watcher| w.delivered_count("alice", &bob_waiting) == bob_waiting.len();
     if !wb_after.wait_for(Duration::from_secs(180), bob_done).await {
-        let missing: Vec<u64> = bob_waiting.iter().copied().filter(|s| wb_after.delivered_at("alice", *s).is_none()).collect();
+        let missing: Vec<u64> = bob_waiting
+            .iter()
+            .copied()
+            .filter(|s| wb_after.delivered_at("alice", *s).is_none())
+            .collect();
         panic!(
             "bob -> alice: {} not delivered (first {:?}); bob status {}; alice status {}",
             missing.len(),
@@ -102,10 +137,28 @@ async fn thousand_each_way_survive_sigkill_of_the_receiver() {
     check_history(&alice, "bob", &b_texts).await.unwrap();
     for (d, peer, texts) in [(&alice, "bob", &a_texts), (&bob, "alice", &b_texts)] {
         let out = outgoing_states(d, peer).await;
-        assert_eq!(out.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(), *texts, "{}'s outgoing history", d.name);
-        assert!(out.iter().all(|(_, s)| s == "delivered"), "{}: every message delivered", d.name);
-        let chat = d.client().get(&format!("/v1/chat/{peer}?limit=100000")).await.unwrap();
-        assert_eq!(chat.as_array().unwrap().len(), 2 * N, "{}'s history holds exactly 2000 messages", d.name);
+        assert_eq!(
+            out.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+            *texts,
+            "{}'s outgoing history",
+            d.name
+        );
+        assert!(
+            out.iter().all(|(_, s)| s == "delivered"),
+            "{}: every message delivered",
+            d.name
+        );
+        let chat = d
+            .client()
+            .get(&format!("/v1/chat/{peer}?limit=100000"))
+            .await
+            .unwrap();
+        assert_eq!(
+            chat.as_array().unwrap().len(),
+            2 * N,
+            "{}'s history holds exactly 2000 messages",
+            d.name
+        );
     }
     let status = alice.client().get("/v1/status").await.unwrap();
     assert_eq!(status["outbox"], json!(0));
@@ -122,8 +175,17 @@ async fn stranger_messages_arrive_as_requests() {
     introduce(&mallory, &alice).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let wm = mallory.watcher().await.unwrap();
-    let seq = mallory.client().send("alice", "hello, may I?").await.unwrap();
-    assert!(wm.wait_for(Duration::from_secs(30), |w| w.delivered_at("alice", seq).is_some()).await);
+    let seq = mallory
+        .client()
+        .send("alice", "hello, may I?")
+        .await
+        .unwrap();
+    assert!(
+        wm.wait_for(Duration::from_secs(30), |w| w
+            .delivered_at("alice", seq)
+            .is_some())
+            .await
+    );
     let requests = alice.client().get("/v1/requests").await.unwrap();
     let list = requests.as_array().unwrap();
     assert_eq!(list.len(), 1);
@@ -132,12 +194,37 @@ async fn stranger_messages_arrive_as_requests() {
     // Not a chat: there is no contact of that name.
     let err = alice.client().get("/v1/chat/Mallory").await.unwrap_err();
     assert!(err.to_string().contains("no contact named"), "{err}");
-    assert!(alice.client().get("/v1/contacts").await.unwrap().as_array().unwrap().is_empty());
-    let accepted = alice.client().post("/v1/requests/accept", json!({ "request": "Mallory", "name": "mal" })).await.unwrap();
+    assert!(
+        alice
+            .client()
+            .get("/v1/contacts")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let accepted = alice
+        .client()
+        .post(
+            "/v1/requests/accept",
+            json!({ "request": "Mallory", "name": "mal" }),
+        )
+        .await
+        .unwrap();
     assert_eq!(accepted["name"], json!("mal"));
     let chat = alice.client().get("/v1/chat/mal").await.unwrap();
     assert_eq!(chat[0]["text"], json!("hello, may I?"));
-    assert!(alice.client().get("/v1/requests").await.unwrap().as_array().unwrap().is_empty());
+    assert!(
+        alice
+            .client()
+            .get("/v1/requests")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let _ = wa;
 }
 
@@ -154,20 +241,48 @@ async fn stranger_bursts_are_rate_limited_without_loss() {
     let wm = mallory.watcher().await.unwrap();
     let mut seqs = vec![];
     for i in 0..60 {
-        seqs.push(mallory.client().send("alice", &format!("spam {i}")).await.unwrap());
+        seqs.push(
+            mallory
+                .client()
+                .send("alice", &format!("spam {i}"))
+                .await
+                .unwrap(),
+        );
     }
     // The per-stranger burst is 20: exactly those are stored and acknowledged.
-    assert!(wm.wait_for(Duration::from_secs(30), |w| w.delivered_count("alice", &seqs) >= 20).await);
+    assert!(
+        wm.wait_for(Duration::from_secs(30), |w| w
+            .delivered_count("alice", &seqs)
+            >= 20)
+            .await
+    );
     let requests = alice.client().get("/v1/requests").await.unwrap();
     let stored = requests[0]["messages"].as_array().unwrap().len();
     assert_eq!(stored, 20, "only the burst allowance is stored");
-    assert_eq!(wm.delivered_count("alice", &seqs), 20, "the rest is not acknowledged");
+    assert_eq!(
+        wm.delivered_count("alice", &seqs),
+        20,
+        "the rest is not acknowledged"
+    );
     let status = mallory.client().get("/v1/status").await.unwrap();
-    assert_eq!(status["outbox"], json!(40), "the sender keeps the rest queued");
+    assert_eq!(
+        status["outbox"],
+        json!(40),
+        "the sender keeps the rest queued"
+    );
     // Once accepted, the limit no longer applies and the queued messages arrive in order.
-    alice.client().post("/v1/requests/accept", json!({ "request": "Mallory" })).await.unwrap();
+    alice
+        .client()
+        .post("/v1/requests/accept", json!({ "request": "Mallory" }))
+        .await
+        .unwrap();
     let wa = alice.watcher().await.unwrap();
-    assert!(wm.wait_for(Duration::from_secs(120), |w| w.delivered_count("alice", &seqs) == 60).await);
+    assert!(
+        wm.wait_for(Duration::from_secs(120), |w| w
+            .delivered_count("alice", &seqs)
+            == 60)
+            .await
+    );
     let texts: Vec<String> = (0..60).map(|i| format!("spam {i}")).collect();
     check_history(&alice, "Mallory", &texts).await.unwrap();
     let _: Value = json!(wa.received("Mallory").len());

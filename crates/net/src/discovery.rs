@@ -22,13 +22,21 @@ pub struct StaticDiscovery {
 
 impl StaticDiscovery {
     pub fn insert(&self, account: AccountKey, hints: Hints) {
-        self.table.write().unwrap_or_else(|e| e.into_inner()).insert(account, hints);
+        self.table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account, hints);
     }
 }
 
 impl Discovery for StaticDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
-        let found = self.table.read().unwrap_or_else(|e| e.into_inner()).get(&account).cloned();
+        let found = self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&account)
+            .cloned();
         Box::pin(async move { found.into_iter().collect() })
     }
 }

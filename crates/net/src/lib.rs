@@ -40,14 +40,18 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum BindError {
     #[error("cannot use {addr} as the listen address: {reason}")]
     BadAddress { addr: SocketAddr, reason: String },
-    #[error("cannot open the network endpoint: {0} (is the port already in use by another program?)")]
+    #[error(
+        "cannot open the network endpoint: {0} (is the port already in use by another program?)"
+    )]
     Endpoint(String),
 }
 
 /// Errors of [`Net::dial`].
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("no known way to reach this contact yet (no endpoint in their card): ask for their current card")]
+    #[error(
+        "no known way to reach this contact yet (no endpoint in their card): ask for their current card"
+    )]
     NoRoute,
     #[error("could not connect: {0}")]
     Connect(String),
@@ -66,7 +70,11 @@ pub struct Net {
 
 impl Net {
     /// Binds the endpoint. `bind` is a UDP socket address; port 0 picks a free one.
-    pub async fn bind(secret: [u8; 32], bind: SocketAddr, discovery: Arc<dyn Discovery>) -> Result<Self, BindError> {
+    pub async fn bind(
+        secret: [u8; 32],
+        bind: SocketAddr,
+        discovery: Arc<dyn Discovery>,
+    ) -> Result<Self, BindError> {
         let builder = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::from_bytes(&secret))
             .alpns(vec![ALPN.to_vec()])
@@ -75,14 +83,24 @@ impl Net {
             .portmapper_config(PortmapperConfig::Disabled)
             .clear_ip_transports()
             .bind_addr(bind)
-            .map_err(|e| BindError::BadAddress { addr: bind, reason: e.to_string() })?;
-        let endpoint = builder.bind().await.map_err(|e| BindError::Endpoint(e.to_string()))?;
-        Ok(Self { endpoint, discovery })
+            .map_err(|e| BindError::BadAddress {
+                addr: bind,
+                reason: e.to_string(),
+            })?;
+        let endpoint = builder
+            .bind()
+            .await
+            .map_err(|e| BindError::Endpoint(e.to_string()))?;
+        Ok(Self {
+            endpoint,
+            discovery,
+        })
     }
 
     /// The endpoint key peers see on the QUIC layer.
     pub fn endpoint_key(&self) -> EndpointKey {
-        EndpointKey::from_bytes(*self.endpoint.id().as_bytes()).expect("iroh ids are valid ed25519 keys")
+        EndpointKey::from_bytes(*self.endpoint.id().as_bytes())
+            .expect("iroh ids are valid ed25519 keys")
     }
 
     /// The local UDP addresses the endpoint is bound to.
@@ -91,26 +109,40 @@ impl Net {
     }
 
     /// Dials `account` using every hint the discovery knows, sends `hello` and verifies the peer's.
-    pub async fn dial(&self, account: AccountKey, hello: &Hello, now_unix: u64) -> Result<Session, DialError> {
+    pub async fn dial(
+        &self,
+        account: AccountKey,
+        hello: &Hello,
+        now_unix: u64,
+    ) -> Result<Session, DialError> {
         let hints = self.discovery.resolve(account).await;
         let mut last = DialError::NoRoute;
         for hint in hints {
-            let Some(endpoint) = hint.endpoint else { continue };
-            let Ok(id) = iroh::EndpointId::from_bytes(endpoint.as_bytes()) else { continue };
-            let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
-            let relays = hint.relays.iter().filter_map(|r| r.parse().ok()).map(TransportAddr::Relay);
-            let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
-            let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    last = DialError::Connect(e.to_string());
-                    continue;
-                }
-                Err(_) => {
-                    last = DialError::Timeout;
-                    continue;
-                }
+            let Some(endpoint) = hint.endpoint else {
+                continue;
             };
+            let Ok(id) = iroh::EndpointId::from_bytes(endpoint.as_bytes()) else {
+                continue;
+            };
+            let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
+            let relays = hint
+                .relays
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .map(TransportAddr::Relay);
+            let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+            let conn =
+                match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        last = DialError::Connect(e.to_string());
+                        continue;
+                    }
+                    Err(_) => {
+                        last = DialError::Timeout;
+                        continue;
+                    }
+                };
             return Ok(Session::handshake_dialer(conn, account, hello, now_unix).await?);
         }
         Err(last)
@@ -118,7 +150,11 @@ impl Net {
 
     /// Waits for the next incoming connection and runs the hello exchange. Returns `None` once the endpoint
     /// is closed. A failed handshake is logged and skipped, so callers simply loop.
-    pub async fn accept(&self, hello: &Hello, now_unix: impl Fn() -> u64) -> Option<Result<Session, SessionError>> {
+    pub async fn accept(
+        &self,
+        hello: &Hello,
+        now_unix: impl Fn() -> u64,
+    ) -> Option<Result<Session, SessionError>> {
         let incoming = self.endpoint.accept().await?;
         let conn = match incoming.accept() {
             Ok(accepting) => match tokio::time::timeout(HELLO_TIMEOUT, accepting).await {

@@ -50,23 +50,32 @@ impl Session {
         now: u64,
     ) -> Result<Self, SessionError> {
         let fut = async {
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| SessionError::Connection(e.to_string()))?;
-            write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| SessionError::Connection(e.to_string()))?;
+            write_frame(&mut send, &Frame::Hello(Box::new(hello.clone()))).await?;
             Ok::<_, SessionError>((send, recv))
         };
-        let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, fut).await.map_err(|_| SessionError::Timeout)??;
+        let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, fut)
+            .await
+            .map_err(|_| SessionError::Timeout)??;
         Self::finish(conn, send, recv, Some(expected), now).await
     }
 
     /// The acceptor reads and verifies the dialer's hello before it sends its own, so a peer that cannot
     /// prove itself learns nothing about who runs this endpoint.
-    pub(crate) async fn handshake_acceptor(conn: Connection, hello: &Hello, now: u64) -> Result<Self, SessionError> {
+    pub(crate) async fn handshake_acceptor(
+        conn: Connection,
+        hello: &Hello,
+        now: u64,
+    ) -> Result<Self, SessionError> {
         let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, conn.accept_bi())
             .await
             .map_err(|_| SessionError::Timeout)?
             .map_err(|e| SessionError::Connection(e.to_string()))?;
         let mut session = Self::finish(conn, send, recv, None, now).await?;
-        write_frame(&mut session.send, &Frame::Hello(hello.clone())).await?;
+        write_frame(&mut session.send, &Frame::Hello(Box::new(hello.clone()))).await?;
         Ok(session)
     }
 
@@ -96,10 +105,20 @@ impl Session {
             Err(e) => Err(e),
         };
         match result {
-            Ok(peer) => Ok(Self { peer, conn, send, recv, decoder }),
+            Ok(peer) => Ok(Self {
+                peer,
+                conn,
+                send,
+                recv,
+                decoder,
+            }),
             Err(e) => {
                 tracing::warn!(reason = %e, "dropping peer: hello rejected");
-                let code = if matches!(e, SessionError::Hello(_)) { CLOSE_HELLO_REJECTED } else { CLOSE_PROTOCOL };
+                let code = if matches!(e, SessionError::Hello(_)) {
+                    CLOSE_HELLO_REJECTED
+                } else {
+                    CLOSE_PROTOCOL
+                };
                 conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
                 Err(e)
             }
@@ -112,8 +131,15 @@ impl Session {
 
     pub fn split(self) -> (SessionReader, SessionWriter) {
         (
-            SessionReader { recv: self.recv, decoder: self.decoder, conn: self.conn.clone() },
-            SessionWriter { send: self.send, conn: self.conn },
+            SessionReader {
+                recv: self.recv,
+                decoder: self.decoder,
+                conn: self.conn.clone(),
+            },
+            SessionWriter {
+                send: self.send,
+                conn: self.conn,
+            },
         )
     }
 }
@@ -122,7 +148,10 @@ impl Session {
 fn describe_close(conn: &Connection) -> String {
     match conn.close_reason() {
         Some(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => {
-            format!("the peer closed the connection: {}", String::from_utf8_lossy(&close.reason))
+            format!(
+                "the peer closed the connection: {}",
+                String::from_utf8_lossy(&close.reason)
+            )
         }
         Some(other) => other.to_string(),
         None => "connection lost".into(),
@@ -134,7 +163,11 @@ pub fn path_kind(conn: &Connection) -> PathKind {
     let paths = conn.paths();
     for p in paths.iter() {
         if p.is_selected() {
-            return if p.is_relay() { PathKind::Relayed } else { PathKind::Direct };
+            return if p.is_relay() {
+                PathKind::Relayed
+            } else {
+                PathKind::Direct
+            };
         }
     }
     PathKind::Unknown
@@ -142,10 +175,15 @@ pub fn path_kind(conn: &Connection) -> PathKind {
 
 async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), SessionError> {
     let bytes = frame.encode()?;
-    send.write_all(&bytes).await.map_err(|e| SessionError::Connection(e.to_string()))
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| SessionError::Connection(e.to_string()))
 }
 
-async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Frame, SessionError> {
+async fn read_frame(
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Frame, SessionError> {
     loop {
         if let Some(frame) = decoder.next_frame()? {
             return Ok(frame);
@@ -170,13 +208,17 @@ impl SessionReader {
     pub async fn next(&mut self) -> Result<Frame, SessionError> {
         match read_frame(&mut self.recv, &mut self.decoder).await {
             Ok(Frame::Hello(_)) => {
-                let e = SessionError::Frame(FrameError::Malformed { kind: "second hello" });
-                self.conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"unexpected second hello");
+                let e = SessionError::Frame(FrameError::Malformed {
+                    kind: "second hello",
+                });
+                self.conn
+                    .close(VarInt::from_u32(CLOSE_PROTOCOL), b"unexpected second hello");
                 Err(e)
             }
             Err(SessionError::Frame(e)) => {
                 tracing::warn!(reason = %e, "dropping peer: bad frame");
-                self.conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
+                self.conn
+                    .close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
                 Err(SessionError::Frame(e))
             }
             other => other,
@@ -203,7 +245,10 @@ impl SessionWriter {
     /// Writes raw bytes to the stream, bypassing the encoder: for protocol-robustness tests and tools that
     /// probe how a peer handles malformed input. Production code sends [`Frame`]s.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        self.send.write_all(bytes).await.map_err(|e| SessionError::Connection(e.to_string()))
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| SessionError::Connection(e.to_string()))
     }
 
     pub fn connection(&self) -> &Connection {

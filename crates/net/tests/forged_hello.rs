@@ -18,11 +18,18 @@ struct Party {
 fn party(rng: &mut StdRng) -> Party {
     let mut endpoint_secret = [0u8; 32];
     rng.fill_bytes(&mut endpoint_secret);
-    Party { account: AccountSecret::generate(rng), device: DeviceSecret::generate(rng), endpoint_secret }
+    Party {
+        account: AccountSecret::generate(rng),
+        device: DeviceSecret::generate(rng),
+        endpoint_secret,
+    }
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn honest_hello(p: &Party, endpoint: EndpointKey) -> Hello {
@@ -48,25 +55,60 @@ impl Write for LogBuf {
 }
 
 /// Alice accepts; Mallory dials with `forge(mallory, victim, mallory's endpoint)`'s hello.
-async fn attempt(seed: u64, forge: impl Fn(&Party, &Party, EndpointKey) -> Hello) -> (SessionError, DialError, String) {
+async fn attempt(
+    seed: u64,
+    forge: impl Fn(&Party, &Party, EndpointKey) -> Hello,
+) -> (SessionError, DialError, String) {
     let logs = LogBuf::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut rng = StdRng::seed_from_u64(seed);
     let (alice, mallory, victim) = (party(&mut rng), party(&mut rng), party(&mut rng));
     let disc = Arc::new(StaticDiscovery::default());
-    let a = Net::bind(alice.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-    let m = Net::bind(mallory.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-    disc.insert(alice.account.public(), Hints { endpoint: Some(a.endpoint_key()), direct: a.local_addrs(), relays: vec![] });
+    let a = Net::bind(
+        alice.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap();
+    let m = Net::bind(
+        mallory.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap();
+    disc.insert(
+        alice.account.public(),
+        Hints {
+            endpoint: Some(a.endpoint_key()),
+            direct: a.local_addrs(),
+            relays: vec![],
+        },
+    );
     let a_hello = honest_hello(&alice, a.endpoint_key());
     let forged = forge(&mallory, &victim, m.endpoint_key());
     let accept = tokio::spawn({
         let a = a.clone();
-        async move { a.accept(&a_hello, now).await.unwrap().err().expect("the forged hello must be refused") }
+        async move {
+            a.accept(&a_hello, now)
+                .await
+                .unwrap()
+                .err()
+                .expect("the forged hello must be refused")
+        }
     });
-    let dial = m.dial(alice.account.public(), &forged, now()).await.err().expect("the forger gets no session");
+    let dial = m
+        .dial(alice.account.public(), &forged, now())
+        .await
+        .err()
+        .expect("the forger gets no session");
     let refused = accept.await.unwrap();
     a.close().await;
     m.close().await;
@@ -80,10 +122,16 @@ fn check(refused: SessionError, dial: DialError, log: String, expected: HelloErr
         SessionError::Hello(e) => assert_eq!(e, expected),
         other => panic!("expected {expected:?}, got {other:?}"),
     }
-    assert!(log.contains("hello rejected") && log.contains(&expected.to_string()), "logged reason: {log}");
+    assert!(
+        log.contains("hello rejected") && log.contains(&expected.to_string()),
+        "logged reason: {log}"
+    );
     // The forger learns the reason from the close frame, and nothing about the acceptor's identity.
     let dial = dial.to_string();
-    assert!(dial.contains(&expected.to_string()), "close reason reaches the dialer: {dial}");
+    assert!(
+        dial.contains(&expected.to_string()),
+        "close reason reaches the dialer: {dial}"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +181,12 @@ async fn forged_device_link_is_dropped() {
 async fn forged_endpoint_link_is_dropped() {
     // A replay: the victim's complete, valid hello for the victim's endpoint, sent from Mallory's endpoint.
     let (r, d, log) = attempt(5, |_, v, _| {
-        let victim_endpoint = EndpointKey::from_bytes(*DeviceSecret::from_bytes(&v.endpoint_secret).public().as_bytes()).unwrap();
+        let victim_endpoint = EndpointKey::from_bytes(
+            *DeviceSecret::from_bytes(&v.endpoint_secret)
+                .public()
+                .as_bytes(),
+        )
+        .unwrap();
         honest_hello(v, victim_endpoint)
     })
     .await;
@@ -154,12 +207,44 @@ async fn honest_peers_connect_and_an_impostor_endpoint_is_caught_by_the_dialer()
     let mut rng = StdRng::seed_from_u64(7);
     let (alice, bob, mallory) = (party(&mut rng), party(&mut rng), party(&mut rng));
     let disc = Arc::new(StaticDiscovery::default());
-    let a = Net::bind(alice.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-    let b = Net::bind(bob.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-    let m = Net::bind(mallory.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-    disc.insert(alice.account.public(), Hints { endpoint: Some(a.endpoint_key()), direct: a.local_addrs(), relays: vec![] });
+    let a = Net::bind(
+        alice.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap();
+    let b = Net::bind(
+        bob.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap();
+    let m = Net::bind(
+        mallory.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap();
+    disc.insert(
+        alice.account.public(),
+        Hints {
+            endpoint: Some(a.endpoint_key()),
+            direct: a.local_addrs(),
+            relays: vec![],
+        },
+    );
     // Bob's hints point at Mallory's endpoint (a poisoned card): Alice must notice she reached the wrong account.
-    disc.insert(bob.account.public(), Hints { endpoint: Some(m.endpoint_key()), direct: m.local_addrs(), relays: vec![] });
+    disc.insert(
+        bob.account.public(),
+        Hints {
+            endpoint: Some(m.endpoint_key()),
+            direct: m.local_addrs(),
+            relays: vec![],
+        },
+    );
     let a_hello = honest_hello(&alice, a.endpoint_key());
     let b_hello = honest_hello(&bob, b.endpoint_key());
     let m_hello = honest_hello(&mallory, m.endpoint_key());
@@ -177,7 +262,12 @@ async fn honest_peers_connect_and_an_impostor_endpoint_is_caught_by_the_dialer()
     // And the honest case.
     let alice_key = alice.account.public();
     let a2 = a.clone();
-    let acc = tokio::spawn(async move { a2.accept(&honest_hello(&alice, a2.endpoint_key()), now).await.unwrap().unwrap() });
+    let acc = tokio::spawn(async move {
+        a2.accept(&honest_hello(&alice, a2.endpoint_key()), now)
+            .await
+            .unwrap()
+            .unwrap()
+    });
     let session = b.dial(alice_key, &b_hello, now()).await.unwrap();
     let accepted = acc.await.unwrap();
     assert_eq!(accepted.peer.account(), bob.account.public());
@@ -191,17 +281,48 @@ async fn honest_peers_connect_and_an_impostor_endpoint_is_caught_by_the_dialer()
 async fn unknown_and_oversized_frames_close_the_connection() {
     use kith_core::wire::{FrameError, MAX_FRAME_LEN, WIRE_VERSION};
     let bad_frames: Vec<(Vec<u8>, FrameError)> = vec![
-        ([&3u32.to_be_bytes()[..], &[WIRE_VERSION, 77, 0]].concat(), FrameError::UnknownKind(77)),
-        ((MAX_FRAME_LEN as u32 + 1).to_be_bytes().to_vec(), FrameError::TooLarge { len: MAX_FRAME_LEN + 5, max: MAX_FRAME_LEN }),
-        ([&3u32.to_be_bytes()[..], &[9, 2, 0]].concat(), FrameError::UnsupportedVersion(9)),
+        (
+            [&3u32.to_be_bytes()[..], &[WIRE_VERSION, 77, 0]].concat(),
+            FrameError::UnknownKind(77),
+        ),
+        (
+            (MAX_FRAME_LEN as u32 + 1).to_be_bytes().to_vec(),
+            FrameError::TooLarge {
+                len: MAX_FRAME_LEN + 5,
+                max: MAX_FRAME_LEN,
+            },
+        ),
+        (
+            [&3u32.to_be_bytes()[..], &[9, 2, 0]].concat(),
+            FrameError::UnsupportedVersion(9),
+        ),
     ];
     for (i, (bytes, expected)) in bad_frames.into_iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(100 + i as u64);
         let (alice, bob) = (party(&mut rng), party(&mut rng));
         let disc = Arc::new(StaticDiscovery::default());
-        let a = Net::bind(alice.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-        let b = Net::bind(bob.endpoint_secret, "127.0.0.1:0".parse().unwrap(), disc.clone()).await.unwrap();
-        disc.insert(alice.account.public(), Hints { endpoint: Some(a.endpoint_key()), direct: a.local_addrs(), relays: vec![] });
+        let a = Net::bind(
+            alice.endpoint_secret,
+            "127.0.0.1:0".parse().unwrap(),
+            disc.clone(),
+        )
+        .await
+        .unwrap();
+        let b = Net::bind(
+            bob.endpoint_secret,
+            "127.0.0.1:0".parse().unwrap(),
+            disc.clone(),
+        )
+        .await
+        .unwrap();
+        disc.insert(
+            alice.account.public(),
+            Hints {
+                endpoint: Some(a.endpoint_key()),
+                direct: a.local_addrs(),
+                relays: vec![],
+            },
+        );
         let a_hello = honest_hello(&alice, a.endpoint_key());
         let a2 = a.clone();
         let reader = tokio::spawn(async move {
@@ -209,7 +330,14 @@ async fn unknown_and_oversized_frames_close_the_connection() {
             let (mut r, _w) = session.split();
             r.next().await
         });
-        let session = b.dial(alice.account.public(), &honest_hello(&bob, b.endpoint_key()), now()).await.unwrap();
+        let session = b
+            .dial(
+                alice.account.public(),
+                &honest_hello(&bob, b.endpoint_key()),
+                now(),
+            )
+            .await
+            .unwrap();
         let conn = session.conn.clone();
         let (_r, mut w) = session.split();
         w.send_raw(&bytes).await.unwrap();
@@ -218,6 +346,9 @@ async fn unknown_and_oversized_frames_close_the_connection() {
             other => panic!("expected {expected:?}, got {other:?}"),
         }
         let reason = conn.closed().await.to_string();
-        assert!(reason.contains(&expected.to_string()), "close reason: {reason}");
+        assert!(
+            reason.contains(&expected.to_string()),
+            "close reason: {reason}"
+        );
     }
 }

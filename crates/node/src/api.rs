@@ -29,9 +29,10 @@ struct ApiError(StatusCode, String);
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
-            NodeError::Store(kith_store::StoreError::UnknownContact(_) | kith_store::StoreError::UnknownRequest(_)) => {
-                StatusCode::NOT_FOUND
-            }
+            NodeError::Store(
+                kith_store::StoreError::UnknownContact(_)
+                | kith_store::StoreError::UnknownRequest(_),
+            ) => StatusCode::NOT_FOUND,
             NodeError::Store(kith_store::StoreError::NameTaken(_)) => StatusCode::CONFLICT,
             e if e.is_user_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -42,7 +43,11 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let kind = if self.0.is_client_error() { "user" } else { "internal" };
+        let kind = if self.0.is_client_error() {
+            "user"
+        } else {
+            "internal"
+        };
         (self.0, Json(json!({ "error": self.1, "kind": kind }))).into_response()
     }
 }
@@ -65,14 +70,21 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), ctx.token.as_bytes()) {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API token (see the profile's api-token file)".into())
-            .into_response();
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (see the profile's api-token file)".into(),
+        )
+        .into_response();
     }
     next.run(req).await
 }
 
 pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Router {
-    let ctx = Ctx { node, token: Arc::new(token), shutdown: stop };
+    let ctx = Ctx {
+        node,
+        token: Arc::new(token),
+        shutdown: stop,
+    };
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/card", get(card))
@@ -95,7 +107,9 @@ async fn status(State(c): State<Ctx>) -> ApiResult {
 
 async fn card(State(c): State<Ctx>) -> ApiResult {
     let card = c.node.card();
-    ok(json!({ "card": card.to_link(), "address": card.address().to_string(), "name": card.name() }))
+    ok(
+        json!({ "card": card.to_link(), "address": card.address().to_string(), "name": card.name() }),
+    )
 }
 
 async fn contacts(State(c): State<Ctx>) -> ApiResult {
@@ -137,7 +151,11 @@ struct ChatQuery {
     limit: Option<usize>,
 }
 
-async fn chat(State(c): State<Ctx>, Path(name): Path<String>, Query(q): Query<ChatQuery>) -> ApiResult {
+async fn chat(
+    State(c): State<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<ChatQuery>,
+) -> ApiResult {
     ok(c.node.chat(&name, q.limit.unwrap_or(100).min(100_000))?)
 }
 
@@ -158,21 +176,22 @@ async fn accept(State(c): State<Ctx>, Json(body): Json<Accept>) -> ApiResult {
 async fn events(State(c): State<Ctx>) -> Response {
     let rx = c.node.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    return Some((Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let data = json!({ "type": "lagged", "missed": n }).to_string();
-                    return Some((Ok(SseEvent::default().data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let data = match rx.recv().await {
+            Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
+            // A slow reader missed events: say so, so it can re-read state from the API.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                json!({ "type": "lagged", "missed": n }).to_string()
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)),
+            rx,
+        ))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn shutdown(State(c): State<Ctx>) -> ApiResult {

@@ -7,11 +7,28 @@ use serde::Serialize;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A message became visible in a chat (or in a contact request).
-    Message { from: String, address: String, seq: u64, id: String, text: String, sent_at_ms: u64, request: bool },
+    Message {
+        from: String,
+        address: String,
+        seq: u64,
+        id: String,
+        text: String,
+        sent_at_ms: u64,
+        request: bool,
+    },
     /// One of our messages changed state.
-    MessageState { to: String, seq: u64, state: MessageState },
+    MessageState {
+        to: String,
+        seq: u64,
+        state: MessageState,
+    },
     /// A stranger's message arrived as a contact request.
     Request { name: String, address: String },
     /// A connection to a peer came up or went down.
-    Peer { name: String, address: String, online: bool, path: String },
+    Peer {
+        name: String,
+        address: String,
+        online: bool,
+        path: String,
+    },
 }

@@ -27,7 +27,10 @@ pub enum DaemonError {
     #[error("{0}")]
     Node(#[from] NodeError),
     #[error("cannot listen for the control API on {addr}: {source}")]
-    Api { addr: SocketAddr, source: std::io::Error },
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
@@ -51,11 +54,24 @@ pub async fn run_daemon(
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
-        .map_err(|source| DaemonError::Api { addr: config.api_listen, source })?;
-    let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_listen, source })?;
+        .map_err(|source| DaemonError::Api {
+            addr: config.api_listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| DaemonError::Api {
+        addr: config.api_listen,
+        source,
+    })?;
+    // Small JSON replies and event-stream lines must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = api::router(node.clone(), token, stop_tx);
-    profile.write_daemon_info(&profile::DaemonInfo { pid: std::process::id(), api: api_addr })?;
+    profile.write_daemon_info(&profile::DaemonInfo {
+        pid: std::process::id(),
+        api: api_addr,
+    })?;
     ready(&node, api_addr);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -69,5 +85,8 @@ pub async fn run_daemon(
     node.shutdown().await;
     profile.remove_daemon_info();
     drop(Arc::clone(&node));
-    result.map_err(|source| DaemonError::Api { addr: api_addr, source })
+    result.map_err(|source| DaemonError::Api {
+        addr: api_addr,
+        source,
+    })
 }

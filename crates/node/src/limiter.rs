@@ -59,20 +59,34 @@ pub struct RequestLimiter {
 
 impl RequestLimiter {
     pub fn new(config: LimiterConfig, now: Instant) -> Self {
-        let global = Bucket { tokens: config.global_burst, last: now };
-        Self { config, senders: HashMap::new(), global }
+        let global = Bucket {
+            tokens: config.global_burst,
+            last: now,
+        };
+        Self {
+            config,
+            senders: HashMap::new(),
+            global,
+        }
     }
 
     /// How many of `want` messages from stranger `from` may be stored now.
     pub fn allow(&mut self, from: AccountKey, want: usize, now: Instant) -> usize {
         if self.senders.len() >= self.config.max_tracked && !self.senders.contains_key(&from) {
-            let oldest = self.senders.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k);
+            let oldest = self
+                .senders
+                .iter()
+                .min_by_key(|(_, b)| b.last)
+                .map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.senders.remove(&k);
             }
         }
         let c = &self.config;
-        let bucket = self.senders.entry(from).or_insert(Bucket { tokens: c.per_sender_burst, last: now });
+        let bucket = self.senders.entry(from).or_insert(Bucket {
+            tokens: c.per_sender_burst,
+            last: now,
+        });
         let mut probe = *bucket;
         let n = probe.take(want, c.per_sender_burst, c.per_sender_refill, now);
         let n = self.global.take(n, c.global_burst, c.global_refill, now);
@@ -91,13 +105,25 @@ mod tests {
     fn per_sender_and_global_limits() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let cfg = LimiterConfig { per_sender_burst: 5.0, global_burst: 8.0, ..Default::default() };
+        let cfg = LimiterConfig {
+            per_sender_burst: 5.0,
+            global_burst: 8.0,
+            ..Default::default()
+        };
         let mut l = RequestLimiter::new(cfg, t0);
         let a = AccountSecret::generate(&mut rng).public();
         let b = AccountSecret::generate(&mut rng).public();
         assert_eq!(l.allow(a, 10, t0), 5, "burst per sender");
         assert_eq!(l.allow(a, 1, t0), 0, "exhausted");
-        assert_eq!(l.allow(b, 10, t0), 3, "the global bucket caps all strangers together");
-        assert_eq!(l.allow(a, 1, t0 + Duration::from_secs(30)), 1, "refills over time");
+        assert_eq!(
+            l.allow(b, 10, t0),
+            3,
+            "the global bucket caps all strangers together"
+        );
+        assert_eq!(
+            l.allow(a, 1, t0 + Duration::from_secs(30)),
+            1,
+            "refills over time"
+        );
     }
 }

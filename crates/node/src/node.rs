@@ -32,19 +32,27 @@ const CONN_QUEUE: usize = 512;
 const READ_BATCH: usize = 256;
 /// Connections kept per peer; an older one is closed when a newer one arrives beyond this.
 const MAX_CONNS_PER_PEER: usize = 2;
-/// Peers without a contact entry we keep connection state for.
+/// Pending contact requests (distinct strangers) kept at once.
 const MAX_STRANGERS: usize = 256;
+/// Peers (contacts and strangers) with in-memory protocol state; a stranger beyond it is refused.
+const MAX_PEERS_IN_MEMORY: usize = 4096;
 /// Contacts dialled at once when the node starts (to announce itself and flush outboxes).
 const ANNOUNCE_CONCURRENCY: usize = 8;
 /// Lifetime of an endpoint certificate; renewed at half-life.
 const ENDPOINT_CERT_SECS: u64 = 48 * 3600;
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Errors of node operations, each naming what the user can do.
@@ -67,7 +75,12 @@ pub enum NodeError {
 impl NodeError {
     /// Whether the error is the user's input (HTTP 4xx) rather than the node's fault.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, NodeError::Net(_) | NodeError::Store(StoreError::Sqlite(_)) | NodeError::Store(StoreError::TooNew(_)))
+        !matches!(
+            self,
+            NodeError::Net(_)
+                | NodeError::Store(StoreError::Sqlite(_))
+                | NodeError::Store(StoreError::TooNew(_))
+        )
     }
 }
 
@@ -86,7 +99,11 @@ struct PeerRt {
 
 impl PeerRt {
     fn new(config: &OutboxConfig) -> Self {
-        Self { outbox: Outbox::new(config.clone()), inboxes: HashMap::new(), conns: Vec::new() }
+        Self {
+            outbox: Outbox::new(config.clone()),
+            inboxes: HashMap::new(),
+            conns: Vec::new(),
+        }
     }
 }
 
@@ -113,7 +130,12 @@ struct CardDiscovery {
 
 impl Discovery for CardDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
-        let hints = lock(&self.store).peer(&account).ok().flatten().and_then(|p| p.card).map(|c| c.hints().clone());
+        let hints = lock(&self.store)
+            .peer(&account)
+            .ok()
+            .flatten()
+            .and_then(|p| p.card)
+            .map(|c| c.hints().clone());
         Box::pin(async move { hints.into_iter().collect() })
     }
 }
@@ -195,19 +217,36 @@ fn path_name(kind: PathKind) -> &'static str {
 
 impl Node {
     /// Opens the store, binds the endpoint, restores outboxes and starts the background tasks.
-    pub async fn start(id: Identity, store: Store, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+    pub async fn start(
+        id: Identity,
+        store: Store,
+        config: NodeConfig,
+    ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Mutex::new(store));
-        let discovery = Arc::new(CardDiscovery { store: store.clone() });
-        let net = Net::bind(*id.endpoint_secret, config.listen, discovery).await.map_err(|e| NodeError::Net(e.to_string()))?;
+        let discovery = Arc::new(CardDiscovery {
+            store: store.clone(),
+        });
+        let net = Net::bind(*id.endpoint_secret, config.listen, discovery)
+            .await
+            .map_err(|e| NodeError::Net(e.to_string()))?;
         let account = id.account.public();
         let device = id.device.public();
         let now = unix_now();
-        let endpoint_cert = EndpointCert::issue(&id.device, net.endpoint_key(), now.saturating_sub(60), now + ENDPOINT_CERT_SECS);
+        let endpoint_cert = EndpointCert::issue(
+            &id.device,
+            net.endpoint_key(),
+            now.saturating_sub(60),
+            now + ENDPOINT_CERT_SECS,
+        );
         let card = Self::make_card(&id, &net, now)?;
         let t0 = Instant::now();
         let mut peers: HashMap<AccountKey, PeerRt> = HashMap::new();
         for (peer, seq) in lock(&store).undelivered(&device)? {
-            peers.entry(peer).or_insert_with(|| PeerRt::new(&config.outbox)).outbox.enqueue(seq, t0);
+            peers
+                .entry(peer)
+                .or_insert_with(|| PeerRt::new(&config.outbox))
+                .outbox
+                .enqueue(seq, t0);
         }
         let state = State {
             peers,
@@ -236,8 +275,17 @@ impl Node {
     }
 
     fn make_card(id: &Identity, net: &Net, now: u64) -> Result<ContactCard, NodeError> {
-        let direct: Vec<SocketAddr> = net.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).take(8).collect();
-        let hints = Hints { endpoint: Some(net.endpoint_key()), direct, relays: vec![] };
+        let direct: Vec<SocketAddr> = net
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .take(8)
+            .collect();
+        let hints = Hints {
+            endpoint: Some(net.endpoint_key()),
+            direct,
+            relays: vec![],
+        };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
 
@@ -257,8 +305,12 @@ impl Node {
         let mut st = lock(&self.state);
         let now = unix_now();
         if st.endpoint_cert.not_after.saturating_sub(now) < ENDPOINT_CERT_SECS / 2 {
-            st.endpoint_cert =
-                EndpointCert::issue(&self.id.device, self.net.endpoint_key(), now.saturating_sub(60), now + ENDPOINT_CERT_SECS);
+            st.endpoint_cert = EndpointCert::issue(
+                &self.id.device,
+                self.net.endpoint_key(),
+                now.saturating_sub(60),
+                now + ENDPOINT_CERT_SECS,
+            );
         }
         Hello {
             account: self.account,
@@ -275,7 +327,10 @@ impl Node {
     /// The name the user knows a peer by: petname, else the name on its card, else its address.
     fn label(&self, account: &AccountKey) -> String {
         match lock(&self.store).peer(account) {
-            Ok(Some(p)) => p.petname.or(p.display_name).unwrap_or_else(|| Address::new(*account).to_string()),
+            Ok(Some(p)) => p
+                .petname
+                .or(p.display_name)
+                .unwrap_or_else(|| Address::new(*account).to_string()),
             _ => Address::new(*account).to_string(),
         }
     }
@@ -302,13 +357,22 @@ impl Node {
         };
         let sem = Arc::new(tokio::sync::Semaphore::new(ANNOUNCE_CONCURRENCY));
         for c in contacts {
-            if c.card.as_ref().is_none_or(|card| card.hints().endpoint.is_none()) {
+            if c.card
+                .as_ref()
+                .is_none_or(|card| card.hints().endpoint.is_none())
+            {
                 continue;
             }
-            if lock(&self.state).peers.get(&c.account).is_some_and(|p| !p.conns.is_empty()) {
+            if lock(&self.state)
+                .peers
+                .get(&c.account)
+                .is_some_and(|p| !p.conns.is_empty())
+            {
                 continue;
             }
-            let Ok(permit) = sem.clone().acquire_owned().await else { return };
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                return;
+            };
             let node = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -361,24 +425,38 @@ impl Node {
         let conn = session.conn.clone();
         let id = {
             let mut st = lock(&self.state);
-            if !known && !st.peers.contains_key(&account) && st.peers.len() >= MAX_STRANGERS + 1024 {
+            if !known && !st.peers.contains_key(&account) && st.peers.len() >= MAX_PEERS_IN_MEMORY {
                 conn.close(0u32.into(), b"busy");
                 return;
             }
             st.next_conn += 1;
             let id = st.next_conn;
             let outbox_cfg = self.config.outbox.clone();
-            let p = st.peers.entry(account).or_insert_with(|| PeerRt::new(&outbox_cfg));
-            p.conns.push(ConnHandle { id, tx, conn: conn.clone(), since_ms: unix_ms() });
+            let p = st
+                .peers
+                .entry(account)
+                .or_insert_with(|| PeerRt::new(&outbox_cfg));
+            p.conns.push(ConnHandle {
+                id,
+                tx,
+                conn: conn.clone(),
+                since_ms: unix_ms(),
+            });
             if p.conns.len() > MAX_CONNS_PER_PEER {
                 let old = p.conns.remove(0);
-                old.conn.close(0u32.into(), b"replaced by a newer connection");
+                old.conn
+                    .close(0u32.into(), b"replaced by a newer connection");
             }
             p.outbox.connected(Instant::now());
             id
         };
         tracing::info!(path, "peer connected");
-        self.emit(Event::Peer { name: self.label(&account), address: Address::new(account).to_string(), online: true, path: path.into() });
+        self.emit(Event::Peer {
+            name: self.label(&account),
+            address: Address::new(account).to_string(),
+            online: true,
+            path: path.into(),
+        });
         let (reader, writer) = session.split();
         tokio::spawn(Self::write_loop(writer, rx));
         tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
@@ -394,7 +472,13 @@ impl Node {
         }
     }
 
-    async fn read_loop(self: Arc<Self>, mut reader: SessionReader, peer: VerifiedPeer, conn_id: u64, conn: iroh::endpoint::Connection) {
+    async fn read_loop(
+        self: Arc<Self>,
+        mut reader: SessionReader,
+        peer: VerifiedPeer,
+        conn_id: u64,
+        conn: iroh::endpoint::Connection,
+    ) {
         let account = peer.account();
         loop {
             let first = match reader.next().await {
@@ -433,10 +517,21 @@ impl Node {
                         break;
                     }
                 };
-                let tx = lock(&self.state).peers.get(&account).and_then(|p| p.conns.iter().find(|c| c.id == conn_id).map(|c| c.tx.clone()));
+                let tx = lock(&self.state).peers.get(&account).and_then(|p| {
+                    p.conns
+                        .iter()
+                        .find(|c| c.id == conn_id)
+                        .map(|c| c.tx.clone())
+                });
                 if let Some(tx) = tx {
                     for chunk in acks.chunks(MAX_RECEIPT_SEQS) {
-                        if tx.send(Frame::Receipt(ReceiptFrame { seqs: chunk.to_vec() })).await.is_err() {
+                        if tx
+                            .send(Frame::Receipt(ReceiptFrame {
+                                seqs: chunk.to_vec(),
+                            }))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -449,12 +544,17 @@ impl Node {
     fn unregister(&self, account: AccountKey, conn_id: u64) {
         let offline = {
             let mut st = lock(&self.state);
-            let Some(p) = st.peers.get_mut(&account) else { return };
+            let Some(p) = st.peers.get_mut(&account) else {
+                return;
+            };
             p.conns.retain(|c| c.id != conn_id);
             let offline = p.conns.is_empty();
             if offline {
                 p.outbox.disconnected(Instant::now());
-                if p.outbox.is_idle() && p.outbox.pending() == 0 && !matches!(lock(&self.store).peer(&account), Ok(Some(_))) {
+                if p.outbox.is_idle()
+                    && p.outbox.pending() == 0
+                    && !matches!(lock(&self.store).peer(&account), Ok(Some(_)))
+                {
                     st.peers.remove(&account);
                 }
             }
@@ -462,7 +562,12 @@ impl Node {
         };
         if offline {
             tracing::info!("peer disconnected");
-            self.emit(Event::Peer { name: self.label(&account), address: Address::new(account).to_string(), online: false, path: "offline".into() });
+            self.emit(Event::Peer {
+                name: self.label(&account),
+                address: Address::new(account).to_string(),
+                online: false,
+                path: "offline".into(),
+            });
         }
         self.wake.notify_one();
     }
@@ -478,25 +583,41 @@ impl Node {
         if delivered.is_empty() {
             return;
         }
-        if let Err(e) = lock(&self.store).mark_delivered(&account, &self.device, &delivered, unix_ms()) {
+        if let Err(e) =
+            lock(&self.store).mark_delivered(&account, &self.device, &delivered, unix_ms())
+        {
             tracing::error!(error = %e, "cannot record delivery");
         }
         let to = self.label(&account);
         for seq in delivered {
-            self.emit(Event::MessageState { to: to.clone(), seq, state: kith_store::MessageState::Delivered });
+            self.emit(Event::MessageState {
+                to: to.clone(),
+                seq,
+                state: kith_store::MessageState::Delivered,
+            });
         }
         self.wake.notify_one();
     }
 
     /// Stores what is new, decides what becomes visible, and returns the seqs to acknowledge.
-    fn handle_messages(&self, peer: &VerifiedPeer, mut messages: Vec<MessageFrame>) -> Result<Vec<u64>, StoreError> {
+    fn handle_messages(
+        &self,
+        peer: &VerifiedPeer,
+        mut messages: Vec<MessageFrame>,
+    ) -> Result<Vec<u64>, StoreError> {
         let account = peer.account();
         let device = peer.device();
         let now = Instant::now();
         let now_ms = unix_ms();
         let mut st = lock(&self.state);
         let mut store = lock(&self.store);
-        let is_contact = matches!(store.peer(&account)?, Some(Peer { state: PeerState::Contact, .. }));
+        let is_contact = matches!(
+            store.peer(&account)?,
+            Some(Peer {
+                state: PeerState::Contact,
+                ..
+            })
+        );
         let mut new_request = false;
         if !is_contact {
             // Only messages not yet stored count against the limits (retransmissions are free).
@@ -507,11 +628,21 @@ impl Node {
                     Inbox::restore(shown, held)
                 }
             };
-            let fresh = messages.iter().filter(|m| matches!(inbox.offer(m.seq), Offer::New)).count();
+            let fresh = messages
+                .iter()
+                .filter(|m| matches!(inbox.offer(m.seq), Offer::New))
+                .count();
             let known = store.peer(&account)?.is_some();
-            let allowed = if !known && store.request_count()? >= MAX_STRANGERS as u64 { 0 } else { st.limiter.allow(account, fresh, now) };
+            let allowed = if !known && store.request_count()? >= MAX_STRANGERS as u64 {
+                0
+            } else {
+                st.limiter.allow(account, fresh, now)
+            };
             if allowed < fresh {
-                tracing::info!(refused = fresh - allowed, "contact request rate-limited; the sender will retry later");
+                tracing::info!(
+                    refused = fresh - allowed,
+                    "contact request rate-limited; the sender will retry later"
+                );
                 let mut budget = allowed;
                 messages.retain(|m| match inbox.offer(m.seq) {
                     Offer::New if budget > 0 => {
@@ -531,7 +662,10 @@ impl Node {
             }
         }
         let outbox_cfg = self.config.outbox.clone();
-        let p = st.peers.entry(account).or_insert_with(|| PeerRt::new(&outbox_cfg));
+        let p = st
+            .peers
+            .entry(account)
+            .or_insert_with(|| PeerRt::new(&outbox_cfg));
         let mut restored_shows = vec![];
         let inbox = match p.inboxes.entry(device) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -558,8 +692,15 @@ impl Node {
                 Offer::TooFarAhead | Offer::Invalid => {}
             }
         }
-        let incoming: Vec<Incoming<'_>> =
-            fresh.iter().map(|m| Incoming { seq: m.seq, id: m.id, text: &m.text, sent_at_ms: m.sent_at_ms }).collect();
+        let incoming: Vec<Incoming<'_>> = fresh
+            .iter()
+            .map(|m| Incoming {
+                seq: m.seq,
+                id: m.id,
+                text: &m.text,
+                sent_at_ms: m.sent_at_ms,
+            })
+            .collect();
         store.store_incoming(&account, &device, &incoming, &show, now_ms)?;
         *inbox = next;
         store.touch(&account, now_ms)?;
@@ -571,7 +712,10 @@ impl Node {
             .unwrap_or_else(|| Address::new(account).to_string());
         let address = Address::new(account).to_string();
         if new_request {
-            self.emit(Event::Request { name: from.clone(), address: address.clone() });
+            self.emit(Event::Request {
+                name: from.clone(),
+                address: address.clone(),
+            });
         }
         for seq in show {
             let (text, id, sent_at_ms) = match messages.iter().find(|m| m.seq == seq) {
@@ -634,11 +778,20 @@ impl Node {
             for (account, seqs, tx) in sends {
                 let loaded: Vec<_> = {
                     let store = lock(&self.store);
-                    seqs.iter().filter_map(|seq| store.outgoing(&account, &self.device, *seq).ok().flatten()).collect()
+                    seqs.iter()
+                        .filter_map(|seq| {
+                            store.outgoing(&account, &self.device, *seq).ok().flatten()
+                        })
+                        .collect()
                 };
                 let mut sent = vec![];
                 for m in loaded {
-                    let frame = Frame::Message(MessageFrame { seq: m.seq, id: m.id, sent_at_ms: m.sent_at_ms, text: m.text });
+                    let frame = Frame::Message(MessageFrame {
+                        seq: m.seq,
+                        id: m.id,
+                        sent_at_ms: m.sent_at_ms,
+                        text: m.text,
+                    });
                     if tx.try_send(frame).is_err() {
                         // The connection is going away; the outbox retransmits after its timeout or reconnect.
                         break;
@@ -651,11 +804,17 @@ impl Node {
                     }
                     let to = self.label(&account);
                     for seq in sent {
-                        self.emit(Event::MessageState { to: to.clone(), seq, state: kith_store::MessageState::Sent });
+                        self.emit(Event::MessageState {
+                            to: to.clone(),
+                            seq,
+                            state: kith_store::MessageState::Sent,
+                        });
                     }
                 }
             }
-            let sleep = deadline.map(|d| d.max(Instant::now())).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let sleep = deadline
+                .map(|d| d.max(Instant::now()))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = tokio::time::sleep_until(sleep.into()) => {}
                 _ = self.wake.notified() => {}
@@ -674,7 +833,11 @@ impl Node {
             let conns: Vec<(AccountKey, i64, PathKind)> = st
                 .peers
                 .iter()
-                .filter_map(|(a, p)| p.conns.last().map(|c| (*a, c.since_ms, kith_net::path_kind(&c.conn))))
+                .filter_map(|(a, p)| {
+                    p.conns
+                        .last()
+                        .map(|c| (*a, c.since_ms, kith_net::path_kind(&c.conn)))
+                })
                 .collect();
             (conns, st.peers.values().map(|p| p.outbox.in_flight()).sum())
         };
@@ -685,7 +848,11 @@ impl Node {
             listen: self.net.local_addrs(),
             connections: conns
                 .into_iter()
-                .map(|(a, since_ms, kind)| ConnectionView { peer: self.label(&a), path: path_name(kind).into(), since_ms })
+                .map(|(a, since_ms, kind)| ConnectionView {
+                    peer: self.label(&a),
+                    path: path_name(kind).into(),
+                    since_ms,
+                })
                 .collect(),
             outbox,
             held,
@@ -696,7 +863,11 @@ impl Node {
         })
     }
 
-    pub fn add_contact(self: &Arc<Self>, text: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
+    pub fn add_contact(
+        self: &Arc<Self>,
+        text: &str,
+        name: Option<&str>,
+    ) -> Result<ContactView, NodeError> {
         let parsed = ParsedContact::parse(text)?;
         let account = parsed.address().account();
         if account == self.account {
@@ -709,20 +880,45 @@ impl Node {
         let name = match (name, card) {
             (Some(n), _) => n.trim().to_owned(),
             (None, Some(c)) => c.name().to_owned(),
-            (None, None) => return Err(NodeError::Contact(kith_core::CardError::InvalidName("an address carries no name: give one with --name"))),
+            (None, None) => {
+                return Err(NodeError::Contact(kith_core::CardError::InvalidName(
+                    "an address carries no name: give one with --name",
+                )));
+            }
         };
         kith_core::card::check_name(&name)?;
         lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
+        // Messages queued for this account before it was removed go out again now that it is back.
+        self.requeue(account)?;
         let view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
         // Say hello now: the peer learns our card, and we learn whether they are reachable.
         self.say_hello(account);
         Ok(view)
     }
 
+    fn requeue(&self, account: AccountKey) -> Result<(), NodeError> {
+        let undelivered = lock(&self.store).undelivered(&self.device)?;
+        let mut st = lock(&self.state);
+        let cfg = self.config.outbox.clone();
+        let now = Instant::now();
+        for (peer, seq) in undelivered.into_iter().filter(|(p, _)| *p == account) {
+            st.peers
+                .entry(peer)
+                .or_insert_with(|| PeerRt::new(&cfg))
+                .outbox
+                .enqueue(seq, now);
+        }
+        Ok(())
+    }
+
     /// Opens a connection to `account` unless one is up. A new connection also makes the peer's outbox to us
     /// retransmit at once whatever we have not acknowledged (used after accepting a request).
     fn say_hello(self: &Arc<Self>, account: AccountKey) {
-        if lock(&self.state).peers.get(&account).is_some_and(|p| !p.conns.is_empty()) {
+        if lock(&self.state)
+            .peers
+            .get(&account)
+            .is_some_and(|p| !p.conns.is_empty())
+        {
             return;
         }
         let node = self.clone();
@@ -749,7 +945,10 @@ impl Node {
             reachability,
             last_seen_ms: p.last_seen_ms,
             added_at_ms: p.added_at_ms,
-            has_route: p.card.as_ref().is_some_and(|c| c.hints().endpoint.is_some()),
+            has_route: p
+                .card
+                .as_ref()
+                .is_some_and(|c| c.hints().endpoint.is_some()),
         }
     }
 
@@ -771,7 +970,10 @@ impl Node {
 
     pub fn safety_number(&self, name: &str) -> Result<(String, String), NodeError> {
         let peer = lock(&self.store).contact_by_name(name)?;
-        Ok((kith_core::safety::safety_number(&self.account, &peer.account), Address::new(peer.account).to_string()))
+        Ok((
+            kith_core::safety::safety_number(&self.account, &peer.account),
+            Address::new(peer.account).to_string(),
+        ))
     }
 
     pub fn send(self: &Arc<Self>, name: &str, text: &str) -> Result<SentView, NodeError> {
@@ -789,12 +991,21 @@ impl Node {
             let peer = store.contact_by_name(name)?;
             let seq = store.enqueue_outgoing(&peer.account, &self.device, id, text, unix_ms())?;
             let outbox_cfg = self.config.outbox.clone();
-            st.peers.entry(peer.account).or_insert_with(|| PeerRt::new(&outbox_cfg)).outbox.enqueue(seq, Instant::now());
+            st.peers
+                .entry(peer.account)
+                .or_insert_with(|| PeerRt::new(&outbox_cfg))
+                .outbox
+                .enqueue(seq, Instant::now());
             (peer.account, seq)
         };
         let _ = account;
         self.wake.notify_one();
-        Ok(SentView { to: name.to_owned(), seq, id: hex::encode(id), state: "queued" })
+        Ok(SentView {
+            to: name.to_owned(),
+            seq,
+            id: hex::encode(id),
+            state: "queued",
+        })
     }
 
     pub fn chat(&self, name: &str, limit: usize) -> Result<Vec<ChatMessage>, NodeError> {
@@ -808,7 +1019,10 @@ impl Node {
         let mut out = vec![];
         for p in store.requests()? {
             out.push(RequestView {
-                name: p.display_name.clone().unwrap_or_else(|| Address::new(p.account).to_string()),
+                name: p
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| Address::new(p.account).to_string()),
                 address: Address::new(p.account).to_string(),
                 messages: store.chat(&p.account, 20)?,
                 first_seen_ms: p.added_at_ms,
@@ -817,10 +1031,17 @@ impl Node {
         Ok(out)
     }
 
-    pub fn accept_request(self: &Arc<Self>, request: &str, name: Option<&str>) -> Result<ContactView, NodeError> {
+    pub fn accept_request(
+        self: &Arc<Self>,
+        request: &str,
+        name: Option<&str>,
+    ) -> Result<ContactView, NodeError> {
         let store = lock(&self.store);
         let peer = store.find_request(request)?;
-        let name = name.map(str::to_owned).or(peer.display_name.clone()).unwrap_or_else(|| request.to_owned());
+        let name = name
+            .map(str::to_owned)
+            .or(peer.display_name.clone())
+            .unwrap_or_else(|| request.to_owned());
         kith_core::card::check_name(&name)?;
         store.add_contact(&peer.account, &name, None, unix_ms())?;
         let p = store.contact_by_name(&name)?;

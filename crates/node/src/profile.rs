@@ -30,11 +30,15 @@ pub const LOCK_FILE: &str = "daemon.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("a profile already exists in {0}: refusing to overwrite it (use another --home to make a second one)")]
+    #[error(
+        "a profile already exists in {0}: refusing to overwrite it (use another --home to make a second one)"
+    )]
     Exists(PathBuf),
     #[error("no kith profile in {0}: create one with `kith init`")]
     Missing(PathBuf),
-    #[error("the profile is locked with a passphrase: set KITH_PASSPHRASE or run in a terminal to be asked")]
+    #[error(
+        "the profile is locked with a passphrase: set KITH_PASSPHRASE or run in a terminal to be asked"
+    )]
     Locked,
     #[error("wrong passphrase for this profile")]
     WrongPassphrase,
@@ -43,13 +47,19 @@ pub enum ProfileError {
     #[error("the profile in {0} is in use by another kith daemon (pid {1}); stop it first")]
     InUse(PathBuf, String),
     #[error("cannot access {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid display name: {0}")]
     Name(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {
-    move |source| ProfileError::Io { path: path.to_owned(), source }
+    move |source| ProfileError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,7 +78,14 @@ struct IdentityFile {
 enum SecretBlob {
     /// No passphrase: the file's 0600 mode is the only protection.
     Plain { keys: String },
-    Argon2idXchacha20poly1305 { m_cost: u32, t_cost: u32, p_cost: u32, salt: String, nonce: String, ciphertext: String },
+    Argon2idXchacha20poly1305 {
+        m_cost: u32,
+        t_cost: u32,
+        p_cost: u32,
+        salt: String,
+        nonce: String,
+        ciphertext: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,7 +134,13 @@ pub struct Profile {
 fn write_private(path: &Path, data: &[u8]) -> Result<(), ProfileError> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
@@ -128,19 +151,33 @@ const M_COST: u32 = 64 * 1024;
 const T_COST: u32 = 3;
 const P_COST: u32 = 1;
 
-fn derive_key(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>, ProfileError> {
-    let params = argon2::Params::new(m, t, p, Some(32))
-        .map_err(|e| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: format!("bad argon2 parameters: {e}") })?;
+fn derive_key(
+    passphrase: &str,
+    salt: &[u8],
+    m: u32,
+    t: u32,
+    p: u32,
+) -> Result<Zeroizing<[u8; 32]>, ProfileError> {
+    let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| ProfileError::Damaged {
+        file: IDENTITY_FILE.into(),
+        reason: format!("bad argon2 parameters: {e}"),
+    })?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = Zeroizing::new([0u8; 32]);
     argon
         .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
-        .map_err(|e| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: format!("argon2: {e}") })?;
+        .map_err(|e| ProfileError::Damaged {
+            file: IDENTITY_FILE.into(),
+            reason: format!("argon2: {e}"),
+        })?;
     Ok(key)
 }
 
 fn unhex(file: &Path, s: &str) -> Result<Vec<u8>, ProfileError> {
-    hex::decode(s).map_err(|_| ProfileError::Damaged { file: file.to_owned(), reason: "not hexadecimal".into() })
+    hex::decode(s).map_err(|_| ProfileError::Damaged {
+        file: file.to_owned(),
+        reason: "not hexadecimal".into(),
+    })
 }
 
 impl Profile {
@@ -157,20 +194,29 @@ impl Profile {
     }
 
     /// Creates a new profile. `passphrase` (non-empty) encrypts the secret keys.
-    pub fn init(&self, name: &str, passphrase: Option<&str>, listen_port: u16) -> Result<PublicIdentity, ProfileError> {
+    pub fn init(
+        &self,
+        name: &str,
+        passphrase: Option<&str>,
+        listen_port: u16,
+    ) -> Result<PublicIdentity, ProfileError> {
         kith_core::card::check_name(name).map_err(|e| ProfileError::Name(e.to_string()))?;
         if self.exists() {
             return Err(ProfileError::Exists(self.home.clone()));
         }
         fs::create_dir_all(&self.home).map_err(io(&self.home))?;
-        fs::set_permissions(&self.home, fs::Permissions::from_mode(0o700)).map_err(io(&self.home))?;
+        fs::set_permissions(&self.home, fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.home))?;
         let mut rng = rand::rng();
         let account = AccountSecret::generate(&mut rng);
         let device = DeviceSecret::generate(&mut rng);
         let mut endpoint = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut endpoint[..]);
         let endpoint_public = iroh::SecretKey::from_bytes(&endpoint).public();
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let cert = DeviceCert::issue(&account, device.public(), created);
 
         let mut plain = Zeroizing::new(Vec::with_capacity(96));
@@ -178,17 +224,23 @@ impl Profile {
         plain.extend_from_slice(&device.to_bytes()[..]);
         plain.extend_from_slice(&endpoint[..]);
         let secrets = match passphrase.filter(|p| !p.is_empty()) {
-            None => SecretBlob::Plain { keys: hex::encode(&plain[..]) },
+            None => SecretBlob::Plain {
+                keys: hex::encode(&plain[..]),
+            },
             Some(pass) => {
                 let mut salt = [0u8; 16];
                 let mut nonce = [0u8; 24];
                 rng.fill_bytes(&mut salt);
                 rng.fill_bytes(&mut nonce);
                 let key = derive_key(pass, &salt, M_COST, T_COST, P_COST)?;
-                let cipher = XChaCha20Poly1305::new_from_slice(&key[..]).map_err(|_| ProfileError::WrongPassphrase)?;
+                let cipher = XChaCha20Poly1305::new_from_slice(&key[..])
+                    .map_err(|_| ProfileError::WrongPassphrase)?;
                 let ct = cipher
                     .encrypt(&XNonce::from(nonce), &plain[..])
-                    .map_err(|_| ProfileError::Damaged { file: IDENTITY_FILE.into(), reason: "encryption failed".into() })?;
+                    .map_err(|_| ProfileError::Damaged {
+                        file: IDENTITY_FILE.into(),
+                        reason: "encryption failed".into(),
+                    })?;
                 SecretBlob::Argon2idXchacha20poly1305 {
                     m_cost: M_COST,
                     t_cost: T_COST,
@@ -223,7 +275,11 @@ impl Profile {
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
         // The identity file is written last: its presence is what marks a complete profile.
         write_private(&self.path(IDENTITY_FILE), &json)?;
-        Ok(PublicIdentity { name: name.to_owned(), account: account.public(), device: device.public() })
+        Ok(PublicIdentity {
+            name: name.to_owned(),
+            account: account.public(),
+            device: device.public(),
+        })
     }
 
     fn read_identity_file(&self) -> Result<IdentityFile, ProfileError> {
@@ -232,26 +288,42 @@ impl Profile {
             return Err(ProfileError::Missing(self.home.clone()));
         }
         let bytes = fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| ProfileError::Damaged { file: path, reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| ProfileError::Damaged {
+            file: path,
+            reason: e.to_string(),
+        })
     }
 
     pub fn public(&self) -> Result<PublicIdentity, ProfileError> {
         let f = self.read_identity_file()?;
         let path = self.path(IDENTITY_FILE);
         let key = |s: &str| -> Result<[u8; 32], ProfileError> {
-            unhex(&path, s)?.try_into().map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad key length".into() })
+            unhex(&path, s)?
+                .try_into()
+                .map_err(|_| ProfileError::Damaged {
+                    file: path.clone(),
+                    reason: "bad key length".into(),
+                })
         };
-        let damaged = |r: &str| ProfileError::Damaged { file: path.clone(), reason: r.into() };
+        let damaged = |r: &str| ProfileError::Damaged {
+            file: path.clone(),
+            reason: r.into(),
+        };
         Ok(PublicIdentity {
             name: f.name.clone(),
-            account: AccountKey::from_bytes(key(&f.account)?).map_err(|_| damaged("bad account key"))?,
-            device: DeviceKey::from_bytes(key(&f.device)?).map_err(|_| damaged("bad device key"))?,
+            account: AccountKey::from_bytes(key(&f.account)?)
+                .map_err(|_| damaged("bad account key"))?,
+            device: DeviceKey::from_bytes(key(&f.device)?)
+                .map_err(|_| damaged("bad device key"))?,
         })
     }
 
     /// Whether the secret keys need a passphrase.
     pub fn is_encrypted(&self) -> Result<bool, ProfileError> {
-        Ok(matches!(self.read_identity_file()?.secrets, SecretBlob::Argon2idXchacha20poly1305 { .. }))
+        Ok(matches!(
+            self.read_identity_file()?.secrets,
+            SecretBlob::Argon2idXchacha20poly1305 { .. }
+        ))
     }
 
     /// Unlocks the secret keys.
@@ -260,31 +332,66 @@ impl Profile {
         let path = self.path(IDENTITY_FILE);
         let plain: Zeroizing<Vec<u8>> = match &f.secrets {
             SecretBlob::Plain { keys } => Zeroizing::new(unhex(&path, keys)?),
-            SecretBlob::Argon2idXchacha20poly1305 { m_cost, t_cost, p_cost, salt, nonce, ciphertext } => {
-                let pass = passphrase.filter(|p| !p.is_empty()).ok_or(ProfileError::Locked)?;
+            SecretBlob::Argon2idXchacha20poly1305 {
+                m_cost,
+                t_cost,
+                p_cost,
+                salt,
+                nonce,
+                ciphertext,
+            } => {
+                let pass = passphrase
+                    .filter(|p| !p.is_empty())
+                    .ok_or(ProfileError::Locked)?;
                 let key = derive_key(pass, &unhex(&path, salt)?, *m_cost, *t_cost, *p_cost)?;
-                let nonce: [u8; 24] = unhex(&path, nonce)?
-                    .try_into()
-                    .map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad nonce".into() })?;
-                let cipher = XChaCha20Poly1305::new_from_slice(&key[..]).map_err(|_| ProfileError::WrongPassphrase)?;
+                let nonce: [u8; 24] =
+                    unhex(&path, nonce)?
+                        .try_into()
+                        .map_err(|_| ProfileError::Damaged {
+                            file: path.clone(),
+                            reason: "bad nonce".into(),
+                        })?;
+                let cipher = XChaCha20Poly1305::new_from_slice(&key[..])
+                    .map_err(|_| ProfileError::WrongPassphrase)?;
                 Zeroizing::new(
-                    cipher.decrypt(&XNonce::from(nonce), &unhex(&path, ciphertext)?[..]).map_err(|_| ProfileError::WrongPassphrase)?,
+                    cipher
+                        .decrypt(&XNonce::from(nonce), &unhex(&path, ciphertext)?[..])
+                        .map_err(|_| ProfileError::WrongPassphrase)?,
                 )
             }
         };
         if plain.len() != 96 {
-            return Err(ProfileError::Damaged { file: path, reason: "wrong secret length".into() });
+            return Err(ProfileError::Damaged {
+                file: path,
+                reason: "wrong secret length".into(),
+            });
         }
-        let part = |i: usize| -> [u8; 32] { plain[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
+        let part =
+            |i: usize| -> [u8; 32] { plain[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
         let account = AccountSecret::from_bytes(&part(0));
         let device = DeviceSecret::from_bytes(&part(1));
         let cert_bytes = unhex(&path, &f.device_cert)?;
-        let device_cert: DeviceCert = postcard::from_bytes(&cert_bytes)
-            .map_err(|_| ProfileError::Damaged { file: path.clone(), reason: "bad device certificate".into() })?;
-        if device_cert.account != account.public() || device_cert.device != device.public() || device_cert.verify().is_err() {
-            return Err(ProfileError::Damaged { file: path, reason: "device certificate does not match the keys".into() });
+        let device_cert: DeviceCert =
+            postcard::from_bytes(&cert_bytes).map_err(|_| ProfileError::Damaged {
+                file: path.clone(),
+                reason: "bad device certificate".into(),
+            })?;
+        if device_cert.account != account.public()
+            || device_cert.device != device.public()
+            || device_cert.verify().is_err()
+        {
+            return Err(ProfileError::Damaged {
+                file: path,
+                reason: "device certificate does not match the keys".into(),
+            });
         }
-        Ok(Identity { name: f.name, account, device, device_cert, endpoint_secret: Zeroizing::new(part(2)) })
+        Ok(Identity {
+            name: f.name,
+            account,
+            device,
+            device_cert,
+            endpoint_secret: Zeroizing::new(part(2)),
+        })
     }
 
     pub fn config(&self) -> Result<Config, ProfileError> {
@@ -301,7 +408,10 @@ impl Profile {
         if !self.exists() {
             return Err(ProfileError::Missing(self.home.clone()));
         }
-        Ok(fs::read_to_string(&path).map_err(io(&path))?.trim().to_owned())
+        Ok(fs::read_to_string(&path)
+            .map_err(io(&path))?
+            .trim()
+            .to_owned())
     }
 
     pub fn daemon_info(&self) -> Option<DaemonInfo> {
@@ -310,7 +420,10 @@ impl Profile {
     }
 
     pub fn write_daemon_info(&self, info: &DaemonInfo) -> Result<(), ProfileError> {
-        write_private(&self.path(DAEMON_FILE), &serde_json::to_vec(info).unwrap_or_default())
+        write_private(
+            &self.path(DAEMON_FILE),
+            &serde_json::to_vec(info).unwrap_or_default(),
+        )
     }
 
     pub fn remove_daemon_info(&self) {
@@ -323,9 +436,19 @@ impl Profile {
             return Err(ProfileError::Missing(self.home.clone()));
         }
         let path = self.path(LOCK_FILE);
-        let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io(&path))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
         if file.try_lock().is_err() {
-            let pid = self.daemon_info().map(|d| d.pid.to_string()).unwrap_or_else(|| "unknown".into());
+            let pid = self
+                .daemon_info()
+                .map(|d| d.pid.to_string())
+                .unwrap_or_else(|| "unknown".into());
             return Err(ProfileError::InUse(self.home.clone(), pid));
         }
         Ok(ProfileLock { _file: file })
@@ -346,16 +469,26 @@ fn parse_config(text: &str) -> Result<Config, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (k, v) = line.split_once('=').ok_or(format!("line {}: expected key = \"value\"", n + 1))?;
+        let (k, v) = line
+            .split_once('=')
+            .ok_or(format!("line {}: expected key = \"value\"", n + 1))?;
         let v = v.trim().trim_matches('"');
-        let addr: SocketAddr = v.parse().map_err(|_| format!("line {}: {v:?} is not an address like 127.0.0.1:4000", n + 1))?;
+        let addr: SocketAddr = v.parse().map_err(|_| {
+            format!(
+                "line {}: {v:?} is not an address like 127.0.0.1:4000",
+                n + 1
+            )
+        })?;
         match k.trim() {
             "listen" => listen = Some(addr),
             "api_listen" => api = Some(addr),
             other => return Err(format!("line {}: unknown setting {other:?}", n + 1)),
         }
     }
-    Ok(Config { listen: listen.ok_or("missing `listen`")?, api_listen: api.ok_or("missing `api_listen`")? })
+    Ok(Config {
+        listen: listen.ok_or("missing `listen`")?,
+        api_listen: api.ok_or("missing `api_listen`")?,
+    })
 }
 
 #[cfg(test)]
@@ -367,12 +500,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = Profile::new(dir.path().join("a"));
         let public = p.init("Alice", Some("correct horse"), 4000).unwrap();
-        assert!(matches!(p.init("Alice", None, 4000), Err(ProfileError::Exists(_))));
+        assert!(matches!(
+            p.init("Alice", None, 4000),
+            Err(ProfileError::Exists(_))
+        ));
         assert!(matches!(p.unlock(None), Err(ProfileError::Locked)));
-        assert!(matches!(p.unlock(Some("wrong")), Err(ProfileError::WrongPassphrase)));
+        assert!(matches!(
+            p.unlock(Some("wrong")),
+            Err(ProfileError::WrongPassphrase)
+        ));
         let id = p.unlock(Some("correct horse")).unwrap();
         assert_eq!(id.account.public(), public.account);
-        let mode = fs::metadata(p.path(IDENTITY_FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(p.path(IDENTITY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(p.config().unwrap().listen.port(), 4000);
         // The secret keys are not in the file in clear.

@@ -142,7 +142,9 @@ CREATE INDEX messages_chat ON messages (peer, shown_idx);
 ";
 
 fn key_of(blob: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
-    blob.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "key".into(), rusqlite::types::Type::Blob))
+    blob.try_into().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(0, "key".into(), rusqlite::types::Type::Blob)
+    })
 }
 
 pub struct Store {
@@ -162,7 +164,9 @@ impl Store {
             return Err(StoreError::TooNew(version));
         }
         if version < 1 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+            ))?;
         }
         Ok(Self { conn })
     }
@@ -171,9 +175,14 @@ impl Store {
         let account = key_of(row.get(0)?)?;
         let card: Option<Vec<u8>> = row.get(4)?;
         Ok(Peer {
-            account: AccountKey::from_bytes(account)
-                .map_err(|_| rusqlite::Error::InvalidColumnType(0, "account".into(), rusqlite::types::Type::Blob))?,
-            state: if row.get::<_, String>(1)? == "contact" { PeerState::Contact } else { PeerState::Request },
+            account: AccountKey::from_bytes(account).map_err(|_| {
+                rusqlite::Error::InvalidColumnType(0, "account".into(), rusqlite::types::Type::Blob)
+            })?,
+            state: if row.get::<_, String>(1)? == "contact" {
+                PeerState::Contact
+            } else {
+                PeerState::Request
+            },
             petname: row.get(2)?,
             display_name: row.get(3)?,
             card: card.and_then(|c| ContactCard::from_bytes(&c).ok()),
@@ -182,15 +191,22 @@ impl Store {
         })
     }
 
-    const PEER_COLS: &'static str = "account, state, petname, display_name, card, added_at_ms, last_seen_ms";
+    const PEER_COLS: &'static str =
+        "account, state, petname, display_name, card, added_at_ms, last_seen_ms";
 
     pub fn peer(&self, account: &AccountKey) -> Result<Option<Peer>> {
         let sql = format!("SELECT {} FROM peers WHERE account = ?1", Self::PEER_COLS);
-        Ok(self.conn.query_row(&sql, params![account.as_bytes()], Self::peer_from_row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&sql, params![account.as_bytes()], Self::peer_from_row)
+            .optional()?)
     }
 
     pub fn contact_by_name(&self, name: &str) -> Result<Peer> {
-        let sql = format!("SELECT {} FROM peers WHERE state = 'contact' AND petname = ?1", Self::PEER_COLS);
+        let sql = format!(
+            "SELECT {} FROM peers WHERE state = 'contact' AND petname = ?1",
+            Self::PEER_COLS
+        );
         self.conn
             .query_row(&sql, params![name], Self::peer_from_row)
             .optional()?
@@ -198,7 +214,10 @@ impl Store {
     }
 
     fn list(&self, state: &str) -> Result<Vec<Peer>> {
-        let sql = format!("SELECT {} FROM peers WHERE state = ?1 ORDER BY petname, added_at_ms", Self::PEER_COLS);
+        let sql = format!(
+            "SELECT {} FROM peers WHERE state = ?1 ORDER BY petname, added_at_ms",
+            Self::PEER_COLS
+        );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params![state], Self::peer_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -213,9 +232,20 @@ impl Store {
     }
 
     /// Adds a contact, or turns a request into one, or updates the card of an existing contact.
-    pub fn add_contact(&self, account: &AccountKey, petname: &str, card: Option<&ContactCard>, now_ms: i64) -> Result<()> {
-        if let Some(other) = self.conn
-            .query_row("SELECT account FROM peers WHERE petname = ?1", params![petname], |r| r.get::<_, Vec<u8>>(0))
+    pub fn add_contact(
+        &self,
+        account: &AccountKey,
+        petname: &str,
+        card: Option<&ContactCard>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if let Some(other) = self
+            .conn
+            .query_row(
+                "SELECT account FROM peers WHERE petname = ?1",
+                params![petname],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
             .optional()?
             && other != account.as_bytes()
         {
@@ -237,19 +267,32 @@ impl Store {
         let n = self.conn.execute(
             "UPDATE peers SET card = ?2, card_issued = ?3, display_name = ?4
              WHERE account = ?1 AND (card_issued IS NULL OR card_issued <= ?3)",
-            params![card.account().as_bytes(), card.to_bytes(), card.issued() as i64, card.name()],
+            params![
+                card.account().as_bytes(),
+                card.to_bytes(),
+                card.issued() as i64,
+                card.name()
+            ],
         )?;
         Ok(n > 0)
     }
 
     pub fn remove_contact(&self, petname: &str) -> Result<AccountKey> {
         let peer = self.contact_by_name(petname)?;
-        self.conn.execute("DELETE FROM peers WHERE account = ?1", params![peer.account.as_bytes()])?;
+        self.conn.execute(
+            "DELETE FROM peers WHERE account = ?1",
+            params![peer.account.as_bytes()],
+        )?;
         Ok(peer.account)
     }
 
     /// Records that a stranger wrote to us. Returns false if they are already a contact.
-    pub fn record_request(&self, account: &AccountKey, card: Option<&ContactCard>, now_ms: i64) -> Result<()> {
+    pub fn record_request(
+        &self,
+        account: &AccountKey,
+        card: Option<&ContactCard>,
+        now_ms: i64,
+    ) -> Result<()> {
         self.conn.execute(
             "INSERT INTO peers (account, state, added_at_ms) VALUES (?1, 'request', ?2) ON CONFLICT (account) DO NOTHING",
             params![account.as_bytes(), now_ms],
@@ -261,7 +304,11 @@ impl Store {
     }
 
     pub fn request_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM peers WHERE state = 'request'", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM peers WHERE state = 'request'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Finds a request by the display name on its card or by its address.
@@ -271,25 +318,41 @@ impl Store {
             .into_iter()
             .find(|p| {
                 p.display_name.as_deref() == Some(wanted)
-                    || kith_core::Address::new(p.account).to_string().eq_ignore_ascii_case(wanted)
+                    || kith_core::Address::new(p.account)
+                        .to_string()
+                        .eq_ignore_ascii_case(wanted)
             })
             .ok_or_else(|| StoreError::UnknownRequest(wanted.to_owned()))
     }
 
     pub fn touch(&self, account: &AccountKey, now_ms: i64) -> Result<()> {
-        self.conn.execute("UPDATE peers SET last_seen_ms = ?2 WHERE account = ?1", params![account.as_bytes(), now_ms])?;
+        self.conn.execute(
+            "UPDATE peers SET last_seen_ms = ?2 WHERE account = ?1",
+            params![account.as_bytes(), now_ms],
+        )?;
         Ok(())
     }
 
     /// Puts a new outgoing message in the outbox (durably) and returns its sequence number.
-    pub fn enqueue_outgoing(&mut self, peer: &AccountKey, device: &DeviceKey, id: [u8; 16], text: &str, now_ms: i64) -> Result<u64> {
+    pub fn enqueue_outgoing(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        id: [u8; 16],
+        text: &str,
+        now_ms: i64,
+    ) -> Result<u64> {
         let tx = self.conn.transaction()?;
         let seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE peer = ?1 AND outgoing = 1 AND device = ?2",
             params![peer.as_bytes(), device.as_bytes()],
             |r| r.get(0),
         )?;
-        let idx: i64 = tx.query_row("SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages", [], |r| r.get(0))?;
+        let idx: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages",
+            [],
+            |r| r.get(0),
+        )?;
         tx.execute(
             "INSERT INTO messages (peer, outgoing, device, seq, msg_id, body, sent_at_ms, state, shown_idx)
              VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
@@ -299,7 +362,12 @@ impl Store {
         Ok(seq as u64)
     }
 
-    pub fn outgoing(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<Option<Outgoing>> {
+    pub fn outgoing(
+        &self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seq: u64,
+    ) -> Result<Option<Outgoing>> {
         Ok(self
             .conn
             .query_row(
@@ -323,7 +391,9 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT peer, seq FROM messages WHERE outgoing = 1 AND device = ?1 AND state != 'delivered' ORDER BY peer, seq",
         )?;
-        let rows = stmt.query_map(params![device.as_bytes()], |r| Ok((key_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+        let rows = stmt.query_map(params![device.as_bytes()], |r| {
+            Ok((key_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64))
+        })?;
         let mut out = vec![];
         for row in rows {
             let (k, seq) = row?;
@@ -349,7 +419,12 @@ impl Store {
     }
 
     /// A stored incoming message.
-    pub fn incoming(&self, peer: &AccountKey, device: &DeviceKey, seq: u64) -> Result<Option<Outgoing>> {
+    pub fn incoming(
+        &self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seq: u64,
+    ) -> Result<Option<Outgoing>> {
         Ok(self
             .conn
             .query_row(
@@ -363,7 +438,13 @@ impl Store {
             .optional()?)
     }
 
-    pub fn mark_delivered(&mut self, peer: &AccountKey, device: &DeviceKey, seqs: &[u64], now_ms: i64) -> Result<()> {
+    pub fn mark_delivered(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seqs: &[u64],
+        now_ms: i64,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
@@ -371,7 +452,12 @@ impl Store {
                  WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state != 'delivered'",
             )?;
             for seq in seqs {
-                stmt.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64, now_ms])?;
+                stmt.execute(params![
+                    peer.as_bytes(),
+                    device.as_bytes(),
+                    *seq as i64,
+                    now_ms
+                ])?;
             }
         }
         tx.commit()?;
@@ -395,15 +481,32 @@ impl Store {
                  VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, 'held') ON CONFLICT DO NOTHING",
             )?;
             for m in messages {
-                insert.execute(params![peer.as_bytes(), device.as_bytes(), m.seq as i64, &m.id[..], m.text, m.sent_at_ms as i64, now_ms])?;
+                insert.execute(params![
+                    peer.as_bytes(),
+                    device.as_bytes(),
+                    m.seq as i64,
+                    &m.id[..],
+                    m.text,
+                    m.sent_at_ms as i64,
+                    now_ms
+                ])?;
             }
-            let mut idx: i64 = tx.query_row("SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages", [], |r| r.get(0))?;
+            let mut idx: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(shown_idx), 0) + 1 FROM messages",
+                [],
+                |r| r.get(0),
+            )?;
             let mut shown = tx.prepare_cached(
                 "UPDATE messages SET state = 'received', shown_idx = ?4
                  WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND seq = ?3 AND state = 'held'",
             )?;
             for seq in show {
-                idx += shown.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64, idx])? as i64;
+                idx += shown.execute(params![
+                    peer.as_bytes(),
+                    device.as_bytes(),
+                    *seq as i64,
+                    idx
+                ])? as i64;
             }
         }
         tx.commit()?;
@@ -421,7 +524,9 @@ impl Store {
             "SELECT seq FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND state = 'held' ORDER BY seq",
         )?;
         let held = stmt
-            .query_map(params![peer.as_bytes(), device.as_bytes()], |r| r.get::<_, i64>(0))?
+            .query_map(params![peer.as_bytes(), device.as_bytes()], |r| {
+                r.get::<_, i64>(0)
+            })?
             .map(|r| r.map(|s| s as u64))
             .collect::<rusqlite::Result<_>>()?;
         Ok((shown as u64, held))
@@ -467,7 +572,6 @@ impl Store {
             |r| r.get::<_, i64>(0),
         )? as u64)
     }
-
 }
 
 #[cfg(test)]
@@ -490,15 +594,26 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let (me, _, peer) = keys();
         store.add_contact(&peer, "bob", None, 1).unwrap();
-        assert!(matches!(store.add_contact(&me.public(), "bob", None, 1), Err(StoreError::NameTaken(_))));
+        assert!(matches!(
+            store.add_contact(&me.public(), "bob", None, 1),
+            Err(StoreError::NameTaken(_))
+        ));
         let card = ContactCard::issue(&me, "Me", Hints::default(), 10).unwrap();
-        store.add_contact(&me.public(), "me", Some(&card), 1).unwrap();
+        store
+            .add_contact(&me.public(), "me", Some(&card), 1)
+            .unwrap();
         let older = ContactCard::issue(&me, "Old", Hints::default(), 5).unwrap();
         assert!(!store.update_card(&older).unwrap());
-        assert_eq!(store.contact_by_name("me").unwrap().display_name.as_deref(), Some("Me"));
+        assert_eq!(
+            store.contact_by_name("me").unwrap().display_name.as_deref(),
+            Some("Me")
+        );
         assert_eq!(store.contacts().unwrap().len(), 2);
         store.remove_contact("bob").unwrap();
-        assert!(matches!(store.contact_by_name("bob"), Err(StoreError::UnknownContact(_))));
+        assert!(matches!(
+            store.contact_by_name("bob"),
+            Err(StoreError::UnknownContact(_))
+        ));
     }
 
     #[test]
@@ -508,11 +623,28 @@ mod tests {
         let (_, dev, peer) = keys();
         {
             let mut store = Store::open(&path).unwrap();
-            assert_eq!(store.enqueue_outgoing(&peer, &dev, [1; 16], "a", 1).unwrap(), 1);
-            assert_eq!(store.enqueue_outgoing(&peer, &dev, [2; 16], "b", 2).unwrap(), 2);
+            assert_eq!(
+                store
+                    .enqueue_outgoing(&peer, &dev, [1; 16], "a", 1)
+                    .unwrap(),
+                1
+            );
+            assert_eq!(
+                store
+                    .enqueue_outgoing(&peer, &dev, [2; 16], "b", 2)
+                    .unwrap(),
+                2
+            );
             store.mark_delivered(&peer, &dev, &[1], 3).unwrap();
-            let m = |seq| Incoming { seq, id: [seq as u8; 16], text: "x", sent_at_ms: 0 };
-            store.store_incoming(&peer, &dev, &[m(1), m(3)], &[1], 5).unwrap();
+            let m = |seq| Incoming {
+                seq,
+                id: [seq as u8; 16],
+                text: "x",
+                sent_at_ms: 0,
+            };
+            store
+                .store_incoming(&peer, &dev, &[m(1), m(3)], &[1], 5)
+                .unwrap();
             // A retransmission is not stored twice.
             store.store_incoming(&peer, &dev, &[m(1)], &[], 6).unwrap();
         }
