@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod blind;
 pub mod card;
 pub mod delivery;
 pub mod hello;
 pub mod identity;
+pub mod record;
 pub mod safety;
 pub mod wire;
 pub mod zbase32;

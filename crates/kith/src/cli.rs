@@ -45,6 +45,26 @@ enum Command {
         /// UDP address to listen on (default: the one in config.toml, on 127.0.0.1).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// DHT nodes to join through, host:port (comma-separated or repeated); replaces config.toml's list.
+        #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+        bootstrap: Option<Vec<String>>,
+        /// Do not join the DHT (contacts are then reached only through their card hints).
+        #[arg(long)]
+        no_dht: bool,
+        /// Publish direct IP addresses in the discovery record (anyone with your address can read them).
+        #[arg(long)]
+        publish_direct: bool,
+        /// Discovery period length in minutes (default from config.toml: 1440).
+        #[arg(long, value_name = "MINUTES")]
+        period_minutes: Option<u64>,
+    },
+    /// Run a local Mainline DHT of N nodes on 127.0.0.x for demos and tests; prints its bootstrap list.
+    Testnet {
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Also write the bootstrap list (one host:port per line) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print your address.
     Id {
@@ -270,7 +290,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
         }
-        Command::Daemon { listen } => {
+        Command::Testnet { nodes, out } => {
+            if nodes == 0 || nodes > 2000 {
+                return Err(user("--nodes must be between 1 and 2000"));
+            }
+            let net = crate::testnet::Testnet::start(nodes).await.map_err(|e| user(format!("cannot start the testnet: {e}")))?;
+            let list = net.bootstrap().join("\n");
+            if let Some(path) = out {
+                std::fs::write(&path, format!("{list}\n")).with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{list}");
+            eprintln!("kith testnet: {nodes} DHT nodes running; pass them with `kith daemon --bootstrap ...`. Ctrl-C stops.");
+            tokio::signal::ctrl_c().await?;
+        }
+        Command::Daemon { listen, bootstrap, no_dht, publish_direct, period_minutes } => {
             let home = home()?;
             let profile = Profile::new(&home);
             if !profile.exists() {
@@ -282,7 +315,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None
             };
             init_logging();
-            let result = kith_node::run_daemon(&profile, pass.as_deref(), listen, |node, api| {
+            let options = kith_node::DaemonOptions {
+                listen,
+                bootstrap,
+                no_dht,
+                publish_direct: publish_direct.then_some(true),
+                period_minutes,
+            };
+            let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(
                     "kith daemon ready: {} (control API on {api})",
                     node.address()

@@ -185,6 +185,8 @@ struct Seen {
     delivered: HashMap<(String, u64), Instant>,
     /// peer label -> seqs of received messages, in the order shown.
     received: HashMap<String, Vec<u64>>,
+    /// event type -> how many were seen.
+    counts: HashMap<String, u64>,
 }
 
 impl Watcher {
@@ -199,6 +201,7 @@ impl Watcher {
                 let now = Instant::now();
                 let kind = ev.get("type").and_then(Value::as_str).unwrap_or("");
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
+                *seen.counts.entry(kind.to_owned()).or_default() += 1;
                 match kind {
                     "message_state"
                         if ev.get("state").and_then(Value::as_str) == Some("delivered") =>
@@ -220,7 +223,7 @@ impl Watcher {
                         let seq = ev.get("seq").and_then(Value::as_u64).unwrap_or(0);
                         seen.received.entry(from).or_default().push(seq);
                     }
-                    _ => continue,
+                    _ => {}
                 }
                 drop(seen);
                 w2.changed.notify_waiters();
@@ -243,6 +246,11 @@ impl Watcher {
         seqs.iter()
             .filter(|s| seen.delivered.contains_key(&(to.to_owned(), **s)))
             .count()
+    }
+
+    /// How many events of this type were seen (e.g. "record_published").
+    pub fn count(&self, kind: &str) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).counts.get(kind).copied().unwrap_or(0)
     }
 
     pub fn received(&self, from: &str) -> Vec<u64> {

@@ -7,3 +7,4 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod process;
+pub mod testnet;

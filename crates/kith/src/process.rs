@@ -21,6 +21,10 @@ pub struct Daemon {
     exe: PathBuf,
     child: Option<Child>,
     pub client: Option<Client>,
+    /// DHT bootstrap list passed to the daemon; `None` runs it with `--no-dht`. Never the public DHT.
+    pub bootstrap: Option<Vec<String>>,
+    /// Extra daemon arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -43,6 +47,8 @@ impl Daemon {
             exe: exe.to_owned(),
             child: None,
             client: None,
+            bootstrap: None,
+            extra_args: vec![],
         })
     }
 
@@ -56,6 +62,15 @@ impl Daemon {
         let _ = std::fs::remove_file(self.home.join(kith_node::profile::DAEMON_FILE));
         let mut cmd = Command::new(&self.exe);
         cmd.arg("--home").arg(&self.home).arg("daemon");
+        match &self.bootstrap {
+            None => {
+                cmd.arg("--no-dht");
+            }
+            Some(list) => {
+                cmd.arg(format!("--bootstrap={}", list.join(",")));
+            }
+        }
+        cmd.args(&self.extra_args);
         if let Ok(filter) = std::env::var("KITH_DAEMON_LOG") {
             cmd.env("RUST_LOG", filter);
         }

@@ -14,6 +14,7 @@
 //! each [`Session`] is split into a [`SessionReader`] and a [`SessionWriter`] for two tasks.
 #![forbid(unsafe_code)]
 
+pub mod dht;
 mod discovery;
 mod session;
 

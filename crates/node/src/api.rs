@@ -102,7 +102,9 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
 }
 
 async fn status(State(c): State<Ctx>) -> ApiResult {
-    ok(c.node.status()?)
+    let mut v = serde_json::to_value(c.node.status()?).unwrap_or_default();
+    v["dht"] = c.node.dht_status().await;
+    ok(v)
 }
 
 async fn card(State(c): State<Ctx>) -> ApiResult {

@@ -24,6 +24,8 @@ pub enum Event {
     },
     /// A stranger's message arrived as a contact request.
     Request { name: String, address: String },
+    /// This node's discovery record for `period` was stored in the DHT.
+    RecordPublished { period: u64, seq: i64 },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod discovery;
 pub mod events;
 pub mod limiter;
 pub mod node;
@@ -35,10 +36,21 @@ pub enum DaemonError {
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
 /// node and the API are up, with the API address.
+/// Command-line overrides of the profile's configuration.
+#[derive(Debug, Default, Clone)]
+pub struct DaemonOptions {
+    pub listen: Option<SocketAddr>,
+    /// Replaces the configured bootstrap list.
+    pub bootstrap: Option<Vec<String>>,
+    pub no_dht: bool,
+    pub publish_direct: Option<bool>,
+    pub period_minutes: Option<u64>,
+}
+
 pub async fn run_daemon(
     profile: &Profile,
     passphrase: Option<&str>,
-    listen: Option<SocketAddr>,
+    options: DaemonOptions,
     ready: impl FnOnce(&Node, SocketAddr),
 ) -> Result<(), DaemonError> {
     let _lock = profile.lock()?;
@@ -46,10 +58,25 @@ pub async fn run_daemon(
     let config = profile.config()?;
     let token = profile.token()?;
     let store = kith_store::Store::open(&profile.path(profile::DB_FILE))?;
+    let mut bootstrap: Vec<String> =
+        options.bootstrap.clone().unwrap_or(config.bootstrap.clone()).into_iter().filter(|b| !b.trim().is_empty()).collect();
+    // The routing table of the last run: joining works even when every bootstrap host is gone.
+    bootstrap.extend(profile.saved_dht_nodes());
+    let dht = (!options.no_dht).then(|| kith_net::dht::DhtConfig {
+        bootstrap,
+        bind: config.dht_bind,
+        port: None,
+        server: config.dht_server,
+    });
     let node_config = NodeConfig {
-        listen: listen.unwrap_or(config.listen),
+        listen: options.listen.unwrap_or(config.listen),
         outbox: Default::default(),
         limiter: Default::default(),
+        discovery: discovery::DiscoveryConfig {
+            period_minutes: options.period_minutes.unwrap_or(config.period_minutes).max(1),
+            publish_direct: options.publish_direct.unwrap_or(config.publish_direct),
+        },
+        dht,
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -82,6 +109,12 @@ pub async fn run_daemon(
         }
     });
     let result = server.await;
+    let table = node.dht_routing_table().await;
+    if !table.is_empty()
+        && let Err(e) = profile.save_dht_nodes(&table)
+    {
+        tracing::warn!(error = %e, "cannot save the DHT routing table");
+    }
     node.shutdown().await;
     profile.remove_daemon_info();
     drop(Arc::clone(&node));

@@ -17,7 +17,10 @@ use kith_core::delivery::{Inbox, Offer, Outbox, OutboxConfig};
 use kith_core::hello::{Hello, VerifiedPeer};
 use kith_core::wire::{Frame, MAX_RECEIPT_SEQS, MAX_TEXT_BYTES, MessageFrame, ReceiptFrame};
 use kith_core::{AccountKey, Address, ContactCard, DeviceKey, EndpointCert, Hints, ParsedContact};
-use kith_net::{BoxFuture, Discovery, Net, PathKind, Session, SessionReader, SessionWriter};
+use crate::discovery::{DiscoveryConfig, NodeDiscovery, SourceStats};
+use kith_core::record::{DeviceEntry, RecordCache};
+use kith_net::dht::{DhtConfig, DhtInfo, KithDht};
+use kith_net::{Net, PathKind, Session, SessionReader, SessionWriter};
 use kith_store::{ChatMessage, Incoming, Peer, PeerState, Store, StoreError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -121,24 +124,13 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub outbox: OutboxConfig,
     pub limiter: LimiterConfig,
+    pub discovery: DiscoveryConfig,
+    /// The DHT node to start, if any.
+    pub dht: Option<DhtConfig>,
 }
 
-/// Looks up hints in contact cards stored in the profile: the discovery source of this release.
-struct CardDiscovery {
-    store: Arc<Mutex<Store>>,
-}
-
-impl Discovery for CardDiscovery {
-    fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
-        let hints = lock(&self.store)
-            .peer(&account)
-            .ok()
-            .flatten()
-            .and_then(|p| p.card)
-            .map(|c| c.hints().clone());
-        Box::pin(async move { hints.into_iter().collect() })
-    }
-}
+/// How often the node republishes its discovery records (BEP44 items expire after about two hours).
+const REPUBLISH: Duration = Duration::from_secs(20 * 60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -150,6 +142,7 @@ pub struct Node {
     device: DeviceKey,
     store: Arc<Mutex<Store>>,
     net: Net,
+    discovery: Arc<NodeDiscovery>,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     wake: Notify,
@@ -223,10 +216,18 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Mutex::new(store));
-        let discovery = Arc::new(CardDiscovery {
+        let dht = match &config.dht {
+            Some(c) => Some(KithDht::start(c).map_err(|e| NodeError::Net(e.to_string()))?),
+            None => None,
+        };
+        let discovery = Arc::new(NodeDiscovery {
             store: store.clone(),
+            dht,
+            cache: Mutex::new(RecordCache::default()),
+            config: config.discovery.clone(),
+            stats: Mutex::new(SourceStats::default()),
         });
-        let net = Net::bind(*id.endpoint_secret, config.listen, discovery)
+        let net = Net::bind(*id.endpoint_secret, config.listen, discovery.clone())
             .await
             .map_err(|e| NodeError::Net(e.to_string()))?;
         let account = id.account.public();
@@ -262,6 +263,7 @@ impl Node {
             device,
             store,
             net,
+            discovery,
             state: Mutex::new(state),
             events,
             wake: Notify::new(),
@@ -271,6 +273,7 @@ impl Node {
         tokio::spawn(node.clone().accept_loop());
         tokio::spawn(node.clone().pump());
         tokio::spawn(node.clone().announce());
+        tokio::spawn(node.clone().publisher());
         Ok(node)
     }
 
@@ -384,6 +387,66 @@ impl Node {
         }
     }
 
+    /// Publishes the discovery records now and then every [`REPUBLISH`].
+    async fn publisher(self: Arc<Self>) {
+        if self.discovery.dht.is_none() {
+            return;
+        }
+        loop {
+            let entry = |_period| DeviceEntry {
+                cert: self.id.device_cert.clone(),
+                endpoint: self.net.endpoint_key(),
+                relays: vec![],
+                direct: self.net.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).collect(),
+            };
+            let delay = match self.discovery.publish(&self.id, entry, unix_now()).await {
+                Ok(done) => {
+                    for (period, seq) in done {
+                        self.emit(Event::RecordPublished { period: period.0, seq });
+                    }
+                    REPUBLISH
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "publishing the discovery record failed; retrying soon");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The DHT node's routing table, to save for the next start.
+    pub async fn dht_routing_table(&self) -> Vec<String> {
+        match &self.discovery.dht {
+            Some(d) => d.routing_table().await,
+            None => vec![],
+        }
+    }
+
+    /// Looks an account up in the DHT now (bypassing cached card hints); true if a valid record came back.
+    pub async fn lookup(&self, account: AccountKey) -> bool {
+        self.discovery.lookup(account, unix_now()).await.is_some()
+    }
+
+    pub async fn dht_status(&self) -> serde_json::Value {
+        let stats = self.discovery.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        match &self.discovery.dht {
+            None => serde_json::json!({ "enabled": false, "sources": stats }),
+            Some(d) => {
+                let info: DhtInfo = d.info().await;
+                let nodes = d.routing_table().await.len();
+                serde_json::json!({
+                    "enabled": true,
+                    "joined": nodes > 0,
+                    "routing_table_nodes": nodes,
+                    "size_estimate": info.size_estimate,
+                    "firewalled": info.firewalled,
+                    "sources": stats,
+                })
+            }
+        }
+    }
+
     fn dial(self: &Arc<Self>, account: AccountKey) {
         let node = self.clone();
         tokio::spawn(async move {
@@ -392,6 +455,8 @@ impl Node {
                 Ok(session) => node.register(session),
                 Err(e) => {
                     tracing::debug!(error = %e, "dial failed");
+                    // The hints may be stale: refresh the cached record from the DHT for the next attempt.
+                    node.discovery.lookup(account, unix_now()).await;
                     if let Some(p) = lock(&node.state).peers.get_mut(&account) {
                         p.outbox.dial_failed(Instant::now());
                     }

@@ -27,6 +27,7 @@ pub const TOKEN_FILE: &str = "api-token";
 pub const DB_FILE: &str = "kith.db";
 pub const DAEMON_FILE: &str = "daemon.json";
 pub const LOCK_FILE: &str = "daemon.lock";
+pub const DHT_NODES_FILE: &str = "dht-nodes.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -89,11 +90,37 @@ enum SecretBlob {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// UDP address of the QUIC endpoint.
     pub listen: SocketAddr,
     /// TCP address of the local control API (always loopback unless changed by hand).
     pub api_listen: SocketAddr,
+    /// Mainline DHT nodes to join through (host:port). The routing table saved at shutdown is used too.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: Vec<String>,
+    /// Local IPv4 address of the DHT node.
+    #[serde(default = "default_dht_bind")]
+    pub dht_bind: std::net::Ipv4Addr,
+    /// Run the DHT node in server mode (for always-on machines).
+    #[serde(default)]
+    pub dht_server: bool,
+    /// Length of a discovery period in minutes (blinded keys and records change every period).
+    #[serde(default = "default_period")]
+    pub period_minutes: u64,
+    /// Publish direct IP addresses in the discovery record, readable by anyone who knows your address.
+    #[serde(default)]
+    pub publish_direct: bool,
+}
+
+fn default_bootstrap() -> Vec<String> {
+    kith_net::dht::DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+}
+fn default_dht_bind() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::LOCALHOST
+}
+fn default_period() -> u64 {
+    24 * 60
 }
 
 /// What a running daemon leaves for the CLI.
@@ -265,11 +292,22 @@ impl Profile {
         let config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap: default_bootstrap(),
+            dht_bind: default_dht_bind(),
+            dht_server: false,
+            period_minutes: default_period(),
+            publish_direct: false,
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
-            "# kith profile configuration\n# UDP address of the QUIC endpoint (the port is kept so contact cards stay valid)\nlisten = \"{}\"\n# TCP address of the local control API (token in ./api-token)\napi_listen = \"{}\"\n",
-            config.listen, config.api_listen
+            "# kith profile configuration (TOML). Settings:\n\
+             #   listen          UDP address of the QUIC endpoint (the port is kept so contact cards stay valid)\n\
+             #   api_listen      TCP address of the local control API (token in ./api-token)\n\
+             #   bootstrap       Mainline DHT nodes to join through; the routing table saved at exit is used too\n\
+             #   dht_bind        local IPv4 address of the DHT node; dht_server: answer other nodes' queries\n\
+             #   period_minutes  length of a discovery period\n\
+             #   publish_direct  put your IP addresses in your discovery record (anyone with your address reads it)\n{}",
+            toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -400,7 +438,7 @@ impl Profile {
             return Err(ProfileError::Missing(self.home.clone()));
         }
         let text = fs::read_to_string(&path).map_err(io(&path))?;
-        parse_config(&text).map_err(|reason| ProfileError::Damaged { file: path, reason })
+        toml::from_str(&text).map_err(|e| ProfileError::Damaged { file: path, reason: e.to_string() })
     }
 
     pub fn token(&self) -> Result<String, ProfileError> {
@@ -424,6 +462,15 @@ impl Profile {
             &self.path(DAEMON_FILE),
             &serde_json::to_vec(info).unwrap_or_default(),
         )
+    }
+
+    /// DHT nodes saved at the last shutdown (empty if none).
+    pub fn saved_dht_nodes(&self) -> Vec<String> {
+        fs::read(self.path(DHT_NODES_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub fn save_dht_nodes(&self, nodes: &[String]) -> Result<(), ProfileError> {
+        write_private(&self.path(DHT_NODES_FILE), &serde_json::to_vec(nodes).unwrap_or_default())
     }
 
     pub fn remove_daemon_info(&self) {
@@ -458,37 +505,6 @@ impl Profile {
 /// Holds the profile lock.
 pub struct ProfileLock {
     _file: fs::File,
-}
-
-/// A tiny parser for the two `key = "value"` lines of `config.toml` (comments and blank lines allowed).
-fn parse_config(text: &str) -> Result<Config, String> {
-    let mut listen = None;
-    let mut api = None;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or(format!("line {}: expected key = \"value\"", n + 1))?;
-        let v = v.trim().trim_matches('"');
-        let addr: SocketAddr = v.parse().map_err(|_| {
-            format!(
-                "line {}: {v:?} is not an address like 127.0.0.1:4000",
-                n + 1
-            )
-        })?;
-        match k.trim() {
-            "listen" => listen = Some(addr),
-            "api_listen" => api = Some(addr),
-            other => return Err(format!("line {}: unknown setting {other:?}", n + 1)),
-        }
-    }
-    Ok(Config {
-        listen: listen.ok_or("missing `listen`")?,
-        api_listen: api.ok_or("missing `api_listen`")?,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,39 @@
+//! A local Mainline DHT for demos, tests and benchmarks: N server nodes, each on its own loopback address
+//! (127.0.0.2, 127.0.0.3, ...) because Mainline nodes discount many peers on one IP as a Sybil attack.
+//! Nothing here reaches the public DHT: the first node starts with no bootstrap and the others join it.
+
+use kith_net::dht::{DhtConfig, KithDht};
+use std::net::Ipv4Addr;
+
+pub struct Testnet {
+    nodes: Vec<KithDht>,
+    bootstrap: Vec<String>,
+}
+
+/// The loopback address of node `i`.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, (i / 250) as u8 + 1, (i % 250) as u8 + 2)
+}
+
+impl Testnet {
+    pub async fn start(count: usize) -> Result<Self, kith_net::dht::DhtError> {
+        let mut nodes = Vec::with_capacity(count);
+        let mut bootstrap: Vec<String> = vec![];
+        for i in 0..count {
+            let config = DhtConfig { bootstrap: bootstrap.iter().take(8).cloned().collect(), bind: node_ip(i), port: None, server: true };
+            let node = KithDht::start(&config)?;
+            bootstrap.push(node.local_addr().await);
+            nodes.push(node);
+        }
+        Ok(Self { nodes, bootstrap })
+    }
+
+    /// `host:port` of every node.
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.bootstrap.clone()
+    }
+
+    pub fn nodes(&self) -> &[KithDht] {
+        &self.nodes
+    }
+}

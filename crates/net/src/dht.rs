@@ -1,0 +1,113 @@
+//! The Mainline DHT side of discovery: a client (or server) node of the BitTorrent Mainline DHT that
+//! publishes and fetches kith's discovery records as BEP44 mutable items under blinded keys.
+//!
+//! What it sees and sends is exactly what a DHT node sees: blinded keys, sequence numbers and fixed-size
+//! ciphertext (see `kith_core::record`). Decryption and checking happen in `kith-core`.
+
+use futures_util::StreamExt;
+use kith_core::blind::{BlindedKey, BlindedSecret};
+use kith_core::identity::Signature;
+use kith_core::record::bep44_signable;
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, MutableItem};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// The well-known Mainline bootstrap hosts: the real-world default. Tests and the demo never use them;
+/// they pass their own list (a local testnet) or none.
+pub const DEFAULT_BOOTSTRAP: [&str; 3] = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "dht.libtorrent.org:25401"];
+
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// host:port of nodes to start from; empty means "only the saved routing table".
+    pub bootstrap: Vec<String>,
+    /// Local IPv4 address to bind (127.0.0.1 by default: loopback unless told otherwise).
+    pub bind: Ipv4Addr,
+    pub port: Option<u16>,
+    /// Answer other nodes' queries (always-on machines); clients only ask.
+    pub server: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhtError {
+    #[error("cannot start the DHT node: {0}")]
+    Start(std::io::Error),
+    #[error("publishing to the DHT failed: {0}")]
+    Publish(String),
+}
+
+/// A running DHT node.
+#[derive(Debug, Clone)]
+pub struct KithDht {
+    dht: AsyncDht,
+}
+
+/// A mutable item as found in the DHT (already signature-checked by the DHT library against its key).
+#[derive(Debug, Clone)]
+pub struct FoundItem {
+    pub seq: i64,
+    pub value: Vec<u8>,
+    pub signature: Signature,
+}
+
+impl KithDht {
+    pub fn start(config: &DhtConfig) -> Result<Self, DhtError> {
+        let mut b = Dht::builder();
+        b.bootstrap(&config.bootstrap).bind_address(config.bind).request_timeout(Duration::from_millis(1000));
+        if let Some(port) = config.port {
+            b.port(port);
+        }
+        if config.server {
+            b.server_mode();
+        }
+        let dht = b.build().map_err(DhtError::Start)?.as_async();
+        Ok(Self { dht })
+    }
+
+    /// Publishes `value` under `blinded`'s key with sequence `seq`, signed by the blinded secret.
+    pub async fn publish(&self, blinded: &BlindedSecret, seq: i64, value: &[u8]) -> Result<(), DhtError> {
+        let signature = blinded.sign(&bep44_signable(seq, value));
+        let item = MutableItem::new_signed_unchecked(*blinded.public().as_bytes(), signature.0, value, seq, None);
+        self.dht.put_mutable(item, None).await.map_err(|e| DhtError::Publish(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Streams the items stored under `blinded`, as they arrive (stop early once one is good).
+    pub fn lookup(&self, blinded: &BlindedKey) -> impl futures_util::Stream<Item = FoundItem> + use<> {
+        self.dht.get_mutable(blinded.as_bytes(), None, None).map(|item| FoundItem {
+            seq: item.seq(),
+            value: item.value().to_vec(),
+            signature: Signature(*item.signature()),
+        })
+    }
+
+    /// The node's UDP address (`host:port`).
+    pub async fn local_addr(&self) -> String {
+        self.dht.info().await.local_addr().to_string()
+    }
+
+    /// Nodes of the routing table as `host:port`, to save and reuse as bootstrap next time.
+    pub async fn routing_table(&self) -> Vec<String> {
+        self.dht.to_bootstrap().await
+    }
+
+    /// (local address, estimated network size, whether we seem firewalled).
+    pub async fn info(&self) -> DhtInfo {
+        let info = self.dht.info().await;
+        DhtInfo { local: info.local_addr().to_string(), size_estimate: info.dht_size_estimate().0, firewalled: info.firewalled() }
+    }
+
+    /// Announces `port` under `infohash` (BEP5), e.g. a relay announcing itself.
+    pub async fn announce(&self, infohash: [u8; 20], port: u16) -> Result<(), DhtError> {
+        let id = mainline::Id::from_bytes(infohash).map_err(|e| DhtError::Publish(e.to_string()))?;
+        self.dht.announce_peer(id, Some(port)).await.map_err(|e| DhtError::Publish(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DhtInfo {
+    pub local: String,
+    pub size_estimate: usize,
+    pub firewalled: bool,
+}

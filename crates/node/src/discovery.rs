@@ -1,0 +1,193 @@
+//! Discovery for the node: where is an account reachable?
+//!
+//! Sources, raced: the hints in the contact card (and in the peer's last hello), the cache of verified DHT
+//! records, and a DHT lookup of the account's blinded key for the current period (and the neighbouring
+//! period near a boundary, so ±5 minutes of clock skew do not matter). The first valid record ends the DHT
+//! lookup. Publishing: the node seals its record for the current and the next period and republishes well
+//! inside BEP44's ~2 h expiry.
+
+use kith_core::blind::{self, PeriodNum};
+use kith_core::record::{self, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
+use kith_core::{AccountKey, Hints};
+use kith_net::dht::KithDht;
+use kith_net::{BoxFuture, Discovery};
+use kith_store::Store;
+use futures_util::StreamExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a DHT lookup may take before the caller goes on with what it has.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Clock skew tolerated around period boundaries.
+const SKEW_SECS: u64 = 5 * 60;
+
+/// Discovery settings shared by publisher and resolver.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    pub period_minutes: u64,
+    /// Put direct IP addresses in the record (readable by anyone who knows the address). Off by default:
+    /// only contacts should learn a user's IP.
+    pub publish_direct: bool,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self { period_minutes: 24 * 60, publish_direct: false }
+    }
+}
+
+/// Which sources answered, for `kith status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SourceStats {
+    pub card_hints: u64,
+    pub dht_records: u64,
+    pub dht_lookups: u64,
+    pub dht_misses: u64,
+    pub cache_hits: u64,
+    pub published: u64,
+    pub publish_failures: u64,
+}
+
+pub struct NodeDiscovery {
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) dht: Option<KithDht>,
+    pub(crate) cache: Mutex<RecordCache>,
+    pub(crate) config: DiscoveryConfig,
+    pub(crate) stats: Mutex<SourceStats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The periods to look in at `now`: the current one, plus a neighbour within the skew margin.
+pub fn lookup_periods(now: u64, period_minutes: u64) -> Vec<PeriodNum> {
+    let current = blind::period_at(now, period_minutes);
+    let mut out = vec![current];
+    let next = blind::period_at(now + SKEW_SECS, period_minutes);
+    if next != current {
+        out.push(next);
+    }
+    let prev = blind::period_at(now.saturating_sub(SKEW_SECS), period_minutes);
+    if prev != current {
+        out.push(prev);
+    }
+    out
+}
+
+pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
+    record
+        .body()
+        .devices
+        .iter()
+        .map(|d| Hints { endpoint: Some(d.endpoint), direct: d.direct.clone(), relays: d.relays.clone() })
+        .collect()
+}
+
+impl NodeDiscovery {
+    /// Looks `account` up in the DHT; returns the first valid record found for any candidate period.
+    pub async fn lookup(&self, account: AccountKey, now: u64) -> Option<VerifiedRecord> {
+        let dht = self.dht.as_ref()?;
+        lock(&self.stats).dht_lookups += 1;
+        let periods = lookup_periods(now, self.config.period_minutes);
+        let mut streams = futures_util::stream::SelectAll::new();
+        for period in periods {
+            let Ok(blinded) = blind::blind_public(&account, period, self.config.period_minutes) else { continue };
+            streams.push(dht.lookup(&blinded).map(move |item| (period, blinded, item)).boxed());
+        }
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+            while let Some((period, blinded, item)) = streams.next().await {
+                match record::open(&account, &blinded, period, item.seq, &item.value, &item.signature, now) {
+                    Ok(rec) => match lock(&self.cache).offer(period, rec) {
+                        Ok(rec) => return Some(rec.clone()),
+                        Err(e) => tracing::debug!(reason = %e, "older record ignored"),
+                    },
+                    Err(e) => tracing::debug!(reason = %e, "record refused"),
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut stats = lock(&self.stats);
+        if found.is_some() {
+            stats.dht_records += 1;
+        } else {
+            stats.dht_misses += 1;
+        }
+        found
+    }
+
+    fn cached(&self, account: &AccountKey, now: u64) -> Option<VerifiedRecord> {
+        let cache = lock(&self.cache);
+        lookup_periods(now, self.config.period_minutes).into_iter().find_map(|p| cache.get(account, p, now).cloned())
+    }
+
+    /// Seals and publishes this node's record for the current and the next period.
+    /// Returns the (period, seq) pairs stored.
+    pub async fn publish(
+        &self,
+        id: &crate::profile::Identity,
+        entry: impl Fn(PeriodNum) -> DeviceEntry,
+        now: u64,
+    ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
+        let Some(dht) = &self.dht else { return Ok(vec![]) };
+        let mut done = vec![];
+        let current = blind::period_at(now, self.config.period_minutes);
+        let period_secs = self.config.period_minutes * 60;
+        for period in [current, PeriodNum(current.0 + 1)] {
+            let secret = blind::blind_secret(&id.account, period, self.config.period_minutes);
+            let mut device = entry(period);
+            if !self.config.publish_direct {
+                device.direct.clear();
+            }
+            let body = RecordBody {
+                version: record::RECORD_VERSION,
+                period: period.0,
+                // Valid through the end of its period plus the skew margin.
+                expires: (period.0 + 1) * period_secs + SKEW_SECS,
+                devices: vec![device],
+            };
+            let value = record::seal(&id.account, &secret.public(), body, &mut rand::rng())
+                .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
+            // Seconds since the epoch: increases across restarts without keeping state.
+            let seq = now as i64;
+            match dht.publish(&secret, seq, &value).await {
+                Ok(()) => {
+                    lock(&self.stats).published += 1;
+                    done.push((period, seq));
+                }
+                Err(e) => {
+                    lock(&self.stats).publish_failures += 1;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Discovery for NodeDiscovery {
+    fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
+        Box::pin(async move {
+            let now = crate::node::unix_now();
+            let card = lock(&self.store).peer(&account).ok().flatten().and_then(|p| p.card).map(|c| c.hints().clone());
+            let mut out = vec![];
+            if let Some(rec) = self.cached(&account, now) {
+                lock(&self.stats).cache_hits += 1;
+                out.extend(hints_of(&rec));
+            } else if card.as_ref().is_none_or(|c| c.endpoint.is_none()) {
+                // Nothing else to try: wait for the DHT.
+                if let Some(rec) = self.lookup(account, now).await {
+                    out.extend(hints_of(&rec));
+                }
+            }
+            if let Some(c) = card.filter(|c| c.endpoint.is_some()) {
+                lock(&self.stats).card_hints += 1;
+                out.push(c);
+            }
+            out
+        })
+    }
+}
