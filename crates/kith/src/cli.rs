@@ -554,7 +554,8 @@ fn urlencode(s: &str) -> String {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,iroh=warn,noq=warn,noq_proto=warn".into());
+        // Dependencies log addresses at info; kith's own info lines never carry an IP or a key.
+        .unwrap_or_else(|_| "info,iroh=warn,iroh_relay=warn,noq=warn,noq_proto=warn,mainline=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

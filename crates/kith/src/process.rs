@@ -71,12 +71,15 @@ impl Daemon {
             }
         }
         cmd.args(&self.extra_args);
-        if let Ok(filter) = std::env::var("KITH_DAEMON_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
+        match std::env::var("KITH_DAEMON_LOG") {
+            Ok(filter) => cmd.env("RUST_LOG", filter),
+            // The daemon's own default filter, whatever the caller's environment says.
+            Err(_) => cmd.env_remove("RUST_LOG"),
+        };
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.home.join("daemon.out"))?;
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(out)
             .stderr(log)
             .spawn()
             .context("starting kith daemon")?;

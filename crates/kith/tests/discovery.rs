@@ -79,3 +79,92 @@ async fn saved_routing_table_rejoins_without_bootstrap() {
     assert!(st["dht"]["routing_table_nodes"].as_u64().unwrap() > 0, "{st}");
     assert!(st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1, "{st}");
 }
+
+fn contains_ipv4(text: &str) -> Option<String> {
+    // Four dot-separated groups of 1-3 digits, not inside a longer number (e.g. version strings are fine).
+    let bytes = text.as_bytes();
+    for start in 0..bytes.len() {
+        if !bytes[start].is_ascii_digit() || (start > 0 && (bytes[start - 1].is_ascii_digit() || bytes[start - 1] == b'.')) {
+            continue;
+        }
+        let mut i = start;
+        let mut groups = 0;
+        loop {
+            let g = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() && i - g < 4 {
+                i += 1;
+            }
+            if i == g || i - g > 3 {
+                break;
+            }
+            groups += 1;
+            if groups == 4 {
+                return Some(text[start..i].to_owned());
+            }
+            if i < bytes.len() && bytes[i] == b'.' {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// kith's own logs at the default level (info) never contain an IP address, an account, device or endpoint
+/// key, or a blinded key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_leak_addresses_or_keys() {
+    assert_eq!(contains_ipv4("listening on 127.0.0.1:4000"), Some("127.0.0.1".into()), "the scanner works");
+    assert_eq!(contains_ipv4("version 1.2.3 at 12:00"), None);
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
+    let mut bob = daemon(dir.path(), "bob", net.bootstrap()).await;
+    let mallory = daemon(dir.path(), "mallory", net.bootstrap()).await;
+    alice.client().post("/v1/contacts", json!({ "contact": address(&bob), "name": "bob" })).await.unwrap();
+    bob.client().post("/v1/contacts", json!({ "contact": address(&alice), "name": "alice" })).await.unwrap();
+    mallory.client().post("/v1/contacts", json!({ "contact": address(&alice), "name": "alice" })).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let wm = mallory.watcher().await.unwrap();
+    let s = alice.client().send("bob", "one").await.unwrap();
+    let m = mallory.client().send("alice", "a stranger says hi").await.unwrap();
+    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", s).is_some()).await);
+    assert!(wm.wait_for(Duration::from_secs(60), |w| w.delivered_at("alice", m).is_some()).await);
+    bob.kill();
+    bob.start().await.unwrap();
+    let s = alice.client().send("bob", "two").await.unwrap();
+    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", s).is_some()).await);
+
+    let mut secrets: Vec<(String, String)> = vec![];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for d in [&alice, &bob, &mallory] {
+        let public = kith_node::Profile::new(&d.home).public().unwrap();
+        let status = d.client().get("/v1/status").await.unwrap();
+        let acct = public.account;
+        secrets.push((format!("{} account hex", d.name), hex::encode(acct.as_bytes())));
+        secrets.push((format!("{} address", d.name), address(d)[5..].to_owned()));
+        secrets.push((format!("{} device hex", d.name), hex::encode(public.device.as_bytes())));
+        secrets.push((format!("{} endpoint", d.name), status["endpoint"].as_str().unwrap().to_owned()));
+        for p in [0, 1] {
+            let period = kith_core::blind::PeriodNum(kith_core::blind::period_at(now, 24 * 60).0 + p);
+            let blinded = kith_core::blind::blind_public(&acct, period, 24 * 60).unwrap();
+            secrets.push((format!("{} blinded hex", d.name), hex::encode(blinded.as_bytes())));
+            secrets.push((format!("{} blinded z32", d.name), kith_core::zbase32::encode(blinded.as_bytes())));
+        }
+    }
+    let mut checked = 0;
+    for d in [&alice, &bob, &mallory] {
+        let log = std::fs::read_to_string(d.home.join("daemon.log")).unwrap();
+        assert!(log.contains("peer connected"), "{}'s log has content to check", d.name);
+        checked += log.lines().count();
+        if let Some(ip) = contains_ipv4(&log) {
+            panic!("{}'s log contains an IP address ({ip}):\n{log}", d.name);
+        }
+        for (what, s) in &secrets {
+            assert!(!log.to_lowercase().contains(&s.to_lowercase()), "{}'s log contains {what}:\n{log}", d.name);
+            assert!(!log.to_lowercase().contains(&s[..16].to_lowercase()), "{}'s log contains a prefix of {what}", d.name);
+        }
+    }
+    assert!(checked > 5, "enough log lines were checked ({checked})");
+}
