@@ -5,11 +5,18 @@
 //! period near a boundary, so ±5 minutes of clock skew do not matter). The first valid record ends the DHT
 //! lookup. Publishing: the node seals its record for the current and the next period and republishes well
 //! inside BEP44's ~2 h expiry.
+//!
+//! Unlinkability across periods: everything about period `p` (publishing `A'_p`, looking up contacts' keys
+//! for `p`) goes through a DHT client of its own ([`PeriodDhts`]), on its own UDP port with its own node id,
+//! created for that period and dropped after it. Sequence numbers are the time plus a per-period secret
+//! offset. So a DHT node sees nothing that ties `A'_p` to `A'_{p+1}`: not the key, not the ciphertext, not
+//! the sequence, not the source port. (The source IP address is the machine's own; hiding it needs
+//! publishing through relays, which is a later step.)
 
 use kith_core::blind::{self, PeriodNum};
 use kith_core::record::{self, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
 use kith_core::{AccountKey, Hints};
-use kith_net::dht::KithDht;
+use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
 use kith_store::Store;
 use futures_util::StreamExt;
@@ -48,9 +55,57 @@ pub struct SourceStats {
     pub publish_failures: u64,
 }
 
+/// One DHT client per discovery period (see the module docs).
+pub struct PeriodDhts {
+    base: DhtConfig,
+    nodes: Mutex<std::collections::BTreeMap<u64, KithDht>>,
+    /// Routing table nodes learned so far, to bootstrap the next period's client quickly.
+    known: Mutex<Vec<String>>,
+}
+
+impl PeriodDhts {
+    pub fn new(base: DhtConfig) -> Self {
+        let known = Mutex::new(base.bootstrap.clone());
+        Self { base, nodes: Mutex::new(Default::default()), known }
+    }
+
+    /// The client for `period`, started on first use. Clients of periods that ended are dropped.
+    pub fn client(&self, period: PeriodNum, current: PeriodNum) -> Result<KithDht, kith_net::dht::DhtError> {
+        let mut nodes = lock(&self.nodes);
+        nodes.retain(|p, _| *p + 1 >= current.0);
+        if let Some(d) = nodes.get(&period.0) {
+            return Ok(d.clone());
+        }
+        let mut config = self.base.clone();
+        let known = lock(&self.known).clone();
+        config.bootstrap = known.into_iter().rev().take(64).collect();
+        let dht = KithDht::start(&config)?;
+        nodes.insert(period.0, dht.clone());
+        Ok(dht)
+    }
+
+    pub fn clients(&self) -> Vec<KithDht> {
+        lock(&self.nodes).values().cloned().collect()
+    }
+
+    /// All routing-table nodes of the live clients, deduplicated (saved at shutdown, reused at start).
+    pub async fn routing_table(&self) -> Vec<String> {
+        let mut all = vec![];
+        for d in self.clients() {
+            all.extend(d.routing_table().await);
+        }
+        all.sort();
+        all.dedup();
+        if !all.is_empty() {
+            *lock(&self.known) = all.clone();
+        }
+        all
+    }
+}
+
 pub struct NodeDiscovery {
     pub(crate) store: Arc<Mutex<Store>>,
-    pub(crate) dht: Option<KithDht>,
+    pub(crate) dht: Option<PeriodDhts>,
     pub(crate) cache: Mutex<RecordCache>,
     pub(crate) config: DiscoveryConfig,
     pub(crate) stats: Mutex<SourceStats>,
@@ -87,12 +142,14 @@ pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
 impl NodeDiscovery {
     /// Looks `account` up in the DHT; returns the first valid record found for any candidate period.
     pub async fn lookup(&self, account: AccountKey, now: u64) -> Option<VerifiedRecord> {
-        let dht = self.dht.as_ref()?;
+        let dhts = self.dht.as_ref()?;
         lock(&self.stats).dht_lookups += 1;
+        let current = blind::period_at(now, self.config.period_minutes);
         let periods = lookup_periods(now, self.config.period_minutes);
         let mut streams = futures_util::stream::SelectAll::new();
         for period in periods {
             let Ok(blinded) = blind::blind_public(&account, period, self.config.period_minutes) else { continue };
+            let Ok(dht) = dhts.client(period, current) else { continue };
             streams.push(dht.lookup(&blinded).map(move |item| (period, blinded, item)).boxed());
         }
         let found = tokio::time::timeout(LOOKUP_TIMEOUT, async {
@@ -132,7 +189,7 @@ impl NodeDiscovery {
         entry: impl Fn(PeriodNum) -> DeviceEntry,
         now: u64,
     ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
-        let Some(dht) = &self.dht else { return Ok(vec![]) };
+        let Some(dhts) = &self.dht else { return Ok(vec![]) };
         let mut done = vec![];
         let current = blind::period_at(now, self.config.period_minutes);
         let period_secs = self.config.period_minutes * 60;
@@ -151,8 +208,10 @@ impl NodeDiscovery {
             };
             let value = record::seal(&id.account, &secret.public(), body, &mut rand::rng())
                 .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
-            // Seconds since the epoch: increases across restarts without keeping state.
-            let seq = now as i64;
+            // The time (so it grows across restarts without state) plus an offset secret to this period's
+            // key, so sequence numbers of different periods do not match up.
+            let seq = now as i64 + seq_offset(&secret);
+            let dht = dhts.client(period, current)?;
             match dht.publish(&secret, seq, &value).await {
                 Ok(()) => {
                     lock(&self.stats).published += 1;
@@ -166,6 +225,13 @@ impl NodeDiscovery {
         }
         Ok(done)
     }
+}
+
+/// A per-period offset in [0, 2^32) derived from the blinded secret: constant within a period (so sequence
+/// numbers still increase with time) and unrelated across periods.
+fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
+    let sig = secret.sign(b"kith record sequence offset v1");
+    i64::from(u32::from_be_bytes([sig.0[0], sig.0[1], sig.0[2], sig.0[3]]))
 }
 
 impl Discovery for NodeDiscovery {

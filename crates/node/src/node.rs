@@ -19,7 +19,7 @@ use kith_core::wire::{Frame, MAX_RECEIPT_SEQS, MAX_TEXT_BYTES, MessageFrame, Rec
 use kith_core::{AccountKey, Address, ContactCard, DeviceKey, EndpointCert, Hints, ParsedContact};
 use crate::discovery::{DiscoveryConfig, NodeDiscovery, SourceStats};
 use kith_core::record::{DeviceEntry, RecordCache};
-use kith_net::dht::{DhtConfig, DhtInfo, KithDht};
+use kith_net::dht::{DhtConfig, DhtInfo};
 use kith_net::{Net, PathKind, Session, SessionReader, SessionWriter};
 use kith_store::{ChatMessage, Incoming, Peer, PeerState, Store, StoreError};
 use serde::Serialize;
@@ -217,7 +217,7 @@ impl Node {
     ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Mutex::new(store));
         let dht = match &config.dht {
-            Some(c) => Some(KithDht::start(c).map_err(|e| NodeError::Net(e.to_string()))?),
+            Some(c) => Some(crate::discovery::PeriodDhts::new(c.clone())),
             None => None,
         };
         let discovery = Arc::new(NodeDiscovery {
@@ -415,7 +415,7 @@ impl Node {
         }
     }
 
-    /// The DHT node's routing table, to save for the next start.
+    /// The DHT clients' routing tables, to save for the next start.
     pub async fn dht_routing_table(&self) -> Vec<String> {
         match &self.discovery.dht {
             Some(d) => d.routing_table().await,
@@ -433,14 +433,22 @@ impl Node {
         match &self.discovery.dht {
             None => serde_json::json!({ "enabled": false, "sources": stats }),
             Some(d) => {
-                let info: DhtInfo = d.info().await;
+                let clients = d.clients();
+                let mut size_estimate = 0;
+                let mut firewalled = true;
+                for c in &clients {
+                    let info: DhtInfo = c.info().await;
+                    size_estimate = size_estimate.max(info.size_estimate);
+                    firewalled &= info.firewalled;
+                }
                 let nodes = d.routing_table().await.len();
                 serde_json::json!({
                     "enabled": true,
                     "joined": nodes > 0,
+                    "period_clients": clients.len(),
                     "routing_table_nodes": nodes,
-                    "size_estimate": info.size_estimate,
-                    "firewalled": info.firewalled,
+                    "size_estimate": size_estimate,
+                    "firewalled": firewalled,
                     "sources": stats,
                 })
             }
