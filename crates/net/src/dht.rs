@@ -15,6 +15,8 @@ use std::time::Duration;
 
 /// The well-known Mainline bootstrap hosts: the real-world default. Tests and the demo never use them;
 /// they pass their own list (a local testnet) or none.
+pub use mainline::{RequestFilter, RequestSpecific};
+
 pub const DEFAULT_BOOTSTRAP: [&str; 3] = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "dht.libtorrent.org:25401"];
 
 #[derive(Debug, Clone)]
@@ -52,6 +54,16 @@ pub struct FoundItem {
 
 impl KithDht {
     pub fn start(config: &DhtConfig) -> Result<Self, DhtError> {
+        Self::start_inner(config, None)
+    }
+
+    /// Starts a server node that shows every request it receives to `filter` (which should return true
+    /// to let the node answer normally): used to play an honest-but-curious DHT node in privacy tests.
+    pub fn start_observed(config: &DhtConfig, filter: Box<dyn mainline::RequestFilter>) -> Result<Self, DhtError> {
+        Self::start_inner(config, Some(filter))
+    }
+
+    fn start_inner(config: &DhtConfig, filter: Option<Box<dyn mainline::RequestFilter>>) -> Result<Self, DhtError> {
         let mut b = Dht::builder();
         b.bootstrap(&config.bootstrap).bind_address(config.bind).request_timeout(Duration::from_millis(1000));
         if let Some(port) = config.port {
@@ -59,6 +71,9 @@ impl KithDht {
         }
         if config.server {
             b.server_mode();
+        }
+        if let Some(filter) = filter {
+            b.server_mode().server_settings(mainline::ServerSettings { filter, ..Default::default() });
         }
         let dht = b.build().map_err(DhtError::Start)?.as_async();
         Ok(Self { dht })

@@ -20,6 +20,7 @@ use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
 use kith_store::Store;
 use futures_util::StreamExt;
+use sha2::Digest;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,11 +105,11 @@ impl PeriodDhts {
 }
 
 pub struct NodeDiscovery {
-    pub(crate) store: Arc<Mutex<Store>>,
-    pub(crate) dht: Option<PeriodDhts>,
-    pub(crate) cache: Mutex<RecordCache>,
-    pub(crate) config: DiscoveryConfig,
-    pub(crate) stats: Mutex<SourceStats>,
+    pub store: Arc<Mutex<Store>>,
+    pub dht: Option<PeriodDhts>,
+    pub cache: Mutex<RecordCache>,
+    pub config: DiscoveryConfig,
+    pub stats: Mutex<SourceStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -230,8 +231,11 @@ impl NodeDiscovery {
 /// A per-period offset in [0, 2^32) derived from the blinded secret: constant within a period (so sequence
 /// numbers still increase with time) and unrelated across periods.
 fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
+    // Hash the whole signature: its first half (R) comes from the blinded key's hash prefix, which is the
+    // same in every period (rend-spec A.2), so R alone would give every period the same offset.
     let sig = secret.sign(b"kith record sequence offset v1");
-    i64::from(u32::from_be_bytes([sig.0[0], sig.0[1], sig.0[2], sig.0[3]]))
+    let digest = sha2::Sha256::digest(sig.0);
+    i64::from(u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]))
 }
 
 impl Discovery for NodeDiscovery {
