@@ -58,6 +58,16 @@ enum Command {
         #[arg(long, value_name = "MINUTES")]
         period_minutes: Option<u64>,
     },
+    /// Measure finding people by address on a local DHT testnet (cold, warm, 30% of nodes killed) against
+    /// an unblinded reference; print and save numbers.
+    BenchDiscovery {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a local Mainline DHT of N nodes on 127.0.0.x for demos and tests; prints its bootstrap list.
     Testnet {
         #[arg(long, default_value_t = 20)]
@@ -531,6 +541,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             });
         }
+        Command::BenchDiscovery { nodes, runs, out } => crate::bench_discovery::run(nodes, runs, out).await?,
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
         Command::Bench {
             latency_messages,

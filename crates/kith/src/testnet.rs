@@ -36,4 +36,18 @@ impl Testnet {
     pub fn nodes(&self) -> &[KithDht] {
         &self.nodes
     }
+
+    /// Stops `count` nodes chosen by `seed` (their sockets close): part of the network gone.
+    pub fn kill(&mut self, count: usize, seed: u64) {
+        use rand::{SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut idx: Vec<usize> = (0..self.nodes.len()).collect();
+        idx.shuffle(&mut rng);
+        let mut doomed: Vec<usize> = idx.into_iter().take(count).collect();
+        doomed.sort_unstable_by(|a, b| b.cmp(a));
+        for i in doomed {
+            self.nodes.remove(i);
+            self.bootstrap.remove(i);
+        }
+    }
 }

@@ -26,6 +26,9 @@ use std::time::Duration;
 
 /// How long a DHT lookup may take before the caller goes on with what it has.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Interval between hedged lookup rounds, and how many rounds at most.
+const HEDGE: Duration = Duration::from_millis(250);
+const MAX_ROUNDS: u32 = 8;
 /// Clock skew tolerated around period boundaries.
 const SKEW_SECS: u64 = 5 * 60;
 
@@ -146,24 +149,52 @@ impl NodeDiscovery {
         let dhts = self.dht.as_ref()?;
         lock(&self.stats).dht_lookups += 1;
         let current = blind::period_at(now, self.config.period_minutes);
-        let periods = lookup_periods(now, self.config.period_minutes);
+        let targets: Vec<_> = lookup_periods(now, self.config.period_minutes)
+            .into_iter()
+            .filter_map(|p| {
+                let key = blind::blind_public(&account, p, self.config.period_minutes).ok()?;
+                Some((p, key, dhts.client(p, current).ok()?))
+            })
+            .collect();
         let mut streams = futures_util::stream::SelectAll::new();
-        for period in periods {
-            let Ok(blinded) = blind::blind_public(&account, period, self.config.period_minutes) else { continue };
-            let Ok(dht) = dhts.client(period, current) else { continue };
-            streams.push(dht.lookup(&blinded).map(move |item| (period, blinded, item)).boxed());
-        }
+        let start_round = |streams: &mut futures_util::stream::SelectAll<_>| {
+            for (period, blinded, dht) in &targets {
+                let (period, blinded) = (*period, *blinded);
+                streams.push(dht.lookup(&blinded).map(move |item| (period, blinded, item)).boxed());
+            }
+        };
+        start_round(&mut streams);
+        // Hedged lookups: a query that finds nothing runs until its slowest requests time out, while a record
+        // published a moment ago (a peer that just came online) is found at once by a fresh query. So start
+        // a new round every HEDGE until something valid arrives.
+        let mut hedge = tokio::time::interval_at(tokio::time::Instant::now() + HEDGE, HEDGE);
+        let mut rounds = 1;
         let found = tokio::time::timeout(LOOKUP_TIMEOUT, async {
-            while let Some((period, blinded, item)) = streams.next().await {
-                match record::open(&account, &blinded, period, item.seq, &item.value, &item.signature, now) {
-                    Ok(rec) => match lock(&self.cache).offer(period, rec) {
-                        Ok(rec) => return Some(rec.clone()),
-                        Err(e) => tracing::debug!(reason = %e, "older record ignored"),
+            loop {
+                tokio::select! {
+                    next = streams.next() => match next {
+                        Some((period, blinded, item)) => {
+                            match record::open(&account, &blinded, period, item.seq, &item.value, &item.signature, now) {
+                                Ok(rec) => match lock(&self.cache).offer(period, rec) {
+                                    Ok(rec) => return Some(rec.clone()),
+                                    Err(e) => tracing::debug!(reason = %e, "older record ignored"),
+                                },
+                                Err(e) => tracing::debug!(reason = %e, "record refused"),
+                            }
+                        }
+                        None if rounds >= MAX_ROUNDS => return None,
+                        None => {
+                            hedge.tick().await;
+                            rounds += 1;
+                            start_round(&mut streams);
+                        }
                     },
-                    Err(e) => tracing::debug!(reason = %e, "record refused"),
+                    _ = hedge.tick(), if rounds < MAX_ROUNDS => {
+                        rounds += 1;
+                        start_round(&mut streams);
+                    }
                 }
             }
-            None
         })
         .await
         .ok()
@@ -214,7 +245,7 @@ impl NodeDiscovery {
             let seq = now as i64 + seq_offset(&secret);
             let dht = dhts.client(period, current)?;
             match dht.publish(&secret, seq, &value).await {
-                Ok(()) => {
+                Ok(_stored_at) => {
                     lock(&self.stats).published += 1;
                     done.push((period, seq));
                 }

@@ -1,0 +1,251 @@
+//! `kith bench-discovery`: finding a person by address alone on a local Mainline testnet.
+//!
+//! * cold: two fresh profiles that know only each other's address; from starting both daemons to the
+//!   first delivered message (DHT publish, blinded lookup, decrypt, connect, deliver).
+//! * warm: the same pair restarted with their bootstrap list removed (saved routing table, learned cards).
+//! * churn: records of 20 publishers looked up by fresh clients before and after 30% of the testnet's nodes
+//!   are killed: success rate and time to the first valid record.
+//! The reference in the same run: the same lookups of an unblinded, unencrypted BEP44 item under the raw
+//! account key, as iroh's own mainline address lookup publishes it, which is linkable forever.
+
+use crate::demo::percentile;
+use crate::process::{Daemon, kith_exe};
+use crate::testnet::Testnet;
+use futures_util::StreamExt;
+use kith_core::blind::{self, PeriodNum};
+use kith_core::record::{self, DeviceEntry, RECORD_VALUE_LEN, RecordBody, bep44_signable};
+use kith_core::{AccountSecret, DeviceCert, DeviceSecret, EndpointKey};
+use kith_net::dht::{DhtConfig, KithDht};
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const PERIOD_MINUTES: u64 = 24 * 60;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn stats(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    json!({ "n": v.len(), "median_ms": percentile(&v, 0.5), "p90_ms": percentile(&v, 0.9) })
+}
+
+async fn first_message(a: &Daemon, b: &Daemon, text: &str) -> anyhow::Result<()> {
+    let w = a.watcher().await?;
+    let seq = a.client().send("b", text).await?;
+    if !w.wait_for(Duration::from_secs(30), |w| w.delivered_at("b", seq).is_some()).await {
+        anyhow::bail!("message not delivered within 30 s");
+    }
+    let _ = b;
+    Ok(())
+}
+
+fn address(d: &Daemon) -> anyhow::Result<String> {
+    Ok(kith_core::Address::new(kith_node::Profile::new(&d.home).public()?.account).to_string())
+}
+
+async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let exe = kith_exe();
+    let mut cold = vec![];
+    let mut warm = vec![];
+    for run in 0..runs {
+        let dir = tempfile::Builder::new().prefix("kith-bench-disc-").tempdir()?;
+        let mut a = Daemon::init(&exe, &dir.path().join("a"), "a")?;
+        let mut b = Daemon::init(&exe, &dir.path().join("b"), "b")?;
+        for d in [&mut a, &mut b] {
+            d.bootstrap = Some(net.bootstrap());
+            d.extra_args = vec!["--publish-direct".into()];
+        }
+        let (addr_a, addr_b) = (address(&a)?, address(&b)?);
+        let t0 = Instant::now();
+        a.start().await?;
+        b.start().await?;
+        a.client().post("/v1/contacts", json!({ "contact": addr_b, "name": "b" })).await?;
+        b.client().post("/v1/contacts", json!({ "contact": addr_a, "name": "a" })).await?;
+        first_message(&a, &b, "cold").await?;
+        cold.push(ms(t0.elapsed()));
+        a.stop().await;
+        b.stop().await;
+        for d in [&mut a, &mut b] {
+            d.bootstrap = Some(vec![]);
+        }
+        let t0 = Instant::now();
+        b.start().await?;
+        a.start().await?;
+        first_message(&a, &b, "warm").await?;
+        warm.push(ms(t0.elapsed()));
+        a.stop().await;
+        b.stop().await;
+        eprintln!("  run {}: cold {:.0} ms, warm {:.0} ms", run + 1, cold[run], warm[run]);
+    }
+    Ok((cold, warm))
+}
+
+struct Publisher {
+    account: AccountSecret,
+}
+
+/// Publishes a blinded record and a raw reference item per publisher; returns publish times and ack counts.
+async fn publish_all(publishers: &[Publisher], client: &KithDht, now: u64) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<u32>)> {
+    let period = blind::period_at(now, PERIOD_MINUTES);
+    let mut rng = rand::rng();
+    let (mut blinded_t, mut raw_t, mut acks) = (vec![], vec![], vec![]);
+    for p in publishers {
+        let device = DeviceSecret::generate(&mut rng);
+        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes())?;
+        let body = RecordBody {
+            version: record::RECORD_VERSION,
+            period: period.0,
+            expires: now + 86_400,
+            devices: vec![DeviceEntry {
+                cert: DeviceCert::issue(&p.account, device.public(), now),
+                endpoint,
+                relays: vec![],
+                direct: vec!["127.0.0.1:4000".parse()?],
+            }],
+        };
+        let secret = blind::blind_secret(&p.account, period, PERIOD_MINUTES);
+        let value = record::seal(&p.account, &secret.public(), body, &mut rng)?;
+        let t = Instant::now();
+        acks.push(client.publish(&secret, now as i64, &value).await?);
+        blinded_t.push(ms(t.elapsed()));
+        // Reference: the same size, under the raw account key, no blinding or encryption.
+        let raw = vec![7u8; RECORD_VALUE_LEN];
+        let sig = p.account.sign(&bep44_signable(now as i64, &raw));
+        let t = Instant::now();
+        client.publish_item(*p.account.public().as_bytes(), sig, now as i64, &raw).await?;
+        raw_t.push(ms(t.elapsed()));
+    }
+    Ok((blinded_t, raw_t, acks))
+}
+
+/// Fresh clients look every publisher up; returns (successes, times to first valid item) for both kinds.
+async fn lookup_all(publishers: &[Publisher], bootstrap: &[String], now: u64) -> anyhow::Result<[(usize, Vec<f64>); 2]> {
+    let period = blind::period_at(now, PERIOD_MINUTES);
+    let mut blinded = (0, vec![]);
+    let mut raw = (0, vec![]);
+    for (i, p) in publishers.iter().enumerate() {
+        let config = DhtConfig { bootstrap: bootstrap.to_vec(), bind: Ipv4Addr::LOCALHOST, port: None, server: false };
+        // A fresh client per lookup, like a new period's client.
+        let client = KithDht::start(&config)?;
+        let account = p.account.public();
+        let key = blind::blind_public(&account, period, PERIOD_MINUTES)?;
+        let t = Instant::now();
+        // Like the node: a query that ends empty (e.g. before the client has joined) is asked again.
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut s = std::pin::pin!(client.lookup(&key));
+                while let Some(item) = s.next().await {
+                    if record::open(&account, &key, period, item.seq, &item.value, &item.signature, now).is_ok() {
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if found {
+            blinded.0 += 1;
+            blinded.1.push(ms(t.elapsed()));
+        }
+        let client = KithDht::start(&config)?;
+        let t = Instant::now();
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut s = std::pin::pin!(client.lookup_key(account.as_bytes()));
+                if s.next().await.is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if found {
+            raw.0 += 1;
+            raw.1.push(ms(t.elapsed()));
+        }
+        let _ = i;
+    }
+    Ok([blinded, raw])
+}
+
+pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("kith bench-discovery: local Mainline testnet of {nodes} nodes on 127.0.x.x, {runs} runs");
+    let mut net = Testnet::start(nodes).await?;
+    let (cold, warm) = pair_runs(&net, runs).await?;
+
+    let now = kith_node::node::unix_now();
+    let mut rng = rand::rng();
+    let publishers: Vec<Publisher> = (0..20).map(|_| Publisher { account: AccountSecret::generate(&mut rng) }).collect();
+    let client = KithDht::start(&DhtConfig { bootstrap: net.bootstrap(), bind: Ipv4Addr::LOCALHOST, port: None, server: false })?;
+    let (pub_blinded, pub_raw, acks) = publish_all(&publishers, &client, now).await?;
+    // Joining costs: a fresh client (as each period gets) publishing its first record.
+    let mut fresh_publish = vec![];
+    for p in publishers.iter().take(5) {
+        let t = Instant::now();
+        let c = KithDht::start(&DhtConfig { bootstrap: net.bootstrap(), bind: Ipv4Addr::LOCALHOST, port: None, server: false })?;
+        publish_all(std::slice::from_ref(p), &c, now).await?;
+        fresh_publish.push(ms(t.elapsed()));
+    }
+    eprintln!("  fresh client publish (join + publish blinded + raw): {fresh_publish:?}");
+    let before = lookup_all(&publishers, &net.bootstrap(), now).await?;
+    let killed = nodes * 3 / 10;
+    net.kill(killed, 42);
+    let after = lookup_all(&publishers, &net.bootstrap(), now).await?;
+
+    let c = stats(cold.clone());
+    let w = stats(warm.clone());
+    println!();
+    println!("| measurement | kith (blinded, encrypted record) | reference: raw BEP44 item under the account key |");
+    println!("|---|---|---|");
+    println!("| cold start -> first delivered message, two fresh profiles, address only | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |", c["median_ms"].as_f64().unwrap_or(f64::NAN), c["p90_ms"].as_f64().unwrap_or(f64::NAN));
+    println!("| warm restart (saved routing table, no bootstrap) -> first delivered message | median {:.0} ms, p90 {:.0} ms | - |", w["median_ms"].as_f64().unwrap_or(f64::NAN), w["p90_ms"].as_f64().unwrap_or(f64::NAN));
+    let line = |label: &str, r: &[(usize, Vec<f64>); 2]| {
+        let mut b = r[0].1.clone();
+        let mut x = r[1].1.clone();
+        b.sort_by(f64::total_cmp);
+        x.sort_by(f64::total_cmp);
+        println!(
+            "| lookup by a fresh client, {label} | {}/20 found, median {:.0} ms | {}/20 found, median {:.0} ms |",
+            r[0].0,
+            percentile(&b, 0.5),
+            r[1].0,
+            percentile(&x, 0.5)
+        );
+    };
+    line("full testnet", &before);
+    line(&format!("{killed} of {nodes} nodes killed"), &after);
+    let mut pb = pub_blinded.clone();
+    let mut pr = pub_raw.clone();
+    pb.sort_by(f64::total_cmp);
+    pr.sort_by(f64::total_cmp);
+    let mut a = acks.clone();
+    a.sort();
+    println!(
+        "| publish one record (value {RECORD_VALUE_LEN} B) | median {:.0} ms, stored by median {} nodes | median {:.0} ms |",
+        percentile(&pb, 0.5),
+        a.get(a.len() / 2).copied().unwrap_or(0),
+        percentile(&pr, 0.5)
+    );
+    let report = json!({
+        "nodes": nodes, "runs": runs,
+        "cold_first_message": c, "warm_first_message": w,
+        "lookup_full": { "kith_found": before[0].0, "kith": stats(before[0].1.clone()), "raw_found": before[1].0, "raw": stats(before[1].1.clone()) },
+        "lookup_after_kill": { "killed": killed, "kith_found": after[0].0, "kith": stats(after[0].1.clone()), "raw_found": after[1].0, "raw": stats(after[1].1.clone()) },
+        "record_value_bytes": RECORD_VALUE_LEN,
+        "publish": { "kith": stats(pub_blinded), "raw": stats(pub_raw), "stored_at": acks },
+    });
+    if let Some(path) = out {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("\nsaved {}", path.display());
+    }
+    let _ = PeriodNum(0);
+    Ok(())
+}
