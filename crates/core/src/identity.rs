@@ -137,6 +137,29 @@ secret_key!(
     "The secret key of a device. Zeroized on drop."
 );
 
+impl DeviceSecret {
+    /// The seed of this device's QUIC endpoint key for one discovery period. Derived, not stored: it
+    /// rotates every period, and without the device secret the keys of two periods cannot be linked.
+    pub fn endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha512::new();
+        h.update(b"kith endpoint key v1");
+        h.update(self.0.to_bytes());
+        h.update(period.to_be_bytes());
+        let digest = h.finalize();
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&digest[..32]);
+        seed
+    }
+}
+
+impl EndpointKey {
+    /// The public key of an endpoint secret seed (iroh endpoint ids are Ed25519 public keys).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed).verifying_key().to_bytes())
+    }
+}
+
 /// Builds the byte string that a certificate's signature covers: a domain label, then the fields.
 fn signed_bytes<T: Serialize>(domain: &str, fields: &T) -> Vec<u8> {
     let mut out = domain.as_bytes().to_vec();
@@ -251,6 +274,19 @@ mod tests {
         assert!(ecert.verify().is_ok());
         ecert.not_after = 2000;
         assert_eq!(ecert.verify(), Err(BadSignature));
+    }
+
+    #[test]
+    fn endpoint_keys_rotate_per_period() {
+        let d = DeviceSecret::generate(&mut StdRng::seed_from_u64(3));
+        assert_eq!(*d.endpoint_seed(5), *d.endpoint_seed(5));
+        assert_ne!(*d.endpoint_seed(5), *d.endpoint_seed(6));
+        let other = DeviceSecret::generate(&mut StdRng::seed_from_u64(4));
+        assert_ne!(*d.endpoint_seed(5), *other.endpoint_seed(5));
+        assert_ne!(
+            EndpointKey::from_seed(&d.endpoint_seed(5)),
+            EndpointKey::from_seed(&d.endpoint_seed(6))
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! keeps the highest valid sequence per (account, period) and refuses older ones.
 
 use crate::blind::{BlindedKey, PeriodNum};
-use crate::identity::{AccountKey, AccountSecret, DeviceCert, EndpointKey, Signature, domain_signed_bytes};
+use crate::identity::{
+    AccountKey, AccountSecret, DeviceCert, EndpointKey, Signature, domain_signed_bytes,
+};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -102,7 +104,9 @@ pub enum RecordError {
     BadDeviceCert,
     #[error("record has sequence {seq}, older than the {newest} already seen")]
     OlderSequence { seq: i64, newest: i64 },
-    #[error("record is too large for the fixed record size ({len} > {max} bytes): publish fewer devices or relays")]
+    #[error(
+        "record is too large for the fixed record size ({len} > {max} bytes): publish fewer devices or relays"
+    )]
     TooLarge { len: usize, max: usize },
 }
 
@@ -134,18 +138,29 @@ pub fn seal<R: rand::CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<Vec<u8>, RecordError> {
     let signature = account.sign(&signed_part(blinded, &body));
-    let encoded = postcard::to_allocvec(&SignedRecord { body, signature }).map_err(|_| RecordError::Malformed)?;
+    let encoded = postcard::to_allocvec(&SignedRecord { body, signature })
+        .map_err(|_| RecordError::Malformed)?;
     if encoded.len() + 2 > PLAINTEXT_LEN {
-        return Err(RecordError::TooLarge { len: encoded.len() + 2, max: PLAINTEXT_LEN });
+        return Err(RecordError::TooLarge {
+            len: encoded.len() + 2,
+            max: PLAINTEXT_LEN,
+        });
     }
     let mut plain = zeroize::Zeroizing::new(vec![0u8; PLAINTEXT_LEN]);
     plain[..2].copy_from_slice(&(encoded.len() as u16).to_be_bytes());
     plain[2..2 + encoded.len()].copy_from_slice(&encoded);
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(&account.public(), blinded)).map_err(|_| RecordError::Malformed)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(&account.public(), blinded))
+        .map_err(|_| RecordError::Malformed)?;
     let ct = cipher
-        .encrypt(&XNonce::from(nonce), Payload { msg: &plain, aad: blinded.as_bytes() })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &plain,
+                aad: blinded.as_bytes(),
+            },
+        )
         .map_err(|_| RecordError::Malformed)?;
     let mut value = nonce.to_vec();
     value.extend(ct);
@@ -165,15 +180,26 @@ pub fn open(
     item_signature: &Signature,
     now: u64,
 ) -> Result<VerifiedRecord, RecordError> {
-    blinded.verify(&bep44_signable(seq, value), item_signature).map_err(|_| RecordError::BadItemSignature)?;
+    blinded
+        .verify(&bep44_signable(seq, value), item_signature)
+        .map_err(|_| RecordError::BadItemSignature)?;
     if value.len() != RECORD_VALUE_LEN {
         return Err(RecordError::WrongSize { len: value.len() });
     }
     let (nonce, ct) = value.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RecordError::Malformed)?;
-    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(account, blinded)).map_err(|_| RecordError::Decrypt)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(account, blinded))
+        .map_err(|_| RecordError::Decrypt)?;
     let plain = zeroize::Zeroizing::new(
-        cipher.decrypt(&XNonce::from(nonce), Payload { msg: ct, aad: blinded.as_bytes() }).map_err(|_| RecordError::Decrypt)?,
+        cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: blinded.as_bytes(),
+                },
+            )
+            .map_err(|_| RecordError::Decrypt)?,
     );
     let len = u16::from_be_bytes([plain[0], plain[1]]) as usize;
     let encoded = plain.get(2..2 + len).ok_or(RecordError::Malformed)?;
@@ -181,21 +207,35 @@ pub fn open(
         Ok((s, [])) => s,
         _ => return Err(RecordError::Malformed),
     };
-    account.verify(&signed_part(blinded, &signed.body), &signed.signature).map_err(|_| RecordError::BadSignature)?;
+    account
+        .verify(&signed_part(blinded, &signed.body), &signed.signature)
+        .map_err(|_| RecordError::BadSignature)?;
     let body = signed.body;
     if body.version != RECORD_VERSION {
         return Err(RecordError::UnsupportedVersion(body.version));
     }
     if body.period != period.0 {
-        return Err(RecordError::WrongPeriod { found: body.period, expected: period.0 });
+        return Err(RecordError::WrongPeriod {
+            found: body.period,
+            expected: period.0,
+        });
     }
     if now > body.expires {
         return Err(RecordError::Expired);
     }
-    if body.devices.len() > MAX_DEVICES || body.devices.iter().any(|d| d.cert.account != *account || d.cert.verify().is_err()) {
+    if body.devices.len() > MAX_DEVICES
+        || body
+            .devices
+            .iter()
+            .any(|d| d.cert.account != *account || d.cert.verify().is_err())
+    {
         return Err(RecordError::BadDeviceCert);
     }
-    Ok(VerifiedRecord { account: *account, seq, body })
+    Ok(VerifiedRecord {
+        account: *account,
+        seq,
+        body,
+    })
 }
 
 /// Keeps the newest valid record per (account, period); refuses older sequence numbers. Bounded.
@@ -208,12 +248,19 @@ impl RecordCache {
     const MAX_ENTRIES: usize = 4096;
 
     /// Takes a verified record if it is at least as new as what is cached.
-    pub fn offer(&mut self, period: PeriodNum, record: VerifiedRecord) -> Result<&VerifiedRecord, RecordError> {
+    pub fn offer(
+        &mut self,
+        period: PeriodNum,
+        record: VerifiedRecord,
+    ) -> Result<&VerifiedRecord, RecordError> {
         let key = (record.account, period.0);
         if let Some(old) = self.entries.get(&key)
             && old.seq > record.seq
         {
-            return Err(RecordError::OlderSequence { seq: record.seq, newest: old.seq });
+            return Err(RecordError::OlderSequence {
+                seq: record.seq,
+                newest: old.seq,
+            });
         }
         if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
             // Forget the oldest period first.
@@ -225,8 +272,15 @@ impl RecordCache {
         Ok(&self.entries[&key])
     }
 
-    pub fn get(&self, account: &AccountKey, period: PeriodNum, now: u64) -> Option<&VerifiedRecord> {
-        self.entries.get(&(*account, period.0)).filter(|r| r.body.expires >= now)
+    pub fn get(
+        &self,
+        account: &AccountKey,
+        period: PeriodNum,
+        now: u64,
+    ) -> Option<&VerifiedRecord> {
+        self.entries
+            .get(&(*account, period.0))
+            .filter(|r| r.body.expires >= now)
     }
 }
 
@@ -249,8 +303,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let account = AccountSecret::generate(&mut rng);
         let device = DeviceSecret::generate(&mut rng);
-        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
-        Fixture { account, device, endpoint }
+        let endpoint =
+            EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes()).unwrap();
+        Fixture {
+            account,
+            device,
+            endpoint,
+        }
     }
 
     fn body(f: &Fixture, period: u64, devices: usize) -> RecordBody {
@@ -260,13 +319,29 @@ mod tests {
             relays: vec!["https://relay.example./".into()],
             direct: vec!["127.0.0.1:4000".parse().unwrap()],
         };
-        RecordBody { version: RECORD_VERSION, period, expires: 10_000_000, devices: vec![entry; devices] }
+        RecordBody {
+            version: RECORD_VERSION,
+            period,
+            expires: 10_000_000,
+            devices: vec![entry; devices],
+        }
     }
 
     /// Seals and signs like a publisher: returns (blinded public key, seq, value, item signature).
-    fn publish(f: &Fixture, period: PeriodNum, b: RecordBody, seq: i64) -> (BlindedKey, i64, Vec<u8>, Signature) {
+    fn publish(
+        f: &Fixture,
+        period: PeriodNum,
+        b: RecordBody,
+        seq: i64,
+    ) -> (BlindedKey, i64, Vec<u8>, Signature) {
         let secret = blind_secret(&f.account, period, LEN_MIN);
-        let value = seal(&f.account, &secret.public(), b, &mut StdRng::seed_from_u64(9)).unwrap();
+        let value = seal(
+            &f.account,
+            &secret.public(),
+            b,
+            &mut StdRng::seed_from_u64(9),
+        )
+        .unwrap();
         let sig = secret.sign(&bep44_signable(seq, &value));
         (secret.public(), seq, value, sig)
     }
@@ -277,7 +352,11 @@ mod tests {
         let p = period_at(1_000_000, LEN_MIN);
         for n in 1..=MAX_DEVICES {
             let (key, seq, value, sig) = publish(&f, p, body(&f, p.0, n), 5);
-            assert_eq!(value.len(), RECORD_VALUE_LEN, "every record has the same size");
+            assert_eq!(
+                value.len(),
+                RECORD_VALUE_LEN,
+                "every record has the same size"
+            );
             let rec = open(&f.account.public(), &key, p, seq, &value, &sig, 1_000_000).unwrap();
             assert_eq!(rec.body().devices.len(), n);
             assert_eq!(rec.seq(), 5);
@@ -290,10 +369,16 @@ mod tests {
         let p = PeriodNum(7);
         let (key, seq, value, _) = publish(&f, p, body(&f, 7, 1), 5);
         let forged = blind_secret(&m.account, p, LEN_MIN).sign(&bep44_signable(seq, &value));
-        assert_eq!(open(&f.account.public(), &key, p, seq, &value, &forged, 0), Err(RecordError::BadItemSignature));
+        assert_eq!(
+            open(&f.account.public(), &key, p, seq, &value, &forged, 0),
+            Err(RecordError::BadItemSignature)
+        );
         // A higher seq under the old signature does not verify either.
         let (_, _, _, sig) = publish(&f, p, body(&f, 7, 1), 5);
-        assert_eq!(open(&f.account.public(), &key, p, 6, &value, &sig, 0), Err(RecordError::BadItemSignature));
+        assert_eq!(
+            open(&f.account.public(), &key, p, 6, &value, &sig, 0),
+            Err(RecordError::BadItemSignature)
+        );
     }
 
     #[test]
@@ -302,8 +387,19 @@ mod tests {
         // The body says period 8 but is published under period 7's key.
         let (key, seq, value, sig) = publish(&f, PeriodNum(7), body(&f, 8, 1), 5);
         assert_eq!(
-            open(&f.account.public(), &key, PeriodNum(7), seq, &value, &sig, 0),
-            Err(RecordError::WrongPeriod { found: 8, expected: 7 })
+            open(
+                &f.account.public(),
+                &key,
+                PeriodNum(7),
+                seq,
+                &value,
+                &sig,
+                0
+            ),
+            Err(RecordError::WrongPeriod {
+                found: 8,
+                expected: 7
+            })
         );
     }
 
@@ -312,16 +408,31 @@ mod tests {
         let (f, m) = (fixture(1), fixture(2));
         let p = PeriodNum(7);
         let (key, seq, value, sig) = publish(&f, p, body(&f, 7, 1), 5);
-        assert_eq!(open(&m.account.public(), &key, p, seq, &value, &sig, 0), Err(RecordError::Decrypt));
+        assert_eq!(
+            open(&m.account.public(), &key, p, seq, &value, &sig, 0),
+            Err(RecordError::Decrypt)
+        );
         // Mallory seals a record claiming Alice's devices with her own account signature under a key she controls:
         // opening it as Alice fails at the account signature.
         let secret = blind_secret(&f.account, p, LEN_MIN);
         let mut b = body(&f, 7, 1);
         b.devices[0].cert = DeviceCert::issue(&m.account, f.device.public(), 1);
-        let value = seal(&f.account, &secret.public(), b, &mut StdRng::seed_from_u64(1)).unwrap();
+        let value = seal(
+            &f.account,
+            &secret.public(),
+            b,
+            &mut StdRng::seed_from_u64(1),
+        )
+        .unwrap();
         let sig = secret.sign(&bep44_signable(1, &value));
-        assert_eq!(open(&f.account.public(), &secret.public(), p, 1, &value, &sig, 0), Err(RecordError::BadDeviceCert));
-        assert_eq!(open(&f.account.public(), &key, p, seq, &value[1..], &sig, 0), Err(RecordError::BadItemSignature));
+        assert_eq!(
+            open(&f.account.public(), &secret.public(), p, 1, &value, &sig, 0),
+            Err(RecordError::BadDeviceCert)
+        );
+        assert_eq!(
+            open(&f.account.public(), &key, p, seq, &value[1..], &sig, 0),
+            Err(RecordError::BadItemSignature)
+        );
     }
 
     #[test]
@@ -329,7 +440,10 @@ mod tests {
         let f = fixture(1);
         let p = PeriodNum(7);
         let (key, seq, value, sig) = publish(&f, p, body(&f, 7, 1), 5);
-        assert_eq!(open(&f.account.public(), &key, p, seq, &value, &sig, 10_000_001), Err(RecordError::Expired));
+        assert_eq!(
+            open(&f.account.public(), &key, p, seq, &value, &sig, 10_000_001),
+            Err(RecordError::Expired)
+        );
         let mut cache = RecordCache::default();
         let newer = {
             let (k, s, v, g) = publish(&f, p, body(&f, 7, 2), 9);
@@ -337,7 +451,10 @@ mod tests {
         };
         let older = open(&f.account.public(), &key, p, seq, &value, &sig, 0).unwrap();
         cache.offer(p, newer).unwrap();
-        assert_eq!(cache.offer(p, older).unwrap_err(), RecordError::OlderSequence { seq: 5, newest: 9 });
+        assert_eq!(
+            cache.offer(p, older).unwrap_err(),
+            RecordError::OlderSequence { seq: 5, newest: 9 }
+        );
         assert_eq!(cache.get(&f.account.public(), p, 0).unwrap().seq(), 9);
     }
 
@@ -348,6 +465,14 @@ mod tests {
         let mut b = body(&f, 1, 1);
         b.devices[0].relays = vec!["x".repeat(300); 4];
         b.devices = vec![b.devices[0].clone(); 3];
-        assert!(matches!(seal(&f.account, &secret.public(), b, &mut StdRng::seed_from_u64(1)), Err(RecordError::TooLarge { .. })));
+        assert!(matches!(
+            seal(
+                &f.account,
+                &secret.public(),
+                b,
+                &mut StdRng::seed_from_u64(1)
+            ),
+            Err(RecordError::TooLarge { .. })
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! * warm: the same pair restarted with their bootstrap list removed (saved routing table, learned cards).
 //! * churn: records of 20 publishers looked up by fresh clients before and after 30% of the testnet's nodes
 //!   are killed: success rate and time to the first valid record.
+//!
 //! The reference in the same run: the same lookups of an unblinded, unencrypted BEP44 item under the raw
 //! account key, as iroh's own mainline address lookup publishes it, which is linkable forever.
 
@@ -35,7 +36,12 @@ fn stats(mut v: Vec<f64>) -> serde_json::Value {
 async fn first_message(a: &Daemon, b: &Daemon, text: &str) -> anyhow::Result<()> {
     let w = a.watcher().await?;
     let seq = a.client().send("b", text).await?;
-    if !w.wait_for(Duration::from_secs(30), |w| w.delivered_at("b", seq).is_some()).await {
+    if !w
+        .wait_for(Duration::from_secs(30), |w| {
+            w.delivered_at("b", seq).is_some()
+        })
+        .await
+    {
         anyhow::bail!("message not delivered within 30 s");
     }
     let _ = b;
@@ -51,7 +57,9 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
     let mut cold = vec![];
     let mut warm = vec![];
     for run in 0..runs {
-        let dir = tempfile::Builder::new().prefix("kith-bench-disc-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("kith-bench-disc-")
+            .tempdir()?;
         let mut a = Daemon::init(&exe, &dir.path().join("a"), "a")?;
         let mut b = Daemon::init(&exe, &dir.path().join("b"), "b")?;
         for d in [&mut a, &mut b] {
@@ -62,8 +70,12 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
         let t0 = Instant::now();
         a.start().await?;
         b.start().await?;
-        a.client().post("/v1/contacts", json!({ "contact": addr_b, "name": "b" })).await?;
-        b.client().post("/v1/contacts", json!({ "contact": addr_a, "name": "a" })).await?;
+        a.client()
+            .post("/v1/contacts", json!({ "contact": addr_b, "name": "b" }))
+            .await?;
+        b.client()
+            .post("/v1/contacts", json!({ "contact": addr_a, "name": "a" }))
+            .await?;
         first_message(&a, &b, "cold").await?;
         cold.push(ms(t0.elapsed()));
         a.stop().await;
@@ -78,7 +90,12 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
         warm.push(ms(t0.elapsed()));
         a.stop().await;
         b.stop().await;
-        eprintln!("  run {}: cold {:.0} ms, warm {:.0} ms", run + 1, cold[run], warm[run]);
+        eprintln!(
+            "  run {}: cold {:.0} ms, warm {:.0} ms",
+            run + 1,
+            cold[run],
+            warm[run]
+        );
     }
     Ok((cold, warm))
 }
@@ -88,13 +105,18 @@ struct Publisher {
 }
 
 /// Publishes a blinded record and a raw reference item per publisher; returns publish times and ack counts.
-async fn publish_all(publishers: &[Publisher], client: &KithDht, now: u64) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<u32>)> {
+async fn publish_all(
+    publishers: &[Publisher],
+    client: &KithDht,
+    now: u64,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<u32>)> {
     let period = blind::period_at(now, PERIOD_MINUTES);
     let mut rng = rand::rng();
     let (mut blinded_t, mut raw_t, mut acks) = (vec![], vec![], vec![]);
     for p in publishers {
         let device = DeviceSecret::generate(&mut rng);
-        let endpoint = EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes())?;
+        let endpoint =
+            EndpointKey::from_bytes(*DeviceSecret::generate(&mut rng).public().as_bytes())?;
         let body = RecordBody {
             version: record::RECORD_VERSION,
             period: period.0,
@@ -115,19 +137,30 @@ async fn publish_all(publishers: &[Publisher], client: &KithDht, now: u64) -> an
         let raw = vec![7u8; RECORD_VALUE_LEN];
         let sig = p.account.sign(&bep44_signable(now as i64, &raw));
         let t = Instant::now();
-        client.publish_item(*p.account.public().as_bytes(), sig, now as i64, &raw).await?;
+        client
+            .publish_item(*p.account.public().as_bytes(), sig, now as i64, &raw)
+            .await?;
         raw_t.push(ms(t.elapsed()));
     }
     Ok((blinded_t, raw_t, acks))
 }
 
 /// Fresh clients look every publisher up; returns (successes, times to first valid item) for both kinds.
-async fn lookup_all(publishers: &[Publisher], bootstrap: &[String], now: u64) -> anyhow::Result<[(usize, Vec<f64>); 2]> {
+async fn lookup_all(
+    publishers: &[Publisher],
+    bootstrap: &[String],
+    now: u64,
+) -> anyhow::Result<[(usize, Vec<f64>); 2]> {
     let period = blind::period_at(now, PERIOD_MINUTES);
     let mut blinded = (0, vec![]);
     let mut raw = (0, vec![]);
     for (i, p) in publishers.iter().enumerate() {
-        let config = DhtConfig { bootstrap: bootstrap.to_vec(), bind: Ipv4Addr::LOCALHOST, port: None, server: false };
+        let config = DhtConfig {
+            bootstrap: bootstrap.to_vec(),
+            bind: Ipv4Addr::LOCALHOST,
+            port: None,
+            server: false,
+        };
         // A fresh client per lookup, like a new period's client.
         let client = KithDht::start(&config)?;
         let account = p.account.public();
@@ -138,7 +171,17 @@ async fn lookup_all(publishers: &[Publisher], bootstrap: &[String], now: u64) ->
             loop {
                 let mut s = std::pin::pin!(client.lookup(&key));
                 while let Some(item) = s.next().await {
-                    if record::open(&account, &key, period, item.seq, &item.value, &item.signature, now).is_ok() {
+                    if record::open(
+                        &account,
+                        &key,
+                        period,
+                        item.seq,
+                        &item.value,
+                        &item.signature,
+                        now,
+                    )
+                    .is_ok()
+                    {
                         return true;
                     }
                 }
@@ -174,20 +217,36 @@ async fn lookup_all(publishers: &[Publisher], bootstrap: &[String], now: u64) ->
 }
 
 pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!("kith bench-discovery: local Mainline testnet of {nodes} nodes on 127.0.x.x, {runs} runs");
+    println!(
+        "kith bench-discovery: local Mainline testnet of {nodes} nodes on 127.0.x.x, {runs} runs"
+    );
     let mut net = Testnet::start(nodes).await?;
     let (cold, warm) = pair_runs(&net, runs).await?;
 
     let now = kith_node::node::unix_now();
     let mut rng = rand::rng();
-    let publishers: Vec<Publisher> = (0..20).map(|_| Publisher { account: AccountSecret::generate(&mut rng) }).collect();
-    let client = KithDht::start(&DhtConfig { bootstrap: net.bootstrap(), bind: Ipv4Addr::LOCALHOST, port: None, server: false })?;
+    let publishers: Vec<Publisher> = (0..20)
+        .map(|_| Publisher {
+            account: AccountSecret::generate(&mut rng),
+        })
+        .collect();
+    let client = KithDht::start(&DhtConfig {
+        bootstrap: net.bootstrap(),
+        bind: Ipv4Addr::LOCALHOST,
+        port: None,
+        server: false,
+    })?;
     let (pub_blinded, pub_raw, acks) = publish_all(&publishers, &client, now).await?;
     // Joining costs: a fresh client (as each period gets) publishing its first record.
     let mut fresh_publish = vec![];
     for p in publishers.iter().take(5) {
         let t = Instant::now();
-        let c = KithDht::start(&DhtConfig { bootstrap: net.bootstrap(), bind: Ipv4Addr::LOCALHOST, port: None, server: false })?;
+        let c = KithDht::start(&DhtConfig {
+            bootstrap: net.bootstrap(),
+            bind: Ipv4Addr::LOCALHOST,
+            port: None,
+            server: false,
+        })?;
         publish_all(std::slice::from_ref(p), &c, now).await?;
         fresh_publish.push(ms(t.elapsed()));
     }
@@ -200,10 +259,20 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     let c = stats(cold.clone());
     let w = stats(warm.clone());
     println!();
-    println!("| measurement | kith (blinded, encrypted record) | reference: raw BEP44 item under the account key |");
+    println!(
+        "| measurement | kith (blinded, encrypted record) | reference: raw BEP44 item under the account key |"
+    );
     println!("|---|---|---|");
-    println!("| cold start -> first delivered message, two fresh profiles, address only | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |", c["median_ms"].as_f64().unwrap_or(f64::NAN), c["p90_ms"].as_f64().unwrap_or(f64::NAN));
-    println!("| warm restart (saved routing table, no bootstrap) -> first delivered message | median {:.0} ms, p90 {:.0} ms | - |", w["median_ms"].as_f64().unwrap_or(f64::NAN), w["p90_ms"].as_f64().unwrap_or(f64::NAN));
+    println!(
+        "| cold start -> first delivered message, two fresh profiles, address only | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |",
+        c["median_ms"].as_f64().unwrap_or(f64::NAN),
+        c["p90_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "| warm restart (saved routing table, no bootstrap) -> first delivered message | median {:.0} ms, p90 {:.0} ms | - |",
+        w["median_ms"].as_f64().unwrap_or(f64::NAN),
+        w["p90_ms"].as_f64().unwrap_or(f64::NAN)
+    );
     let line = |label: &str, r: &[(usize, Vec<f64>); 2]| {
         let mut b = r[0].1.clone();
         let mut x = r[1].1.clone();

@@ -304,16 +304,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if nodes == 0 || nodes > 2000 {
                 return Err(user("--nodes must be between 1 and 2000"));
             }
-            let net = crate::testnet::Testnet::start(nodes).await.map_err(|e| user(format!("cannot start the testnet: {e}")))?;
+            let net = crate::testnet::Testnet::start(nodes)
+                .await
+                .map_err(|e| user(format!("cannot start the testnet: {e}")))?;
             let list = net.bootstrap().join("\n");
             if let Some(path) = out {
-                std::fs::write(&path, format!("{list}\n")).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, format!("{list}\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{list}");
-            eprintln!("kith testnet: {nodes} DHT nodes running; pass them with `kith daemon --bootstrap ...`. Ctrl-C stops.");
+            eprintln!(
+                "kith testnet: {nodes} DHT nodes running; pass them with `kith daemon --bootstrap ...`. Ctrl-C stops."
+            );
             tokio::signal::ctrl_c().await?;
         }
-        Command::Daemon { listen, bootstrap, no_dht, publish_direct, period_minutes } => {
+        Command::Daemon {
+            listen,
+            bootstrap,
+            no_dht,
+            publish_direct,
+            period_minutes,
+        } => {
             let home = home()?;
             let profile = Profile::new(&home);
             if !profile.exists() {
@@ -541,7 +552,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             });
         }
-        Command::BenchDiscovery { nodes, runs, out } => crate::bench_discovery::run(nodes, runs, out).await?,
+        Command::BenchDiscovery { nodes, runs, out } => {
+            crate::bench_discovery::run(nodes, runs, out).await?
+        }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
         Command::Bench {
             latency_messages,
@@ -566,7 +579,9 @@ fn urlencode(s: &str) -> String {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // Dependencies log addresses at info; kith's own info lines never carry an IP or a key.
-        .unwrap_or_else(|_| "info,iroh=warn,iroh_relay=warn,noq=warn,noq_proto=warn,mainline=warn".into());
+        .unwrap_or_else(|_| {
+            "info,iroh=warn,iroh_relay=warn,noq=warn,noq_proto=warn,mainline=warn".into()
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -250,7 +250,13 @@ impl Watcher {
 
     /// How many events of this type were seen (e.g. "record_published").
     pub fn count(&self, kind: &str) -> u64 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).counts.get(kind).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn received(&self, from: &str) -> Vec<u64> {

@@ -90,7 +90,9 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         dir.path().display()
     );
     let testnet = crate::testnet::Testnet::start(20).await?;
-    println!("  local Mainline DHT testnet: 20 nodes on 127.0.1.x (the public DHT is never contacted)");
+    println!(
+        "  local Mainline DHT testnet: 20 nodes on 127.0.1.x (the public DHT is never contacted)"
+    );
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
         let mut d = Daemon::init(&exe, &dir.path().join(name), name)?;
@@ -100,19 +102,44 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         d.start().await?;
         nodes.push(d);
     }
-    println!("  started 3 daemons in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  started 3 daemons in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     // alice and bob know only each other's address: they find each other through the DHT.
     let t = Instant::now();
     let addr = |d: &Daemon| -> anyhow::Result<String> {
-        Ok(kith_node::Profile::new(&d.home).public().map(|p| kith_core::Address::new(p.account).to_string())?)
+        Ok(kith_node::Profile::new(&d.home)
+            .public()
+            .map(|p| kith_core::Address::new(p.account).to_string())?)
     };
     let (a_addr, b_addr) = (addr(&nodes[0])?, addr(&nodes[1])?);
-    nodes[0].client().post("/v1/contacts", serde_json::json!({ "contact": b_addr, "name": "bob" })).await?;
-    nodes[1].client().post("/v1/contacts", serde_json::json!({ "contact": a_addr, "name": "alice" })).await?;
+    nodes[0]
+        .client()
+        .post(
+            "/v1/contacts",
+            serde_json::json!({ "contact": b_addr, "name": "bob" }),
+        )
+        .await?;
+    nodes[1]
+        .client()
+        .post(
+            "/v1/contacts",
+            serde_json::json!({ "contact": a_addr, "name": "alice" }),
+        )
+        .await?;
     {
         let w = nodes[0].watcher().await?;
-        let seq = nodes[0].client().send("bob", "found you by your address alone").await?;
-        if !w.wait_for(Duration::from_secs(30), |w| w.delivered_at("bob", seq).is_some()).await {
+        let seq = nodes[0]
+            .client()
+            .send("bob", "found you by your address alone")
+            .await?;
+        if !w
+            .wait_for(Duration::from_secs(30), |w| {
+                w.delivered_at("bob", seq).is_some()
+            })
+            .await
+        {
             anyhow::bail!("alice could not reach bob by address through the DHT");
         }
         println!(
@@ -125,7 +152,10 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     for (i, j) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
         introduce(&nodes[i], &nodes[j]).await?;
     }
-    println!("  carol exchanged contact cards with alice and bob (4 adds) in {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  carol exchanged contact cards with alice and bob (4 adds) in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     for n in &nodes {
         let v = n
             .client()

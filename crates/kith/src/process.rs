@@ -76,7 +76,10 @@ impl Daemon {
             // The daemon's own default filter, whatever the caller's environment says.
             Err(_) => cmd.env_remove("RUST_LOG"),
         };
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.home.join("daemon.out"))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("daemon.out"))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)

@@ -20,7 +20,12 @@ impl Testnet {
         let mut nodes = Vec::with_capacity(count);
         let mut bootstrap: Vec<String> = vec![];
         for i in 0..count {
-            let config = DhtConfig { bootstrap: bootstrap.iter().take(8).cloned().collect(), bind: node_ip(i), port: None, server: true };
+            let config = DhtConfig {
+                bootstrap: bootstrap.iter().take(8).cloned().collect(),
+                bind: node_ip(i),
+                port: None,
+                server: true,
+            };
             let node = KithDht::start(&config)?;
             bootstrap.push(node.local_addr().await);
             nodes.push(node);

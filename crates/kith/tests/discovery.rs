@@ -29,26 +29,62 @@ async fn address_alone_is_enough_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
     let bob = daemon(dir.path(), "bob", net.bootstrap()).await;
-    alice.client().post("/v1/contacts", json!({ "contact": address(&bob), "name": "bob" })).await.unwrap();
-    bob.client().post("/v1/contacts", json!({ "contact": address(&alice), "name": "alice" })).await.unwrap();
+    alice
+        .client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&bob), "name": "bob" }),
+        )
+        .await
+        .unwrap();
+    bob.client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&alice), "name": "alice" }),
+        )
+        .await
+        .unwrap();
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let s1 = alice.client().send("bob", "hi bob").await.unwrap();
     let s2 = bob.client().send("alice", "hi alice").await.unwrap();
-    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", s1).is_some()).await, "alice -> bob by address");
-    assert!(wb.wait_for(Duration::from_secs(60), |w| w.delivered_at("alice", s2).is_some()).await, "bob -> alice by address");
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", s1)
+            .is_some())
+            .await,
+        "alice -> bob by address"
+    );
+    assert!(
+        wb.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("alice", s2)
+            .is_some())
+            .await,
+        "bob -> alice by address"
+    );
     let st = alice.client().get("/v1/status").await.unwrap();
-    assert!(st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1, "found through a DHT record: {st}");
-    assert!(st["dht"]["sources"]["published"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1,
+        "found through a DHT record: {st}"
+    );
+    assert!(
+        st["dht"]["sources"]["published"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
     // Records for this and the next period: wait for publish events until the status counts both.
     let mut published = 0;
     for _ in 0..60 {
-        published = alice.client().get("/v1/status").await.unwrap()["dht"]["sources"]["published"].as_u64().unwrap();
+        published = alice.client().get("/v1/status").await.unwrap()["dht"]["sources"]["published"]
+            .as_u64()
+            .unwrap();
         if published >= 2 {
             break;
         }
         let seen = wa.count("record_published");
-        wa.wait_for(Duration::from_secs(1), |w| w.count("record_published") > seen).await;
+        wa.wait_for(Duration::from_secs(1), |w| {
+            w.count("record_published") > seen
+        })
+        .await;
     }
     assert!(published >= 2, "published for this and the next period");
     assert!(st["dht"]["routing_table_nodes"].as_u64().unwrap() > 0);
@@ -62,29 +98,57 @@ async fn saved_routing_table_rejoins_without_bootstrap() {
     let mut alice = daemon(dir.path(), "alice", net.bootstrap()).await;
     let bob = daemon(dir.path(), "bob", net.bootstrap()).await;
     // Let alice's node learn the network, then stop her cleanly: the table is saved.
-    let joined = alice.client().get("/v1/status").await.unwrap()["dht"]["routing_table_nodes"].as_u64().unwrap();
+    let joined = alice.client().get("/v1/status").await.unwrap()["dht"]["routing_table_nodes"]
+        .as_u64()
+        .unwrap();
     assert!(joined > 0);
     alice.stop().await;
-    let saved: Vec<String> =
-        serde_json::from_slice(&std::fs::read(alice.home.join("dht-nodes.json")).expect("routing table saved")).unwrap();
+    let saved: Vec<String> = serde_json::from_slice(
+        &std::fs::read(alice.home.join("dht-nodes.json")).expect("routing table saved"),
+    )
+    .unwrap();
     assert!(!saved.is_empty());
     // Restart with an empty bootstrap list.
     alice.bootstrap = Some(vec![]);
     alice.start().await.unwrap();
-    alice.client().post("/v1/contacts", json!({ "contact": address(&bob), "name": "bob" })).await.unwrap();
+    alice
+        .client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&bob), "name": "bob" }),
+        )
+        .await
+        .unwrap();
     let wa = alice.watcher().await.unwrap();
-    let seq = alice.client().send("bob", "back without bootstrap hosts").await.unwrap();
-    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", seq).is_some()).await);
+    let seq = alice
+        .client()
+        .send("bob", "back without bootstrap hosts")
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", seq)
+            .is_some())
+            .await
+    );
     let st = alice.client().get("/v1/status").await.unwrap();
-    assert!(st["dht"]["routing_table_nodes"].as_u64().unwrap() > 0, "{st}");
-    assert!(st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        st["dht"]["routing_table_nodes"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    assert!(
+        st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
 }
 
 fn contains_ipv4(text: &str) -> Option<String> {
     // Four dot-separated groups of 1-3 digits, not inside a longer number (e.g. version strings are fine).
     let bytes = text.as_bytes();
     for start in 0..bytes.len() {
-        if !bytes[start].is_ascii_digit() || (start > 0 && (bytes[start - 1].is_ascii_digit() || bytes[start - 1] == b'.')) {
+        if !bytes[start].is_ascii_digit()
+            || (start > 0 && (bytes[start - 1].is_ascii_digit() || bytes[start - 1] == b'.'))
+        {
             continue;
         }
         let mut i = start;
@@ -115,56 +179,205 @@ fn contains_ipv4(text: &str) -> Option<String> {
 /// key, or a blinded key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_leak_addresses_or_keys() {
-    assert_eq!(contains_ipv4("listening on 127.0.0.1:4000"), Some("127.0.0.1".into()), "the scanner works");
+    assert_eq!(
+        contains_ipv4("listening on 127.0.0.1:4000"),
+        Some("127.0.0.1".into()),
+        "the scanner works"
+    );
     assert_eq!(contains_ipv4("version 1.2.3 at 12:00"), None);
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
     let mut bob = daemon(dir.path(), "bob", net.bootstrap()).await;
     let mallory = daemon(dir.path(), "mallory", net.bootstrap()).await;
-    alice.client().post("/v1/contacts", json!({ "contact": address(&bob), "name": "bob" })).await.unwrap();
-    bob.client().post("/v1/contacts", json!({ "contact": address(&alice), "name": "alice" })).await.unwrap();
-    mallory.client().post("/v1/contacts", json!({ "contact": address(&alice), "name": "alice" })).await.unwrap();
+    alice
+        .client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&bob), "name": "bob" }),
+        )
+        .await
+        .unwrap();
+    bob.client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&alice), "name": "alice" }),
+        )
+        .await
+        .unwrap();
+    mallory
+        .client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(&alice), "name": "alice" }),
+        )
+        .await
+        .unwrap();
     let wa = alice.watcher().await.unwrap();
     let wm = mallory.watcher().await.unwrap();
     let s = alice.client().send("bob", "one").await.unwrap();
-    let m = mallory.client().send("alice", "a stranger says hi").await.unwrap();
-    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", s).is_some()).await);
-    assert!(wm.wait_for(Duration::from_secs(60), |w| w.delivered_at("alice", m).is_some()).await);
+    let m = mallory
+        .client()
+        .send("alice", "a stranger says hi")
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", s)
+            .is_some())
+            .await
+    );
+    assert!(
+        wm.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("alice", m)
+            .is_some())
+            .await
+    );
     bob.kill();
     bob.start().await.unwrap();
     let s = alice.client().send("bob", "two").await.unwrap();
-    assert!(wa.wait_for(Duration::from_secs(60), |w| w.delivered_at("bob", s).is_some()).await);
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", s)
+            .is_some())
+            .await
+    );
 
     let mut secrets: Vec<(String, String)> = vec![];
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     for d in [&alice, &bob, &mallory] {
         let public = kith_node::Profile::new(&d.home).public().unwrap();
         let status = d.client().get("/v1/status").await.unwrap();
         let acct = public.account;
-        secrets.push((format!("{} account hex", d.name), hex::encode(acct.as_bytes())));
+        secrets.push((
+            format!("{} account hex", d.name),
+            hex::encode(acct.as_bytes()),
+        ));
         secrets.push((format!("{} address", d.name), address(d)[5..].to_owned()));
-        secrets.push((format!("{} device hex", d.name), hex::encode(public.device.as_bytes())));
-        secrets.push((format!("{} endpoint", d.name), status["endpoint"].as_str().unwrap().to_owned()));
+        secrets.push((
+            format!("{} device hex", d.name),
+            hex::encode(public.device.as_bytes()),
+        ));
+        secrets.push((
+            format!("{} endpoint", d.name),
+            status["endpoint"].as_str().unwrap().to_owned(),
+        ));
         for p in [0, 1] {
-            let period = kith_core::blind::PeriodNum(kith_core::blind::period_at(now, 24 * 60).0 + p);
+            let period =
+                kith_core::blind::PeriodNum(kith_core::blind::period_at(now, 24 * 60).0 + p);
             let blinded = kith_core::blind::blind_public(&acct, period, 24 * 60).unwrap();
-            secrets.push((format!("{} blinded hex", d.name), hex::encode(blinded.as_bytes())));
-            secrets.push((format!("{} blinded z32", d.name), kith_core::zbase32::encode(blinded.as_bytes())));
+            secrets.push((
+                format!("{} blinded hex", d.name),
+                hex::encode(blinded.as_bytes()),
+            ));
+            secrets.push((
+                format!("{} blinded z32", d.name),
+                kith_core::zbase32::encode(blinded.as_bytes()),
+            ));
         }
     }
     let mut checked = 0;
     for d in [&alice, &bob, &mallory] {
         let log = std::fs::read_to_string(d.home.join("daemon.log")).unwrap();
-        assert!(log.contains("peer connected"), "{}'s log has content to check", d.name);
+        assert!(
+            log.contains("peer connected"),
+            "{}'s log has content to check",
+            d.name
+        );
         checked += log.lines().count();
         if let Some(ip) = contains_ipv4(&log) {
             panic!("{}'s log contains an IP address ({ip}):\n{log}", d.name);
         }
         for (what, s) in &secrets {
-            assert!(!log.to_lowercase().contains(&s.to_lowercase()), "{}'s log contains {what}:\n{log}", d.name);
-            assert!(!log.to_lowercase().contains(&s[..16].to_lowercase()), "{}'s log contains a prefix of {what}", d.name);
+            assert!(
+                !log.to_lowercase().contains(&s.to_lowercase()),
+                "{}'s log contains {what}:\n{log}",
+                d.name
+            );
+            assert!(
+                !log.to_lowercase().contains(&s[..16].to_lowercase()),
+                "{}'s log contains a prefix of {what}",
+                d.name
+            );
         }
     }
     assert!(checked > 5, "enough log lines were checked ({checked})");
+}
+
+/// Endpoint keys rotate at every period boundary (1-minute periods here); contacts find the new endpoint
+/// through the new period's record and keep talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_keys_rotate_every_period_and_contacts_follow() {
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![];
+    for name in ["alice", "bob"] {
+        let mut d = Daemon::init(exe(), &dir.path().join(name), name).unwrap();
+        d.bootstrap = Some(net.bootstrap());
+        d.extra_args = vec!["--publish-direct".into(), "--period-minutes=1".into()];
+        d.start().await.unwrap();
+        nodes.push(d);
+    }
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    alice
+        .client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(bob), "name": "bob" }),
+        )
+        .await
+        .unwrap();
+    bob.client()
+        .post(
+            "/v1/contacts",
+            json!({ "contact": address(alice), "name": "alice" }),
+        )
+        .await
+        .unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let s = alice.client().send("bob", "before").await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", s)
+            .is_some())
+            .await
+    );
+    let endpoint_before = bob.client().get("/v1/status").await.unwrap()["endpoint"].clone();
+    assert!(
+        wb.wait_for(Duration::from_secs(90), |w| w.count("endpoint_rotated")
+            >= 1)
+            .await,
+        "bob rotated"
+    );
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w.count("endpoint_rotated")
+            >= 1)
+            .await,
+        "alice rotated"
+    );
+    let endpoint_after = bob.client().get("/v1/status").await.unwrap()["endpoint"].clone();
+    assert_ne!(
+        endpoint_before, endpoint_after,
+        "bob's endpoint key changed with the period"
+    );
+    let s1 = alice.client().send("bob", "after").await.unwrap();
+    let s2 = bob.client().send("alice", "after, too").await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", s1)
+            .is_some())
+            .await,
+        "alice -> bob after rotation"
+    );
+    assert!(
+        wb.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("alice", s2)
+            .is_some())
+            .await,
+        "bob -> alice after rotation"
+    );
 }

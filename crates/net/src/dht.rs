@@ -17,7 +17,11 @@ use std::time::Duration;
 /// they pass their own list (a local testnet) or none.
 pub use mainline::{RequestFilter, RequestSpecific};
 
-pub const DEFAULT_BOOTSTRAP: [&str; 3] = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "dht.libtorrent.org:25401"];
+pub const DEFAULT_BOOTSTRAP: [&str; 3] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "dht.libtorrent.org:25401",
+];
 
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
@@ -64,13 +68,21 @@ impl KithDht {
 
     /// Starts a server node that shows every request it receives to `filter` (which should return true
     /// to let the node answer normally): used to play an honest-but-curious DHT node in privacy tests.
-    pub fn start_observed(config: &DhtConfig, filter: Box<dyn mainline::RequestFilter>) -> Result<Self, DhtError> {
+    pub fn start_observed(
+        config: &DhtConfig,
+        filter: Box<dyn mainline::RequestFilter>,
+    ) -> Result<Self, DhtError> {
         Self::start_inner(config, Some(filter))
     }
 
-    fn start_inner(config: &DhtConfig, filter: Option<Box<dyn mainline::RequestFilter>>) -> Result<Self, DhtError> {
+    fn start_inner(
+        config: &DhtConfig,
+        filter: Option<Box<dyn mainline::RequestFilter>>,
+    ) -> Result<Self, DhtError> {
         let mut b = Dht::builder();
-        b.bootstrap(&config.bootstrap).bind_address(config.bind).request_timeout(REQUEST_TIMEOUT);
+        b.bootstrap(&config.bootstrap)
+            .bind_address(config.bind)
+            .request_timeout(REQUEST_TIMEOUT);
         if let Some(port) = config.port {
             b.port(port);
         }
@@ -78,7 +90,10 @@ impl KithDht {
             b.server_mode();
         }
         if let Some(filter) = filter {
-            b.server_mode().server_settings(mainline::ServerSettings { filter, ..Default::default() });
+            b.server_mode().server_settings(mainline::ServerSettings {
+                filter,
+                ..Default::default()
+            });
         }
         let dht = b.build().map_err(DhtError::Start)?.as_async();
         Ok(Self { dht })
@@ -86,25 +101,47 @@ impl KithDht {
 
     /// Publishes `value` under `blinded`'s key with sequence `seq`, signed by the blinded secret.
     /// Returns how many DHT nodes acknowledged storing it.
-    pub async fn publish(&self, blinded: &BlindedSecret, seq: i64, value: &[u8]) -> Result<u32, DhtError> {
+    pub async fn publish(
+        &self,
+        blinded: &BlindedSecret,
+        seq: i64,
+        value: &[u8],
+    ) -> Result<u32, DhtError> {
         let signature = blinded.sign(&bep44_signable(seq, value));
-        self.publish_item(*blinded.public().as_bytes(), signature, seq, value).await
+        self.publish_item(*blinded.public().as_bytes(), signature, seq, value)
+            .await
     }
 
     /// Publishes an item already signed by `key`'s secret over [`bep44_signable`].
-    pub async fn publish_item(&self, key: [u8; 32], signature: Signature, seq: i64, value: &[u8]) -> Result<u32, DhtError> {
+    pub async fn publish_item(
+        &self,
+        key: [u8; 32],
+        signature: Signature,
+        seq: i64,
+        value: &[u8],
+    ) -> Result<u32, DhtError> {
         let item = MutableItem::new_signed_unchecked(key, signature.0, value, seq, None);
-        let outcome = self.dht.put_mutable(item, None).await.map_err(|e| DhtError::Publish(e.to_string()))?;
+        let outcome = self
+            .dht
+            .put_mutable(item, None)
+            .await
+            .map_err(|e| DhtError::Publish(e.to_string()))?;
         Ok(outcome.stored_at)
     }
 
     /// Streams the items stored under `blinded`, as they arrive (stop early once one is good).
-    pub fn lookup(&self, blinded: &BlindedKey) -> impl futures_util::Stream<Item = FoundItem> + use<> {
+    pub fn lookup(
+        &self,
+        blinded: &BlindedKey,
+    ) -> impl futures_util::Stream<Item = FoundItem> + use<> {
         self.lookup_key(blinded.as_bytes())
     }
 
     /// Streams the items stored under any Ed25519 public key.
-    pub fn lookup_key(&self, key: &[u8; 32]) -> impl futures_util::Stream<Item = FoundItem> + use<> {
+    pub fn lookup_key(
+        &self,
+        key: &[u8; 32],
+    ) -> impl futures_util::Stream<Item = FoundItem> + use<> {
         self.dht.get_mutable(key, None, None).map(|item| FoundItem {
             seq: item.seq(),
             value: item.value().to_vec(),
@@ -125,13 +162,21 @@ impl KithDht {
     /// (local address, estimated network size, whether we seem firewalled).
     pub async fn info(&self) -> DhtInfo {
         let info = self.dht.info().await;
-        DhtInfo { local: info.local_addr().to_string(), size_estimate: info.dht_size_estimate().0, firewalled: info.firewalled() }
+        DhtInfo {
+            local: info.local_addr().to_string(),
+            size_estimate: info.dht_size_estimate().0,
+            firewalled: info.firewalled(),
+        }
     }
 
     /// Announces `port` under `infohash` (BEP5), e.g. a relay announcing itself.
     pub async fn announce(&self, infohash: [u8; 20], port: u16) -> Result<(), DhtError> {
-        let id = mainline::Id::from_bytes(infohash).map_err(|e| DhtError::Publish(e.to_string()))?;
-        self.dht.announce_peer(id, Some(port)).await.map_err(|e| DhtError::Publish(e.to_string()))?;
+        let id =
+            mainline::Id::from_bytes(infohash).map_err(|e| DhtError::Publish(e.to_string()))?;
+        self.dht
+            .announce_peer(id, Some(port))
+            .await
+            .map_err(|e| DhtError::Publish(e.to_string()))?;
         Ok(())
     }
 }

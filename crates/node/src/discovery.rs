@@ -13,13 +13,13 @@
 //! the sequence, not the source port. (The source IP address is the machine's own; hiding it needs
 //! publishing through relays, which is a later step.)
 
+use futures_util::StreamExt;
 use kith_core::blind::{self, PeriodNum};
 use kith_core::record::{self, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
 use kith_core::{AccountKey, Hints};
 use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
 use kith_store::Store;
-use futures_util::StreamExt;
 use sha2::Digest;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,7 +43,10 @@ pub struct DiscoveryConfig {
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
-        Self { period_minutes: 24 * 60, publish_direct: false }
+        Self {
+            period_minutes: 24 * 60,
+            publish_direct: false,
+        }
     }
 }
 
@@ -70,11 +73,19 @@ pub struct PeriodDhts {
 impl PeriodDhts {
     pub fn new(base: DhtConfig) -> Self {
         let known = Mutex::new(base.bootstrap.clone());
-        Self { base, nodes: Mutex::new(Default::default()), known }
+        Self {
+            base,
+            nodes: Mutex::new(Default::default()),
+            known,
+        }
     }
 
     /// The client for `period`, started on first use. Clients of periods that ended are dropped.
-    pub fn client(&self, period: PeriodNum, current: PeriodNum) -> Result<KithDht, kith_net::dht::DhtError> {
+    pub fn client(
+        &self,
+        period: PeriodNum,
+        current: PeriodNum,
+    ) -> Result<KithDht, kith_net::dht::DhtError> {
         let mut nodes = lock(&self.nodes);
         nodes.retain(|p, _| *p + 1 >= current.0);
         if let Some(d) = nodes.get(&period.0) {
@@ -139,7 +150,11 @@ pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
         .body()
         .devices
         .iter()
-        .map(|d| Hints { endpoint: Some(d.endpoint), direct: d.direct.clone(), relays: d.relays.clone() })
+        .map(|d| Hints {
+            endpoint: Some(d.endpoint),
+            direct: d.direct.clone(),
+            relays: d.relays.clone(),
+        })
         .collect()
 }
 
@@ -160,7 +175,11 @@ impl NodeDiscovery {
         let start_round = |streams: &mut futures_util::stream::SelectAll<_>| {
             for (period, blinded, dht) in &targets {
                 let (period, blinded) = (*period, *blinded);
-                streams.push(dht.lookup(&blinded).map(move |item| (period, blinded, item)).boxed());
+                streams.push(
+                    dht.lookup(&blinded)
+                        .map(move |item| (period, blinded, item))
+                        .boxed(),
+                );
             }
         };
         start_round(&mut streams);
@@ -210,7 +229,9 @@ impl NodeDiscovery {
 
     fn cached(&self, account: &AccountKey, now: u64) -> Option<VerifiedRecord> {
         let cache = lock(&self.cache);
-        lookup_periods(now, self.config.period_minutes).into_iter().find_map(|p| cache.get(account, p, now).cloned())
+        lookup_periods(now, self.config.period_minutes)
+            .into_iter()
+            .find_map(|p| cache.get(account, p, now).cloned())
     }
 
     /// Seals and publishes this node's record for the current and the next period.
@@ -221,7 +242,9 @@ impl NodeDiscovery {
         entry: impl Fn(PeriodNum) -> DeviceEntry,
         now: u64,
     ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
-        let Some(dhts) = &self.dht else { return Ok(vec![]) };
+        let Some(dhts) = &self.dht else {
+            return Ok(vec![]);
+        };
         let mut done = vec![];
         let current = blind::period_at(now, self.config.period_minutes);
         let period_secs = self.config.period_minutes * 60;
@@ -266,14 +289,21 @@ fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
     // same in every period (rend-spec A.2), so R alone would give every period the same offset.
     let sig = secret.sign(b"kith record sequence offset v1");
     let digest = sha2::Sha256::digest(sig.0);
-    i64::from(u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]))
+    i64::from(u32::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3],
+    ]))
 }
 
 impl Discovery for NodeDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
         Box::pin(async move {
             let now = crate::node::unix_now();
-            let card = lock(&self.store).peer(&account).ok().flatten().and_then(|p| p.card).map(|c| c.hints().clone());
+            let card = lock(&self.store)
+                .peer(&account)
+                .ok()
+                .flatten()
+                .and_then(|p| p.card)
+                .map(|c| c.hints().clone());
             let mut out = vec![];
             if let Some(rec) = self.cached(&account, now) {
                 lock(&self.stats).cache_hits += 1;

@@ -26,6 +26,8 @@ pub enum Event {
     Request { name: String, address: String },
     /// This node's discovery record for `period` was stored in the DHT.
     RecordPublished { period: u64, seq: i64 },
+    /// A new discovery period began and the node now listens with that period's endpoint key.
+    EndpointRotated { period: u64 },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

@@ -58,11 +58,16 @@ pub async fn run_daemon(
     let config = profile.config()?;
     let token = profile.token()?;
     let store = kith_store::Store::open(&profile.path(profile::DB_FILE))?;
-    let mut bootstrap: Vec<String> =
-        options.bootstrap.clone().unwrap_or(config.bootstrap.clone()).into_iter().filter(|b| !b.trim().is_empty()).collect();
+    let mut bootstrap: Vec<String> = options
+        .bootstrap
+        .clone()
+        .unwrap_or(config.bootstrap.clone())
+        .into_iter()
+        .filter(|b| !b.trim().is_empty())
+        .collect();
     // The routing table of the last run: joining works even when every bootstrap host is gone.
     bootstrap.extend(profile.saved_dht_nodes());
-    let dht = (!options.no_dht).then(|| kith_net::dht::DhtConfig {
+    let dht = (!options.no_dht).then_some(kith_net::dht::DhtConfig {
         bootstrap,
         bind: config.dht_bind,
         port: None,
@@ -73,7 +78,10 @@ pub async fn run_daemon(
         outbox: Default::default(),
         limiter: Default::default(),
         discovery: discovery::DiscoveryConfig {
-            period_minutes: options.period_minutes.unwrap_or(config.period_minutes).max(1),
+            period_minutes: options
+                .period_minutes
+                .unwrap_or(config.period_minutes)
+                .max(1),
             publish_direct: options.publish_direct.unwrap_or(config.publish_direct),
         },
         dht,

@@ -10,15 +10,15 @@
 //! Locking: `state` (in-memory protocol state) is taken before `store` when both are needed, never the other
 //! way round, and neither is held across an `.await`.
 
+use crate::discovery::{DiscoveryConfig, NodeDiscovery, SourceStats};
 use crate::events::Event;
 use crate::limiter::{LimiterConfig, RequestLimiter};
 use crate::profile::Identity;
 use kith_core::delivery::{Inbox, Offer, Outbox, OutboxConfig};
 use kith_core::hello::{Hello, VerifiedPeer};
+use kith_core::record::{DeviceEntry, RecordCache};
 use kith_core::wire::{Frame, MAX_RECEIPT_SEQS, MAX_TEXT_BYTES, MessageFrame, ReceiptFrame};
 use kith_core::{AccountKey, Address, ContactCard, DeviceKey, EndpointCert, Hints, ParsedContact};
-use crate::discovery::{DiscoveryConfig, NodeDiscovery, SourceStats};
-use kith_core::record::{DeviceEntry, RecordCache};
 use kith_net::dht::{DhtConfig, DhtInfo};
 use kith_net::{Net, PathKind, Session, SessionReader, SessionWriter};
 use kith_store::{ChatMessage, Incoming, Peer, PeerState, Store, StoreError};
@@ -41,8 +41,26 @@ const MAX_STRANGERS: usize = 256;
 const MAX_PEERS_IN_MEMORY: usize = 4096;
 /// Contacts dialled at once when the node starts (to announce itself and flush outboxes).
 const ANNOUNCE_CONCURRENCY: usize = 8;
-/// Lifetime of an endpoint certificate; renewed at half-life.
-const ENDPOINT_CERT_SECS: u64 = 48 * 3600;
+/// How far outside its period an endpoint certificate stays valid (clock skew, and connections that
+/// straddle the boundary).
+const ENDPOINT_CERT_MARGIN_SECS: u64 = 10 * 60;
+
+/// The device's certificate for its endpoint of `period`: valid for that period, plus a margin.
+fn endpoint_cert_for(
+    id: &Identity,
+    endpoint: kith_core::EndpointKey,
+    period: kith_core::blind::PeriodNum,
+    minutes: u64,
+) -> EndpointCert {
+    let start = period.0 * minutes * 60;
+    let end = start + minutes * 60;
+    EndpointCert::issue(
+        &id.device,
+        endpoint,
+        start.saturating_sub(ENDPOINT_CERT_MARGIN_SECS),
+        end + ENDPOINT_CERT_MARGIN_SECS,
+    )
+}
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -141,11 +159,18 @@ pub struct Node {
     account: AccountKey,
     device: DeviceKey,
     store: Arc<Mutex<Store>>,
-    net: Net,
+    /// The current endpoint; replaced at every period boundary (see [`Node::rotator`]).
+    net_slot: Mutex<Net>,
+    /// Raised once when the node shuts down, so the accept loop stops instead of following a new endpoint.
+    stopping: std::sync::atomic::AtomicBool,
     discovery: Arc<NodeDiscovery>,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     wake: Notify,
+    /// Wakes the publisher early (after a rotation).
+    republish: Notify,
+    /// Tells the accept loop that the endpoint changed.
+    accept_changed: Notify,
     config: NodeConfig,
     started: Instant,
 }
@@ -216,10 +241,10 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Mutex::new(store));
-        let dht = match &config.dht {
-            Some(c) => Some(crate::discovery::PeriodDhts::new(c.clone())),
-            None => None,
-        };
+        let dht = config
+            .dht
+            .as_ref()
+            .map(|c| crate::discovery::PeriodDhts::new(c.clone()));
         let discovery = Arc::new(NodeDiscovery {
             store: store.clone(),
             dht,
@@ -227,17 +252,22 @@ impl Node {
             config: config.discovery.clone(),
             stats: Mutex::new(SourceStats::default()),
         });
-        let net = Net::bind(*id.endpoint_secret, config.listen, discovery.clone())
-            .await
-            .map_err(|e| NodeError::Net(e.to_string()))?;
+        let now = unix_now();
+        let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
+        let net = Net::bind(
+            *id.device.endpoint_seed(period.0),
+            config.listen,
+            discovery.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Net(e.to_string()))?;
         let account = id.account.public();
         let device = id.device.public();
-        let now = unix_now();
-        let endpoint_cert = EndpointCert::issue(
-            &id.device,
+        let endpoint_cert = endpoint_cert_for(
+            &id,
             net.endpoint_key(),
-            now.saturating_sub(60),
-            now + ENDPOINT_CERT_SECS,
+            period,
+            config.discovery.period_minutes,
         );
         let card = Self::make_card(&id, &net, now)?;
         let t0 = Instant::now();
@@ -262,11 +292,14 @@ impl Node {
             account,
             device,
             store,
-            net,
+            net_slot: Mutex::new(net),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             discovery,
             state: Mutex::new(state),
             events,
             wake: Notify::new(),
+            republish: Notify::new(),
+            accept_changed: Notify::new(),
             config,
             started: t0,
         });
@@ -274,6 +307,7 @@ impl Node {
         tokio::spawn(node.clone().pump());
         tokio::spawn(node.clone().announce());
         tokio::spawn(node.clone().publisher());
+        tokio::spawn(node.clone().rotator());
         Ok(node)
     }
 
@@ -305,21 +339,87 @@ impl Node {
     }
 
     fn hello(&self) -> Hello {
-        let mut st = lock(&self.state);
-        let now = unix_now();
-        if st.endpoint_cert.not_after.saturating_sub(now) < ENDPOINT_CERT_SECS / 2 {
-            st.endpoint_cert = EndpointCert::issue(
-                &self.id.device,
-                self.net.endpoint_key(),
-                now.saturating_sub(60),
-                now + ENDPOINT_CERT_SECS,
-            );
-        }
+        let st = lock(&self.state);
         Hello {
             account: self.account,
             device_cert: self.id.device_cert.clone(),
             endpoint_cert: st.endpoint_cert.clone(),
             card: Some(st.card.to_bytes()),
+        }
+    }
+
+    /// The current endpoint.
+    fn net(&self) -> Net {
+        lock(&self.net_slot).clone()
+    }
+
+    /// At every period boundary: close the endpoint, bind the next period's key on the same address,
+    /// certify it, re-issue the card, republish and reconnect to contacts. Connections of the old endpoint
+    /// end; outboxes redial through the new records.
+    async fn rotator(self: Arc<Self>) {
+        let minutes = self.config.discovery.period_minutes;
+        loop {
+            let now = unix_now();
+            let current = kith_core::blind::period_at(now, minutes);
+            let next_start = (current.0 + 1) * minutes * 60;
+            tokio::time::sleep(
+                Duration::from_secs(next_start.saturating_sub(now)) + Duration::from_millis(200),
+            )
+            .await;
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let period = kith_core::blind::period_at(unix_now(), minutes);
+            let old = self.net();
+            let listen = old
+                .local_addrs()
+                .into_iter()
+                .next()
+                .unwrap_or(self.config.listen);
+            old.close().await;
+            let seed = self.id.device.endpoint_seed(period.0);
+            let mut new = None;
+            for addr in [
+                listen,
+                self.config.listen,
+                SocketAddr::new(self.config.listen.ip(), 0),
+            ] {
+                match Net::bind(*seed, addr, self.discovery.clone()).await {
+                    Ok(n) => {
+                        new = Some(n);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot bind the new period's endpoint; trying another port")
+                    }
+                }
+            }
+            let Some(new) = new else {
+                tracing::error!(
+                    "no endpoint for the new period; the node is offline until restarted"
+                );
+                return;
+            };
+            let cert = endpoint_cert_for(&self.id, new.endpoint_key(), period, minutes);
+            let card = match Self::make_card(&self.id, &new, unix_now()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot issue the new card");
+                    return;
+                }
+            };
+            *lock(&self.net_slot) = new;
+            {
+                let mut st = lock(&self.state);
+                st.endpoint_cert = cert;
+                st.card = card;
+            }
+            tracing::info!(period = period.0, "endpoint key rotated for the new period");
+            self.emit(Event::EndpointRotated { period: period.0 });
+            self.republish.notify_one();
+            self.accept_changed.notify_one();
+            tokio::spawn(self.clone().announce());
+            self.wake.notify_one();
         }
     }
 
@@ -341,8 +441,19 @@ impl Node {
     async fn accept_loop(self: Arc<Self>) {
         loop {
             let hello = self.hello();
-            match self.net.accept(&hello, unix_now).await {
-                None => return,
+            let net = self.net();
+            let next = tokio::select! {
+                n = net.accept(&hello, unix_now) => n,
+                // A new endpoint (or a new hello) is in place: accept on it.
+                _ = self.accept_changed.notified() => continue,
+            };
+            match next {
+                None if self.stopping.load(std::sync::atomic::Ordering::SeqCst) => return,
+                None => {
+                    // The endpoint closed for a rotation: wait for its successor.
+                    self.accept_changed.notified().await;
+                    continue;
+                }
                 Some(Ok(session)) => self.register(session),
                 Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
             }
@@ -380,7 +491,7 @@ impl Node {
             tokio::spawn(async move {
                 let _permit = permit;
                 let hello = node.hello();
-                if let Ok(session) = node.net.dial(c.account, &hello, unix_now()).await {
+                if let Ok(session) = node.net().dial(c.account, &hello, unix_now()).await {
                     node.register(session);
                 }
             });
@@ -393,16 +504,27 @@ impl Node {
             return;
         }
         loop {
-            let entry = |_period| DeviceEntry {
+            // Each period's record names that period's endpoint (the next one is bound at the boundary).
+            let entry = |period: kith_core::blind::PeriodNum| DeviceEntry {
                 cert: self.id.device_cert.clone(),
-                endpoint: self.net.endpoint_key(),
+                endpoint: kith_core::EndpointKey::from_seed(
+                    &self.id.device.endpoint_seed(period.0),
+                ),
                 relays: vec![],
-                direct: self.net.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).collect(),
+                direct: self
+                    .net()
+                    .local_addrs()
+                    .into_iter()
+                    .filter(|a| !a.ip().is_unspecified())
+                    .collect(),
             };
             let delay = match self.discovery.publish(&self.id, entry, unix_now()).await {
                 Ok(done) => {
                     for (period, seq) in done {
-                        self.emit(Event::RecordPublished { period: period.0, seq });
+                        self.emit(Event::RecordPublished {
+                            period: period.0,
+                            seq,
+                        });
                     }
                     REPUBLISH
                 }
@@ -411,7 +533,10 @@ impl Node {
                     Duration::from_secs(5)
                 }
             };
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.republish.notified() => {}
+            }
         }
     }
 
@@ -429,7 +554,12 @@ impl Node {
     }
 
     pub async fn dht_status(&self) -> serde_json::Value {
-        let stats = self.discovery.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let stats = self
+            .discovery
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
         match &self.discovery.dht {
             None => serde_json::json!({ "enabled": false, "sources": stats }),
             Some(d) => {
@@ -459,7 +589,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let hello = node.hello();
-            match node.net.dial(account, &hello, unix_now()).await {
+            match node.net().dial(account, &hello, unix_now()).await {
                 Ok(session) => node.register(session),
                 Err(e) => {
                     tracing::debug!(error = %e, "dial failed");
@@ -917,8 +1047,8 @@ impl Node {
         Ok(StatusView {
             name: self.id.name.clone(),
             address: self.address().to_string(),
-            endpoint: kith_core::zbase32::encode(self.net.endpoint_key().as_bytes()),
-            listen: self.net.local_addrs(),
+            endpoint: kith_core::zbase32::encode(self.net().endpoint_key().as_bytes()),
+            listen: self.net().local_addrs(),
             connections: conns
                 .into_iter()
                 .map(|(a, since_ms, kind)| ConnectionView {
@@ -997,7 +1127,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let hello = node.hello();
-            if let Ok(s) = node.net.dial(account, &hello, unix_now()).await {
+            if let Ok(s) = node.net().dial(account, &hello, unix_now()).await {
                 node.register(s);
             }
         });
@@ -1131,6 +1261,9 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
-        self.net.close().await;
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.accept_changed.notify_one();
+        self.net().close().await;
     }
 }

@@ -114,7 +114,10 @@ pub struct Config {
 }
 
 fn default_bootstrap() -> Vec<String> {
-    kith_net::dht::DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+    kith_net::dht::DEFAULT_BOOTSTRAP
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_dht_bind() -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::LOCALHOST
@@ -438,7 +441,10 @@ impl Profile {
             return Err(ProfileError::Missing(self.home.clone()));
         }
         let text = fs::read_to_string(&path).map_err(io(&path))?;
-        toml::from_str(&text).map_err(|e| ProfileError::Damaged { file: path, reason: e.to_string() })
+        toml::from_str(&text).map_err(|e| ProfileError::Damaged {
+            file: path,
+            reason: e.to_string(),
+        })
     }
 
     pub fn token(&self) -> Result<String, ProfileError> {
@@ -466,11 +472,17 @@ impl Profile {
 
     /// DHT nodes saved at the last shutdown (empty if none).
     pub fn saved_dht_nodes(&self) -> Vec<String> {
-        fs::read(self.path(DHT_NODES_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        fs::read(self.path(DHT_NODES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     pub fn save_dht_nodes(&self, nodes: &[String]) -> Result<(), ProfileError> {
-        write_private(&self.path(DHT_NODES_FILE), &serde_json::to_vec(nodes).unwrap_or_default())
+        write_private(
+            &self.path(DHT_NODES_FILE),
+            &serde_json::to_vec(nodes).unwrap_or_default(),
+        )
     }
 
     pub fn remove_daemon_info(&self) {

@@ -34,7 +34,10 @@ fn byte_lists(s: &str, field: &str) -> Vec<Vec<u8>> {
     while let Some(i) = rest.find(&pat) {
         let after = &rest[i + pat.len()..];
         let end = after.find(']').unwrap_or(after.len());
-        let bytes: Vec<u8> = after[..end].split(',').filter_map(|n| n.trim().parse().ok()).collect();
+        let bytes: Vec<u8> = after[..end]
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
         out.push(bytes);
         rest = &after[end..];
     }
@@ -43,7 +46,11 @@ fn byte_lists(s: &str, field: &str) -> Vec<Vec<u8>> {
 
 fn number(s: &str, field: &str) -> Option<i64> {
     let i = s.find(&format!("{field}: "))? + field.len() + 2;
-    s[i..].split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+    s[i..]
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 struct User {
@@ -72,7 +79,12 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     let mut bootstrap: Vec<String> = vec![];
     let mut servers = vec![];
     let spy_node = KithDht::start_observed(
-        &DhtConfig { bootstrap: vec![], bind: Ipv4Addr::new(127, 0, 3, 1), port: None, server: true },
+        &DhtConfig {
+            bootstrap: vec![],
+            bind: Ipv4Addr::new(127, 0, 3, 1),
+            port: None,
+            server: true,
+        },
         Box::new(spy.clone()),
     )
     .unwrap();
@@ -96,18 +108,31 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         profile.init(name, None, 0).unwrap();
         let id = profile.unlock(None).unwrap();
         let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
-        let dht = PeriodDhts::new(DhtConfig { bootstrap: bootstrap.clone(), bind: Ipv4Addr::LOCALHOST, port: None, server: false });
+        let dht = PeriodDhts::new(DhtConfig {
+            bootstrap: bootstrap.clone(),
+            bind: Ipv4Addr::LOCALHOST,
+            port: None,
+            server: false,
+        });
         let disc = NodeDiscovery {
             store: Arc::new(Mutex::new(store)),
             dht: Some(dht),
             cache: Mutex::new(RecordCache::default()),
-            config: DiscoveryConfig { period_minutes: PERIOD_MINUTES, publish_direct: false },
+            config: DiscoveryConfig {
+                period_minutes: PERIOD_MINUTES,
+                publish_direct: false,
+            },
             stats: Mutex::new(SourceStats::default()),
         };
         let device_hex = hex::encode(id.device.public().as_bytes());
-        users.push(User { id, disc, device_hex });
+        users.push(User {
+            id,
+            disc,
+            device_hex,
+        });
     }
-    let endpoint = |u: &User| kith_core::EndpointKey::from_bytes(*iroh_public(&u.id.endpoint_secret)).unwrap();
+    let endpoint =
+        |u: &User| kith_core::EndpointKey::from_bytes(*iroh_public(&u.id.endpoint_secret)).unwrap();
 
     // Two periods, in the middle of each (far from a boundary).
     let t0 = (blind::period_at(1_800_000_000, PERIOD_MINUTES).0 * PERIOD_MINUTES * 60) + 30 * 60;
@@ -127,7 +152,10 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
             for b in &users {
                 if a.id.account.public() != b.id.account.public() {
                     let rec = a.disc.lookup(b.id.account.public(), now).await;
-                    assert!(rec.is_some(), "lookup at {now} must succeed, or the test would prove nothing");
+                    assert!(
+                        rec.is_some(),
+                        "lookup at {now} must succeed, or the test would prove nothing"
+                    );
                 }
             }
         }
@@ -145,25 +173,49 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
             sig: byte_lists(s, "sig").pop().unwrap_or_default(),
         })
         .collect();
-    assert!(puts.len() >= users.len() * 3, "the spy saw the records being stored ({} puts)", puts.len());
-    assert!(log.iter().any(|(_, s)| s.contains("GetValue")), "the spy saw lookups");
+    assert!(
+        puts.len() >= users.len() * 3,
+        "the spy saw the records being stored ({} puts)",
+        puts.len()
+    );
+    assert!(
+        log.iter().any(|(_, s)| s.contains("GetValue")),
+        "the spy saw lookups"
+    );
 
     // 1. No account, device or endpoint key of any user, in any form.
-    let whole = log.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\n");
+    let whole = log
+        .iter()
+        .map(|(_, s)| s.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     for u in &users {
-        let keys: [[u8; 32]; 3] = [*u.id.account.public().as_bytes(), *u.id.device.public().as_bytes(), *endpoint(u).as_bytes()];
+        let keys: [[u8; 32]; 3] = [
+            *u.id.account.public().as_bytes(),
+            *u.id.device.public().as_bytes(),
+            *endpoint(u).as_bytes(),
+        ];
         for key in keys {
             assert!(!whole.contains(&hex::encode(key)), "a key in hex");
-            assert!(!whole.contains(&format!("{:?}", &key[..])), "a key as a byte list");
+            assert!(
+                !whole.contains(&format!("{:?}", &key[..])),
+                "a key as a byte list"
+            );
             for p in &puts {
-                assert!(!shares_window(&p.value, &key, 32) && p.key != key, "a key inside a stored item");
+                assert!(
+                    !shares_window(&p.value, &key, 32) && p.key != key,
+                    "a key inside a stored item"
+                );
             }
         }
         assert!(!whole.contains(&u.device_hex));
     }
 
     // 2. Every record value has the same length.
-    assert!(puts.iter().all(|p| p.value.len() == RECORD_VALUE_LEN), "all values are {RECORD_VALUE_LEN} bytes");
+    assert!(
+        puts.iter().all(|p| p.value.len() == RECORD_VALUE_LEN),
+        "all values are {RECORD_VALUE_LEN} bytes"
+    );
 
     // 3. Unlinkability: group the spy's observations by blinded key, then check that no observable
     //    ties two keys of the same user together.
@@ -175,7 +227,12 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         // Only the test knows the addresses: map a blinded key back to (user, period).
         for (i, u) in users.iter().enumerate() {
             for d in 0..3 {
-                let b = blind::blind_public(&u.id.account.public(), PeriodNum(p0.0 + d), PERIOD_MINUTES).unwrap();
+                let b = blind::blind_public(
+                    &u.id.account.public(),
+                    PeriodNum(p0.0 + d),
+                    PERIOD_MINUTES,
+                )
+                .unwrap();
                 if b.as_bytes()[..] == *k {
                     return Some((i, p0.0 + d));
                 }
@@ -196,27 +253,59 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
             same_user_pairs += 1;
             for a in &by_key[*kx] {
                 for b in &by_key[*ky] {
-                    assert_ne!(a.from, b.from, "user {ux}: periods {px} and {py} published from the same source");
-                    assert_ne!(a.seq, b.seq, "user {ux}: equal sequence numbers link periods {px} and {py}");
-                    assert!(!shares_window(&a.value, &b.value, 8), "user {ux}: values of periods {px}/{py} share bytes");
-                    assert!(!shares_window(&a.sig, &b.sig, 8), "user {ux}: item signatures of periods {px}/{py} share bytes");
+                    assert_ne!(
+                        a.from, b.from,
+                        "user {ux}: periods {px} and {py} published from the same source"
+                    );
+                    assert_ne!(
+                        a.seq, b.seq,
+                        "user {ux}: equal sequence numbers link periods {px} and {py}"
+                    );
+                    assert!(
+                        !shares_window(&a.value, &b.value, 8),
+                        "user {ux}: values of periods {px}/{py} share bytes"
+                    );
+                    assert!(
+                        !shares_window(&a.sig, &b.sig, 8),
+                        "user {ux}: item signatures of periods {px}/{py} share bytes"
+                    );
                 }
             }
         }
     }
-    assert!(same_user_pairs >= users.len() * 2, "pairs of one user's keys across periods were checked ({same_user_pairs})");
+    assert!(
+        same_user_pairs >= users.len() * 2,
+        "pairs of one user's keys across periods were checked ({same_user_pairs})"
+    );
     // Lookups of one target in two periods come from different sources too.
-    let gets: Vec<(SocketAddrV4, String)> = log.iter().filter(|(_, s)| s.contains("GetValue")).cloned().collect();
+    let gets: Vec<(SocketAddrV4, String)> = log
+        .iter()
+        .filter(|(_, s)| s.contains("GetValue"))
+        .cloned()
+        .collect();
     for u in &users {
         let targets: Vec<String> = (0..2)
             .map(|d| {
-                let b = blind::blind_public(&u.id.account.public(), PeriodNum(p0.0 + d), PERIOD_MINUTES).unwrap();
+                let b = blind::blind_public(
+                    &u.id.account.public(),
+                    PeriodNum(p0.0 + d),
+                    PERIOD_MINUTES,
+                )
+                .unwrap();
                 mainline_target(b.as_bytes())
             })
             .collect();
-        let sources = |t: &str| -> Vec<SocketAddrV4> { gets.iter().filter(|(_, s)| s.contains(t)).map(|(f, _)| *f).collect() };
+        let sources = |t: &str| -> Vec<SocketAddrV4> {
+            gets.iter()
+                .filter(|(_, s)| s.contains(t))
+                .map(|(f, _)| *f)
+                .collect()
+        };
         let (s0, s1) = (sources(&targets[0]), sources(&targets[1]));
-        assert!(s0.iter().all(|a| !s1.contains(a)), "lookups of one user in two periods came from one source");
+        assert!(
+            s0.iter().all(|a| !s1.contains(a)),
+            "lookups of one user in two periods came from one source"
+        );
     }
     drop(servers);
 }
@@ -232,5 +321,7 @@ fn sha1(data: &[u8]) -> [u8; 20] {
 }
 
 fn iroh_public(secret: &[u8; 32]) -> &'static [u8; 32] {
-    Box::leak(Box::new(*iroh::SecretKey::from_bytes(secret).public().as_bytes()))
+    Box::leak(Box::new(
+        *iroh::SecretKey::from_bytes(secret).public().as_bytes(),
+    ))
 }
