@@ -272,6 +272,10 @@ impl RecordCache {
         Ok(&self.entries[&key])
     }
 
+    pub fn all(&self) -> impl Iterator<Item = &VerifiedRecord> {
+        self.entries.values()
+    }
+
     pub fn get(
         &self,
         account: &AccountKey,

@@ -57,6 +57,21 @@ enum Command {
         /// Discovery period length in minutes (default from config.toml: 1440).
         #[arg(long, value_name = "MINUTES")]
         period_minutes: Option<u64>,
+        /// Relay server URL (comma-separated or repeated); replaces config.toml's list.
+        #[arg(long, value_name = "URL", value_delimiter = ',')]
+        relay: Option<Vec<String>>,
+        /// Send everything through the relays: no peer ever learns this machine's IP address.
+        #[arg(long)]
+        relay_only: bool,
+    },
+    /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
+    Relay {
+        /// TCP address to serve on (plain HTTP; put it behind TLS, or use --tls-cert/--tls-key, in public).
+        #[arg(long, default_value = "127.0.0.1:3340")]
+        listen: std::net::SocketAddr,
+        /// Announce this relay in the DHT (BEP5, well-known infohash) through these bootstrap nodes.
+        #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+        announce_via: Option<Vec<String>>,
     },
     /// Measure finding people by address on a local DHT testnet (cold, warm, 30% of nodes killed) against
     /// an unblinded reference; print and save numbers.
@@ -318,12 +333,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             tokio::signal::ctrl_c().await?;
         }
+        Command::Relay {
+            listen,
+            announce_via,
+        } => crate::relay::run(listen, announce_via).await?,
         Command::Daemon {
             listen,
             bootstrap,
             no_dht,
             publish_direct,
             period_minutes,
+            relay,
+            relay_only,
         } => {
             let home = home()?;
             let profile = Profile::new(&home);
@@ -342,6 +363,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 no_dht,
                 publish_direct: publish_direct.then_some(true),
                 period_minutes,
+                relays: relay,
+                relay_only,
             };
             let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(
@@ -406,7 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("Added {} ({})", s(v, "name"), s(v, "address"));
                 if v.get("has_route") == Some(&Value::Bool(false)) {
                     println!(
-                        "No route to them yet: ask for their card (`kith card`) so kith knows where to reach them."
+                        "Their card was not given: kith will look them up by address in the DHT."
                     );
                 }
             });

@@ -8,4 +8,5 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod process;
+pub mod relay;
 pub mod testnet;

@@ -17,6 +17,12 @@ use std::time::Duration;
 /// they pass their own list (a local testnet) or none.
 pub use mainline::{RequestFilter, RequestSpecific};
 
+/// The BEP5 infohash under which public kith relays announce themselves: SHA-1("kith relay v1").
+pub const RELAY_INFOHASH: [u8; 20] = [
+    0xdf, 0xeb, 0x0f, 0xa4, 0x92, 0x01, 0xfd, 0x18, 0x75, 0xdf, 0x56, 0xe3, 0x94, 0x9c, 0x3d, 0xf1,
+    0xbe, 0x75, 0x97, 0x05,
+];
+
 pub const DEFAULT_BOOTSTRAP: [&str; 3] = [
     "router.bittorrent.com:6881",
     "dht.transmissionbt.com:6881",
@@ -169,6 +175,34 @@ impl KithDht {
         }
     }
 
+    /// Peers announced under `infohash` (BEP5), as they arrive, up to `max` or `wait`.
+    pub async fn get_peers(
+        &self,
+        infohash: [u8; 20],
+        max: usize,
+        wait: Duration,
+    ) -> Vec<std::net::SocketAddrV4> {
+        let Ok(id) = mainline::Id::from_bytes(infohash) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        let mut stream = self.dht.get_peers(id);
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(batch) = stream.next().await {
+                for p in batch {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+                if out.len() >= max {
+                    break;
+                }
+            }
+        })
+        .await;
+        out
+    }
+
     /// Announces `port` under `infohash` (BEP5), e.g. a relay announcing itself.
     pub async fn announce(&self, infohash: [u8; 20], port: u16) -> Result<(), DhtError> {
         let id =
@@ -186,4 +220,15 @@ pub struct DhtInfo {
     pub local: String,
     pub size_estimate: usize,
     pub firewalled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relay_infohash_is_sha1_of_its_label() {
+        assert_eq!(
+            super::RELAY_INFOHASH,
+            sha1_smol::Sha1::from(b"kith relay v1").digest().bytes()
+        );
+    }
 }

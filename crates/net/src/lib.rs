@@ -19,10 +19,14 @@ mod discovery;
 mod session;
 
 pub use discovery::{BoxFuture, Discovery, StaticDiscovery};
-pub use session::{PathKind, Session, SessionError, SessionReader, SessionWriter, path_kind};
+pub use session::{
+    PathKind, Session, SessionError, SessionReader, SessionWriter, ip_paths, path_kind,
+};
 
 use iroh::endpoint::{PortmapperConfig, presets};
-use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};
+use iroh::{
+    Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr,
+};
 use kith_core::hello::Hello;
 use kith_core::{AccountKey, EndpointKey};
 use std::net::SocketAddr;
@@ -45,6 +49,10 @@ pub enum BindError {
         "cannot open the network endpoint: {0} (is the port already in use by another program?)"
     )]
     Endpoint(String),
+    #[error("relay URL {url:?} is invalid ({reason}): use the form https://relay.example.org/")]
+    BadRelay { url: String, reason: String },
+    #[error("relay-only mode needs at least one relay: pass --relay URL")]
+    RelayOnlyWithoutRelay,
 }
 
 /// Errors of [`Net::dial`].
@@ -67,6 +75,17 @@ pub enum DialError {
 pub struct Net {
     endpoint: Endpoint,
     discovery: Arc<dyn Discovery>,
+    relays: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+/// Relays and IP policy of an endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    /// Relay URLs (e.g. `https://relay.example.org./`, or `http://127.0.0.1:3340/` for a local one).
+    pub relays: Vec<String>,
+    /// Use no IP transport at all: every packet goes through a relay, so no peer ever learns this
+    /// machine's IP address.
+    pub relay_only: bool,
 }
 
 impl Net {
@@ -76,18 +95,47 @@ impl Net {
         bind: SocketAddr,
         discovery: Arc<dyn Discovery>,
     ) -> Result<Self, BindError> {
-        let builder = Endpoint::builder(presets::Minimal)
+        Self::bind_with(secret, bind, discovery, &NetOptions::default()).await
+    }
+
+    /// Binds the endpoint with relays and an IP policy.
+    pub async fn bind_with(
+        secret: [u8; 32],
+        bind: SocketAddr,
+        discovery: Arc<dyn Discovery>,
+        options: &NetOptions,
+    ) -> Result<Self, BindError> {
+        let relays: Vec<RelayConfig> = options
+            .relays
+            .iter()
+            .map(|u| {
+                u.parse::<RelayUrl>()
+                    .map(|url| RelayConfig::new(url, None))
+                    .map_err(|e| BindError::BadRelay {
+                        url: u.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        // Always a custom map (possibly empty), never n0's defaults; relays found later are inserted into it.
+        let relay_mode = RelayMode::Custom(relays.into_iter().collect::<RelayMap>());
+        let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::from_bytes(&secret))
             .alpns(vec![ALPN.to_vec()])
-            .relay_mode(RelayMode::Disabled)
+            .relay_mode(relay_mode)
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
-            .clear_ip_transports()
-            .bind_addr(bind)
-            .map_err(|e| BindError::BadAddress {
+            .clear_ip_transports();
+        if options.relay_only {
+            if options.relays.is_empty() {
+                return Err(BindError::RelayOnlyWithoutRelay);
+            }
+        } else {
+            builder = builder.bind_addr(bind).map_err(|e| BindError::BadAddress {
                 addr: bind,
                 reason: e.to_string(),
             })?;
+        }
         let endpoint = builder
             .bind()
             .await
@@ -95,7 +143,44 @@ impl Net {
         Ok(Self {
             endpoint,
             discovery,
+            relays: Arc::new(std::sync::RwLock::new(options.relays.clone())),
         })
+    }
+
+    /// The relay URLs this endpoint uses.
+    pub fn relays(&self) -> Vec<String> {
+        self.relays
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts using another relay (e.g. one found in the DHT).
+    pub async fn add_relay(&self, url: &str) -> Result<(), BindError> {
+        let parsed: RelayUrl =
+            url.parse()
+                .map_err(|e: iroh::RelayUrlParseError| BindError::BadRelay {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        self.endpoint
+            .insert_relay(parsed.clone(), Arc::new(RelayConfig::new(parsed, None)))
+            .await;
+        let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
+        if !relays.iter().any(|r| r == url) {
+            relays.push(url.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoint is connected to at least one relay.
+    pub fn relay_connected(&self) -> bool {
+        use iroh::Watcher;
+        self.endpoint
+            .home_relay_status()
+            .get()
+            .iter()
+            .any(|s| s.is_connected())
     }
 
     /// The endpoint key peers see on the QUIC layer.

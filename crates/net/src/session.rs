@@ -144,6 +144,11 @@ impl Session {
     }
 }
 
+/// How many open paths of the connection run over IP (as opposed to through a relay).
+pub fn ip_paths(conn: &Connection) -> usize {
+    conn.paths().iter().filter(|p| p.is_ip()).count()
+}
+
 /// Describes why a connection closed, with the peer's stated reason when it gave one.
 fn describe_close(conn: &Connection) -> String {
     match conn.close_reason() {

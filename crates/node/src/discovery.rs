@@ -227,6 +227,20 @@ impl NodeDiscovery {
         found
     }
 
+    /// Relays named in cached records of contacts: candidates for our own.
+    pub fn contact_relays(&self) -> Vec<String> {
+        lock(&self.cache)
+            .all()
+            .flat_map(|r| {
+                r.body()
+                    .devices
+                    .iter()
+                    .flat_map(|d| d.relays.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn cached(&self, account: &AccountKey, now: u64) -> Option<VerifiedRecord> {
         let cache = lock(&self.cache);
         lookup_periods(now, self.config.period_minutes)
@@ -280,6 +294,33 @@ impl NodeDiscovery {
         }
         Ok(done)
     }
+}
+
+/// Measures a relay's round trip with an HTTP probe of its `/ping` path; `None` if it does not answer
+/// with 200 within two seconds. Plain HTTP relays only (https ones are probed by iroh itself once used).
+pub async fn probe_relay(url: &str) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let host = rest.split('/').next()?;
+    let t0 = std::time::Instant::now();
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+        s.write_all(
+            format!("GET /ping HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()??;
+    Some(t0.elapsed())
 }
 
 /// A per-period offset in [0, 2^32) derived from the blinded secret: constant within a period (so sequence

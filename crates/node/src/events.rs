@@ -28,6 +28,8 @@ pub enum Event {
     RecordPublished { period: u64, seq: i64 },
     /// A new discovery period began and the node now listens with that period's endpoint key.
     EndpointRotated { period: u64 },
+    /// The node started using a relay it found (DHT announcement or a contact's record).
+    RelayAdded { url: String, rtt_ms: u64 },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

@@ -45,6 +45,9 @@ pub struct DaemonOptions {
     pub no_dht: bool,
     pub publish_direct: Option<bool>,
     pub period_minutes: Option<u64>,
+    /// Replaces the configured relays.
+    pub relays: Option<Vec<String>>,
+    pub relay_only: bool,
 }
 
 pub async fn run_daemon(
@@ -85,6 +88,16 @@ pub async fn run_daemon(
             publish_direct: options.publish_direct.unwrap_or(config.publish_direct),
         },
         dht,
+        net: kith_net::NetOptions {
+            relays: options
+                .relays
+                .clone()
+                .unwrap_or(config.relays.clone())
+                .into_iter()
+                .filter(|r| !r.trim().is_empty())
+                .collect(),
+            relay_only: options.relay_only || config.relay_only,
+        },
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)

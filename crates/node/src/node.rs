@@ -145,6 +145,8 @@ pub struct NodeConfig {
     pub discovery: DiscoveryConfig,
     /// The DHT node to start, if any.
     pub dht: Option<DhtConfig>,
+    /// Relays and IP policy of the endpoint.
+    pub net: kith_net::NetOptions,
 }
 
 /// How often the node republishes its discovery records (BEP44 items expire after about two hours).
@@ -200,6 +202,9 @@ pub struct ConnectionView {
     pub peer: String,
     pub path: String,
     pub since_ms: i64,
+    /// Open paths of this connection that run over IP (0 when only relays are used: the peer's endpoint
+    /// then knows no IP address of ours, nor we of theirs).
+    pub ip_paths: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +220,9 @@ pub struct StatusView {
     pub contacts: usize,
     pub requests: u64,
     pub uptime_secs: u64,
+    pub relays: Vec<String>,
+    pub relay_connected: bool,
+    pub relay_only: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -254,10 +262,11 @@ impl Node {
         });
         let now = unix_now();
         let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
-        let net = Net::bind(
+        let net = Net::bind_with(
             *id.device.endpoint_seed(period.0),
             config.listen,
             discovery.clone(),
+            &config.net,
         )
         .await
         .map_err(|e| NodeError::Net(e.to_string()))?;
@@ -308,6 +317,7 @@ impl Node {
         tokio::spawn(node.clone().announce());
         tokio::spawn(node.clone().publisher());
         tokio::spawn(node.clone().rotator());
+        tokio::spawn(node.clone().relay_finder());
         Ok(node)
     }
 
@@ -321,7 +331,7 @@ impl Node {
         let hints = Hints {
             endpoint: Some(net.endpoint_key()),
             direct,
-            relays: vec![],
+            relays: net.relays().into_iter().take(4).collect(),
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
@@ -345,6 +355,68 @@ impl Node {
             device_cert: self.id.device_cert.clone(),
             endpoint_cert: st.endpoint_cert.clone(),
             card: Some(st.card.to_bytes()),
+        }
+    }
+
+    /// Finds relays announced in the DHT (and in contacts' records) when none is configured, probes them and
+    /// uses the ones that answer fastest. Repeats while no relay is connected.
+    async fn relay_finder(self: Arc<Self>) {
+        if !self.config.net.relays.is_empty() || self.discovery.dht.is_none() {
+            return;
+        }
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let mut candidates: Vec<String> = vec![];
+            let now = unix_now();
+            let period = kith_core::blind::period_at(now, self.config.discovery.period_minutes);
+            if let Some(dhts) = &self.discovery.dht
+                && let Ok(client) = dhts.client(period, period)
+            {
+                for peer in client
+                    .get_peers(kith_net::dht::RELAY_INFOHASH, 16, Duration::from_secs(3))
+                    .await
+                {
+                    candidates.push(format!("http://{peer}/"));
+                }
+            }
+            candidates.extend(self.discovery.contact_relays());
+            candidates.sort();
+            candidates.dedup();
+            let mut timed = vec![];
+            for url in candidates {
+                if let Some(rtt) = crate::discovery::probe_relay(&url).await {
+                    timed.push((rtt, url));
+                }
+            }
+            timed.sort();
+            let mut added = 0;
+            for (rtt, url) in timed.into_iter().take(2) {
+                if self.net().add_relay(&url).await.is_ok() {
+                    tracing::info!(
+                        rtt_ms = rtt.as_millis() as u64,
+                        "using a relay found in the network"
+                    );
+                    self.emit(Event::RelayAdded {
+                        url: url.clone(),
+                        rtt_ms: rtt.as_millis() as u64,
+                    });
+                    added += 1;
+                }
+            }
+            if added > 0 {
+                if let Ok(card) = Self::make_card(&self.id, &self.net(), unix_now()) {
+                    lock(&self.state).card = card;
+                }
+                self.republish.notify_one();
+            }
+            let wait = if self.net().relays().is_empty() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(30 * 60)
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -384,7 +456,11 @@ impl Node {
                 self.config.listen,
                 SocketAddr::new(self.config.listen.ip(), 0),
             ] {
-                match Net::bind(*seed, addr, self.discovery.clone()).await {
+                let options = kith_net::NetOptions {
+                    relays: old.relays(),
+                    relay_only: self.config.net.relay_only,
+                };
+                match Net::bind_with(*seed, addr, self.discovery.clone(), &options).await {
                     Ok(n) => {
                         new = Some(n);
                         break;
@@ -510,7 +586,7 @@ impl Node {
                 endpoint: kith_core::EndpointKey::from_seed(
                     &self.id.device.endpoint_seed(period.0),
                 ),
-                relays: vec![],
+                relays: self.net().relays().into_iter().take(4).collect(),
                 direct: self
                     .net()
                     .local_addrs()
@@ -1033,13 +1109,18 @@ impl Node {
         let contacts = lock(&self.store).contacts()?.len();
         let (conns, in_flight) = {
             let st = lock(&self.state);
-            let conns: Vec<(AccountKey, i64, PathKind)> = st
+            let conns: Vec<(AccountKey, i64, PathKind, usize)> = st
                 .peers
                 .iter()
                 .filter_map(|(a, p)| {
-                    p.conns
-                        .last()
-                        .map(|c| (*a, c.since_ms, kith_net::path_kind(&c.conn)))
+                    p.conns.last().map(|c| {
+                        (
+                            *a,
+                            c.since_ms,
+                            kith_net::path_kind(&c.conn),
+                            kith_net::ip_paths(&c.conn),
+                        )
+                    })
                 })
                 .collect();
             (conns, st.peers.values().map(|p| p.outbox.in_flight()).sum())
@@ -1051,10 +1132,11 @@ impl Node {
             listen: self.net().local_addrs(),
             connections: conns
                 .into_iter()
-                .map(|(a, since_ms, kind)| ConnectionView {
+                .map(|(a, since_ms, kind, ip_paths)| ConnectionView {
                     peer: self.label(&a),
                     path: path_name(kind).into(),
                     since_ms,
+                    ip_paths,
                 })
                 .collect(),
             outbox,
@@ -1063,6 +1145,9 @@ impl Node {
             contacts,
             requests,
             uptime_secs: self.started.elapsed().as_secs(),
+            relays: self.net().relays(),
+            relay_connected: self.net().relay_connected(),
+            relay_only: self.config.net.relay_only,
         })
     }
 

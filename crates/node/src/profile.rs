@@ -111,6 +111,12 @@ pub struct Config {
     /// Publish direct IP addresses in the discovery record, readable by anyone who knows your address.
     #[serde(default)]
     pub publish_direct: bool,
+    /// Relay servers to be reachable through (URLs).
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Send everything through relays: no peer ever learns this machine's IP address.
+    #[serde(default)]
+    pub relay_only: bool,
 }
 
 fn default_bootstrap() -> Vec<String> {
@@ -300,6 +306,8 @@ impl Profile {
             dht_server: false,
             period_minutes: default_period(),
             publish_direct: false,
+            relays: vec![],
+            relay_only: false,
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
@@ -309,7 +317,8 @@ impl Profile {
              #   bootstrap       Mainline DHT nodes to join through; the routing table saved at exit is used too\n\
              #   dht_bind        local IPv4 address of the DHT node; dht_server: answer other nodes' queries\n\
              #   period_minutes  length of a discovery period\n\
-             #   publish_direct  put your IP addresses in your discovery record (anyone with your address reads it)\n{}",
+             #   publish_direct  put your IP addresses in your discovery record (anyone with your address reads it)\n\
+             #   relays          relay servers (URLs) to be reachable through; relay_only: never use a direct path\n{}",
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
