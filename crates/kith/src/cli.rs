@@ -63,6 +63,9 @@ enum Command {
         /// Send everything through the relays: no peer ever learns this machine's IP address.
         #[arg(long)]
         relay_only: bool,
+        /// Local IPv4 address of the DHT node (default from config.toml: 127.0.0.1).
+        #[arg(long, value_name = "IP")]
+        dht_bind: Option<std::net::Ipv4Addr>,
     },
     /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
     Relay {
@@ -87,6 +90,9 @@ enum Command {
     Testnet {
         #[arg(long, default_value_t = 20)]
         nodes: usize,
+        /// Bind every node to this IPv4 address (distinct ports) instead of one 127.0.x.y address each.
+        #[arg(long)]
+        bind: Option<std::net::Ipv4Addr>,
         /// Also write the bootstrap list (one host:port per line) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -117,7 +123,13 @@ enum Command {
     /// Show the safety number shared with a contact: compare it in person.
     Verify { name: String },
     /// Send a message to a contact.
-    Send { name: String, text: String },
+    Send {
+        name: String,
+        text: String,
+        /// Wait until the message is delivered (the recipient stored it), up to this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
     /// Show the history with a contact, with each message's state.
     Chat {
         name: String,
@@ -315,11 +327,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
         }
-        Command::Testnet { nodes, out } => {
+        Command::Testnet { nodes, out, bind } => {
             if nodes == 0 || nodes > 2000 {
                 return Err(user("--nodes must be between 1 and 2000"));
             }
-            let net = crate::testnet::Testnet::start(nodes)
+            let net = crate::testnet::Testnet::start_on(nodes, bind)
                 .await
                 .map_err(|e| user(format!("cannot start the testnet: {e}")))?;
             let list = net.bootstrap().join("\n");
@@ -345,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             period_minutes,
             relay,
             relay_only,
+            dht_bind,
         } => {
             let home = home()?;
             let profile = Profile::new(&home);
@@ -365,6 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 period_minutes,
                 relays: relay,
                 relay_only,
+                dht_bind,
             };
             let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(
@@ -478,13 +492,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             });
         }
-        Command::Send { name, text } => {
+        Command::Send { name, text, wait } => {
             let client = Client::for_profile(&home()?)?;
-            let v = client
+            // Subscribe before sending, so the delivered event cannot be missed.
+            let watcher = match wait {
+                Some(_) => Some(crate::client::Watcher::start(&client).await?),
+                None => None,
+            };
+            let mut v = client
                 .post("/v1/messages", json!({ "to": name, "text": text }))
                 .await?;
-            out(json_mode, &v, |v| {
-                println!("queued #{} to {}", v["seq"], s(v, "to"))
+            if let (Some(w), Some(secs)) = (watcher, wait) {
+                let seq = v["seq"].as_u64().unwrap_or(0);
+                let t0 = std::time::Instant::now();
+                if !w
+                    .wait_for(std::time::Duration::from_secs(secs), |w| {
+                        w.delivered_at(&name, seq).is_some()
+                    })
+                    .await
+                {
+                    return Err(user(format!(
+                        "message #{seq} to {name} is queued but was not delivered within {secs} s; kith keeps trying"
+                    )));
+                }
+                v["state"] = json!("delivered");
+                v["delivered_after_ms"] = json!(t0.elapsed().as_millis() as u64);
+            }
+            out(json_mode, &v, |v| match v["delivered_after_ms"].as_u64() {
+                Some(ms) => println!("delivered #{} to {} ({ms} ms)", v["seq"], s(v, "to")),
+                None => println!("queued #{} to {}", v["seq"], s(v, "to")),
             });
         }
         Command::Chat { name, limit } => {

@@ -17,12 +17,21 @@ pub fn node_ip(i: usize) -> Ipv4Addr {
 
 impl Testnet {
     pub async fn start(count: usize) -> Result<Self, kith_net::dht::DhtError> {
+        Self::start_on(count, None).await
+    }
+
+    /// Like [`Self::start`], but with `bind` every node shares that address (on its own port): for
+    /// networks in namespaces, where the testnet must be reachable from other hosts.
+    pub async fn start_on(
+        count: usize,
+        bind: Option<Ipv4Addr>,
+    ) -> Result<Self, kith_net::dht::DhtError> {
         let mut nodes = Vec::with_capacity(count);
         let mut bootstrap: Vec<String> = vec![];
         for i in 0..count {
             let config = DhtConfig {
                 bootstrap: bootstrap.iter().take(8).cloned().collect(),
-                bind: node_ip(i),
+                bind: bind.unwrap_or_else(|| node_ip(i)),
                 port: None,
                 server: true,
             };

@@ -48,6 +48,7 @@ pub struct DaemonOptions {
     /// Replaces the configured relays.
     pub relays: Option<Vec<String>>,
     pub relay_only: bool,
+    pub dht_bind: Option<std::net::Ipv4Addr>,
 }
 
 pub async fn run_daemon(
@@ -72,7 +73,7 @@ pub async fn run_daemon(
     bootstrap.extend(profile.saved_dht_nodes());
     let dht = (!options.no_dht).then_some(kith_net::dht::DhtConfig {
         bootstrap,
-        bind: config.dht_bind,
+        bind: options.dht_bind.unwrap_or(config.dht_bind),
         port: None,
         server: config.dht_server,
     });
