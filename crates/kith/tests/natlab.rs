@@ -199,15 +199,14 @@ impl Lab {
     /// Starts a long-running command inside `host`.
     fn spawn(&mut self, host: &str, args: &[&str], log: &Path) -> Child {
         let f = std::fs::File::create(log).unwrap();
-        let child = Command::new("ip")
+        Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
             .spawn()
-            .unwrap();
-        child
+            .unwrap()
     }
 
     fn run(&self, host: &str, args: &[&str]) -> (bool, String, String) {
