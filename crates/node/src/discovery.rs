@@ -28,7 +28,7 @@ use std::time::Duration;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Interval between hedged lookup rounds, and how many rounds at most.
 const HEDGE: Duration = Duration::from_millis(250);
-const MAX_ROUNDS: u32 = 8;
+const MAX_ROUNDS: u32 = 12;
 /// Clock skew tolerated around period boundaries.
 const SKEW_SECS: u64 = 5 * 60;
 

@@ -579,6 +579,8 @@ impl Node {
         if self.discovery.dht.is_none() {
             return;
         }
+        // A fresh DHT client may fail its first publish (it has not joined yet): retry quickly, then back off.
+        let mut retry = Duration::from_millis(300);
         loop {
             // Each period's record names that period's endpoint (the next one is bound at the boundary).
             let entry = |period: kith_core::blind::PeriodNum| DeviceEntry {
@@ -602,11 +604,14 @@ impl Node {
                             seq,
                         });
                     }
+                    retry = Duration::from_millis(300);
                     REPUBLISH
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "publishing the discovery record failed; retrying soon");
-                    Duration::from_secs(5)
+                    let delay = retry;
+                    retry = (retry * 2).min(Duration::from_secs(60));
+                    delay
                 }
             };
             tokio::select! {
