@@ -40,7 +40,7 @@ use sha2::{Digest, Sha512};
 use sha3::Sha3_256;
 use zeroize::Zeroizing;
 
-use crate::identity::{AccountKey, AccountSecret, BadSignature, InvalidKey, Signature};
+use crate::identity::{AccountKey, AccountSecret, Signature};
 
 /// `BLIND_STRING = "Derive temporary signing key" || INT_1(0)`.
 const BLIND_STRING: &[u8] = b"Derive temporary signing key\0";
@@ -91,38 +91,10 @@ pub enum BlindError {
     Torsion,
 }
 
-/// A blinded public key `A'` for one account and one period.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BlindedKey([u8; 32]);
-
-impl BlindedKey {
-    /// Checks that the bytes are a valid Ed25519 point and wraps them.
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, InvalidKey> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| InvalidKey)?;
-        Ok(Self(bytes))
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Verifies `sig` over `msg` (strict: no malleable or small-order forms).
-    pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), BadSignature> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
-        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
-            .map_err(|_| BadSignature)
-    }
-}
-
-impl fmt::Debug for BlindedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "BlindedKey({:02x}{:02x}{:02x}..)",
-            self.0[0], self.0[1], self.0[2]
-        )
-    }
-}
+crate::identity::public_key!(
+    BlindedKey,
+    "A blinded public key `A'` for one account and one period."
+);
 
 /// The blinded secret `(a', RH')` for one account and one period. Zeroized on drop (the inner
 /// `ExpandedSecretKey` wipes itself); prints as `Secret(..)`.
@@ -241,6 +213,7 @@ pub fn blind_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{BadSignature, InvalidKey};
     use proptest::prelude::*;
 
     fn hex32(s: &str) -> [u8; 32] {

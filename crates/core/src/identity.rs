@@ -8,7 +8,7 @@
 //! Each role is its own type so the compiler stops us from using a device key where an account key belongs.
 //! Secrets zeroize on drop and print as `Secret(..)`.
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -44,26 +44,35 @@ pub struct BadSignature;
 #[error("not a valid public key")]
 pub struct InvalidKey;
 
+/// Defines a public-key newtype: validated on construction, strict verification, short Debug output.
 macro_rules! public_key {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+        )]
         pub struct $name([u8; 32]);
 
         impl $name {
             /// Checks that the bytes are a valid Ed25519 point and wraps them.
-            pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, InvalidKey> {
-                VerifyingKey::from_bytes(&bytes).map_err(|_| InvalidKey)?;
+            pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, $crate::identity::InvalidKey> {
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| $crate::identity::InvalidKey)?;
                 Ok(Self(bytes))
             }
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0
             }
             /// Verifies `sig` over `msg` (strict: no malleable or small-order forms).
-            pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), BadSignature> {
-                let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
+            pub fn verify(
+                &self,
+                msg: &[u8],
+                sig: &$crate::identity::Signature,
+            ) -> Result<(), $crate::identity::BadSignature> {
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+                    .map_err(|_| $crate::identity::BadSignature)?;
                 key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
-                    .map_err(|_| BadSignature)
+                    .map_err(|_| $crate::identity::BadSignature)
             }
             /// A short, non-identifying-enough-to-matter prefix for debugging output.
             pub fn short(&self) -> String {
@@ -71,13 +80,14 @@ macro_rules! public_key {
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, concat!(stringify!($name), "({}..)"), self.short())
             }
         }
     };
 }
+pub(crate) use public_key;
 
 public_key!(
     AccountKey,

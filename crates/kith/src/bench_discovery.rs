@@ -48,10 +48,6 @@ async fn first_message(a: &Daemon, b: &Daemon, text: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-fn address(d: &Daemon) -> anyhow::Result<String> {
-    Ok(kith_core::Address::new(kith_node::Profile::new(&d.home).public()?.account).to_string())
-}
-
 async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let exe = kith_exe();
     let mut cold = vec![];
@@ -66,7 +62,7 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
             d.bootstrap = Some(net.bootstrap());
             d.extra_args = vec!["--publish-direct".into()];
         }
-        let (addr_a, addr_b) = (address(&a)?, address(&b)?);
+        let (addr_a, addr_b) = (a.address()?, b.address()?);
         let t0 = Instant::now();
         a.start().await?;
         b.start().await?;

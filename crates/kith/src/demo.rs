@@ -93,14 +93,21 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     println!(
         "  local Mainline DHT testnet: 20 nodes on 127.0.1.x (the public DHT is never contacted)"
     );
+    let (_relay, relay_url) = crate::relay::start("127.0.0.1:0".parse()?).await?;
+    println!("  local relay: {relay_url} (records carry only the relay, never an IP address)");
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
-        let mut d = Daemon::init(&exe, &dir.path().join(name), name)?;
-        d.bootstrap = Some(testnet.bootstrap());
-        // No relays in this release yet: on loopback the records carry the direct addresses.
-        d.extra_args = vec!["--publish-direct".into()];
-        d.start().await?;
-        nodes.push(d);
+        let args = vec![format!("--relay={relay_url}")];
+        nodes.push(
+            Daemon::spawn(
+                &exe,
+                &dir.path().join(name),
+                name,
+                Some(testnet.bootstrap()),
+                args,
+            )
+            .await?,
+        );
     }
     println!(
         "  started 3 daemons in {:.0} ms",
@@ -108,26 +115,8 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     );
     // alice and bob know only each other's address: they find each other through the DHT.
     let t = Instant::now();
-    let addr = |d: &Daemon| -> anyhow::Result<String> {
-        Ok(kith_node::Profile::new(&d.home)
-            .public()
-            .map(|p| kith_core::Address::new(p.account).to_string())?)
-    };
-    let (a_addr, b_addr) = (addr(&nodes[0])?, addr(&nodes[1])?);
-    nodes[0]
-        .client()
-        .post(
-            "/v1/contacts",
-            serde_json::json!({ "contact": b_addr, "name": "bob" }),
-        )
-        .await?;
-    nodes[1]
-        .client()
-        .post(
-            "/v1/contacts",
-            serde_json::json!({ "contact": a_addr, "name": "alice" }),
-        )
-        .await?;
+    nodes[0].add_by_address(&nodes[1]).await?;
+    nodes[1].add_by_address(&nodes[0]).await?;
     {
         let w = nodes[0].watcher().await?;
         let seq = nodes[0]
@@ -142,8 +131,14 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         {
             anyhow::bail!("alice could not reach bob by address through the DHT");
         }
+        let st = nodes[0].client().get("/v1/status").await?;
+        let path = st["connections"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["peer"] == "bob"))
+            .map(|c| c["path"].as_str().unwrap_or("?").to_owned())
+            .unwrap_or_else(|| "?".into());
         println!(
-            "  alice added bob by address only; first message delivered {:.0} ms later (DHT lookup + connect)",
+            "  alice added bob by address only; first message delivered {:.0} ms later (DHT lookup + connect; path now {path})",
             t.elapsed().as_secs_f64() * 1000.0
         );
     }

@@ -161,6 +161,42 @@ impl Drop for Daemon {
     }
 }
 
+impl Daemon {
+    /// Creates a fresh profile and starts its daemon with these DHT and extra options.
+    pub async fn spawn(
+        exe: &Path,
+        home: &Path,
+        name: &str,
+        bootstrap: Option<Vec<String>>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let mut d = Self::init(exe, home, name)?;
+        d.bootstrap = bootstrap;
+        d.extra_args = extra_args;
+        d.start().await?;
+        Ok(d)
+    }
+
+    /// This profile's `kith:` address (read from the profile, no daemon needed).
+    pub fn address(&self) -> anyhow::Result<String> {
+        Ok(
+            kith_core::Address::new(kith_node::Profile::new(&self.home).public()?.account)
+                .to_string(),
+        )
+    }
+
+    /// Adds `other` as a contact by its address alone (no card, no hints), under `other`'s name.
+    pub async fn add_by_address(&self, other: &Daemon) -> anyhow::Result<()> {
+        self.client()
+            .post(
+                "/v1/contacts",
+                serde_json::json!({ "contact": other.address()?, "name": other.name }),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// Adds `b` as a contact of `a` (by `b`'s card) under `b`'s name.
 pub async fn introduce(a: &Daemon, b: &Daemon) -> anyhow::Result<()> {
     let card = b.client().get("/v1/card").await?;

@@ -3,7 +3,6 @@
 
 use kith::process::Daemon;
 use kith::testnet::Testnet;
-use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,16 +10,16 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kith"))
 }
 
-fn address(d: &Daemon) -> String {
-    kith_core::Address::new(kith_node::Profile::new(&d.home).public().unwrap().account).to_string()
-}
-
 async fn daemon(dir: &Path, name: &str, bootstrap: Vec<String>) -> Daemon {
-    let mut d = Daemon::init(exe(), &dir.join(name), name).unwrap();
-    d.bootstrap = Some(bootstrap);
-    d.extra_args = vec!["--publish-direct".into()];
-    d.start().await.unwrap();
-    d
+    Daemon::spawn(
+        exe(),
+        &dir.join(name),
+        name,
+        Some(bootstrap),
+        vec!["--publish-direct".into()],
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,21 +28,8 @@ async fn address_alone_is_enough_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
     let bob = daemon(dir.path(), "bob", net.bootstrap()).await;
-    alice
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&bob), "name": "bob" }),
-        )
-        .await
-        .unwrap();
-    bob.client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&alice), "name": "alice" }),
-        )
-        .await
-        .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
+    bob.add_by_address(&alice).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let s1 = alice.client().send("bob", "hi bob").await.unwrap();
@@ -111,14 +97,7 @@ async fn saved_routing_table_rejoins_without_bootstrap() {
     // Restart with an empty bootstrap list.
     alice.bootstrap = Some(vec![]);
     alice.start().await.unwrap();
-    alice
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&bob), "name": "bob" }),
-        )
-        .await
-        .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let seq = alice
         .client()
@@ -190,29 +169,9 @@ async fn logs_never_leak_addresses_or_keys() {
     let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
     let mut bob = daemon(dir.path(), "bob", net.bootstrap()).await;
     let mallory = daemon(dir.path(), "mallory", net.bootstrap()).await;
-    alice
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&bob), "name": "bob" }),
-        )
-        .await
-        .unwrap();
-    bob.client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&alice), "name": "alice" }),
-        )
-        .await
-        .unwrap();
-    mallory
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&alice), "name": "alice" }),
-        )
-        .await
-        .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
+    bob.add_by_address(&alice).await.unwrap();
+    mallory.add_by_address(&alice).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let wm = mallory.watcher().await.unwrap();
     let s = alice.client().send("bob", "one").await.unwrap();
@@ -256,7 +215,10 @@ async fn logs_never_leak_addresses_or_keys() {
             format!("{} account hex", d.name),
             hex::encode(acct.as_bytes()),
         ));
-        secrets.push((format!("{} address", d.name), address(d)[5..].to_owned()));
+        secrets.push((
+            format!("{} address", d.name),
+            d.address().unwrap()[5..].to_owned(),
+        ));
         secrets.push((
             format!("{} device hex", d.name),
             hex::encode(public.device.as_bytes()),
@@ -313,30 +275,27 @@ async fn logs_never_leak_addresses_or_keys() {
 async fn endpoint_keys_rotate_every_period_and_contacts_follow() {
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = vec![];
-    for name in ["alice", "bob"] {
-        let mut d = Daemon::init(exe(), &dir.path().join(name), name).unwrap();
-        d.bootstrap = Some(net.bootstrap());
-        d.extra_args = vec!["--publish-direct".into(), "--period-minutes=1".into()];
-        d.start().await.unwrap();
-        nodes.push(d);
-    }
-    let (alice, bob) = (&nodes[0], &nodes[1]);
-    alice
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(bob), "name": "bob" }),
-        )
-        .await
-        .unwrap();
-    bob.client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(alice), "name": "alice" }),
-        )
-        .await
-        .unwrap();
+    let args = || vec!["--publish-direct".into(), "--period-minutes=1".into()];
+    let alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        args(),
+    )
+    .await
+    .unwrap();
+    let bob = Daemon::spawn(
+        exe(),
+        &dir.path().join("bob"),
+        "bob",
+        Some(net.bootstrap()),
+        args(),
+    )
+    .await
+    .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
+    bob.add_by_address(&alice).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let s = alice.client().send("bob", "before").await.unwrap();

@@ -13,10 +13,6 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kith"))
 }
 
-fn address(d: &Daemon) -> String {
-    kith_core::Address::new(kith_node::Profile::new(&d.home).public().unwrap().account).to_string()
-}
-
 fn connection<'a>(status: &'a Value, peer: &str) -> &'a Value {
     status["connections"]
         .as_array()
@@ -35,29 +31,26 @@ async fn relay_only_peer_never_reveals_its_ip() {
         .unwrap();
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = Daemon::init(exe(), &dir.path().join("alice"), "alice").unwrap();
-    alice.bootstrap = Some(net.bootstrap());
-    alice.extra_args = vec![format!("--relay={url}")];
-    alice.start().await.unwrap();
-    let mut bob = Daemon::init(exe(), &dir.path().join("bob"), "bob").unwrap();
-    bob.bootstrap = Some(net.bootstrap());
-    bob.extra_args = vec![format!("--relay={url}"), "--relay-only".into()];
-    bob.start().await.unwrap();
-    alice
-        .client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&bob), "name": "bob" }),
-        )
-        .await
-        .unwrap();
-    bob.client()
-        .post(
-            "/v1/contacts",
-            json!({ "contact": address(&alice), "name": "alice" }),
-        )
-        .await
-        .unwrap();
+    let alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        vec![format!("--relay={url}")],
+    )
+    .await
+    .unwrap();
+    let bob = Daemon::spawn(
+        exe(),
+        &dir.path().join("bob"),
+        "bob",
+        Some(net.bootstrap()),
+        vec![format!("--relay={url}"), "--relay-only".into()],
+    )
+    .await
+    .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
+    bob.add_by_address(&alice).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let s1 = alice
@@ -118,9 +111,15 @@ async fn relays_are_found_in_the_dht_without_configuration() {
     let port = relay.http_addr().unwrap().port();
     announcer.announce(RELAY_INFOHASH, port).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = Daemon::init(exe(), &dir.path().join("alice"), "alice").unwrap();
-    alice.bootstrap = Some(net.bootstrap());
-    alice.start().await.unwrap();
+    let alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
     let wa = alice.watcher().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut relays = json!([]);

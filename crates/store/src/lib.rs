@@ -362,17 +362,38 @@ impl Store {
         Ok(seq as u64)
     }
 
+    /// An outgoing message by sequence number.
     pub fn outgoing(
         &self,
         peer: &AccountKey,
         device: &DeviceKey,
         seq: u64,
     ) -> Result<Option<Outgoing>> {
+        self.message(peer, device, seq, true)
+    }
+
+    /// A stored incoming message by sequence number.
+    pub fn incoming(
+        &self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seq: u64,
+    ) -> Result<Option<Outgoing>> {
+        self.message(peer, device, seq, false)
+    }
+
+    fn message(
+        &self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seq: u64,
+        outgoing: bool,
+    ) -> Result<Option<Outgoing>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT msg_id, body, sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3",
-                params![peer.as_bytes(), device.as_bytes(), seq as i64],
+                "SELECT msg_id, body, sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = ?4 AND device = ?2 AND seq = ?3",
+                params![peer.as_bytes(), device.as_bytes(), seq as i64, outgoing as i64],
                 |r| {
                     let id: Vec<u8> = r.get(0)?;
                     Ok(Outgoing {
@@ -416,26 +437,6 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// A stored incoming message.
-    pub fn incoming(
-        &self,
-        peer: &AccountKey,
-        device: &DeviceKey,
-        seq: u64,
-    ) -> Result<Option<Outgoing>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT msg_id, body, sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND seq = ?3",
-                params![peer.as_bytes(), device.as_bytes(), seq as i64],
-                |r| {
-                    let id: Vec<u8> = r.get(0)?;
-                    Ok(Outgoing { seq, id: id.try_into().unwrap_or([0; 16]), text: r.get(1)?, sent_at_ms: r.get::<_, i64>(2)? as u64 })
-                },
-            )
-            .optional()?)
     }
 
     pub fn mark_delivered(
