@@ -5,7 +5,7 @@ use crate::client::{Client, Watcher};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The kith executable: this one (a test passes the binary under test explicitly).
 pub fn kith_exe() -> PathBuf {
@@ -76,48 +76,60 @@ impl Daemon {
             // The daemon's own default filter, whatever the caller's environment says.
             Err(_) => cmd.env_remove("RUST_LOG"),
         };
-        let out = std::fs::OpenOptions::new()
+        let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.home.join("daemon.out"))?;
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(out)
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .context("starting kith daemon")?;
+        // The daemon prints one line when its API is up (after writing daemon.json): wait for that line
+        // instead of polling. The rest of its standard output goes to daemon.out.
+        let stdout = child.stdout.take().context("daemon stdout")?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut ready = Some(ready_tx);
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = writeln!(out, "{line}");
+                if line.starts_with("kith daemon ready")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
         let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+        match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                let status = self.child.as_mut().and_then(|c| c.wait().ok());
                 anyhow::bail!(
-                    "daemon {} exited at start ({status}); log: {}",
+                    "daemon {} exited at start ({status:?}); log: {}",
                     self.name,
                     self.home.join("daemon.log").display()
                 );
             }
-            let profile = kith_node::Profile::new(&self.home);
-            if let Some(info) = profile.daemon_info().filter(|i| i.pid == pid) {
-                let client = Client::new(
-                    &format!("http://{}", info.api),
-                    &profile.token()?,
-                    &self.home,
-                );
-                if client.get("/v1/status").await.is_ok() {
-                    self.client = Some(client);
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("daemon {} did not come up within 30 s", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(_) => anyhow::bail!("daemon {} did not come up within 30 s", self.name),
         }
+        let profile = kith_node::Profile::new(&self.home);
+        let info = profile
+            .daemon_info()
+            .filter(|i| i.pid == pid)
+            .context("daemon.json of the new daemon")?;
+        self.client = Some(Client::new(
+            &format!("http://{}", info.api),
+            &profile.token()?,
+            &self.home,
+        ));
+        Ok(())
     }
 
     pub fn client(&self) -> &Client {
@@ -143,14 +155,18 @@ impl Daemon {
             let _ = client.post("/v1/shutdown", serde_json::json!({})).await;
         }
         if let Some(mut c) = self.child.take() {
-            for _ in 0..200 {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            // Wait for the exit in a blocking thread; kill it if a clean stop takes more than 10 s.
+            let pid = c.id();
+            let waited = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || c.wait()),
+            )
+            .await;
+            if waited.is_err() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

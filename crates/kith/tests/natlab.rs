@@ -196,17 +196,53 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Starts a long-running command inside `host`.
-    fn spawn(&mut self, host: &str, args: &[&str], log: &Path) -> Child {
+    /// Starts a long-running command inside `host`; its standard output arrives line by line on the
+    /// returned channel (and in `log`, with its standard error).
+    fn spawn(
+        &mut self,
+        host: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> std::sync::mpsc::Receiver<String> {
+        use std::io::{BufRead, Write};
         let f = std::fs::File::create(log).unwrap();
-        Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
             .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
+            .stdout(Stdio::piped())
+            .stderr(f.try_clone().unwrap())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut f = f;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = writeln!(f, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        self.children.push(child);
+        rx
+    }
+
+    /// Waits for a line on `rx` that satisfies `want`; bounded.
+    fn expect_line(
+        rx: &std::sync::mpsc::Receiver<String>,
+        what: &str,
+        want: impl Fn(&str) -> bool,
+    ) -> String {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if want(&line) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("waiting for {what}: {e}"),
+            }
+        }
     }
 
     fn run(&self, host: &str, args: &[&str]) -> (bool, String, String) {
@@ -258,19 +294,6 @@ fn can_run() -> Result<(), String> {
     Ok(())
 }
 
-/// Polls a file until it has a line (a child process writing its address); bounded.
-fn wait_line(path: &Path) -> String {
-    for _ in 0..300 {
-        if let Ok(s) = std::fs::read_to_string(path)
-            && let Some(l) = s.lines().find(|l| !l.trim().is_empty())
-        {
-            return l.trim().to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{} stayed empty", path.display());
-}
-
 fn status(lab: &Lab, host: &str, home: &Path) -> serde_json::Value {
     let (ok, out, err) = lab.run(
         host,
@@ -307,34 +330,22 @@ fn nat_traversal_in_network_namespaces() {
     let mut lab = Lab::up(&prefix).unwrap_or_else(|e| panic!("building the NAT lab: {e}"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let c = lab.spawn(
+    let testnet = lab.spawn(
         "pub",
-        &[
-            exe(),
-            "testnet",
-            "--nodes",
-            "4",
-            "--bind",
-            "198.18.0.10",
-            "--out",
-            d.join("boot").to_str().unwrap(),
-        ],
+        &[exe(), "testnet", "--nodes", "4", "--bind", "198.18.0.10"],
         &d.join("testnet.log"),
     );
-    lab.children.push(c);
-    let c = lab.spawn(
+    let relay_out = lab.spawn(
         "pub",
         &[exe(), "relay", "--listen", "198.18.0.10:3340"],
-        &d.join("relay.out"),
+        &d.join("relay.log"),
     );
-    lab.children.push(c);
-    wait_line(&d.join("boot"));
-    let relay = wait_line(&d.join("relay.out"));
-    let boot = std::fs::read_to_string(d.join("boot"))
-        .unwrap()
-        .lines()
-        .collect::<Vec<_>>()
-        .join(",");
+    // `kith testnet` prints one host:port per node, `kith relay` its URL.
+    let boot: Vec<String> = (0..4)
+        .map(|_| Lab::expect_line(&testnet, "the testnet", |l| l.contains(':')))
+        .collect();
+    let boot = boot.join(",");
+    let relay = Lab::expect_line(&relay_out, "the relay URL", |l| l.starts_with("http://"));
     let homes: Vec<(&str, &str, PathBuf)> = vec![
         ("a", "10.201.1.2", d.join("a")),
         ("b", "10.201.2.2", d.join("b")),
@@ -357,23 +368,12 @@ fn nat_traversal_in_network_namespaces() {
             &relay,
         ];
         args.extend_from_slice(extra);
-        let c = lab.spawn(host, &args, &home.with_extension("log"));
-        lab.children.push(c);
-        let index = lab.children.len() - 1;
-        // Ready when the CLI reaches it.
-        for _ in 0..300 {
-            if lab
-                .run(host, &[exe(), "--home", home.to_str().unwrap(), "status"])
-                .0
-            {
-                return index;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "daemon in {host} did not start: {}",
-            std::fs::read_to_string(home.with_extension("log")).unwrap_or_default()
-        );
+        let out = lab.spawn(host, &args, &home.with_extension("log"));
+        // The daemon prints one line once its API is up.
+        Lab::expect_line(&out, &format!("the daemon in {host}"), |l| {
+            l.starts_with("kith daemon ready")
+        });
+        lab.children.len() - 1
     };
     let mut daemon_of = vec![];
     for (host, ip, home) in &homes {
