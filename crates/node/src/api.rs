@@ -191,6 +191,14 @@ async fn events(State(c): State<Ctx>) -> Response {
             rx,
         ))
     });
+    // End the stream when the daemon stops, or graceful shutdown would wait for every subscriber forever.
+    let mut stopping = c.shutdown.subscribe();
+    let stream = futures_util::StreamExt::take_until(
+        stream,
+        Box::pin(async move {
+            let _ = stopping.wait_for(|v| *v).await;
+        }),
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -116,7 +116,7 @@ pub async fn run_daemon(
         let _ = tcp.set_nodelay(true);
     });
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let app = api::router(node.clone(), token, stop_tx);
+    let app = api::router(node.clone(), token, stop_tx.clone());
     profile.write_daemon_info(&profile::DaemonInfo {
         pid: std::process::id(),
         api: api_addr,
@@ -129,6 +129,8 @@ pub async fn run_daemon(
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             _ = stop_rx.wait_for(|v| *v) => {}
         }
+        // Whatever stopped us, tell the event streams to end so the graceful shutdown can finish.
+        let _ = stop_tx.send(true);
     });
     let result = server.await;
     let table = node.dht_routing_table().await;
