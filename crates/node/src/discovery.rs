@@ -119,11 +119,11 @@ impl PeriodDhts {
 }
 
 pub struct NodeDiscovery {
-    pub store: Arc<Mutex<Store>>,
-    pub dht: Option<PeriodDhts>,
-    pub cache: Mutex<RecordCache>,
-    pub config: DiscoveryConfig,
-    pub stats: Mutex<SourceStats>,
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) dht: Option<PeriodDhts>,
+    pub(crate) cache: Mutex<RecordCache>,
+    pub(crate) config: DiscoveryConfig,
+    pub(crate) stats: Mutex<SourceStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,6 +159,17 @@ pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
 }
 
 impl NodeDiscovery {
+    /// Discovery over `store`'s contact cards and, if `dht` is given, the Mainline DHT.
+    pub fn new(store: Arc<Mutex<Store>>, dht: Option<DhtConfig>, config: DiscoveryConfig) -> Self {
+        Self {
+            store,
+            dht: dht.map(PeriodDhts::new),
+            cache: Mutex::new(RecordCache::default()),
+            config,
+            stats: Mutex::new(SourceStats::default()),
+        }
+    }
+
     /// Looks `account` up in the DHT; returns the first valid record found for any candidate period.
     pub async fn lookup(&self, account: AccountKey, now: u64) -> Option<VerifiedRecord> {
         let dhts = self.dht.as_ref()?;

@@ -10,13 +10,13 @@
 //! Locking: `state` (in-memory protocol state) is taken before `store` when both are needed, never the other
 //! way round, and neither is held across an `.await`.
 
-use crate::discovery::{DiscoveryConfig, NodeDiscovery, SourceStats};
+use crate::discovery::{DiscoveryConfig, NodeDiscovery};
 use crate::events::Event;
 use crate::limiter::{LimiterConfig, RequestLimiter};
 use crate::profile::Identity;
 use kith_core::delivery::{Inbox, Offer, Outbox, OutboxConfig};
 use kith_core::hello::{Hello, VerifiedPeer};
-use kith_core::record::{DeviceEntry, RecordCache};
+use kith_core::record::DeviceEntry;
 use kith_core::wire::{Frame, MAX_RECEIPT_SEQS, MAX_TEXT_BYTES, MessageFrame, ReceiptFrame};
 use kith_core::{AccountKey, Address, ContactCard, DeviceKey, EndpointCert, Hints, ParsedContact};
 use kith_net::dht::{DhtConfig, DhtInfo};
@@ -249,17 +249,11 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Mutex::new(store));
-        let dht = config
-            .dht
-            .as_ref()
-            .map(|c| crate::discovery::PeriodDhts::new(c.clone()));
-        let discovery = Arc::new(NodeDiscovery {
-            store: store.clone(),
-            dht,
-            cache: Mutex::new(RecordCache::default()),
-            config: config.discovery.clone(),
-            stats: Mutex::new(SourceStats::default()),
-        });
+        let discovery = Arc::new(NodeDiscovery::new(
+            store.clone(),
+            config.dht.clone(),
+            config.discovery.clone(),
+        ));
         let now = unix_now();
         let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
         let net = Net::bind_with(

@@ -7,9 +7,9 @@
 //! address (which the test uses, at the end, to show the observations were really of these users).
 
 use kith_core::blind::{self, PeriodNum};
-use kith_core::record::{DeviceEntry, RECORD_VALUE_LEN, RecordCache};
+use kith_core::record::{DeviceEntry, RECORD_VALUE_LEN};
 use kith_net::dht::{DhtConfig, KithDht, RequestFilter, RequestSpecific};
-use kith_node::discovery::{DiscoveryConfig, NodeDiscovery, PeriodDhts, SourceStats};
+use kith_node::discovery::{DiscoveryConfig, NodeDiscovery};
 use kith_node::profile::{DB_FILE, Identity, Profile};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -108,22 +108,17 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         profile.init(name, None, 0).unwrap();
         let id = profile.unlock(None).unwrap();
         let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
-        let dht = PeriodDhts::new(DhtConfig {
+        let dht = DhtConfig {
             bootstrap: bootstrap.clone(),
             bind: Ipv4Addr::LOCALHOST,
             port: None,
             server: false,
-        });
-        let disc = NodeDiscovery {
-            store: Arc::new(Mutex::new(store)),
-            dht: Some(dht),
-            cache: Mutex::new(RecordCache::default()),
-            config: DiscoveryConfig {
-                period_minutes: PERIOD_MINUTES,
-                publish_direct: false,
-            },
-            stats: Mutex::new(SourceStats::default()),
         };
+        let config = DiscoveryConfig {
+            period_minutes: PERIOD_MINUTES,
+            publish_direct: false,
+        };
+        let disc = NodeDiscovery::new(Arc::new(Mutex::new(store)), Some(dht), config);
         let device_hex = hex::encode(id.device.public().as_bytes());
         users.push(User {
             id,

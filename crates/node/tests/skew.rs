@@ -2,11 +2,9 @@
 //! minutes either way.
 
 use kith_core::blind;
-use kith_core::record::{DeviceEntry, RecordCache};
+use kith_core::record::DeviceEntry;
 use kith_net::dht::{DhtConfig, KithDht};
-use kith_node::discovery::{
-    DiscoveryConfig, NodeDiscovery, PeriodDhts, SourceStats, lookup_periods,
-};
+use kith_node::discovery::{DiscoveryConfig, NodeDiscovery, lookup_periods};
 use kith_node::profile::{DB_FILE, Identity, Profile};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -18,21 +16,20 @@ fn user(dir: &std::path::Path, name: &str, bootstrap: &[String]) -> (Identity, N
     profile.init(name, None, 0).unwrap();
     let id = profile.unlock(None).unwrap();
     let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
-    let disc = NodeDiscovery {
-        store: Arc::new(Mutex::new(store)),
-        dht: Some(PeriodDhts::new(DhtConfig {
-            bootstrap: bootstrap.to_vec(),
-            bind: Ipv4Addr::LOCALHOST,
-            port: None,
-            server: false,
-        })),
-        cache: Mutex::new(RecordCache::default()),
-        config: DiscoveryConfig {
+    let dht = DhtConfig {
+        bootstrap: bootstrap.to_vec(),
+        bind: Ipv4Addr::LOCALHOST,
+        port: None,
+        server: false,
+    };
+    let disc = NodeDiscovery::new(
+        Arc::new(Mutex::new(store)),
+        Some(dht),
+        DiscoveryConfig {
             period_minutes: MINUTES,
             publish_direct: false,
         },
-        stats: Mutex::new(SourceStats::default()),
-    };
+    );
     (id, disc)
 }
 
