@@ -9,4 +9,5 @@ pub mod client;
 pub mod demo;
 pub mod process;
 pub mod relay;
-pub mod testnet;
+/// The local Mainline testnet lives in the DHT layer; re-exported for the CLI, demo and tests.
+pub use kith_net::testnet;

@@ -17,6 +17,7 @@
 pub mod dht;
 mod discovery;
 mod session;
+pub mod testnet;
 
 pub use discovery::{BoxFuture, Discovery, StaticDiscovery};
 pub use session::{

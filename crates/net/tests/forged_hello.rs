@@ -41,6 +41,26 @@ fn honest_hello(p: &Party, endpoint: EndpointKey) -> Hello {
     }
 }
 
+/// Binds `p`'s endpoint on loopback.
+async fn bind(p: &Party, disc: &Arc<StaticDiscovery>) -> Net {
+    Net::bind(
+        p.endpoint_secret,
+        "127.0.0.1:0".parse().unwrap(),
+        disc.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Where `net` can be reached.
+fn hints_of(net: &Net) -> Hints {
+    Hints {
+        endpoint: Some(net.endpoint_key()),
+        direct: net.local_addrs(),
+        relays: vec![],
+    }
+}
+
 #[derive(Clone, Default)]
 struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
@@ -70,28 +90,9 @@ async fn attempt(
     let mut rng = StdRng::seed_from_u64(seed);
     let (alice, mallory, victim) = (party(&mut rng), party(&mut rng), party(&mut rng));
     let disc = Arc::new(StaticDiscovery::default());
-    let a = Net::bind(
-        alice.endpoint_secret,
-        "127.0.0.1:0".parse().unwrap(),
-        disc.clone(),
-    )
-    .await
-    .unwrap();
-    let m = Net::bind(
-        mallory.endpoint_secret,
-        "127.0.0.1:0".parse().unwrap(),
-        disc.clone(),
-    )
-    .await
-    .unwrap();
-    disc.insert(
-        alice.account.public(),
-        Hints {
-            endpoint: Some(a.endpoint_key()),
-            direct: a.local_addrs(),
-            relays: vec![],
-        },
-    );
+    let a = bind(&alice, &disc).await;
+    let m = bind(&mallory, &disc).await;
+    disc.insert(alice.account.public(), hints_of(&a));
     let a_hello = honest_hello(&alice, a.endpoint_key());
     let forged = forge(&mallory, &victim, m.endpoint_key());
     let accept = tokio::spawn({
@@ -207,44 +208,12 @@ async fn honest_peers_connect_and_an_impostor_endpoint_is_caught_by_the_dialer()
     let mut rng = StdRng::seed_from_u64(7);
     let (alice, bob, mallory) = (party(&mut rng), party(&mut rng), party(&mut rng));
     let disc = Arc::new(StaticDiscovery::default());
-    let a = Net::bind(
-        alice.endpoint_secret,
-        "127.0.0.1:0".parse().unwrap(),
-        disc.clone(),
-    )
-    .await
-    .unwrap();
-    let b = Net::bind(
-        bob.endpoint_secret,
-        "127.0.0.1:0".parse().unwrap(),
-        disc.clone(),
-    )
-    .await
-    .unwrap();
-    let m = Net::bind(
-        mallory.endpoint_secret,
-        "127.0.0.1:0".parse().unwrap(),
-        disc.clone(),
-    )
-    .await
-    .unwrap();
-    disc.insert(
-        alice.account.public(),
-        Hints {
-            endpoint: Some(a.endpoint_key()),
-            direct: a.local_addrs(),
-            relays: vec![],
-        },
-    );
+    let a = bind(&alice, &disc).await;
+    let b = bind(&bob, &disc).await;
+    let m = bind(&mallory, &disc).await;
+    disc.insert(alice.account.public(), hints_of(&a));
     // Bob's hints point at Mallory's endpoint (a poisoned card): Alice must notice she reached the wrong account.
-    disc.insert(
-        bob.account.public(),
-        Hints {
-            endpoint: Some(m.endpoint_key()),
-            direct: m.local_addrs(),
-            relays: vec![],
-        },
-    );
+    disc.insert(bob.account.public(), hints_of(&m));
     let a_hello = honest_hello(&alice, a.endpoint_key());
     let b_hello = honest_hello(&bob, b.endpoint_key());
     let m_hello = honest_hello(&mallory, m.endpoint_key());
@@ -301,28 +270,9 @@ async fn unknown_and_oversized_frames_close_the_connection() {
         let mut rng = StdRng::seed_from_u64(100 + i as u64);
         let (alice, bob) = (party(&mut rng), party(&mut rng));
         let disc = Arc::new(StaticDiscovery::default());
-        let a = Net::bind(
-            alice.endpoint_secret,
-            "127.0.0.1:0".parse().unwrap(),
-            disc.clone(),
-        )
-        .await
-        .unwrap();
-        let b = Net::bind(
-            bob.endpoint_secret,
-            "127.0.0.1:0".parse().unwrap(),
-            disc.clone(),
-        )
-        .await
-        .unwrap();
-        disc.insert(
-            alice.account.public(),
-            Hints {
-                endpoint: Some(a.endpoint_key()),
-                direct: a.local_addrs(),
-                relays: vec![],
-            },
-        );
+        let a = bind(&alice, &disc).await;
+        let b = bind(&bob, &disc).await;
+        disc.insert(alice.account.public(), hints_of(&a));
         let a_hello = honest_hello(&alice, a.endpoint_key());
         let a2 = a.clone();
         let reader = tokio::spawn(async move {

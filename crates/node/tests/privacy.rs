@@ -9,6 +9,7 @@
 use kith_core::blind::{self, PeriodNum};
 use kith_core::record::{DeviceEntry, RECORD_VALUE_LEN};
 use kith_net::dht::{DhtConfig, KithDht, RequestFilter, RequestSpecific};
+use kith_net::testnet::Testnet;
 use kith_node::discovery::{DiscoveryConfig, NodeDiscovery};
 use kith_node::profile::{DB_FILE, Identity, Profile};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -77,7 +78,6 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     // The testnet: ten honest servers and the spy, each on its own loopback address.
     let spy = Spy::default();
     let mut bootstrap: Vec<String> = vec![];
-    let mut servers = vec![];
     let spy_node = KithDht::start_observed(
         &DhtConfig {
             bootstrap: vec![],
@@ -89,17 +89,12 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     )
     .unwrap();
     bootstrap.push(spy_node.local_addr().await);
-    for i in 0..10u8 {
-        let node = KithDht::start(&DhtConfig {
-            bootstrap: bootstrap.clone(),
-            bind: Ipv4Addr::new(127, 0, 3, 10 + i),
-            port: None,
-            server: true,
-        })
+    // Ten honest servers join through the spy, so it is in their routing tables.
+    let servers = Testnet::start_joining(10, None, bootstrap.clone())
+        .await
         .unwrap();
-        bootstrap.push(node.local_addr().await);
-        servers.push(node);
-    }
+    bootstrap = servers.bootstrap();
+    bootstrap.insert(0, spy_node.local_addr().await);
 
     let dir = tempfile::tempdir().unwrap();
     let mut users = vec![];

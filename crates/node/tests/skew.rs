@@ -3,7 +3,8 @@
 
 use kith_core::blind;
 use kith_core::record::DeviceEntry;
-use kith_net::dht::{DhtConfig, KithDht};
+use kith_net::dht::DhtConfig;
+use kith_net::testnet::Testnet;
 use kith_node::discovery::{DiscoveryConfig, NodeDiscovery, lookup_periods};
 use kith_node::profile::{DB_FILE, Identity, Profile};
 use std::net::Ipv4Addr;
@@ -51,19 +52,8 @@ fn lookup_periods_cover_the_skew_margin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
-    let mut bootstrap = vec![];
-    let mut servers = vec![];
-    for i in 0..8u8 {
-        let node = KithDht::start(&DhtConfig {
-            bootstrap: bootstrap.clone(),
-            bind: Ipv4Addr::new(127, 0, 4, 10 + i),
-            port: None,
-            server: true,
-        })
-        .unwrap();
-        bootstrap.push(node.local_addr().await);
-        servers.push(node);
-    }
+    let net = Testnet::start(8).await.unwrap();
+    let bootstrap = net.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let boundary = 500_001 * MINUTES * 60;
     // (publisher's clock, looker's clock): the looker is up to 4.5 minutes ahead or behind, across the boundary.
@@ -88,5 +78,5 @@ async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
             "case {n}: published at {publisher_now}, looked up at {looker_now}"
         );
     }
-    drop(servers);
+    drop(net);
 }

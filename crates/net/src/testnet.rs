@@ -2,7 +2,7 @@
 //! (127.0.0.2, 127.0.0.3, ...) because Mainline nodes discount many peers on one IP as a Sybil attack.
 //! Nothing here reaches the public DHT: the first node starts with no bootstrap and the others join it.
 
-use kith_net::dht::{DhtConfig, KithDht};
+use crate::dht::{DhtConfig, DhtError, KithDht};
 use std::net::Ipv4Addr;
 
 pub struct Testnet {
@@ -16,18 +16,24 @@ pub fn node_ip(i: usize) -> Ipv4Addr {
 }
 
 impl Testnet {
-    pub async fn start(count: usize) -> Result<Self, kith_net::dht::DhtError> {
+    pub async fn start(count: usize) -> Result<Self, DhtError> {
         Self::start_on(count, None).await
     }
 
     /// Like [`Self::start`], but with `bind` every node shares that address (on its own port): for
     /// networks in namespaces, where the testnet must be reachable from other hosts.
-    pub async fn start_on(
+    pub async fn start_on(count: usize, bind: Option<Ipv4Addr>) -> Result<Self, DhtError> {
+        Self::start_joining(count, bind, vec![]).await
+    }
+
+    /// Like [`Self::start_on`], with the first nodes joining `seeds` (e.g. an observer node started before).
+    pub async fn start_joining(
         count: usize,
         bind: Option<Ipv4Addr>,
-    ) -> Result<Self, kith_net::dht::DhtError> {
+        seeds: Vec<String>,
+    ) -> Result<Self, DhtError> {
         let mut nodes = Vec::with_capacity(count);
-        let mut bootstrap: Vec<String> = vec![];
+        let mut bootstrap: Vec<String> = seeds;
         for i in 0..count {
             let config = DhtConfig {
                 bootstrap: bootstrap.iter().take(8).cloned().collect(),
