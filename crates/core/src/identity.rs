@@ -151,9 +151,21 @@ impl DeviceSecret {
     /// The seed of this device's QUIC endpoint key for one discovery period. Derived, not stored: it
     /// rotates every period, and without the device secret the keys of two periods cannot be linked.
     pub fn endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
+        self.derive_seed(b"kith endpoint key v1", period)
+    }
+
+    /// The seed of this device's *request endpoint* for one period: the relay-only endpoint named in the
+    /// public discovery record, where strangers' contact requests arrive. It has no IP transport, so nobody
+    /// who dials it learns this machine's IP address; contacts are told the other endpoint
+    /// ([`Self::endpoint_seed`]) in the card they receive.
+    pub fn request_endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
+        self.derive_seed(b"kith request endpoint key v1", period)
+    }
+
+    fn derive_seed(&self, label: &[u8], period: u64) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest;
         let mut h = sha2::Sha512::new();
-        h.update(b"kith endpoint key v1");
+        h.update(label);
         h.update(self.0.to_bytes());
         h.update(period.to_be_bytes());
         let digest = h.finalize();
@@ -293,6 +305,8 @@ mod tests {
         assert_ne!(*d.endpoint_seed(5), *d.endpoint_seed(6));
         let other = DeviceSecret::generate(&mut StdRng::seed_from_u64(4));
         assert_ne!(*d.endpoint_seed(5), *other.endpoint_seed(5));
+        assert_ne!(*d.endpoint_seed(5), *d.request_endpoint_seed(5));
+        assert_ne!(*d.request_endpoint_seed(5), *d.request_endpoint_seed(6));
         assert_ne!(
             EndpointKey::from_seed(&d.endpoint_seed(5)),
             EndpointKey::from_seed(&d.endpoint_seed(6))

@@ -604,10 +604,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "held:        {} received, waiting for an earlier message",
                     v["held"]
                 );
+                match v["request_endpoint"].as_str() {
+                    Some(e) => println!(
+                        "requests:    via relays only, at endpoint {e} (strangers never see your IP)"
+                    ),
+                    None => println!(
+                        "requests:    no relay yet: strangers who have your address cannot reach you"
+                    ),
+                }
+                let relays = v["relay_report"].as_array().cloned().unwrap_or_default();
+                println!("relays:      {}", relays.len());
+                for r in relays {
+                    let state = match (r["reachable"].as_bool(), r["rtt_ms"].as_f64()) {
+                        (Some(true), Some(ms)) => format!("reachable, {ms:.1} ms"),
+                        (Some(true), None) => "reachable".into(),
+                        _ => "NOT reachable".into(),
+                    };
+                    let home = if r["home"] == true { " (home)" } else { "" };
+                    println!("  {}  {state}{home}", s(&r, "url"));
+                }
+                let dht = &v["dht"];
+                if dht["enabled"] == true {
+                    println!(
+                        "dht:         {} nodes known, joined: {}, network size ~{}",
+                        dht["routing_table_nodes"], dht["joined"], dht["size_estimate"]
+                    );
+                    let src = &dht["sources"];
+                    println!(
+                        "  answered:  DHT records {}, cached records {}, card hints {}, LAN {}, misses {}",
+                        src["dht_records"],
+                        src["cache_hits"],
+                        src["card_hints"],
+                        src["lan_nodes"],
+                        src["dht_misses"]
+                    );
+                    println!(
+                        "  bootstrap: configured {}, saved table {}, cards {}, LAN {}",
+                        src["bootstrap_configured"],
+                        src["bootstrap_saved"],
+                        src["bootstrap_cards"],
+                        src["lan_nodes"]
+                    );
+                } else {
+                    println!("dht:         off");
+                }
                 let conns = v["connections"].as_array().cloned().unwrap_or_default();
                 println!("connections: {}", conns.len());
                 for c in conns {
-                    println!("  {:<20} {}", s(&c, "peer"), s(&c, "path"));
+                    println!(
+                        "  {:<20} {} ({} IP paths)",
+                        s(&c, "peer"),
+                        s(&c, "path"),
+                        c["ip_paths"]
+                    );
                 }
             });
         }

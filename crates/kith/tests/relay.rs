@@ -147,3 +147,197 @@ async fn relays_are_found_in_the_dht_without_configuration() {
         "and it is in the card"
     );
 }
+
+fn contact<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .expect("the contact")
+}
+
+fn card_of(contact: &Value) -> kith_core::ContactCard {
+    contact["card"]
+        .as_str()
+        .expect("a card received from the peer")
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `daemon`'s connection to `peer` satisfies `ok`, polling its status after each event.
+async fn wait_connection(
+    daemon: &Daemon,
+    watcher: &kith::client::Watcher,
+    peer: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = daemon.client().get("/v1/status").await.unwrap();
+        if let Some(c) = status["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["peer"] == peer)
+            && ok(c)
+        {
+            return c.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection to {peer} never became what the test waits for: {status}"
+        );
+        let seen = watcher.count("peer");
+        watcher
+            .wait_for(Duration::from_secs(2), |w| w.count("peer") > seen)
+            .await;
+    }
+}
+
+/// Neither node is relay-only. Alice, a stranger to Bob, finds him by address and sends a contact request:
+/// it travels through the relay to Bob's request endpoint, and nothing Alice's node receives names Bob's
+/// IP address or his contact endpoint. Once Bob accepts, the two go direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stranger_request_never_reveals_the_recipients_ip() {
+    let (_relay, url) = kith::relay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |name: &'static str| {
+        let home = dir.path().join(name);
+        let bootstrap = net.bootstrap();
+        let url = url.clone();
+        async move {
+            Daemon::spawn(
+                exe(),
+                &home,
+                name,
+                Some(bootstrap),
+                vec![format!("--relay={url}")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let alice = spawn("alice").await;
+    let bob = spawn("bob").await;
+    let wa = alice.watcher().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let sb = bob.client().get("/v1/status").await.unwrap();
+    let bob_contact_endpoint = sb["endpoint"].as_str().unwrap().to_owned();
+    let bob_request_endpoint = sb["request_endpoint"]
+        .as_str()
+        .expect("bob has a request endpoint")
+        .to_owned();
+    assert_ne!(bob_contact_endpoint, bob_request_endpoint);
+    assert!(
+        !sb["listen"].as_array().unwrap().is_empty(),
+        "bob's contact endpoint has IP sockets"
+    );
+
+    alice.add_by_address(&bob).await.unwrap();
+    let seq = alice.client().send("bob", "hello, stranger").await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", seq)
+            .is_some())
+            .await,
+        "the request reached bob"
+    );
+    assert!(
+        wb.wait_for(Duration::from_secs(10), |w| w.count("request") > 0)
+            .await
+    );
+    let sa = alice.client().get("/v1/status").await.unwrap();
+    let to_bob = connection(&sa, "bob");
+    assert_eq!(to_bob["path"], json!("relayed"));
+    assert_eq!(
+        to_bob["ip_paths"],
+        json!(0),
+        "alice's endpoint has no IP path to bob"
+    );
+    let contacts = alice.client().get("/v1/contacts").await.unwrap();
+    let card = card_of(contact(&contacts, "bob"));
+    assert!(
+        card.hints().direct.is_empty(),
+        "the card bob's node gave a stranger names no IP address: {:?}",
+        card.hints().direct
+    );
+    assert_eq!(
+        kith_core::zbase32::encode(card.hints().endpoint.unwrap().as_bytes()),
+        bob_request_endpoint,
+        "and only his relay-only request endpoint"
+    );
+    assert_eq!(card.hints().relays, vec![url.clone()]);
+    // Bob's IP sockets: none of them appears anywhere in what alice's node knows of him.
+    let alice_view = format!("{contacts} {sa}");
+    for addr in sb["listen"].as_array().unwrap() {
+        let port = addr.as_str().unwrap().rsplit(':').next().unwrap();
+        assert!(
+            !alice_view.contains(&format!(":{port}")),
+            "bob's port {port} leaked to alice: {alice_view}"
+        );
+    }
+
+    // Bob accepts: he dials alice's contact endpoint (named in her card), and the path may go direct.
+    bob.client()
+        .post(
+            "/v1/requests/accept",
+            json!({"request": "alice", "name": "alice"}),
+        )
+        .await
+        .unwrap();
+    let c = wait_connection(&alice, &wa, "bob", |c| {
+        c["path"] == "direct" && c["ip_paths"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(c["path"], json!("direct"));
+    let contacts = alice.client().get("/v1/contacts").await.unwrap();
+    let card = card_of(contact(&contacts, "bob"));
+    assert_eq!(
+        kith_core::zbase32::encode(card.hints().endpoint.unwrap().as_bytes()),
+        bob_contact_endpoint,
+        "a contact learns bob's contact endpoint"
+    );
+}
+
+/// Two contacts who know only each other's address: the first connection goes to the request endpoint in
+/// the record, which tells a contact its contact endpoint, and they move to a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_move_from_the_request_endpoint_to_a_direct_path() {
+    let (_relay, url) = kith::relay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![];
+    for name in ["alice", "bob"] {
+        nodes.push(
+            Daemon::spawn(
+                exe(),
+                &dir.path().join(name),
+                name,
+                Some(net.bootstrap()),
+                vec![format!("--relay={url}")],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    bob.add_by_address(alice).await.unwrap();
+    alice.add_by_address(bob).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let seq = alice.client().send("bob", "hi").await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", seq)
+            .is_some())
+            .await
+    );
+    wait_connection(alice, &wa, "bob", |c| {
+        c["path"] == "direct" && c["ip_paths"].as_u64() > Some(0)
+    })
+    .await;
+}

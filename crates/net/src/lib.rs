@@ -28,8 +28,8 @@ use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::{
     Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr,
 };
-use kith_core::hello::Hello;
-use kith_core::{AccountKey, EndpointKey};
+use kith_core::hello::{Hello, VerifiedPeer};
+use kith_core::{AccountKey, EndpointKey, Hints};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,8 @@ pub const ALPN: &[u8] = b"kith/1";
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delay between starting dials to successive hints of one account.
+pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
 
 /// Errors of [`Net::bind`].
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +186,18 @@ impl Net {
             .any(|s| s.is_connected())
     }
 
+    /// The relays this endpoint is connected to as its home (URLs as iroh prints them).
+    pub fn home_relays(&self) -> Vec<String> {
+        use iroh::Watcher;
+        self.endpoint
+            .home_relay_status()
+            .get()
+            .iter()
+            .filter(|s| s.is_connected())
+            .map(|s| s.url().to_string())
+            .collect()
+    }
+
     /// The endpoint key peers see on the QUIC layer.
     pub fn endpoint_key(&self) -> EndpointKey {
         EndpointKey::from_bytes(*self.endpoint.id().as_bytes())
@@ -196,43 +210,66 @@ impl Net {
     }
 
     /// Dials `account` using every hint the discovery knows, sends `hello` and verifies the peer's.
+    ///
+    /// The hints are tried as a race ("happy eyeballs"): the first at once, each further one
+    /// [`DIAL_STAGGER`] later, and the first verified session wins. So a stale hint (an endpoint of a past
+    /// period) costs a few hundred milliseconds, not a whole [`DIAL_TIMEOUT`].
     pub async fn dial(
         &self,
         account: AccountKey,
         hello: &Hello,
         now_unix: u64,
     ) -> Result<Session, DialError> {
-        let hints = self.discovery.resolve(account).await;
+        use futures_util::StreamExt;
+        let hints: Vec<Hints> = self
+            .discovery
+            .resolve(account)
+            .await
+            .into_iter()
+            .filter(|h| h.endpoint.is_some())
+            .collect();
+        let mut attempts = futures_util::stream::FuturesUnordered::new();
+        for (i, hint) in hints.into_iter().enumerate() {
+            attempts.push(async move {
+                tokio::time::sleep(DIAL_STAGGER * i as u32).await;
+                self.dial_hint(account, &hint, hello, now_unix).await
+            });
+        }
         let mut last = DialError::NoRoute;
-        for hint in hints {
-            let Some(endpoint) = hint.endpoint else {
-                continue;
-            };
-            let Ok(id) = iroh::EndpointId::from_bytes(endpoint.as_bytes()) else {
-                continue;
-            };
-            let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
-            let relays = hint
-                .relays
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .map(TransportAddr::Relay);
-            let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
-            let conn =
-                match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) => {
-                        last = DialError::Connect(e.to_string());
-                        continue;
-                    }
-                    Err(_) => {
-                        last = DialError::Timeout;
-                        continue;
-                    }
-                };
-            return Ok(Session::handshake_dialer(conn, account, hello, now_unix).await?);
+        while let Some(result) = attempts.next().await {
+            match result {
+                Ok(session) => return Ok(session),
+                Err(e) => last = e,
+            }
         }
         Err(last)
+    }
+
+    /// Dials one endpoint of `account` (e.g. the contact endpoint named in the card a peer just sent).
+    pub async fn dial_hint(
+        &self,
+        account: AccountKey,
+        hint: &Hints,
+        hello: &Hello,
+        now_unix: u64,
+    ) -> Result<Session, DialError> {
+        let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
+        let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
+            .map_err(|e| DialError::Connect(e.to_string()))?;
+        let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
+        let relays = hint
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .map(TransportAddr::Relay);
+        let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+        let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(DialError::Connect(e.to_string())),
+            Err(_) => return Err(DialError::Timeout),
+        };
+        Ok(Session::handshake_dialer(conn, account, hello, now_unix).await?)
     }
 
     /// Waits for the next incoming connection and runs the hello exchange. Returns `None` once the endpoint
@@ -240,6 +277,16 @@ impl Net {
     pub async fn accept(
         &self,
         hello: &Hello,
+        now_unix: impl Fn() -> u64,
+    ) -> Option<Result<Session, SessionError>> {
+        self.accept_with(|_| hello.clone(), now_unix).await
+    }
+
+    /// Like [`Net::accept`], but the hello sent back is chosen after the dialer proved who it is: e.g. a
+    /// contact gets a card naming more than a stranger's does.
+    pub async fn accept_with(
+        &self,
+        hello_for: impl Fn(&VerifiedPeer) -> Hello,
         now_unix: impl Fn() -> u64,
     ) -> Option<Result<Session, SessionError>> {
         let incoming = self.endpoint.accept().await?;
@@ -251,7 +298,7 @@ impl Net {
             },
             Err(e) => return Some(Err(SessionError::Connection(e.to_string()))),
         };
-        Some(Session::handshake_acceptor(conn, hello, now_unix()).await)
+        Some(Session::handshake_acceptor(conn, hello_for, now_unix()).await)
     }
 
     /// Closes the endpoint and every connection on it.

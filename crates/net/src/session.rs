@@ -67,7 +67,7 @@ impl Session {
     /// prove itself learns nothing about who runs this endpoint.
     pub(crate) async fn handshake_acceptor(
         conn: Connection,
-        hello: &Hello,
+        hello_for: impl Fn(&VerifiedPeer) -> Hello,
         now: u64,
     ) -> Result<Self, SessionError> {
         let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, conn.accept_bi())
@@ -75,7 +75,8 @@ impl Session {
             .map_err(|_| SessionError::Timeout)?
             .map_err(|e| SessionError::Connection(e.to_string()))?;
         let mut session = Self::finish(conn, send, recv, None, now).await?;
-        write_frame(&mut session.send, &Frame::Hello(Box::new(hello.clone()))).await?;
+        let hello = hello_for(&session.peer);
+        write_frame(&mut session.send, &Frame::Hello(Box::new(hello))).await?;
         Ok(session)
     }
 

@@ -104,6 +104,7 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
 async fn status(State(c): State<Ctx>) -> ApiResult {
     let mut v = serde_json::to_value(c.node.status()?).unwrap_or_default();
     v["dht"] = c.node.dht_status().await;
+    v["relay_report"] = serde_json::to_value(c.node.relay_report().await).unwrap_or_default();
     ok(v)
 }
 

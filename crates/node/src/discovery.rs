@@ -355,20 +355,34 @@ impl Discovery for NodeDiscovery {
                 .ok()
                 .flatten()
                 .and_then(|p| p.card)
-                .map(|c| c.hints().clone());
-            let mut out = vec![];
+                .filter(|c| c.hints().endpoint.is_some());
+            // Endpoints rotate every period and a card is re-issued with each: a card of an earlier period
+            // most likely names an endpoint that is gone.
+            let period = blind::period_at(now, self.config.period_minutes);
+            let card_fresh = card.as_ref().is_some_and(|c| {
+                blind::period_at(c.issued(), self.config.period_minutes) == period
+            });
+            let mut records = vec![];
             if let Some(rec) = self.cached(&account, now) {
                 lock(&self.stats).cache_hits += 1;
-                out.extend(hints_of(&rec));
-            } else if card.as_ref().is_none_or(|c| c.endpoint.is_none()) {
-                // Nothing else to try: wait for the DHT.
+                records.extend(hints_of(&rec));
+            } else if !card_fresh {
+                // Nothing current to try: wait for the DHT.
                 if let Some(rec) = self.lookup(account, now).await {
-                    out.extend(hints_of(&rec));
+                    records.extend(hints_of(&rec));
                 }
             }
-            if let Some(c) = card.filter(|c| c.endpoint.is_some()) {
+            let mut out = vec![];
+            // The card (from the peer's last hello) names its contact endpoint, which may go direct; the record
+            // names the relay-only request endpoint. Net::dial races them in this order.
+            if let Some(c) = card.as_ref().filter(|_| card_fresh) {
                 lock(&self.stats).card_hints += 1;
-                out.push(c);
+                out.push(c.hints().clone());
+            }
+            out.extend(records);
+            if let Some(c) = card.filter(|_| !card_fresh) {
+                lock(&self.stats).card_hints += 1;
+                out.push(c.hints().clone());
             }
             out
         })

@@ -110,6 +110,21 @@ struct ConnHandle {
     tx: mpsc::Sender<Frame>,
     conn: iroh::endpoint::Connection,
     since_ms: i64,
+    /// Both sides use their contact endpoints (not a request endpoint): the path may go direct.
+    contact_grade: bool,
+}
+
+/// Which of the node's two endpoints.
+///
+/// * The **contact endpoint** may use IP paths (direct, hole-punched). Only contacts learn its key: from
+///   the card we give or send them.
+/// * The **request endpoint** has no IP transport at all, only relays. It is the one named in the public
+///   discovery record, so a stranger who has our address can deliver a contact request through a relay
+///   without ever learning our IP address. Exists while the node has at least one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Contact,
+    Request,
 }
 
 struct PeerRt {
@@ -134,6 +149,8 @@ struct State {
     limiter: RequestLimiter,
     endpoint_cert: EndpointCert,
     card: ContactCard,
+    /// The request endpoint's certificate and the card strangers get (no IP address, no contact endpoint).
+    request: Option<(EndpointCert, ContactCard)>,
 }
 
 /// Tunables of a node.
@@ -161,8 +178,10 @@ pub struct Node {
     account: AccountKey,
     device: DeviceKey,
     store: Arc<Mutex<Store>>,
-    /// The current endpoint; replaced at every period boundary (see [`Node::rotator`]).
+    /// The current contact endpoint; replaced at every period boundary (see [`Node::rotator`]).
     net_slot: Mutex<Net>,
+    /// The current request endpoint (relay-only), if the node has a relay.
+    request_slot: Mutex<Option<Net>>,
     /// Raised once when the node shuts down, so the accept loop stops instead of following a new endpoint.
     stopping: std::sync::atomic::AtomicBool,
     discovery: Arc<NodeDiscovery>,
@@ -171,8 +190,8 @@ pub struct Node {
     wake: Notify,
     /// Wakes the publisher early (after a rotation).
     republish: Notify,
-    /// Tells the accept loop that the endpoint changed.
-    accept_changed: Notify,
+    /// Bumped whenever an endpoint is replaced or added, so the accept loops pick it up.
+    endpoints: tokio::sync::watch::Sender<u64>,
     config: NodeConfig,
     started: Instant,
 }
@@ -187,6 +206,8 @@ pub struct ContactView {
     pub last_seen_ms: Option<i64>,
     pub added_at_ms: i64,
     pub has_route: bool,
+    /// The latest card the contact sent us (a `kith:` link), if any.
+    pub card: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -223,6 +244,18 @@ pub struct StatusView {
     pub relays: Vec<String>,
     pub relay_connected: bool,
     pub relay_only: bool,
+    /// The relay-only endpoint named in the public record (where strangers' requests arrive), if any.
+    pub request_endpoint: Option<String>,
+}
+
+/// One relay as `kith status` reports it.
+#[derive(Debug, Serialize)]
+pub struct RelayView {
+    pub url: String,
+    /// Answered an HTTP probe just now (plain-HTTP relays), or is the endpoint's connected home relay.
+    pub reachable: bool,
+    pub rtt_ms: Option<f64>,
+    pub home: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -273,6 +306,20 @@ impl Node {
             config.discovery.period_minutes,
         );
         let card = Self::make_card(&id, &net, now)?;
+        let (request_net, request) =
+            match Self::bind_request(&id, &discovery, period, &config.net.relays).await? {
+                Some(r) => {
+                    let cert = endpoint_cert_for(
+                        &id,
+                        r.endpoint_key(),
+                        period,
+                        config.discovery.period_minutes,
+                    );
+                    let card = Self::make_public_card(&id, &r, now)?;
+                    (Some(r), Some((cert, card)))
+                }
+                None => (None, None),
+            };
         let t0 = Instant::now();
         let mut peers: HashMap<AccountKey, PeerRt> = HashMap::new();
         for (peer, seq) in lock(&store).undelivered(&device)? {
@@ -288,6 +335,7 @@ impl Node {
             limiter: RequestLimiter::new(config.limiter.clone(), t0),
             endpoint_cert,
             card,
+            request,
         };
         let (events, _) = broadcast::channel(4096);
         let node = Arc::new(Self {
@@ -296,17 +344,19 @@ impl Node {
             device,
             store,
             net_slot: Mutex::new(net),
+            request_slot: Mutex::new(request_net),
             stopping: std::sync::atomic::AtomicBool::new(false),
             discovery,
             state: Mutex::new(state),
             events,
             wake: Notify::new(),
             republish: Notify::new(),
-            accept_changed: Notify::new(),
+            endpoints: tokio::sync::watch::Sender::new(0),
             config,
             started: t0,
         });
-        tokio::spawn(node.clone().accept_loop());
+        tokio::spawn(node.clone().accept_loop(Role::Contact));
+        tokio::spawn(node.clone().accept_loop(Role::Request));
         tokio::spawn(node.clone().pump());
         tokio::spawn(node.clone().announce());
         tokio::spawn(node.clone().publisher());
@@ -328,6 +378,106 @@ impl Node {
             relays: net.relays().into_iter().take(4).collect(),
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+    }
+
+    /// Binds the relay-only request endpoint of `period`; `None` without relays (then nothing but IP
+    /// could reach it).
+    async fn bind_request(
+        id: &Identity,
+        discovery: &Arc<NodeDiscovery>,
+        period: kith_core::blind::PeriodNum,
+        relays: &[String],
+    ) -> Result<Option<Net>, NodeError> {
+        if relays.is_empty() {
+            return Ok(None);
+        }
+        let options = kith_net::NetOptions {
+            relays: relays.to_vec(),
+            relay_only: true,
+        };
+        let unused: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let net = Net::bind_with(
+            *id.device.request_endpoint_seed(period.0),
+            unused,
+            discovery.clone(),
+            &options,
+        )
+        .await
+        .map_err(|e| NodeError::Net(e.to_string()))?;
+        Ok(Some(net))
+    }
+
+    /// The card strangers get in our hello: the request endpoint and relays, no IP address.
+    fn make_public_card(id: &Identity, request: &Net, now: u64) -> Result<ContactCard, NodeError> {
+        let hints = Hints {
+            endpoint: Some(request.endpoint_key()),
+            direct: vec![],
+            relays: request.relays().into_iter().take(4).collect(),
+        };
+        Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+    }
+
+    /// Starts the request endpoint once the node has a relay (e.g. one found in the DHT after start).
+    async fn ensure_request_endpoint(&self) {
+        if self.request_net().is_some() {
+            return;
+        }
+        let relays = self.net().relays();
+        let period = kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes);
+        match Self::bind_request(&self.id, &self.discovery, period, &relays).await {
+            Ok(Some(r)) => {
+                let cert = endpoint_cert_for(
+                    &self.id,
+                    r.endpoint_key(),
+                    period,
+                    self.config.discovery.period_minutes,
+                );
+                match Self::make_public_card(&self.id, &r, unix_now()) {
+                    Ok(card) => {
+                        lock(&self.state).request = Some((cert, card));
+                        *lock(&self.request_slot) = Some(r);
+                        self.endpoints.send_modify(|g| *g += 1);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot issue the public card"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot start the request endpoint"),
+        }
+    }
+
+    fn request_net(&self) -> Option<Net> {
+        lock(&self.request_slot).clone()
+    }
+
+    fn is_contact(&self, account: &AccountKey) -> bool {
+        matches!(
+            lock(&self.store).peer(account),
+            Ok(Some(Peer {
+                state: PeerState::Contact,
+                ..
+            }))
+        )
+    }
+
+    /// The hello an endpoint answers a verified dialer with. The request endpoint tells contacts our full
+    /// card (contact endpoint, addresses) and strangers only the public one.
+    fn hello_for(&self, role: Role, peer: &VerifiedPeer) -> Option<Hello> {
+        match role {
+            Role::Contact => Some(self.hello()),
+            Role::Request => {
+                let contact = self.is_contact(&peer.account());
+                let st = lock(&self.state);
+                let (cert, public_card) = st.request.as_ref()?;
+                let card = if contact { &st.card } else { public_card };
+                Some(Hello {
+                    account: self.account,
+                    device_cert: self.id.device_cert.clone(),
+                    endpoint_cert: cert.clone(),
+                    card: Some(card.to_bytes()),
+                })
+            }
+        }
     }
 
     pub fn address(&self) -> Address {
@@ -402,6 +552,18 @@ impl Node {
             if added > 0 {
                 if let Ok(card) = Self::make_card(&self.id, &self.net(), unix_now()) {
                     lock(&self.state).card = card;
+                }
+                if let Some(r) = self.request_net() {
+                    for url in self.net().relays() {
+                        let _ = r.add_relay(&url).await;
+                    }
+                    if let Ok(card) = Self::make_public_card(&self.id, &r, unix_now())
+                        && let Some((_, c)) = lock(&self.state).request.as_mut()
+                    {
+                        *c = card;
+                    }
+                } else {
+                    self.ensure_request_endpoint().await;
                 }
                 self.republish.notify_one();
             }
@@ -478,16 +640,42 @@ impl Node {
                     return;
                 }
             };
+            // The request endpoint rotates with it (relay-only: no address to keep).
+            let mut request = None;
+            if let Some(old_request) = self.request_net() {
+                old_request.close().await;
+                match Self::bind_request(&self.id, &self.discovery, period, &old_request.relays())
+                    .await
+                {
+                    Ok(Some(r)) => {
+                        let cert = endpoint_cert_for(&self.id, r.endpoint_key(), period, minutes);
+                        if let Ok(card) = Self::make_public_card(&self.id, &r, unix_now()) {
+                            request = Some((r, cert, card));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot bind the new period's request endpoint")
+                    }
+                }
+            }
             *lock(&self.net_slot) = new;
             {
                 let mut st = lock(&self.state);
                 st.endpoint_cert = cert;
                 st.card = card;
+                st.request = None;
+                if let Some((r, cert, card)) = request {
+                    st.request = Some((cert, card));
+                    *lock(&self.request_slot) = Some(r);
+                } else {
+                    *lock(&self.request_slot) = None;
+                }
             }
             tracing::info!(period = period.0, "endpoint key rotated for the new period");
             self.emit(Event::EndpointRotated { period: period.0 });
             self.republish.notify_one();
-            self.accept_changed.notify_one();
+            self.endpoints.send_modify(|g| *g += 1);
             tokio::spawn(self.clone().announce());
             self.wake.notify_one();
         }
@@ -508,23 +696,44 @@ impl Node {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>) {
+    /// Accepts on one of the two endpoints, following it across rotations.
+    async fn accept_loop(self: Arc<Self>, role: Role) {
+        let mut changed = self.endpoints.subscribe();
         loop {
-            let hello = self.hello();
-            let net = self.net();
+            changed.borrow_and_update();
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let net = match role {
+                Role::Contact => Some(self.net()),
+                Role::Request => self.request_net(),
+            };
+            let Some(net) = net else {
+                // No request endpoint (no relay yet): wait until one is started.
+                if changed.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let node = self.clone();
+            let hello_for = move |peer: &VerifiedPeer| {
+                node.hello_for(role, peer).unwrap_or_else(|| node.hello())
+            };
             let next = tokio::select! {
-                n = net.accept(&hello, unix_now) => n,
-                // A new endpoint (or a new hello) is in place: accept on it.
-                _ = self.accept_changed.notified() => continue,
+                n = net.accept_with(hello_for, unix_now) => n,
+                // A new endpoint is in place: accept on it.
+                _ = changed.changed() => continue,
             };
             match next {
                 None if self.stopping.load(std::sync::atomic::Ordering::SeqCst) => return,
                 None => {
                     // The endpoint closed for a rotation: wait for its successor.
-                    self.accept_changed.notified().await;
+                    if changed.changed().await.is_err() {
+                        return;
+                    }
                     continue;
                 }
-                Some(Ok(session)) => self.register(session),
+                Some(Ok(session)) => self.register(session, role),
                 Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
             }
         }
@@ -562,7 +771,7 @@ impl Node {
                 let _permit = permit;
                 let hello = node.hello();
                 if let Ok(session) = node.net().dial(c.account, &hello, unix_now()).await {
-                    node.register(session);
+                    node.register(session, Role::Contact);
                 }
             });
         }
@@ -577,18 +786,25 @@ impl Node {
         let mut retry = Duration::from_millis(300);
         loop {
             // Each period's record names that period's endpoint (the next one is bound at the boundary).
+            // Strangers get the relay-only request endpoint, unless the user chose to publish addresses.
+            let public = self.request_net().is_some() && !self.config.discovery.publish_direct;
             let entry = |period: kith_core::blind::PeriodNum| DeviceEntry {
                 cert: self.id.device_cert.clone(),
-                endpoint: kith_core::EndpointKey::from_seed(
-                    &self.id.device.endpoint_seed(period.0),
-                ),
+                endpoint: kith_core::EndpointKey::from_seed(&if public {
+                    *self.id.device.request_endpoint_seed(period.0)
+                } else {
+                    *self.id.device.endpoint_seed(period.0)
+                }),
                 relays: self.net().relays().into_iter().take(4).collect(),
-                direct: self
-                    .net()
-                    .local_addrs()
-                    .into_iter()
-                    .filter(|a| !a.ip().is_unspecified())
-                    .collect(),
+                direct: if public {
+                    vec![]
+                } else {
+                    self.net()
+                        .local_addrs()
+                        .into_iter()
+                        .filter(|a| !a.ip().is_unspecified())
+                        .collect()
+                },
             };
             let delay = match self.discovery.publish(&self.id, entry, unix_now()).await {
                 Ok(done) => {
@@ -665,7 +881,7 @@ impl Node {
         tokio::spawn(async move {
             let hello = node.hello();
             match node.net().dial(account, &hello, unix_now()).await {
-                Ok(session) => node.register(session),
+                Ok(session) => node.register(session, Role::Contact),
                 Err(e) => {
                     tracing::debug!(error = %e, "dial failed");
                     // The hints may be stale: refresh the cached record from the DHT for the next attempt.
@@ -680,13 +896,31 @@ impl Node {
     }
 
     /// Takes a verified session into service: records the peer's card, starts its reader and writer.
-    fn register(self: &Arc<Self>, session: Session) {
+    ///
+    /// A connection that involves a request endpoint (ours, or theirs: the card they sent names another
+    /// endpoint than the one we reached) runs through relays only. If the peer is our contact and its card
+    /// names its contact endpoint, we dial that too; once a contact-grade connection is up, the
+    /// request-endpoint ones are closed.
+    fn register(self: &Arc<Self>, session: Session, role: Role) {
         let peer = session.peer.clone();
         let account = peer.account();
         if account == self.account {
             session.conn.close(0u32.into(), b"connected to self");
             return;
         }
+        let their_contact_endpoint = peer
+            .card()
+            .and_then(|c| c.hints().endpoint.map(|e| (e, c.hints().clone())));
+        let contact_grade = role == Role::Contact
+            && their_contact_endpoint
+                .as_ref()
+                .is_none_or(|(e, _)| *e == peer.endpoint());
+        let upgrade = match &their_contact_endpoint {
+            Some((e, hints)) if *e != peer.endpoint() && role == Role::Contact => {
+                Some(hints.clone())
+            }
+            _ => None,
+        };
         let path = path_name(session.path_kind());
         let known = {
             let store = lock(&self.store);
@@ -714,11 +948,17 @@ impl Node {
                 .peers
                 .entry(account)
                 .or_insert_with(|| PeerRt::new(&outbox_cfg));
+            if contact_grade {
+                for c in p.conns.iter().filter(|c| !c.contact_grade) {
+                    c.conn.close(0u32.into(), b"moved to the contact endpoint");
+                }
+            }
             p.conns.push(ConnHandle {
                 id,
                 tx,
                 conn: conn.clone(),
                 since_ms: unix_ms(),
+                contact_grade,
             });
             if p.conns.len() > MAX_CONNS_PER_PEER {
                 let old = p.conns.remove(0);
@@ -739,6 +979,25 @@ impl Node {
         tokio::spawn(Self::write_loop(writer, rx));
         tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
         self.wake.notify_one();
+        if let Some(hints) = upgrade
+            && known
+            && self.is_contact(&account)
+        {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let hello = node.hello();
+                match node
+                    .net()
+                    .dial_hint(account, &hints, &hello, unix_now())
+                    .await
+                {
+                    Ok(s) => node.register(s, Role::Contact),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "contact endpoint not reachable; staying on the relay")
+                    }
+                }
+            });
+        }
     }
 
     async fn write_loop(mut writer: SessionWriter, mut rx: mpsc::Receiver<Frame>) {
@@ -1147,7 +1406,29 @@ impl Node {
             relays: self.net().relays(),
             relay_connected: self.net().relay_connected(),
             relay_only: self.config.net.relay_only,
+            request_endpoint: self
+                .request_net()
+                .map(|r| kith_core::zbase32::encode(r.endpoint_key().as_bytes())),
         })
+    }
+
+    /// Probes every relay the node uses, concurrently.
+    pub async fn relay_report(&self) -> Vec<RelayView> {
+        let net = self.net();
+        let home = net.home_relays();
+        let probes = net.relays().into_iter().map(|url| {
+            let home = home.contains(&url);
+            async move {
+                let rtt = crate::discovery::probe_relay(&url).await;
+                RelayView {
+                    reachable: rtt.is_some() || home,
+                    rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    home,
+                    url,
+                }
+            }
+        });
+        futures_util::future::join_all(probes).await
     }
 
     pub fn add_contact(
@@ -1212,7 +1493,7 @@ impl Node {
         tokio::spawn(async move {
             let hello = node.hello();
             if let Ok(s) = node.net().dial(account, &hello, unix_now()).await {
-                node.register(s);
+                node.register(s, Role::Contact);
             }
         });
     }
@@ -1236,6 +1517,7 @@ impl Node {
                 .card
                 .as_ref()
                 .is_some_and(|c| c.hints().endpoint.is_some()),
+            card: p.card.as_ref().map(|c| c.to_link()),
         }
     }
 
@@ -1347,7 +1629,10 @@ impl Node {
     pub async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.accept_changed.notify_one();
+        self.endpoints.send_modify(|g| *g += 1);
+        if let Some(r) = self.request_net() {
+            r.close().await;
+        }
         self.net().close().await;
     }
 }
