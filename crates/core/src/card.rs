@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Card format version carried in the body.
-pub const CARD_VERSION: u8 = 1;
+pub const CARD_VERSION: u8 = 2;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DIRECT_ADDRS: usize = 8;
 pub const MAX_RELAYS: usize = 4;
 pub const MAX_RELAY_URL_LEN: usize = 256;
+/// DHT nodes a card may name for bootstrapping.
+pub const MAX_DHT_HINTS: usize = 8;
 /// Longest encoded card body in bytes; keeps the link inside one QR code.
 pub const MAX_CARD_BYTES: usize = 1200;
 
@@ -32,6 +34,9 @@ pub struct Hints {
     pub direct: Vec<SocketAddr>,
     /// Relay URLs through which the endpoint is reachable.
     pub relays: Vec<String>,
+    /// Mainline DHT nodes the owner knew when issuing the card (not the owner's own): a way into the
+    /// DHT for someone whose bootstrap hosts are blocked or unknown.
+    pub dht: Vec<SocketAddr>,
 }
 
 /// A verified contact card. Constructed only by [`ContactCard::issue`] or by parsing, which checks the
@@ -123,6 +128,7 @@ pub fn check_name(name: &str) -> Result<(), CardError> {
 
 fn check_hints(h: &Hints) -> Result<(), CardError> {
     if h.direct.len() > MAX_DIRECT_ADDRS
+        || h.dht.len() > MAX_DHT_HINTS
         || h.relays.len() > MAX_RELAYS
         || h.relays.iter().any(|r| r.len() > MAX_RELAY_URL_LEN)
     {
@@ -299,6 +305,7 @@ mod tests {
             endpoint: Some(EndpointKey::from_bytes(*secret(99).public().as_bytes()).unwrap()),
             direct: vec!["127.0.0.1:4242".parse().unwrap()],
             relays: vec!["https://relay.example/".into()],
+            dht: vec!["192.0.2.7:6881".parse().unwrap()],
         }
     }
 
@@ -384,6 +391,7 @@ mod tests {
                 endpoint: None,
                 direct: vec![SocketAddr::from(([127, 0, 0, 1], port))],
                 relays: (0..n_relays).map(|i| format!("https://r{i}.example/")).collect(),
+                dht: vec![SocketAddr::from(([192, 0, 2, 1], port))],
             };
             let card = ContactCard::issue(&secret(seed), &name, h, issued).unwrap();
             prop_assert_eq!(card.to_link().parse::<ContactCard>().unwrap(), card.clone());

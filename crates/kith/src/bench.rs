@@ -110,6 +110,7 @@ async fn bare_quic(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
             endpoint: Some(nb.endpoint_key()),
             direct: nb.local_addrs(),
             relays: vec![],
+            dht: vec![],
         },
     );
     let hb = hello(&pb, nb.endpoint_key());

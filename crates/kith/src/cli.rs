@@ -39,10 +39,14 @@ enum Command {
         /// Display name shown on your contact card.
         #[arg(long)]
         name: Option<String>,
+        /// Keep the node on 127.0.0.1 (QUIC endpoint and DHT): for tests, demos and trying kith on one
+        /// machine. Without it the node listens on every interface.
+        #[arg(long)]
+        local: bool,
     },
     /// Run the node in the foreground.
     Daemon {
-        /// UDP address to listen on (default: the one in config.toml, on 127.0.0.1).
+        /// UDP address to listen on (default: the one in config.toml).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
         /// DHT nodes to join through, host:port (comma-separated or repeated); replaces config.toml's list.
@@ -291,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_mode = cli.json;
     let home = || home_dir(cli.home.clone());
     match cli.command {
-        Command::Init { name } => {
+        Command::Init { name, local } => {
             let home = home()?;
             let profile = Profile::new(&home);
             if profile.exists() {
@@ -306,12 +310,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
             let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
             // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            let port = std::net::UdpSocket::bind(if local { "127.0.0.1:0" } else { "0.0.0.0:0" })
                 .and_then(|s| s.local_addr())
                 .map(|a| a.port())
                 .unwrap_or(0);
             let public = profile
-                .init(&name, pass.as_deref(), port)
+                .init(&name, pass.as_deref(), port, local)
                 .map_err(profile_error)?;
             let address = kith_core::Address::new(public.account).to_string();
             out(
@@ -629,21 +633,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "dht:         {} nodes known, joined: {}, network size ~{}",
                         dht["routing_table_nodes"], dht["joined"], dht["size_estimate"]
                     );
+                    let b = &dht["bootstrap"];
+                    let part = |k: &str, label: &str| {
+                        format!(
+                            "{label} {}/{}",
+                            b[k]["answered"].as_u64().unwrap_or(0),
+                            b[k]["offered"].as_u64().unwrap_or(0)
+                        )
+                    };
+                    println!(
+                        "  bootstrap (in routing table / offered): {}, {}, {}, {}",
+                        part("configured", "configured list"),
+                        part("saved_table", "saved table"),
+                        part("contact_cards", "contact cards"),
+                        part("lan", "LAN")
+                    );
                     let src = &dht["sources"];
                     println!(
-                        "  answered:  DHT records {}, cached records {}, card hints {}, LAN {}, misses {}",
-                        src["dht_records"],
-                        src["cache_hits"],
-                        src["card_hints"],
-                        src["lan_nodes"],
-                        src["dht_misses"]
-                    );
-                    println!(
-                        "  bootstrap: configured {}, saved table {}, cards {}, LAN {}",
-                        src["bootstrap_configured"],
-                        src["bootstrap_saved"],
-                        src["bootstrap_cards"],
-                        src["lan_nodes"]
+                        "  lookups:   {} answered by DHT records, {} by cached records, {} used card hints, {} found nothing",
+                        src["dht_records"], src["cache_hits"], src["card_hints"], src["dht_misses"]
                     );
                 } else {
                     println!("dht:         off");

@@ -54,6 +54,11 @@ fn missing_profile_and_daemon_not_running() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A real profile listens on every interface and joins the DHT from there; `--local` is for tests.
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(config.contains("listen = \"0.0.0.0:"), "{config}");
+    assert!(config.contains("dht_bind = \"0.0.0.0\""), "{config}");
+    assert!(config.contains("lan_discovery = true"), "{config}");
     assert_user_error(
         &kith(&home, &args(&["send", "bob", "hi"]), &[]),
         "daemon is not running",
@@ -115,7 +120,7 @@ fn locked_profile_and_wrong_passphrase() {
     let home = dir.path().join("p");
     let out = kith(
         &home,
-        &args(&["init", "--name", "Ann"]),
+        &args(&["init", "--local", "--name", "Ann"]),
         &[("KITH_PASSPHRASE", "correct horse")],
     );
     assert!(out.status.success());

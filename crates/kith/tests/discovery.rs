@@ -49,9 +49,14 @@ async fn address_alone_is_enough_through_the_dht() {
         "bob -> alice by address"
     );
     let st = alice.client().get("/v1/status").await.unwrap();
+    let sb = bob.client().get("/v1/status").await.unwrap();
+    // Whoever dialled first found the other through a DHT record (no card, no other source); the other may
+    // have been reached before its own lookup ended.
     assert!(
-        st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1,
-        "found through a DHT record: {st}"
+        st["dht"]["sources"]["dht_records"].as_u64().unwrap()
+            + sb["dht"]["sources"]["dht_records"].as_u64().unwrap()
+            >= 1,
+        "found through a DHT record: {st} {sb}"
     );
     assert!(
         st["dht"]["sources"]["published"].as_u64().unwrap() >= 1,
@@ -117,6 +122,51 @@ async fn saved_routing_table_rejoins_without_bootstrap() {
     );
     assert!(
         st["dht"]["sources"]["dht_records"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    let saved_table = &st["dht"]["bootstrap"]["saved_table"];
+    assert!(saved_table["answered"].as_u64() > Some(0), "{st}");
+    assert_eq!(st["dht"]["bootstrap"]["configured"]["offered"], 0);
+}
+
+/// Carol starts with no bootstrap node and no saved table. Alice's card names DHT nodes she knew; once
+/// Carol adds it, Carol's node joins through them and finds Bob, whom she knows by address alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_card_is_a_way_into_the_dht() {
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = daemon(dir.path(), "alice", net.bootstrap()).await;
+    let bob = daemon(dir.path(), "bob", net.bootstrap()).await;
+    let carol = daemon(dir.path(), "carol", vec![]).await;
+    let st = carol.client().get("/v1/status").await.unwrap();
+    assert_eq!(st["dht"]["routing_table_nodes"], 0, "carol starts alone");
+    let card = alice.client().get("/v1/card").await.unwrap();
+    let parsed: kith_core::ContactCard = card["card"].as_str().unwrap().parse().unwrap();
+    assert!(
+        !parsed.hints().dht.is_empty(),
+        "alice's card names DHT nodes"
+    );
+    kith::process::introduce(&carol, &alice).await.unwrap();
+    carol.add_by_address(&bob).await.unwrap();
+    let wc = carol.watcher().await.unwrap();
+    let seq = carol
+        .client()
+        .send("bob", "found through a card's DHT hints")
+        .await
+        .unwrap();
+    assert!(
+        wc.wait_for(Duration::from_secs(60), |w| w
+            .delivered_at("bob", seq)
+            .is_some())
+            .await,
+        "carol reached bob by address"
+    );
+    let st = carol.client().get("/v1/status").await.unwrap();
+    let cards = &st["dht"]["bootstrap"]["contact_cards"];
+    assert!(cards["offered"].as_u64() > Some(0), "{st}");
+    assert!(cards["answered"].as_u64() > Some(0), "{st}");
+    assert!(
+        st["dht"]["sources"]["dht_records"].as_u64() >= Some(1),
         "{st}"
     );
 }

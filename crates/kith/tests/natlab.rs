@@ -6,6 +6,7 @@
 //!   nat1  198.18.0.1 | 10.201.1.1  endpoint-independent NAT (masquerade)
 //!   nat2  198.18.0.2 | 10.201.2.1  symmetric-style NAT (masquerade random,fully-random)
 //!   a     10.201.1.2 behind nat1;  c 10.201.1.3 behind nat1 (same LAN);  b 10.201.2.2 behind nat2
+//!   l     10.201.1.4 behind nat1 (same LAN), started with no bootstrap node at all
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,8 @@ use std::time::Duration;
 struct Lab {
     prefix: String,
     children: Vec<Child>,
+    /// Logs of the spawned processes, printed if the test fails.
+    logs: Vec<PathBuf>,
 }
 
 fn sh(args: &[&str]) -> Result<(), String> {
@@ -41,10 +44,11 @@ impl Lab {
         let lab = Lab {
             prefix: prefix.to_owned(),
             children: vec![],
+            logs: vec![],
         };
         let p = prefix;
         let ns = |h: &str| lab.ns(h);
-        for h in ["ix", "pub", "nat1", "nat2", "a", "b", "c"] {
+        for h in ["ix", "pub", "nat1", "nat2", "a", "b", "c", "l"] {
             sh(&["ip", "netns", "add", &ns(h)])?;
             sh(&["ip", "-n", &ns(h), "link", "set", "lo", "up"])?;
         }
@@ -124,6 +128,7 @@ impl Lab {
         for (router, host, addr, gw) in [
             ("nat1", "a", "10.201.1.2", "10.201.1.1"),
             ("nat1", "c", "10.201.1.3", "10.201.1.1"),
+            ("nat1", "l", "10.201.1.4", "10.201.1.1"),
             ("nat2", "b", "10.201.2.2", "10.201.2.1"),
         ] {
             let (l, r) = (format!("{p}-l{host}"), format!("{p}-r{host}"));
@@ -206,6 +211,7 @@ impl Lab {
     ) -> std::sync::mpsc::Receiver<String> {
         use std::io::{BufRead, Write};
         let f = std::fs::File::create(log).unwrap();
+        self.logs.push(log.to_owned());
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
@@ -262,11 +268,21 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in &self.logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- last lines of {} ----", log.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for h in ["a", "b", "c", "nat1", "nat2", "pub", "ix"] {
+        for h in ["a", "b", "c", "l", "nat1", "nat2", "pub", "ix"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(h)])
                 .output();
@@ -326,9 +342,10 @@ fn nat_traversal_in_network_namespaces() {
         println!("SKIPPED nat_traversal_in_network_namespaces: {reason}");
         return;
     }
+    // Declared before the lab, so the logs still exist when the lab prints them after a failure.
+    let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kn{}", std::process::id() % 100_000);
     let mut lab = Lab::up(&prefix).unwrap_or_else(|e| panic!("building the NAT lab: {e}"));
-    let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let testnet = lab.spawn(
         "pub",
@@ -484,4 +501,79 @@ fn nat_traversal_in_network_namespaces() {
         "a's endpoint saw no IP path to b"
     );
     assert_eq!(connection(&sa, "b")["path"], "relayed");
+
+    // l joins with no bootstrap node and no saved table: it asks its LAN, where a and c answer with the
+    // DHT nodes they know, and then finds a by address alone.
+    let lhome = d.join("l");
+    let (ok, _, err) = lab.run(
+        "l",
+        &[
+            exe(),
+            "--home",
+            lhome.to_str().unwrap(),
+            "init",
+            "--name",
+            "l",
+        ],
+    );
+    assert!(ok, "{err}");
+    let out = lab.spawn(
+        "l",
+        &[
+            exe(),
+            "--home",
+            lhome.to_str().unwrap(),
+            "daemon",
+            "--listen",
+            "10.201.1.4:4433",
+            "--dht-bind",
+            "10.201.1.4",
+            "--bootstrap=",
+            "--relay",
+            &relay,
+        ],
+        &d.join("l.log"),
+    );
+    Lab::expect_line(&out, "the daemon in l", |l| {
+        l.starts_with("kith daemon ready")
+    });
+    let (ok, _, err) = lab.run(
+        "l",
+        &[
+            exe(),
+            "--home",
+            lhome.to_str().unwrap(),
+            "add",
+            &addrs[0],
+            "--name",
+            "a",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = lab.run(
+        "l",
+        &[
+            exe(),
+            "--home",
+            lhome.to_str().unwrap(),
+            "send",
+            "a",
+            "found you through the LAN",
+            "--wait",
+            "60",
+        ],
+    );
+    assert!(ok, "l -> a not delivered: {out} {err}");
+    let sl = status(&lab, "l", &lhome);
+    let lan = &sl["dht"]["bootstrap"]["lan"];
+    println!(
+        "NAT lab: l started with no bootstrap node; LAN discovery offered {} DHT nodes, {} in its routing table",
+        lan["offered"], lan["answered"]
+    );
+    assert_eq!(sl["dht"]["bootstrap"]["configured"]["offered"], 0);
+    assert!(
+        lan["answered"].as_u64() > Some(0),
+        "the DHT nodes in l's routing table came from the LAN: {}",
+        sl["dht"]
+    );
 }

@@ -58,6 +58,7 @@ fn hints_of(net: &Net) -> Hints {
         endpoint: Some(net.endpoint_key()),
         direct: net.local_addrs(),
         relays: vec![],
+        dht: vec![],
     }
 }
 

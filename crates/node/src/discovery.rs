@@ -21,6 +21,7 @@ use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
 use kith_store::Store;
 use sha2::Digest;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ pub struct DiscoveryConfig {
     /// Put direct IP addresses in the record (readable by anyone who knows the address). Off by default:
     /// only contacts should learn a user's IP.
     pub publish_direct: bool,
+    /// The routing table saved by the last run (a bootstrap source of its own).
+    pub saved_dht_nodes: Vec<String>,
+    /// Ask the local network for DHT nodes (see [`crate::lan`]).
+    pub lan: bool,
 }
 
 impl Default for DiscoveryConfig {
@@ -46,8 +51,27 @@ impl Default for DiscoveryConfig {
         Self {
             period_minutes: 24 * 60,
             publish_direct: false,
+            saved_dht_nodes: vec![],
+            lan: false,
         }
     }
+}
+
+/// Where a bootstrap node came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootstrapSource {
+    Configured,
+    SavedTable,
+    ContactCards,
+    Lan,
+}
+
+/// Nodes offered by one bootstrap source, and how many of them are in a routing table now (answered).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SourceReport {
+    pub offered: usize,
+    pub answered: usize,
 }
 
 /// Which sources answered, for `kith status`.
@@ -68,16 +92,115 @@ pub struct PeriodDhts {
     nodes: Mutex<std::collections::BTreeMap<u64, KithDht>>,
     /// Routing table nodes learned so far, to bootstrap the next period's client quickly.
     known: Mutex<Vec<String>>,
+    /// Every bootstrap node offered, with its source.
+    sources: Mutex<std::collections::HashMap<String, BootstrapSource>>,
 }
 
 impl PeriodDhts {
-    pub fn new(base: DhtConfig) -> Self {
-        let known = Mutex::new(base.bootstrap.clone());
+    /// `base.bootstrap` is the configured list; `saved` the routing table of the last run.
+    pub fn new(base: DhtConfig, saved: &[String]) -> Self {
+        let mut sources = std::collections::HashMap::new();
+        for n in saved {
+            sources.insert(n.clone(), BootstrapSource::SavedTable);
+        }
+        for n in &base.bootstrap {
+            sources.insert(n.clone(), BootstrapSource::Configured);
+        }
+        let mut known = base.bootstrap.clone();
+        known.extend(saved.iter().cloned());
         Self {
             base,
             nodes: Mutex::new(Default::default()),
-            known,
+            known: Mutex::new(known),
+            sources: Mutex::new(sources),
         }
+    }
+
+    /// Offers more bootstrap nodes (from contact cards or the LAN). Returns how many were new.
+    pub fn add_bootstrap(&self, source: BootstrapSource, nodes: &[SocketAddr]) -> usize {
+        let mut sources = lock(&self.sources);
+        let mut known = lock(&self.known);
+        let mut added = 0;
+        for n in nodes {
+            let s = n.to_string();
+            if !sources.contains_key(&s) {
+                sources.insert(s.clone(), source);
+                known.push(s);
+                added += 1;
+            }
+        }
+        added
+    }
+
+    /// Drops the clients that know no other node, so the next use starts them afresh from every bootstrap
+    /// node offered so far (a running Mainline client cannot be given new bootstrap nodes). Returns how
+    /// many were restarted.
+    pub async fn rejoin_if_alone(&self) -> usize {
+        let mut alone = vec![];
+        for (period, d) in lock(&self.nodes).clone() {
+            alone.push((period, d));
+        }
+        let mut restarted = 0;
+        for (period, d) in alone {
+            if d.routing_table().await.is_empty() {
+                lock(&self.nodes).remove(&period);
+                restarted += 1;
+            }
+        }
+        restarted
+    }
+
+    /// Whether some client has other nodes in its routing table.
+    pub async fn joined(&self) -> bool {
+        for d in self.clients() {
+            if !d.routing_table().await.is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Per source: nodes offered, and how many of them are in a routing table now.
+    pub async fn source_report(&self) -> std::collections::BTreeMap<String, SourceReport> {
+        let table: std::collections::HashSet<String> =
+            self.routing_table().await.into_iter().collect();
+        let mut out = std::collections::BTreeMap::new();
+        for s in [
+            BootstrapSource::Configured,
+            BootstrapSource::SavedTable,
+            BootstrapSource::ContactCards,
+            BootstrapSource::Lan,
+        ] {
+            out.insert(
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                SourceReport::default(),
+            );
+        }
+        for (node, source) in lock(&self.sources).iter() {
+            let key = serde_json::to_value(source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let r = out.entry(key).or_default();
+            r.offered += 1;
+            if table.contains(node) {
+                r.answered += 1;
+            }
+        }
+        out
+    }
+
+    /// Up to `n` DHT nodes known to answer (from the routing tables), as IP addresses.
+    pub fn sample_known(&self, n: usize) -> Vec<SocketAddr> {
+        lock(&self.known)
+            .iter()
+            .rev()
+            .filter_map(|s| s.parse().ok())
+            .take(n)
+            .collect()
     }
 
     /// The client for `period`, started on first use. Clients of periods that ended are dropped.
@@ -154,6 +277,7 @@ pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
             endpoint: Some(d.endpoint),
             direct: d.direct.clone(),
             relays: d.relays.clone(),
+            dht: vec![],
         })
         .collect()
 }
@@ -163,7 +287,7 @@ impl NodeDiscovery {
     pub fn new(store: Arc<Mutex<Store>>, dht: Option<DhtConfig>, config: DiscoveryConfig) -> Self {
         Self {
             store,
-            dht: dht.map(PeriodDhts::new),
+            dht: dht.map(|d| PeriodDhts::new(d, &config.saved_dht_nodes)),
             cache: Mutex::new(RecordCache::default()),
             config,
             stats: Mutex::new(SourceStats::default()),
@@ -236,6 +360,14 @@ impl NodeDiscovery {
             stats.dht_misses += 1;
         }
         found
+    }
+
+    /// DHT nodes to name in our card.
+    pub fn dht_hints(&self, n: usize) -> Vec<SocketAddr> {
+        self.dht
+            .as_ref()
+            .map(|d| d.sample_known(n))
+            .unwrap_or_default()
     }
 
     /// Relays named in cached records of contacts: candidates for our own.

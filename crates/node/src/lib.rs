@@ -8,6 +8,7 @@
 pub mod api;
 pub mod discovery;
 pub mod events;
+pub mod lan;
 pub mod limiter;
 pub mod node;
 pub mod profile;
@@ -62,18 +63,17 @@ pub async fn run_daemon(
     let config = profile.config()?;
     let token = profile.token()?;
     let store = kith_store::Store::open(&profile.path(profile::DB_FILE))?;
-    let mut bootstrap: Vec<String> = options
+    let bootstrap: Vec<String> = options
         .bootstrap
         .clone()
         .unwrap_or(config.bootstrap.clone())
         .into_iter()
         .filter(|b| !b.trim().is_empty())
         .collect();
-    // The routing table of the last run: joining works even when every bootstrap host is gone.
-    bootstrap.extend(profile.saved_dht_nodes());
+    let dht_bind = options.dht_bind.unwrap_or(config.dht_bind);
     let dht = (!options.no_dht).then_some(kith_net::dht::DhtConfig {
         bootstrap,
-        bind: options.dht_bind.unwrap_or(config.dht_bind),
+        bind: dht_bind,
         port: None,
         server: config.dht_server,
     });
@@ -87,6 +87,9 @@ pub async fn run_daemon(
                 .unwrap_or(config.period_minutes)
                 .max(1),
             publish_direct: options.publish_direct.unwrap_or(config.publish_direct),
+            // The routing table of the last run: joining works even when every bootstrap host is gone.
+            saved_dht_nodes: profile.saved_dht_nodes(),
+            lan: config.lan_discovery && !dht_bind.is_loopback(),
         },
         dht,
         net: kith_net::NetOptions {

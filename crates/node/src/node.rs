@@ -287,6 +287,16 @@ impl Node {
             config.dht.clone(),
             config.discovery.clone(),
         ));
+        // Contacts' cards name DHT nodes they knew: one more way in.
+        if let Some(dhts) = &discovery.dht {
+            let hinted: Vec<SocketAddr> = lock(&store)
+                .contacts()?
+                .iter()
+                .filter_map(|c| c.card.as_ref())
+                .flat_map(|c| c.hints().dht.clone())
+                .collect();
+            dhts.add_bootstrap(crate::discovery::BootstrapSource::ContactCards, &hinted);
+        }
         let now = unix_now();
         let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
         let net = Net::bind_with(
@@ -305,7 +315,7 @@ impl Node {
             period,
             config.discovery.period_minutes,
         );
-        let card = Self::make_card(&id, &net, now)?;
+        let card = Self::make_card(&id, &net, &discovery, now)?;
         let (request_net, request) =
             match Self::bind_request(&id, &discovery, period, &config.net.relays).await? {
                 Some(r) => {
@@ -362,10 +372,29 @@ impl Node {
         tokio::spawn(node.clone().publisher());
         tokio::spawn(node.clone().rotator());
         tokio::spawn(node.clone().relay_finder());
+        if node.config.discovery.lan
+            && let Some(dht) = &node.config.dht
+        {
+            let weak = Arc::downgrade(&node);
+            tokio::spawn(crate::lan::run(
+                node.discovery.clone(),
+                dht.bind,
+                dht.server,
+                move || {
+                    weak.upgrade()
+                        .is_none_or(|n| n.stopping.load(std::sync::atomic::Ordering::SeqCst))
+                },
+            ));
+        }
         Ok(node)
     }
 
-    fn make_card(id: &Identity, net: &Net, now: u64) -> Result<ContactCard, NodeError> {
+    fn make_card(
+        id: &Identity,
+        net: &Net,
+        discovery: &NodeDiscovery,
+        now: u64,
+    ) -> Result<ContactCard, NodeError> {
         let direct: Vec<SocketAddr> = net
             .local_addrs()
             .into_iter()
@@ -376,6 +405,7 @@ impl Node {
             endpoint: Some(net.endpoint_key()),
             direct,
             relays: net.relays().into_iter().take(4).collect(),
+            dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
@@ -413,6 +443,7 @@ impl Node {
             endpoint: Some(request.endpoint_key()),
             direct: vec![],
             relays: request.relays().into_iter().take(4).collect(),
+            dht: vec![],
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
@@ -443,6 +474,26 @@ impl Node {
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot start the request endpoint"),
+        }
+    }
+
+    /// Offers the DHT nodes a contact's card names as bootstrap nodes; if our DHT has no node yet, it
+    /// starts again from them.
+    fn offer_card_dht_hints(&self, card: &ContactCard) {
+        let Some(dhts) = &self.discovery.dht else {
+            return;
+        };
+        if dhts.add_bootstrap(
+            crate::discovery::BootstrapSource::ContactCards,
+            &card.hints().dht,
+        ) > 0
+        {
+            let discovery = self.discovery.clone();
+            tokio::spawn(async move {
+                if let Some(d) = &discovery.dht {
+                    d.rejoin_if_alone().await;
+                }
+            });
         }
     }
 
@@ -550,7 +601,9 @@ impl Node {
                 }
             }
             if added > 0 {
-                if let Ok(card) = Self::make_card(&self.id, &self.net(), unix_now()) {
+                if let Ok(card) =
+                    Self::make_card(&self.id, &self.net(), &self.discovery, unix_now())
+                {
                     lock(&self.state).card = card;
                 }
                 if let Some(r) = self.request_net() {
@@ -633,7 +686,7 @@ impl Node {
                 return;
             };
             let cert = endpoint_cert_for(&self.id, new.endpoint_key(), period, minutes);
-            let card = match Self::make_card(&self.id, &new, unix_now()) {
+            let card = match Self::make_card(&self.id, &new, &self.discovery, unix_now()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot issue the new card");
@@ -808,6 +861,10 @@ impl Node {
             };
             let delay = match self.discovery.publish(&self.id, entry, unix_now()).await {
                 Ok(done) => {
+                    // Keep the nodes we name in our card fresh.
+                    if let Some(d) = &self.discovery.dht {
+                        d.routing_table().await;
+                    }
                     for (period, seq) in done {
                         self.emit(Event::RecordPublished {
                             period: period.0,
@@ -863,8 +920,10 @@ impl Node {
                     firewalled &= info.firewalled;
                 }
                 let nodes = d.routing_table().await.len();
+                let bootstrap = d.source_report().await;
                 serde_json::json!({
                     "enabled": true,
+                    "bootstrap": bootstrap,
                     "joined": nodes > 0,
                     "period_clients": clients.len(),
                     "routing_table_nodes": nodes,
@@ -924,10 +983,14 @@ impl Node {
         let path = path_name(session.path_kind());
         let known = {
             let store = lock(&self.store);
-            let known = matches!(store.peer(&account), Ok(Some(_)));
-            if known {
+            let stored = store.peer(&account).ok().flatten();
+            let known = stored.is_some();
+            if let Some(stored) = stored {
                 if let Some(card) = peer.card() {
                     let _ = store.update_card(card);
+                    if stored.state == PeerState::Contact {
+                        self.offer_card_dht_hints(card);
+                    }
                 }
                 let _ = store.touch(&account, unix_ms());
             }
@@ -1456,6 +1519,9 @@ impl Node {
         };
         kith_core::card::check_name(&name)?;
         lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
+        if let Some(card) = card {
+            self.offer_card_dht_hints(card);
+        }
         // Messages queued for this account before it was removed go out again now that it is back.
         self.requeue(account)?;
         let view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);

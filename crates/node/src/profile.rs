@@ -117,6 +117,13 @@ pub struct Config {
     /// Send everything through relays: no peer ever learns this machine's IP address.
     #[serde(default)]
     pub relay_only: bool,
+    /// Ask the local network for DHT nodes (multicast; only when `dht_bind` is not loopback).
+    #[serde(default = "default_true")]
+    pub lan_discovery: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_bootstrap() -> Vec<String> {
@@ -229,12 +236,14 @@ impl Profile {
         self.path(IDENTITY_FILE).exists()
     }
 
-    /// Creates a new profile. `passphrase` (non-empty) encrypts the secret keys.
+    /// Creates a new profile. `passphrase` (non-empty) encrypts the secret keys. The node listens (QUIC and
+    /// DHT) on every interface, or with `local` on 127.0.0.1 only (tests, demos, trying kith on one machine).
     pub fn init(
         &self,
         name: &str,
         passphrase: Option<&str>,
         listen_port: u16,
+        local: bool,
     ) -> Result<PublicIdentity, ProfileError> {
         kith_core::card::check_name(name).map_err(|e| ProfileError::Name(e.to_string()))?;
         if self.exists() {
@@ -299,15 +308,23 @@ impl Profile {
         let mut token = [0u8; 32];
         rng.fill_bytes(&mut token);
         let config = Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            listen: SocketAddr::from((
+                if local { [127, 0, 0, 1] } else { [0, 0, 0, 0] },
+                listen_port,
+            )),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             bootstrap: default_bootstrap(),
-            dht_bind: default_dht_bind(),
+            dht_bind: if local {
+                std::net::Ipv4Addr::LOCALHOST
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED
+            },
             dht_server: false,
             period_minutes: default_period(),
             publish_direct: false,
             relays: vec![],
             relay_only: false,
+            lan_discovery: true,
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
@@ -318,7 +335,8 @@ impl Profile {
              #   dht_bind        local IPv4 address of the DHT node; dht_server: answer other nodes' queries\n\
              #   period_minutes  length of a discovery period\n\
              #   publish_direct  put your IP addresses in your discovery record (anyone with your address reads it)\n\
-             #   relays          relay servers (URLs) to be reachable through; relay_only: never use a direct path\n{}",
+             #   relays          relay servers (URLs) to be reachable through; relay_only: never use a direct path\n\
+             #   lan_discovery   ask the local network for DHT nodes (when dht_bind is not loopback)\n{}",
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
@@ -536,9 +554,9 @@ mod tests {
     fn init_unlock_and_refuse_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let p = Profile::new(dir.path().join("a"));
-        let public = p.init("Alice", Some("correct horse"), 4000).unwrap();
+        let public = p.init("Alice", Some("correct horse"), 4000, true).unwrap();
         assert!(matches!(
-            p.init("Alice", None, 4000),
+            p.init("Alice", None, 4000, true),
             Err(ProfileError::Exists(_))
         ));
         assert!(matches!(p.unlock(None), Err(ProfileError::Locked)));
@@ -564,7 +582,7 @@ mod tests {
     fn plain_profile_and_lock() {
         let dir = tempfile::tempdir().unwrap();
         let p = Profile::new(dir.path());
-        p.init("Bob", None, 0).unwrap();
+        p.init("Bob", None, 0, true).unwrap();
         assert!(p.unlock(None).is_ok());
         let _held = p.lock().unwrap();
         assert!(matches!(p.lock(), Err(ProfileError::InUse(..))));

@@ -100,7 +100,7 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     let mut users = vec![];
     for name in ["ann", "ben", "cat"] {
         let profile = Profile::new(dir.path().join(name));
-        profile.init(name, None, 0).unwrap();
+        profile.init(name, None, 0, true).unwrap();
         let id = profile.unlock(None).unwrap();
         let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
         let dht = DhtConfig {
@@ -111,7 +111,7 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         };
         let config = DiscoveryConfig {
             period_minutes: PERIOD_MINUTES,
-            publish_direct: false,
+            ..Default::default()
         };
         let disc = NodeDiscovery::new(Arc::new(Mutex::new(store)), Some(dht), config);
         let device_hex = hex::encode(id.device.public().as_bytes());

@@ -14,7 +14,7 @@ const MINUTES: u64 = 60;
 
 fn user(dir: &std::path::Path, name: &str, bootstrap: &[String]) -> (Identity, NodeDiscovery) {
     let profile = Profile::new(dir.join(name));
-    profile.init(name, None, 0).unwrap();
+    profile.init(name, None, 0, true).unwrap();
     let id = profile.unlock(None).unwrap();
     let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
     let dht = DhtConfig {
@@ -28,7 +28,7 @@ fn user(dir: &std::path::Path, name: &str, bootstrap: &[String]) -> (Identity, N
         Some(dht),
         DiscoveryConfig {
             period_minutes: MINUTES,
-            publish_direct: false,
+            ..Default::default()
         },
     );
     (id, disc)
