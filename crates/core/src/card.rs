@@ -37,6 +37,9 @@ pub struct Hints {
     /// Mainline DHT nodes the owner knew when issuing the card (not the owner's own): a way into the
     /// DHT for someone whose bootstrap hosts are blocked or unknown.
     pub dht: Vec<SocketAddr>,
+    /// The owner's contact key: opens the contacts-only part of their discovery records (their contact
+    /// endpoint and addresses). In the card given to contacts only; absent from what strangers get.
+    pub contact_key: Option<[u8; 32]>,
 }
 
 /// A verified contact card. Constructed only by [`ContactCard::issue`] or by parsing, which checks the
@@ -90,7 +93,7 @@ pub enum CardError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParsedContact {
     Address(Address),
-    Card(ContactCard),
+    Card(Box<ContactCard>),
 }
 
 impl ParsedContact {
@@ -98,7 +101,7 @@ impl ParsedContact {
     pub fn parse(text: &str) -> Result<Self, CardError> {
         let body = strip_scheme(text)?;
         if body.contains('?') {
-            Ok(Self::Card(text.parse()?))
+            Ok(Self::Card(Box::new(text.parse()?)))
         } else {
             Ok(Self::Address(text.parse()?))
         }
@@ -306,6 +309,7 @@ mod tests {
             direct: vec!["127.0.0.1:4242".parse().unwrap()],
             relays: vec!["https://relay.example/".into()],
             dht: vec!["192.0.2.7:6881".parse().unwrap()],
+            contact_key: Some([5u8; 32]),
         }
     }
 
@@ -318,7 +322,7 @@ mod tests {
         assert_eq!(ContactCard::from_bytes(&card.to_bytes()).unwrap(), card);
         assert_eq!(
             ParsedContact::parse(&link).unwrap(),
-            ParsedContact::Card(card.clone())
+            ParsedContact::Card(Box::new(card.clone()))
         );
         assert_eq!(
             ParsedContact::parse(&card.address().to_string()).unwrap(),
@@ -392,6 +396,7 @@ mod tests {
                 direct: vec![SocketAddr::from(([127, 0, 0, 1], port))],
                 relays: (0..n_relays).map(|i| format!("https://r{i}.example/")).collect(),
                 dht: vec![SocketAddr::from(([192, 0, 2, 1], port))],
+                contact_key: (port % 2 == 0).then_some([port as u8; 32]),
             };
             let card = ContactCard::issue(&secret(seed), &name, h, issued).unwrap();
             prop_assert_eq!(card.to_link().parse::<ContactCard>().unwrap(), card.clone());

@@ -32,7 +32,7 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const PLAINTEXT_LEN: usize = RECORD_VALUE_LEN - NONCE_LEN - TAG_LEN;
 /// Record format version inside the body.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 pub const MAX_DEVICES: usize = 4;
 
 /// One device of the account as published for one period.
@@ -52,7 +52,21 @@ pub struct RecordBody {
     pub period: u64,
     /// Unix seconds after which the record must not be used.
     pub expires: u64,
+    /// What anyone who knows the address may use: the relay-only request endpoints (or nothing, when the
+    /// owner accepts no requests from strangers).
     pub devices: Vec<DeviceEntry>,
+    /// [`ContactEntry`]s sealed under the owner's contact key (see [`seal_contacts`]): readable only by
+    /// people who hold the owner's full card, i.e. contacts.
+    pub contacts: Option<Vec<u8>>,
+}
+
+/// Where one device is reachable, for contacts only: its contact endpoint (which may go direct) and its
+/// addresses. Authenticated by the account's signature over the whole body; the hello proves the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactEntry {
+    pub endpoint: EndpointKey,
+    pub relays: Vec<String>,
+    pub direct: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +81,9 @@ pub struct VerifiedRecord {
     account: AccountKey,
     seq: i64,
     body: RecordBody,
+    blinded: BlindedKey,
+    value: Vec<u8>,
+    item_signature: Signature,
 }
 
 impl VerifiedRecord {
@@ -78,6 +95,24 @@ impl VerifiedRecord {
     }
     pub fn body(&self) -> &RecordBody {
         &self.body
+    }
+    pub fn blinded(&self) -> &BlindedKey {
+        &self.blinded
+    }
+    /// The DHT item exactly as found (value and the blinded key's signature), so anyone holding it can
+    /// store it again and keep it alive while its owner is offline.
+    pub fn item(&self) -> (&[u8], &Signature) {
+        (&self.value, &self.item_signature)
+    }
+    /// The contact entries, if `contact_key` (from the owner's card) opens them.
+    pub fn contact_entries(
+        &self,
+        contact_key: &[u8; 32],
+    ) -> Result<Vec<ContactEntry>, RecordError> {
+        match &self.body.contacts {
+            Some(blob) => open_contacts(contact_key, &self.blinded, blob),
+            None => Ok(vec![]),
+        }
     }
 }
 
@@ -117,6 +152,76 @@ fn record_key(account: &AccountKey, blinded: &BlindedKey) -> [u8; 32] {
         .chain_update(blinded.as_bytes())
         .finalize()
         .into()
+}
+
+fn contacts_key(contact_key: &[u8; 32], blinded: &BlindedKey) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"kith record contacts key v1")
+        .chain_update(contact_key)
+        .chain_update(blinded.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// Seals contact entries for the record of `blinded` under the owner's contact key.
+pub fn seal_contacts<R: rand::CryptoRng + ?Sized>(
+    contact_key: &[u8; 32],
+    blinded: &BlindedKey,
+    entries: &[ContactEntry],
+    rng: &mut R,
+) -> Result<Vec<u8>, RecordError> {
+    if entries.len() > MAX_DEVICES {
+        return Err(RecordError::Malformed);
+    }
+    let plain = zeroize::Zeroizing::new(
+        postcard::to_allocvec(entries).map_err(|_| RecordError::Malformed)?,
+    );
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new_from_slice(&contacts_key(contact_key, blinded))
+        .map_err(|_| RecordError::Malformed)?;
+    let ct = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &plain,
+                aad: blinded.as_bytes(),
+            },
+        )
+        .map_err(|_| RecordError::Malformed)?;
+    let mut out = nonce.to_vec();
+    out.extend(ct);
+    Ok(out)
+}
+
+/// Opens what [`seal_contacts`] sealed; fails with [`RecordError::Decrypt`] for a wrong key.
+pub fn open_contacts(
+    contact_key: &[u8; 32],
+    blinded: &BlindedKey,
+    blob: &[u8],
+) -> Result<Vec<ContactEntry>, RecordError> {
+    if blob.len() < NONCE_LEN + TAG_LEN {
+        return Err(RecordError::Malformed);
+    }
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RecordError::Malformed)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(&contacts_key(contact_key, blinded))
+        .map_err(|_| RecordError::Decrypt)?;
+    let plain = zeroize::Zeroizing::new(
+        cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: blinded.as_bytes(),
+                },
+            )
+            .map_err(|_| RecordError::Decrypt)?,
+    );
+    match postcard::take_from_bytes::<Vec<ContactEntry>>(&plain) {
+        Ok((entries, [])) if entries.len() <= MAX_DEVICES => Ok(entries),
+        _ => Err(RecordError::Malformed),
+    }
 }
 
 fn signed_part(blinded: &BlindedKey, body: &RecordBody) -> Vec<u8> {
@@ -235,6 +340,9 @@ pub fn open(
         account: *account,
         seq,
         body,
+        blinded: *blinded,
+        value: value.to_vec(),
+        item_signature: *item_signature,
     })
 }
 
@@ -328,7 +436,54 @@ mod tests {
             period,
             expires: 10_000_000,
             devices: vec![entry; devices],
+            contacts: None,
         }
+    }
+
+    #[test]
+    fn contact_entries_open_only_with_the_contact_key() {
+        let f = fixture(1);
+        let p = period_at(1_000_000, LEN_MIN);
+        let secret = blind_secret(&f.account, p, LEN_MIN);
+        let contact_key = [7u8; 32];
+        // The largest realistic record: one public device entry, and a contact entry with every address and
+        // relay a card may carry.
+        let entry = ContactEntry {
+            endpoint: f.endpoint,
+            relays: (0..4)
+                .map(|i| format!("https://relay-{i}.example.org./"))
+                .collect(),
+            direct: (0..8)
+                .map(|i| SocketAddr::from(([203, 0, 113, i], 40_000 + u16::from(i))))
+                .collect(),
+        };
+        let mut b = body(&f, p.0, 1);
+        b.contacts = Some(
+            seal_contacts(
+                &contact_key,
+                &secret.public(),
+                std::slice::from_ref(&entry),
+                &mut StdRng::seed_from_u64(3),
+            )
+            .unwrap(),
+        );
+        let (key, seq, value, sig) = publish(&f, p, b, 5);
+        assert_eq!(value.len(), RECORD_VALUE_LEN);
+        let rec = open(&f.account.public(), &key, p, seq, &value, &sig, 1_000_000).unwrap();
+        assert_eq!(rec.contact_entries(&contact_key).unwrap(), vec![entry]);
+        // Whoever has only the address reads the public part and nothing of the contact part.
+        assert_eq!(rec.contact_entries(&[8u8; 32]), Err(RecordError::Decrypt));
+        assert_eq!(rec.body().devices.len(), 1);
+        // The raw item is kept, so a contact can store it again unchanged.
+        let (v, s) = rec.item();
+        assert_eq!((v, s), (&value[..], &sig));
+        // A blob sealed for another period's key does not open under this one.
+        let other = blind_secret(&f.account, PeriodNum(p.0 + 1), LEN_MIN).public();
+        let blob = rec.body().contacts.clone().unwrap();
+        assert_eq!(
+            open_contacts(&contact_key, &other, &blob),
+            Err(RecordError::Decrypt)
+        );
     }
 
     /// Seals and signs like a publisher: returns (blinded public key, seq, value, item signature).

@@ -111,6 +111,7 @@ async fn bare_quic(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
             direct: nb.local_addrs(),
             relays: vec![],
             dht: vec![],
+            contact_key: None,
         },
     );
     let hb = hello(&pb, nb.endpoint_key());

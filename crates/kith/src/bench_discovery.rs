@@ -123,6 +123,7 @@ async fn publish_all(
                 relays: vec![],
                 direct: vec!["127.0.0.1:4000".parse()?],
             }],
+            contacts: None,
         };
         let secret = blind::blind_secret(&p.account, period, PERIOD_MINUTES);
         let value = record::seal(&p.account, &secret.public(), body, &mut rng)?;

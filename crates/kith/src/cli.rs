@@ -67,9 +67,12 @@ enum Command {
         /// Send everything through the relays: no peer ever learns this machine's IP address.
         #[arg(long)]
         relay_only: bool,
-        /// Local IPv4 address of the DHT node (default from config.toml: 127.0.0.1).
+        /// Local IPv4 address of the DHT node (default from config.toml).
         #[arg(long, value_name = "IP")]
         dht_bind: Option<std::net::Ipv4Addr>,
+        /// Take no contact requests: only contacts can reach you or learn whether you are online.
+        #[arg(long)]
+        no_requests: bool,
     },
     /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
     Relay {
@@ -126,6 +129,9 @@ enum Command {
     Remove { name: String },
     /// Show the safety number shared with a contact: compare it in person.
     Verify { name: String },
+    /// Look a contact (by name) or any address up in the DHT now: what anyone with the address can see of
+    /// the record, and whether you can read its contacts-only part.
+    Lookup { who: String },
     /// Send a message to a contact.
     Send {
         name: String,
@@ -362,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             relay,
             relay_only,
             dht_bind,
+            no_requests,
         } => {
             let home = home()?;
             let profile = Profile::new(&home);
@@ -383,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 relays: relay,
                 relay_only,
                 dht_bind,
+                no_requests,
             };
             let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(
@@ -493,6 +501,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!(
                     "Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between."
+                );
+            });
+        }
+        Command::Lookup { who } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client
+                .get(&format!("/v1/lookup/{}", urlencode(&who)))
+                .await?;
+            out(json_mode, &v, |v| {
+                if v["found"] != true {
+                    println!(
+                        "No current record for {} in the DHT: the person has not been online in the last hours, or the DHT is not reachable (see `kith status`).",
+                        s(v, "address")
+                    );
+                    return;
+                }
+                println!("Record found for {}", s(v, "address"));
+                println!(
+                    "  anyone with the address sees: {} request endpoint(s), relays {}, {} IP address(es)",
+                    v["public_endpoints"], v["public_relays"], v["public_direct"]
+                );
+                println!(
+                    "  contacts-only part: {} ({} endpoint(s))",
+                    s(v, "contact_part"),
+                    v["contact_endpoints"]
                 );
             });
         }

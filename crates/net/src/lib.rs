@@ -204,6 +204,26 @@ impl Net {
             .expect("iroh ids are valid ed25519 keys")
     }
 
+    /// The IP addresses the endpoint believes it is reachable at: its sockets, and for a socket bound to
+    /// every interface, the interfaces' addresses.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .endpoint
+            .addr()
+            .ip_addrs()
+            .copied()
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+        if out.is_empty() {
+            out = self
+                .local_addrs()
+                .into_iter()
+                .filter(|a| !a.ip().is_unspecified())
+                .collect();
+        }
+        out
+    }
+
     /// The local UDP addresses the endpoint is bound to.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.endpoint.bound_sockets()

@@ -59,6 +59,7 @@ fn hints_of(net: &Net) -> Hints {
         direct: net.local_addrs(),
         relays: vec![],
         dht: vec![],
+        contact_key: None,
     }
 }
 

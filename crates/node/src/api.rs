@@ -91,6 +91,7 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/contacts", get(contacts).post(add_contact))
         .route("/v1/contacts/{name}", delete(remove_contact))
         .route("/v1/contacts/{name}/safety-number", get(safety_number))
+        .route("/v1/lookup/{who}", get(lookup))
         .route("/v1/messages", post(send))
         .route("/v1/chat/{name}", get(chat))
         .route("/v1/requests", get(requests))
@@ -132,6 +133,10 @@ async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiR
 async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
     c.node.remove_contact(&name)?;
     ok(json!({ "removed": name }))
+}
+
+async fn lookup(State(c): State<Ctx>, Path(who): Path<String>) -> ApiResult {
+    ok(c.node.lookup_report(&who).await?)
 }
 
 async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {

@@ -15,7 +15,7 @@
 
 use futures_util::StreamExt;
 use kith_core::blind::{self, PeriodNum};
-use kith_core::record::{self, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
+use kith_core::record::{self, ContactEntry, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
 use kith_core::{AccountKey, Hints};
 use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
@@ -278,6 +278,7 @@ pub fn hints_of(record: &VerifiedRecord) -> Vec<Hints> {
             direct: d.direct.clone(),
             relays: d.relays.clone(),
             dht: vec![],
+            contact_key: None,
         })
         .collect()
 }
@@ -370,6 +371,49 @@ impl NodeDiscovery {
             .unwrap_or_default()
     }
 
+    /// A complete lookup: waits for every answer of one query per candidate period and returns the valid
+    /// record with the highest sequence (DHT nodes outside the closest set may still hold older ones).
+    /// Slower than [`Self::lookup`]; for `kith lookup`, where the newest record matters more than speed.
+    pub async fn lookup_newest(&self, account: AccountKey, now: u64) -> Option<VerifiedRecord> {
+        let dhts = self.dht.as_ref()?;
+        let current = blind::period_at(now, self.config.period_minutes);
+        let mut best: Option<(PeriodNum, VerifiedRecord)> = None;
+        for period in lookup_periods(now, self.config.period_minutes) {
+            let Ok(blinded) = blind::blind_public(&account, period, self.config.period_minutes)
+            else {
+                continue;
+            };
+            let Ok(dht) = dhts.client(period, current) else {
+                continue;
+            };
+            let mut items = Box::pin(dht.lookup(&blinded));
+            let all = async {
+                while let Some(item) = items.next().await {
+                    if let Ok(rec) = record::open(
+                        &account,
+                        &blinded,
+                        period,
+                        item.seq,
+                        &item.value,
+                        &item.signature,
+                        now,
+                    ) {
+                        let newer = best
+                            .as_ref()
+                            .is_none_or(|(p, b)| (period.0, rec.seq()) > (p.0, b.seq()));
+                        if newer {
+                            best = Some((period, rec));
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LOOKUP_TIMEOUT, all).await;
+        }
+        let (period, rec) = best?;
+        let _ = lock(&self.cache).offer(period, rec.clone());
+        Some(rec)
+    }
+
     /// Relays named in cached records of contacts: candidates for our own.
     pub fn contact_relays(&self) -> Vec<String> {
         lock(&self.cache)
@@ -393,10 +437,13 @@ impl NodeDiscovery {
 
     /// Seals and publishes this node's record for the current and the next period.
     /// Returns the (period, seq) pairs stored.
+    /// `entries(period)` gives the public device entries (request endpoints; none when strangers may not
+    /// send requests) and the contacts-only entry, sealed under `contact_key`.
     pub async fn publish(
         &self,
         id: &crate::profile::Identity,
-        entry: impl Fn(PeriodNum) -> DeviceEntry,
+        entries: impl Fn(PeriodNum) -> (Vec<DeviceEntry>, ContactEntry),
+        contact_key: &[u8; 32],
         now: u64,
     ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
         let Some(dhts) = &self.dht else {
@@ -407,16 +454,26 @@ impl NodeDiscovery {
         let period_secs = self.config.period_minutes * 60;
         for period in [current, PeriodNum(current.0 + 1)] {
             let secret = blind::blind_secret(&id.account, period, self.config.period_minutes);
-            let mut device = entry(period);
+            let (mut devices, contact) = entries(period);
             if !self.config.publish_direct {
-                device.direct.clear();
+                for d in &mut devices {
+                    d.direct.clear();
+                }
             }
+            let contacts = record::seal_contacts(
+                contact_key,
+                &secret.public(),
+                std::slice::from_ref(&contact),
+                &mut rand::rng(),
+            )
+            .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
             let body = RecordBody {
                 version: record::RECORD_VERSION,
                 period: period.0,
                 // Valid through the end of its period plus the skew margin.
                 expires: (period.0 + 1) * period_secs + SKEW_SECS,
-                devices: vec![device],
+                devices,
+                contacts: Some(contacts),
             };
             let value = record::seal(&id.account, &secret.public(), body, &mut rand::rng())
                 .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
@@ -482,10 +539,13 @@ impl Discovery for NodeDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
         Box::pin(async move {
             let now = crate::node::unix_now();
-            let card = lock(&self.store)
-                .peer(&account)
-                .ok()
-                .flatten()
+            let stored = lock(&self.store).peer(&account).ok().flatten();
+            let contact_key = stored
+                .as_ref()
+                .filter(|p| p.state == kith_store::PeerState::Contact)
+                .and_then(|p| p.card.as_ref())
+                .and_then(|c| c.hints().contact_key);
+            let card = stored
                 .and_then(|p| p.card)
                 .filter(|c| c.hints().endpoint.is_some());
             // Endpoints rotate every period and a card is re-issued with each: a card of an earlier period
@@ -495,14 +555,32 @@ impl Discovery for NodeDiscovery {
                 blind::period_at(c.issued(), self.config.period_minutes) == period
             });
             let mut records = vec![];
+            let mut record = None;
             if let Some(rec) = self.cached(&account, now) {
                 lock(&self.stats).cache_hits += 1;
-                records.extend(hints_of(&rec));
+                record = Some(rec);
             } else if !card_fresh {
                 // Nothing current to try: wait for the DHT.
-                if let Some(rec) = self.lookup(account, now).await {
-                    records.extend(hints_of(&rec));
+                record = self.lookup(account, now).await;
+            }
+            if let Some(rec) = &record {
+                // A contact holds the key to the contacts-only entries: the contact endpoint, which may go
+                // direct, comes first.
+                if let Some(key) = &contact_key {
+                    match rec.contact_entries(key) {
+                        Ok(entries) => records.extend(entries.into_iter().map(|e| Hints {
+                            endpoint: Some(e.endpoint),
+                            direct: e.direct,
+                            relays: e.relays,
+                            dht: vec![],
+                            contact_key: None,
+                        })),
+                        Err(e) => {
+                            tracing::debug!(reason = %e, "contacts-only part of a record does not open (we may have been removed)")
+                        }
+                    }
                 }
+                records.extend(hints_of(rec));
             }
             let mut out = vec![];
             // The card (from the peer's last hello) names its contact endpoint, which may go direct; the record

@@ -24,6 +24,8 @@ pub enum Event {
     },
     /// A stranger's message arrived as a contact request.
     Request { name: String, address: String },
+    /// A non-contact connected while requests are off, and was refused.
+    RequestRefused { address: String },
     /// This node's discovery record for `period` was stored in the DHT.
     RecordPublished { period: u64, seq: i64 },
     /// A new discovery period began and the node now listens with that period's endpoint key.

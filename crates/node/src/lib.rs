@@ -35,8 +35,6 @@ pub enum DaemonError {
     },
 }
 
-/// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
-/// node and the API are up, with the API address.
 /// Command-line overrides of the profile's configuration.
 #[derive(Debug, Default, Clone)]
 pub struct DaemonOptions {
@@ -50,8 +48,12 @@ pub struct DaemonOptions {
     pub relays: Option<Vec<String>>,
     pub relay_only: bool,
     pub dht_bind: Option<std::net::Ipv4Addr>,
+    /// Take no contact requests from strangers, whatever the configuration says.
+    pub no_requests: bool,
 }
 
+/// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
+/// node and the API are up, with the API address.
 pub async fn run_daemon(
     profile: &Profile,
     passphrase: Option<&str>,
@@ -102,6 +104,7 @@ pub async fn run_daemon(
                 .collect(),
             relay_only: options.relay_only || config.relay_only,
         },
+        accept_requests: !options.no_requests && config.accept_requests,
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -91,6 +91,10 @@ pub enum NodeError {
     MessageTooLong(usize),
     #[error("network: {0}")]
     Net(String),
+    #[error(
+        "this daemon runs without the DHT (--no-dht): start it with a bootstrap list to look people up"
+    )]
+    NoDht,
 }
 
 impl NodeError {
@@ -151,6 +155,8 @@ struct State {
     card: ContactCard,
     /// The request endpoint's certificate and the card strangers get (no IP address, no contact endpoint).
     request: Option<(EndpointCert, ContactCard)>,
+    /// Generation of our contact key (see [`Identity::contact_key`]); moves on when a contact is removed.
+    contact_key_gen: u64,
 }
 
 /// Tunables of a node.
@@ -164,7 +170,14 @@ pub struct NodeConfig {
     pub dht: Option<DhtConfig>,
     /// Relays and IP policy of the endpoint.
     pub net: kith_net::NetOptions,
+    /// Take contact requests from strangers (who know only our address). Off: no request endpoint, no
+    /// public entry in the record, and connections from non-contacts are refused; strangers then learn
+    /// nothing about whether or where we are reachable.
+    pub accept_requests: bool,
 }
+
+/// Store setting: generation of the contact key.
+const CONTACT_KEY_GEN: &str = "contact_key_generation";
 
 /// How often the node republishes its discovery records (BEP44 items expire after about two hours).
 const REPUBLISH: Duration = Duration::from_secs(20 * 60);
@@ -248,6 +261,20 @@ pub struct StatusView {
     pub request_endpoint: Option<String>,
 }
 
+/// What a DHT lookup of someone found (`kith lookup`).
+#[derive(Debug, Serialize)]
+pub struct LookupView {
+    pub address: String,
+    pub found: bool,
+    /// Endpoints anyone with the address may dial (request endpoints).
+    pub public_endpoints: usize,
+    pub public_relays: Vec<String>,
+    /// IP addresses in the public part (only with `publish_direct`).
+    pub public_direct: usize,
+    pub contact_part: String,
+    pub contact_endpoints: usize,
+}
+
 /// One relay as `kith status` reports it.
 #[derive(Debug, Serialize)]
 pub struct RelayView {
@@ -315,21 +342,29 @@ impl Node {
             period,
             config.discovery.period_minutes,
         );
-        let card = Self::make_card(&id, &net, &discovery, now)?;
-        let (request_net, request) =
-            match Self::bind_request(&id, &discovery, period, &config.net.relays).await? {
-                Some(r) => {
-                    let cert = endpoint_cert_for(
-                        &id,
-                        r.endpoint_key(),
-                        period,
-                        config.discovery.period_minutes,
-                    );
-                    let card = Self::make_public_card(&id, &r, now)?;
-                    (Some(r), Some((cert, card)))
-                }
-                None => (None, None),
-            };
+        let contact_key_gen = lock(&store).setting(CONTACT_KEY_GEN)?.unwrap_or(0).max(0) as u64;
+        let card = Self::make_card(&id, &net, &discovery, id.contact_key(contact_key_gen), now)?;
+        let (request_net, request) = match Self::bind_request(
+            &id,
+            &discovery,
+            period,
+            &config.net.relays,
+            config.accept_requests,
+        )
+        .await?
+        {
+            Some(r) => {
+                let cert = endpoint_cert_for(
+                    &id,
+                    r.endpoint_key(),
+                    period,
+                    config.discovery.period_minutes,
+                );
+                let card = Self::make_public_card(&id, &r, now)?;
+                (Some(r), Some((cert, card)))
+            }
+            None => (None, None),
+        };
         let t0 = Instant::now();
         let mut peers: HashMap<AccountKey, PeerRt> = HashMap::new();
         for (peer, seq) in lock(&store).undelivered(&device)? {
@@ -346,6 +381,7 @@ impl Node {
             endpoint_cert,
             card,
             request,
+            contact_key_gen,
         };
         let (events, _) = broadcast::channel(4096);
         let node = Arc::new(Self {
@@ -393,6 +429,7 @@ impl Node {
         id: &Identity,
         net: &Net,
         discovery: &NodeDiscovery,
+        contact_key: [u8; 32],
         now: u64,
     ) -> Result<ContactCard, NodeError> {
         let direct: Vec<SocketAddr> = net
@@ -406,6 +443,7 @@ impl Node {
             direct,
             relays: net.relays().into_iter().take(4).collect(),
             dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
+            contact_key: Some(contact_key),
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
@@ -417,8 +455,9 @@ impl Node {
         discovery: &Arc<NodeDiscovery>,
         period: kith_core::blind::PeriodNum,
         relays: &[String],
+        accept_requests: bool,
     ) -> Result<Option<Net>, NodeError> {
-        if relays.is_empty() {
+        if relays.is_empty() || !accept_requests {
             return Ok(None);
         }
         let options = kith_net::NetOptions {
@@ -444,6 +483,7 @@ impl Node {
             direct: vec![],
             relays: request.relays().into_iter().take(4).collect(),
             dht: vec![],
+            contact_key: None,
         };
         Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
     }
@@ -455,7 +495,15 @@ impl Node {
         }
         let relays = self.net().relays();
         let period = kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes);
-        match Self::bind_request(&self.id, &self.discovery, period, &relays).await {
+        match Self::bind_request(
+            &self.id,
+            &self.discovery,
+            period,
+            &relays,
+            self.config.accept_requests,
+        )
+        .await
+        {
             Ok(Some(r)) => {
                 let cert = endpoint_cert_for(
                     &self.id,
@@ -495,6 +543,11 @@ impl Node {
                 }
             });
         }
+    }
+
+    /// Our current contact key.
+    fn contact_key(&self) -> [u8; 32] {
+        self.id.contact_key(lock(&self.state).contact_key_gen)
     }
 
     fn request_net(&self) -> Option<Net> {
@@ -601,9 +654,13 @@ impl Node {
                 }
             }
             if added > 0 {
-                if let Ok(card) =
-                    Self::make_card(&self.id, &self.net(), &self.discovery, unix_now())
-                {
+                if let Ok(card) = Self::make_card(
+                    &self.id,
+                    &self.net(),
+                    &self.discovery,
+                    self.contact_key(),
+                    unix_now(),
+                ) {
                     lock(&self.state).card = card;
                 }
                 if let Some(r) = self.request_net() {
@@ -686,7 +743,13 @@ impl Node {
                 return;
             };
             let cert = endpoint_cert_for(&self.id, new.endpoint_key(), period, minutes);
-            let card = match Self::make_card(&self.id, &new, &self.discovery, unix_now()) {
+            let card = match Self::make_card(
+                &self.id,
+                &new,
+                &self.discovery,
+                self.contact_key(),
+                unix_now(),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot issue the new card");
@@ -697,8 +760,14 @@ impl Node {
             let mut request = None;
             if let Some(old_request) = self.request_net() {
                 old_request.close().await;
-                match Self::bind_request(&self.id, &self.discovery, period, &old_request.relays())
-                    .await
+                match Self::bind_request(
+                    &self.id,
+                    &self.discovery,
+                    period,
+                    &old_request.relays(),
+                    self.config.accept_requests,
+                )
+                .await
                 {
                     Ok(Some(r)) => {
                         let cert = endpoint_cert_for(&self.id, r.endpoint_key(), period, minutes);
@@ -838,28 +907,53 @@ impl Node {
         // A fresh DHT client may fail its first publish (it has not joined yet): retry quickly, then back off.
         let mut retry = Duration::from_millis(300);
         loop {
-            // Each period's record names that period's endpoint (the next one is bound at the boundary).
-            // Strangers get the relay-only request endpoint, unless the user chose to publish addresses.
-            let public = self.request_net().is_some() && !self.config.discovery.publish_direct;
-            let entry = |period: kith_core::blind::PeriodNum| DeviceEntry {
-                cert: self.id.device_cert.clone(),
-                endpoint: kith_core::EndpointKey::from_seed(&if public {
-                    *self.id.device.request_endpoint_seed(period.0)
-                } else {
-                    *self.id.device.endpoint_seed(period.0)
-                }),
-                relays: self.net().relays().into_iter().take(4).collect(),
-                direct: if public {
+            // Each period's record names that period's endpoints (the next ones are bound at the boundary).
+            // Contacts read the contact endpoint and its addresses in the part sealed under our contact key.
+            // Strangers get the relay-only request endpoint; the contact endpoint only if we have no relay
+            // (then with addresses only if the user chose to publish them); nothing if we take no requests.
+            let relays: Vec<String> = self.net().relays().into_iter().take(4).collect();
+            let direct: Vec<SocketAddr> = self.net().direct_addrs().into_iter().take(8).collect();
+            let has_request_endpoint = self.request_net().is_some();
+            let publish_direct = self.config.discovery.publish_direct;
+            let entries = |period: kith_core::blind::PeriodNum| {
+                let contact_endpoint =
+                    kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(period.0));
+                let public = if !self.config.accept_requests {
                     vec![]
+                } else if has_request_endpoint && !publish_direct {
+                    vec![DeviceEntry {
+                        cert: self.id.device_cert.clone(),
+                        endpoint: kith_core::EndpointKey::from_seed(
+                            &self.id.device.request_endpoint_seed(period.0),
+                        ),
+                        relays: relays.clone(),
+                        direct: vec![],
+                    }]
                 } else {
-                    self.net()
-                        .local_addrs()
-                        .into_iter()
-                        .filter(|a| !a.ip().is_unspecified())
-                        .collect()
-                },
+                    vec![DeviceEntry {
+                        cert: self.id.device_cert.clone(),
+                        endpoint: contact_endpoint,
+                        relays: relays.clone(),
+                        direct: direct.clone(),
+                    }]
+                };
+                let contact = kith_core::record::ContactEntry {
+                    endpoint: contact_endpoint,
+                    relays: relays.clone(),
+                    direct: if self.config.net.relay_only {
+                        vec![]
+                    } else {
+                        direct.clone()
+                    },
+                };
+                (public, contact)
             };
-            let delay = match self.discovery.publish(&self.id, entry, unix_now()).await {
+            let contact_key = self.contact_key();
+            let delay = match self
+                .discovery
+                .publish(&self.id, entries, &contact_key, unix_now())
+                .await
+            {
                 Ok(done) => {
                     // Keep the nodes we name in our card fresh.
                     if let Some(d) = &self.discovery.dht {
@@ -899,6 +993,55 @@ impl Node {
     /// Looks an account up in the DHT now (bypassing cached card hints); true if a valid record came back.
     pub async fn lookup(&self, account: AccountKey) -> bool {
         self.discovery.lookup(account, unix_now()).await.is_some()
+    }
+
+    /// Looks a contact (by name) or any address up in the DHT now and says what its record tells us: what
+    /// anyone with the address sees, and whether we can read the contacts-only part.
+    pub async fn lookup_report(&self, who: &str) -> Result<LookupView, NodeError> {
+        let account = match lock(&self.store).contact_by_name(who.trim()) {
+            Ok(p) => p.account,
+            Err(_) => kith_core::ParsedContact::parse(who)?.address().account(),
+        };
+        if self.discovery.dht.is_none() {
+            return Err(NodeError::NoDht);
+        }
+        let record = self.discovery.lookup_newest(account, unix_now()).await;
+        let key = lock(&self.store)
+            .peer(&account)?
+            .filter(|p| p.state == PeerState::Contact)
+            .and_then(|p| p.card)
+            .and_then(|c| c.hints().contact_key);
+        Ok(match record {
+            None => LookupView {
+                address: Address::new(account).to_string(),
+                found: false,
+                public_endpoints: 0,
+                public_relays: vec![],
+                public_direct: 0,
+                contact_part: "absent".into(),
+                contact_endpoints: 0,
+            },
+            Some(rec) => {
+                let body = rec.body();
+                let (contact_part, contact_endpoints) = match (&body.contacts, key) {
+                    (None, _) => ("absent", 0),
+                    (Some(_), None) => ("sealed: only the person's contacts can read it", 0),
+                    (Some(_), Some(k)) => match rec.contact_entries(&k) {
+                        Ok(e) => ("readable", e.len()),
+                        Err(_) => ("sealed under a key we do not hold (a newer card?)", 0),
+                    },
+                };
+                LookupView {
+                    address: Address::new(account).to_string(),
+                    found: true,
+                    public_endpoints: body.devices.len(),
+                    public_relays: body.devices.iter().flat_map(|d| d.relays.clone()).collect(),
+                    public_direct: body.devices.iter().map(|d| d.direct.len()).sum(),
+                    contact_part: contact_part.into(),
+                    contact_endpoints,
+                }
+            }
+        })
     }
 
     pub async fn dht_status(&self) -> serde_json::Value {
@@ -965,6 +1108,16 @@ impl Node {
         let account = peer.account();
         if account == self.account {
             session.conn.close(0u32.into(), b"connected to self");
+            return;
+        }
+        if !self.config.accept_requests && !self.is_contact(&account) {
+            tracing::info!("connection from a non-contact refused: requests are off");
+            self.emit(Event::RequestRefused {
+                address: Address::new(account).to_string(),
+            });
+            session
+                .conn
+                .close(0u32.into(), b"this person takes no contact requests");
             return;
         }
         let their_contact_endpoint = peer
@@ -1505,7 +1658,7 @@ impl Node {
             return Err(NodeError::SelfContact);
         }
         let card = match &parsed {
-            ParsedContact::Card(c) => Some(c),
+            ParsedContact::Card(c) => Some(c.as_ref()),
             ParsedContact::Address(_) => None,
         };
         let name = match (name, card) {
@@ -1592,13 +1745,42 @@ impl Node {
         Ok(contacts.iter().map(|p| self.contact_view(p)).collect())
     }
 
-    pub fn remove_contact(&self, name: &str) -> Result<(), NodeError> {
+    /// Removes a contact. Our contact key moves to its next generation, so the removed person can no longer
+    /// read where we are from our records; the remaining contacts get the new key in our card the next time
+    /// we connect (we dial them all now).
+    pub fn remove_contact(self: &Arc<Self>, name: &str) -> Result<(), NodeError> {
         let account = lock(&self.store).remove_contact(name)?;
-        let mut st = lock(&self.state);
-        if let Some(p) = st.peers.remove(&account) {
-            for c in p.conns {
-                c.conn.close(0u32.into(), b"contact removed");
+        {
+            let mut st = lock(&self.state);
+            if let Some(p) = st.peers.remove(&account) {
+                for c in p.conns {
+                    c.conn.close(0u32.into(), b"contact removed");
+                }
             }
+        }
+        let generation = lock(&self.state).contact_key_gen + 1;
+        lock(&self.store).set_setting(CONTACT_KEY_GEN, generation as i64)?;
+        lock(&self.state).contact_key_gen = generation;
+        let card = Self::make_card(
+            &self.id,
+            &self.net(),
+            &self.discovery,
+            self.contact_key(),
+            unix_now(),
+        )?;
+        lock(&self.state).card = card;
+        self.republish.notify_one();
+        // Connections up now carried the old card: a new connection to every contact carries the new one
+        // (the older connection is then closed as surplus).
+        let contacts = lock(&self.store).contacts()?;
+        for c in contacts {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let hello = node.hello();
+                if let Ok(s) = node.net().dial(c.account, &hello, unix_now()).await {
+                    node.register(s, Role::Contact);
+                }
+            });
         }
         Ok(())
     }

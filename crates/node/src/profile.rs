@@ -120,6 +120,10 @@ pub struct Config {
     /// Ask the local network for DHT nodes (multicast; only when `dht_bind` is not loopback).
     #[serde(default = "default_true")]
     pub lan_discovery: bool,
+    /// Take contact requests from people who know only your address. Off: strangers learn nothing about
+    /// whether or where you are reachable, and only contacts can reach you.
+    #[serde(default = "default_true")]
+    pub accept_requests: bool,
 }
 
 fn default_true() -> bool {
@@ -153,6 +157,21 @@ pub struct Identity {
     pub device: DeviceSecret,
     pub device_cert: DeviceCert,
     pub endpoint_secret: Zeroizing<[u8; 32]>,
+}
+
+impl Identity {
+    /// The contact key of `generation`: it opens the contacts-only part of our discovery records and
+    /// travels in the card we give contacts. Derived, so only the generation is stored; removing a contact
+    /// moves to the next generation, so the removed one can no longer read where we are.
+    pub fn contact_key(&self, generation: u64) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(b"kith contact key v1")
+            .chain_update(self.account.to_bytes())
+            .chain_update(generation.to_be_bytes())
+            .finalize()
+            .into()
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -325,6 +344,7 @@ impl Profile {
             relays: vec![],
             relay_only: false,
             lan_discovery: true,
+            accept_requests: true,
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
@@ -336,7 +356,9 @@ impl Profile {
              #   period_minutes  length of a discovery period\n\
              #   publish_direct  put your IP addresses in your discovery record (anyone with your address reads it)\n\
              #   relays          relay servers (URLs) to be reachable through; relay_only: never use a direct path\n\
-             #   lan_discovery   ask the local network for DHT nodes (when dht_bind is not loopback)\n{}",
+             #   lan_discovery   ask the local network for DHT nodes (when dht_bind is not loopback)\n\
+             #   accept_requests take contact requests from people who know only your address (off: only\n\
+             #                   contacts can reach you or learn whether you are online)\n{}",
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;

@@ -129,13 +129,26 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     let p0 = blind::period_at(t0, PERIOD_MINUTES);
     for now in [t0, t0 + PERIOD_MINUTES * 60] {
         for u in &users {
-            let entry = |_p: PeriodNum| DeviceEntry {
-                cert: u.id.device_cert.clone(),
-                endpoint: endpoint(u),
-                relays: vec!["https://relay.example./".into()],
-                direct: vec![],
+            let entry = |_p: PeriodNum| {
+                (
+                    vec![DeviceEntry {
+                        cert: u.id.device_cert.clone(),
+                        endpoint: endpoint(u),
+                        relays: vec!["https://relay.example./".into()],
+                        direct: vec![],
+                    }],
+                    kith_core::record::ContactEntry {
+                        endpoint: endpoint(u),
+                        relays: vec!["https://relay.example./".into()],
+                        direct: vec!["192.0.2.44:4433".parse().unwrap()],
+                    },
+                )
             };
-            let done = u.disc.publish(&u.id, entry, now).await.unwrap();
+            let done = u
+                .disc
+                .publish(&u.id, entry, &u.id.contact_key(0), now)
+                .await
+                .unwrap();
             assert_eq!(done.len(), 2, "published for this and the next period");
         }
         for a in &users {

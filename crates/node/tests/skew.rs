@@ -65,13 +65,26 @@ async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
     for (n, (publisher_now, looker_now)) in cases.into_iter().enumerate() {
         let (pid, pdisc) = user(dir.path(), &format!("p{n}"), &bootstrap);
         let (_lid, ldisc) = user(dir.path(), &format!("l{n}"), &bootstrap);
-        let entry = |p: blind::PeriodNum| DeviceEntry {
-            cert: pid.device_cert.clone(),
-            endpoint: kith_core::EndpointKey::from_seed(&pid.device.endpoint_seed(p.0)),
-            relays: vec![],
-            direct: vec![],
+        let entry = |p: blind::PeriodNum| {
+            let endpoint = kith_core::EndpointKey::from_seed(&pid.device.endpoint_seed(p.0));
+            (
+                vec![DeviceEntry {
+                    cert: pid.device_cert.clone(),
+                    endpoint,
+                    relays: vec![],
+                    direct: vec![],
+                }],
+                kith_core::record::ContactEntry {
+                    endpoint,
+                    relays: vec![],
+                    direct: vec![],
+                },
+            )
         };
-        pdisc.publish(&pid, entry, publisher_now).await.unwrap();
+        pdisc
+            .publish(&pid, entry, &pid.contact_key(0), publisher_now)
+            .await
+            .unwrap();
         let found = ldisc.lookup(pid.account.public(), looker_now).await;
         assert!(
             found.is_some(),

@@ -109,7 +109,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE peers (
@@ -168,7 +168,34 @@ impl Store {
                 "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
             ))?;
         }
+        if version < 2 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self { conn })
+    }
+
+    /// A numeric setting of the node (e.g. the contact key generation); `None` if never set.
+    pub fn setting(&self, key: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )?;
+        Ok(())
     }
 
     fn peer_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
@@ -580,6 +607,27 @@ mod tests {
     use super::*;
     use kith_core::{AccountSecret, DeviceSecret, Hints};
     use rand::{SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn settings_survive_reopening_and_v1_databases_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.db");
+        {
+            // A database as the first schema left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+            ))
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.setting("contact_key_generation").unwrap(), None);
+        s.set_setting("contact_key_generation", 3).unwrap();
+        s.set_setting("contact_key_generation", 4).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.setting("contact_key_generation").unwrap(), Some(4));
+    }
 
     fn keys() -> (AccountSecret, DeviceKey, AccountKey) {
         let mut rng = StdRng::seed_from_u64(3);
