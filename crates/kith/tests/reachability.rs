@@ -185,3 +185,52 @@ async fn with_requests_off_strangers_learn_nothing() {
     let c = lookup(carol, "alice").await;
     assert_eq!(c["contact_part"], json!("readable"), "{c}");
 }
+
+/// A record changes only when its content does: republishing, and restarting the daemon, put the very same
+/// item again, so someone polling the record cannot tell when its owner comes and goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_do_not_change_when_their_owner_restarts() {
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let bob = Daemon::spawn(
+        exe(),
+        &dir.path().join("bob"),
+        "bob",
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
+    bob.add_by_address(&alice).await.unwrap();
+    published(&alice.watcher().await.unwrap(), 0).await;
+    let first = lookup(&bob, "alice").await;
+    assert_eq!(first["found"], json!(true), "{first}");
+    alice.stop().await;
+    alice.start().await.unwrap();
+    published(&alice.watcher().await.unwrap(), 0).await;
+    let second = lookup(&bob, "alice").await;
+    assert_eq!(
+        second["seq"], first["seq"],
+        "the restarted node put the same item again"
+    );
+    // A change of content (a contact removed: new contact key) is a new item with a higher sequence.
+    kith::process::introduce(&alice, &bob).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let before = wa.count("record_published");
+    alice.client().delete("/v1/contacts/bob").await.unwrap();
+    published(&wa, before).await;
+    let third = lookup(&bob, "alice").await;
+    assert!(
+        third["seq"].as_i64() > first["seq"].as_i64(),
+        "{first} -> {third}"
+    );
+}

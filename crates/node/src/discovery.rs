@@ -460,6 +460,39 @@ impl NodeDiscovery {
                     d.direct.clear();
                 }
             }
+            let dht = dhts.client(period, current)?;
+            // The same inputs republish the very same item (same value, same sequence), before and after a
+            // restart: a record that changes only when its content does tells someone who polls it nothing
+            // about when its owner is online.
+            let inputs: Vec<u8> = sha2::Sha256::new()
+                .chain_update(postcard::to_allocvec(&(period.0, &devices, &contact)).unwrap_or_default())
+                .chain_update(contact_key)
+                .finalize()
+                .to_vec();
+            let previous = lock(&self.store).published_item(period.0).ok().flatten();
+            if let Some(item) = previous.as_ref().filter(|i| i.inputs == inputs)
+                && let Ok(signature) = <[u8; 64]>::try_from(item.signature.as_slice())
+            {
+                match dht
+                    .publish_item(
+                        *secret.public().as_bytes(),
+                        kith_core::identity::Signature(signature),
+                        item.seq,
+                        &item.value,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        lock(&self.stats).published += 1;
+                        done.push((period, item.seq));
+                        continue;
+                    }
+                    Err(e) => {
+                        lock(&self.stats).publish_failures += 1;
+                        return Err(e);
+                    }
+                }
+            }
             let contacts = record::seal_contacts(
                 contact_key,
                 &secret.public(),
@@ -477,12 +510,25 @@ impl NodeDiscovery {
             };
             let value = record::seal(&id.account, &secret.public(), body, &mut rand::rng())
                 .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
-            // The time (so it grows across restarts without state) plus an offset secret to this period's
-            // key, so sequence numbers of different periods do not match up.
-            let seq = now as i64 + seq_offset(&secret);
-            let dht = dhts.client(period, current)?;
-            match dht.publish(&secret, seq, &value).await {
+            // The time (so it grows across restarts) plus an offset secret to this period's key, so sequence
+            // numbers of different periods do not match up; always above the last one published.
+            let seq = (now as i64 + seq_offset(&secret))
+                .max(previous.as_ref().map_or(i64::MIN, |p| p.seq + 1));
+            let signature = secret.sign(&record::bep44_signable(seq, &value));
+            match dht
+                .publish_item(*secret.public().as_bytes(), signature, seq, &value)
+                .await
+            {
                 Ok(_stored_at) => {
+                    let item = kith_store::PublishedItem {
+                        inputs,
+                        seq,
+                        value,
+                        signature: signature.0.to_vec(),
+                    };
+                    if let Err(e) = lock(&self.store).save_published_item(period.0, &item) {
+                        tracing::warn!(error = %e, "cannot remember the published record");
+                    }
                     lock(&self.stats).published += 1;
                     done.push((period, seq));
                 }

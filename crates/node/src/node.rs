@@ -266,6 +266,8 @@ pub struct StatusView {
 pub struct LookupView {
     pub address: String,
     pub found: bool,
+    /// The record's sequence number (changes only when its content does).
+    pub seq: Option<i64>,
     /// Endpoints anyone with the address may dial (request endpoints).
     pub public_endpoints: usize,
     pub public_relays: Vec<String>,
@@ -1015,6 +1017,7 @@ impl Node {
             None => LookupView {
                 address: Address::new(account).to_string(),
                 found: false,
+                seq: None,
                 public_endpoints: 0,
                 public_relays: vec![],
                 public_direct: 0,
@@ -1034,6 +1037,7 @@ impl Node {
                 LookupView {
                     address: Address::new(account).to_string(),
                     found: true,
+                    seq: Some(rec.seq()),
                     public_endpoints: body.devices.len(),
                     public_relays: body.devices.iter().flat_map(|d| d.relays.clone()).collect(),
                     public_direct: body.devices.iter().map(|d| d.direct.len()).sum(),

@@ -151,6 +151,16 @@ pub struct Store {
     conn: Connection,
 }
 
+/// A discovery record item as published (see `Store::published_item`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedItem {
+    /// Digest of the inputs the record was sealed from: the same inputs republish the same item.
+    pub inputs: Vec<u8>,
+    pub seq: i64,
+    pub value: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
 impl Store {
     /// Opens (creating if needed) the database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
@@ -172,6 +182,13 @@ impl Store {
             conn.execute_batch(
                 "BEGIN;
                  CREATE TABLE settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE published (
+                     period INTEGER PRIMARY KEY,
+                     inputs BLOB NOT NULL,
+                     seq INTEGER NOT NULL,
+                     value BLOB NOT NULL,
+                     signature BLOB NOT NULL
+                 );
                  PRAGMA user_version = 2;
                  COMMIT;",
             )?;
@@ -187,6 +204,46 @@ impl Store {
                 r.get(0)
             })
             .optional()?)
+    }
+
+    /// The discovery record item last published for `period`, with a digest of what it was made from.
+    pub fn published_item(&self, period: u64) -> Result<Option<PublishedItem>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT inputs, seq, value, signature FROM published WHERE period = ?1",
+                [period as i64],
+                |r| {
+                    Ok(PublishedItem {
+                        inputs: r.get(0)?,
+                        seq: r.get(1)?,
+                        value: r.get(2)?,
+                        signature: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Remembers the item published for `period` and forgets those of periods before `period - 1`.
+    pub fn save_published_item(&self, period: u64, item: &PublishedItem) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO published (period, inputs, seq, value, signature) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(period) DO UPDATE SET inputs = excluded.inputs, seq = excluded.seq,
+                 value = excluded.value, signature = excluded.signature",
+            params![
+                period as i64,
+                item.inputs,
+                item.seq,
+                item.value,
+                item.signature
+            ],
+        )?;
+        self.conn.execute(
+            "DELETE FROM published WHERE period < ?1",
+            [period as i64 - 1],
+        )?;
+        Ok(())
     }
 
     pub fn set_setting(&self, key: &str, value: i64) -> Result<()> {
