@@ -131,16 +131,49 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         {
             anyhow::bail!("alice could not reach bob by address through the DHT");
         }
+        let first = t.elapsed();
+        let path_to_bob = |st: &serde_json::Value| {
+            st["connections"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["peer"] == "bob"))
+                .map(|c| {
+                    format!(
+                        "{}, {} IP paths",
+                        c["path"].as_str().unwrap_or("?"),
+                        c["ip_paths"]
+                    )
+                })
+                .unwrap_or_else(|| "not connected".into())
+        };
         let st = nodes[0].client().get("/v1/status").await?;
-        let path = st["connections"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["peer"] == "bob"))
-            .map(|c| c["path"].as_str().unwrap_or("?").to_owned())
-            .unwrap_or_else(|| "?".into());
         println!(
-            "  alice added bob by address only; first message delivered {:.0} ms later (DHT lookup + connect; path now {path})",
-            t.elapsed().as_secs_f64() * 1000.0
+            "  alice added bob by address only; first message delivered {:.0} ms later (DHT lookup + connect to the endpoint in his public record; path then: {})",
+            first.as_secs_f64() * 1000.0,
+            path_to_bob(&st)
         );
+        // They are each other's contacts, so bob's node told alice his contact endpoint: they go direct
+        // (a stranger would have stayed on the relay, at an endpoint with no IP address).
+        if !path_to_bob(&st).starts_with("direct") {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut direct = None;
+            while Instant::now() < deadline {
+                let st = nodes[0].client().get("/v1/status").await?;
+                if path_to_bob(&st).starts_with("direct") {
+                    direct = Some(t.elapsed());
+                    break;
+                }
+                let seen = w.count("peer");
+                w.wait_for(Duration::from_millis(50), |w| w.count("peer") > seen)
+                    .await;
+            }
+            match direct {
+                Some(d) => println!(
+                    "  as contacts they moved to a direct path {:.0} ms after the first message",
+                    (d - first).as_secs_f64() * 1000.0
+                ),
+                None => println!("  alice and bob stayed on the relay (no direct path found)"),
+            }
+        }
     }
     // carol exchanges signed contact cards with both (hints included: no lookup needed).
     let t = Instant::now();

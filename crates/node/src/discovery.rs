@@ -465,7 +465,9 @@ impl NodeDiscovery {
             // restart: a record that changes only when its content does tells someone who polls it nothing
             // about when its owner is online.
             let inputs: Vec<u8> = sha2::Sha256::new()
-                .chain_update(postcard::to_allocvec(&(period.0, &devices, &contact)).unwrap_or_default())
+                .chain_update(
+                    postcard::to_allocvec(&(period.0, &devices, &contact)).unwrap_or_default(),
+                )
                 .chain_update(contact_key)
                 .finalize()
                 .to_vec();

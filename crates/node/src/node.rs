@@ -135,6 +135,8 @@ struct PeerRt {
     outbox: Outbox,
     inboxes: HashMap<DeviceKey, Inbox>,
     conns: Vec<ConnHandle>,
+    /// A dial to the peer's contact endpoint is under way (see [`Node::register`]).
+    upgrading: bool,
 }
 
 impl PeerRt {
@@ -143,6 +145,7 @@ impl PeerRt {
             outbox: Outbox::new(config.clone()),
             inboxes: HashMap::new(),
             conns: Vec::new(),
+            upgrading: false,
         }
     }
 }
@@ -1131,7 +1134,7 @@ impl Node {
             && their_contact_endpoint
                 .as_ref()
                 .is_none_or(|(e, _)| *e == peer.endpoint());
-        let upgrade = match &their_contact_endpoint {
+        let mut upgrade = match &their_contact_endpoint {
             Some((e, hints)) if *e != peer.endpoint() && role == Role::Contact => {
                 Some(hints.clone())
             }
@@ -1172,6 +1175,15 @@ impl Node {
                 for c in p.conns.iter().filter(|c| !c.contact_grade) {
                     c.conn.close(0u32.into(), b"moved to the contact endpoint");
                 }
+            } else if p.conns.iter().any(|c| c.contact_grade) {
+                // Already connected endpoint to endpoint: a relay-only connection adds nothing.
+                conn.close(0u32.into(), b"already connected on the contact endpoint");
+                return;
+            }
+            if upgrade.is_some() && !p.upgrading {
+                p.upgrading = true;
+            } else {
+                upgrade = None;
             }
             p.conns.push(ConnHandle {
                 id,
@@ -1199,22 +1211,24 @@ impl Node {
         tokio::spawn(Self::write_loop(writer, rx));
         tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
         self.wake.notify_one();
-        if let Some(hints) = upgrade
-            && known
-            && self.is_contact(&account)
-        {
+        if let Some(hints) = upgrade {
             let node = self.clone();
             tokio::spawn(async move {
-                let hello = node.hello();
-                match node
-                    .net()
-                    .dial_hint(account, &hints, &hello, unix_now())
-                    .await
-                {
-                    Ok(s) => node.register(s, Role::Contact),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "contact endpoint not reachable; staying on the relay")
+                if known && node.is_contact(&account) {
+                    let hello = node.hello();
+                    match node
+                        .net()
+                        .dial_hint(account, &hints, &hello, unix_now())
+                        .await
+                    {
+                        Ok(s) => node.register(s, Role::Contact),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "contact endpoint not reachable; staying on the relay")
+                        }
                     }
+                }
+                if let Some(p) = lock(&node.state).peers.get_mut(&account) {
+                    p.upgrading = false;
                 }
             });
         }
