@@ -96,6 +96,40 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
     Ok((cold, warm))
 }
 
+/// Cold start with the default privacy settings: a relay, no address published; the first message goes
+/// through the relay to the recipient's relay-only request endpoint.
+async fn private_runs(net: &Testnet, runs: usize, relay: &str) -> anyhow::Result<Vec<f64>> {
+    let exe = kith_exe();
+    let mut cold = vec![];
+    for run in 0..runs {
+        let dir = tempfile::Builder::new()
+            .prefix("kith-bench-disc-")
+            .tempdir()?;
+        let mut a = Daemon::init(&exe, &dir.path().join("a"), "a")?;
+        let mut b = Daemon::init(&exe, &dir.path().join("b"), "b")?;
+        for d in [&mut a, &mut b] {
+            d.bootstrap = Some(net.bootstrap());
+            d.extra_args = vec![format!("--relay={relay}")];
+        }
+        let (addr_a, addr_b) = (a.address()?, b.address()?);
+        let t0 = Instant::now();
+        a.start().await?;
+        b.start().await?;
+        a.client()
+            .post("/v1/contacts", json!({ "contact": addr_b, "name": "b" }))
+            .await?;
+        b.client()
+            .post("/v1/contacts", json!({ "contact": addr_a, "name": "a" }))
+            .await?;
+        first_message(&a, &b, "cold, private").await?;
+        cold.push(ms(t0.elapsed()));
+        a.stop().await;
+        b.stop().await;
+        eprintln!("  run {}: cold through the relay {:.0} ms", run + 1, cold[run]);
+    }
+    Ok(cold)
+}
+
 struct Publisher {
     account: AccountSecret,
 }
@@ -219,6 +253,8 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     );
     let mut net = Testnet::start(nodes).await?;
     let (cold, warm) = pair_runs(&net, runs).await?;
+    let (_relay, relay_url) = crate::relay::start("127.0.0.1:0".parse()?).await?;
+    let private = private_runs(&net, runs, &relay_url).await?;
 
     let now = kith_node::node::unix_now();
     let mut rng = rand::rng();
@@ -255,6 +291,7 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
 
     let c = stats(cold.clone());
     let w = stats(warm.clone());
+    let pc = stats(private.clone());
     println!();
     println!(
         "| measurement | kith (blinded, encrypted record) | reference: raw BEP44 item under the account key |"
@@ -264,6 +301,11 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
         "| cold start -> first delivered message, two fresh profiles, address only | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |",
         c["median_ms"].as_f64().unwrap_or(f64::NAN),
         c["p90_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "| the same with a relay and no IP address published (first message via the request endpoint) | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |",
+        pc["median_ms"].as_f64().unwrap_or(f64::NAN),
+        pc["p90_ms"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
         "| warm restart (saved routing table, no bootstrap) -> first delivered message | median {:.0} ms, p90 {:.0} ms | - |",
@@ -299,7 +341,7 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     );
     let report = json!({
         "nodes": nodes, "runs": runs,
-        "cold_first_message": c, "warm_first_message": w,
+        "cold_first_message": c, "warm_first_message": w, "cold_private_first_message": pc,
         "lookup_full": { "kith_found": before[0].0, "kith": stats(before[0].1.clone()), "raw_found": before[1].0, "raw": stats(before[1].1.clone()) },
         "lookup_after_kill": { "killed": killed, "kith_found": after[0].0, "kith": stats(after[0].1.clone()), "raw_found": after[1].0, "raw": stats(after[1].1.clone()) },
         "record_value_bytes": RECORD_VALUE_LEN,
