@@ -15,6 +15,7 @@
 
 pub mod address;
 pub mod blind;
+pub mod call;
 pub mod card;
 pub mod delivery;
 pub mod hello;

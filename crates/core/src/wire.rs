@@ -6,6 +6,7 @@
 //!
 //! [`FrameDecoder`] is sans-IO: push whatever bytes arrived, pull whole frames.
 
+use crate::call::CallMsg;
 use crate::hello::Hello;
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +42,14 @@ pub enum Frame {
     Hello(Box<Hello>),
     Message(MessageFrame),
     Receipt(ReceiptFrame),
+    /// Call signalling (see [`crate::call`]).
+    Call(CallMsg),
 }
 
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
 const KIND_RECEIPT: u8 = 3;
+const KIND_CALL: u8 = 4;
 
 /// Why bytes from a peer are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +78,7 @@ impl Frame {
             KIND_HELLO => "hello",
             KIND_MESSAGE => "message",
             KIND_RECEIPT => "receipt",
+            KIND_CALL => "call",
             _ => "unknown",
         }
     }
@@ -102,6 +107,7 @@ impl Frame {
             Frame::Hello(h) => (KIND_HELLO, postcard::to_allocvec(h)),
             Frame::Message(m) => (KIND_MESSAGE, postcard::to_allocvec(m)),
             Frame::Receipt(r) => (KIND_RECEIPT, postcard::to_allocvec(r)),
+            Frame::Call(c) => (KIND_CALL, postcard::to_allocvec(c)),
         };
         let payload = payload.map_err(|_| FrameError::Malformed {
             kind: Self::kind_name(kind),
@@ -141,6 +147,7 @@ impl Frame {
             KIND_HELLO => Frame::Hello(Box::new(parse(payload, *kind)?)),
             KIND_MESSAGE => Frame::Message(parse(payload, *kind)?),
             KIND_RECEIPT => Frame::Receipt(parse(payload, *kind)?),
+            KIND_CALL => Frame::Call(parse(payload, *kind)?),
             other => return Err(FrameError::UnknownKind(other)),
         };
         frame.validate()?;

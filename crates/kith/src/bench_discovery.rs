@@ -125,7 +125,11 @@ async fn private_runs(net: &Testnet, runs: usize, relay: &str) -> anyhow::Result
         cold.push(ms(t0.elapsed()));
         a.stop().await;
         b.stop().await;
-        eprintln!("  run {}: cold through the relay {:.0} ms", run + 1, cold[run]);
+        eprintln!(
+            "  run {}: cold through the relay {:.0} ms",
+            run + 1,
+            cold[run]
+        );
     }
     Ok(cold)
 }

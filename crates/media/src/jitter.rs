@@ -1,0 +1,328 @@
+//! An adaptive jitter buffer, sans-IO: packets go in with their arrival time, one frame comes out per
+//! playout tick, and the buffer's delay follows what the measured jitter requires.
+//!
+//! Delay: each packet's transit relative to the fastest packet in the last [`WINDOW`] packets measures the
+//! jitter; the target delay is its 95th percentile plus a small margin, plus one frame while packets are
+//! being lost (so the next packet, and its FEC, is at hand when a frame is missing), in whole frames. The
+//! buffer's actual delay at a tick is how long a packet with the least transit would have waited. When it is
+//! short of the target by more than half a frame, the tick conceals and waits (the delay grows by a frame);
+//! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame is
+//! dropped.
+//!
+//! Per tick ([`JitterBuffer::pop`], called every frame duration by the playout clock), once the delay is
+//! right:
+//! * the next frame's packet is there: decode it;
+//! * it is missing but the one after it is there: decode that one's in-band FEC (LBRR) in its place;
+//! * both are missing: conceal (the decoder's PLC). A packet that comes after its turn is late: dropped,
+//!   but its delay still counts for the jitter estimate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Packets over which the jitter percentile is taken (about 4 s at 20 ms).
+pub const WINDOW: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct JitterConfig {
+    pub frame: Duration,
+    /// Never less than this much buffered delay.
+    pub min_delay: Duration,
+    /// Never more than this.
+    pub max_delay: Duration,
+    /// Added to the jitter percentile.
+    pub margin: Duration,
+    /// Ticks in a row with too much buffered before a frame is dropped.
+    pub shrink_after: u32,
+}
+
+impl JitterConfig {
+    pub fn for_frame(frame: Duration) -> Self {
+        Self {
+            frame,
+            min_delay: frame,
+            max_delay: Duration::from_millis(400),
+            margin: Duration::from_millis(5),
+            shrink_after: 10,
+        }
+    }
+}
+
+/// What to play for one tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Playout {
+    /// Decode this packet.
+    Packet { seq: u64, payload: Vec<u8> },
+    /// Packet `seq` is missing: decode the FEC carried in the next packet (`payload`) instead.
+    Fec { seq: u64, payload: Vec<u8> },
+    /// Packet `seq` is missing and so is the next: conceal.
+    Conceal { seq: u64 },
+    /// Nothing to play yet (before the first packet, or while the buffer fills at start).
+    Wait,
+}
+
+/// Counters for the receiver report and the call statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JitterStats {
+    pub received: u64,
+    /// Arrived after their turn (played as FEC/concealment, then discarded).
+    pub late: u64,
+    pub duplicates: u64,
+    /// Frames rebuilt from the next packet's FEC.
+    pub fec: u64,
+    /// Lost frames concealed (no FEC available).
+    pub concealed: u64,
+    /// Ticks concealed while waiting, to grow the delay.
+    pub stalls: u64,
+    /// Frames dropped to shrink the delay.
+    pub dropped: u64,
+    pub played: u64,
+    /// Current buffered delay and the target, milliseconds.
+    pub delay_ms: f64,
+    pub target_ms: f64,
+    /// 95th percentile of the relative delay over the window, milliseconds.
+    pub jitter_p95_ms: f64,
+    /// RFC 3550 interarrival jitter, milliseconds.
+    pub jitter_rfc3550_ms: f64,
+}
+
+#[derive(Debug)]
+pub struct JitterBuffer {
+    config: JitterConfig,
+    packets: BTreeMap<u64, Vec<u8>>,
+    /// The next sequence number to play (None before playout starts).
+    next: Option<u64>,
+    /// When the first packet arrived (playout starts `target` later).
+    first_arrival: Option<Instant>,
+    /// (seq, arrival) of recent packets, to measure relative delay.
+    history: std::collections::VecDeque<(u64, Instant)>,
+    target: Duration,
+    over_target_ticks: u32,
+    stats: JitterStats,
+    /// For RFC 3550 jitter: previous (seq, arrival).
+    prev: Option<(u64, Instant)>,
+    j3550: f64,
+    /// Highest sequence number received.
+    highest: Option<u64>,
+    /// The buffer delay at the last tick, seconds.
+    last_lag: f64,
+}
+
+impl JitterBuffer {
+    pub fn new(config: JitterConfig) -> Self {
+        let target = config.min_delay;
+        Self {
+            config,
+            packets: BTreeMap::new(),
+            next: None,
+            first_arrival: None,
+            history: Default::default(),
+            target,
+            over_target_ticks: 0,
+            stats: JitterStats::default(),
+            prev: None,
+            j3550: 0.0,
+            highest: None,
+            last_lag: 0.0,
+        }
+    }
+
+    pub fn stats(&self) -> JitterStats {
+        let mut s = self.stats.clone();
+        s.delay_ms = self.last_lag.max(0.0) * 1000.0;
+        s.target_ms = self.target.as_secs_f64() * 1000.0;
+        s.jitter_p95_ms = self.jitter_p95().as_secs_f64() * 1000.0;
+        s.jitter_rfc3550_ms = self.j3550 * 1000.0;
+        s
+    }
+
+    /// Highest sequence number received so far (for loss accounting in receiver reports).
+    pub fn highest_seq(&self) -> Option<u64> {
+        self.highest
+    }
+
+    /// The delay the buffer aims for now.
+    pub fn target(&self) -> Duration {
+        self.target
+    }
+
+    /// The buffer's delay at the last playout tick (how long a packet that came with the least transit
+    /// seen waits before it is played).
+    pub fn delay(&self) -> Duration {
+        Duration::from_secs_f64(self.last_lag.max(0.0))
+    }
+
+    /// A packet with sequence number `seq` (one frame each, consecutive) arrived at `now`.
+    pub fn push(&mut self, seq: u64, payload: Vec<u8>, now: Instant) {
+        if let Some(next) = self.next
+            && seq < next
+        {
+            self.stats.late += 1;
+            self.observe(seq, now);
+            return;
+        }
+        if self.packets.contains_key(&seq) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.received += 1;
+        self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
+        self.observe(seq, now);
+        self.first_arrival.get_or_insert(now);
+        self.packets.insert(seq, payload);
+        // Bound memory against a peer that sends far ahead.
+        while self.packets.len() > 1000 {
+            self.packets.pop_first();
+        }
+    }
+
+    fn observe(&mut self, seq: u64, now: Instant) {
+        // RFC 3550: D = (arrival difference) - (send-time difference); J += (|D| - J) / 16.
+        if let Some((ps, pa)) = self.prev
+            && seq > ps
+        {
+            let arrival = now.saturating_duration_since(pa).as_secs_f64()
+                - pa.saturating_duration_since(now).as_secs_f64();
+            let sent = self.config.frame.as_secs_f64() * (seq - ps) as f64;
+            let d = (arrival - sent).abs();
+            self.j3550 += (d - self.j3550) / 16.0;
+        }
+        if self.prev.is_none_or(|(ps, _)| seq > ps) {
+            self.prev = Some((seq, now));
+        }
+        self.history.push_back((seq, now));
+        while self.history.len() > WINDOW {
+            self.history.pop_front();
+        }
+        self.retarget();
+    }
+
+    /// Each packet's delay relative to the fastest one in the window (`transit_i - min transit`), and
+    /// the window's reference: (seq, arrival) of its first packet and the minimum relative transit.
+    fn relative_delays(&self) -> Option<(Vec<f64>, (u64, Instant), f64)> {
+        if self.history.is_empty() {
+            return None;
+        }
+        let (s0, a0) = self.history[0];
+        let frame = self.config.frame.as_secs_f64();
+        // transit_i - transit_0 = (a_i - a_0) - (s_i - s_0) * frame, in seconds (can be negative).
+        let rel: Vec<f64> = self
+            .history
+            .iter()
+            .map(|&(s, a)| signed_secs(a, a0) - (s as f64 - s0 as f64) * frame)
+            .collect();
+        let min = rel.iter().copied().fold(f64::INFINITY, f64::min);
+        Some((rel.iter().map(|r| r - min).collect(), (s0, a0), min))
+    }
+
+    /// 95th percentile of the relative delays over the window.
+    fn jitter_p95(&self) -> Duration {
+        let Some((mut d, _, _)) = self.relative_delays() else {
+            return Duration::ZERO;
+        };
+        if d.len() < 2 {
+            return Duration::ZERO;
+        }
+        d.sort_by(f64::total_cmp);
+        let idx = ((d.len() as f64 - 1.0) * 0.95).round() as usize;
+        Duration::from_secs_f64(d[idx].max(0.0))
+    }
+
+    /// Fraction of packets missing in the window (holes between its lowest and highest sequence number).
+    fn window_loss(&self) -> f64 {
+        let (Some(lo), Some(hi)) = (
+            self.history.iter().map(|h| h.0).min(),
+            self.history.iter().map(|h| h.0).max(),
+        ) else {
+            return 0.0;
+        };
+        let span = (hi - lo + 1) as f64;
+        let distinct: std::collections::BTreeSet<u64> = self.history.iter().map(|h| h.0).collect();
+        1.0 - distinct.len() as f64 / span
+    }
+
+    /// How long frame `seq` will have waited when played at `now`, had it arrived with the least transit
+    /// seen: the buffer's delay at this playout point.
+    fn lag(&self, seq: u64, now: Instant) -> Option<f64> {
+        let (_, (s0, a0), min) = self.relative_delays()?;
+        let frame = self.config.frame.as_secs_f64();
+        Some(signed_secs(now, a0) - ((seq as f64 - s0 as f64) * frame + min))
+    }
+
+    fn retarget(&mut self) {
+        let mut needed = self.jitter_p95() + self.config.margin;
+        // With loss about, keep one frame more, so the next packet (and its FEC) is there when a frame is
+        // missing.
+        if self.window_loss() >= 0.01 {
+            needed += self.config.frame;
+        }
+        let frames = needed.as_secs_f64() / self.config.frame.as_secs_f64();
+        let target = self.config.frame * (frames.ceil() as u32).max(1);
+        self.target = target.clamp(self.config.min_delay, self.config.max_delay);
+    }
+
+    /// One playout tick.
+    pub fn pop(&mut self, now: Instant) -> Playout {
+        let next = match self.next {
+            Some(n) => n,
+            None => {
+                let (Some(first), Some((&lowest, _))) =
+                    (self.first_arrival, self.packets.first_key_value())
+                else {
+                    return Playout::Wait;
+                };
+                if now.saturating_duration_since(first) + self.config.frame / 2 < self.target {
+                    return Playout::Wait;
+                }
+                self.next = Some(lowest);
+                lowest
+            }
+        };
+        let frame = self.config.frame.as_secs_f64();
+        let target = self.target.as_secs_f64();
+        let lag = self.lag(next, now).unwrap_or(target);
+        self.last_lag = lag;
+        let present = self.packets.contains_key(&next);
+        // Too little delay for the jitter measured: wait a frame (the delay grows by one frame).
+        if lag + frame / 2.0 < target {
+            self.stats.stalls += 1;
+            return Playout::Conceal { seq: next };
+        }
+        // Too much delay for a while: drop a frame to catch up.
+        if lag > target + frame && present {
+            self.over_target_ticks += 1;
+            if self.over_target_ticks >= self.config.shrink_after {
+                self.packets.remove(&next);
+                self.stats.dropped += 1;
+                self.over_target_ticks = 0;
+                self.next = Some(next + 1);
+                return self.pop(now);
+            }
+        } else {
+            self.over_target_ticks = 0;
+        }
+        if let Some(payload) = self.packets.remove(&next) {
+            self.next = Some(next + 1);
+            self.stats.played += 1;
+            return Playout::Packet { seq: next, payload };
+        }
+        // Missing at its time: lost, or later than the jitter allows. Rebuild it from the next packet's FEC
+        // if that one is here, else conceal it.
+        self.next = Some(next + 1);
+        if let Some(following) = self.packets.get(&(next + 1)) {
+            self.stats.fec += 1;
+            return Playout::Fec {
+                seq: next,
+                payload: following.clone(),
+            };
+        }
+        self.stats.concealed += 1;
+        Playout::Conceal { seq: next }
+    }
+}
+
+fn signed_secs(a: Instant, b: Instant) -> f64 {
+    a.saturating_duration_since(b).as_secs_f64() - b.saturating_duration_since(a).as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests;

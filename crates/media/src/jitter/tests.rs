@@ -1,0 +1,204 @@
+//! The jitter buffer in simulated time against synthetic delay, loss, reordering and clock-drift traces.
+
+use super::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const FRAME: Duration = Duration::from_millis(20);
+
+struct Run {
+    outputs: Vec<Playout>,
+    jb: JitterBuffer,
+    /// Sequence numbers that never arrived.
+    lost: Vec<u64>,
+}
+
+/// Sends `n` packets, one per `send_interval`; packet `i` takes `delay(i)` (None: lost). Plays out one frame
+/// per 20 ms from the start, for the time the packets need plus a second.
+fn simulate(n: u64, send_interval: Duration, delay: impl Fn(u64) -> Option<Duration>) -> Run {
+    let t0 = Instant::now();
+    let mut arrivals: Vec<(Instant, u64)> = vec![];
+    let mut lost = vec![];
+    for i in 0..n {
+        match delay(i) {
+            Some(d) => arrivals.push((t0 + send_interval * i as u32 + d, i)),
+            None => lost.push(i),
+        }
+    }
+    arrivals.sort();
+    let end = t0 + send_interval * n as u32 + Duration::from_secs(1);
+    let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
+    let mut outputs = vec![];
+    let mut a = 0;
+    let mut tick = t0;
+    while tick < end {
+        while a < arrivals.len() && arrivals[a].0 <= tick {
+            let (at, seq) = arrivals[a];
+            jb.push(seq, seq.to_be_bytes().to_vec(), at);
+            a += 1;
+        }
+        outputs.push(jb.pop(tick));
+        tick += FRAME;
+    }
+    Run { outputs, jb, lost }
+}
+
+fn played(r: &Run) -> Vec<u64> {
+    r.outputs
+        .iter()
+        .filter_map(|o| match o {
+            Playout::Packet { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_steady_network_plays_everything_with_the_least_delay() {
+    let r = simulate(500, FRAME, |_| Some(Duration::from_millis(10)));
+    let s = r.jb.stats();
+    assert_eq!(played(&r), (0..500).collect::<Vec<_>>());
+    assert_eq!((s.fec, s.late, s.dropped), (0, 0, 0));
+    assert!(s.target_ms <= 20.0, "{s:?}");
+}
+
+#[test]
+fn delay_follows_the_jitter_the_network_forces() {
+    // 30 +- 10 ms, uniform: the buffer needs about 20 ms of jitter room.
+    let mut rng = StdRng::seed_from_u64(1);
+    let delays: Vec<Duration> = (0..1500)
+        .map(|_| Duration::from_micros(rng.random_range(20_000..=40_000)))
+        .collect();
+    let r = simulate(1500, FRAME, |i| Some(delays[i as usize]));
+    let s = r.jb.stats();
+    // After the first second, nearly everything plays on time.
+    assert!(s.late as f64 / 1500.0 < 0.02, "{s:?}");
+    assert!(s.played as f64 / 1500.0 > 0.97, "{s:?}");
+    // The target sits at what the jitter requires (20 ms spread + margin -> 2 frames), not far beyond.
+    assert!(s.jitter_p95_ms > 15.0 && s.jitter_p95_ms <= 20.5, "{s:?}");
+    assert!(s.target_ms >= 20.0 && s.target_ms <= 60.0, "{s:?}");
+    assert!(s.delay_ms <= s.target_ms + 20.0, "{s:?}");
+}
+
+#[test]
+fn single_losses_are_rebuilt_from_the_next_packets_fec() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let lost: Vec<bool> = (0..2000).map(|_| rng.random_bool(0.2)).collect();
+    let r = simulate(2000, FRAME, |i| {
+        (!lost[i as usize]).then_some(Duration::from_millis(10))
+    });
+    let s = r.jb.stats();
+    // Every lost frame is either rebuilt from FEC (the next packet arrived) or concealed; none is skipped,
+    // and every packet that arrived is played.
+    let fec_possible = r
+        .lost
+        .iter()
+        .filter(|&&i| i + 1 < 2000 && !lost[i as usize + 1])
+        .count() as u64;
+    // (Counted from the outputs: after the stream ends the buffer goes on concealing frames that never come.)
+    // The last output for a sequence number is the one that moved on (earlier ones were stalls).
+    let mut last: std::collections::BTreeMap<u64, &Playout> = Default::default();
+    for o in &r.outputs {
+        match o {
+            Playout::Packet { seq, .. } | Playout::Fec { seq, .. } | Playout::Conceal { seq } => {
+                last.insert(*seq, o);
+            }
+            Playout::Wait => {}
+        }
+    }
+    let (fec, concealed) = last
+        .range(..2000)
+        .fold((0u64, 0u64), |(f, c), (_, o)| match o {
+            Playout::Fec { .. } => (f + 1, c),
+            Playout::Conceal { .. } => (f, c + 1),
+            _ => (f, c),
+        });
+    assert_eq!(fec, s.fec);
+    assert_eq!(fec + concealed, r.lost.len() as u64, "{s:?}");
+    assert_eq!(s.played + s.dropped, 2000 - r.lost.len() as u64, "{s:?}");
+    assert_eq!(s.late, 0, "{s:?}");
+    // Once the loss is noticed the buffer keeps the next packet at hand: FEC serves nearly every loss it can.
+    assert!(
+        s.fec as f64 >= 0.97 * fec_possible as f64,
+        "{} of {fec_possible}: {s:?}",
+        s.fec
+    );
+    // And the price is one frame of delay, no more.
+    assert!(s.target_ms <= 40.0, "{s:?}");
+    for o in &r.outputs {
+        if let Playout::Fec { seq, payload } = o {
+            assert_eq!(
+                payload,
+                &(seq + 1).to_be_bytes().to_vec(),
+                "FEC comes from the next packet"
+            );
+        }
+    }
+}
+
+#[test]
+fn reordering_within_the_buffer_loses_nothing() {
+    // Every 10th packet is held back 30 ms, so it arrives after its successor.
+    let r = simulate(1000, FRAME, |i| {
+        Some(Duration::from_millis(if i % 10 == 5 { 45 } else { 15 }))
+    });
+    let s = r.jb.stats();
+    // Only the first held-back packets, before the jitter is measured, can miss their turn.
+    assert!(s.played >= 990, "{s:?}");
+    assert!(s.target_ms <= 60.0, "{s:?}");
+    assert_eq!(
+        played(&r).windows(2).filter(|w| w[1] <= w[0]).count(),
+        0,
+        "in order"
+    );
+}
+
+#[test]
+fn a_delay_spike_stretches_then_the_buffer_shrinks_back() {
+    // 10 ms, then packets 300..310 take 250 ms (arriving in a burst), then 10 ms again.
+    let r = simulate(1500, FRAME, |i| {
+        Some(Duration::from_millis(if (300..310).contains(&i) {
+            250
+        } else {
+            10
+        }))
+    });
+    let s = r.jb.stats();
+    // The spike's packets miss their turn (a spike cannot be foreseen); everything else plays.
+    assert_eq!(s.late, 10, "{s:?}");
+    assert_eq!(s.played + s.dropped, 1490, "{s:?}");
+    // The delay grew for the spike while it was in the window, and came back down after it.
+    assert!(s.stalls > 0 && s.dropped > 0, "stretched and shrank: {s:?}");
+    assert!(s.target_ms <= 20.0 && s.delay_ms <= 40.0, "{s:?}");
+}
+
+#[test]
+fn clock_drift_either_way_stays_bounded() {
+    // The sender's clock 0.5% slow, then 0.5% fast, against the playout clock.
+    for interval in [Duration::from_micros(20_100), Duration::from_micros(19_900)] {
+        let r = simulate(3000, interval, |_| Some(Duration::from_millis(10)));
+        let s = r.jb.stats();
+        assert_eq!(s.late, 0, "{interval:?}: {s:?}");
+        assert_eq!(s.played + s.dropped, 3000, "{interval:?}: {s:?}");
+        assert!(s.delay_ms <= 80.0, "{interval:?}: {s:?}");
+    }
+}
+
+#[test]
+fn duplicates_and_ancient_packets_are_ignored() {
+    let t = Instant::now();
+    let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
+    jb.push(0, vec![0], t);
+    jb.push(0, vec![0], t);
+    assert_eq!(jb.stats().duplicates, 1);
+    let out = jb.pop(t + FRAME);
+    assert_eq!(
+        out,
+        Playout::Packet {
+            seq: 0,
+            payload: vec![0]
+        }
+    );
+    jb.push(0, vec![0], t + FRAME * 2);
+    assert_eq!(jb.stats().late, 1);
+}

@@ -1,0 +1,128 @@
+//! The sender's reaction to receiver reports: loss steers in-band FEC and the encoder's loss hint, queueing
+//! delay (round-trip time above its minimum) steers the bitrate. Sans-IO.
+//!
+//! * FEC: on from the start (a call's first seconds should survive loss too) with a loss hint of at least
+//!   6 %, because below that libopus sends no LBRR at 16-24 kbit/s; the hint tracks the smoothed loss plus a
+//!   margin (at most 40 %). After 10 s without loss it turns off, and back on at the first loss.
+//! * Bitrate: starts at the negotiated maximum; if the round trip grows 150 ms above the lowest seen (a queue
+//!   is building), it drops by a fifth per report (not below 12 kbit/s), and climbs back 2 kbit/s per report
+//!   once the queue is gone. Random loss alone does not lower it: FEC needs the bits.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub bitrate: u32,
+    pub fec: bool,
+    pub loss_hint_pct: u8,
+}
+
+#[derive(Debug)]
+pub struct RateController {
+    max_bitrate: u32,
+    settings: EncoderSettings,
+    smoothed_loss: f64,
+    min_rtt: Option<Duration>,
+    last_loss: Instant,
+}
+
+pub const MIN_BITRATE: u32 = 12_000;
+const FEC_OFF_AFTER: Duration = Duration::from_secs(10);
+const QUEUE_RTT: Duration = Duration::from_millis(150);
+
+impl RateController {
+    pub fn new(max_bitrate: u32, now: Instant) -> Self {
+        Self {
+            max_bitrate: max_bitrate.max(MIN_BITRATE),
+            settings: EncoderSettings {
+                bitrate: max_bitrate.max(MIN_BITRATE),
+                fec: true,
+                loss_hint_pct: 6,
+            },
+            smoothed_loss: 0.0,
+            min_rtt: None,
+            last_loss: now,
+        }
+    }
+
+    pub fn settings(&self) -> EncoderSettings {
+        self.settings
+    }
+
+    /// A receiver report: `loss` is the fraction of packets lost in its interval (before FEC), `rtt` the
+    /// round trip measured from its timestamp echo.
+    pub fn on_report(&mut self, loss: f64, rtt: Option<Duration>, now: Instant) -> EncoderSettings {
+        let loss = loss.clamp(0.0, 1.0);
+        self.smoothed_loss = 0.7 * self.smoothed_loss + 0.3 * loss;
+        if loss > 0.0 {
+            self.last_loss = now;
+        }
+        let s = &mut self.settings;
+        if loss > 0.0 || self.smoothed_loss >= 0.01 {
+            s.fec = true;
+        } else if now.saturating_duration_since(self.last_loss) >= FEC_OFF_AFTER {
+            s.fec = false;
+        }
+        s.loss_hint_pct = if s.fec {
+            ((self.smoothed_loss * 100.0).ceil() as u8 + 2).clamp(6, 40)
+        } else {
+            0
+        };
+        if let Some(rtt) = rtt {
+            let min = self.min_rtt.map_or(rtt, |m| m.min(rtt));
+            self.min_rtt = Some(min);
+            if rtt > min + QUEUE_RTT {
+                s.bitrate = (s.bitrate * 4 / 5).max(MIN_BITRATE);
+            } else if rtt < min + QUEUE_RTT / 3 {
+                s.bitrate = (s.bitrate + 2_000).min(self.max_bitrate);
+            }
+        }
+        *s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn fec_follows_loss() {
+        let t = Instant::now();
+        let mut rc = RateController::new(32_000, t);
+        assert!(
+            rc.settings().fec && rc.settings().loss_hint_pct >= 6,
+            "on from the start"
+        );
+        let mut s = rc.settings();
+        for i in 1..=12 {
+            s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * i);
+        }
+        assert!(!s.fec, "off after 10 s without loss");
+        assert_eq!(s.loss_hint_pct, 0);
+        s = rc.on_report(0.02, Some(Duration::from_millis(40)), t + SEC * 13);
+        assert!(s.fec && s.loss_hint_pct >= 6, "back at the first loss");
+        for i in 14..40 {
+            s = rc.on_report(0.2, Some(Duration::from_millis(40)), t + SEC * i);
+        }
+        assert!(s.loss_hint_pct >= 20 && s.loss_hint_pct <= 25, "{s:?}");
+        assert_eq!(s.bitrate, 32_000, "random loss does not cut the bitrate");
+    }
+
+    #[test]
+    fn a_growing_queue_lowers_the_bitrate_and_it_recovers() {
+        let t = Instant::now();
+        let mut rc = RateController::new(32_000, t);
+        rc.on_report(0.0, Some(Duration::from_millis(30)), t);
+        let mut s = rc.settings();
+        for i in 1..6 {
+            s = rc.on_report(0.0, Some(Duration::from_millis(400)), t + SEC * i);
+        }
+        assert!(s.bitrate < 16_000 && s.bitrate >= MIN_BITRATE, "{s:?}");
+        for i in 6..20 {
+            s = rc.on_report(0.0, Some(Duration::from_millis(32)), t + SEC * i);
+        }
+        assert_eq!(s.bitrate, 32_000);
+    }
+}
