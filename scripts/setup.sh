@@ -6,6 +6,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# libopus is built from its bundled source (one pinned version for every user): that needs cmake.
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # The NAT lab test builds networks in namespaces: iproute2 and nftables.
   command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)

@@ -1,7 +1,8 @@
 //! kith-media: what a call needs besides signalling. Sans-IO pieces (the adaptive jitter buffer, the media
 //! datagram format, the sender's rate control) and, next to them, the codec and audio I/O.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod codec;
 pub mod jitter;
 pub mod packet;
 pub mod rate;
@@ -11,4 +12,8 @@ pub mod rate;
 pub enum MediaError {
     #[error("malformed media datagram: {0}")]
     BadDatagram(&'static str),
+    #[error("opus: {0}")]
+    Codec(String),
+    #[error("{0}")]
+    Config(String),
 }

@@ -1,0 +1,288 @@
+//! Opus (libopus, built from the bundled source of the `opus`/`opusic-sys` crates, so every user runs the
+//! same codec version) at 48 kHz mono, VOIP application.
+
+use crate::MediaError;
+use crate::rate::EncoderSettings;
+
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Samples in one frame of `frame_ms` at 48 kHz.
+pub fn frame_samples(frame_ms: u8) -> usize {
+    SAMPLE_RATE as usize / 1000 * frame_ms as usize
+}
+
+/// The libopus version linked in.
+pub fn libopus_version() -> &'static str {
+    opus::version()
+}
+
+/// Whether an Opus packet carries in-band FEC (LBRR) for the frame before it.
+#[allow(unsafe_code)]
+pub fn has_lbrr(packet: &[u8]) -> bool {
+    if packet.is_empty() || packet.len() > i32::MAX as usize {
+        return false;
+    }
+    // SAFETY: the pointer and length describe a live, initialised byte slice; libopus only reads it.
+    unsafe { opusic_sys::opus_packet_has_lbrr(packet.as_ptr(), packet.len() as i32) > 0 }
+}
+
+fn err(e: opus::Error) -> MediaError {
+    MediaError::Codec(e.to_string())
+}
+
+pub struct OpusEncoder {
+    enc: opus::Encoder,
+    frame: usize,
+    settings: Option<EncoderSettings>,
+}
+
+impl OpusEncoder {
+    pub fn new(frame_ms: u8, settings: EncoderSettings) -> Result<Self, MediaError> {
+        if ![10, 20, 40, 60].contains(&frame_ms) {
+            return Err(MediaError::Config(format!(
+                "frame length {frame_ms} ms: use 10, 20, 40 or 60"
+            )));
+        }
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .map_err(err)?;
+        // Calls carry speech: keep libopus in its SILK-based modes, which are the ones with in-band FEC.
+        enc.set_signal(opus::Signal::Voice).map_err(err)?;
+        let mut e = Self {
+            enc,
+            frame: frame_samples(frame_ms),
+            settings: None,
+        };
+        e.apply(settings)?;
+        Ok(e)
+    }
+
+    pub fn frame_samples(&self) -> usize {
+        self.frame
+    }
+
+    /// Applies new settings (from the rate controller); unchanged ones cost nothing.
+    pub fn apply(&mut self, s: EncoderSettings) -> Result<(), MediaError> {
+        if self.settings == Some(s) {
+            return Ok(());
+        }
+        self.enc
+            .set_bitrate(opus::Bitrate::Bits(s.bitrate as i32))
+            .map_err(err)?;
+        self.enc.set_inband_fec(s.fec).map_err(err)?;
+        self.enc
+            .set_packet_loss_perc(i32::from(s.loss_hint_pct))
+            .map_err(err)?;
+        self.settings = Some(s);
+        Ok(())
+    }
+
+    /// Encodes exactly one frame.
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, MediaError> {
+        if pcm.len() != self.frame {
+            return Err(MediaError::Config(format!(
+                "a frame has {} samples, got {}",
+                self.frame,
+                pcm.len()
+            )));
+        }
+        self.enc.encode_vec(pcm, 1500).map_err(err)
+    }
+
+    /// The encoder's lookahead in samples (part of the codec's latency floor).
+    pub fn lookahead(&mut self) -> usize {
+        self.enc
+            .get_lookahead()
+            .map(|l| l.max(0) as usize)
+            .unwrap_or(0)
+    }
+}
+
+pub struct OpusDecoder {
+    dec: opus::Decoder,
+    frame: usize,
+}
+
+impl OpusDecoder {
+    pub fn new(frame_ms: u8) -> Result<Self, MediaError> {
+        Ok(Self {
+            dec: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(err)?,
+            frame: frame_samples(frame_ms),
+        })
+    }
+
+    fn run(&mut self, packet: &[u8], fec: bool) -> Result<Vec<i16>, MediaError> {
+        let mut out = vec![0i16; self.frame];
+        let n = self.dec.decode(packet, &mut out, fec).map_err(err)?;
+        out.truncate(n);
+        out.resize(self.frame, 0);
+        Ok(out)
+    }
+
+    /// Decodes one received frame.
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, MediaError> {
+        self.run(packet, false)
+    }
+
+    /// Rebuilds the frame before `next` from the FEC `next` carries (PLC if it carries none).
+    pub fn decode_fec(&mut self, next: &[u8]) -> Result<Vec<i16>, MediaError> {
+        self.run(next, true)
+    }
+
+    /// Conceals one lost frame.
+    pub fn conceal(&mut self) -> Result<Vec<i16>, MediaError> {
+        self.run(&[], false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A speech-like test signal: voiced segments whose pitch jumps every 70 ms, and noise bursts in
+    /// between (so concealment cannot simply extrapolate).
+    fn voice(samples: usize) -> Vec<i16> {
+        let mut state = 0x2545_f491_u64;
+        let mut noise = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 20_001) as f64 / 10_000.0 - 1.0
+        };
+        let mut phase = 0.0f64;
+        (0..samples)
+            .map(|i| {
+                let seg = i / 3360;
+                let f0 = [120.0, 185.0, 140.0, 230.0, 160.0, 105.0, 210.0][seg % 7];
+                phase += 2.0 * std::f64::consts::PI * f0 / SAMPLE_RATE as f64;
+                let v = if seg % 5 == 4 {
+                    noise() * 0.6
+                } else {
+                    [(1.0, 1.0), (2.0, 0.6), (3.0, 0.5), (5.0, 0.3), (8.0, 0.15)]
+                        .iter()
+                        .map(|(h, a)| a * (phase * h).sin())
+                        .sum::<f64>()
+                };
+                (v * 5000.0) as i16
+            })
+            .collect()
+    }
+
+    fn frames(settings: EncoderSettings) -> Vec<Vec<u8>> {
+        let mut enc = OpusEncoder::new(20, settings).unwrap();
+        voice(48_000 * 2)
+            .chunks(960)
+            .map(|f| enc.encode(f).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lbrr_is_present_when_the_loss_hint_asks_for_it() {
+        for bitrate in [24_000, 32_000] {
+            let with = frames(EncoderSettings {
+                bitrate,
+                fec: true,
+                loss_hint_pct: 10,
+            });
+            let n = with.iter().filter(|p| has_lbrr(p)).count();
+            assert!(
+                n >= with.len() * 9 / 10,
+                "{bitrate}: LBRR in {n} of {} frames",
+                with.len()
+            );
+            let without = frames(EncoderSettings {
+                bitrate,
+                fec: false,
+                loss_hint_pct: 0,
+            });
+            assert_eq!(
+                without.iter().filter(|p| has_lbrr(p)).count(),
+                0,
+                "{bitrate}"
+            );
+        }
+        // The traps: FEC on but a low loss hint, or too few bits (16 kbit/s): libopus sends none.
+        for (bitrate, hint) in [(16_000, 20)] {
+            let low = frames(EncoderSettings {
+                bitrate,
+                fec: true,
+                loss_hint_pct: hint,
+            });
+            assert_eq!(
+                low.iter().filter(|p| has_lbrr(p)).count(),
+                0,
+                "{bitrate} bit/s, hint {hint} %"
+            );
+        }
+    }
+
+    #[test]
+    fn fec_rebuilds_a_lost_frame_better_than_concealment() {
+        let pcm = voice(48_000 * 2);
+        let packets = frames(EncoderSettings {
+            bitrate: 24_000,
+            fec: true,
+            loss_hint_pct: 10,
+        });
+        // Every 4th frame whose successor carries LBRR is lost.
+        let lost: Vec<usize> = (10..packets.len() - 1)
+            .filter(|&i| has_lbrr(&packets[i + 1]))
+            .step_by(4)
+            .collect();
+        assert!(lost.len() >= 8);
+        let err = |use_fec: bool| {
+            let mut dec = OpusDecoder::new(20).unwrap();
+            let mut out = vec![];
+            for (i, p) in packets.iter().enumerate() {
+                if lost.contains(&i) {
+                    out.extend(if use_fec {
+                        dec.decode_fec(&packets[i + 1]).unwrap()
+                    } else {
+                        dec.conceal().unwrap()
+                    });
+                } else {
+                    out.extend(dec.decode(p).unwrap());
+                }
+            }
+            // The codec's delay: the lag that best aligns the output with the input.
+            let d = (0..2000)
+                .max_by_key(|&d| {
+                    (0..40_000)
+                        .map(|i| i64::from(out[i + d]) * i64::from(pcm[i]))
+                        .sum::<i64>()
+                })
+                .unwrap();
+            lost.iter()
+                .flat_map(|&l| l * 960..(l + 1) * 960)
+                .filter(|&i| i + d < out.len())
+                .map(|i| (f64::from(out[i + d]) - f64::from(pcm[i])).powi(2))
+                .sum::<f64>()
+        };
+        let (fec, plc) = (err(true), err(false));
+        assert!(fec < plc, "FEC error {fec:.3e} vs PLC {plc:.3e}");
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut enc = OpusEncoder::new(
+            20,
+            EncoderSettings {
+                bitrate: 24_000,
+                fec: true,
+                loss_hint_pct: 6,
+            },
+        )
+        .unwrap();
+        assert!(enc.encode(&[0; 100]).is_err());
+        assert!(OpusEncoder::new(15, enc.settings.unwrap()).is_err());
+        let mut dec = OpusDecoder::new(20).unwrap();
+        // Garbage must not panic (libopus may accept or refuse it).
+        let _ = dec.decode(&[0xff, 0xff, 0xff]);
+        assert!(!has_lbrr(&[]));
+        assert!(
+            libopus_version().contains("libopus"),
+            "{}",
+            libopus_version()
+        );
+    }
+}
