@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +74,10 @@ enum Command {
         /// Take no contact requests: only contacts can reach you or learn whether you are online.
         #[arg(long)]
         no_requests: bool,
+        /// Impair outgoing call media, for tests and benchmarks: `loss=20,burst=3,delay=30,jitter=10,seed=1`
+        /// (loss in percent, times in ms).
+        #[arg(long, value_name = "SPEC")]
+        impair: Option<String>,
     },
     /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
     Relay {
@@ -146,6 +151,24 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Call a contact; stays until the call ends (Ctrl-C hangs up).
+    Call {
+        name: String,
+        #[command(flatten)]
+        audio: AudioArgs,
+    },
+    /// Answer a ringing call (the only one, or the one named); stays until it ends.
+    Answer {
+        call: Option<String>,
+        #[command(flatten)]
+        audio: AudioArgs,
+    },
+    /// Decline a ringing call.
+    Reject { call: Option<String> },
+    /// End a call (or stop calling).
+    Hangup { call: Option<String> },
+    /// Calls in progress and the call log (duration, outcome, statistics).
+    Calls,
     /// List contact requests (messages from people who are not your contacts).
     Requests,
     /// Accept a contact request: the person becomes a contact and their messages a chat.
@@ -179,6 +202,130 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Where a call's audio comes from and goes to (the daemon plays and records; paths are on its machine).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AudioArgs {
+    /// Send this 48 kHz mono 16-bit WAV file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tone", "null"])]
+    input_wav: Option<PathBuf>,
+    /// Send a sine tone (Hz).
+    #[arg(long, value_name = "HZ", num_args = 0..=1, default_missing_value = "440")]
+    tone: Option<f32>,
+    /// Send silence.
+    #[arg(long)]
+    null: bool,
+    /// Record what you hear into this WAV file.
+    #[arg(long, value_name = "FILE")]
+    record_wav: Option<PathBuf>,
+    /// Hang up after this many seconds of talk.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Print the call statistics every second.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl AudioArgs {
+    fn body(&self) -> Value {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let input = match (&self.input_wav, self.tone, self.null) {
+            (Some(p), _, _) => json!({ "wav": abs(p) }),
+            (None, Some(hz), _) => json!({ "tone": hz }),
+            (None, None, true) => json!("null"),
+            (None, None, false) => Value::Null,
+        };
+        json!({
+            "input": input,
+            "record_wav": self.record_wav.as_ref().map(abs),
+            "duration_secs": self.duration,
+        })
+    }
+}
+
+/// Follows call `id` on the event stream until it ends; prints progress (and statistics with `stats`).
+/// Ctrl-C hangs up. Returns the final event.
+async fn follow_call(
+    client: &Client,
+    watcher: &crate::client::Watcher,
+    id: &str,
+    stats: bool,
+    json_mode: bool,
+) -> anyhow::Result<Value> {
+    let mut printed = std::collections::HashSet::new();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let events = watcher.call_events();
+        let seen = events.len();
+        for e in events {
+            if e["call"].as_str() != Some(id) {
+                continue;
+            }
+            let kind = e["type"].as_str().unwrap_or("").to_owned();
+            if !printed.insert(kind.clone()) {
+                continue;
+            }
+            match kind.as_str() {
+                "call_ringing" if !json_mode => println!("ringing {}...", s(&e, "to")),
+                "call_answered" if !json_mode => println!("in a call with {}", s(&e, "with")),
+                "call_ended" => {
+                    if json_mode {
+                        println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+                    } else {
+                        let talked = e["talked_secs"]
+                            .as_f64()
+                            .map(|t| format!(", talked {t:.1} s"))
+                            .unwrap_or_default();
+                        println!("call ended: {}{talked}", s(&e, "outcome"));
+                        if !e["stats"].is_null() {
+                            println!("  {}", stats_line(&e["stats"]));
+                        }
+                    }
+                    return Ok(e);
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = watcher.wait_for(Duration::from_millis(500), |w| w.call_events().len() > seen) => {}
+            _ = tick.tick(), if stats => {
+                if let Ok(v) = client.get("/v1/calls").await
+                    && let Some(c) = v["live"].as_array().and_then(|l| l.iter().find(|c| c["call"].as_str() == Some(id)))
+                    && !c["stats"].is_null()
+                {
+                    println!("  {}", stats_line(&c["stats"]));
+                }
+            }
+            _ = &mut ctrl_c => {
+                let _ = client.post("/v1/calls/hangup", json!({ "call": id })).await;
+            }
+        }
+    }
+}
+
+fn stats_line(s: &Value) -> String {
+    let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+    format!(
+        "{} | {} ms frames, {:.0} kbit/s, FEC {} (loss hint {} %) | rtt {} | loss {:.1} % before FEC, {:.1} % after | {} FEC frames, {} concealed, {} late | jitter {:.1} ms, buffer {:.0} ms",
+        s["codec"].as_str().unwrap_or("?"),
+        s["frame_ms"],
+        f("bitrate") / 1000.0,
+        if s["fec"] == true { "on" } else { "off" },
+        s["loss_hint_pct"],
+        s["rtt_ms"]
+            .as_f64()
+            .map(|r| format!("{r:.1} ms"))
+            .unwrap_or_else(|| "-".into()),
+        f("loss_before_fec_pct"),
+        f("loss_after_fec_pct"),
+        s["fec_frames"],
+        s["concealed_frames"],
+        s["late"],
+        f("jitter_ms"),
+        f("jitter_buffer_ms"),
+    )
 }
 
 pub fn main() -> ExitCode {
@@ -369,7 +516,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             relay_only,
             dht_bind,
             no_requests,
+            impair,
         } => {
+            let impair = impair
+                .map(|s| kith_node::media::Impairment::parse(&s))
+                .transpose()
+                .map_err(|e| user(format!("--impair: {e}")))?;
             let home = home()?;
             let profile = Profile::new(&home);
             if !profile.exists() {
@@ -391,6 +543,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 relay_only,
                 dht_bind,
                 no_requests,
+                impair,
             };
             let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(
@@ -578,6 +731,86 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("{who}:"),
                         s(&m, "text")
                     );
+                }
+            });
+        }
+        Command::Call { name, audio } => {
+            let client = Client::for_profile(&home()?)?;
+            let watcher = crate::client::Watcher::start(&client).await?;
+            let mut body = audio.body();
+            body["to"] = json!(name);
+            let v = client.post("/v1/calls", body).await?;
+            let id = s(&v, "call").to_owned();
+            if !json_mode {
+                println!("calling {name} (call {})", &id[..8.min(id.len())]);
+            }
+            follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
+        }
+        Command::Answer { call, audio } => {
+            let client = Client::for_profile(&home()?)?;
+            let watcher = crate::client::Watcher::start(&client).await?;
+            let mut body = audio.body();
+            body["call"] = json!(call);
+            let v = client.post("/v1/calls/answer", body).await?;
+            let id = s(&v, "call").to_owned();
+            if !json_mode {
+                println!("answered (call {})", &id[..8.min(id.len())]);
+            }
+            follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
+        }
+        Command::Reject { call } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client
+                .post("/v1/calls/reject", json!({ "call": call }))
+                .await?;
+            out(json_mode, &v, |v| {
+                println!("declined call {}", s(v, "call"))
+            });
+        }
+        Command::Hangup { call } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client
+                .post("/v1/calls/hangup", json!({ "call": call }))
+                .await?;
+            out(json_mode, &v, |v| println!("hung up call {}", s(v, "call")));
+        }
+        Command::Calls => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client.get("/v1/calls").await?;
+            out(json_mode, &v, |v| {
+                let live = v["live"].as_array().cloned().unwrap_or_default();
+                for c in &live {
+                    println!(
+                        "now: {} {} call with {} ({})",
+                        s(c, "state"),
+                        s(c, "direction"),
+                        s(c, "with"),
+                        &s(c, "call")[..8.min(s(c, "call").len())]
+                    );
+                    if !c["stats"].is_null() {
+                        println!("  {}", stats_line(&c["stats"]));
+                    }
+                }
+                let log = v["log"].as_array().cloned().unwrap_or_default();
+                if live.is_empty() && log.is_empty() {
+                    println!("No calls yet. Call a contact with `kith call NAME`.");
+                }
+                for c in log {
+                    let dur = c["duration_secs"]
+                        .as_f64()
+                        .map(|d| format!("{d:.0} s"))
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<10} {:<9} {:<20} {:<16} {:>6}",
+                        fmt_ms(c["started_ms"].as_i64()),
+                        s(&c, "direction"),
+                        s(&c, "with"),
+                        s(&c, "outcome"),
+                        dur
+                    );
+                    if !c["stats"].is_null() {
+                        println!("  {}", stats_line(&c["stats"]));
+                    }
                 }
             });
         }

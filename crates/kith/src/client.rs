@@ -187,6 +187,8 @@ struct Seen {
     received: HashMap<String, Vec<u64>>,
     /// event type -> how many were seen.
     counts: HashMap<String, u64>,
+    /// Call events (`call_*`), in order.
+    calls: Vec<Value>,
 }
 
 impl Watcher {
@@ -202,6 +204,9 @@ impl Watcher {
                 let kind = ev.get("type").and_then(Value::as_str).unwrap_or("");
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
                 *seen.counts.entry(kind.to_owned()).or_default() += 1;
+                if kind.starts_with("call_") {
+                    seen.calls.push(ev.clone());
+                }
                 match kind {
                     "message_state"
                         if ev.get("state").and_then(Value::as_str) == Some("delivered") =>
@@ -257,6 +262,22 @@ impl Watcher {
             .get(kind)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The call events seen so far (`call_incoming`, `call_ringing`, `call_answered`, `call_ended`).
+    pub fn call_events(&self) -> Vec<Value> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .calls
+            .clone()
+    }
+
+    /// The first event of `kind` about call `call` (any call if `None`).
+    pub fn call_event(&self, kind: &str, call: Option<&str>) -> Option<Value> {
+        self.call_events()
+            .into_iter()
+            .find(|e| e["type"] == kind && call.is_none_or(|c| e["call"].as_str() == Some(c)))
     }
 
     pub fn received(&self, from: &str) -> Vec<u64> {

@@ -92,6 +92,10 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/contacts/{name}", delete(remove_contact))
         .route("/v1/contacts/{name}/safety-number", get(safety_number))
         .route("/v1/lookup/{who}", get(lookup))
+        .route("/v1/calls", get(calls).post(place_call))
+        .route("/v1/calls/answer", post(answer_call))
+        .route("/v1/calls/reject", post(reject_call))
+        .route("/v1/calls/hangup", post(hangup_call))
         .route("/v1/messages", post(send))
         .route("/v1/chat/{name}", get(chat))
         .route("/v1/requests", get(requests))
@@ -133,6 +137,40 @@ async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiR
 async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
     c.node.remove_contact(&name)?;
     ok(json!({ "removed": name }))
+}
+
+#[derive(Deserialize)]
+struct CallRequest {
+    to: String,
+    #[serde(flatten)]
+    audio: crate::media::AudioOptions,
+}
+
+#[derive(Deserialize)]
+struct CallAction {
+    call: Option<String>,
+    #[serde(flatten)]
+    audio: crate::media::AudioOptions,
+}
+
+async fn calls(State(c): State<Ctx>) -> ApiResult {
+    ok(c.node.calls_view(100)?)
+}
+
+async fn place_call(State(c): State<Ctx>, Json(body): Json<CallRequest>) -> ApiResult {
+    ok(json!({ "call": c.node.place_call(&body.to, body.audio)? }))
+}
+
+async fn answer_call(State(c): State<Ctx>, Json(body): Json<CallAction>) -> ApiResult {
+    ok(json!({ "call": c.node.answer_call(body.call.as_deref(), body.audio)? }))
+}
+
+async fn reject_call(State(c): State<Ctx>, Json(body): Json<CallAction>) -> ApiResult {
+    ok(json!({ "call": c.node.reject_call(body.call.as_deref())? }))
+}
+
+async fn hangup_call(State(c): State<Ctx>, Json(body): Json<CallAction>) -> ApiResult {
+    ok(json!({ "call": c.node.hangup_call(body.call.as_deref())? }))
 }
 
 async fn lookup(State(c): State<Ctx>, Path(who): Path<String>) -> ApiResult {

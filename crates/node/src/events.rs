@@ -32,6 +32,24 @@ pub enum Event {
     EndpointRotated { period: u64 },
     /// The node started using a relay it found (DHT announcement or a contact's record).
     RelayAdded { url: String, rtt_ms: u64 },
+    /// Someone calls (a contact: strangers' calls are refused without ringing).
+    CallIncoming {
+        call: String,
+        from: String,
+        address: String,
+    },
+    /// The callee's phone rings.
+    CallRinging { call: String, to: String },
+    /// The call is up; media flows.
+    CallAnswered { call: String, with: String },
+    /// The call is over.
+    CallEnded {
+        call: String,
+        with: String,
+        outcome: String,
+        talked_secs: Option<f64>,
+        stats: Option<serde_json::Value>,
+    },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

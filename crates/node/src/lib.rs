@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod events;
 pub mod lan;
 pub mod limiter;
+pub mod media;
 pub mod node;
 pub mod profile;
 
@@ -50,6 +51,8 @@ pub struct DaemonOptions {
     pub dht_bind: Option<std::net::Ipv4Addr>,
     /// Take no contact requests from strangers, whatever the configuration says.
     pub no_requests: bool,
+    /// Impair outgoing media datagrams (tests and benchmarks).
+    pub impair: Option<media::Impairment>,
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
@@ -105,6 +108,7 @@ pub async fn run_daemon(
             relay_only: options.relay_only || config.relay_only,
         },
         accept_requests: !options.no_requests && config.accept_requests,
+        impair: options.impair.clone(),
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -14,6 +14,7 @@ use crate::discovery::{DiscoveryConfig, NodeDiscovery};
 use crate::events::Event;
 use crate::limiter::{LimiterConfig, RequestLimiter};
 use crate::profile::Identity;
+use kith_core::call::{CallConfig, CallEvent, CallId, CallOutput, Calls, Direction, EndReason};
 use kith_core::delivery::{Inbox, Offer, Outbox, OutboxConfig};
 use kith_core::hello::{Hello, VerifiedPeer};
 use kith_core::record::DeviceEntry;
@@ -95,6 +96,8 @@ pub enum NodeError {
         "this daemon runs without the DHT (--no-dht): start it with a bootstrap list to look people up"
     )]
     NoDht,
+    #[error("{0}")]
+    Call(String),
 }
 
 impl NodeError {
@@ -160,6 +163,18 @@ struct State {
     request: Option<(EndpointCert, ContactCard)>,
     /// Generation of our contact key (see [`Identity::contact_key`]); moves on when a contact is removed.
     contact_key_gen: u64,
+    /// Call signalling of every call (see `kith_core::call`).
+    calls: Calls<AccountKey>,
+    /// What the user asked for each call (audio in/out, duration), and its times for the log.
+    call_meta: HashMap<CallId, CallMeta>,
+    /// Running media, by call.
+    media: HashMap<CallId, crate::media::MediaHandle>,
+}
+
+struct CallMeta {
+    options: crate::media::AudioOptions,
+    started_ms: i64,
+    answered_ms: Option<i64>,
 }
 
 /// Tunables of a node.
@@ -177,6 +192,27 @@ pub struct NodeConfig {
     /// public entry in the record, and connections from non-contacts are refused; strangers then learn
     /// nothing about whether or where we are reachable.
     pub accept_requests: bool,
+    /// Impair outgoing media datagrams (tests and benchmarks only).
+    pub impair: Option<crate::media::Impairment>,
+}
+
+/// How a call ended, as the call log says it.
+fn outcome_name(direction: Direction, reason: EndReason) -> &'static str {
+    match (direction, reason) {
+        (_, EndReason::Completed { .. }) => "completed",
+        (Direction::Outgoing, EndReason::Declined { .. }) => "declined",
+        (Direction::Incoming, EndReason::Declined { .. }) => "rejected",
+        (Direction::Outgoing, EndReason::Busy) => "busy",
+        (Direction::Incoming, EndReason::Busy) => "missed (busy)",
+        (Direction::Outgoing, EndReason::Cancelled { .. }) => "cancelled",
+        (Direction::Incoming, EndReason::Cancelled { .. }) => "missed",
+        (Direction::Outgoing, EndReason::NoAnswer) => "no answer",
+        (Direction::Incoming, EndReason::NoAnswer) => "missed",
+        (_, EndReason::Unreachable) => "unreachable",
+        (Direction::Outgoing, EndReason::Refused) => "refused",
+        (Direction::Incoming, EndReason::Refused) => "refused (not a contact)",
+        (_, EndReason::ConnectionLost) => "connection lost",
+    }
 }
 
 /// Store setting: generation of the contact key.
@@ -208,6 +244,8 @@ pub struct Node {
     republish: Notify,
     /// Bumped whenever an endpoint is replaced or added, so the accept loops pick it up.
     endpoints: tokio::sync::watch::Sender<u64>,
+    /// Wakes the call timer (signalling retransmissions and timeouts).
+    calls_changed: Notify,
     config: NodeConfig,
     started: Instant,
 }
@@ -387,6 +425,9 @@ impl Node {
             card,
             request,
             contact_key_gen,
+            calls: Calls::new(CallConfig::default()),
+            call_meta: HashMap::new(),
+            media: HashMap::new(),
         };
         let (events, _) = broadcast::channel(4096);
         let node = Arc::new(Self {
@@ -403,6 +444,7 @@ impl Node {
             wake: Notify::new(),
             republish: Notify::new(),
             endpoints: tokio::sync::watch::Sender::new(0),
+            calls_changed: Notify::new(),
             config,
             started: t0,
         });
@@ -413,6 +455,7 @@ impl Node {
         tokio::spawn(node.clone().publisher());
         tokio::spawn(node.clone().rotator());
         tokio::spawn(node.clone().relay_finder());
+        tokio::spawn(node.clone().call_timer());
         if node.config.discovery.lan
             && let Some(dht) = &node.config.dht
         {
@@ -1209,6 +1252,7 @@ impl Node {
         });
         let (reader, writer) = session.split();
         tokio::spawn(Self::write_loop(writer, rx));
+        tokio::spawn(self.clone().datagram_loop(account, conn.clone()));
         tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
         self.wake.notify_one();
         if let Some(hints) = upgrade {
@@ -1261,22 +1305,38 @@ impl Node {
             };
             let mut messages = vec![];
             let mut receipts = vec![];
-            fn push(f: Frame, messages: &mut Vec<MessageFrame>, receipts: &mut Vec<u64>) {
+            let mut signalling = vec![];
+            fn push(
+                f: Frame,
+                messages: &mut Vec<MessageFrame>,
+                receipts: &mut Vec<u64>,
+                signalling: &mut Vec<kith_core::call::CallMsg>,
+            ) {
                 match f {
                     Frame::Message(m) => messages.push(m),
                     Frame::Receipt(r) => receipts.extend(r.seqs),
                     Frame::Hello(_) => {}
-                    // Calls are not wired into the node yet: ignored until they are.
-                    Frame::Call(_) => {}
+                    Frame::Call(c) => signalling.push(c),
                 }
             }
-            push(first, &mut messages, &mut receipts);
+            push(first, &mut messages, &mut receipts, &mut signalling);
             // Take whatever is already buffered, so one store transaction covers many messages.
             while reader.has_buffered() && messages.len() < READ_BATCH {
                 match reader.next().await {
-                    Ok(f) => push(f, &mut messages, &mut receipts),
+                    Ok(f) => push(f, &mut messages, &mut receipts, &mut signalling),
                     Err(_) => break,
                 }
+            }
+            if !signalling.is_empty() {
+                let contact = self.is_contact(&account);
+                let now = Instant::now();
+                {
+                    let mut st = lock(&self.state);
+                    for msg in signalling {
+                        st.calls.handle(account, msg, contact, now);
+                    }
+                }
+                self.process_calls();
             }
             if !receipts.is_empty() {
                 self.handle_receipts(account, &receipts);
@@ -1314,7 +1374,7 @@ impl Node {
         self.unregister(account, conn_id);
     }
 
-    fn unregister(&self, account: AccountKey, conn_id: u64) {
+    fn unregister(self: &Arc<Self>, account: AccountKey, conn_id: u64) {
         let offline = {
             let mut st = lock(&self.state);
             let Some(p) = st.peers.get_mut(&account) else {
@@ -1334,6 +1394,8 @@ impl Node {
             offline
         };
         if offline {
+            lock(&self.state).calls.peer_lost(account, Instant::now());
+            self.process_calls();
             tracing::info!("peer disconnected");
             self.emit(Event::Peer {
                 name: self.label(&account),
@@ -1593,6 +1655,345 @@ impl Node {
                 _ = self.wake.notified() => {}
             }
         }
+    }
+
+    // ---- calls ----
+
+    /// Drives call timers: repeats unanswered signalling, ends calls that time out.
+    async fn call_timer(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let next = lock(&self.state).calls.poll_timeout();
+            let sleep = match next {
+                Some(t) => tokio::time::sleep_until(t.into()),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {
+                    lock(&self.state).calls.handle_timeout(Instant::now());
+                    self.process_calls();
+                }
+                _ = self.calls_changed.notified() => {}
+            }
+        }
+    }
+
+    /// Reads the media datagrams of one connection and hands them to the peer's running call.
+    async fn datagram_loop(self: Arc<Self>, account: AccountKey, conn: iroh::endpoint::Connection) {
+        while let Ok(d) = conn.read_datagram().await {
+            let (tx, call) =
+                {
+                    let st = lock(&self.state);
+                    match st.calls.live().into_iter().find(|c| {
+                        c.peer == account && c.state == kith_core::call::CallState::Active
+                    }) {
+                        Some(c) => (
+                            st.media.get(&c.call).map(|m| m.incoming.clone()),
+                            Some(c.call),
+                        ),
+                        None => (None, None),
+                    }
+                };
+            if let (Some(tx), Some(call)) = (tx, call) {
+                let _ = tx.try_send(d);
+                lock(&self.state).calls.media_received(call, Instant::now());
+            }
+        }
+    }
+
+    /// Carries out what the call machine says: sends signalling, starts and stops media, logs, tells the UI.
+    fn process_calls(self: &Arc<Self>) {
+        loop {
+            let out = lock(&self.state).calls.poll_output();
+            let Some(out) = out else { break };
+            match out {
+                CallOutput::Send { peer, msg } => {
+                    let tx = lock(&self.state)
+                        .peers
+                        .get(&peer)
+                        .and_then(|p| p.conns.last().map(|c| c.tx.clone()));
+                    match tx {
+                        Some(tx) => {
+                            let _ = tx.try_send(Frame::Call(msg));
+                        }
+                        // Not connected: dial; the call machine repeats the message until it gets through.
+                        None => self.say_hello(peer),
+                    }
+                }
+                CallOutput::Event(e) => self.on_call_event(e),
+            }
+        }
+        self.calls_changed.notify_one();
+    }
+
+    fn on_call_event(self: &Arc<Self>, e: CallEvent<AccountKey>) {
+        match e {
+            CallEvent::Incoming { call, peer } => {
+                lock(&self.state).call_meta.insert(
+                    call,
+                    CallMeta {
+                        options: Default::default(),
+                        started_ms: unix_ms(),
+                        answered_ms: None,
+                    },
+                );
+                tracing::info!("incoming call");
+                self.emit(Event::CallIncoming {
+                    call: hex::encode(call),
+                    from: self.label(&peer),
+                    address: Address::new(peer).to_string(),
+                });
+            }
+            CallEvent::Ringing { call, peer } => self.emit(Event::CallRinging {
+                call: hex::encode(call),
+                to: self.label(&peer),
+            }),
+            CallEvent::Answered {
+                call,
+                peer,
+                media,
+                replaces,
+                ..
+            } => {
+                let options = {
+                    let mut st = lock(&self.state);
+                    // Glare: our own call was dropped for the peer's; it keeps what the user asked for.
+                    let inherited = replaces.and_then(|r| st.call_meta.remove(&r));
+                    let meta = st.call_meta.entry(call).or_insert(CallMeta {
+                        options: Default::default(),
+                        started_ms: unix_ms(),
+                        answered_ms: None,
+                    });
+                    if let Some(i) = inherited {
+                        meta.options = i.options;
+                        meta.started_ms = i.started_ms;
+                    }
+                    meta.answered_ms = Some(unix_ms());
+                    meta.options.clone()
+                };
+                let node = Arc::downgrade(self);
+                let conn_of: crate::media::ConnOf = Arc::new(move || {
+                    let n = node.upgrade()?;
+                    let st = lock(&n.state);
+                    st.peers
+                        .get(&peer)
+                        .and_then(|p| p.conns.last().map(|c| c.conn.clone()))
+                });
+                match crate::media::start(
+                    call,
+                    media,
+                    options.clone(),
+                    conn_of,
+                    self.config.impair.clone(),
+                ) {
+                    Ok(h) => {
+                        lock(&self.state).media.insert(call, h);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot start the call's media"),
+                }
+                if let Some(secs) = options.duration_secs {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
+                        let _ = node.hangup_call(Some(&hex::encode(call)));
+                    });
+                }
+                tracing::info!("call answered");
+                self.emit(Event::CallAnswered {
+                    call: hex::encode(call),
+                    with: self.label(&peer),
+                });
+            }
+            CallEvent::Ended {
+                call,
+                peer,
+                direction,
+                reason,
+                talked,
+            } => {
+                let (meta, media) = {
+                    let mut st = lock(&self.state);
+                    (st.call_meta.remove(&call), st.media.remove(&call))
+                };
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let stats = match media {
+                        Some(m) => Some(m.stop().await),
+                        None => None,
+                    };
+                    let outcome = outcome_name(direction, reason);
+                    let record = kith_store::CallRecord {
+                        id: call,
+                        peer,
+                        direction: match direction {
+                            Direction::Outgoing => "outgoing".into(),
+                            Direction::Incoming => "incoming".into(),
+                        },
+                        started_ms: meta.as_ref().map_or(unix_ms(), |m| m.started_ms),
+                        answered_ms: meta.as_ref().and_then(|m| m.answered_ms),
+                        ended_ms: unix_ms(),
+                        outcome: outcome.into(),
+                        stats: stats.as_ref().and_then(|s| serde_json::to_string(s).ok()),
+                    };
+                    if let Err(e) = lock(&node.store).log_call(&record) {
+                        tracing::warn!(error = %e, "cannot log the call");
+                    }
+                    tracing::info!(outcome, "call ended");
+                    node.emit(Event::CallEnded {
+                        call: hex::encode(call),
+                        with: node.label(&peer),
+                        outcome: outcome.into(),
+                        talked_secs: talked.map(|t| t.as_secs_f64()),
+                        stats: stats.and_then(|s| serde_json::to_value(s).ok()),
+                    });
+                });
+            }
+        }
+    }
+
+    /// Calls a contact. Returns the call id.
+    pub fn place_call(
+        self: &Arc<Self>,
+        name: &str,
+        options: crate::media::AudioOptions,
+    ) -> Result<String, NodeError> {
+        crate::media::check(&options).map_err(NodeError::Call)?;
+        let peer = lock(&self.store).contact_by_name(name)?.account;
+        let mut id = [0u8; 16];
+        rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
+        {
+            let mut st = lock(&self.state);
+            st.calls
+                .dial(peer, id, Instant::now())
+                .map_err(|e| NodeError::Call(e.to_string()))?;
+            st.call_meta.insert(
+                id,
+                CallMeta {
+                    options,
+                    started_ms: unix_ms(),
+                    answered_ms: None,
+                },
+            );
+        }
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    /// The call meant by `call` (a hex id or a prefix of one), or the only live call.
+    fn find_call(&self, call: Option<&str>) -> Result<CallId, NodeError> {
+        let live = lock(&self.state).calls.live();
+        let matches: Vec<CallId> = live
+            .iter()
+            .map(|c| c.call)
+            .filter(|id| call.is_none_or(|c| hex::encode(id).starts_with(&c.to_lowercase())))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::Call(match call {
+                Some(c) => format!("no call {c} in progress (see `kith calls`)"),
+                None => "no call in progress".into(),
+            })),
+            _ => Err(NodeError::Call(
+                "several calls in progress: name one (see `kith calls`)".into(),
+            )),
+        }
+    }
+
+    pub fn answer_call(
+        self: &Arc<Self>,
+        call: Option<&str>,
+        options: crate::media::AudioOptions,
+    ) -> Result<String, NodeError> {
+        crate::media::check(&options).map_err(NodeError::Call)?;
+        let id = self.find_call(call)?;
+        {
+            let mut st = lock(&self.state);
+            if let Some(m) = st.call_meta.get_mut(&id) {
+                m.options = options;
+            }
+            st.calls
+                .answer(id, Instant::now())
+                .map_err(|e| NodeError::Call(e.to_string()))?;
+        }
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    pub fn reject_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {
+        let id = self.find_call(call)?;
+        lock(&self.state)
+            .calls
+            .reject(id, Instant::now())
+            .map_err(|e| NodeError::Call(e.to_string()))?;
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    pub fn hangup_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {
+        let id = self.find_call(call)?;
+        lock(&self.state)
+            .calls
+            .hangup(id, Instant::now())
+            .map_err(|e| NodeError::Call(e.to_string()))?;
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    /// Live calls (with their statistics) and the call log.
+    pub fn calls_view(&self, limit: usize) -> Result<serde_json::Value, NodeError> {
+        let live: Vec<serde_json::Value> = {
+            let st = lock(&self.state);
+            st.calls
+                .live()
+                .into_iter()
+                .map(|c| {
+                    let stats = st
+                        .media
+                        .get(&c.call)
+                        .and_then(|m| m.stats.lock().ok().map(|s| s.clone()));
+                    serde_json::json!({
+                        "call": hex::encode(c.call),
+                        "peer": Address::new(c.peer).to_string(),
+                        "direction": c.direction,
+                        "state": c.state,
+                        "stats": stats,
+                    })
+                })
+                .collect()
+        };
+        let live: Vec<serde_json::Value> = live
+            .into_iter()
+            .map(|mut v| {
+                if let Some(addr) = v["peer"].as_str()
+                    && let Ok(a) = addr.parse::<Address>()
+                {
+                    v["with"] = serde_json::json!(self.label(&a.account()));
+                }
+                v
+            })
+            .collect();
+        // (The store lock is released before labels are looked up: `label` takes it again.)
+        let records = lock(&self.store).call_log(limit)?;
+        let log: Vec<serde_json::Value> = records
+            .into_iter()
+            .map(|r| {
+                let duration = r
+                    .answered_ms
+                    .map(|a| (r.ended_ms - a).max(0) as f64 / 1000.0);
+                serde_json::json!({
+                    "call": hex::encode(r.id),
+                    "with": self.label(&r.peer),
+                    "direction": r.direction,
+                    "outcome": r.outcome,
+                    "started_ms": r.started_ms,
+                    "duration_secs": duration,
+                    "stats": r.stats.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "live": live, "log": log }))
     }
 
     // ---- operations of the control API ----

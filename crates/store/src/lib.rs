@@ -151,6 +151,22 @@ pub struct Store {
     conn: Connection,
 }
 
+/// One line of the call log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub id: [u8; 16],
+    pub peer: AccountKey,
+    /// "outgoing" or "incoming".
+    pub direction: String,
+    pub started_ms: i64,
+    pub answered_ms: Option<i64>,
+    pub ended_ms: i64,
+    /// How it ended (e.g. "completed", "declined", "busy", "missed", "unreachable").
+    pub outcome: String,
+    /// Final call statistics, JSON.
+    pub stats: Option<String>,
+}
+
 /// A discovery record item as published (see `Store::published_item`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedItem {
@@ -189,6 +205,17 @@ impl Store {
                      value BLOB NOT NULL,
                      signature BLOB NOT NULL
                  );
+                 CREATE TABLE calls (
+                     id BLOB PRIMARY KEY,
+                     peer BLOB NOT NULL,
+                     direction TEXT NOT NULL,
+                     started_ms INTEGER NOT NULL,
+                     answered_ms INTEGER,
+                     ended_ms INTEGER NOT NULL,
+                     outcome TEXT NOT NULL,
+                     stats TEXT
+                 );
+                 CREATE INDEX calls_by_time ON calls (ended_ms);
                  PRAGMA user_version = 2;
                  COMMIT;",
             )?;
@@ -407,6 +434,51 @@ impl Store {
                         .eq_ignore_ascii_case(wanted)
             })
             .ok_or_else(|| StoreError::UnknownRequest(wanted.to_owned()))
+    }
+
+    /// Adds a finished call to the call log.
+    pub fn log_call(&self, call: &CallRecord) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO calls (id, peer, direction, started_ms, answered_ms, ended_ms, outcome, stats)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                call.id.as_slice(),
+                call.peer.as_bytes(),
+                call.direction,
+                call.started_ms,
+                call.answered_ms,
+                call.ended_ms,
+                call.outcome,
+                call.stats
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The call log, newest first.
+    pub fn call_log(&self, limit: usize) -> Result<Vec<CallRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, peer, direction, started_ms, answered_ms, ended_ms, outcome, stats
+             FROM calls ORDER BY ended_ms DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let peer: Vec<u8> = r.get(1)?;
+            let bad = |i| {
+                rusqlite::Error::InvalidColumnType(i, "key".into(), rusqlite::types::Type::Blob)
+            };
+            Ok(CallRecord {
+                id: id.try_into().map_err(|_| bad(0))?,
+                peer: AccountKey::from_bytes(key_of(peer)?).map_err(|_| bad(1))?,
+                direction: r.get(2)?,
+                started_ms: r.get(3)?,
+                answered_ms: r.get(4)?,
+                ended_ms: r.get(5)?,
+                outcome: r.get(6)?,
+                stats: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn touch(&self, account: &AccountKey, now_ms: i64) -> Result<()> {

@@ -1,0 +1,423 @@
+//! Calls between real daemons on loopback: speech both ways through Opus, QUIC datagrams and the jitter
+//! buffer, recorded on the other side; loss through the impairment shim; every way a call can end.
+
+use kith::client::Watcher;
+use kith::process::{Daemon, introduce};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kith"))
+}
+
+/// Speech clips made by scripts/make-test-speech.sh (espeak-ng, 48 kHz mono).
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A speech-like test signal (voiced segments with pitch jumps, noise bursts, pauses), 48 kHz mono.
+#[allow(dead_code)]
+fn speech(seconds: f64, seed: u64) -> Vec<i16> {
+    let n = (48_000.0 * seconds) as usize;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 20_001) as f64 / 10_000.0 - 1.0
+    };
+    let pitches = [118.0, 176.0, 143.0, 221.0, 162.0, 104.0, 199.0, 131.0];
+    let mut phase = 0.0f64;
+    (0..n)
+        .map(|i| {
+            let seg = i / 4_800 + seed as usize;
+            let f0: f64 = pitches[seg % pitches.len()];
+            phase += 2.0 * std::f64::consts::PI * f0 / 48_000.0;
+            let v = match seg % 6 {
+                5 => noise() * 0.4,
+                4 => 0.0,
+                _ => [
+                    (1.0, 1.0),
+                    (2.0, 0.55),
+                    (3.0, 0.4),
+                    (4.0, 0.25),
+                    (6.0, 0.12),
+                ]
+                .iter()
+                .map(|(h, a)| a * (phase * h).sin())
+                .sum::<f64>(),
+            };
+            (v * 6000.0) as i16
+        })
+        .collect()
+}
+
+fn write_wav(path: &Path, samples: &[i16]) {
+    let mut w = hound::WavWriter::create(
+        path,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 48_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .unwrap();
+    for s in samples {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    hound::WavReader::open(path)
+        .unwrap()
+        .samples::<i16>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Normalized cross-correlation of `sent` and `received` at the best alignment (received may lag by up
+/// to 0.5 s or lead by 0.25 s), over the part of `sent` that the recording covers.
+fn best_ncc(sent: &[i16], received: &[i16]) -> (f64, i64) {
+    let ncc = |lag: i64, step: usize| {
+        let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+        let mut i = 0usize;
+        while i < sent.len() {
+            let j = i as i64 + lag;
+            if j >= 0 && (j as usize) < received.len() {
+                let (x, y) = (f64::from(sent[i]), f64::from(received[j as usize]));
+                xy += x * y;
+                xx += x * x;
+                yy += y * y;
+            }
+            i += step;
+        }
+        if xx == 0.0 || yy == 0.0 {
+            0.0
+        } else {
+            xy / (xx * yy).sqrt()
+        }
+    };
+    // Coarse search on every 8th sample, then refine around the best lag.
+    let coarse = (-12_000i64..=24_000)
+        .step_by(8)
+        .map(|l| (ncc(l, 8), l))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap();
+    (coarse.1 - 16..=coarse.1 + 16)
+        .map(|l| (ncc(l, 1), l))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap()
+}
+
+/// The same, aligned window by window (250 ms windows, each at its best lag within 60 ms of the global one):
+/// a jitter buffer legitimately shifts the timeline by whole frames when it grows or shrinks its delay.
+/// Returns the NCC over all windows together and the lags used.
+fn windowed_ncc(sent: &[i16], received: &[i16]) -> (f64, Vec<i64>) {
+    let (_, global) = best_ncc(sent, received);
+    let win = 12_000usize;
+    let (mut sxy, mut sxx, mut syy) = (0.0f64, 0.0f64, 0.0f64);
+    let mut lags = vec![];
+    for start in (0..sent.len()).step_by(win) {
+        let end = (start + win).min(sent.len());
+        let mut best = (f64::MIN, 0i64, 0.0, 0.0, 0.0);
+        for lag in (global - 2_880..=global + 2_880).step_by(4) {
+            let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+            for (i, &s) in sent.iter().enumerate().take(end).skip(start) {
+                let j = i as i64 + lag;
+                if j >= 0 && (j as usize) < received.len() {
+                    let (x, y) = (f64::from(s), f64::from(received[j as usize]));
+                    xy += x * y;
+                    xx += x * x;
+                    yy += y * y;
+                }
+            }
+            let n = if xx == 0.0 || yy == 0.0 {
+                0.0
+            } else {
+                xy / (xx * yy).sqrt()
+            };
+            if n > best.0 {
+                best = (n, lag, xy, xx, yy);
+            }
+        }
+        lags.push(best.1);
+        sxy += best.2;
+        sxx += best.3;
+        syy += best.4;
+    }
+    (sxy / (sxx * syy).sqrt(), lags)
+}
+
+async fn pair(dir: &Path, extra: Vec<String>) -> (Daemon, Daemon) {
+    let a = Daemon::spawn(exe(), &dir.join("alice"), "alice", None, extra.clone())
+        .await
+        .unwrap();
+    let b = Daemon::spawn(exe(), &dir.join("bob"), "bob", None, extra)
+        .await
+        .unwrap();
+    introduce(&a, &b).await.unwrap();
+    introduce(&b, &a).await.unwrap();
+    (a, b)
+}
+
+async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> Value {
+    assert!(
+        w.wait_for(Duration::from_secs(secs), |w| w
+            .call_event(kind, call)
+            .is_some())
+            .await,
+        "no {kind} event within {secs} s: {:?}",
+        w.call_events()
+    );
+    w.call_event(kind, call).unwrap()
+}
+
+/// Places a call from `a` to `b` with these audio options, answers it on `b`, and returns both sides'
+/// `call_ended` events.
+async fn talk(a: &Daemon, b: &Daemon, a_audio: Value, b_audio: Value) -> (Value, Value) {
+    let wa = a.watcher().await.unwrap();
+    let wb = b.watcher().await.unwrap();
+    let mut body = a_audio;
+    body["to"] = json!("bob");
+    let id = a.client().post("/v1/calls", body).await.unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let incoming = wait_event(&wb, "call_incoming", Some(&id), 30).await;
+    assert_eq!(incoming["from"], json!("alice"));
+    let mut body = b_audio;
+    body["call"] = json!(id);
+    b.client().post("/v1/calls/answer", body).await.unwrap();
+    let ea = wait_event(&wa, "call_ended", Some(&id), 60).await;
+    let eb = wait_event(&wb, "call_ended", Some(&id), 60).await;
+    (ea, eb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_carries_speech_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), vec![]).await;
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let (a_in, b_in) = (
+        read_wav(&data("speech-a.wav")),
+        read_wav(&data("speech-b.wav")),
+    );
+    write_wav(&p("a_in.wav"), &a_in);
+    write_wav(&p("b_in.wav"), &b_in);
+    let (ea, eb) = talk(
+        &alice,
+        &bob,
+        json!({ "input": { "wav": p("a_in.wav") }, "record_wav": p("a_rec.wav"), "duration_secs": 5.0 }),
+        json!({ "input": { "wav": p("b_in.wav") }, "record_wav": p("b_rec.wav") }),
+    )
+    .await;
+    assert_eq!(ea["outcome"], json!("completed"), "{ea}");
+    assert_eq!(eb["outcome"], json!("completed"), "{eb}");
+    let talked = ea["talked_secs"].as_f64().unwrap();
+    assert!(
+        (4.5..7.0).contains(&talked),
+        "hung up after the 5 s asked for: {talked}"
+    );
+    let (ab, lag_ab) = best_ncc(&a_in, &read_wav(&p("b_rec.wav")));
+    let (ba, lag_ba) = best_ncc(&b_in, &read_wav(&p("a_rec.wav")));
+    println!(
+        "alice -> bob: NCC {ab:.3} at lag {lag_ab} samples; bob -> alice: NCC {ba:.3} at lag {lag_ba}"
+    );
+    let (wab, lags_ab) = windowed_ncc(&a_in, &read_wav(&p("b_rec.wav")));
+    let (wba, lags_ba) = windowed_ncc(&b_in, &read_wav(&p("a_rec.wav")));
+    println!(
+        "aligned by window: alice -> bob {wab:.3} {lags_ab:?}; bob -> alice {wba:.3} {lags_ba:?}"
+    );
+    assert!(wab >= 0.9, "alice's speech at bob: NCC {wab:.3}");
+    assert!(wba >= 0.9, "bob's speech at alice: NCC {wba:.3}");
+    let stats = &ea["stats"];
+    assert!(stats["codec"].as_str().unwrap().contains("opus"), "{stats}");
+    assert!(stats["received"].as_u64().unwrap() > 200, "{stats}");
+    assert_eq!(stats["loss_after_fec_pct"], json!(0.0), "{stats}");
+    // The call log has it.
+    let calls = alice.client().get("/v1/calls").await.unwrap();
+    assert_eq!(calls["log"][0]["outcome"], json!("completed"), "{calls}");
+    assert!(calls["log"][0]["duration_secs"].as_f64().unwrap() > 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_twenty_percent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), vec!["--impair=loss=20,seed=7".into()]).await;
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    // Two clips back to back: 6.8 s of speech.
+    let mut a_in = read_wav(&data("speech-a.wav"));
+    a_in.extend(read_wav(&data("speech-b.wav")));
+    write_wav(&p("a_in.wav"), &a_in);
+    let (ea, eb) = talk(
+        &alice,
+        &bob,
+        json!({ "input": { "wav": p("a_in.wav") }, "duration_secs": 6.0 }),
+        json!({ "input": { "tone": 300.0 }, "record_wav": p("b_rec.wav") }),
+    )
+    .await;
+    assert_eq!(ea["outcome"], json!("completed"), "{ea}");
+    let s = &eb["stats"];
+    println!("bob's view of alice's audio at 20 % loss: {s}");
+    let before = s["loss_before_fec_pct"].as_f64().unwrap();
+    let after = s["loss_after_fec_pct"].as_f64().unwrap();
+    assert!(
+        (12.0..30.0).contains(&before),
+        "about 20 % lost on the way: {s}"
+    );
+    assert!(after < before, "FEC rebuilt part of it: {s}");
+    assert!(s["fec_frames"].as_u64().unwrap() > 10, "{s}");
+    assert!(s["concealed_frames"].as_u64().unwrap() > 0, "{s}");
+    // Alice's encoder heard about it: FEC on with a loss hint that follows the loss.
+    let sa = &ea["stats"];
+    assert_eq!(sa["fec"], json!(true), "{sa}");
+    assert!(sa["loss_hint_pct"].as_u64().unwrap() >= 15, "{sa}");
+    let rec = read_wav(&p("b_rec.wav"));
+    let (ncc, _) = best_ncc(&a_in, &rec);
+    println!("NCC at 20 % loss: {ncc:.3}");
+    assert!(ncc > 0.5, "still speech: {ncc:.3}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_cleanly_every_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, mut bob) = pair(dir.path(), vec![]).await;
+    // The callee hangs up.
+    let wa = alice.watcher().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let id = alice
+        .client()
+        .post("/v1/calls", json!({ "to": "bob" }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(&wb, "call_incoming", Some(&id), 30).await;
+    bob.client()
+        .post("/v1/calls/answer", json!({}))
+        .await
+        .unwrap();
+    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    bob.client()
+        .post("/v1/calls/hangup", json!({}))
+        .await
+        .unwrap();
+    let e = wait_event(&wa, "call_ended", Some(&id), 30).await;
+    assert_eq!(e["outcome"], json!("completed"));
+    // Declined.
+    let id = alice
+        .client()
+        .post("/v1/calls", json!({ "to": "bob" }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(&wb, "call_incoming", Some(&id), 30).await;
+    bob.client()
+        .post("/v1/calls/reject", json!({ "call": id }))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 30).await["outcome"],
+        json!("declined")
+    );
+    // The peer is killed mid-call: the call ends on the survivor's side.
+    let id = alice
+        .client()
+        .post("/v1/calls", json!({ "to": "bob" }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(&wb, "call_incoming", Some(&id), 30).await;
+    bob.client()
+        .post("/v1/calls/answer", json!({}))
+        .await
+        .unwrap();
+    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    bob.kill();
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 60).await["outcome"],
+        json!("connection lost")
+    );
+    // A call to a contact who is offline ends as unreachable.
+    let id = alice
+        .client()
+        .post("/v1/calls", json!({ "to": "bob" }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 60).await["outcome"],
+        json!("unreachable")
+    );
+    // The log holds all four.
+    let log = alice.client().get("/v1/calls").await.unwrap()["log"].clone();
+    let outcomes: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec!["unreachable", "connection lost", "declined", "completed"]
+    );
+    let _ = bob.start().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_call_is_refused_without_ringing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_alice, bob) = pair(dir.path(), vec![]).await;
+    let carol = Daemon::spawn(exe(), &dir.path().join("carol"), "carol", None, vec![])
+        .await
+        .unwrap();
+    introduce(&carol, &bob).await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let wc = carol.watcher().await.unwrap();
+    let id = carol
+        .client()
+        .post("/v1/calls", json!({ "to": "bob" }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        wait_event(&wc, "call_ended", Some(&id), 30).await["outcome"],
+        json!("refused")
+    );
+    assert!(
+        wb.call_event("call_incoming", None).is_none(),
+        "bob's phone never rang"
+    );
+    // Bad input is a clear error.
+    let e = carol
+        .client()
+        .post(
+            "/v1/calls",
+            json!({ "to": "bob", "input": { "wav": "/nonexistent.wav" } }),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot read /nonexistent.wav"), "{e}");
+    let e = carol
+        .client()
+        .post("/v1/calls/hangup", json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no call in progress"), "{e}");
+}

@@ -1,0 +1,534 @@
+//! The media of one call: audio in -> Opus -> QUIC datagrams -> jitter buffer -> Opus -> audio out, with
+//! receiver reports once a second steering the sender's bitrate, FEC and loss hint.
+//!
+//! Audio sources and sinks here are headless (WAV files, a tone, silence): what servers, tests and the
+//! benchmarks use. The playout clock is the task's 20 ms tick, so a recording is exactly as long as the
+//! call's media ran, concealment and jitter-buffer waits included (which is what latency measurements need).
+
+use bytes::Bytes;
+use kith_core::call::{CallId, MediaParams};
+use kith_media::codec::{self, OpusDecoder, OpusEncoder, SAMPLE_RATE};
+use kith_media::jitter::{JitterBuffer, JitterConfig, Playout};
+use kith_media::packet::{self, AudioPacket, Datagram, Report};
+use kith_media::rate::RateController;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Where a call's outgoing audio comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioInput {
+    /// A 48 kHz mono 16-bit WAV file, played once, then silence.
+    Wav(PathBuf),
+    /// A sine tone of this frequency.
+    Tone(f32),
+    /// Silence.
+    Null,
+}
+
+/// What happens to the received audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AudioOptions {
+    pub input: Option<AudioInput>,
+    /// Record what is heard into this WAV file (48 kHz mono 16-bit).
+    pub record_wav: Option<PathBuf>,
+    /// Hang up after this many seconds of talk.
+    pub duration_secs: Option<f64>,
+}
+
+/// Statistics of one call, live and final.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallStats {
+    pub codec: String,
+    pub frame_ms: u8,
+    pub bitrate: u32,
+    pub fec: bool,
+    pub loss_hint_pct: u8,
+    pub rtt_ms: Option<f64>,
+    pub sent: u64,
+    pub received: u64,
+    /// Frames lost on the way in (before FEC), and those FEC could not rebuild (after FEC), percent.
+    pub loss_before_fec_pct: f64,
+    pub loss_after_fec_pct: f64,
+    pub fec_frames: u64,
+    pub concealed_frames: u64,
+    pub late: u64,
+    pub jitter_ms: f64,
+    pub jitter_buffer_ms: f64,
+    pub jitter_target_ms: f64,
+    /// What the peer reports about our audio.
+    pub peer_loss_pct: f64,
+    pub peer_jitter_ms: f64,
+    /// Malformed or foreign datagrams dropped.
+    pub dropped_datagrams: u64,
+    pub seconds: f64,
+}
+
+/// An in-process impairment shim on outgoing datagrams: loss (random or in bursts), delay and jitter.
+/// For tests and benchmarks (the kernel here has no netem).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Impairment {
+    /// Fraction of datagrams lost.
+    pub loss: f64,
+    /// Mean burst length in packets (1 = independent losses), Gilbert-Elliott.
+    pub burst: f64,
+    pub delay_ms: f64,
+    /// Uniform +- around the delay.
+    pub jitter_ms: f64,
+    pub seed: u64,
+}
+
+impl Impairment {
+    /// Parses `loss=20,burst=3,delay=30,jitter=10,seed=1` (loss in percent).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut i = Impairment {
+            burst: 1.0,
+            seed: 1,
+            ..Default::default()
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("impairment {part:?}: use key=value"))?;
+            let n: f64 = v
+                .trim_end_matches('%')
+                .trim_end_matches("ms")
+                .parse()
+                .map_err(|_| format!("impairment {part:?}: {v:?} is not a number"))?;
+            match k {
+                "loss" => i.loss = (n / 100.0).clamp(0.0, 1.0),
+                "burst" => i.burst = n.max(1.0),
+                "delay" => i.delay_ms = n.max(0.0),
+                "jitter" => i.jitter_ms = n.max(0.0),
+                "seed" => i.seed = n as u64,
+                _ => {
+                    return Err(format!(
+                        "impairment {k:?}: known keys are loss, burst, delay, jitter, seed"
+                    ));
+                }
+            }
+        }
+        Ok(i)
+    }
+}
+
+struct Shim {
+    cfg: Impairment,
+    rng: u64,
+    in_burst: bool,
+}
+
+impl Shim {
+    fn new(cfg: Impairment) -> Self {
+        Self {
+            rng: cfg.seed.max(1),
+            cfg,
+            in_burst: false,
+        }
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Whether to drop the next datagram; bursts follow a two-state chain with the configured mean length
+    /// and overall loss.
+    fn lose(&mut self) -> bool {
+        let p = self.cfg.loss;
+        if p <= 0.0 {
+            return false;
+        }
+        if self.cfg.burst <= 1.0 {
+            return self.uniform() < p;
+        }
+        // Leave the bad state with 1/burst; enter it so that the stationary share is p.
+        let leave = 1.0 / self.cfg.burst;
+        let enter = (p * leave / (1.0 - p)).min(1.0);
+        self.in_burst = if self.in_burst {
+            self.uniform() >= leave
+        } else {
+            self.uniform() < enter
+        };
+        self.in_burst
+    }
+
+    fn delay(&mut self) -> Duration {
+        let j = (self.uniform() * 2.0 - 1.0) * self.cfg.jitter_ms;
+        Duration::from_secs_f64(((self.cfg.delay_ms + j).max(0.0)) / 1000.0)
+    }
+}
+
+/// Sends datagrams on whatever connection the peer currently has.
+pub type ConnOf = Arc<dyn Fn() -> Option<iroh::endpoint::Connection> + Send + Sync>;
+
+/// A running call's media.
+pub struct MediaHandle {
+    pub stats: Arc<Mutex<CallStats>>,
+    pub incoming: mpsc::Sender<Bytes>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl MediaHandle {
+    /// Stops the media and waits until the recording is finished.
+    pub async fn stop(self) -> CallStats {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
+    let mut r = hound::WavReader::open(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (give a 48 kHz mono 16-bit WAV file)",
+            path.display()
+        )
+    })?;
+    let spec = r.spec();
+    if spec.sample_rate != SAMPLE_RATE
+        || spec.channels != 1
+        || spec.bits_per_sample != 16
+        || spec.sample_format != hound::SampleFormat::Int
+    {
+        return Err(format!(
+            "{} is {} Hz, {} channel(s), {} bit: kith plays 48 kHz mono 16-bit WAV (convert with: sox IN -r 48000 -c 1 -b 16 OUT.wav)",
+            path.display(),
+            spec.sample_rate,
+            spec.channels,
+            spec.bits_per_sample
+        ));
+    }
+    r.samples::<i16>()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks the options before a call starts (a missing or wrong input file is the user's error, said now).
+pub fn check(options: &AudioOptions) -> Result<(), String> {
+    if let Some(AudioInput::Wav(p)) = &options.input {
+        load_wav(p)?;
+    }
+    if let Some(p) = &options.record_wav
+        && let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(format!(
+            "cannot record to {}: folder {} does not exist",
+            p.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Starts the media of `call` with negotiated `params`.
+pub fn start(
+    call: CallId,
+    params: MediaParams,
+    options: AudioOptions,
+    conn_of: ConnOf,
+    impair: Option<Impairment>,
+) -> Result<MediaHandle, String> {
+    let source: Vec<i16> = match &options.input {
+        Some(AudioInput::Wav(p)) => load_wav(p)?,
+        _ => vec![],
+    };
+    let mut writer = match &options.record_wav {
+        Some(p) => Some(
+            hound::WavWriter::create(
+                p,
+                hound::WavSpec {
+                    channels: 1,
+                    sample_rate: SAMPLE_RATE,
+                    bits_per_sample: 16,
+                    sample_format: hound::SampleFormat::Int,
+                },
+            )
+            .map_err(|e| format!("cannot record to {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let frame_ms = params.frame_ms;
+    let now = Instant::now();
+    let mut rate = RateController::new(params.max_bitrate, now);
+    let mut enc = OpusEncoder::new(frame_ms, rate.settings()).map_err(|e| e.to_string())?;
+    let mut dec = OpusDecoder::new(frame_ms).map_err(|e| e.to_string())?;
+    let frame = codec::frame_samples(frame_ms);
+    let frame_dur = Duration::from_millis(u64::from(frame_ms));
+    let mut jb = JitterBuffer::new(JitterConfig::for_frame(frame_dur));
+    let stats = Arc::new(Mutex::new(CallStats {
+        codec: format!("opus 48 kHz mono ({})", codec::libopus_version()),
+        frame_ms,
+        ..Default::default()
+    }));
+    let (tx, mut rx) = mpsc::channel::<Bytes>(512);
+    let (stop, mut stopped) = watch::channel(false);
+    let tag = packet::call_tag(&call);
+    let st = stats.clone();
+    let input = options.input.clone();
+    let done = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut shim = impair.map(Shim::new);
+        let mut tick = tokio::time::interval(frame_dur);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut report = tokio::time::interval(Duration::from_secs(1));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq: u32 = 0;
+        let mut pos = 0usize;
+        let mut phase = 0.0f64;
+        let mut pcm = vec![0i16; frame];
+        // Receiver-side accounting for reports.
+        let mut last_audio: Option<(u32, Instant)> = None;
+        let mut prev_expected = 0u64;
+        let mut prev_received = 0u64;
+        let mut dropped = 0u64;
+        let (mut rtt, mut peer_loss, mut peer_jitter) = (None, 0.0, 0.0);
+        let send = |bytes: Vec<u8>, shim: &mut Option<Shim>| {
+            let Some(conn) = conn_of() else { return };
+            match shim {
+                Some(s) => {
+                    if s.lose() {
+                        return;
+                    }
+                    let d = s.delay();
+                    if d.is_zero() {
+                        let _ = conn.send_datagram(Bytes::from(bytes));
+                    } else {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = conn.send_datagram(Bytes::from(bytes));
+                        });
+                    }
+                }
+                None => {
+                    let _ = conn.send_datagram(Bytes::from(bytes));
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                _ = tick.tick() => {
+                    // Capture and send one frame.
+                    match &input {
+                        Some(AudioInput::Tone(f)) => {
+                            for s in pcm.iter_mut() {
+                                phase += 2.0 * std::f64::consts::PI * f64::from(*f) / f64::from(SAMPLE_RATE);
+                                *s = (phase.sin() * 8000.0) as i16;
+                            }
+                        }
+                        Some(AudioInput::Wav(_)) => {
+                            for s in pcm.iter_mut() {
+                                *s = source.get(pos).copied().unwrap_or(0);
+                                pos += 1;
+                            }
+                        }
+                        _ => pcm.fill(0),
+                    }
+                    if let Ok(payload) = enc.encode(&pcm) {
+                        let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
+                        let p = AudioPacket {
+                            tag,
+                            seq,
+                            timestamp: seq.wrapping_mul(frame as u32),
+                            flags,
+                            payload,
+                        };
+                        send(p.encode(), &mut shim);
+                        seq = seq.wrapping_add(1);
+                    }
+                    // Play out one frame.
+                    let out = match jb.pop(Instant::now()) {
+                        Playout::Packet { payload, .. } => dec.decode(&payload),
+                        Playout::Fec { payload, .. } => dec.decode_fec(&payload),
+                        Playout::Conceal { .. } => dec.conceal(),
+                        Playout::Wait => Ok(vec![0; frame]),
+                    }
+                    .unwrap_or_else(|_| vec![0; frame]);
+                    if let Some(w) = writer.as_mut() {
+                        for s in out {
+                            let _ = w.write_sample(s);
+                        }
+                    }
+                }
+                Some(d) = rx.recv() => {
+                    match Datagram::decode(&d) {
+                        Ok(Datagram::Audio(a)) if a.tag == tag => {
+                            last_audio = Some((a.timestamp, Instant::now()));
+                            jb.push(u64::from(a.seq), a.payload, Instant::now());
+                        }
+                        Ok(Datagram::Report(r)) if r.tag == tag => {
+                            // Round trip: now - (when we sent the echoed audio) - how long the peer held it.
+                            let sent_at = start + Duration::from_secs_f64(f64::from(r.echo_ms) / 1000.0);
+                            let held = Duration::from_millis(u64::from(r.echo_hold_ms));
+                            let now = Instant::now();
+                            if r.received > 0 && now > sent_at + held {
+                                rtt = Some(now - sent_at - held);
+                            }
+                            peer_loss = f64::from(r.interval_loss_bp) / 100.0;
+                            peer_jitter = f64::from(r.jitter_tenth_ms) / 10.0;
+                            let s = rate.on_report(peer_loss / 100.0, rtt, now);
+                            let _ = enc.apply(s);
+                        }
+                        _ => dropped += 1,
+                    }
+                }
+                _ = report.tick() => {
+                    let js = jb.stats();
+                    let expected = jb.highest_seq().map_or(0, |h| h + 1);
+                    let received = js.received + js.late;
+                    let (de, dr) = (expected.saturating_sub(prev_expected), received.saturating_sub(prev_received));
+                    let interval_loss = if de > 0 { 1.0 - (dr as f64 / de as f64).min(1.0) } else { 0.0 };
+                    prev_expected = expected;
+                    prev_received = received;
+                    let (echo_ms, hold_ms) = match last_audio {
+                        Some((ts, at)) => (
+                            (u64::from(ts) * 1000 / u64::from(SAMPLE_RATE)) as u32,
+                            at.elapsed().as_millis() as u32,
+                        ),
+                        None => (0, 0),
+                    };
+                    let r = Report {
+                        tag,
+                        highest_seq: jb.highest_seq().unwrap_or(0) as u32,
+                        received: js.received as u32,
+                        lost: expected.saturating_sub(received) as u32,
+                        late: js.late as u32,
+                        fec: js.fec as u32,
+                        concealed: js.concealed as u32,
+                        jitter_tenth_ms: (js.jitter_rfc3550_ms * 10.0).min(65_535.0) as u16,
+                        delay_ms: js.delay_ms.min(65_535.0) as u16,
+                        interval_loss_bp: (interval_loss * 10_000.0) as u16,
+                        echo_ms,
+                        echo_hold_ms: hold_ms,
+                    };
+                    send(r.encode(), &mut None);
+                    let settings = rate.settings();
+                    let lost_frames = js.fec + js.concealed;
+                    let total = js.played + lost_frames;
+                    if let Ok(mut s) = st.lock() {
+                        s.bitrate = settings.bitrate;
+                        s.fec = settings.fec;
+                        s.loss_hint_pct = settings.loss_hint_pct;
+                        s.rtt_ms = rtt.map(|r| r.as_secs_f64() * 1000.0);
+                        s.sent = u64::from(seq);
+                        s.received = js.received;
+                        s.loss_before_fec_pct = pct(lost_frames, total);
+                        s.loss_after_fec_pct = pct(js.concealed, total);
+                        s.fec_frames = js.fec;
+                        s.concealed_frames = js.concealed + js.stalls;
+                        s.late = js.late;
+                        s.jitter_ms = js.jitter_rfc3550_ms;
+                        s.jitter_buffer_ms = js.delay_ms;
+                        s.jitter_target_ms = js.target_ms;
+                        s.peer_loss_pct = peer_loss;
+                        s.peer_jitter_ms = peer_jitter;
+                        s.dropped_datagrams = dropped;
+                        s.seconds = start.elapsed().as_secs_f64();
+                    }
+                }
+            }
+        }
+        // Final numbers.
+        let js = jb.stats();
+        let lost_frames = js.fec + js.concealed;
+        let total = js.played + lost_frames;
+        if let Ok(mut s) = st.lock() {
+            s.sent = u64::from(seq);
+            s.received = js.received;
+            s.loss_before_fec_pct = pct(lost_frames, total);
+            s.loss_after_fec_pct = pct(js.concealed, total);
+            s.fec_frames = js.fec;
+            s.concealed_frames = js.concealed + js.stalls;
+            s.late = js.late;
+            s.jitter_ms = js.jitter_rfc3550_ms;
+            s.seconds = start.elapsed().as_secs_f64();
+            s.dropped_datagrams = dropped;
+        }
+        if let Some(w) = writer
+            && let Err(e) = w.finalize()
+        {
+            tracing::warn!(error = %e, "cannot finish the call recording");
+        }
+    });
+    Ok(MediaHandle {
+        stats,
+        incoming: tx,
+        stop,
+        done,
+    })
+}
+
+fn pct(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / total as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impairment_specs_parse_and_bad_ones_say_why() {
+        let i = Impairment::parse("loss=20,burst=3,delay=30ms,jitter=10,seed=7").unwrap();
+        assert_eq!(
+            (i.loss, i.burst, i.delay_ms, i.jitter_ms, i.seed),
+            (0.2, 3.0, 30.0, 10.0, 7)
+        );
+        assert!(
+            Impairment::parse("lose=3")
+                .unwrap_err()
+                .contains("known keys")
+        );
+        assert!(
+            Impairment::parse("loss=x")
+                .unwrap_err()
+                .contains("not a number")
+        );
+    }
+
+    #[test]
+    fn the_shim_loses_what_it_is_told() {
+        for (loss, burst) in [(0.2, 1.0), (0.1, 3.0)] {
+            let mut s = Shim::new(Impairment {
+                loss,
+                burst,
+                seed: 3,
+                ..Default::default()
+            });
+            let n = 200_000;
+            let mut lost = 0;
+            let mut bursts = 0;
+            let mut prev = false;
+            for _ in 0..n {
+                let l = s.lose();
+                lost += usize::from(l);
+                bursts += usize::from(l && !prev);
+                prev = l;
+            }
+            let rate = lost as f64 / n as f64;
+            assert!((rate - loss).abs() < 0.01, "{loss}/{burst}: {rate}");
+            let mean_burst = lost as f64 / bursts as f64;
+            // Independent losses still come in runs of 1 / (1 - p) on average.
+            let expected = if burst <= 1.0 {
+                1.0 / (1.0 - loss)
+            } else {
+                burst
+            };
+            assert!(
+                (mean_burst - expected).abs() < 0.1 * expected,
+                "{loss}/{burst}: {mean_burst}"
+            );
+        }
+    }
+}
