@@ -176,15 +176,24 @@ pub fn seal_contacts<R: rand::CryptoRng + ?Sized>(
     let plain = zeroize::Zeroizing::new(
         postcard::to_allocvec(entries).map_err(|_| RecordError::Malformed)?,
     );
+    seal_with(&contacts_key(contact_key, blinded), blinded, &plain, rng)
+}
+
+/// `nonce | XChaCha20-Poly1305(key, aad = blinded key)`.
+fn seal_with<R: rand::CryptoRng + ?Sized>(
+    key: &[u8; 32],
+    blinded: &BlindedKey,
+    plain: &[u8],
+    rng: &mut R,
+) -> Result<Vec<u8>, RecordError> {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let cipher = XChaCha20Poly1305::new_from_slice(&contacts_key(contact_key, blinded))
-        .map_err(|_| RecordError::Malformed)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(key).map_err(|_| RecordError::Malformed)?;
     let ct = cipher
         .encrypt(
             &XNonce::from(nonce),
             Payload {
-                msg: &plain,
+                msg: plain,
                 aad: blinded.as_bytes(),
             },
         )
@@ -194,30 +203,37 @@ pub fn seal_contacts<R: rand::CryptoRng + ?Sized>(
     Ok(out)
 }
 
+/// Opens what [`seal_with`] made; [`RecordError::Decrypt`] for a wrong key or damaged bytes.
+fn open_with(
+    key: &[u8; 32],
+    blinded: &BlindedKey,
+    blob: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, RecordError> {
+    if blob.len() < NONCE_LEN + TAG_LEN {
+        return Err(RecordError::Malformed);
+    }
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RecordError::Malformed)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(key).map_err(|_| RecordError::Decrypt)?;
+    cipher
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: ct,
+                aad: blinded.as_bytes(),
+            },
+        )
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| RecordError::Decrypt)
+}
+
 /// Opens what [`seal_contacts`] sealed; fails with [`RecordError::Decrypt`] for a wrong key.
 pub fn open_contacts(
     contact_key: &[u8; 32],
     blinded: &BlindedKey,
     blob: &[u8],
 ) -> Result<Vec<ContactEntry>, RecordError> {
-    if blob.len() < NONCE_LEN + TAG_LEN {
-        return Err(RecordError::Malformed);
-    }
-    let (nonce, ct) = blob.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RecordError::Malformed)?;
-    let cipher = XChaCha20Poly1305::new_from_slice(&contacts_key(contact_key, blinded))
-        .map_err(|_| RecordError::Decrypt)?;
-    let plain = zeroize::Zeroizing::new(
-        cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: blinded.as_bytes(),
-                },
-            )
-            .map_err(|_| RecordError::Decrypt)?,
-    );
+    let plain = open_with(&contacts_key(contact_key, blinded), blinded, blob)?;
     match postcard::take_from_bytes::<Vec<ContactEntry>>(&plain) {
         Ok((entries, [])) if entries.len() <= MAX_DEVICES => Ok(entries),
         _ => Err(RecordError::Malformed),
@@ -254,21 +270,12 @@ pub fn seal<R: rand::CryptoRng + ?Sized>(
     let mut plain = zeroize::Zeroizing::new(vec![0u8; PLAINTEXT_LEN]);
     plain[..2].copy_from_slice(&(encoded.len() as u16).to_be_bytes());
     plain[2..2 + encoded.len()].copy_from_slice(&encoded);
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill_bytes(&mut nonce);
-    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(&account.public(), blinded))
-        .map_err(|_| RecordError::Malformed)?;
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &plain,
-                aad: blinded.as_bytes(),
-            },
-        )
-        .map_err(|_| RecordError::Malformed)?;
-    let mut value = nonce.to_vec();
-    value.extend(ct);
+    let value = seal_with(
+        &record_key(&account.public(), blinded),
+        blinded,
+        &plain,
+        rng,
+    )?;
     debug_assert_eq!(value.len(), RECORD_VALUE_LEN);
     Ok(value)
 }
@@ -291,21 +298,7 @@ pub fn open(
     if value.len() != RECORD_VALUE_LEN {
         return Err(RecordError::WrongSize { len: value.len() });
     }
-    let (nonce, ct) = value.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RecordError::Malformed)?;
-    let cipher = XChaCha20Poly1305::new_from_slice(&record_key(account, blinded))
-        .map_err(|_| RecordError::Decrypt)?;
-    let plain = zeroize::Zeroizing::new(
-        cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: blinded.as_bytes(),
-                },
-            )
-            .map_err(|_| RecordError::Decrypt)?,
-    );
+    let plain = open_with(&record_key(account, blinded), blinded, value)?;
     let len = u16::from_be_bytes([plain[0], plain[1]]) as usize;
     let encoded = plain.get(2..2 + len).ok_or(RecordError::Malformed)?;
     let signed: SignedRecord = match postcard::take_from_bytes(encoded) {

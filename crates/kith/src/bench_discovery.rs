@@ -19,7 +19,7 @@ use kith_core::{AccountSecret, DeviceCert, DeviceSecret, EndpointKey};
 use kith_net::dht::{DhtConfig, KithDht};
 use serde_json::json;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const PERIOD_MINUTES: u64 = 24 * 60;
@@ -48,6 +48,38 @@ async fn first_message(a: &Daemon, b: &Daemon, text: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Two fresh profiles with `arg`, started together, each adding the other by address only; returns them
+/// (stopped) and the milliseconds from launch to the first delivered message.
+async fn cold_pair(
+    exe: &Path,
+    dir: &Path,
+    net: &Testnet,
+    arg: &str,
+    what: &str,
+) -> anyhow::Result<(Daemon, Daemon, f64)> {
+    let mut a = Daemon::init(exe, &dir.join("a"), "a")?;
+    let mut b = Daemon::init(exe, &dir.join("b"), "b")?;
+    for d in [&mut a, &mut b] {
+        d.bootstrap = Some(net.bootstrap());
+        d.extra_args = vec![arg.to_owned()];
+    }
+    let (addr_a, addr_b) = (a.address()?, b.address()?);
+    let t0 = Instant::now();
+    a.start().await?;
+    b.start().await?;
+    a.client()
+        .post("/v1/contacts", json!({ "contact": addr_b, "name": "b" }))
+        .await?;
+    b.client()
+        .post("/v1/contacts", json!({ "contact": addr_a, "name": "a" }))
+        .await?;
+    first_message(&a, &b, what).await?;
+    let t = ms(t0.elapsed());
+    a.stop().await;
+    b.stop().await;
+    Ok((a, b, t))
+}
+
 async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let exe = kith_exe();
     let mut cold = vec![];
@@ -56,26 +88,9 @@ async fn pair_runs(net: &Testnet, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<
         let dir = tempfile::Builder::new()
             .prefix("kith-bench-disc-")
             .tempdir()?;
-        let mut a = Daemon::init(&exe, &dir.path().join("a"), "a")?;
-        let mut b = Daemon::init(&exe, &dir.path().join("b"), "b")?;
-        for d in [&mut a, &mut b] {
-            d.bootstrap = Some(net.bootstrap());
-            d.extra_args = vec!["--publish-direct".into()];
-        }
-        let (addr_a, addr_b) = (a.address()?, b.address()?);
-        let t0 = Instant::now();
-        a.start().await?;
-        b.start().await?;
-        a.client()
-            .post("/v1/contacts", json!({ "contact": addr_b, "name": "b" }))
-            .await?;
-        b.client()
-            .post("/v1/contacts", json!({ "contact": addr_a, "name": "a" }))
-            .await?;
-        first_message(&a, &b, "cold").await?;
-        cold.push(ms(t0.elapsed()));
-        a.stop().await;
-        b.stop().await;
+        let (mut a, mut b, t) =
+            cold_pair(&exe, dir.path(), net, "--publish-direct", "cold").await?;
+        cold.push(t);
         for d in [&mut a, &mut b] {
             d.bootstrap = Some(vec![]);
         }
@@ -105,26 +120,9 @@ async fn private_runs(net: &Testnet, runs: usize, relay: &str) -> anyhow::Result
         let dir = tempfile::Builder::new()
             .prefix("kith-bench-disc-")
             .tempdir()?;
-        let mut a = Daemon::init(&exe, &dir.path().join("a"), "a")?;
-        let mut b = Daemon::init(&exe, &dir.path().join("b"), "b")?;
-        for d in [&mut a, &mut b] {
-            d.bootstrap = Some(net.bootstrap());
-            d.extra_args = vec![format!("--relay={relay}")];
-        }
-        let (addr_a, addr_b) = (a.address()?, b.address()?);
-        let t0 = Instant::now();
-        a.start().await?;
-        b.start().await?;
-        a.client()
-            .post("/v1/contacts", json!({ "contact": addr_b, "name": "b" }))
-            .await?;
-        b.client()
-            .post("/v1/contacts", json!({ "contact": addr_a, "name": "a" }))
-            .await?;
-        first_message(&a, &b, "cold, private").await?;
-        cold.push(ms(t0.elapsed()));
-        a.stop().await;
-        b.stop().await;
+        let relay_arg = format!("--relay={relay}");
+        let (_a, _b, t) = cold_pair(&exe, dir.path(), net, &relay_arg, "cold, private").await?;
+        cold.push(t);
         eprintln!(
             "  run {}: cold through the relay {:.0} ms",
             run + 1,

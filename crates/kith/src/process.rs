@@ -213,6 +213,23 @@ impl Daemon {
     }
 }
 
+/// Starts one daemon per name (profile `dir/<name>`), each with `bootstrap` and `extra` arguments.
+pub async fn spawn_all(
+    exe: &Path,
+    dir: &Path,
+    names: &[&str],
+    bootstrap: Option<Vec<String>>,
+    extra: Vec<String>,
+) -> anyhow::Result<Vec<Daemon>> {
+    let mut out = vec![];
+    for name in names {
+        out.push(
+            Daemon::spawn(exe, &dir.join(name), name, bootstrap.clone(), extra.clone()).await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Adds `b` as a contact of `a` (by `b`'s card) under `b`'s name.
 pub async fn introduce(a: &Daemon, b: &Daemon) -> anyhow::Result<()> {
     let card = b.client().get("/v1/card").await?;

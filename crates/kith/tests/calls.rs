@@ -283,6 +283,32 @@ async fn a_call_survives_twenty_percent_loss() {
     assert!(ncc > 0.5, "still speech: {ncc:.3}");
 }
 
+async fn place(from: &Daemon, to: &str) -> String {
+    from.client()
+        .post("/v1/calls", json!({ "to": to }))
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Alice calls Bob (whose events `wb` follows) and his phone rings; returns the call id.
+async fn ring(alice: &Daemon, wb: &Watcher) -> String {
+    let id = place(alice, "bob").await;
+    wait_event(wb, "call_incoming", Some(&id), 30).await;
+    id
+}
+
+/// Bob answers; Alice (events `wa`) sees it.
+async fn answer(bob: &Daemon, wa: &Watcher, id: &str) {
+    bob.client()
+        .post("/v1/calls/answer", json!({}))
+        .await
+        .unwrap();
+    wait_event(wa, "call_answered", Some(id), 30).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_end_cleanly_every_way() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,20 +316,8 @@ async fn calls_end_cleanly_every_way() {
     // The callee hangs up.
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
-    let id = alice
-        .client()
-        .post("/v1/calls", json!({ "to": "bob" }))
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_event(&wb, "call_incoming", Some(&id), 30).await;
-    bob.client()
-        .post("/v1/calls/answer", json!({}))
-        .await
-        .unwrap();
-    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    let id = ring(&alice, &wb).await;
+    answer(&bob, &wa, &id).await;
     bob.client()
         .post("/v1/calls/hangup", json!({}))
         .await
@@ -311,15 +325,7 @@ async fn calls_end_cleanly_every_way() {
     let e = wait_event(&wa, "call_ended", Some(&id), 30).await;
     assert_eq!(e["outcome"], json!("completed"));
     // Declined.
-    let id = alice
-        .client()
-        .post("/v1/calls", json!({ "to": "bob" }))
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_event(&wb, "call_incoming", Some(&id), 30).await;
+    let id = ring(&alice, &wb).await;
     bob.client()
         .post("/v1/calls/reject", json!({ "call": id }))
         .await
@@ -329,34 +335,15 @@ async fn calls_end_cleanly_every_way() {
         json!("declined")
     );
     // The peer is killed mid-call: the call ends on the survivor's side.
-    let id = alice
-        .client()
-        .post("/v1/calls", json!({ "to": "bob" }))
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_event(&wb, "call_incoming", Some(&id), 30).await;
-    bob.client()
-        .post("/v1/calls/answer", json!({}))
-        .await
-        .unwrap();
-    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    let id = ring(&alice, &wb).await;
+    answer(&bob, &wa, &id).await;
     bob.kill();
     assert_eq!(
         wait_event(&wa, "call_ended", Some(&id), 60).await["outcome"],
         json!("connection lost")
     );
     // A call to a contact who is offline ends as unreachable.
-    let id = alice
-        .client()
-        .post("/v1/calls", json!({ "to": "bob" }))
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&alice, "bob").await;
     assert_eq!(
         wait_event(&wa, "call_ended", Some(&id), 60).await["outcome"],
         json!("unreachable")
@@ -386,14 +373,7 @@ async fn a_strangers_call_is_refused_without_ringing() {
     introduce(&carol, &bob).await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let wc = carol.watcher().await.unwrap();
-    let id = carol
-        .client()
-        .post("/v1/calls", json!({ "to": "bob" }))
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&carol, "bob").await;
     assert_eq!(
         wait_event(&wc, "call_ended", Some(&id), 30).await["outcome"],
         json!("refused")

@@ -35,20 +35,15 @@ async fn only_contacts_read_where_someone_is() {
         .unwrap();
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = vec![];
-    for name in ["alice", "bob", "carol", "dave"] {
-        nodes.push(
-            Daemon::spawn(
-                exe(),
-                &dir.path().join(name),
-                name,
-                Some(net.bootstrap()),
-                vec![format!("--relay={url}")],
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let nodes = kith::process::spawn_all(
+        exe(),
+        dir.path(),
+        &["alice", "bob", "carol", "dave"],
+        Some(net.bootstrap()),
+        vec![format!("--relay={url}")],
+    )
+    .await
+    .unwrap();
     let (alice, bob, carol, dave) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
     let wa = alice.watcher().await.unwrap();
     published(&wa, 0).await;
@@ -121,20 +116,15 @@ async fn with_requests_off_strangers_learn_nothing() {
     )
     .await
     .unwrap();
-    let mut others = vec![];
-    for name in ["bob", "carol", "dave"] {
-        others.push(
-            Daemon::spawn(
-                exe(),
-                &dir.path().join(name),
-                name,
-                Some(net.bootstrap()),
-                vec![],
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let others = kith::process::spawn_all(
+        exe(),
+        dir.path(),
+        &["bob", "carol", "dave"],
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
     let (bob, carol, dave) = (&others[0], &others[1], &others[2]);
     let wa = alice.watcher().await.unwrap();
     published(&wa, 0).await;

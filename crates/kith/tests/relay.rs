@@ -311,20 +311,15 @@ async fn contacts_move_from_the_request_endpoint_to_a_direct_path() {
         .unwrap();
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = vec![];
-    for name in ["alice", "bob"] {
-        nodes.push(
-            Daemon::spawn(
-                exe(),
-                &dir.path().join(name),
-                name,
-                Some(net.bootstrap()),
-                vec![format!("--relay={url}")],
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let nodes = kith::process::spawn_all(
+        exe(),
+        dir.path(),
+        &["alice", "bob"],
+        Some(net.bootstrap()),
+        vec![format!("--relay={url}")],
+    )
+    .await
+    .unwrap();
     let (alice, bob) = (&nodes[0], &nodes[1]);
     bob.add_by_address(alice).await.unwrap();
     alice.add_by_address(bob).await.unwrap();

@@ -411,46 +411,21 @@ pub fn start(
                     };
                     send(r.encode(), &mut None);
                     let settings = rate.settings();
-                    let lost_frames = js.fec + js.concealed;
-                    let total = js.played + lost_frames;
                     if let Ok(mut s) = st.lock() {
                         s.bitrate = settings.bitrate;
                         s.fec = settings.fec;
                         s.loss_hint_pct = settings.loss_hint_pct;
                         s.rtt_ms = rtt.map(|r| r.as_secs_f64() * 1000.0);
-                        s.sent = u64::from(seq);
-                        s.received = js.received;
-                        s.loss_before_fec_pct = pct(lost_frames, total);
-                        s.loss_after_fec_pct = pct(js.concealed, total);
-                        s.fec_frames = js.fec;
-                        s.concealed_frames = js.concealed + js.stalls;
-                        s.late = js.late;
-                        s.jitter_ms = js.jitter_rfc3550_ms;
-                        s.jitter_buffer_ms = js.delay_ms;
-                        s.jitter_target_ms = js.target_ms;
                         s.peer_loss_pct = peer_loss;
                         s.peer_jitter_ms = peer_jitter;
-                        s.dropped_datagrams = dropped;
-                        s.seconds = start.elapsed().as_secs_f64();
+                        fill(&mut s, &js, u64::from(seq), dropped, start);
                     }
                 }
             }
         }
         // Final numbers.
-        let js = jb.stats();
-        let lost_frames = js.fec + js.concealed;
-        let total = js.played + lost_frames;
         if let Ok(mut s) = st.lock() {
-            s.sent = u64::from(seq);
-            s.received = js.received;
-            s.loss_before_fec_pct = pct(lost_frames, total);
-            s.loss_after_fec_pct = pct(js.concealed, total);
-            s.fec_frames = js.fec;
-            s.concealed_frames = js.concealed + js.stalls;
-            s.late = js.late;
-            s.jitter_ms = js.jitter_rfc3550_ms;
-            s.seconds = start.elapsed().as_secs_f64();
-            s.dropped_datagrams = dropped;
+            fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
         }
         if let Some(w) = writer
             && let Err(e) = w.finalize()
@@ -464,6 +439,30 @@ pub fn start(
         stop,
         done,
     })
+}
+
+/// The receive-side numbers of the statistics, from the jitter buffer's.
+fn fill(
+    s: &mut CallStats,
+    js: &kith_media::jitter::JitterStats,
+    sent: u64,
+    dropped: u64,
+    start: Instant,
+) {
+    let lost_frames = js.fec + js.concealed;
+    let total = js.played + lost_frames;
+    s.sent = sent;
+    s.received = js.received;
+    s.loss_before_fec_pct = pct(lost_frames, total);
+    s.loss_after_fec_pct = pct(js.concealed, total);
+    s.fec_frames = js.fec;
+    s.concealed_frames = js.concealed + js.stalls;
+    s.late = js.late;
+    s.jitter_ms = js.jitter_rfc3550_ms;
+    s.jitter_buffer_ms = js.delay_ms;
+    s.jitter_target_ms = js.target_ms;
+    s.dropped_datagrams = dropped;
+    s.seconds = start.elapsed().as_secs_f64();
 }
 
 fn pct(part: u64, total: u64) -> f64 {
