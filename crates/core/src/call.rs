@@ -325,6 +325,18 @@ impl<P: Copy + Eq + Hash> Calls<P> {
 
     /// Places a call. `call` must be fresh and random.
     pub fn dial(&mut self, peer: P, call: CallId, now: Instant) -> Result<(), CallError> {
+        let media = self.config.media;
+        self.dial_with(peer, call, media, now)
+    }
+
+    /// Places a call proposing `media` (e.g. 10 ms frames for this call only).
+    pub fn dial_with(
+        &mut self,
+        peer: P,
+        call: CallId,
+        media: MediaParams,
+        now: Instant,
+    ) -> Result<(), CallError> {
         if !self.live.is_empty() {
             return Err(CallError::InCall);
         }
@@ -342,10 +354,9 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                 retry_interval: self.config.invite_retry,
                 deadline: Some(now + self.config.unreachable_after),
                 last_heard: now,
-                media: None,
+                media: Some(media),
             },
         );
-        let media = self.config.media;
         self.send(peer, CallMsg::Invite { call, media });
         Ok(())
     }
@@ -369,7 +380,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             call,
             peer,
             direction: Direction::Incoming,
-            media: negotiate(ours, media),
+            media: negotiate(media, ours),
             replaces: None,
         });
         Ok(())
@@ -490,7 +501,8 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                             c.answered = Some(now);
                             c.next_retry = None;
                             c.deadline = None;
-                            let m = negotiate(self.config.media, media);
+                            let proposal = c.media.unwrap_or(self.config.media);
+                            let m = negotiate(proposal, media);
                             c.media = Some(m);
                             self.emit(CallEvent::Answered {
                                 call,
@@ -630,7 +642,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                     retry_interval: self.config.retry,
                     deadline: None,
                     last_heard: now,
-                    media: Some(negotiate(ours_media, media)),
+                    media: Some(negotiate(media, ours_media)),
                 },
             );
             self.send(
@@ -644,7 +656,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                 call,
                 peer,
                 direction: Direction::Incoming,
-                media: negotiate(ours_media, media),
+                media: negotiate(media, ours_media),
                 replaces: Some(ours),
             });
             return;
@@ -764,7 +776,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                             l.next_retry = Some(now + interval);
                             l.retry_interval = interval;
                         }
-                        let media = self.config.media;
+                        let media = c.media.unwrap_or(self.config.media);
                         self.send(c.peer, CallMsg::Invite { call: id, media });
                     }
                 }
@@ -817,13 +829,12 @@ impl<P: Copy + Eq + Hash> Calls<P> {
     }
 }
 
-/// The media both sides can do: the shorter frame of the two proposals' frame lengths is not needed (both
-/// decode any Opus frame), so each side keeps its own frame length; the bitrate is capped by the lower
-/// maximum.
-fn negotiate(ours: MediaParams, theirs: MediaParams) -> MediaParams {
+/// The media of a call: the caller's frame length (both sides must play the same), and the lower of the
+/// two maximum bitrates.
+fn negotiate(caller: MediaParams, callee: MediaParams) -> MediaParams {
     MediaParams {
-        frame_ms: ours.frame_ms,
-        max_bitrate: ours.max_bitrate.min(theirs.max_bitrate).max(6_000),
+        frame_ms: caller.frame_ms,
+        max_bitrate: caller.max_bitrate.min(callee.max_bitrate).max(6_000),
     }
 }
 

@@ -222,6 +222,9 @@ pub struct AudioArgs {
     /// Hang up after this many seconds of talk.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Frame length of a call you place: 10 or 20 ms (the callee follows the caller).
+    #[arg(long, value_name = "MS")]
+    frame_ms: Option<u8>,
     /// Print the call statistics every second.
     #[arg(long)]
     stats: bool,
@@ -240,6 +243,7 @@ impl AudioArgs {
             "input": input,
             "record_wav": self.record_wav.as_ref().map(abs),
             "duration_secs": self.duration,
+            "frame_ms": self.frame_ms,
         })
     }
 }

@@ -37,6 +37,8 @@ pub struct AudioOptions {
     pub record_wav: Option<PathBuf>,
     /// Hang up after this many seconds of talk.
     pub duration_secs: Option<f64>,
+    /// Frame length for a call we place: 10 or 20 ms (default 20). The callee follows the caller.
+    pub frame_ms: Option<u8>,
 }
 
 /// Statistics of one call, live and final.
@@ -212,6 +214,12 @@ fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
 
 /// Checks the options before a call starts (a missing or wrong input file is the user's error, said now).
 pub fn check(options: &AudioOptions) -> Result<(), String> {
+    if let Some(f) = options.frame_ms
+        && f != 10
+        && f != 20
+    {
+        return Err(format!("frame length {f} ms: use 10 or 20"));
+    }
     if let Some(AudioInput::Wav(p)) = &options.input {
         load_wav(p)?;
     }

@@ -1865,8 +1865,12 @@ impl Node {
         rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
         {
             let mut st = lock(&self.state);
+            let mut media = st.calls.config().media;
+            if let Some(f) = options.frame_ms {
+                media.frame_ms = f;
+            }
             st.calls
-                .dial(peer, id, Instant::now())
+                .dial_with(peer, id, media, Instant::now())
                 .map_err(|e| NodeError::Call(e.to_string()))?;
             st.call_meta.insert(
                 id,

@@ -239,6 +239,48 @@ fn call_rings_is_answered_and_the_caller_hangs_up() {
 }
 
 #[test]
+fn both_sides_use_the_callers_frame_length() {
+    let mut s = Sim::new(2, 13);
+    // The callee's own preference is 20 ms with a lower bitrate cap; the caller proposes 10 ms.
+    s.nodes[1] = Calls::new(CallConfig {
+        media: MediaParams {
+            frame_ms: 20,
+            max_bitrate: 24_000,
+        },
+        ..CallConfig::default()
+    });
+    s.drop_once = Some(Box::new(|m| matches!(m, CallMsg::Invite { .. })));
+    let id = s.id();
+    let now = s.now;
+    let ten = MediaParams {
+        frame_ms: 10,
+        max_bitrate: 32_000,
+    };
+    s.nodes[0].dial_with(1, id, ten, now).unwrap();
+    s.run(Duration::from_secs(3));
+    let now = s.now;
+    s.nodes[1].answer(id, now).unwrap();
+    s.run(Duration::from_secs(1));
+    for n in 0..2 {
+        let media = s.events[n]
+            .iter()
+            .find_map(|e| match e {
+                CallEvent::Answered { media, .. } => Some(*media),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            media,
+            MediaParams {
+                frame_ms: 10,
+                max_bitrate: 24_000
+            },
+            "node {n} (the repeated invite kept the proposal)"
+        );
+    }
+}
+
+#[test]
 fn the_callee_hangs_up() {
     let mut s = Sim::new(2, 2);
     let id = connected(&mut s);
