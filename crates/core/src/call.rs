@@ -597,19 +597,13 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             return;
         }
         if !is_contact {
-            let msg = CallMsg::Reject {
-                call,
-                reason: RejectReason::NotAccepted,
-            };
-            self.send(peer, msg.clone());
-            self.remember(call, peer, Some(msg), 0, now);
-            self.emit(CallEvent::Ended {
-                call,
+            self.refuse(
                 peer,
-                direction: Direction::Incoming,
-                reason: EndReason::Refused,
-                talked: None,
-            });
+                call,
+                RejectReason::NotAccepted,
+                EndReason::Refused,
+                now,
+            );
             return;
         }
         // Glare: we are dialing this very peer.
@@ -662,19 +656,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             return;
         }
         if !self.live.is_empty() {
-            let msg = CallMsg::Reject {
-                call,
-                reason: RejectReason::Busy,
-            };
-            self.send(peer, msg.clone());
-            self.remember(call, peer, Some(msg), 0, now);
-            self.emit(CallEvent::Ended {
-                call,
-                peer,
-                direction: Direction::Incoming,
-                reason: EndReason::Busy,
-                talked: None,
-            });
+            self.refuse(peer, call, RejectReason::Busy, EndReason::Busy, now);
             return;
         }
         self.live.insert(
@@ -693,6 +675,27 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         );
         self.send(peer, CallMsg::Ringing { call });
         self.emit(CallEvent::Incoming { call, peer });
+    }
+
+    /// Refuses an incoming call without ringing, and logs it as ended.
+    fn refuse(
+        &mut self,
+        peer: P,
+        call: CallId,
+        reason: RejectReason,
+        logged: EndReason,
+        now: Instant,
+    ) {
+        let msg = CallMsg::Reject { call, reason };
+        self.send(peer, msg.clone());
+        self.remember(call, peer, Some(msg), 0, now);
+        self.emit(CallEvent::Ended {
+            call,
+            peer,
+            direction: Direction::Incoming,
+            reason: logged,
+            talked: None,
+        });
     }
 
     fn remember(

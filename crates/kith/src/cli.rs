@@ -40,10 +40,10 @@ enum Command {
         /// Display name shown on your contact card.
         #[arg(long)]
         name: Option<String>,
-        /// Keep the node on 127.0.0.1 (QUIC endpoint and DHT): for tests, demos and trying kith on one
-        /// machine. Without it the node listens on every interface.
+        /// Listen on every interface (QUIC endpoint and DHT), to be reachable from other machines and to join
+        /// the public DHT. Without it the node stays on 127.0.0.1.
         #[arg(long)]
-        local: bool,
+        all_interfaces: bool,
     },
     /// Run the node in the foreground.
     Daemon {
@@ -452,7 +452,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_mode = cli.json;
     let home = || home_dir(cli.home.clone());
     match cli.command {
-        Command::Init { name, local } => {
+        Command::Init {
+            name,
+            all_interfaces,
+        } => {
+            let local = !all_interfaces;
             let home = home()?;
             let profile = Profile::new(&home);
             if profile.exists() {
@@ -467,10 +471,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
             let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
             // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
-            let port = std::net::UdpSocket::bind(if local { "127.0.0.1:0" } else { "0.0.0.0:0" })
-                .and_then(|s| s.local_addr())
-                .map(|a| a.port())
-                .unwrap_or(0);
+            let port = std::net::UdpSocket::bind((
+                if local {
+                    std::net::Ipv4Addr::LOCALHOST
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED
+                },
+                0,
+            ))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
             let public = profile
                 .init(&name, pass.as_deref(), port, local)
                 .map_err(profile_error)?;

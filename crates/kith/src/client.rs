@@ -246,6 +246,14 @@ impl Watcher {
             .copied()
     }
 
+    /// Waits up to `secs` for the delivered receipt of message `seq` to `to`; true if it came.
+    pub async fn delivered_within(&self, to: &str, seq: u64, secs: u64) -> bool {
+        self.wait_for(Duration::from_secs(secs), |w| {
+            w.delivered_at(to, seq).is_some()
+        })
+        .await
+    }
+
     pub fn delivered_count(&self, to: &str, seqs: &[u64]) -> usize {
         let seen = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         seqs.iter()

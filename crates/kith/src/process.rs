@@ -33,7 +33,7 @@ impl Daemon {
         let out = Command::new(exe)
             .args(["--home"])
             .arg(home)
-            .args(["init", "--local", "--name", name])
+            .args(["init", "--name", name])
             .env_remove("KITH_PASSPHRASE")
             .stdin(Stdio::null())
             .output()

@@ -54,11 +54,20 @@ fn missing_profile_and_daemon_not_running() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A real profile listens on every interface and joins the DHT from there; `--local` is for tests.
+    // By default a profile stays on loopback; `--all-interfaces` is the user's explicit choice.
     let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
-    assert!(config.contains("listen = \"0.0.0.0:"), "{config}");
-    assert!(config.contains("dht_bind = \"0.0.0.0\""), "{config}");
+    assert!(config.contains("listen = \"127.0.0.1:"), "{config}");
+    assert!(config.contains("dht_bind = \"127.0.0.1\""), "{config}");
     assert!(config.contains("lan_discovery = true"), "{config}");
+    let wide = dir.path().join("wide");
+    let out = kith(
+        &wide,
+        &args(&["init", "--all-interfaces", "--name", "Ann"]),
+        &[],
+    );
+    assert!(out.status.success());
+    let config = std::fs::read_to_string(wide.join("config.toml")).unwrap();
+    assert!(config.contains("dht_bind = \"0.0.0.0\""), "{config}");
     assert_user_error(
         &kith(&home, &args(&["send", "bob", "hi"]), &[]),
         "daemon is not running",
@@ -120,7 +129,7 @@ fn locked_profile_and_wrong_passphrase() {
     let home = dir.path().join("p");
     let out = kith(
         &home,
-        &args(&["init", "--local", "--name", "Ann"]),
+        &args(&["init", "--name", "Ann"]),
         &[("KITH_PASSPHRASE", "correct horse")],
     );
     assert!(out.status.success());

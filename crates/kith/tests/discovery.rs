@@ -35,17 +35,11 @@ async fn address_alone_is_enough_through_the_dht() {
     let s1 = alice.client().send("bob", "hi bob").await.unwrap();
     let s2 = bob.client().send("alice", "hi alice").await.unwrap();
     assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s1)
-            .is_some())
-            .await,
+        wa.delivered_within("bob", s1, 60).await,
         "alice -> bob by address"
     );
     assert!(
-        wb.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("alice", s2)
-            .is_some())
-            .await,
+        wb.delivered_within("alice", s2, 60).await,
         "bob -> alice by address"
     );
     let st = alice.client().get("/v1/status").await.unwrap();
@@ -109,12 +103,7 @@ async fn saved_routing_table_rejoins_without_bootstrap() {
         .send("bob", "back without bootstrap hosts")
         .await
         .unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", seq)
-            .is_some())
-            .await
-    );
+    assert!(wa.delivered_within("bob", seq, 60).await);
     let st = alice.client().get("/v1/status").await.unwrap();
     assert!(
         st["dht"]["routing_table_nodes"].as_u64().unwrap() > 0,
@@ -155,10 +144,7 @@ async fn a_contact_card_is_a_way_into_the_dht() {
         .await
         .unwrap();
     assert!(
-        wc.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", seq)
-            .is_some())
-            .await,
+        wc.delivered_within("bob", seq, 60).await,
         "carol reached bob by address"
     );
     let st = carol.client().get("/v1/status").await.unwrap();
@@ -230,27 +216,12 @@ async fn logs_never_leak_addresses_or_keys() {
         .send("alice", "a stranger says hi")
         .await
         .unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s)
-            .is_some())
-            .await
-    );
-    assert!(
-        wm.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("alice", m)
-            .is_some())
-            .await
-    );
+    assert!(wa.delivered_within("bob", s, 60).await);
+    assert!(wm.delivered_within("alice", m, 60).await);
     bob.kill();
     bob.start().await.unwrap();
     let s = alice.client().send("bob", "two").await.unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s)
-            .is_some())
-            .await
-    );
+    assert!(wa.delivered_within("bob", s, 60).await);
 
     let mut secrets: Vec<(String, String)> = vec![];
     let now = std::time::SystemTime::now()
@@ -349,12 +320,7 @@ async fn endpoint_keys_rotate_every_period_and_contacts_follow() {
     let wa = alice.watcher().await.unwrap();
     let wb = bob.watcher().await.unwrap();
     let s = alice.client().send("bob", "before").await.unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s)
-            .is_some())
-            .await
-    );
+    assert!(wa.delivered_within("bob", s, 60).await);
     let endpoint_before = bob.client().get("/v1/status").await.unwrap()["endpoint"].clone();
     assert!(
         wb.wait_for(Duration::from_secs(90), |w| w.count("endpoint_rotated")
@@ -376,17 +342,11 @@ async fn endpoint_keys_rotate_every_period_and_contacts_follow() {
     let s1 = alice.client().send("bob", "after").await.unwrap();
     let s2 = bob.client().send("alice", "after, too").await.unwrap();
     assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s1)
-            .is_some())
-            .await,
+        wa.delivered_within("bob", s1, 60).await,
         "alice -> bob after rotation"
     );
     assert!(
-        wb.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("alice", s2)
-            .is_some())
-            .await,
+        wb.delivered_within("alice", s2, 60).await,
         "bob -> alice after rotation"
     );
 }

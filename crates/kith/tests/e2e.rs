@@ -190,12 +190,7 @@ async fn stranger_messages_arrive_as_requests() {
         .send("alice", "hello, may I?")
         .await
         .unwrap();
-    assert!(
-        wm.wait_for(Duration::from_secs(30), |w| w
-            .delivered_at("alice", seq)
-            .is_some())
-            .await
-    );
+    assert!(wm.delivered_within("alice", seq, 30).await);
     let requests = alice.client().get("/v1/requests").await.unwrap();
     let list = requests.as_array().unwrap();
     assert_eq!(list.len(), 1);

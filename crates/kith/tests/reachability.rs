@@ -166,12 +166,7 @@ async fn with_requests_off_strangers_learn_nothing() {
         .send("alice", "hi, it's carol")
         .await
         .unwrap();
-    assert!(
-        wc.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("alice", seq)
-            .is_some())
-            .await
-    );
+    assert!(wc.delivered_within("alice", seq, 60).await);
     let c = lookup(carol, "alice").await;
     assert_eq!(c["contact_part"], json!("readable"), "{c}");
 }

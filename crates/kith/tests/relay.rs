@@ -59,20 +59,8 @@ async fn relay_only_peer_never_reveals_its_ip() {
         .await
         .unwrap();
     let s2 = bob.client().send("alice", "and back").await.unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", s1)
-            .is_some())
-            .await,
-        "alice -> bob"
-    );
-    assert!(
-        wb.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("alice", s2)
-            .is_some())
-            .await,
-        "bob -> alice"
-    );
+    assert!(wa.delivered_within("bob", s1, 60).await, "alice -> bob");
+    assert!(wb.delivered_within("alice", s2, 60).await, "bob -> alice");
     let sa = alice.client().get("/v1/status").await.unwrap();
     let sb = bob.client().get("/v1/status").await.unwrap();
     assert_eq!(sb["listen"], json!([]), "bob has no IP socket at all");
@@ -239,10 +227,7 @@ async fn stranger_request_never_reveals_the_recipients_ip() {
     alice.add_by_address(&bob).await.unwrap();
     let seq = alice.client().send("bob", "hello, stranger").await.unwrap();
     assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", seq)
-            .is_some())
-            .await,
+        wa.delivered_within("bob", seq, 60).await,
         "the request reached bob"
     );
     assert!(
@@ -325,12 +310,7 @@ async fn contacts_move_from_the_request_endpoint_to_a_direct_path() {
     alice.add_by_address(bob).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     let seq = alice.client().send("bob", "hi").await.unwrap();
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .delivered_at("bob", seq)
-            .is_some())
-            .await
-    );
+    assert!(wa.delivered_within("bob", seq, 60).await);
     wait_connection(alice, &wa, "bob", |c| {
         c["path"] == "direct" && c["ip_paths"].as_u64() > Some(0)
     })
