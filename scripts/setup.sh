@@ -8,6 +8,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 # libopus is built from its bundled source (one pinned version for every user): that needs cmake.
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# Sound cards through cpal use ALSA's headers and library.
+pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev)
 if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # The NAT lab test builds networks in namespaces: iproute2 and nftables.
   command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)

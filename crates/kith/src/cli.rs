@@ -165,6 +165,11 @@ enum Command {
     },
     /// Decline a ringing call.
     Reject { call: Option<String> },
+    /// Sound cards.
+    Audio {
+        #[command(subcommand)]
+        command: AudioCommand,
+    },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
     /// Calls in progress and the call log (duration, outcome, statistics).
@@ -204,16 +209,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AudioCommand {
+    /// List the sound cards calls can use (names for --input-device/--output-device and config.toml's
+    /// audio_input/audio_output).
+    Devices,
+}
+
 /// Where a call's audio comes from and goes to (the daemon plays and records; paths are on its machine).
 #[derive(clap::Args, Debug, Clone)]
 pub struct AudioArgs {
     /// Send this 48 kHz mono 16-bit WAV file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["tone", "null"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tone", "null", "input_device"])]
     input_wav: Option<PathBuf>,
+    /// Speak into this sound card (a name from `kith audio devices`, or "default"). Without any input
+    /// option the profile's audio_input is used.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["tone", "null"])]
+    input_device: Option<String>,
+    /// Hear on this sound card. Without it: the profile's audio_output, unless --record-wav or --null.
+    #[arg(long, value_name = "NAME")]
+    output_device: Option<String>,
     /// Send a sine tone (Hz).
     #[arg(long, value_name = "HZ", num_args = 0..=1, default_missing_value = "440")]
     tone: Option<f32>,
-    /// Send silence.
+    /// Send silence and use no sound card (for machines without one).
     #[arg(long)]
     null: bool,
     /// Record what you hear into this WAV file.
@@ -233,14 +252,16 @@ pub struct AudioArgs {
 impl AudioArgs {
     fn body(&self) -> Value {
         let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-        let input = match (&self.input_wav, self.tone, self.null) {
-            (Some(p), _, _) => json!({ "wav": abs(p) }),
-            (None, Some(hz), _) => json!({ "tone": hz }),
-            (None, None, true) => json!("null"),
-            (None, None, false) => Value::Null,
+        let input = match (&self.input_wav, self.tone, self.null, &self.input_device) {
+            (Some(p), _, _, _) => json!({ "wav": abs(p) }),
+            (None, Some(hz), _, _) => json!({ "tone": hz }),
+            (None, None, true, _) => json!("null"),
+            (None, None, false, Some(d)) => json!({ "device": d }),
+            (None, None, false, None) => Value::Null,
         };
         json!({
             "input": input,
+            "output_device": self.output_device,
             "record_wav": self.record_wav.as_ref().map(abs),
             "duration_secs": self.duration,
             "frame_ms": self.frame_ms,
@@ -285,6 +306,11 @@ async fn follow_call(
                         println!("call ended: {}{talked}", s(&e, "outcome"));
                         if !e["stats"].is_null() {
                             println!("  {}", stats_line(&e["stats"]));
+                            println!(
+                                "  audio in: {}; out: {}",
+                                s(&e["stats"], "input"),
+                                s(&e["stats"], "output")
+                            );
                         }
                     }
                     return Ok(e);
@@ -788,6 +814,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .post("/v1/calls/hangup", json!({ "call": call }))
                 .await?;
             out(json_mode, &v, |v| println!("hung up call {}", s(v, "call")));
+        }
+        Command::Audio {
+            command: AudioCommand::Devices,
+        } => {
+            let list = tokio::task::spawn_blocking(kith_node::audio::devices)
+                .await?
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let v = serde_json::to_value(&list)?;
+            out(json_mode, &v, |_| {
+                if list.is_empty() {
+                    println!(
+                        "No sound cards found. Calls still work: use --input-wav/--record-wav, --tone or --null."
+                    );
+                }
+                for d in &list {
+                    let mut tags = Vec::new();
+                    if d.default_input {
+                        tags.push("default input");
+                    }
+                    if d.default_output {
+                        tags.push("default output");
+                    }
+                    println!(
+                        "{}{}",
+                        d.name,
+                        if tags.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", tags.join(", "))
+                        }
+                    );
+                    if d.id != d.name {
+                        println!("    id:     {}", d.id);
+                    }
+                    if let Some(c) = &d.input_config {
+                        println!("    input:  {c}");
+                    }
+                    if let Some(c) = &d.output_config {
+                        println!("    output: {c}");
+                    }
+                }
+            });
         }
         Command::Calls => {
             let client = Client::for_profile(&home()?)?;

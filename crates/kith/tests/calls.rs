@@ -438,3 +438,41 @@ async fn a_strangers_call_is_refused_without_ringing() {
         .to_string();
     assert!(e.contains("no call in progress"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_sound_card_is_replaced_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), vec![]).await;
+    let rec = dir.path().join("bob_rec.wav");
+    let (ea, eb) = talk(
+        &alice,
+        &bob,
+        json!({ "input": { "device": "no such card 7f3a" }, "output_device": "no such card 7f3a", "duration_secs": 1.5 }),
+        json!({ "input": { "tone": 300.0 }, "record_wav": rec }),
+    )
+    .await;
+    assert_eq!(ea["outcome"], json!("completed"), "{ea}");
+    assert_eq!(eb["outcome"], json!("completed"), "{eb}");
+    let (sa, sb) = (&ea["stats"], &eb["stats"]);
+    let input = sa["input"].as_str().unwrap();
+    assert!(
+        input.starts_with("silence (no audio input device named \"no such card 7f3a\""),
+        "{input}"
+    );
+    let output = sa["output"].as_str().unwrap();
+    assert!(output.starts_with("no sound card (no audio output device named"), "{output}");
+    assert_eq!(sb["input"], json!("tone 300 Hz"), "{sb}");
+    assert!(sb["output"].as_str().unwrap().starts_with("recording "), "{sb}");
+    // Alice's replacement input was silence, and that is what bob heard.
+    let heard = read_wav(&rec);
+    assert!(heard.len() > 48_000, "{} samples", heard.len());
+    assert!(heard.iter().all(|s| s.unsigned_abs() < 200), "not silence");
+    // The clocks' origins are there for latency measurements: bob's recording starts after alice's
+    // input clock, within the call set-up time.
+    let (origin_in, origin_rec) = (
+        sa["input_origin_unix_us"].as_u64().unwrap(),
+        sb["record_origin_unix_us"].as_u64().unwrap(),
+    );
+    assert!(origin_in > 0 && origin_rec > origin_in, "{origin_in} {origin_rec}");
+    assert!(origin_rec - origin_in < 5_000_000, "{origin_in} {origin_rec}");
+}

@@ -302,3 +302,25 @@ async fn me_address(d: &Daemon) -> String {
         .unwrap()
         .to_owned()
 }
+
+#[test]
+fn audio_devices_are_listed_without_alsa_noise() {
+    // Needs no profile. Lists whatever cards this machine has (possibly none), as JSON for scripts.
+    let dir = tempfile::tempdir().unwrap();
+    let out = kith(dir.path(), &args(&["--json", "audio", "devices"]), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("ALSA lib"), "alsa-lib noise: {stderr}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for d in list.as_array().unwrap() {
+        assert!(!d["name"].as_str().unwrap().is_empty(), "{d}");
+        assert!(d["input"].is_boolean() && d["output"].is_boolean(), "{d}");
+    }
+    let text = kith(dir.path(), &args(&["audio", "devices"]), &[]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        list.as_array().unwrap().is_empty() && stdout.contains("No sound cards found")
+            || list[0]["name"].as_str().is_some_and(|n| stdout.contains(n)),
+        "{stdout}"
+    );
+}

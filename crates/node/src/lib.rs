@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audio;
 pub mod discovery;
 pub mod events;
 pub mod lan;
@@ -109,6 +110,8 @@ pub async fn run_daemon(
         },
         accept_requests: !options.no_requests && config.accept_requests,
         impair: options.impair.clone(),
+        audio_input: config.audio_input.clone(),
+        audio_output: config.audio_output.clone(),
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -1,9 +1,12 @@
 //! The media of one call: audio in -> Opus -> QUIC datagrams -> jitter buffer -> Opus -> audio out, with
 //! receiver reports once a second steering the sender's bitrate, FEC and loss hint.
 //!
-//! Audio sources and sinks here are headless (WAV files, a tone, silence): what servers, tests and the
-//! benchmarks use. The playout clock is the task's 20 ms tick, so a recording is exactly as long as the
-//! call's media ran, concealment and jitter-buffer waits included (which is what latency measurements need).
+//! Audio comes from a sound card ([`crate::audio`]) or a headless source (WAV file, tone, silence), and goes
+//! to a sound card and/or a WAV recording. The media clock is the task's 10/20 ms tick: a recording is
+//! exactly as long as the call's media ran, concealment and jitter-buffer waits included, and the
+//! statistics give the wall-clock origin of both the input's and the recording's sample clocks, which is
+//! what mouth-to-ear latency measurements need. A machine without a sound card still calls: the device
+//! that cannot be opened is replaced by silence (input) or nothing (output), and the statistics say why.
 
 use bytes::Bytes;
 use kith_core::call::{CallId, MediaParams};
@@ -27,6 +30,8 @@ pub enum AudioInput {
     Tone(f32),
     /// Silence.
     Null,
+    /// A sound card's input, by name ("default" for the system's; see `kith audio devices`).
+    Device(String),
 }
 
 /// What happens to the received audio.
@@ -35,6 +40,9 @@ pub struct AudioOptions {
     pub input: Option<AudioInput>,
     /// Record what is heard into this WAV file (48 kHz mono 16-bit).
     pub record_wav: Option<PathBuf>,
+    /// Play what is heard on this sound card ("default" for the system's).
+    #[serde(default)]
+    pub output_device: Option<String>,
     /// Hang up after this many seconds of talk.
     pub duration_secs: Option<f64>,
     /// Frame length for a call we place: 10 or 20 ms (default 20). The callee follows the caller.
@@ -67,6 +75,19 @@ pub struct CallStats {
     /// Malformed or foreign datagrams dropped.
     pub dropped_datagrams: u64,
     pub seconds: f64,
+    /// Where the audio came from and went to (device names, files, or why a sound card was not used).
+    pub input: String,
+    pub output: String,
+    /// Wall-clock time (Unix microseconds) of the input's first sample (one frame before the first frame
+    /// was sent, since a frame is sent once it is complete) and of the recording's first sample.
+    pub input_origin_unix_us: u64,
+    pub record_origin_unix_us: u64,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// An in-process impairment shim on outgoing datagrams: loss (random or in bursts), delay and jitter.
@@ -281,7 +302,65 @@ pub fn start(
     let tag = packet::call_tag(&call);
     let st = stats.clone();
     let input = options.input.clone();
+    let want_in = match &input {
+        Some(AudioInput::Device(n)) => Some(n.clone()),
+        _ => None,
+    };
+    let want_out = options.output_device.clone();
+    let recording = options.record_wav.clone();
+    let headless = match &input {
+        Some(AudioInput::Wav(p)) => format!("file {}", p.display()),
+        Some(AudioInput::Tone(f)) => format!("tone {f} Hz"),
+        Some(AudioInput::Device(_)) => String::new(),
+        Some(AudioInput::Null) | None => "silence".into(),
+    };
     let done = tokio::spawn(async move {
+        // Sound cards first (opening one can take a moment); a missing one is replaced, and said.
+        let (devices, input_desc, output_desc) = tokio::task::spawn_blocking(move || {
+            let mut devs = Vec::new();
+            let input_desc = match &want_in {
+                Some(n) => match crate::audio::open(Some(n), None) {
+                    Ok(d) => {
+                        let s = d.input_name.clone().unwrap_or_default();
+                        devs.push(d);
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no audio input: sending silence");
+                        format!("silence ({e})")
+                    }
+                },
+                None => headless,
+            };
+            let mut outs = Vec::new();
+            if let Some(n) = &want_out {
+                match crate::audio::open(None, Some(n)) {
+                    Ok(d) => {
+                        outs.push(d.output_name.clone().unwrap_or_default());
+                        devs.push(d);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no audio output");
+                        outs.push(format!("no sound card ({e})"));
+                    }
+                }
+            }
+            if let Some(p) = &recording {
+                outs.push(format!("recording {}", p.display()));
+            }
+            if outs.is_empty() {
+                outs.push("nothing (no output device, no recording)".into());
+            }
+            (devs, input_desc, outs.join(" + "))
+        })
+        .await
+        .unwrap_or_default();
+        let capture = devices.iter().find_map(|d| d.capture.clone());
+        let playback = devices.iter().find_map(|d| d.playback.clone());
+        if let Ok(mut s) = st.lock() {
+            s.input = input_desc;
+            s.output = output_desc;
+        }
         let start = Instant::now();
         let mut shim = impair.map(Shim::new);
         let mut tick = tokio::time::interval(frame_dur);
@@ -338,7 +417,16 @@ pub fn start(
                                 pos += 1;
                             }
                         }
+                        Some(AudioInput::Device(_)) => match &capture {
+                            Some(q) => q.take(&mut pcm),
+                            None => pcm.fill(0),
+                        },
                         _ => pcm.fill(0),
+                    }
+                    if seq == 0
+                        && let Ok(mut s) = st.lock()
+                    {
+                        s.input_origin_unix_us = unix_us().saturating_sub(frame_dur.as_micros() as u64);
                     }
                     if let Ok(payload) = enc.encode(&pcm) {
                         let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
@@ -360,7 +448,15 @@ pub fn start(
                         Playout::Wait => Ok(vec![0; frame]),
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
+                    if let Some(q) = &playback {
+                        q.put(&out);
+                    }
                     if let Some(w) = writer.as_mut() {
+                        if w.len() == 0
+                            && let Ok(mut s) = st.lock()
+                        {
+                            s.record_origin_unix_us = unix_us();
+                        }
                         for s in out {
                             let _ = w.write_sample(s);
                         }
@@ -435,6 +531,7 @@ pub fn start(
         if let Ok(mut s) = st.lock() {
             fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
         }
+        drop(devices);
         if let Some(w) = writer
             && let Err(e) = w.finalize()
         {

@@ -194,6 +194,9 @@ pub struct NodeConfig {
     pub accept_requests: bool,
     /// Impair outgoing media datagrams (tests and benchmarks only).
     pub impair: Option<crate::media::Impairment>,
+    /// Sound cards used when a call names none ("default", a device name, or "none").
+    pub audio_input: String,
+    pub audio_output: String,
 }
 
 /// How a call ended, as the call log says it.
@@ -1860,6 +1863,7 @@ impl Node {
         options: crate::media::AudioOptions,
     ) -> Result<String, NodeError> {
         crate::media::check(&options).map_err(NodeError::Call)?;
+        let options = self.audio_defaults(options);
         let peer = lock(&self.store).contact_by_name(name)?.account;
         let mut id = [0u8; 16];
         rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
@@ -1883,6 +1887,22 @@ impl Node {
         }
         self.process_calls();
         Ok(hex::encode(id))
+    }
+
+    /// Fills in the configured sound cards where a call names no source or sink: no input given means the
+    /// configured input device; no output device and no recording means the configured output device.
+    /// `--null` (silence) asks for no device at all.
+    fn audio_defaults(&self, mut o: crate::media::AudioOptions) -> crate::media::AudioOptions {
+        use crate::media::AudioInput;
+        let device = |d: &str| (!d.eq_ignore_ascii_case("none") && !d.is_empty()).then(|| d.to_string());
+        let headless = o.input == Some(AudioInput::Null);
+        if o.input.is_none() {
+            o.input = device(&self.config.audio_input).map(AudioInput::Device).or(Some(AudioInput::Null));
+        }
+        if o.output_device.is_none() && o.record_wav.is_none() && !headless {
+            o.output_device = device(&self.config.audio_output);
+        }
+        o
     }
 
     /// The call meant by `call` (a hex id or a prefix of one), or the only live call.
@@ -1911,6 +1931,7 @@ impl Node {
         options: crate::media::AudioOptions,
     ) -> Result<String, NodeError> {
         crate::media::check(&options).map_err(NodeError::Call)?;
+        let options = self.audio_defaults(options);
         let id = self.find_call(call)?;
         {
             let mut st = lock(&self.state);

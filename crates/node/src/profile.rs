@@ -124,6 +124,16 @@ pub struct Config {
     /// whether or where you are reachable, and only contacts can reach you.
     #[serde(default = "default_true")]
     pub accept_requests: bool,
+    /// Sound card for calls, by name (`kith audio devices`): "default" is the system's, "none" means
+    /// silence in / nothing out. `kith call`/`kith answer` flags override these per call.
+    #[serde(default = "default_device")]
+    pub audio_input: String,
+    #[serde(default = "default_device")]
+    pub audio_output: String,
+}
+
+fn default_device() -> String {
+    "default".into()
 }
 
 fn default_true() -> bool {
@@ -345,6 +355,8 @@ impl Profile {
             relay_only: false,
             lan_discovery: true,
             accept_requests: true,
+            audio_input: default_device(),
+            audio_output: default_device(),
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
@@ -358,7 +370,8 @@ impl Profile {
              #   relays          relay servers (URLs) to be reachable through; relay_only: never use a direct path\n\
              #   lan_discovery   ask the local network for DHT nodes (when dht_bind is not loopback)\n\
              #   accept_requests take contact requests from people who know only your address (off: only\n\
-             #                   contacts can reach you or learn whether you are online)\n{}",
+             #                   contacts can reach you or learn whether you are online)\n\
+             #   audio_input, audio_output  sound cards for calls by name (`kith audio devices`; \"default\" or \"none\")\n{}",
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;

@@ -1,0 +1,517 @@
+//! Sound cards, through cpal: listing devices, opening one by name, and the two ends of a call (capture and
+//! playback) as sample queues that the media task reads and writes on its own 10/20 ms clock.
+//!
+//! Devices run at whatever rate and channel count they offer (48 kHz mono preferred); samples are converted
+//! to and from 48 kHz mono here. The queues are bounded so that a device whose clock runs a little faster
+//! or slower than the call's cannot build up delay: capture keeps at most [`MAX_QUEUE`], playback drops the
+//! oldest audio beyond it. cpal streams are not `Send` on every platform, so they live on a thread of
+//! their own for the length of the call.
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, Sample, SampleFormat, SizedSample};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The call's sample rate.
+pub const RATE: u32 = 48_000;
+/// Most audio a queue holds (samples at 48 kHz): 120 ms.
+pub const MAX_QUEUE: usize = 48 * 120;
+
+/// One device as `kith audio devices` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub id: String,
+    pub input: bool,
+    pub output: bool,
+    pub default_input: bool,
+    pub default_output: bool,
+    /// The configuration a call would open, per direction (rate, channels, sample format).
+    pub input_config: Option<String>,
+    pub output_config: Option<String>,
+}
+
+/// Keeps alsa-lib's own complaints (it prints to stderr while probing devices) off the terminal.
+fn quiet_alsa() {
+    #[cfg(target_os = "linux")]
+    {
+        thread_local! {
+            static SINK: std::cell::RefCell<Option<std::rc::Rc<std::cell::RefCell<alsa::Output>>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        SINK.with_borrow_mut(|s| {
+            if s.is_none() {
+                *s = alsa::Output::local_error_handler().ok();
+            }
+        });
+    }
+}
+
+fn name_of(d: &cpal::Device) -> String {
+    d.description()
+        .map(|x| x.name().to_string())
+        .or_else(|_| d.id().map(|i| i.to_string()))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn id_of(d: &cpal::Device) -> String {
+    d.id().map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// Every device of the default host.
+pub fn devices() -> Result<Vec<DeviceInfo>, String> {
+    quiet_alsa();
+    let host = cpal::default_host();
+    let default_in = host.default_input_device().map(|d| id_of(&d));
+    let default_out = host.default_output_device().map(|d| id_of(&d));
+    let list = host
+        .devices()
+        .map_err(|e| format!("cannot list audio devices ({}): {e}", host.id().name()))?;
+    let mut out = Vec::new();
+    for d in list {
+        let id = id_of(&d);
+        let input_config = if d.supports_input() {
+            choose(&d, true).ok().map(|c| describe(&c))
+        } else {
+            None
+        };
+        let output_config = if d.supports_output() {
+            choose(&d, false).ok().map(|c| describe(&c))
+        } else {
+            None
+        };
+        out.push(DeviceInfo {
+            name: name_of(&d),
+            default_input: default_in.as_deref() == Some(id.as_str()),
+            default_output: default_out.as_deref() == Some(id.as_str()),
+            input: input_config.is_some(),
+            output: output_config.is_some(),
+            input_config,
+            output_config,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+fn describe(c: &cpal::SupportedStreamConfig) -> String {
+    format!(
+        "{} Hz, {} ch, {}",
+        c.sample_rate(),
+        c.channels(),
+        c.sample_format()
+    )
+}
+
+/// Finds a device by name: "default" (the system's), an exact name or id, or a part of one name
+/// (case-insensitive) that matches exactly one device.
+fn find(name: &str, input: bool) -> Result<cpal::Device, String> {
+    quiet_alsa();
+    let host = cpal::default_host();
+    let dir = if input { "input" } else { "output" };
+    if name.eq_ignore_ascii_case("default") {
+        let d = if input {
+            host.default_input_device()
+        } else {
+            host.default_output_device()
+        };
+        return d.ok_or_else(|| {
+            format!("no default audio {dir} device (no sound card?); see `kith audio devices`")
+        });
+    }
+    let all: Vec<cpal::Device> = host
+        .devices()
+        .map_err(|e| format!("cannot list audio devices: {e}"))?
+        .filter(|d| {
+            if input {
+                d.supports_input()
+            } else {
+                d.supports_output()
+            }
+        })
+        .collect();
+    if let Some(d) = all
+        .iter()
+        .find(|d| name_of(d) == name || id_of(d) == name)
+    {
+        return Ok(d.clone());
+    }
+    let needle = name.to_lowercase();
+    let partial: Vec<&cpal::Device> = all
+        .iter()
+        .filter(|d| {
+            name_of(d).to_lowercase().contains(&needle) || id_of(d).to_lowercase().contains(&needle)
+        })
+        .collect();
+    match partial.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!(
+            "no audio {dir} device named {name:?}; there are: {} (see `kith audio devices`)",
+            if all.is_empty() {
+                "none".to_string()
+            } else {
+                all.iter().map(name_of).collect::<Vec<_>>().join(", ")
+            }
+        )),
+        many => Err(format!(
+            "{name:?} matches several audio {dir} devices: {}; give more of the name",
+            many.iter().map(|d| name_of(d)).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// The configuration to open: 48 kHz if the device has it (fewest channels, a format we convert),
+/// else its default.
+fn choose(d: &cpal::Device, input: bool) -> Result<cpal::SupportedStreamConfig, String> {
+    let usable = |f: SampleFormat| {
+        matches!(
+            f,
+            SampleFormat::I16 | SampleFormat::F32 | SampleFormat::I32 | SampleFormat::U16
+        )
+    };
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = if input {
+        d.supported_input_configs().map(|c| c.collect())
+    } else {
+        d.supported_output_configs().map(|c| c.collect())
+    }
+    .map_err(|e| e.to_string())?;
+    let best = ranges
+        .iter()
+        .filter(|r| usable(r.sample_format()) && r.contains_rate(RATE))
+        .min_by_key(|r| (r.channels(), r.sample_format() != SampleFormat::I16))
+        .map(|r| r.with_sample_rate(RATE));
+    if let Some(b) = best {
+        return Ok(b);
+    }
+    let def = if input {
+        d.default_input_config()
+    } else {
+        d.default_output_config()
+    }
+    .map_err(|e| e.to_string())?;
+    if usable(def.sample_format()) {
+        Ok(def)
+    } else {
+        Err(format!(
+            "the device offers only {} samples",
+            def.sample_format()
+        ))
+    }
+}
+
+/// Converts between the device's rate and 48 kHz, linearly (good enough for voice; most devices run at
+/// 48 kHz and skip it).
+struct Resampler {
+    step: f64,
+    pos: f64,
+    prev: f32,
+}
+
+impl Resampler {
+    fn new(from: u32, to: u32) -> Self {
+        Resampler {
+            step: f64::from(from) / f64::from(to),
+            pos: 0.0,
+            prev: 0.0,
+        }
+    }
+
+    /// Feeds `input` (at the source rate) and appends the samples due at the target rate.
+    fn run(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        if self.step == 1.0 {
+            out.extend_from_slice(input);
+            return;
+        }
+        // pos is measured from the sample before input[0] (= prev).
+        while self.pos < input.len() as f64 {
+            let i = self.pos.floor() as usize;
+            let frac = (self.pos - i as f64) as f32;
+            let a = if i == 0 { self.prev } else { input[i - 1] };
+            let b = input[i];
+            out.push(a + (b - a) * frac);
+            self.pos += self.step;
+        }
+        self.pos -= input.len() as f64;
+        if let Some(l) = input.last() {
+            self.prev = *l;
+        }
+    }
+}
+
+/// A bounded queue of 48 kHz mono samples shared with a device callback.
+#[derive(Clone, Default)]
+pub struct Queue(Arc<Mutex<VecDeque<i16>>>);
+
+impl Queue {
+    fn push(&self, samples: impl IntoIterator<Item = i16>) {
+        if let Ok(mut q) = self.0.lock() {
+            q.extend(samples);
+            let excess = q.len().saturating_sub(MAX_QUEUE);
+            q.drain(..excess);
+        }
+    }
+
+    /// Takes `n` samples; what is missing is silence.
+    pub fn take(&self, out: &mut [i16]) {
+        let mut q = match self.0.lock() {
+            Ok(q) => q,
+            Err(_) => {
+                out.fill(0);
+                return;
+            }
+        };
+        for s in out.iter_mut() {
+            *s = q.pop_front().unwrap_or(0);
+        }
+    }
+
+    pub fn put(&self, samples: &[i16]) {
+        self.push(samples.iter().copied());
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Open devices of one call. Dropping it closes them.
+pub struct Devices {
+    pub capture: Option<Queue>,
+    pub playback: Option<Queue>,
+    /// What was opened, for the call's statistics.
+    pub input_name: Option<String>,
+    pub output_name: Option<String>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn build_input<T>(
+    d: &cpal::Device,
+    cfg: &cpal::SupportedStreamConfig,
+    q: Queue,
+) -> Result<cpal::Stream, String>
+where
+    T: SizedSample,
+    f32: FromSample<T>,
+{
+    let channels = usize::from(cfg.channels().max(1));
+    let mut rs = Resampler::new(cfg.sample_rate(), RATE);
+    let mut mono = Vec::new();
+    let mut out = Vec::new();
+    let mut config: cpal::StreamConfig = cfg.config();
+    config.buffer_size = small_buffer(cfg);
+    d.build_input_stream::<T, _, _>(
+        config,
+        move |data: &[T], _| {
+            mono.clear();
+            mono.extend(
+                data.chunks(channels)
+                    .map(|c| c.iter().map(|s| f32::from_sample(*s)).sum::<f32>() / c.len() as f32),
+            );
+            out.clear();
+            rs.run(&mono, &mut out);
+            q.push(out.iter().map(|s| i16::from_sample(*s)));
+        },
+        |e| tracing::warn!(error = %e, "audio input"),
+        Some(Duration::from_secs(2)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn build_output<T>(
+    d: &cpal::Device,
+    cfg: &cpal::SupportedStreamConfig,
+    q: Queue,
+) -> Result<cpal::Stream, String>
+where
+    T: SizedSample + FromSample<f32>,
+{
+    let channels = usize::from(cfg.channels().max(1));
+    let mut rs = Resampler::new(RATE, cfg.sample_rate());
+    let mut pending: VecDeque<f32> = VecDeque::new();
+    let mut chunk = vec![0i16; 0];
+    let mut conv = Vec::new();
+    let mut config: cpal::StreamConfig = cfg.config();
+    config.buffer_size = small_buffer(cfg);
+    d.build_output_stream::<T, _, _>(
+        config,
+        move |data: &mut [T], _| {
+            let frames = data.len() / channels;
+            // Pull enough 48 kHz audio for this callback's frames at the device rate.
+            while pending.len() < frames {
+                let need = ((frames - pending.len()) as f64 * rs.step).ceil() as usize + 1;
+                chunk.resize(need, 0);
+                q.take(&mut chunk);
+                conv.clear();
+                let f: Vec<f32> = chunk.iter().map(|s| f32::from_sample(*s)).collect();
+                rs.run(&f, &mut conv);
+                pending.extend(conv.iter().copied());
+            }
+            for frame in data.chunks_mut(channels) {
+                let v = pending.pop_front().unwrap_or(0.0);
+                for s in frame {
+                    *s = T::from_sample(v);
+                }
+            }
+        },
+        |e| tracing::warn!(error = %e, "audio output"),
+        Some(Duration::from_secs(2)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// 10 ms buffers when the device allows (the default of some backends is seconds long).
+fn small_buffer(cfg: &cpal::SupportedStreamConfig) -> cpal::BufferSize {
+    let want = cfg.sample_rate() / 100;
+    match cfg.buffer_size() {
+        cpal::SupportedBufferSize::Range { min, max } if *min <= want && want <= *max => {
+            cpal::BufferSize::Fixed(want)
+        }
+        _ => cpal::BufferSize::Default,
+    }
+}
+
+fn open_stream(name: &str, input: bool, q: Queue) -> Result<(cpal::Stream, String), String> {
+    let d = find(name, input)?;
+    let shown = name_of(&d);
+    let cfg = choose(&d, input).map_err(|e| format!("cannot use audio device {shown}: {e}"))?;
+    let stream = match (input, cfg.sample_format()) {
+        (true, SampleFormat::I16) => build_input::<i16>(&d, &cfg, q),
+        (true, SampleFormat::I32) => build_input::<i32>(&d, &cfg, q),
+        (true, SampleFormat::U16) => build_input::<u16>(&d, &cfg, q),
+        (true, _) => build_input::<f32>(&d, &cfg, q),
+        (false, SampleFormat::I16) => build_output::<i16>(&d, &cfg, q),
+        (false, SampleFormat::I32) => build_output::<i32>(&d, &cfg, q),
+        (false, SampleFormat::U16) => build_output::<u16>(&d, &cfg, q),
+        (false, _) => build_output::<f32>(&d, &cfg, q),
+    }
+    .map_err(|e| format!("cannot open audio device {shown}: {e}"))?;
+    stream
+        .play()
+        .map_err(|e| format!("cannot start audio device {shown}: {e}"))?;
+    Ok((stream, format!("{shown} ({})", describe(&cfg))))
+}
+
+/// Opens the named input and/or output device. Either failing is an error naming the cause; the caller
+/// decides whether to go on without a sound card.
+pub fn open(input: Option<&str>, output: Option<&str>) -> Result<Devices, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let capture = input.map(|_| Queue::default());
+    let playback = output.map(|_| Queue::default());
+    let (input, output) = (input.map(str::to_string), output.map(str::to_string));
+    let (cq, pq) = (capture.clone(), playback.clone());
+    let thread = std::thread::Builder::new()
+        .name("kith-audio".into())
+        .spawn(move || {
+            let mut streams = Vec::new();
+            let mut names = (None, None);
+            let mut result = Ok(());
+            if let (Some(n), Some(q)) = (&input, cq) {
+                match open_stream(n, true, q) {
+                    Ok((s, shown)) => {
+                        streams.push(s);
+                        names.0 = Some(shown);
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+            if result.is_ok()
+                && let (Some(n), Some(q)) = (&output, pq)
+            {
+                match open_stream(n, false, q) {
+                    Ok((s, shown)) => {
+                        streams.push(s);
+                        names.1 = Some(shown);
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+            let failed = result.is_err();
+            let _ = ready_tx.send(result.map(|()| names));
+            if failed {
+                return;
+            }
+            // Keep the streams until the call ends (the sender is dropped).
+            let _ = stop_rx.recv();
+            drop(streams);
+        })
+        .map_err(|e| format!("cannot start the audio thread: {e}"))?;
+    let (input_name, output_name) = match ready_rx.recv() {
+        Ok(Ok(names)) => names,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => return Err("the audio thread stopped".into()),
+    };
+    Ok(Devices {
+        capture,
+        playback,
+        input_name,
+        output_name,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resampling_keeps_the_rate_ratio_and_the_waveform() {
+        // 44.1 kHz -> 48 kHz: a 1 s ramp in 10 ms pieces comes out as 48000 +- 1 samples, still a ramp.
+        let mut rs = Resampler::new(44_100, 48_000);
+        let input: Vec<f32> = (0..44_100).map(|i| i as f32 / 44_100.0).collect();
+        let mut out = Vec::new();
+        for piece in input.chunks(441) {
+            rs.run(piece, &mut out);
+        }
+        assert!((out.len() as i64 - 48_000).abs() <= 1, "{}", out.len());
+        for w in out.windows(2).skip(1) {
+            assert!(w[1] >= w[0], "not monotonic: {w:?}");
+        }
+        let mid = out[24_000];
+        assert!((mid - 0.5).abs() < 0.001, "{mid}");
+        // Same rate: passes through untouched.
+        let mut same = Resampler::new(48_000, 48_000);
+        let mut o = Vec::new();
+        same.run(&[0.1, 0.2], &mut o);
+        assert_eq!(o, vec![0.1, 0.2]);
+    }
+
+    #[test]
+    fn queues_are_bounded_and_pad_with_silence() {
+        let q = Queue::default();
+        q.put(&vec![1i16; MAX_QUEUE + 500]);
+        assert_eq!(q.len(), MAX_QUEUE);
+        let mut out = vec![9i16; MAX_QUEUE + 10];
+        q.take(&mut out);
+        assert!(out[..MAX_QUEUE].iter().all(|s| *s == 1));
+        assert!(out[MAX_QUEUE..].iter().all(|s| *s == 0));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_device_is_refused_with_the_list() {
+        let e = find("no such card 7f3a", true).err().expect("must fail");
+        assert!(e.contains("no audio input device named"), "{e}");
+        assert!(e.contains("kith audio devices"), "{e}");
+    }
+}
