@@ -98,6 +98,22 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The kith half of the call benchmark (scripts/bench-calls.sh runs it with baresip and scores both):
+    /// real calls between two daemons on loopback at several loss and jitter conditions.
+    BenchCalls {
+        /// Folder with the clips (CLIP.wav, 48 kHz mono 16-bit) and the chirp probe probe48.wav.
+        #[arg(long)]
+        material: PathBuf,
+        /// Clip names (without .wav), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        clips: Vec<String>,
+        /// Set-up measurements of each kind (warm, cold).
+        #[arg(long, default_value_t = 5)]
+        setup_runs: usize,
+        /// Folder for the recordings and kith.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a local Mainline DHT of N nodes on 127.0.0.x for demos and tests; prints its bootstrap list.
     Testnet {
         #[arg(long, default_value_t = 20)]
@@ -1020,6 +1036,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchDiscovery { nodes, runs, out } => {
             crate::bench_discovery::run(nodes, runs, out).await?
         }
+        Command::BenchCalls {
+            material,
+            clips,
+            setup_runs,
+            out,
+        } => crate::bench_calls::run(material, clips, setup_runs, out).await?,
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
         Command::Bench {
             latency_messages,

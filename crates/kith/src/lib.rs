@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_calls;
 pub mod bench_discovery;
 pub mod cli;
 pub mod client;

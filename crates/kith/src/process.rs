@@ -132,6 +132,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn client(&self) -> &Client {
         self.client.as_ref().expect("daemon started")
     }

@@ -460,9 +460,15 @@ async fn a_missing_sound_card_is_replaced_and_said() {
         "{input}"
     );
     let output = sa["output"].as_str().unwrap();
-    assert!(output.starts_with("no sound card (no audio output device named"), "{output}");
+    assert!(
+        output.starts_with("no sound card (no audio output device named"),
+        "{output}"
+    );
     assert_eq!(sb["input"], json!("tone 300 Hz"), "{sb}");
-    assert!(sb["output"].as_str().unwrap().starts_with("recording "), "{sb}");
+    assert!(
+        sb["output"].as_str().unwrap().starts_with("recording "),
+        "{sb}"
+    );
     // Alice's replacement input was silence, and that is what bob heard.
     let heard = read_wav(&rec);
     assert!(heard.len() > 48_000, "{} samples", heard.len());
@@ -473,6 +479,12 @@ async fn a_missing_sound_card_is_replaced_and_said() {
         sa["input_origin_unix_us"].as_u64().unwrap(),
         sb["record_origin_unix_us"].as_u64().unwrap(),
     );
-    assert!(origin_in > 0 && origin_rec > origin_in, "{origin_in} {origin_rec}");
-    assert!(origin_rec - origin_in < 5_000_000, "{origin_in} {origin_rec}");
+    assert!(
+        origin_in > 0 && origin_rec > origin_in,
+        "{origin_in} {origin_rec}"
+    );
+    assert!(
+        origin_rec - origin_in < 5_000_000,
+        "{origin_in} {origin_rec}"
+    );
 }

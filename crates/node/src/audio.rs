@@ -132,10 +132,7 @@ fn find(name: &str, input: bool) -> Result<cpal::Device, String> {
             }
         })
         .collect();
-    if let Some(d) = all
-        .iter()
-        .find(|d| name_of(d) == name || id_of(d) == name)
-    {
+    if let Some(d) = all.iter().find(|d| name_of(d) == name || id_of(d) == name) {
         return Ok(d.clone());
     }
     let needle = name.to_lowercase();
@@ -157,7 +154,10 @@ fn find(name: &str, input: bool) -> Result<cpal::Device, String> {
         )),
         many => Err(format!(
             "{name:?} matches several audio {dir} devices: {}; give more of the name",
-            many.iter().map(|d| name_of(d)).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|d| name_of(d))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -510,7 +510,7 @@ mod tests {
 
     #[test]
     fn an_unknown_device_is_refused_with_the_list() {
-        let e = find("no such card 7f3a", true).err().expect("must fail");
+        let e = find("no such card 7f3a", true).expect_err("must fail");
         assert!(e.contains("no audio input device named"), "{e}");
         assert!(e.contains("kith audio devices"), "{e}");
     }

@@ -362,6 +362,11 @@ pub fn start(
             s.output = output_desc;
         }
         let start = Instant::now();
+        // KITH_MEDIA_TRACE=FILE: write "seq arrival_us" per received audio datagram (to record network
+        // traces that the jitter buffer's tests replay).
+        let mut trace = std::env::var_os("KITH_MEDIA_TRACE")
+            .and_then(|p| std::fs::File::create(p).ok())
+            .map(std::io::BufWriter::new);
         let mut shim = impair.map(Shim::new);
         let mut tick = tokio::time::interval(frame_dur);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -466,6 +471,10 @@ pub fn start(
                     match Datagram::decode(&d) {
                         Ok(Datagram::Audio(a)) if a.tag == tag => {
                             last_audio = Some((a.timestamp, Instant::now()));
+                            if let Some(t) = trace.as_mut() {
+                                use std::io::Write;
+                                let _ = writeln!(t, "{} {}", a.seq, start.elapsed().as_micros());
+                            }
                             jb.push(u64::from(a.seq), a.payload, Instant::now());
                         }
                         Ok(Datagram::Report(r)) if r.tag == tag => {

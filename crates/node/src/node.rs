@@ -1894,13 +1894,28 @@ impl Node {
     /// `--null` (silence) asks for no device at all.
     fn audio_defaults(&self, mut o: crate::media::AudioOptions) -> crate::media::AudioOptions {
         use crate::media::AudioInput;
-        let device = |d: &str| (!d.eq_ignore_ascii_case("none") && !d.is_empty()).then(|| d.to_string());
+        let device =
+            |d: &str| (!d.eq_ignore_ascii_case("none") && !d.is_empty()).then(|| d.to_string());
         let headless = o.input == Some(AudioInput::Null);
         if o.input.is_none() {
-            o.input = device(&self.config.audio_input).map(AudioInput::Device).or(Some(AudioInput::Null));
+            o.input = device(&self.config.audio_input)
+                .map(AudioInput::Device)
+                .or(Some(AudioInput::Null));
         }
         if o.output_device.is_none() && o.record_wav.is_none() && !headless {
             o.output_device = device(&self.config.audio_output);
+        }
+        // "none" named explicitly: no sound card.
+        if let Some(AudioInput::Device(d)) = &o.input
+            && device(d).is_none()
+        {
+            o.input = Some(AudioInput::Null);
+        }
+        if o.output_device
+            .as_deref()
+            .is_some_and(|d| device(d).is_none())
+        {
+            o.output_device = None;
         }
         o
     }

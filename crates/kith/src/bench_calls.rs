@@ -1,0 +1,251 @@
+//! `kith bench-calls`: the kith half of the call benchmark (`scripts/bench-calls.sh` runs it, runs the same
+//! material through baresip, scores both and prints them side by side).
+//!
+//! Every run is a real call between two daemons on loopback. Loss, delay and jitter come from the
+//! daemons' impairment shim on the sender. What each run produced goes into `OUT/kith.json`: the files
+//! sent and recorded, both sides' final call statistics (with the wall-clock origins of the sender's input
+//! clock and the receiver's recording, for mouth-to-ear latency), CPU time and memory of both daemons, and
+//! for set-up runs the time of the dial.
+//!
+//! - quality: each clip at each loss condition (random 0/5/10/20 %, bursty 10 % with mean burst 3);
+//! - latency: the chirp probe with no impairment and with 30 +- 10 ms delay both ways;
+//! - setup: dial to first audio at the callee, warm (daemons connected) and cold (both just restarted).
+
+use crate::process::{Daemon, introduce, kith_exe};
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Loss conditions of the quality runs: (name, impairment spec of the sender).
+const QUALITY: [(&str, &str); 5] = [
+    ("0%", ""),
+    ("5%", "loss=5"),
+    ("10%", "loss=10"),
+    ("20%", "loss=20"),
+    ("10% bursty", "loss=10,burst=3"),
+];
+/// Network conditions of the latency runs (applied to both daemons).
+const LATENCY: [(&str, &str); 2] = [("no delay", ""), ("30 +- 10 ms", "delay=30,jitter=10")];
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// CPU seconds (user + system) and resident memory (current, peak; KiB) of a process, from /proc.
+fn usage(pid: u32) -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((ticks as f64 / hz, kb("VmRSS:"), kb("VmHWM:")))
+}
+
+fn wav_secs(path: &Path) -> anyhow::Result<f64> {
+    let r = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(f64::from(r.duration()) / f64::from(r.spec().sample_rate))
+}
+
+struct Pair {
+    a: Daemon,
+    b: Daemon,
+}
+
+impl Pair {
+    async fn new(dir: &Path) -> anyhow::Result<Self> {
+        let exe = kith_exe();
+        let a = Daemon::spawn(&exe, &dir.join("alice"), "alice", None, vec![]).await?;
+        let b = Daemon::spawn(&exe, &dir.join("bob"), "bob", None, vec![]).await?;
+        introduce(&a, &b).await?;
+        introduce(&b, &a).await?;
+        Ok(Pair { a, b })
+    }
+
+    /// Restarts the daemons with these impairments (empty: none).
+    async fn impair(&mut self, a: &str, b: &str) -> anyhow::Result<()> {
+        for (d, spec) in [(&mut self.a, a), (&mut self.b, b)] {
+            d.stop().await;
+            d.extra_args = if spec.is_empty() {
+                vec![]
+            } else {
+                vec!["--impair".into(), format!("{spec},seed=7")]
+            };
+            d.start().await?;
+        }
+        Ok(())
+    }
+
+    /// One call from alice to bob: alice sends `input` (JSON audio input) for `secs`, bob answers at once
+    /// and records into `rec`. Returns a JSON record of the run.
+    async fn call(&self, input: Value, secs: f64, rec: &Path) -> anyhow::Result<Value> {
+        let wa = self.a.watcher().await?;
+        let wb = self.b.watcher().await?;
+        let (pa, pb) = (self.a.pid().context("pid")?, self.b.pid().context("pid")?);
+        let (ua0, ub0) = (usage(pa), usage(pb));
+        let dial_us = unix_us();
+        let id = self
+            .a
+            .client()
+            .post(
+                "/v1/calls",
+                json!({ "to": "bob", "input": input, "duration_secs": secs, "output_device": "none" }),
+            )
+            .await?["call"]
+            .as_str()
+            .context("call id")?
+            .to_owned();
+        let ok = wb
+            .wait_for(Duration::from_secs(30), |w| {
+                w.call_event("call_incoming", Some(&id)).is_some()
+            })
+            .await;
+        anyhow::ensure!(ok, "the call did not ring at bob");
+        let incoming_us = unix_us();
+        self.b
+            .client()
+            .post(
+                "/v1/calls/answer",
+                json!({ "call": id, "input": "null", "record_wav": rec }),
+            )
+            .await?;
+        let ended = |w: &crate::client::Watcher| w.call_event("call_ended", Some(&id)).is_some();
+        anyhow::ensure!(
+            wa.wait_for(Duration::from_secs(secs as u64 + 60), ended)
+                .await
+                && wb.wait_for(Duration::from_secs(30), ended).await,
+            "the call did not end"
+        );
+        let (ua1, ub1) = (usage(pa), usage(pb));
+        let ea = wa.call_event("call_ended", Some(&id)).context("ended")?;
+        let eb = wb.call_event("call_ended", Some(&id)).context("ended")?;
+        let talked = ea["talked_secs"].as_f64().unwrap_or(secs);
+        let cpu = |u0: Option<(f64, u64, u64)>, u1: Option<(f64, u64, u64)>| match (u0, u1) {
+            (Some(a), Some(b)) => json!({
+                "cpu_pct_of_one_core": (b.0 - a.0) / talked * 100.0,
+                "rss_kib": b.1,
+                "peak_rss_kib": b.2,
+            }),
+            _ => Value::Null,
+        };
+        Ok(json!({
+            "outcome": [ea["outcome"], eb["outcome"]],
+            "talked_secs": talked,
+            "dial_unix_us": dial_us,
+            "incoming_unix_us": incoming_us,
+            "caller_stats": ea["stats"],
+            "callee_stats": eb["stats"],
+            "caller_usage": cpu(ua0, ua1),
+            "callee_usage": cpu(ub0, ub1),
+            "recording": rec,
+        }))
+    }
+}
+
+/// Runs the kith half of the benchmark. `material` holds the clips (`*.wav`, 48 kHz mono) named in
+/// `clips` and the latency probe `probe48.wav`; results go to `out`.
+pub async fn run(
+    material: PathBuf,
+    clips: Vec<String>,
+    setup_runs: usize,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&out)?;
+    let out = std::path::absolute(&out)?;
+    let material = std::path::absolute(&material)?;
+    let dir = tempfile::Builder::new()
+        .prefix("kith-bench-calls-")
+        .tempdir()?;
+    let mut pair = Pair::new(dir.path()).await?;
+    let mut runs = vec![];
+
+    for (cond, spec) in QUALITY {
+        pair.impair(spec, "").await?;
+        for clip in &clips {
+            let src = material.join(format!("{clip}.wav"));
+            let secs = wav_secs(&src)? + 1.0;
+            let rec = out.join(format!("kith_{}_{clip}.wav", slug(cond)));
+            let mut r = pair.call(json!({ "wav": src }), secs, &rec).await?;
+            eprintln!(
+                "kith quality {cond:>11} {clip}: loss before FEC {:.1} %, after {:.1} %",
+                r["callee_stats"]["loss_before_fec_pct"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                r["callee_stats"]["loss_after_fec_pct"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            );
+            r["kind"] = json!("quality");
+            r["condition"] = json!(cond);
+            r["clip"] = json!(clip);
+            r["reference"] = json!(src);
+            runs.push(r);
+        }
+    }
+
+    let probe = material.join("probe48.wav");
+    for (cond, spec) in LATENCY {
+        pair.impair(spec, spec).await?;
+        let rec = out.join(format!("kith_latency_{}.wav", slug(cond)));
+        let secs = wav_secs(&probe)? + 1.0;
+        let mut r = pair.call(json!({ "wav": probe }), secs, &rec).await?;
+        eprintln!("kith latency {cond}: recorded");
+        r["kind"] = json!("latency");
+        r["condition"] = json!(cond);
+        r["reference"] = json!(probe);
+        runs.push(r);
+    }
+
+    // Set-up: a tone from the first frame, so the first audible sample at bob is the first audio frame.
+    pair.impair("", "").await?;
+    for i in 0..setup_runs {
+        for warm in [true, false] {
+            if !warm {
+                pair.a.stop().await;
+                pair.b.stop().await;
+                pair.b.start().await?;
+                pair.a.start().await?;
+            }
+            let rec = out.join(format!(
+                "kith_setup_{}_{i}.wav",
+                if warm { "warm" } else { "cold" }
+            ));
+            let mut r = pair.call(json!({ "tone": 440.0 }), 1.0, &rec).await?;
+            r["kind"] = json!("setup");
+            r["condition"] = json!(if warm { "warm" } else { "cold" });
+            runs.push(r);
+        }
+    }
+    eprintln!("kith set-up: {} calls", setup_runs * 2);
+    pair.a.stop().await;
+    pair.b.stop().await;
+    let path = out.join("kith.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&json!({
+            "libopus": kith_media::codec::libopus_version(),
+            "runs": runs,
+        }))?,
+    )?;
+    println!("kith runs written to {}", path.display());
+    Ok(())
+}
+
+fn slug(cond: &str) -> String {
+    cond.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .replace("__", "_")
+}

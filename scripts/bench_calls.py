@@ -1,0 +1,612 @@
+#!/usr/bin/env python3
+"""The call benchmark: kith and baresip side by side on the same material, the same machine, one run.
+
+    scripts/bench-calls.sh            # installs what it needs, builds kith, runs this
+
+Steps (each also callable alone, see --help):
+  material   speech clips (natural: Debian's asterisk-core-sounds-en-g722 prompts, CC-BY-SA-3.0;
+             synthetic: espeak-ng reading Harvard sentences) at 48 kHz mono, active speech level -26 dBFS,
+             0.3 s of silence at both ends; and a latency probe: 10 s of silence with 19 chirps
+             (40 ms, 300-3400 Hz, Hann window, -20 dBFS peak, every 0.5 s + a seeded 0-50 ms offset).
+  kith       `kith bench-calls`: real calls between two kith daemons on loopback.
+  baresip    the same clips through two baresip 1.0 user agents (Debian package, Opus 32 kbit/s with
+             in-band FEC and a 10 % loss hint, jitter buffer 1-10 frames), run inside a fresh network
+             namespace (`unshare --net`, only loopback up) because baresip binds RTP to every interface.
+             Loss is put on alice -> bob RTP by nftables rules in the kernel's output path, with the same
+             loss model as kith's shim (random, or Gilbert-Elliott with mean burst 3). What bob heard is
+             baresip's own recording of its decoder output (sndfile module, "-dec"): it holds the frames
+             that were decoded, so a lost frame that baresip neither rebuilt from FEC nor concealed is
+             missing from it rather than silent; PESQ's own realignment of utterances absorbs part of that
+             shift (see BENCHMARKS.md).
+  score      PESQ-WB (ITU-T P.862.2, the `pesq` package) after removing the constant delay found by
+             cross-correlation at 16 kHz; mouth-to-ear latency from the chirps (matched filter, parabolic
+             interpolation, matches below 0.5 dropped); CPU and memory; call set-up. Prints the table and
+             writes OUT/results.json and OUT/results.md.
+
+Needs root for the baresip part (network namespace, nftables); without it that part is skipped and said.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+
+import numpy as np
+
+RATE = 48000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CLIPS = ["nat_a", "nat_b", "syn_m", "syn_f"]
+QUALITY = [("0%", 0.0, 1.0), ("5%", 5.0, 1.0), ("10%", 10.0, 1.0), ("20%", 20.0, 1.0), ("10% bursty", 10.0, 3.0)]
+
+
+# ---------------------------------------------------------------- WAV helpers
+
+def read_wav(path):
+    with wave.open(path, "rb") as w:
+        if w.getsampwidth() != 2:
+            sys.exit(f"{path}: not 16-bit PCM")
+        n = w.getnframes()
+        if n == 0:
+            sys.exit(f"{path}: empty (or its writer never finished it)")
+        x = np.frombuffer(w.readframes(n), dtype="<i2").astype(np.float64) / 32768.0
+        ch = w.getnchannels()
+        if ch > 1:
+            x = x.reshape(-1, ch)[:, 0]
+        return x, w.getframerate()
+
+
+def write_wav(path, x, rate=RATE):
+    s = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(s.tobytes())
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------- material
+
+def active_level_db(x, rate):
+    """Simplified P.56: RMS over 10 ms frames within 40 dB of the loudest frame."""
+    n = rate // 100
+    frames = x[: len(x) // n * n].reshape(-1, n)
+    e = (frames ** 2).mean(axis=1)
+    active = e[e > e.max() * 1e-4]
+    return 10 * math.log10(active.mean())
+
+
+def finish_clip(raw48, out, start, length):
+    x, rate = read_wav(raw48)
+    assert rate == RATE
+    x = x[int(start * RATE): int((start + length) * RATE)]
+    x = x * 10 ** ((-26.0 - active_level_db(x, RATE)) / 20)
+    pad = np.zeros(int(0.3 * RATE))
+    write_wav(out, np.concatenate([pad, x, pad]))
+
+
+def material(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    tmp = tempfile.mkdtemp()
+    try:
+        prompts = {"nat_a": ("demo-congrats", 0.5, 10.0), "nat_b": ("demo-instruct", 2.0, 10.0)}
+        sounds = "/usr/share/asterisk/sounds/en_US_f_Allison"
+        for name, (prompt, start, length) in prompts.items():
+            src = os.path.join(sounds, prompt + ".g722")
+            if not os.path.exists(src):
+                sys.exit(f"{src} is missing: install asterisk-core-sounds-en-g722 (scripts/bench-calls.sh does)")
+            dec = os.path.join(tmp, name + "_16k.wav")
+            run(["ffmpeg", "-loglevel", "error", "-y", "-f", "g722", "-i", src, "-ar", "16000", "-ac", "1", dec])
+            up = os.path.join(tmp, name + "_48k.wav")
+            run(["sox", "-D", "-R", dec, "-r", str(RATE), "-c", "1", "-b", "16", up, "rate", "-v", str(RATE)])
+            finish_clip(up, os.path.join(outdir, name + ".wav"), start, length)
+        texts = {
+            "syn_m": ("en-us", "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
+                      "background. It's easy to tell the depth of a well. These days a chicken leg is a rare dish."),
+            "syn_f": ("en-us+f3", "Rice is often served in round bowls. The juice of lemons makes fine punch. "
+                      "The box was thrown beside the parked truck. The hogs were fed chopped corn and garbage."),
+        }
+        for name, (voice, text) in texts.items():
+            raw = os.path.join(tmp, name + ".wav")
+            run(["espeak-ng", "-v", voice, "-s", "150", "-w", raw, text])
+            up = os.path.join(tmp, name + "_48k.wav")
+            run(["sox", "-D", "-R", raw, "-r", str(RATE), "-c", "1", "-b", "16", up, "rate", "-v", str(RATE)])
+            finish_clip(up, os.path.join(outdir, name + ".wav"), 0.0, 10.0)
+        # Latency probe.
+        rng = random.Random(7)
+        x = np.zeros(10 * RATE)
+        chirp = make_chirp()
+        onsets = []
+        t = 0.25
+        while t + 0.05 + len(chirp) / RATE < 10.0 - 0.2:
+            o = int((t + rng.uniform(0, 0.05)) * RATE)
+            x[o: o + len(chirp)] += chirp
+            onsets.append(o)
+            t += 0.5
+        write_wav(os.path.join(outdir, "probe48.wav"), x)
+        with open(os.path.join(outdir, "probe48.json"), "w") as f:
+            json.dump({"rate": RATE, "onsets": onsets}, f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"material in {outdir}: {', '.join(CLIPS)}, probe48 ({len(onsets)} chirps)")
+
+
+def make_chirp():
+    n = int(0.04 * RATE)
+    t = np.arange(n) / RATE
+    f0, f1 = 300.0, 3400.0
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) / (2 * 0.04) * t ** 2)
+    return np.sin(phase) * np.hanning(n) * 10 ** (-20 / 20)
+
+
+# ---------------------------------------------------------------- scoring
+
+def to16k(x, rate):
+    from scipy.signal import resample_poly
+    if rate == 16000:
+        return x
+    g = math.gcd(rate, 16000)
+    return resample_poly(x, 16000 // g, rate // g)
+
+
+def align(ref, deg, max_lag):
+    """Delay of deg behind ref (samples) at the peak of |cross-correlation| within +-max_lag."""
+    n = 1 << (len(ref) + len(deg)).bit_length()
+    c = np.fft.irfft(np.fft.rfft(deg, n) * np.conj(np.fft.rfft(ref, n)), n)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    vals = np.concatenate([c[: max_lag + 1], c[-max_lag:]])
+    return int(lags[np.argmax(np.abs(vals))])
+
+
+def pesq_wb(ref_path, deg_path):
+    from pesq import pesq
+    r, rr = read_wav(ref_path)
+    d, dr = read_wav(deg_path)
+    r, d = to16k(r, rr), to16k(d, dr)
+    lag = align(r, d, 16000)
+    if lag >= 0:
+        d = d[lag:]
+    else:
+        r = r[-lag:]
+    n = min(len(r), len(d))
+    r, d = r[:n], d[:n]
+    coverage = n / (len(read_wav(ref_path)[0]) * 16000 / rr)
+    xc = float(np.dot(r, d) / (np.linalg.norm(r) * np.linalg.norm(d) + 1e-12))
+    score = pesq(16000, r.astype(np.float32), d.astype(np.float32), "wb")
+    return {"pesq_wb": round(float(score), 3), "delay_ms": lag / 16.0, "xcorr": round(xc, 4),
+            "coverage": round(coverage, 3)}
+
+
+def chirp_positions(probe_path, rec, onsets):
+    """Where each chirp of the probe is in `rec` (fractional samples), with its normalised match."""
+    probe, _ = read_wav(probe_path)
+    chirp = make_chirp()
+    coarse = align(probe, rec[: len(probe) + 2 * RATE] if len(rec) > len(probe) else rec, 2 * RATE)
+    out = []
+    w = int(0.15 * RATE)
+    for o in onsets:
+        lo = max(0, o + coarse - w)
+        seg = rec[lo: o + coarse + w + len(chirp)]
+        if len(seg) < len(chirp):
+            continue
+        c = np.correlate(seg, chirp, mode="valid")
+        energy = np.sqrt(np.convolve(seg ** 2, np.ones(len(chirp)), mode="valid")) * np.linalg.norm(chirp)
+        k = int(np.argmax(c))
+        match = c[k] / (energy[k] + 1e-12)
+        frac = 0.0
+        if 0 < k < len(c) - 1:
+            a, b, cc = c[k - 1], c[k], c[k + 1]
+            den = a - 2 * b + cc
+            frac = 0.5 * (a - cc) / den if den != 0 else 0.0
+        out.append((o, lo + k + frac, float(match)))
+    return out
+
+
+def latency_ms(probe_path, rec_path, origin_offset_s):
+    """Mouth-to-ear latency per chirp: the recording's clock starts origin_offset_s after the input's."""
+    onsets = json.load(open(os.path.splitext(probe_path)[0] + ".json"))["onsets"]
+    rec, rate = read_wav(rec_path)
+    assert rate == RATE, rec_path
+    found = [(o, pos, m) for o, pos, m in chirp_positions(probe_path, rec, onsets) if m >= 0.5]
+    lat = [origin_offset_s * 1000 + (pos - o) / RATE * 1000 for o, pos, _ in found]
+    if not lat:
+        return None
+    lat.sort()
+    return {"median_ms": round(float(np.median(lat)), 2), "min_ms": round(float(lat[0]), 2), "max_ms": round(float(lat[-1]), 2),
+            "found": len(found), "expected": len(onsets)}
+
+
+def first_sound_s(path, threshold=0.01):
+    x, rate = read_wav(path)
+    idx = np.nonzero(np.abs(x) > threshold)[0]
+    return None if len(idx) == 0 else idx[0] / rate
+
+
+# ---------------------------------------------------------------- baresip
+
+def impair_rules(port, loss_pct, burst):
+    """nftables rules that drop RTP to `port` by the same loss model as kith's shim: random, or
+    Gilbert-Elliott (enter the bad state with p, leave it with r = 1/burst, every packet in the bad state is
+    lost; stationary loss p / (p + r)). The state lives in the flow's conntrack mark. Dropping in the
+    kernel's output path changes no address or port, so baresip sees its peer exactly as without it."""
+    scale = 1_000_000
+    rules = [f"  udp dport {port} counter name seen"]
+    if loss_pct > 0 and burst <= 1.0:
+        rules.append(f"  udp dport {port} numgen random mod {scale} < {int(loss_pct / 100 * scale)} counter name lost drop")
+    elif loss_pct > 0:
+        r = 1.0 / burst
+        p = loss_pct / 100 * r / (1 - loss_pct / 100)
+        rules += [
+            f"  udp dport {port} ct mark 0x1 numgen random mod {scale} < {int(r * scale)} ct mark set 0x0 accept",
+            f"  udp dport {port} ct mark 0x1 counter name lost drop",
+            f"  udp dport {port} numgen random mod {scale} < {int(p * scale)} ct mark set 0x1 counter name lost drop",
+        ]
+    text = ("table ip kbench {\n counter seen {}\n counter lost {}\n chain out {\n"
+            "  type filter hook output priority 0;\n" + "\n".join(rules) + "\n }\n}\n")
+    subprocess.run(["nft", "delete", "table", "ip", "kbench"], capture_output=True)
+    run(["nft", "-f", "-"], input=text.encode())
+
+
+def nft_counter(name):
+    out = subprocess.run(["nft", "-j", "list", "counter", "ip", "kbench", name], capture_output=True,
+                         text=True, check=True).stdout
+    for item in json.loads(out)["nftables"]:
+        if "counter" in item:
+            return item["counter"]["packets"]
+    return 0
+
+
+def netstring(obj):
+    b = json.dumps(obj).encode()
+    return str(len(b)).encode() + b":" + b + b","
+
+
+class Ctrl:
+    """A baresip ctrl_tcp connection: commands and events (netstring JSON)."""
+
+    def __init__(self, port):
+        for _ in range(100):
+            try:
+                self.s = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"baresip ctrl_tcp on port {port} did not come up")
+        self.buf = b""
+        self.events = []
+        self.s.settimeout(0.1)
+
+    def send(self, command, params=""):
+        self.s.sendall(netstring({"command": command, "params": params, "token": "t"}))
+
+    def poll(self):
+        try:
+            data = self.s.recv(65536)
+            if data:
+                self.buf += data
+        except socket.timeout:
+            pass
+        except OSError:
+            return
+        while b":" in self.buf:
+            n, rest = self.buf.split(b":", 1)
+            n = int(n)
+            if len(rest) < n + 1:
+                break
+            msg = json.loads(rest[:n])
+            self.buf = rest[n + 1:]
+            if msg.get("event"):
+                self.events.append((time.time(), msg.get("type")))
+
+    def wait(self, kind, timeout):
+        end = time.time() + timeout
+        while time.time() < end:
+            for t, k in self.events:
+                if k == kind:
+                    return t
+            self.poll()
+        return None
+
+
+def usage(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    kb = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                kb[line.split(":")[0]] = int(line.split()[1])
+    return cpu, kb.get("VmRSS", 0), kb.get("VmHWM", 0)
+
+
+BARESIP_CONFIG = """poll_method epoll
+sip_listen 127.0.0.1:{sip}
+net_interface 127.0.0.1
+call_local_timeout 120
+call_max_calls 4
+audio_player aubridge,{name}
+audio_source {src}
+audio_alert aubridge,{name}
+ausrc_srate 48000
+auplay_srate 48000
+ausrc_channels 1
+auplay_channels 1
+audio_level no
+rtp_ports {rtp}-{rtp1}
+rtcp_mux no
+jitter_buffer_delay 1-10
+rtp_stats yes
+opus_bitrate 32000
+opus_stereo no
+opus_sprop_stereo no
+opus_inbandfec yes
+opus_packet_loss 10
+opus_application voip
+opus_complexity 10
+module_path {modules}
+module opus.so
+module aufile.so
+module aubridge.so
+module sndfile.so
+module_tmp uuid.so
+module_tmp account.so
+module_app menu.so
+module_app ctrl_tcp.so
+ctrl_tcp_listen 127.0.0.1:{ctrl}
+snd_path {rec}
+"""
+
+
+class Baresip:
+    def __init__(self, work, name, base, src, account):
+        self.dir = os.path.join(work, name)
+        self.rec = os.path.join(self.dir, "rec")
+        os.makedirs(self.rec, exist_ok=True)
+        self.sip, self.ctrl_port, self.rtp = base, base + 2, base + 10
+        modules = next(d for d in ["/usr/lib/baresip/modules", "/usr/local/lib/baresip/modules"]
+                       if os.path.exists(os.path.join(d, "opus.so")))
+        with open(os.path.join(self.dir, "config"), "w") as f:
+            f.write(BARESIP_CONFIG.format(sip=base, rtp=self.rtp, rtp1=self.rtp + 1, src=src, modules=modules, name=name,
+                                          ctrl=self.ctrl_port, rec=self.rec))
+        with open(os.path.join(self.dir, "accounts"), "w") as f:
+            f.write(account + "\n")
+        open(os.path.join(self.dir, "contacts"), "w").close()
+        self.log = open(os.path.join(self.dir, "log.txt"), "w")
+        self.proc = subprocess.Popen(["baresip", "-f", self.dir], stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.ctrl = Ctrl(self.ctrl_port)
+
+    def close(self):
+        try:
+            self.ctrl.send("quit")
+        except OSError:
+            pass
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def baresip_call(work, clip_path, loss, burst, base, tag):
+    """One baresip call alice -> bob with alice's RTP impaired; returns the run record. Each call uses its
+    own ports (from `base`), so no conntrack state of an earlier call is reused."""
+    silence = os.path.join(work, "silence.wav")
+    if not os.path.exists(silence):
+        write_wav(silence, np.zeros(RATE * 30))
+    bob = Baresip(work, f"bob_{tag}", base + 40, f"aufile,{silence}",
+                  "<sip:bob@127.0.0.1>;regint=0;answermode=auto")
+    alice = Baresip(work, f"alice_{tag}", base, f"aufile,{clip_path}", "<sip:alice@127.0.0.1>;regint=0")
+    impair_rules(bob.rtp, loss, burst)
+    try:
+        u0 = (usage(alice.proc.pid), usage(bob.proc.pid))
+        t_dial = time.time()
+        alice.ctrl.send("dial", f"sip:bob@127.0.0.1:{bob.sip}")
+        t_est = bob.ctrl.wait("CALL_ESTABLISHED", 20)
+        t_rtp = bob.ctrl.wait("CALL_RTPESTAB", 20)
+        t_end = alice.ctrl.wait("CALL_CLOSED", 60)
+        u1 = (usage(alice.proc.pid), usage(bob.proc.pid))
+        talked = (t_end or time.time()) - (t_est or t_dial)
+        seen, lost = nft_counter("seen"), nft_counter("lost")
+    finally:
+        alice.close()
+        bob.close()
+    recs = sorted(f for f in os.listdir(bob.rec) if f.endswith("-dec.wav"))
+    return {
+        "recording": os.path.join(bob.rec, recs[0]) if recs else None,
+        "rtp_seen": seen, "rtp_dropped": lost,
+        "setup_ms": None if t_rtp is None else (t_rtp - t_dial) * 1000,
+        "talked_secs": talked,
+        "caller_usage": {"cpu_pct_of_one_core": (u1[0][0] - u0[0][0]) / talked * 100, "rss_kib": u1[0][1],
+                         "peak_rss_kib": u1[0][2]},
+        "callee_usage": {"cpu_pct_of_one_core": (u1[1][0] - u0[1][0]) / talked * 100, "rss_kib": u1[1][1],
+                         "peak_rss_kib": u1[1][2]},
+    }
+
+
+def baresip_inner(material_dir, out):
+    """Runs inside `unshare --net`: loopback only, RTP to bob's port goes through the loss proxy."""
+    run(["ip", "link", "set", "lo", "up"])
+    work = os.path.join(out, "baresip")
+    os.makedirs(work, exist_ok=True)
+    runs = []
+    base = 20000
+    for cond, loss, burst in QUALITY:
+        for clip in CLIPS:
+            src = os.path.join(material_dir, clip + ".wav")
+            tag = f"{cond.replace('%', '').replace(' ', '_')}_{clip}"
+            base += 100
+            r = baresip_call(work, src, loss, burst, base, tag)
+            r.update(kind="quality", condition=cond, clip=clip, reference=src)
+            seen = max(1, r["rtp_seen"])
+            print(f"baresip quality {cond:>11} {clip}: RTP {r['rtp_seen']} packets, "
+                  f"{100 * r['rtp_dropped'] / seen:.1f} % dropped", file=sys.stderr)
+            runs.append(r)
+    with open(os.path.join(out, "baresip.json"), "w") as f:
+        json.dump({"version": baresip_version(), "runs": runs}, f, indent=1)
+
+
+def baresip_version():
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "baresip-core"], capture_output=True,
+                             text=True).stdout
+        return f"baresip {out} (Debian), libopus {opus_version()}"
+    except OSError:
+        return "baresip"
+
+
+def opus_version():
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libopus0"], capture_output=True, text=True).stdout
+    return out or "?"
+
+
+def baresip_outer(material_dir, out):
+    if shutil.which("baresip") is None:
+        return "baresip is not installed (scripts/bench-calls.sh installs baresip-core)"
+    if os.geteuid() != 0:
+        return "not root: baresip runs in its own network namespace with an nftables rule, which needs root"
+    r = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "baresip-inner",
+                        "--material", material_dir, "--out", out])
+    if r.returncode != 0:
+        return f"the baresip run failed (exit {r.returncode})"
+    return None
+
+
+# ---------------------------------------------------------------- report
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def score(material_dir, out, baresip_skipped):
+    kith = json.load(open(os.path.join(out, "kith.json")))
+    bpath = os.path.join(out, "baresip.json")
+    bare = json.load(open(bpath)) if os.path.exists(bpath) and not baresip_skipped else None
+    result = {"kith": {"libopus": kith["libopus"]}, "baresip": {"version": bare["version"]} if bare else None,
+              "quality": [], "latency": [], "setup": {}, "usage": {}}
+    lines = []
+    lines.append("Voice quality, PESQ-WB (P.862.2 MOS-LQO), mean over clips " + ", ".join(CLIPS))
+    lines.append(f"{'condition':<12} {'kith':>6} {'baresip':>8}   kith loss before/after FEC   baresip RTP dropped")
+    for cond, _, _ in QUALITY:
+        kr = [r for r in kith["runs"] if r["kind"] == "quality" and r["condition"] == cond]
+        ks = [pesq_wb(r["reference"], r["recording"]) for r in kr]
+        row = {"condition": cond, "kith": [dict(s, clip=r["clip"]) for s, r in zip(ks, kr)],
+               "kith_mean": mean([s["pesq_wb"] for s in ks]),
+               "kith_loss_before_fec_pct": mean([r["callee_stats"]["loss_before_fec_pct"] for r in kr]),
+               "kith_loss_after_fec_pct": mean([r["callee_stats"]["loss_after_fec_pct"] for r in kr])}
+        bline = ""
+        if bare:
+            br = [r for r in bare["runs"] if r["kind"] == "quality" and r["condition"] == cond and r["recording"]]
+            bs = [pesq_wb(r["reference"], r["recording"]) for r in br]
+            row["baresip"] = [dict(s, clip=r["clip"]) for s, r in zip(bs, br)]
+            row["baresip_mean"] = mean([s["pesq_wb"] for s in bs])
+            row["baresip_dropped_pct"] = mean([100 * r["rtp_dropped"] / max(1, r["rtp_seen"]) for r in br])
+            bline = f"{fmt(row['baresip_dropped_pct'], '.1f')} %"
+        result["quality"].append(row)
+        lines.append(f"{cond:<12} {fmt(row['kith_mean']):>6} {fmt(row.get('baresip_mean')):>8}   "
+                     f"{fmt(row['kith_loss_before_fec_pct'], '.1f'):>5} % / {fmt(row['kith_loss_after_fec_pct'], '.1f'):>4} %"
+                     f"               {bline}")
+    lines.append("")
+    lines.append("Mouth-to-ear latency, kith (chirp probe; input clock to the callee's playout clock)")
+    for r in [r for r in kith["runs"] if r["kind"] == "latency"]:
+        cs, es = r["caller_stats"], r["callee_stats"]
+        off = (es["record_origin_unix_us"] - cs["input_origin_unix_us"]) / 1e6
+        lat = latency_ms(r["reference"], r["recording"], off)
+        row = {"condition": r["condition"], "latency": lat, "frame_ms": cs["frame_ms"],
+               "jitter_buffer_ms": es["jitter_buffer_ms"], "jitter_ms": es["jitter_ms"]}
+        result["latency"].append(row)
+        if lat:
+            lines.append(f"  {r['condition']:<12} median {lat['median_ms']:.1f} ms (min {lat['min_ms']:.1f}, max "
+                         f"{lat['max_ms']:.1f}; {lat['found']}/{lat['expected']} chirps); frame {cs['frame_ms']} ms, "
+                         f"jitter buffer {es['jitter_buffer_ms']:.1f} ms, measured jitter {es['jitter_ms']:.1f} ms")
+        else:
+            lines.append(f"  {r['condition']:<12} no chirp found")
+    lines.append("")
+    lines.append("Call set-up, dial to first audio at the callee (ms)")
+    for cond in ["warm", "cold"]:
+        vals = []
+        for r in [r for r in kith["runs"] if r["kind"] == "setup" and r["condition"] == cond]:
+            fs = first_sound_s(r["recording"])
+            if fs is not None:
+                vals.append((r["callee_stats"]["record_origin_unix_us"] - r["dial_unix_us"]) / 1000 + fs * 1000)
+        vals.sort()
+        result["setup"][f"kith_{cond}"] = vals
+        lines.append(f"  kith {cond:<5} median {fmt(float(np.median(vals)) if vals else None, '.1f')} "
+                     f"(runs: {', '.join(f'{v:.0f}' for v in vals)})")
+    if bare:
+        vals = sorted(r["setup_ms"] for r in bare["runs"] if r["kind"] == "quality" and r["setup_ms"] is not None)
+        result["setup"]["baresip_fresh_processes"] = vals
+        lines.append(f"  baresip (fresh processes, dial to callee's first RTP packet) median "
+                     f"{fmt(float(np.median(vals)) if vals else None, '.1f')} over {len(vals)} calls")
+    lines.append("")
+    lines.append("CPU (% of one core, per second of call) and memory, 0% loss calls, mean over clips")
+    for who, data in [("kith", kith), ("baresip", bare)]:
+        if not data:
+            continue
+        rs = [r for r in data["runs"] if r["kind"] == "quality" and r["condition"] == "0%"]
+        u = {side: {k: mean([r[side][k] for r in rs if r.get(side)]) for k in
+                    ["cpu_pct_of_one_core", "rss_kib", "peak_rss_kib"]} for side in ["caller_usage", "callee_usage"]}
+        result["usage"][who] = u
+        lines.append(f"  {who:<8} caller {fmt(u['caller_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
+                     f"{fmt(u['caller_usage']['rss_kib'] / 1024, '.1f')} MiB; callee "
+                     f"{fmt(u['callee_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
+                     f"{fmt(u['callee_usage']['rss_kib'] / 1024, '.1f')} MiB")
+    if not bare:
+        lines.append("")
+        lines.append(f"baresip: skipped ({baresip_skipped})")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "results.txt"), "w") as f:
+        f.write(text + "\n")
+    print(f"\nresults in {out}/results.json and results.txt")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["all", "material", "kith", "baresip", "baresip-inner", "score"])
+    ap.add_argument("--material", default=os.path.join(ROOT, "target/bench/calls/material"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "target/bench/calls"))
+    ap.add_argument("--kith", default=os.path.join(ROOT, "target/release/kith"))
+    ap.add_argument("--setup-runs", type=int, default=5)
+    a = ap.parse_args()
+    a.material, a.out = os.path.abspath(a.material), os.path.abspath(a.out)
+    os.makedirs(a.out, exist_ok=True)
+    if a.step == "baresip-inner":
+        return baresip_inner(a.material, a.out)
+    if a.step in ("all", "material"):
+        material(a.material)
+    if a.step in ("all", "kith"):
+        run([a.kith, "bench-calls", "--material", a.material, "--clips", ",".join(CLIPS),
+             "--setup-runs", str(a.setup_runs), "--out", a.out])
+    skipped = None
+    if a.step in ("all", "baresip"):
+        skipped = baresip_outer(a.material, a.out)
+        if skipped:
+            print(f"baresip: skipped ({skipped})", file=sys.stderr)
+    if a.step in ("all", "score"):
+        score(a.material, a.out, skipped)
+
+
+if __name__ == "__main__":
+    main()
