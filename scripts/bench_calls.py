@@ -442,6 +442,7 @@ def baresip_inner(material_dir, out):
     """Runs inside `unshare --net`: loopback only, RTP to bob's port goes through the loss proxy."""
     run(["ip", "link", "set", "lo", "up"])
     work = os.path.join(out, "baresip")
+    shutil.rmtree(work, ignore_errors=True)  # recordings of an earlier run must not be scored again
     os.makedirs(work, exist_ok=True)
     runs = []
     base = 20000

@@ -14,13 +14,16 @@ if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # The NAT lab test builds networks in namespaces: iproute2 and nftables.
   command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
   command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+  # A call through (virtual) sound cards runs against a PulseAudio server with null sinks.
+  command -v pulseaudio >/dev/null 2>&1 || need_apt+=(pulseaudio)
+  command -v parecord >/dev/null 2>&1 || need_apt+=(pulseaudio-utils)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

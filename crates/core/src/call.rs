@@ -739,6 +739,22 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         });
     }
 
+    /// A connection to `peer` came up: whatever waits for an answer from it (an invite sent while there was
+    /// no connection, an accept, a hangup) goes out now instead of at its next repeat.
+    pub fn peer_connected(&mut self, peer: P, now: Instant) {
+        for c in self.live.values_mut().filter(|c| c.peer == peer) {
+            if c.next_retry.is_some() {
+                c.next_retry = Some(now);
+            }
+        }
+        for e in self.ended.values_mut().filter(|e| e.peer == peer) {
+            if e.next_retry.is_some() && e.attempts_left > 0 {
+                e.next_retry = Some(now);
+            }
+        }
+        self.handle_timeout(now);
+    }
+
     /// The next instant [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let live = self.live.values().flat_map(|c| {

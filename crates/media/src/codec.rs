@@ -61,6 +61,15 @@ impl OpusEncoder {
         self.frame
     }
 
+    /// The encoder's computational complexity, 0-10 (libopus's default is used until this is called).
+    pub fn set_complexity(&mut self, c: u8) -> Result<(), MediaError> {
+        self.enc.set_complexity(i32::from(c.min(10))).map_err(err)
+    }
+
+    pub fn complexity(&mut self) -> Result<u8, MediaError> {
+        self.enc.get_complexity().map(|c| c as u8).map_err(err)
+    }
+
     /// Applies new settings (from the rate controller); unchanged ones cost nothing.
     pub fn apply(&mut self, s: EncoderSettings) -> Result<(), MediaError> {
         if self.settings == Some(s) {

@@ -7,7 +7,10 @@
 //! buffer's actual delay at a tick is how long a packet with the least transit would have waited. When it is
 //! short of the target by more than half a frame, the tick conceals and waits (the delay grows by a frame);
 //! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame is
-//! dropped.
+//! dropped. Either step shifts the rest of the call by a frame, which a listener (and PESQ) hears in speech
+//! but hardly in a pause. Growing cannot wait (packets would miss their turn, or the FEC frame would not be at
+//! hand), but shrinking can: it waits for a quiet frame ([`JitterBuffer::set_quiet`], told by the player
+//! after each decoded frame), for at most [`JitterConfig::shrink_within`] ticks.
 //!
 //! Per tick ([`JitterBuffer::pop`], called every frame duration by the playout clock), once the delay is
 //! right:
@@ -33,6 +36,8 @@ pub struct JitterConfig {
     pub margin: Duration,
     /// Ticks in a row with too much buffered before a frame is dropped.
     pub shrink_after: u32,
+    /// Ticks a due shrink may wait for a quiet frame.
+    pub shrink_within: u32,
 }
 
 impl JitterConfig {
@@ -43,6 +48,7 @@ impl JitterConfig {
             max_delay: Duration::from_millis(400),
             margin: Duration::from_millis(5),
             shrink_after: 10,
+            shrink_within: (Duration::from_secs(5).as_micros() / frame.as_micros().max(1)) as u32,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct JitterBuffer {
     highest: Option<u64>,
     /// The buffer delay at the last tick, seconds.
     last_lag: f64,
+    /// The last played frame was quiet (a pause): the time to shrink the delay.
+    quiet: bool,
 }
 
 impl JitterBuffer {
@@ -123,7 +131,14 @@ impl JitterBuffer {
             j3550: 0.0,
             highest: None,
             last_lag: 0.0,
+            quiet: true,
         }
+    }
+
+    /// Whether the frame just played was quiet (a pause in speech). Shrinking waits for one. Without this
+    /// call every frame counts as quiet.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     pub fn stats(&self) -> JitterStats {
@@ -287,10 +302,14 @@ impl JitterBuffer {
             self.stats.stalls += 1;
             return Playout::Conceal { seq: next };
         }
-        // Too much delay for a while: drop a frame to catch up.
+        // Too much delay for a while: drop a frame to catch up (in a pause, or when it has waited long).
         if lag > target + frame && present {
             self.over_target_ticks += 1;
-            if self.over_target_ticks >= self.config.shrink_after {
+            if self.over_target_ticks >= self.config.shrink_after
+                && (self.quiet
+                    || self.over_target_ticks
+                        >= self.config.shrink_after + self.config.shrink_within)
+            {
                 self.packets.remove(&next);
                 self.stats.dropped += 1;
                 self.over_target_ticks = 0;

@@ -242,28 +242,70 @@ impl Resampler {
 
 /// A bounded queue of 48 kHz mono samples shared with a device callback.
 #[derive(Clone, Default)]
-pub struct Queue(Arc<Mutex<VecDeque<i16>>>);
+pub struct Queue(Arc<Mutex<Inner>>);
+
+#[derive(Default)]
+struct Inner {
+    q: VecDeque<i16>,
+    /// Largest piece the device has delivered at once.
+    chunk: usize,
+    /// Capture: frames are being taken (the queue had filled to its working level).
+    primed: bool,
+}
 
 impl Queue {
     fn push(&self, samples: impl IntoIterator<Item = i16>) {
-        if let Ok(mut q) = self.0.lock() {
-            q.extend(samples);
-            let excess = q.len().saturating_sub(MAX_QUEUE);
-            q.drain(..excess);
+        if let Ok(mut i) = self.0.lock() {
+            let before = i.q.len();
+            i.q.extend(samples);
+            i.chunk = i.chunk.max(i.q.len() - before);
+            let excess = i.q.len().saturating_sub(MAX_QUEUE);
+            i.q.drain(..excess);
+        }
+    }
+
+    /// Capture side: takes one frame on the media clock from audio the device delivers on its own clock,
+    /// in pieces of its own size. Frames are taken once the queue holds a frame plus the device's largest
+    /// piece (so the two clocks' phases never make a frame come up short); if it runs dry anyway (the device
+    /// clock is slower) that costs one silent frame and the queue fills up again; if it holds more than two
+    /// frames beyond that (the device clock is faster), the excess is dropped. Latency stays bounded and
+    /// the timeline jumps only when the clocks drift a whole frame apart.
+    pub fn take_frame(&self, out: &mut [i16]) {
+        let Ok(mut i) = self.0.lock() else {
+            out.fill(0);
+            return;
+        };
+        let level = out.len() + i.chunk;
+        if !i.primed && i.q.len() >= level {
+            i.primed = true;
+        }
+        if !i.primed || i.q.len() < out.len() {
+            if i.primed {
+                tracing::debug!(queued = i.q.len(), "capture ran dry");
+            }
+            i.primed = false;
+            out.fill(0);
+            return;
+        }
+        let excess = i.q.len().saturating_sub(level + 2 * out.len());
+        if excess > 0 {
+            let surplus = i.q.len() - level;
+            tracing::debug!(surplus, "capture ahead of the media clock: dropped");
+            i.q.drain(..surplus);
+        }
+        for s in out.iter_mut() {
+            *s = i.q.pop_front().unwrap_or(0);
         }
     }
 
     /// Takes `n` samples; what is missing is silence.
     pub fn take(&self, out: &mut [i16]) {
-        let mut q = match self.0.lock() {
-            Ok(q) => q,
-            Err(_) => {
-                out.fill(0);
-                return;
-            }
+        let Ok(mut i) = self.0.lock() else {
+            out.fill(0);
+            return;
         };
         for s in out.iter_mut() {
-            *s = q.pop_front().unwrap_or(0);
+            *s = i.q.pop_front().unwrap_or(0);
         }
     }
 
@@ -272,7 +314,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().map(|q| q.len()).unwrap_or(0)
+        self.0.lock().map(|i| i.q.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -315,9 +357,20 @@ where
     let mut out = Vec::new();
     let mut config: cpal::StreamConfig = cfg.config();
     config.buffer_size = small_buffer(cfg);
+    let (mut total, mut calls, t0) = (0usize, 0u64, std::time::Instant::now());
     d.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], _| {
+            total += data.len();
+            calls += 1;
+            if calls % 500 == 0 {
+                tracing::debug!(
+                    calls,
+                    total,
+                    rate = total as f64 / t0.elapsed().as_secs_f64(),
+                    "capture delivered"
+                );
+            }
             mono.clear();
             mono.extend(
                 data.chunks(channels)
@@ -375,20 +428,26 @@ where
     .map_err(|e| e.to_string())
 }
 
-/// 10 ms buffers when the device allows (the default of some backends is seconds long).
+/// 10 ms buffers, unless the device says it cannot (the default of some backends, PulseAudio's among them,
+/// is seconds long).
 fn small_buffer(cfg: &cpal::SupportedStreamConfig) -> cpal::BufferSize {
     let want = cfg.sample_rate() / 100;
     match cfg.buffer_size() {
-        cpal::SupportedBufferSize::Range { min, max } if *min <= want && want <= *max => {
-            cpal::BufferSize::Fixed(want)
+        cpal::SupportedBufferSize::Range { min, max } if want < *min || want > *max => {
+            cpal::BufferSize::Default
         }
-        _ => cpal::BufferSize::Default,
+        _ => cpal::BufferSize::Fixed(want),
     }
 }
 
 fn open_stream(name: &str, input: bool, q: Queue) -> Result<(cpal::Stream, String), String> {
+    let t0 = std::time::Instant::now();
     let d = find(name, input)?;
-    let shown = name_of(&d);
+    let shown = if name_of(&d) == id_of(&d) {
+        name_of(&d)
+    } else {
+        format!("{} [{}]", name_of(&d), id_of(&d))
+    };
     let cfg = choose(&d, input).map_err(|e| format!("cannot use audio device {shown}: {e}"))?;
     let stream = match (input, cfg.sample_format()) {
         (true, SampleFormat::I16) => build_input::<i16>(&d, &cfg, q),
@@ -401,9 +460,11 @@ fn open_stream(name: &str, input: bool, q: Queue) -> Result<(cpal::Stream, Strin
         (false, _) => build_output::<f32>(&d, &cfg, q),
     }
     .map_err(|e| format!("cannot open audio device {shown}: {e}"))?;
+    let built = t0.elapsed();
     stream
         .play()
         .map_err(|e| format!("cannot start audio device {shown}: {e}"))?;
+    tracing::info!(device = %shown, input, built_ms = built.as_millis() as u64, started_ms = t0.elapsed().as_millis() as u64, "audio device open");
     Ok((stream, format!("{shown} ({})", describe(&cfg))))
 }
 
@@ -506,6 +567,41 @@ mod tests {
         assert!(out[..MAX_QUEUE].iter().all(|s| *s == 1));
         assert!(out[MAX_QUEUE..].iter().all(|s| *s == 0));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn capture_frames_survive_the_two_clocks_phases() {
+        // The device delivers 10 ms pieces, the media clock takes 20 ms frames; whatever their phase, once
+        // primed every frame is whole and the samples come out in order with none lost.
+        for phase in 0..3 {
+            let q = Queue::default();
+            let mut next = 0i16;
+            let mut got = vec![];
+            let mut frame = vec![0i16; 960];
+            for t in 0..600 {
+                // One device piece every 10 "ms", one frame taken every 20, at a phase offset.
+                if t % 10 == 0 {
+                    q.push((0..480).map(|_| {
+                        next = next.wrapping_add(1);
+                        next
+                    }));
+                }
+                if t % 20 == phase * 7 {
+                    q.take_frame(&mut frame);
+                    got.push(frame.clone());
+                }
+            }
+            let whole: Vec<i16> = got
+                .into_iter()
+                .skip_while(|f| f[0] == 0)
+                .flatten()
+                .collect();
+            assert!(whole.len() >= 960 * 25, "phase {phase}: {}", whole.len());
+            assert!(
+                whole.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+                "phase {phase}: a gap or a silent frame once primed"
+            );
+        }
     }
 
     #[test]

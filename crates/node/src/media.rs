@@ -361,6 +361,9 @@ pub fn start(
             s.input = input_desc;
             s.output = output_desc;
         }
+        // Audio that arrived while the devices opened is stale: the jitter buffer would take it for a burst
+        // and hold everything after it that much later.
+        while rx.try_recv().is_ok() {}
         let start = Instant::now();
         // KITH_MEDIA_TRACE=FILE: write "seq arrival_us" per received audio datagram (to record network
         // traces that the jitter buffer's tests replay).
@@ -423,7 +426,7 @@ pub fn start(
                             }
                         }
                         Some(AudioInput::Device(_)) => match &capture {
-                            Some(q) => q.take(&mut pcm),
+                            Some(q) => q.take_frame(&mut pcm),
                             None => pcm.fill(0),
                         },
                         _ => pcm.fill(0),
@@ -453,6 +456,7 @@ pub fn start(
                         Playout::Wait => Ok(vec![0; frame]),
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
+                    jb.set_quiet(quiet(&out));
                     if let Some(q) = &playback {
                         q.put(&out);
                     }
@@ -553,6 +557,12 @@ pub fn start(
         stop,
         done,
     })
+}
+
+/// A frame in a pause of speech (RMS below -45 dBFS): where the jitter buffer may change its delay unheard.
+fn quiet(pcm: &[i16]) -> bool {
+    let energy: f64 = pcm.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
+    pcm.is_empty() || (energy / pcm.len() as f64).sqrt() < 184.0
 }
 
 /// The receive-side numbers of the statistics, from the jitter buffer's.

@@ -1255,6 +1255,11 @@ impl Node {
         });
         let (reader, writer) = session.split();
         tokio::spawn(Self::write_loop(writer, rx));
+        // Call signalling that waited for this connection goes out now.
+        lock(&self.state)
+            .calls
+            .peer_connected(account, Instant::now());
+        self.process_calls();
         tokio::spawn(self.clone().datagram_loop(account, conn.clone()));
         tokio::spawn(self.clone().read_loop(reader, peer, id, conn));
         self.wake.notify_one();

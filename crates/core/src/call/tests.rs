@@ -551,3 +551,34 @@ fn random_calls_over_a_bad_link_end_consistently() {
         );
     }
 }
+
+#[test]
+fn a_new_connection_sends_what_waits_at_once() {
+    // Dialling while not connected: the first invite goes nowhere. When the connection comes up 100 ms
+    // later, the invite is repeated at once, not at the next repeat (1 s).
+    let mut c: Calls<u8> = Calls::new(CallConfig::default());
+    let t0 = Instant::now();
+    c.dial(1, [7; 16], t0).unwrap();
+    let sent = |c: &mut Calls<u8>| {
+        let mut n = 0;
+        while let Some(o) = c.poll_output() {
+            if let CallOutput::Send {
+                peer: 1,
+                msg: CallMsg::Invite { .. },
+            } = o
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(sent(&mut c), 1);
+    c.peer_connected(2, t0 + 100 * MS);
+    assert_eq!(sent(&mut c), 0, "another peer's connection changes nothing");
+    c.peer_connected(1, t0 + 100 * MS);
+    assert_eq!(sent(&mut c), 1);
+    // The repeat schedule goes on from there.
+    c.handle_timeout(t0 + 500 * MS);
+    assert_eq!(sent(&mut c), 0);
+    assert!(c.poll_timeout().unwrap() > t0 + 500 * MS);
+}

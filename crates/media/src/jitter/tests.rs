@@ -261,3 +261,52 @@ fn a_recorded_trace_plays_whole_with_the_delay_its_jitter_needs() {
     assert_eq!(s.target_ms, 20.0, "{s:?}");
     assert!(s.delay_ms <= 40.0, "{s:?}");
 }
+
+#[test]
+fn shrinking_waits_for_a_pause() {
+    // Packets take 45 ms, then (from packet 100 on) 5 ms: the buffer holds two frames too many and drops
+    // them, but only in a pause of speech (ticks 400..420 here), not while the player says "speech".
+    let cfg = JitterConfig::for_frame(FRAME);
+    assert!(cfg.shrink_within > 60);
+    let mut jb = JitterBuffer::new(cfg);
+    let t0 = Instant::now();
+    let mut arrivals: Vec<(Instant, u64)> = (0..600u64)
+        .map(|i| {
+            let d = if i < 100 { 45 } else { 5 };
+            (t0 + FRAME * i as u32 + Duration::from_millis(d), i)
+        })
+        .collect();
+    arrivals.sort();
+    let mut a = 0;
+    let mut dropped_by_tick = vec![];
+    let mut outputs = vec![];
+    for tick in 0..600u32 {
+        let now = t0 + FRAME * tick;
+        while a < arrivals.len() && arrivals[a].0 <= now {
+            jb.push(arrivals[a].1, vec![1], arrivals[a].0);
+            a += 1;
+        }
+        jb.set_quiet((400..420).contains(&tick));
+        outputs.push(jb.pop(now));
+        dropped_by_tick.push(jb.stats().dropped);
+    }
+    // The jitter window still remembers the 45 ms packets for WINDOW packets, so the target stays up for a
+    // while (until about tick 300); once it falls, the excess waits for the pause, and the drops fall in it.
+    assert_eq!(dropped_by_tick[399], 0, "dropped during speech");
+    assert!(
+        dropped_by_tick[419] >= 1,
+        "{:?}",
+        &dropped_by_tick[395..425]
+    );
+    assert_eq!(
+        dropped_by_tick[599], dropped_by_tick[419],
+        "dropped during speech"
+    );
+    // Nothing is lost or concealed on the way.
+    assert!(
+        outputs
+            .iter()
+            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
+        "{outputs:?}"
+    );
+}
