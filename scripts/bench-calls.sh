@@ -25,4 +25,5 @@ if ! "$VENV/bin/python" -c 'import numpy, scipy, pesq' 2>/dev/null; then
   "$VENV/bin/pip" install -q numpy==2.4.6 scipy==1.17.1 pesq==0.0.4
 fi
 cargo build --release -p kith
+cargo build --release -p kith-media --examples
 exec "$VENV/bin/python" scripts/bench_calls.py all --kith target/release/kith "$@"

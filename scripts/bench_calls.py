@@ -19,9 +19,12 @@ Steps (each also callable alone, see --help):
              missing from it rather than silent; PESQ's own realignment of utterances absorbs part of that
              shift (see BENCHMARKS.md).
   score      PESQ-WB (ITU-T P.862.2, the `pesq` package) after removing the constant delay found by
-             cross-correlation at 16 kHz; mouth-to-ear latency from the chirps (matched filter, parabolic
+             cross-correlation at 16 kHz, for kith, baresip, and "codec alone": kith's Opus settings run
+             offline (crates/media/examples/lossy.rs) over the very loss pattern each kith call met, every
+             lost frame rebuilt from the next packet's FEC when that arrived (the ceiling for the pattern);
+             mouth-to-ear latency from the chirps (matched filter, parabolic
              interpolation, matches below 0.5 dropped); CPU and memory; call set-up. Prints the table and
-             writes OUT/results.json and OUT/results.md.
+             writes OUT/results.json and OUT/results.txt.
 
 Needs root for the baresip part (network namespace, nftables); without it that part is skipped and said.
 """
@@ -498,7 +501,20 @@ def fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
-def score(material_dir, out, baresip_skipped):
+def codec_alone(lossy, r, out):
+    """The codec by itself over the loss pattern this kith call met (the packets bob's daemon recorded as
+    arrived), with every lost frame rebuilt from the next packet's FEC when that arrived: kith's own ceiling
+    for this pattern, without the network's timing or the jitter buffer."""
+    if not r.get("arrivals") or not os.path.exists(lossy):
+        return None
+    deg = os.path.splitext(r["recording"])[0] + "_codec.wav"
+    hint = max(6, int(r["caller_stats"].get("loss_hint_pct") or 0))
+    subprocess.run([lossy, r["reference"], deg, "0", "--hint", str(hint), "--arrived", r["arrivals"]],
+                   check=True, capture_output=True)
+    return pesq_wb(r["reference"], deg)["pesq_wb"]
+
+
+def score(material_dir, out, baresip_skipped, lossy):
     kith = json.load(open(os.path.join(out, "kith.json")))
     bpath = os.path.join(out, "baresip.json")
     bare = json.load(open(bpath)) if os.path.exists(bpath) and not baresip_skipped else None
@@ -506,14 +522,16 @@ def score(material_dir, out, baresip_skipped):
               "quality": [], "latency": [], "setup": {}, "usage": {}}
     lines = []
     lines.append("Voice quality, PESQ-WB (P.862.2 MOS-LQO), mean over clips " + ", ".join(CLIPS))
-    lines.append(f"{'condition':<12} {'kith':>6} {'baresip':>8}   kith loss before/after FEC   baresip RTP dropped")
+    lines.append(f"{'condition':<12} {'kith':>6} {'baresip':>8} {'codec alone':>12}   kith loss before/after FEC"
+                 "   baresip RTP dropped")
     for cond, _, _ in QUALITY:
         kr = [r for r in kith["runs"] if r["kind"] == "quality" and r["condition"] == cond]
         ks = [pesq_wb(r["reference"], r["recording"]) for r in kr]
         row = {"condition": cond, "kith": [dict(s, clip=r["clip"]) for s, r in zip(ks, kr)],
                "kith_mean": mean([s["pesq_wb"] for s in ks]),
                "kith_loss_before_fec_pct": mean([r["callee_stats"]["loss_before_fec_pct"] for r in kr]),
-               "kith_loss_after_fec_pct": mean([r["callee_stats"]["loss_after_fec_pct"] for r in kr])}
+               "kith_loss_after_fec_pct": mean([r["callee_stats"]["loss_after_fec_pct"] for r in kr]),
+               "codec_alone_mean": mean([codec_alone(lossy, r, out) for r in kr])}
         bline = ""
         if bare:
             br = [r for r in bare["runs"] if r["kind"] == "quality" and r["condition"] == cond and r["recording"]]
@@ -523,7 +541,8 @@ def score(material_dir, out, baresip_skipped):
             row["baresip_dropped_pct"] = mean([100 * r["rtp_dropped"] / max(1, r["rtp_seen"]) for r in br])
             bline = f"{fmt(row['baresip_dropped_pct'], '.1f')} %"
         result["quality"].append(row)
-        lines.append(f"{cond:<12} {fmt(row['kith_mean']):>6} {fmt(row.get('baresip_mean')):>8}   "
+        lines.append(f"{cond:<12} {fmt(row['kith_mean']):>6} {fmt(row.get('baresip_mean')):>8} "
+                     f"{fmt(row['codec_alone_mean']):>12}   "
                      f"{fmt(row['kith_loss_before_fec_pct'], '.1f'):>5} % / {fmt(row['kith_loss_after_fec_pct'], '.1f'):>4} %"
                      f"               {bline}")
     lines.append("")
@@ -590,6 +609,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench/calls"))
     ap.add_argument("--kith", default=os.path.join(ROOT, "target/release/kith"))
     ap.add_argument("--setup-runs", type=int, default=5)
+    ap.add_argument("--lossy", default=os.path.join(ROOT, "target/release/examples/lossy"))
     a = ap.parse_args()
     a.material, a.out = os.path.abspath(a.material), os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
@@ -606,7 +626,7 @@ def main():
         if skipped:
             print(f"baresip: skipped ({skipped})", file=sys.stderr)
     if a.step in ("all", "score"):
-        score(a.material, a.out, skipped)
+        score(a.material, a.out, skipped, a.lossy)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,10 @@ pub async fn run(
         .prefix("kith-bench-calls-")
         .tempdir()?;
     let mut pair = Pair::new(dir.path()).await?;
+    // Bob's daemon writes which audio packets arrived when (the loss pattern each call actually met), so
+    // the scoring can run the codec alone over the very same pattern.
+    let trace = out.join("bob-arrivals.trace");
+    pair.b.env = vec![("KITH_MEDIA_TRACE".into(), trace.display().to_string())];
     let mut runs = vec![];
 
     for (cond, spec) in QUALITY {
@@ -178,6 +182,9 @@ pub async fn run(
             let secs = wav_secs(&src)? + 1.0;
             let rec = out.join(format!("kith_{}_{clip}.wav", slug(cond)));
             let mut r = pair.call(json!({ "wav": src }), secs, &rec).await?;
+            let arrivals = rec.with_extension("trace");
+            std::fs::copy(&trace, &arrivals)?;
+            r["arrivals"] = json!(arrivals);
             eprintln!(
                 "kith quality {cond:>11} {clip}: loss before FEC {:.1} %, after {:.1} %",
                 r["callee_stats"]["loss_before_fec_pct"]

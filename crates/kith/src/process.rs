@@ -25,6 +25,8 @@ pub struct Daemon {
     pub bootstrap: Option<Vec<String>>,
     /// Extra daemon arguments.
     pub extra_args: Vec<String>,
+    /// Environment variables for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -49,6 +51,7 @@ impl Daemon {
             client: None,
             bootstrap: None,
             extra_args: vec![],
+            env: vec![],
         })
     }
 
@@ -71,6 +74,7 @@ impl Daemon {
             }
         }
         cmd.args(&self.extra_args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         match std::env::var("KITH_DAEMON_LOG") {
             Ok(filter) => cmd.env("RUST_LOG", filter),
             // The daemon's own default filter, whatever the caller's environment says.
