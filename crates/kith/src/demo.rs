@@ -1,9 +1,94 @@
-//! `kith demo`: three real daemons on loopback with fresh profiles, real cards, real messages, one crash.
+//! `kith demo`: three real daemons on loopback with fresh profiles, real cards, real messages, one crash, and
+//! a call.
 
 use crate::client::Watcher;
 use crate::process::{Daemon, introduce, kith_exe};
 use anyhow::Context;
 use std::time::{Duration, Instant};
+
+/// Alice calls bob and sends a 440 Hz tone for 3 s; bob answers at once and records what he hears; prints
+/// what came through.
+async fn call(
+    alice: &Daemon,
+    wa: &Watcher,
+    bob: &Daemon,
+    rec: &std::path::Path,
+) -> anyhow::Result<()> {
+    let wb = bob.watcher().await?;
+    let t0 = Instant::now();
+    let id = alice
+        .client()
+        .post(
+            "/v1/calls",
+            serde_json::json!({ "to": "bob", "input": { "tone": 440.0 }, "output_device": "none", "duration_secs": 3.0 }),
+        )
+        .await?["call"]
+        .as_str()
+        .context("call id")?
+        .to_owned();
+    let rang = wb
+        .wait_for(Duration::from_secs(30), |w| {
+            w.call_event("call_incoming", Some(&id)).is_some()
+        })
+        .await;
+    anyhow::ensure!(rang, "bob's phone did not ring");
+    let ring_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    bob.client()
+        .post(
+            "/v1/calls/answer",
+            serde_json::json!({ "call": id, "input": "null", "record_wav": rec }),
+        )
+        .await?;
+    let ended = |w: &Watcher| w.call_event("call_ended", Some(&id)).is_some();
+    anyhow::ensure!(
+        wa.wait_for(Duration::from_secs(30), ended).await
+            && wb.wait_for(Duration::from_secs(30), ended).await,
+        "the call did not end"
+    );
+    let ea = wa.call_event("call_ended", Some(&id)).context("ended")?;
+    let eb = wb.call_event("call_ended", Some(&id)).context("ended")?;
+    anyhow::ensure!(
+        ea["outcome"] == "completed" && eb["outcome"] == "completed",
+        "the call ended as {} / {}",
+        ea["outcome"],
+        eb["outcome"]
+    );
+    // What bob heard: the tone's frequency (zero crossings) and level, after the first half second.
+    let samples: Vec<i16> = hound::WavReader::open(rec)?
+        .samples::<i16>()
+        .collect::<Result<_, _>>()?;
+    let heard = samples.get(24_000..).unwrap_or_default();
+    let crossings = heard
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count();
+    let secs = heard.len() as f64 / 48_000.0;
+    let hz = crossings as f64 / 2.0 / secs.max(1e-9);
+    let rms = (heard.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>()
+        / heard.len().max(1) as f64)
+        .sqrt();
+    let s = &eb["stats"];
+    println!(
+        "  alice called bob: his phone rang {ring_ms:.0} ms after the dial; {:.1} s talked; bob heard a {hz:.0} Hz tone (alice sent 440 Hz) at {:.0} dBFS",
+        ea["talked_secs"].as_f64().unwrap_or(0.0),
+        20.0 * (rms / 32768.0).max(1e-9).log10()
+    );
+    println!(
+        "  call statistics at bob: {}, {:.0} kbit/s, loss {:.1} % before FEC, jitter buffer {:.0} ms, round trip {}",
+        s["codec"].as_str().unwrap_or("?"),
+        ea["stats"]["bitrate"].as_f64().unwrap_or(0.0) / 1000.0,
+        s["loss_before_fec_pct"].as_f64().unwrap_or(0.0),
+        s["jitter_buffer_ms"].as_f64().unwrap_or(0.0),
+        s["rtt_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.1} ms"))
+    );
+    anyhow::ensure!(
+        (hz - 440.0).abs() < 5.0,
+        "bob heard {hz:.0} Hz, not the 440 Hz tone"
+    );
+    Ok(())
+}
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -286,6 +371,8 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         st["dht"]["sources"]["published"],
         st["dht"]["sources"]["dht_records"]
     );
+
+    call(alice, &wa, bob, &dir.path().join("bob-heard.wav")).await?;
 
     for n in [&mut *alice, &mut *bob, &mut *carol] {
         n.stop().await;

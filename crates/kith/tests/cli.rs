@@ -324,3 +324,20 @@ fn audio_devices_are_listed_without_alsa_noise() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_demo_runs_messages_a_crash_and_a_call() {
+    // The README's first command, shortened: three daemons, messages both ways, bob killed and restarted,
+    // then a call in which bob must hear alice's 440 Hz tone.
+    let dir = tempfile::tempdir().unwrap();
+    let out = kith(dir.path(), &args(&["demo", "--messages", "20"]), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("each exactly once, in send order"), "{stdout}");
+    assert!(stdout.contains("bob heard a 440 Hz tone"), "{stdout}");
+    assert!(stdout.contains("kith demo: OK"), "{stdout}");
+}
