@@ -11,7 +11,7 @@
 //! - latency: the chirp probe with no impairment and with 30 +- 10 ms delay both ways;
 //! - setup: dial to first audio at the callee, warm (daemons connected) and cold (both just restarted).
 
-use crate::process::{Daemon, introduce, kith_exe};
+use crate::process::{Daemon, call_and_answer, introduce, kith_exe};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -28,12 +28,6 @@ const QUALITY: [(&str, &str); 5] = [
 /// Network conditions of the latency runs (applied to both daemons).
 const LATENCY: [(&str, &str); 2] = [("no delay", ""), ("30 +- 10 ms", "delay=30,jitter=10")];
 
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// CPU seconds (user + system) and resident memory (current, peak; KiB) of a process, from /proc.
 fn usage(pid: u32) -> Option<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -41,7 +35,7 @@ fn usage(pid: u32) -> Option<(f64, u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = 100.0; // USER_HZ on Linux
+    let hz = 100.0; // /proc reports clock ticks in USER_HZ, 100 on Linux's common architectures
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| {
         status
@@ -95,42 +89,17 @@ impl Pair {
         let wb = self.b.watcher().await?;
         let (pa, pb) = (self.a.pid().context("pid")?, self.b.pid().context("pid")?);
         let (ua0, ub0) = (usage(pa), usage(pb));
-        let dial_us = unix_us();
-        let id = self
-            .a
-            .client()
-            .post(
-                "/v1/calls",
-                json!({ "to": "bob", "input": input, "duration_secs": secs, "output_device": "none" }),
-            )
-            .await?["call"]
-            .as_str()
-            .context("call id")?
-            .to_owned();
-        let ok = wb
-            .wait_for(Duration::from_secs(30), |w| {
-                w.call_event("call_incoming", Some(&id)).is_some()
-            })
-            .await;
-        anyhow::ensure!(ok, "the call did not ring at bob");
-        let incoming_us = unix_us();
-        self.b
-            .client()
-            .post(
-                "/v1/calls/answer",
-                json!({ "call": id, "input": "null", "record_wav": rec }),
-            )
-            .await?;
-        let ended = |w: &crate::client::Watcher| w.call_event("call_ended", Some(&id)).is_some();
-        anyhow::ensure!(
-            wa.wait_for(Duration::from_secs(secs as u64 + 60), ended)
-                .await
-                && wb.wait_for(Duration::from_secs(30), ended).await,
-            "the call did not end"
-        );
+        let c = call_and_answer(
+            (&self.a, &wa),
+            (&self.b, &wb),
+            "bob",
+            json!({ "input": input, "duration_secs": secs, "output_device": "none" }),
+            json!({ "input": "null", "record_wav": rec }),
+            Duration::from_secs(secs as u64 + 60),
+        )
+        .await?;
         let (ua1, ub1) = (usage(pa), usage(pb));
-        let ea = wa.call_event("call_ended", Some(&id)).context("ended")?;
-        let eb = wb.call_event("call_ended", Some(&id)).context("ended")?;
+        let (ea, eb) = (&c.caller_end, &c.callee_end);
         let talked = ea["talked_secs"].as_f64().unwrap_or(secs);
         let cpu = |u0: Option<(f64, u64, u64)>, u1: Option<(f64, u64, u64)>| match (u0, u1) {
             (Some(a), Some(b)) => json!({
@@ -143,8 +112,8 @@ impl Pair {
         Ok(json!({
             "outcome": [ea["outcome"], eb["outcome"]],
             "talked_secs": talked,
-            "dial_unix_us": dial_us,
-            "incoming_unix_us": incoming_us,
+            "dial_unix_us": c.dial_unix_us,
+            "incoming_unix_us": c.incoming_unix_us,
             "caller_stats": ea["stats"],
             "callee_stats": eb["stats"],
             "caller_usage": cpu(ua0, ua1),

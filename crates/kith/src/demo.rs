@@ -2,7 +2,7 @@
 //! a call.
 
 use crate::client::Watcher;
-use crate::process::{Daemon, introduce, kith_exe};
+use crate::process::{Daemon, call_and_answer, introduce, kith_exe};
 use anyhow::Context;
 use std::time::{Duration, Instant};
 
@@ -15,38 +15,17 @@ async fn call(
     rec: &std::path::Path,
 ) -> anyhow::Result<()> {
     let wb = bob.watcher().await?;
-    let t0 = Instant::now();
-    let id = alice
-        .client()
-        .post(
-            "/v1/calls",
-            serde_json::json!({ "to": "bob", "input": { "tone": 440.0 }, "output_device": "none", "duration_secs": 3.0 }),
-        )
-        .await?["call"]
-        .as_str()
-        .context("call id")?
-        .to_owned();
-    let rang = wb
-        .wait_for(Duration::from_secs(30), |w| {
-            w.call_event("call_incoming", Some(&id)).is_some()
-        })
-        .await;
-    anyhow::ensure!(rang, "bob's phone did not ring");
-    let ring_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    bob.client()
-        .post(
-            "/v1/calls/answer",
-            serde_json::json!({ "call": id, "input": "null", "record_wav": rec }),
-        )
-        .await?;
-    let ended = |w: &Watcher| w.call_event("call_ended", Some(&id)).is_some();
-    anyhow::ensure!(
-        wa.wait_for(Duration::from_secs(30), ended).await
-            && wb.wait_for(Duration::from_secs(30), ended).await,
-        "the call did not end"
-    );
-    let ea = wa.call_event("call_ended", Some(&id)).context("ended")?;
-    let eb = wb.call_event("call_ended", Some(&id)).context("ended")?;
+    let c = call_and_answer(
+        (alice, wa),
+        (bob, &wb),
+        "bob",
+        serde_json::json!({ "input": { "tone": 440.0 }, "output_device": "none", "duration_secs": 3.0 }),
+        serde_json::json!({ "input": "null", "record_wav": rec }),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let ring_ms = (c.incoming_unix_us - c.dial_unix_us) as f64 / 1000.0;
+    let (ea, eb) = (&c.caller_end, &c.callee_end);
     anyhow::ensure!(
         ea["outcome"] == "completed" && eb["outcome"] == "completed",
         "the call ended as {} / {}",

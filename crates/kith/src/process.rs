@@ -251,3 +251,65 @@ pub async fn introduce(a: &Daemon, b: &Daemon) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// One call placed and answered through two daemons' control APIs (see [`call_and_answer`]).
+pub struct AnsweredCall {
+    pub id: String,
+    /// Wall-clock times (Unix microseconds) of the dial and of the callee's `call_incoming` event.
+    pub dial_unix_us: u64,
+    pub incoming_unix_us: u64,
+    /// The `call_incoming` event at the callee and both sides' `call_ended` events.
+    pub incoming: serde_json::Value,
+    pub caller_end: serde_json::Value,
+    pub callee_end: serde_json::Value,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Places a call from `caller` (events `wa`) to its contact `to` with `place` (the body of `POST
+/// /v1/calls` without `to`), has `callee` (events `wb`) answer with `answer` (the body of `POST
+/// /v1/calls/answer` without `call`) as soon as it rings, and waits up to `within` for both sides to
+/// report the end.
+pub async fn call_and_answer(
+    (caller, wa): (&Daemon, &Watcher),
+    (callee, wb): (&Daemon, &Watcher),
+    to: &str,
+    mut place: serde_json::Value,
+    mut answer: serde_json::Value,
+    within: Duration,
+) -> anyhow::Result<AnsweredCall> {
+    place["to"] = serde_json::json!(to);
+    let dial_unix_us = unix_us();
+    let id = caller.client().post("/v1/calls", place).await?["call"]
+        .as_str()
+        .context("call id")?
+        .to_owned();
+    let incoming = |w: &Watcher| w.call_event("call_incoming", Some(&id));
+    anyhow::ensure!(
+        wb.wait_for(Duration::from_secs(30), |w| incoming(w).is_some())
+            .await,
+        "{}'s phone did not ring within 30 s",
+        callee.name
+    );
+    let incoming_unix_us = unix_us();
+    answer["call"] = serde_json::json!(id);
+    callee.client().post("/v1/calls/answer", answer).await?;
+    let ended = |w: &Watcher| w.call_event("call_ended", Some(&id));
+    anyhow::ensure!(
+        wa.wait_for(within, |w| ended(w).is_some()).await
+            && wb.wait_for(within, |w| ended(w).is_some()).await,
+        "the call did not end within {within:?}"
+    );
+    Ok(AnsweredCall {
+        incoming: incoming(wb).context("call_incoming")?,
+        caller_end: ended(wa).context("call_ended")?,
+        callee_end: ended(wb).context("call_ended")?,
+        id,
+        dial_unix_us,
+        incoming_unix_us,
+    })
+}

@@ -337,7 +337,10 @@ fn the_demo_runs_messages_a_crash_and_a_call() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("each exactly once, in send order"), "{stdout}");
+    assert!(
+        stdout.contains("each exactly once, in send order"),
+        "{stdout}"
+    );
     assert!(stdout.contains("bob heard a 440 Hz tone"), "{stdout}");
     assert!(stdout.contains("kith demo: OK"), "{stdout}");
 }

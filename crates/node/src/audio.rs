@@ -357,20 +357,9 @@ where
     let mut out = Vec::new();
     let mut config: cpal::StreamConfig = cfg.config();
     config.buffer_size = small_buffer(cfg);
-    let (mut total, mut calls, t0) = (0usize, 0u64, std::time::Instant::now());
     d.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], _| {
-            total += data.len();
-            calls += 1;
-            if calls % 500 == 0 {
-                tracing::debug!(
-                    calls,
-                    total,
-                    rate = total as f64 / t0.elapsed().as_secs_f64(),
-                    "capture delivered"
-                );
-            }
             mono.clear();
             mono.extend(
                 data.chunks(channels)
@@ -398,7 +387,7 @@ where
     let mut rs = Resampler::new(RATE, cfg.sample_rate());
     let mut pending: VecDeque<f32> = VecDeque::new();
     let mut chunk = vec![0i16; 0];
-    let mut conv = Vec::new();
+    let (mut conv, mut float) = (Vec::new(), Vec::new());
     let mut config: cpal::StreamConfig = cfg.config();
     config.buffer_size = small_buffer(cfg);
     d.build_output_stream::<T, _, _>(
@@ -411,8 +400,9 @@ where
                 chunk.resize(need, 0);
                 q.take(&mut chunk);
                 conv.clear();
-                let f: Vec<f32> = chunk.iter().map(|s| f32::from_sample(*s)).collect();
-                rs.run(&f, &mut conv);
+                float.clear();
+                float.extend(chunk.iter().map(|s| f32::from_sample(*s)));
+                rs.run(&float, &mut conv);
                 pending.extend(conv.iter().copied());
             }
             for frame in data.chunks_mut(channels) {

@@ -1967,20 +1967,21 @@ impl Node {
     }
 
     pub fn reject_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {
-        let id = self.find_call(call)?;
-        lock(&self.state)
-            .calls
-            .reject(id, Instant::now())
-            .map_err(|e| NodeError::Call(e.to_string()))?;
-        self.process_calls();
-        Ok(hex::encode(id))
+        self.act_on_call(call, Calls::reject)
     }
 
     pub fn hangup_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {
+        self.act_on_call(call, Calls::hangup)
+    }
+
+    /// Applies a user's action (reject, hang up) to the call meant by `call` and sends what follows.
+    fn act_on_call(
+        self: &Arc<Self>,
+        call: Option<&str>,
+        act: fn(&mut Calls<AccountKey>, CallId, Instant) -> Result<(), kith_core::call::CallError>,
+    ) -> Result<String, NodeError> {
         let id = self.find_call(call)?;
-        lock(&self.state)
-            .calls
-            .hangup(id, Instant::now())
+        act(&mut lock(&self.state).calls, id, Instant::now())
             .map_err(|e| NodeError::Call(e.to_string()))?;
         self.process_calls();
         Ok(hex::encode(id))
