@@ -540,6 +540,46 @@ fn start_pulse() -> Option<Pulse> {
     Some(pulse)
 }
 
+/// Records `source` at 10 ms latency and returns once it delivered audio; the recording runs (and is
+/// thrown away) until the returned guard is dropped.
+fn live_monitor(mut parecord: std::process::Command, source: &str) -> impl Drop {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = parecord
+        .args([
+            "--raw",
+            "--latency-msec=10",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=1",
+            "-d",
+            source,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 960];
+        let first = out.read(&mut buf).unwrap_or(0);
+        let _ = tx.send(first);
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(got, Ok(n) if n > 0),
+        "{source} delivered nothing within 20 s: {got:?}"
+    );
+    Kill(child)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_through_sound_cards() {
     let Some(pulse) = start_pulse() else { return };
@@ -575,15 +615,21 @@ async fn a_call_through_sound_cards() {
     assert!(ids.iter().any(|i| i.ends_with(":spk")), "{list}");
 
     let dir = tempfile::tempdir().unwrap();
-    // Keep the "microphone" running the whole time, as a real one does (an idle null sink's monitor
-    // delivers audio only in fits): a stream of silence plays into it throughout.
+    // Keep the "microphone" running the whole time, as a real one does: a stream of silence plays into
+    // it throughout. Every stream asks for 10 ms of latency: a null sink runs at the lowest latency its
+    // streams ask for, and its monitor delivers in pieces of that size (PulseAudio's default of about
+    // 2 s would make the "microphone" deliver in 2 s fits).
     let silence = dir.path().join("silence.wav");
     write_wav(&silence, &vec![0i16; 48_000 * 30]);
     let mut hum = pa("paplay")
-        .args(["-d", "mic"])
+        .args(["--latency-msec=10", "-d", "mic"])
         .arg(&silence)
         .spawn()
         .unwrap();
+    // An idle null sink sleeps for up to 2 s between renders and only then takes up the latency its new
+    // streams ask for: wait until both sinks' monitors deliver, as a real card's would from the start.
+    let _live_mic = live_monitor(pa("parecord"), "mic.monitor");
+    let _live_spk = live_monitor(pa("parecord"), "spk.monitor");
     let (alice, bob) = pair(dir.path(), vec![]).await;
     let speech = read_wav(&data("speech-a.wav"));
     let heard = dir.path().join("heard.wav");
@@ -612,6 +658,7 @@ async fn a_call_through_sound_cards() {
     // Record bob's loudspeaker, speak into alice's microphone.
     let mut rec = pa("parecord")
         .args([
+            "--latency-msec=10",
             "-d",
             "spk.monitor",
             "--rate=48000",
@@ -623,7 +670,7 @@ async fn a_call_through_sound_cards() {
         .spawn()
         .unwrap();
     let played = pa("paplay")
-        .args(["-d", "mic"])
+        .args(["--latency-msec=10", "-d", "mic"])
         .arg(data("speech-a.wav"))
         .status()
         .unwrap();
@@ -655,7 +702,6 @@ async fn a_call_through_sound_cards() {
     println!(
         "through PulseAudio null sinks: windowed NCC {w:.3} {lags:?}; caller {sa}; callee {sb}"
     );
-    // 0.78-0.85 here: PulseAudio's null-sink monitor (alice's "microphone") delivers in fits, which moves
-    // the capture timeline now and then; unrelated audio scores below 0.3.
+    // Unrelated audio scores below 0.3.
     assert!(w >= 0.6, "alice's speech on bob's loudspeaker: NCC {w:.3}");
 }

@@ -315,8 +315,19 @@ pub fn start(
         Some(AudioInput::Null) | None => "silence".into(),
     };
     let done = tokio::spawn(async move {
-        // Sound cards first (opening one can take a moment); a missing one is replaced, and said.
-        let (devices, input_desc, output_desc) = tokio::task::spawn_blocking(move || {
+        // Sound cards open beside the call (a PulseAudio capture stream can take seconds to start): until
+        // they are ready the call sends silence and plays to the recording only. A missing one is
+        // replaced, and said.
+        let opening = |what: &Option<String>| what.as_ref().map(|n| format!("opening {n}"));
+        if let Ok(mut s) = st.lock() {
+            s.input = opening(&want_in).unwrap_or_else(|| headless.clone());
+            s.output = opening(&want_out).unwrap_or_default();
+        }
+        let (opened_tx, mut opened) = tokio::sync::oneshot::channel();
+        let headless_desc = headless.clone();
+        let recording_desc = recording.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let (headless, recording) = (headless_desc, recording_desc);
             let mut devs = Vec::new();
             let input_desc = match &want_in {
                 Some(n) => match crate::audio::open(Some(n), None) {
@@ -351,19 +362,12 @@ pub fn start(
             if outs.is_empty() {
                 outs.push("nothing (no output device, no recording)".into());
             }
-            (devs, input_desc, outs.join(" + "))
-        })
-        .await
-        .unwrap_or_default();
-        let capture = devices.iter().find_map(|d| d.capture.clone());
-        let playback = devices.iter().find_map(|d| d.playback.clone());
-        if let Ok(mut s) = st.lock() {
-            s.input = input_desc;
-            s.output = output_desc;
-        }
-        // Audio that arrived while the devices opened is stale: the jitter buffer would take it for a burst
-        // and hold everything after it that much later.
-        while rx.try_recv().is_ok() {}
+            let _ = opened_tx.send((devs, input_desc, outs.join(" + ")));
+        });
+        let mut devices: Vec<crate::audio::Devices> = Vec::new();
+        let mut devices_pending = true;
+        let mut capture = None;
+        let mut playback = None;
         let start = Instant::now();
         // KITH_MEDIA_TRACE=FILE: write "seq arrival_us" per received audio datagram (to record network
         // traces that the jitter buffer's tests replay).
@@ -410,6 +414,18 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
+                r = &mut opened, if devices_pending => {
+                    devices_pending = false;
+                    if let Ok((devs, input_desc, output_desc)) = r {
+                        devices = devs;
+                        capture = devices.iter().find_map(|d| d.capture.clone());
+                        playback = devices.iter().find_map(|d| d.playback.clone());
+                        if let Ok(mut s) = st.lock() {
+                            s.input = input_desc;
+                            s.output = output_desc;
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     // Capture and send one frame.
                     match &input {
