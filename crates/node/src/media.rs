@@ -326,7 +326,8 @@ pub fn start(
         let (opened_tx, mut opened) = tokio::sync::oneshot::channel();
         let headless_desc = headless.clone();
         let recording_desc = recording.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        // Detached: its result arrives through `opened` (or is dropped with the devices if the call ended).
+        drop(tokio::task::spawn_blocking(move || {
             let (headless, recording) = (headless_desc, recording_desc);
             let mut devs = Vec::new();
             let input_desc = match &want_in {
@@ -363,7 +364,7 @@ pub fn start(
                 outs.push("nothing (no output device, no recording)".into());
             }
             let _ = opened_tx.send((devs, input_desc, outs.join(" + ")));
-        });
+        }));
         let mut devices: Vec<crate::audio::Devices> = Vec::new();
         let mut devices_pending = true;
         let mut capture = None;
