@@ -503,13 +503,15 @@ def fmt(x, spec=".2f"):
 
 def codec_alone(lossy, r, out):
     """The codec by itself over the loss pattern this kith call met (the packets bob's daemon recorded as
-    arrived), with every lost frame rebuilt from the next packet's FEC when that arrived: kith's own ceiling
-    for this pattern, without the network's timing or the jitter buffer."""
+    arrived), with every lost frame rebuilt from the next packet's FEC when that arrived (or, when the call
+    ended sending redundant copies, played whole from the copy in the next packet, from the first frame on):
+    kith's own ceiling for this pattern, without the network's timing or the jitter buffer."""
     if not r.get("arrivals") or not os.path.exists(lossy):
         return None
     deg = os.path.splitext(r["recording"])[0] + "_codec.wav"
     hint = max(6, int(r["caller_stats"].get("loss_hint_pct") or 0))
-    subprocess.run([lossy, r["reference"], deg, "0", "--hint", str(hint), "--arrived", r["arrivals"]],
+    red = ["--red"] if r["caller_stats"].get("redundancy") else []
+    subprocess.run([lossy, r["reference"], deg, "0", "--hint", str(hint), "--arrived", r["arrivals"]] + red,
                    check=True, capture_output=True)
     return pesq_wb(r["reference"], deg)["pesq_wb"]
 

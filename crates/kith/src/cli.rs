@@ -354,12 +354,14 @@ async fn follow_call(
 fn stats_line(s: &Value) -> String {
     let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
     format!(
-        "{} | {} ms frames, {:.0} kbit/s, FEC {} (loss hint {} %) | rtt {} | loss {:.1} % before FEC, {:.1} % after | {} FEC frames, {} concealed, {} late | jitter {:.1} ms, buffer {:.0} ms",
+        "{} | {} ms frames, {:.0} kbit/s, FEC {} (loss hint {} %), {} redundant cop{} | rtt {} | loss {:.1} % before FEC, {:.1} % after | {} FEC frames, {} from copies, {} concealed, {} late | jitter {:.1} ms, buffer {:.0} ms",
         s["codec"].as_str().unwrap_or("?"),
         s["frame_ms"],
         f("bitrate") / 1000.0,
         if s["fec"] == true { "on" } else { "off" },
         s["loss_hint_pct"],
+        s["redundancy"],
+        if s["redundancy"] == 1 { "y" } else { "ies" },
         s["rtt_ms"]
             .as_f64()
             .map(|r| format!("{r:.1} ms"))
@@ -367,6 +369,7 @@ fn stats_line(s: &Value) -> String {
         f("loss_before_fec_pct"),
         f("loss_after_fec_pct"),
         s["fec_frames"],
+        s["red_frames"],
         s["concealed_frames"],
         s["late"],
         f("jitter_ms"),

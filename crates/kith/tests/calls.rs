@@ -305,17 +305,29 @@ async fn a_call_survives_twenty_percent_loss() {
         (12.0..30.0).contains(&before),
         "about 20 % lost on the way: {s}"
     );
-    assert!(after < before, "FEC rebuilt part of it: {s}");
-    assert!(s["fec_frames"].as_u64().unwrap() > 10, "{s}");
+    // Until alice's first report comes back, LBRR rebuilds lost frames; from then on every datagram
+    // carries a whole copy of the frame before, and only two losses in a row need concealment.
+    assert!(
+        after < before / 3.0,
+        "FEC and copies rebuilt most of it: {s}"
+    );
+    assert!(s["fec_frames"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["red_frames"].as_u64().unwrap() > 20, "{s}");
     assert!(s["concealed_frames"].as_u64().unwrap() > 0, "{s}");
-    // Alice's encoder heard about it: FEC on with a loss hint that follows the loss.
+    // Alice's encoder heard about it: copies on, LBRR (which would only duplicate them) off, and a loss
+    // hint that follows the loss.
     let sa = &ea["stats"];
-    assert_eq!(sa["fec"], json!(true), "{sa}");
+    assert_eq!(
+        (&sa["redundancy"], &sa["fec"]),
+        (&json!(1), &json!(false)),
+        "{sa}"
+    );
     assert!(sa["loss_hint_pct"].as_u64().unwrap() >= 15, "{sa}");
     let rec = read_wav(&p("b_rec.wav"));
-    let (ncc, _) = best_ncc(&a_in, &rec);
-    println!("NCC at 20 % loss: {ncc:.3}");
-    assert!(ncc > 0.5, "still speech: {ncc:.3}");
+    // Aligned by window: the jitter buffer may move playout by part of a frame in a pause.
+    let (ncc, lags) = windowed_ncc(&a_in, &rec);
+    println!("NCC at 20 % loss: {ncc:.3} {lags:?}");
+    assert!(ncc > 0.75, "still clear speech: {ncc:.3}");
 }
 
 async fn place(from: &Daemon, to: &str) -> String {

@@ -1,7 +1,8 @@
 //! Opus through a lossy channel, offline: `cargo run -p kith-media --release --example lossy -- IN.wav OUT.wav
-//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C]`. Each lost frame is rebuilt from
-//! the next packet's FEC when that packet arrived, else concealed: the codec's best case, without a network
-//! or a jitter buffer. For comparing encoder settings with PESQ.
+//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--red] [--arrived TRACE]`.
+//! Each lost frame is rebuilt from the next packet's FEC when that packet arrived (with `--red`: played whole
+//! from the copy the next packet carries, and LBRR off, as kith sends under steady loss), else concealed:
+//! the codec's best case, without a network or a jitter buffer. For comparing encoder settings with PESQ.
 
 use kith_media::codec::{OpusDecoder, OpusEncoder, has_lbrr};
 use kith_media::rate::EncoderSettings;
@@ -20,7 +21,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!(
-            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B]"
+            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--red] [--arrived TRACE]"
         );
         std::process::exit(2);
     }
@@ -29,6 +30,7 @@ fn main() {
     let bitrate = arg(&args, "--bitrate", 32_000.0) as u32;
     let seed = arg(&args, "--seed", 7.0) as u64;
     let burst = arg(&args, "--burst", 1.0);
+    let red = args.iter().any(|a| a == "--red");
     let mut r = hound::WavReader::open(&args[1]).expect("input");
     let spec = r.spec();
     let pcm: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
@@ -36,8 +38,9 @@ fn main() {
         20,
         EncoderSettings {
             bitrate,
-            fec: loss > 0.0 || hint > 0,
+            fec: !red && (loss > 0.0 || hint > 0),
             loss_hint_pct: hint,
+            redundancy: u8::from(red),
         },
     )
     .unwrap();
@@ -91,14 +94,18 @@ fn main() {
         .collect();
     let enc_time = t0.elapsed();
     let t1 = std::time::Instant::now();
-    let (mut fec, mut conceal, mut lbrr) = (0, 0, 0);
+    let (mut fec, mut copies, mut conceal, mut lbrr) = (0, 0, 0, 0);
     let mut w = hound::WavWriter::create(&args[2], spec).unwrap();
     for i in 0..packets.len() {
         let (p, lost) = &packets[i];
         if has_lbrr(p) {
             lbrr += 1;
         }
+        let next_arrived = matches!(packets.get(i + 1), Some((_, false)));
         let out = if !lost {
+            dec.decode(p).unwrap()
+        } else if red && next_arrived {
+            copies += 1;
             dec.decode(p).unwrap()
         } else if let Some((next, false)) = packets.get(i + 1) {
             fec += 1;
@@ -115,10 +122,10 @@ fn main() {
     w.finalize().unwrap();
     let n = packets.len().max(1) as f64;
     eprintln!(
-        "{} frames, {} lost, {fec} from FEC, {conceal} concealed, LBRR in {lbrr}; complexity {complexity}: \
+        "{} frames, {} lost, {fec} from FEC, {copies} from copies, {conceal} concealed, LBRR in {lbrr}; complexity {complexity}: \
          encode {:.0} us/frame, decode {:.0} us/frame ({:.2} % of a core at 50 frames/s)",
         packets.len(),
-        fec + conceal,
+        fec + copies + conceal,
         enc_time.as_micros() as f64 / n,
         dec_time.as_micros() as f64 / n,
         (enc_time + dec_time).as_secs_f64() / n * 50.0 * 100.0

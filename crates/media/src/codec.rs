@@ -192,6 +192,7 @@ mod tests {
                 bitrate,
                 fec: true,
                 loss_hint_pct: 10,
+                redundancy: 0,
             });
             let n = with.iter().filter(|p| has_lbrr(p)).count();
             assert!(
@@ -203,6 +204,7 @@ mod tests {
                 bitrate,
                 fec: false,
                 loss_hint_pct: 0,
+                redundancy: 0,
             });
             assert_eq!(
                 without.iter().filter(|p| has_lbrr(p)).count(),
@@ -215,6 +217,7 @@ mod tests {
             bitrate: 16_000,
             fec: true,
             loss_hint_pct: 20,
+            redundancy: 0,
         });
         assert_eq!(low.iter().filter(|p| has_lbrr(p)).count(), 0, "16 kbit/s");
     }
@@ -226,6 +229,7 @@ mod tests {
             bitrate: 24_000,
             fec: true,
             loss_hint_pct: 10,
+            redundancy: 0,
         });
         // Every 4th frame whose successor carries LBRR is lost.
         let lost: Vec<usize> = (10..packets.len() - 1)
@@ -273,6 +277,7 @@ mod tests {
                 bitrate: 24_000,
                 fec: true,
                 loss_hint_pct: 6,
+                redundancy: 0,
             },
         )
         .unwrap();

@@ -12,9 +12,16 @@
 //! hand), but shrinking can: it waits for a quiet frame ([`JitterBuffer::set_quiet`], told by the player
 //! after each decoded frame), for at most [`JitterConfig::shrink_within`] ticks.
 //!
+//! Whole frames are coarse: the delay kept sits anywhere from half a frame under the target to a frame
+//! over it, depending on how the playout clock's ticks fall against the packets' arrivals. So after a quiet
+//! frame [`JitterBuffer::advance`] may move the playout clock earlier by part of a frame (the player cuts as
+//! much from that quiet frame and ticks that much sooner), down to a quarter frame under the target but
+//! never under what the jitter needs; once the jitter window has seen [`WINDOW`]/4 packets.
+//!
 //! Per tick ([`JitterBuffer::pop`], called every frame duration by the playout clock), once the delay is
 //! right:
-//! * the next frame's packet is there: decode it;
+//! * the next frame's packet is there: decode it; or a whole copy of it came with a later packet
+//!   (redundancy, [`JitterBuffer::push_redundant`]): decode that;
 //! * it is missing but the one after it is there: decode that one's in-band FEC (LBRR) in its place;
 //! * both are missing: conceal (the decoder's PLC). A packet that comes after its turn is late: dropped,
 //!   but its delay still counts for the jitter estimate.
@@ -75,12 +82,18 @@ pub struct JitterStats {
     pub duplicates: u64,
     /// Frames rebuilt from the next packet's FEC.
     pub fec: u64,
+    /// Frames whose own packet was lost, played from a whole copy carried by a later packet (counted in
+    /// `played` too).
+    pub red: u64,
     /// Lost frames concealed (no FEC available).
     pub concealed: u64,
     /// Ticks concealed while waiting, to grow the delay.
     pub stalls: u64,
     /// Frames dropped to shrink the delay.
     pub dropped: u64,
+    /// Playout clock moves earlier by part of a frame ([`JitterBuffer::advance`]), and their sum in ms.
+    pub advances: u64,
+    pub advanced_ms: f64,
     pub played: u64,
     /// Current buffered delay and the target, milliseconds.
     pub delay_ms: f64,
@@ -94,7 +107,9 @@ pub struct JitterStats {
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    packets: BTreeMap<u64, Vec<u8>>,
+    /// Frames waiting to be played: payload, and whether it is a redundant copy (its own packet was lost
+    /// or is late).
+    packets: BTreeMap<u64, (Vec<u8>, bool)>,
     /// The next sequence number to play (None before playout starts).
     next: Option<u64>,
     /// When the first packet arrived (playout starts `target` later).
@@ -102,6 +117,11 @@ pub struct JitterBuffer {
     /// (seq, arrival) of recent packets, to measure relative delay.
     history: std::collections::VecDeque<(u64, Instant)>,
     target: Duration,
+    /// What the jitter needs, before rounding up to whole frames.
+    needed: Duration,
+    /// Ticks since the delay last had to grow (advancing waits a window's worth after that: what made it
+    /// grow, a drifting clock or a burst of jitter, may be at it again).
+    ticks_since_stall: u32,
     over_target_ticks: u32,
     stats: JitterStats,
     /// For RFC 3550 jitter: previous (seq, arrival).
@@ -125,6 +145,8 @@ impl JitterBuffer {
             first_arrival: None,
             history: Default::default(),
             target,
+            needed: target,
+            ticks_since_stall: 0,
             over_target_ticks: 0,
             stats: JitterStats::default(),
             prev: None,
@@ -175,16 +197,37 @@ impl JitterBuffer {
             self.observe(seq, now);
             return;
         }
-        if self.packets.contains_key(&seq) {
-            self.stats.duplicates += 1;
-            return;
+        match self.packets.get_mut(&seq) {
+            Some((_, false)) => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            // The packet itself, after a copy of it came: the same frame, now from its own packet.
+            Some((_, red)) => *red = false,
+            None => {
+                self.packets.insert(seq, (payload, false));
+                self.bound();
+            }
         }
         self.stats.received += 1;
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         self.observe(seq, now);
         self.first_arrival.get_or_insert(now);
-        self.packets.insert(seq, payload);
-        // Bound memory against a peer that sends far ahead.
+    }
+
+    /// A whole copy of frame `seq` arrived inside a later packet (whose own frame went to [`Self::push`]).
+    /// Kept if that frame is still to be played and its own packet is not here; it says nothing about
+    /// transit or loss.
+    pub fn push_redundant(&mut self, seq: u64, payload: Vec<u8>) {
+        if self.next.is_some_and(|n| seq < n) || self.packets.contains_key(&seq) {
+            return;
+        }
+        self.packets.insert(seq, (payload, true));
+        self.bound();
+    }
+
+    /// Bounds memory against a peer that sends far ahead.
+    fn bound(&mut self) {
         while self.packets.len() > 1000 {
             self.packets.pop_first();
         }
@@ -270,9 +313,34 @@ impl JitterBuffer {
         if self.window_loss() >= 0.01 {
             needed += self.config.frame;
         }
+        self.needed = needed;
         let frames = needed.as_secs_f64() / self.config.frame.as_secs_f64();
         let target = self.config.frame * (frames.ceil() as u32).max(1);
         self.target = target.clamp(self.config.min_delay, self.config.max_delay);
+    }
+
+    /// Asked after each played frame: whether the playout clock should now run earlier, and by how much
+    /// (at most half a frame). The caller cuts that much from the end of the frame just played, which was
+    /// quiet, and makes its next tick come that much sooner.
+    pub fn advance(&mut self) -> Option<Duration> {
+        if self.next.is_none()
+            || !self.quiet
+            || self.history.len() < WINDOW / 4
+            || self.ticks_since_stall < WINDOW as u32
+        {
+            return None;
+        }
+        let frame = self.config.frame.as_secs_f64();
+        let aim = (self.target.as_secs_f64() - frame / 4.0).max(self.needed.as_secs_f64());
+        let excess = self.last_lag - aim;
+        if excess < 0.002 {
+            return None;
+        }
+        let d = excess.min(frame / 2.0);
+        self.last_lag -= d;
+        self.stats.advances += 1;
+        self.stats.advanced_ms += d * 1000.0;
+        Some(Duration::from_secs_f64(d))
     }
 
     /// One playout tick.
@@ -298,7 +366,9 @@ impl JitterBuffer {
         self.last_lag = lag;
         let present = self.packets.contains_key(&next);
         // Too little delay for the jitter measured: wait a frame (the delay grows by one frame).
+        self.ticks_since_stall = self.ticks_since_stall.saturating_add(1);
         if lag + frame / 2.0 < target {
+            self.ticks_since_stall = 0;
             self.stats.stalls += 1;
             return Playout::Conceal { seq: next };
         }
@@ -319,9 +389,12 @@ impl JitterBuffer {
         } else {
             self.over_target_ticks = 0;
         }
-        if let Some(payload) = self.packets.remove(&next) {
+        if let Some((payload, red)) = self.packets.remove(&next) {
             self.next = Some(next + 1);
             self.stats.played += 1;
+            if red {
+                self.stats.red += 1;
+            }
             return Playout::Packet { seq: next, payload };
         }
         // Missing at its time: lost, or later than the jitter allows. Rebuild it from the next packet's FEC
@@ -331,7 +404,7 @@ impl JitterBuffer {
             self.stats.fec += 1;
             return Playout::Fec {
                 seq: next,
-                payload: following.clone(),
+                payload: following.0.clone(),
             };
         }
         self.stats.concealed += 1;

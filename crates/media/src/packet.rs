@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! audio:  u8 kind=1 | u32 call tag | u32 seq | u32 timestamp (48 kHz samples) | u8 flags | Opus frame
+//!         with FLAG_RED: ... | u8 flags | u8 n | n x (u8 back, u16 length) | n earlier frames | Opus frame
 //! report: u8 kind=2 | u32 call tag | u32 highest seq | u32 received | u32 lost | u32 late
 //!         | u32 fec | u32 concealed | u16 jitter (0.1 ms) | u16 delay (ms) | u16 loss (0.01 %, last interval)
 //!         | u32 echo timestamp (ms, of the last audio seen) | u32 echo hold (ms since then)
@@ -17,6 +18,10 @@ pub const AUDIO_HEADER: usize = 14;
 pub const REPORT_LEN: usize = 43;
 /// Flag: the frame carries in-band FEC (LBRR) for the previous frame.
 pub const FLAG_FEC: u8 = 1;
+/// Flag: the datagram also carries whole copies of earlier frames (redundancy, as RFC 2198 does for RTP).
+pub const FLAG_RED: u8 = 2;
+/// At most this many earlier frames ride along.
+pub const MAX_REDUNDANT: usize = 3;
 
 pub fn call_tag(call: &[u8; 16]) -> u32 {
     u32::from_be_bytes([call[0], call[1], call[2], call[3]])
@@ -29,18 +34,76 @@ pub struct AudioPacket {
     pub timestamp: u32,
     pub flags: u8,
     pub payload: Vec<u8>,
+    /// Copies of earlier frames: (how many frames back, that frame's Opus packet). Encoded with
+    /// [`FLAG_RED`]; at most [`MAX_REDUNDANT`].
+    pub redundant: Vec<(u8, Vec<u8>)>,
 }
 
 impl AudioPacket {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(AUDIO_HEADER + self.payload.len());
+        let red = &self.redundant[..self.redundant.len().min(MAX_REDUNDANT)];
+        let mut out = Vec::with_capacity(
+            AUDIO_HEADER
+                + 1
+                + self.payload.len()
+                + red.iter().map(|r| 3 + r.1.len()).sum::<usize>(),
+        );
         out.push(KIND_AUDIO);
         out.extend_from_slice(&self.tag.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.push(self.flags);
+        if red.is_empty() {
+            out.push(self.flags & !FLAG_RED);
+        } else {
+            out.push(self.flags | FLAG_RED);
+            out.push(red.len() as u8);
+            for (back, p) in red {
+                out.push(*back);
+                out.extend_from_slice(&(p.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+            }
+            for (_, p) in red {
+                out.extend_from_slice(&p[..p.len().min(usize::from(u16::MAX))]);
+            }
+        }
         out.extend_from_slice(&self.payload);
         out
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, MediaError> {
+        let u32_at = |i: usize| -> u32 { u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) };
+        let flags = b[13];
+        let mut rest = &b[AUDIO_HEADER..];
+        let mut redundant = Vec::new();
+        if flags & FLAG_RED != 0 {
+            let bad = MediaError::BadDatagram("malformed redundancy");
+            let (&n, r) = rest.split_first().ok_or(bad.clone())?;
+            let n = usize::from(n);
+            if n == 0 || n > MAX_REDUNDANT || r.len() < 3 * n {
+                return Err(bad);
+            }
+            let (heads, mut body) = r.split_at(3 * n);
+            for h in heads.chunks(3) {
+                let len = usize::from(u16::from_be_bytes([h[1], h[2]]));
+                if h[0] == 0 || len == 0 || body.len() < len {
+                    return Err(bad);
+                }
+                let (p, after) = body.split_at(len);
+                redundant.push((h[0], p.to_vec()));
+                body = after;
+            }
+            rest = body;
+        }
+        if rest.is_empty() {
+            return Err(MediaError::BadDatagram("truncated"));
+        }
+        Ok(AudioPacket {
+            tag: u32_at(1),
+            seq: u32_at(5),
+            timestamp: u32_at(9),
+            flags,
+            payload: rest.to_vec(),
+            redundant,
+        })
     }
 }
 
@@ -102,13 +165,7 @@ impl Datagram {
         let u32_at = |i: usize| -> u32 { u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) };
         let u16_at = |i: usize| -> u16 { u16::from_be_bytes([b[i], b[i + 1]]) };
         match b.first() {
-            Some(&KIND_AUDIO) if b.len() > AUDIO_HEADER => Ok(Self::Audio(AudioPacket {
-                tag: u32_at(1),
-                seq: u32_at(5),
-                timestamp: u32_at(9),
-                flags: b[13],
-                payload: b[AUDIO_HEADER..].to_vec(),
-            })),
+            Some(&KIND_AUDIO) if b.len() > AUDIO_HEADER => AudioPacket::decode(b).map(Self::Audio),
             Some(&KIND_REPORT) if b.len() == REPORT_LEN => Ok(Self::Report(Report {
                 tag: u32_at(1),
                 highest_seq: u32_at(5),
@@ -143,8 +200,29 @@ mod tests {
             timestamp: 960 * 5,
             flags: FLAG_FEC,
             payload: vec![1, 2, 3],
+            redundant: vec![],
         };
-        assert_eq!(Datagram::decode(&a.encode()).unwrap(), Datagram::Audio(a));
+        assert_eq!(
+            Datagram::decode(&a.encode()).unwrap(),
+            Datagram::Audio(a.clone())
+        );
+        let red = AudioPacket {
+            flags: FLAG_FEC | FLAG_RED,
+            redundant: vec![(1, vec![9; 70]), (2, vec![8; 3])],
+            ..a
+        };
+        let bytes = red.encode();
+        assert_eq!(bytes.len(), AUDIO_HEADER + 1 + 6 + 73 + 3);
+        assert_eq!(Datagram::decode(&bytes).unwrap(), Datagram::Audio(red));
+        // Lengths that run past the end, a zero count, a frame 0 back, no primary frame: refused.
+        for bad in [
+            [&bytes[..AUDIO_HEADER], &[1, 1, 0, 200, 5]].concat(),
+            [&bytes[..AUDIO_HEADER], &[0, 5, 5]].concat(),
+            [&bytes[..AUDIO_HEADER], &[1, 0, 0, 1, 7, 5]].concat(),
+            [&bytes[..AUDIO_HEADER], &[1, 1, 0, 1, 7]].concat(),
+        ] {
+            assert!(Datagram::decode(&bad).is_err(), "{bad:?}");
+        }
         let r = Report {
             tag: 7,
             highest_seq: 99,

@@ -57,18 +57,30 @@ pub struct CallStats {
     pub bitrate: u32,
     pub fec: bool,
     pub loss_hint_pct: u8,
+    /// Whole copies of earlier frames each outgoing datagram carries (redundancy, on under steady loss).
+    pub redundancy: u8,
     pub rtt_ms: Option<f64>,
     pub sent: u64,
     pub received: u64,
-    /// Frames lost on the way in (before FEC), and those FEC could not rebuild (after FEC), percent.
+    /// Frames lost on the way in (before FEC), and those neither FEC nor a redundant copy could rebuild
+    /// (after FEC), percent.
     pub loss_before_fec_pct: f64,
     pub loss_after_fec_pct: f64,
+    /// Lost frames rebuilt from the next packet's in-band FEC (LBRR), and played whole from a copy in a
+    /// later packet.
     pub fec_frames: u64,
+    pub red_frames: u64,
     pub concealed_frames: u64,
     pub late: u64,
     pub jitter_ms: f64,
     pub jitter_buffer_ms: f64,
     pub jitter_target_ms: f64,
+    /// Times the jitter buffer grew by a frame (concealing), dropped a frame, or moved playout earlier by
+    /// part of a frame in a pause (and by how much in all).
+    pub jitter_grew: u64,
+    pub jitter_dropped: u64,
+    pub jitter_advances: u64,
+    pub jitter_advanced_ms: f64,
     /// What the peer reports about our audio.
     pub peer_loss_pct: f64,
     pub peer_jitter_ms: f64,
@@ -376,14 +388,20 @@ pub fn start(
             .and_then(|p| std::fs::File::create(p).ok())
             .map(std::io::BufWriter::new);
         let mut shim = impair.map(Shim::new);
+        // Two clocks of one frame each: capture (steady) and playout (which the jitter buffer may move
+        // earlier by part of a frame, in a pause).
         let mut tick = tokio::time::interval(frame_dur);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut play = tokio::time::interval(frame_dur);
+        play.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq: u32 = 0;
         let mut pos = 0usize;
         let mut phase = 0.0f64;
         let mut pcm = vec![0i16; frame];
+        // The last frames sent, newest first: copies for redundancy.
+        let mut recent: std::collections::VecDeque<Vec<u8>> = Default::default();
         // Receiver-side accounting for reports.
         let mut last_audio: Option<(u32, Instant)> = None;
         let mut prev_expected = 0u64;
@@ -455,18 +473,30 @@ pub fn start(
                     }
                     if let Ok(payload) = enc.encode(&pcm) {
                         let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
+                        let copies = usize::from(rate.settings().redundancy).min(packet::MAX_REDUNDANT);
+                        let redundant = recent
+                            .iter()
+                            .take(copies)
+                            .enumerate()
+                            .map(|(i, p)| (i as u8 + 1, p.clone()))
+                            .collect();
                         let p = AudioPacket {
                             tag,
                             seq,
                             timestamp: seq.wrapping_mul(frame as u32),
                             flags,
                             payload,
+                            redundant,
                         };
                         send(p.encode(), &mut shim);
+                        recent.push_front(p.payload);
+                        recent.truncate(packet::MAX_REDUNDANT);
                         seq = seq.wrapping_add(1);
                     }
+                }
+                at = play.tick() => {
                     // Play out one frame.
-                    let out = match jb.pop(Instant::now()) {
+                    let mut out = match jb.pop(Instant::now()) {
                         Playout::Packet { payload, .. } => dec.decode(&payload),
                         Playout::Fec { payload, .. } => dec.decode_fec(&payload),
                         Playout::Conceal { .. } => dec.conceal(),
@@ -474,6 +504,12 @@ pub fn start(
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
                     jb.set_quiet(quiet(&out));
+                    if let Some(d) = jb.advance() {
+                        // A pause: play this frame shorter and the next ones that much sooner.
+                        let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
+                        out.truncate(out.len().saturating_sub(cut));
+                        play.reset_at(at + frame_dur - d);
+                    }
                     if let Some(q) = &playback {
                         q.put(&out);
                     }
@@ -497,6 +533,11 @@ pub fn start(
                                 let _ = writeln!(t, "{} {}", a.seq, start.elapsed().as_micros());
                             }
                             jb.push(u64::from(a.seq), a.payload, Instant::now());
+                            for (back, copy) in a.redundant {
+                                if let Some(s) = a.seq.checked_sub(u32::from(back)) {
+                                    jb.push_redundant(u64::from(s), copy);
+                                }
+                            }
                         }
                         Ok(Datagram::Report(r)) if r.tag == tag => {
                             // Round trip: now - (when we sent the echoed audio) - how long the peer held it.
@@ -535,7 +576,7 @@ pub fn start(
                         received: js.received as u32,
                         lost: expected.saturating_sub(received) as u32,
                         late: js.late as u32,
-                        fec: js.fec as u32,
+                        fec: (js.fec + js.red) as u32,
                         concealed: js.concealed as u32,
                         jitter_tenth_ms: (js.jitter_rfc3550_ms * 10.0).min(65_535.0) as u16,
                         delay_ms: js.delay_ms.min(65_535.0) as u16,
@@ -549,6 +590,7 @@ pub fn start(
                         s.bitrate = settings.bitrate;
                         s.fec = settings.fec;
                         s.loss_hint_pct = settings.loss_hint_pct;
+                        s.redundancy = settings.redundancy;
                         s.rtt_ms = rtt.map(|r| r.as_secs_f64() * 1000.0);
                         s.peer_loss_pct = peer_loss;
                         s.peer_jitter_ms = peer_jitter;
@@ -590,18 +632,24 @@ fn fill(
     dropped: u64,
     start: Instant,
 ) {
-    let lost_frames = js.fec + js.concealed;
-    let total = js.played + lost_frames;
+    // `played` includes the frames played from a copy.
+    let lost_frames = js.fec + js.concealed + js.red;
+    let total = js.played + js.fec + js.concealed;
     s.sent = sent;
     s.received = js.received;
     s.loss_before_fec_pct = pct(lost_frames, total);
     s.loss_after_fec_pct = pct(js.concealed, total);
     s.fec_frames = js.fec;
+    s.red_frames = js.red;
     s.concealed_frames = js.concealed + js.stalls;
     s.late = js.late;
     s.jitter_ms = js.jitter_rfc3550_ms;
     s.jitter_buffer_ms = js.delay_ms;
     s.jitter_target_ms = js.target_ms;
+    s.jitter_grew = js.stalls;
+    s.jitter_dropped = js.dropped;
+    s.jitter_advances = js.advances;
+    s.jitter_advanced_ms = js.advanced_ms;
     s.dropped_datagrams = dropped;
     s.seconds = start.elapsed().as_secs_f64();
 }
