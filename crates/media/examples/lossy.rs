@@ -48,6 +48,10 @@ fn main() {
         enc.set_complexity(args[i + 1].parse().expect("--complexity 0-10"))
             .unwrap();
     }
+    if let Some(i) = args.iter().position(|a| a == "--max-khz") {
+        enc.set_max_bandwidth_khz(args[i + 1].parse().expect("--max-khz 8, 12 or 20"))
+            .unwrap();
+    }
     let complexity = enc.complexity().unwrap();
     let mut dec = OpusDecoder::new(20).unwrap();
     let frame = enc.frame_samples();

@@ -66,6 +66,19 @@ impl OpusEncoder {
         self.enc.set_complexity(i32::from(c.min(10))).map_err(err)
     }
 
+    /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the
+    /// default: libopus then picks by bitrate).
+    pub fn set_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
+        let b = match khz {
+            0..=4 => opus::Bandwidth::Narrowband,
+            5..=6 => opus::Bandwidth::Mediumband,
+            7..=8 => opus::Bandwidth::Wideband,
+            9..=12 => opus::Bandwidth::Superwideband,
+            _ => opus::Bandwidth::Fullband,
+        };
+        self.enc.set_max_bandwidth(b).map_err(err)
+    }
+
     pub fn complexity(&mut self) -> Result<u8, MediaError> {
         self.enc.get_complexity().map(|c| c as u8).map_err(err)
     }

@@ -257,19 +257,35 @@ impl JitterBuffer {
     /// Each packet's delay relative to the fastest one in the window (`transit_i - min transit`), and
     /// the window's reference: (seq, arrival) of its first packet and the minimum relative transit.
     fn relative_delays(&self) -> Option<(Vec<f64>, (u64, Instant), f64)> {
-        if self.history.is_empty() {
-            return None;
+        let (reference, min) = self.reference()?;
+        let mut rel = self.relative_transits(reference);
+        for r in &mut rel {
+            *r -= min;
         }
-        let (s0, a0) = self.history[0];
+        Some((rel, reference, min))
+    }
+
+    /// Each packet's transit minus the window's first packet's, seconds (can be negative).
+    fn relative_transits(&self, (s0, a0): (u64, Instant)) -> Vec<f64> {
         let frame = self.config.frame.as_secs_f64();
-        // transit_i - transit_0 = (a_i - a_0) - (s_i - s_0) * frame, in seconds (can be negative).
-        let rel: Vec<f64> = self
+        // transit_i - transit_0 = (a_i - a_0) - (s_i - s_0) * frame.
+        self.history
+            .iter()
+            .map(|&(s, a)| signed_secs(a, a0) - (s as f64 - s0 as f64) * frame)
+            .collect()
+    }
+
+    /// The window's first packet and the least relative transit in it, without collecting (every tick
+    /// needs it).
+    fn reference(&self) -> Option<((u64, Instant), f64)> {
+        let &(s0, a0) = self.history.front()?;
+        let frame = self.config.frame.as_secs_f64();
+        let min = self
             .history
             .iter()
             .map(|&(s, a)| signed_secs(a, a0) - (s as f64 - s0 as f64) * frame)
-            .collect();
-        let min = rel.iter().copied().fold(f64::INFINITY, f64::min);
-        Some((rel.iter().map(|r| r - min).collect(), (s0, a0), min))
+            .fold(f64::INFINITY, f64::min);
+        Some(((s0, a0), min))
     }
 
     /// 95th percentile of the relative delays over the window.
@@ -280,9 +296,9 @@ impl JitterBuffer {
         if d.len() < 2 {
             return Duration::ZERO;
         }
-        d.sort_by(f64::total_cmp);
         let idx = ((d.len() as f64 - 1.0) * 0.95).round() as usize;
-        Duration::from_secs_f64(d[idx].max(0.0))
+        let (_, p95, _) = d.select_nth_unstable_by(idx, f64::total_cmp);
+        Duration::from_secs_f64(p95.max(0.0))
     }
 
     /// Fraction of packets missing in the window (holes between its lowest and highest sequence number).
@@ -294,14 +310,17 @@ impl JitterBuffer {
             return 0.0;
         };
         let span = (hi - lo + 1) as f64;
-        let distinct: std::collections::BTreeSet<u64> = self.history.iter().map(|h| h.0).collect();
-        1.0 - distinct.len() as f64 / span
+        // Nearly in order already: sorting is about one pass.
+        let mut seqs: Vec<u64> = self.history.iter().map(|h| h.0).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        1.0 - seqs.len() as f64 / span
     }
 
     /// How long frame `seq` will have waited when played at `now`, had it arrived with the least transit
     /// seen: the buffer's delay at this playout point.
     fn lag(&self, seq: u64, now: Instant) -> Option<f64> {
-        let (_, (s0, a0), min) = self.relative_delays()?;
+        let ((s0, a0), min) = self.reference()?;
         let frame = self.config.frame.as_secs_f64();
         Some(signed_secs(now, a0) - ((seq as f64 - s0 as f64) * frame + min))
     }

@@ -600,6 +600,9 @@ pub fn start(
             }
         }
         // Final numbers.
+        if let Some(c) = conn_of() {
+            tracing::info!(quic = ?c.stats(), "call ended: connection statistics");
+        }
         if let Ok(mut s) = st.lock() {
             fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
         }

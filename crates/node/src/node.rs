@@ -121,6 +121,24 @@ struct ConnHandle {
     contact_grade: bool,
 }
 
+/// The connection a call's media goes over. When both sides dialled (two connections), both pick the
+/// same one, the one the lower account dialled (among equals the newest), so that both directions share
+/// one congestion controller and acknowledgements can ride on the other side's media.
+fn media_conn(
+    me: AccountKey,
+    peer: AccountKey,
+    conns: &[ConnHandle],
+) -> Option<iroh::endpoint::Connection> {
+    conns
+        .iter()
+        .filter(|c| c.conn.close_reason().is_none())
+        .max_by_key(|c| {
+            let dialled_by_me = c.conn.side() == iroh::endpoint::Side::Client;
+            (dialled_by_me == (me.as_bytes() < peer.as_bytes()), c.id)
+        })
+        .map(|c| c.conn.clone())
+}
+
 /// Which of the node's two endpoints.
 ///
 /// * The **contact endpoint** may use IP paths (direct, hole-punched). Only contacts learn its key: from
@@ -1782,12 +1800,13 @@ impl Node {
                     meta.options.clone()
                 };
                 let node = Arc::downgrade(self);
+                let me = self.account;
                 let conn_of: crate::media::ConnOf = Arc::new(move || {
                     let n = node.upgrade()?;
                     let st = lock(&n.state);
                     st.peers
                         .get(&peer)
-                        .and_then(|p| p.conns.last().map(|c| c.conn.clone()))
+                        .and_then(|p| media_conn(me, peer, &p.conns))
                 });
                 match crate::media::start(
                     call,
