@@ -147,6 +147,19 @@ secret_key!(
     "The secret key of a device. Zeroized on drop."
 );
 
+impl AccountSecret {
+    /// X25519 agreement with another account, through the Ed25519 -> X25519 (Edwards -> Montgomery) map of
+    /// both keys. None if the result is all zeros (a small-order peer key).
+    pub fn agree(&self, theirs: &AccountKey) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        let their = ed25519_dalek::VerifyingKey::from_bytes(theirs.as_bytes())
+            .ok()?
+            .to_montgomery();
+        let scalar = zeroize::Zeroizing::new(self.0.to_scalar_bytes());
+        let shared = zeroize::Zeroizing::new(their.mul_clamped(*scalar).to_bytes());
+        (*shared != [0u8; 32]).then_some(shared)
+    }
+}
+
 impl DeviceSecret {
     /// The seed of this device's QUIC endpoint key for one discovery period. Derived, not stored: it
     /// rotates every period, and without the device secret the keys of two periods cannot be linked.

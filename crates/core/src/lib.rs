@@ -3,7 +3,9 @@
 //! What it is: identities and their certificates ([`identity`]), the user-facing address and contact card
 //! formats ([`address`], [`card`]), the wire frames spoken over a `kith/1` QUIC stream ([`wire`]), the hello
 //! that proves the chain account -> device -> endpoint ([`hello`]), the reliable in-order delivery state
-//! machine ([`delivery`]) and safety numbers ([`safety`]).
+//! machine ([`delivery`]), safety numbers ([`safety`]) and the two-layer sealing of what may rest in a
+//! mailbox ([`seal`]: an Olm double ratchet per pair of devices inside an envelope only the two accounts
+//! can open).
 //!
 //! What it does not do: no sockets, no clock reads, no global RNG, no storage. Every entry point that needs
 //! time takes it as an argument, every one that needs randomness takes an RNG, so the whole protocol is
@@ -20,8 +22,10 @@ pub mod card;
 pub mod delivery;
 pub mod hello;
 pub mod identity;
+pub mod mailbox;
 pub mod record;
 pub mod safety;
+pub mod seal;
 pub mod wire;
 pub mod zbase32;
 

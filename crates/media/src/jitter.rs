@@ -327,8 +327,8 @@ impl JitterBuffer {
 
     fn retarget(&mut self) {
         let mut needed = self.jitter_p95() + self.config.margin;
-        // With loss about, keep one frame more, so the next packet (and its FEC) is there when a frame is
-        // missing.
+        // With loss about, keep one frame more, so the next packet (and its FEC, or its copy of the
+        // missing frame) is there when a frame is missing.
         if self.window_loss() >= 0.01 {
             needed += self.config.frame;
         }

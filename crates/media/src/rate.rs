@@ -4,11 +4,11 @@
 //! * FEC: on from the start (a call's first seconds should survive loss too) with a loss hint of at least
 //!   6 %, because below that libopus sends no LBRR at 16-24 kbit/s; the hint tracks the smoothed loss plus a
 //!   margin (at most 40 %). After 10 s without loss it turns off, and back on at the first loss.
-//! * Redundancy: from 3 % smoothed loss on, each datagram also carries a whole copy of the previous frame
+//! * Redundancy: from 1 % smoothed loss on (the first report after 3.3 % loss), each datagram also carries a whole copy of the previous frame
 //!   (as RFC 2198 redundancy does for RTP), so a lost frame whose next packet arrives plays at full quality
 //!   instead of from the low-rate LBRR; the LBRR then only duplicates the copy, so in-band FEC is turned
 //!   off and all of the bitrate goes to the frame itself (the loss hint stays, for robustness). This
-//!   doubles the audio rate (64 kbit/s at the default 32): it goes off again below 1 % smoothed loss, and
+//!   doubles the audio rate (64 kbit/s at the default 32): it goes off again after 10 s without loss, and
 //!   at once, for 10 s, when the round trip shows a queue building (the loss may then be congestion, which
 //!   more bits would make worse).
 //! * Bitrate: starts at the negotiated maximum; if the round trip grows 150 ms above the lowest seen (a queue
@@ -40,8 +40,7 @@ pub struct RateController {
 pub const MIN_BITRATE: u32 = 12_000;
 const FEC_OFF_AFTER: Duration = Duration::from_secs(10);
 const QUEUE_RTT: Duration = Duration::from_millis(150);
-const RED_ON_LOSS: f64 = 0.03;
-const RED_OFF_LOSS: f64 = 0.01;
+const RED_ON_LOSS: f64 = 0.01;
 const RED_HOLD_AFTER_QUEUE: Duration = Duration::from_secs(10);
 
 impl RateController {
@@ -102,7 +101,8 @@ impl RateController {
         let queue_lately = self
             .last_queue
             .is_some_and(|q| now.saturating_duration_since(q) < RED_HOLD_AFTER_QUEUE);
-        if queue_lately || self.smoothed_loss < RED_OFF_LOSS {
+        let quiet_lately = now.saturating_duration_since(self.last_loss) >= FEC_OFF_AFTER;
+        if queue_lately || quiet_lately {
             s.redundancy = 0;
         } else if self.smoothed_loss >= RED_ON_LOSS {
             s.redundancy = 1;
@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(s.redundancy, 0, "{s:?}");
         s = rc.on_report(0.10, rtt, t + SEC * 21);
         assert_eq!(s.redundancy, 1, "{s:?}");
-        // Loss gone: off again below 1 %.
+        // Loss gone: off again after 10 s without any.
         for i in 22..40 {
             s = rc.on_report(0.0, rtt, t + SEC * i);
         }

@@ -1,0 +1,223 @@
+//! Mailboxes: what a mailbox admits and keeps, sans-IO.
+//!
+//! A mailbox keeps sealed envelopes ([`crate::seal`]) for its owner while the owner is away. It knows the
+//! owner (who registered and fetches), and for each period a set of deposit tokens the owner gave it, one
+//! per contact ([`crate::seal::PairKey::deposit_token`]); it never learns which contact a token stands
+//! for. A deposit names a token and carries one envelope of a fixed size class.
+//!
+//! [`Quotas`] bound what one token (one contact in one period) and everybody together may hold, in bytes
+//! and in messages; envelopes expire after [`Quotas::expiry_secs`] (default 30 days). A deposit the
+//! mailbox refuses says why ([`Refusal`]), so the sender keeps the message and tries later or elsewhere.
+//! Deposits are idempotent: the same envelope twice is stored once (a sender that lost the answer to a
+//! crash simply deposits again).
+
+use serde::{Deserialize, Serialize};
+
+/// Limits of one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    pub per_token_bytes: u64,
+    pub per_token_messages: u64,
+    pub total_bytes: u64,
+    pub total_messages: u64,
+    pub expiry_secs: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            per_token_bytes: 64 << 20,
+            per_token_messages: 20_000,
+            total_bytes: 1 << 30,
+            total_messages: 200_000,
+            expiry_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// What is held now, for one token or in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+/// Why a mailbox refused a deposit (or a request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "this mailbox knows no such deposit token (not a contact of its owner, or a token of a past period)"
+    )]
+    UnknownToken,
+    #[error("this contact's share of the mailbox is full ({held} of {limit} {what})")]
+    ContactFull { what: String, held: u64, limit: u64 },
+    #[error("the mailbox is full ({held} of {limit} {what})")]
+    MailboxFull { what: String, held: u64, limit: u64 },
+    #[error("envelope of {0} bytes is not one of the size classes")]
+    BadSize(usize),
+    #[error("only the mailbox's owner may do this")]
+    NotOwner,
+    #[error("this mailbox keeps messages for someone else")]
+    WrongOwner,
+}
+
+impl Quotas {
+    /// Whether a new envelope of `size` bytes may be stored, given what its token and the whole mailbox
+    /// hold now.
+    pub fn admit(&self, size: usize, token: Usage, total: Usage) -> Result<(), Refusal> {
+        if !crate::seal::SIZE_CLASSES.contains(&size) {
+            return Err(Refusal::BadSize(size));
+        }
+        let size = size as u64;
+        let check = |held: u64, add: u64, limit: u64, what: &str, contact: bool| {
+            if held + add > limit {
+                let what = what.to_string();
+                Err(if contact {
+                    Refusal::ContactFull { what, held, limit }
+                } else {
+                    Refusal::MailboxFull { what, held, limit }
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check(token.bytes, size, self.per_token_bytes, "bytes", true)?;
+        check(token.messages, 1, self.per_token_messages, "messages", true)?;
+        check(total.bytes, size, self.total_bytes, "bytes", false)?;
+        check(total.messages, 1, self.total_messages, "messages", false)?;
+        Ok(())
+    }
+}
+
+/// The periods whose tokens a mailbox accepts at `now_period`: the current one and the one before (a
+/// sender's clock may lag, and a deposit may have been sealed just before the boundary), and the next (a
+/// clock ahead).
+pub fn accepted_periods(now_period: u64) -> [u64; 3] {
+    [now_period.saturating_sub(1), now_period, now_period + 1]
+}
+
+/// Requests on the `kith-mailbox/1` stream. `Deposit` needs nothing but a token: the depositor stays
+/// anonymous. The others are the owner's, on a connection whose hello proved the owner's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Deposit {
+        token: [u8; 32],
+        envelope: Vec<u8>,
+    },
+    /// The owner's tokens for `period` (replacing any given before for it).
+    Tokens {
+        period: u64,
+        tokens: Vec<[u8; 32]>,
+    },
+    /// Envelopes with an id above `after`, at most `max`.
+    Fetch {
+        after: u64,
+        max: u32,
+    },
+    /// The owner has stored these: delete them.
+    Delete {
+        ids: Vec<u64>,
+    },
+}
+
+/// One held envelope, as the owner fetches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub id: u64,
+    pub token: [u8; 32],
+    pub envelope: Vec<u8>,
+    /// Unix milliseconds of the deposit.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Deposited { id: u64 },
+    Refused(Refusal),
+    Items { items: Vec<Held>, more: bool },
+    Done,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
+    postcard::from_bytes(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_refuse_with_the_reason_and_the_numbers() {
+        let q = Quotas {
+            per_token_bytes: 2048,
+            per_token_messages: 3,
+            total_bytes: 4096,
+            total_messages: 5,
+            expiry_secs: 60,
+        };
+        let u = |bytes, messages| Usage { bytes, messages };
+        assert_eq!(q.admit(512, u(0, 0), u(0, 0)), Ok(()));
+        assert_eq!(q.admit(513, u(0, 0), u(0, 0)), Err(Refusal::BadSize(513)));
+        assert_eq!(
+            q.admit(512, u(1536, 2), u(1536, 2)),
+            Ok(()),
+            "exactly at the limit is fine"
+        );
+        assert!(matches!(
+            q.admit(512, u(2048, 2), u(2048, 2)),
+            Err(Refusal::ContactFull {
+                held: 2048,
+                limit: 2048,
+                ..
+            })
+        ));
+        assert!(matches!(
+            q.admit(512, u(512, 3), u(512, 3)),
+            Err(Refusal::ContactFull {
+                held: 3,
+                limit: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            q.admit(512, u(0, 0), u(4096, 4)),
+            Err(Refusal::MailboxFull { held: 4096, .. })
+        ));
+        assert!(matches!(
+            q.admit(512, u(0, 0), u(0, 5)),
+            Err(Refusal::MailboxFull {
+                held: 5,
+                limit: 5,
+                ..
+            })
+        ));
+        let e = q.admit(512, u(0, 0), u(0, 5)).unwrap_err().to_string();
+        assert!(e.contains("mailbox is full (5 of 5 messages)"), "{e}");
+    }
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_none() {
+        let r = Request::Deposit {
+            token: [7; 32],
+            envelope: vec![1; 512],
+        };
+        assert_eq!(decode::<Request>(&encode(&r)), Some(r));
+        let a = Response::Items {
+            items: vec![Held {
+                id: 3,
+                token: [1; 32],
+                envelope: vec![2; 512],
+                at_ms: 9,
+            }],
+            more: false,
+        };
+        assert_eq!(decode::<Response>(&encode(&a)), Some(a));
+        assert_eq!(decode::<Request>(&[0xff, 0xff, 0xff]), None);
+        assert_eq!(accepted_periods(0), [0, 0, 1]);
+        assert_eq!(accepted_periods(10), [9, 10, 11]);
+    }
+}
