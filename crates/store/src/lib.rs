@@ -109,7 +109,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE peers (
@@ -220,7 +220,236 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE mailbox_owners (owner BLOB PRIMARY KEY, added_ms INTEGER NOT NULL);
+                 CREATE TABLE mailbox_tokens (
+                     token BLOB PRIMARY KEY,
+                     owner BLOB NOT NULL REFERENCES mailbox_owners (owner) ON DELETE CASCADE,
+                     period INTEGER NOT NULL
+                 );
+                 CREATE TABLE mailbox_items (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     owner BLOB NOT NULL REFERENCES mailbox_owners (owner) ON DELETE CASCADE,
+                     token BLOB NOT NULL,
+                     digest BLOB NOT NULL UNIQUE,
+                     envelope BLOB NOT NULL,
+                     at_ms INTEGER NOT NULL,
+                     expires_ms INTEGER NOT NULL
+                 );
+                 CREATE INDEX mailbox_items_by_owner ON mailbox_items (owner, id);
+                 CREATE INDEX mailbox_items_by_token ON mailbox_items (token);
+                 CREATE TABLE ratchet (key TEXT PRIMARY KEY, pickle TEXT NOT NULL);
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self { conn })
+    }
+
+    /// Stored ratchet state (an encrypted Olm pickle) under `key`: "account", or "session:<device>".
+    pub fn ratchet(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT pickle FROM ratchet WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn save_ratchet(&self, key: &str, pickle: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO ratchet (key, pickle) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET pickle = excluded.pickle",
+            params![key, pickle],
+        )?;
+        Ok(())
+    }
+
+    /// This node keeps mail for `owner` (its own account on an always-on machine, or a contact it hosts).
+    pub fn mailbox_add_owner(&self, owner: &AccountKey, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO mailbox_owners (owner, added_ms) VALUES (?1, ?2)",
+            params![owner.as_bytes().as_slice(), now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn mailbox_owners(&self) -> Result<Vec<AccountKey>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT owner FROM mailbox_owners ORDER BY added_ms")?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = vec![];
+        for r in rows {
+            if let Some(k) = <[u8; 32]>::try_from(r?.as_slice())
+                .ok()
+                .and_then(|b| AccountKey::from_bytes(b).ok())
+            {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The owner's deposit tokens for `period`, replacing those it gave before for that period; tokens of
+    /// periods before `keep_from` are forgotten.
+    pub fn mailbox_set_tokens(
+        &mut self,
+        owner: &AccountKey,
+        period: u64,
+        tokens: &[[u8; 32]],
+        keep_from: u64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let o = owner.as_bytes().as_slice();
+        tx.execute(
+            "DELETE FROM mailbox_tokens WHERE owner = ?1 AND (period = ?2 OR period < ?3)",
+            params![o, period as i64, keep_from as i64],
+        )?;
+        for t in tokens {
+            tx.execute(
+                "INSERT OR REPLACE INTO mailbox_tokens (token, owner, period) VALUES (?1, ?2, ?3)",
+                params![t.as_slice(), o, period as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A deposit: stored (its id; the same envelope again gives the same id and is not stored twice) or
+    /// refused with the reason. One transaction, so a crash leaves it stored or not, never half.
+    pub fn mailbox_deposit(
+        &mut self,
+        token: &[u8; 32],
+        envelope: &[u8],
+        periods: &[u64],
+        quotas: &kith_core::mailbox::Quotas,
+        now_ms: i64,
+    ) -> Result<std::result::Result<u64, kith_core::mailbox::Refusal>> {
+        use kith_core::mailbox::{Refusal, Usage};
+        use sha2::Digest;
+        let tx = self.conn.transaction()?;
+        let found: Option<(Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT owner, period FROM mailbox_tokens WHERE token = ?1",
+                [token.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((owner, period)) = found else {
+            return Ok(Err(Refusal::UnknownToken));
+        };
+        if !periods.contains(&(period as u64)) {
+            return Ok(Err(Refusal::UnknownToken));
+        }
+        let digest = sha2::Sha256::digest(envelope).to_vec();
+        if let Some(id) = tx
+            .query_row(
+                "SELECT id FROM mailbox_items WHERE digest = ?1",
+                [&digest],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+        {
+            return Ok(Ok(id as u64));
+        }
+        let usage = |sql: &str, key: &[u8]| -> Result<Usage> {
+            Ok(tx.query_row(sql, params![key, now_ms], |r| {
+                Ok(Usage {
+                    bytes: r.get::<_, i64>(0)? as u64,
+                    messages: r.get::<_, i64>(1)? as u64,
+                })
+            })?)
+        };
+        let by_token = usage(
+            "SELECT COALESCE(SUM(length(envelope)), 0), COUNT(*) FROM mailbox_items
+             WHERE token = ?1 AND expires_ms > ?2",
+            token,
+        )?;
+        let total = usage(
+            "SELECT COALESCE(SUM(length(envelope)), 0), COUNT(*) FROM mailbox_items
+             WHERE owner = ?1 AND expires_ms > ?2",
+            &owner,
+        )?;
+        if let Err(r) = quotas.admit(envelope.len(), by_token, total) {
+            return Ok(Err(r));
+        }
+        let expires = now_ms.saturating_add((quotas.expiry_secs as i64).saturating_mul(1000));
+        tx.execute(
+            "INSERT INTO mailbox_items (owner, token, digest, envelope, at_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![owner, token.as_slice(), digest, envelope, now_ms, expires],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        tx.commit()?;
+        Ok(Ok(id))
+    }
+
+    /// What the mailbox holds for `owner` after id `after` (unexpired), at most `max`; and whether there
+    /// is more.
+    pub fn mailbox_fetch(
+        &self,
+        owner: &AccountKey,
+        after: u64,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<kith_core::mailbox::Held>, bool)> {
+        let mut st = self.conn.prepare(
+            "SELECT id, token, envelope, at_ms FROM mailbox_items
+             WHERE owner = ?1 AND id > ?2 AND expires_ms > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let rows = st.query_map(
+            params![
+                owner.as_bytes().as_slice(),
+                after as i64,
+                now_ms,
+                max as i64 + 1
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )?;
+        let mut items = vec![];
+        for r in rows {
+            let (id, token, envelope, at) = r?;
+            items.push(kith_core::mailbox::Held {
+                id: id as u64,
+                token: token.try_into().unwrap_or([0; 32]),
+                envelope,
+                at_ms: at as u64,
+            });
+        }
+        let more = items.len() > max;
+        items.truncate(max);
+        Ok((items, more))
+    }
+
+    /// The owner has what these ids hold: delete them.
+    pub fn mailbox_delete(&mut self, owner: &AccountKey, ids: &[u64]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for id in ids {
+            n += tx.execute(
+                "DELETE FROM mailbox_items WHERE owner = ?1 AND id = ?2",
+                params![owner.as_bytes().as_slice(), *id as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Drops what has expired; returns how many.
+    pub fn mailbox_expire(&self, now_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM mailbox_items WHERE expires_ms <= ?1", [now_ms])?)
     }
 
     /// A numeric setting of the node (e.g. the contact key generation); `None` if never set.
@@ -832,5 +1061,102 @@ mod tests {
         let chat = store.chat(&peer, 10).unwrap();
         assert_eq!(chat.len(), 3, "two outgoing and one shown incoming");
         assert_eq!(store.queue_sizes().unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn deposits_are_admitted_by_token_and_quota_once_each_and_expire() {
+        use kith_core::mailbox::{Quotas, Refusal};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut rng = StdRng::seed_from_u64(9);
+        let owner = AccountSecret::generate(&mut rng).public();
+        let q = Quotas {
+            per_token_bytes: 2048,
+            per_token_messages: 3,
+            total_bytes: 1 << 20,
+            total_messages: 4,
+            expiry_secs: 60,
+        };
+        let (t1, t2, stranger) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let env = |b: u8| vec![b; 512];
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.mailbox_add_owner(&owner, 0).unwrap();
+            s.mailbox_set_tokens(&owner, 10, &[t1, t2], 9).unwrap();
+            assert_eq!(
+                s.mailbox_deposit(&stranger, &env(1), &[9, 10, 11], &q, 0)
+                    .unwrap(),
+                Err(Refusal::UnknownToken)
+            );
+            // A token of a period no longer accepted is refused like a wrong one.
+            assert_eq!(
+                s.mailbox_deposit(&t1, &env(1), &[11, 12, 13], &q, 0)
+                    .unwrap(),
+                Err(Refusal::UnknownToken)
+            );
+            let a = s
+                .mailbox_deposit(&t1, &env(1), &[9, 10, 11], &q, 1000)
+                .unwrap()
+                .unwrap();
+            // The same envelope again (a sender that lost the answer): the same id, stored once.
+            assert_eq!(
+                s.mailbox_deposit(&t1, &env(1), &[9, 10, 11], &q, 1001)
+                    .unwrap(),
+                Ok(a)
+            );
+            s.mailbox_deposit(&t1, &env(2), &[9, 10, 11], &q, 1002)
+                .unwrap()
+                .unwrap();
+            s.mailbox_deposit(&t1, &env(3), &[9, 10, 11], &q, 1003)
+                .unwrap()
+                .unwrap();
+            assert!(matches!(
+                s.mailbox_deposit(&t1, &env(4), &[9, 10, 11], &q, 1004)
+                    .unwrap(),
+                Err(Refusal::ContactFull { .. })
+            ));
+            s.mailbox_deposit(&t2, &env(5), &[9, 10, 11], &q, 1005)
+                .unwrap()
+                .unwrap();
+            assert!(matches!(
+                s.mailbox_deposit(&t2, &env(6), &[9, 10, 11], &q, 1006)
+                    .unwrap(),
+                Err(Refusal::MailboxFull { .. })
+            ));
+            assert!(matches!(
+                s.mailbox_deposit(&t2, &[0u8; 100], &[9, 10, 11], &q, 1006)
+                    .unwrap(),
+                Err(Refusal::BadSize(100))
+            ));
+        }
+        // All of it survives reopening; the owner fetches in pages and deletes what it stored.
+        let mut s = Store::open(&path).unwrap();
+        let (page, more) = s.mailbox_fetch(&owner, 0, 3, 2000).unwrap();
+        assert_eq!((page.len(), more), (3, true));
+        assert_eq!(page[0].envelope, env(1));
+        assert_eq!(page[0].token, t1);
+        let (rest, more) = s.mailbox_fetch(&owner, page[2].id, 3, 2000).unwrap();
+        assert_eq!((rest.len(), more), (1, false));
+        assert_eq!(rest[0].envelope, env(5));
+        assert_eq!(
+            s.mailbox_delete(&owner, &[page[0].id, page[1].id]).unwrap(),
+            2
+        );
+        assert_eq!(s.mailbox_fetch(&owner, 0, 10, 2000).unwrap().0.len(), 2);
+        // Space freed: the contact may deposit again. After the expiry everything is gone.
+        s.mailbox_deposit(&t1, &env(7), &[9, 10, 11], &q, 3000)
+            .unwrap()
+            .unwrap();
+        // (Held: deposited at 1003, 1005 and 3000 ms, each for 60 s.)
+        assert_eq!(s.mailbox_expire(62_000).unwrap(), 2, "the two older ones");
+        let left = s.mailbox_fetch(&owner, 0, 10, 62_000).unwrap().0;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].envelope, env(7));
+        assert_eq!(s.mailbox_owners().unwrap(), vec![owner]);
+        // Ratchet state is kept by key.
+        assert_eq!(s.ratchet("account").unwrap(), None);
+        s.save_ratchet("account", "p1").unwrap();
+        s.save_ratchet("account", "p2").unwrap();
+        assert_eq!(s.ratchet("account").unwrap().as_deref(), Some("p2"));
     }
 }
