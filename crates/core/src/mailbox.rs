@@ -59,6 +59,8 @@ pub enum Refusal {
     NotOwner,
     #[error("this mailbox keeps messages for someone else")]
     WrongOwner,
+    #[error("not a mailbox request this kith understands (a newer version, or damaged)")]
+    Malformed,
 }
 
 impl Quotas {

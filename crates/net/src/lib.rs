@@ -36,6 +36,11 @@ use std::time::Duration;
 
 /// The QUIC ALPN of kith's control protocol.
 pub const ALPN: &[u8] = b"kith/1";
+/// The QUIC ALPN of deposits into a mailbox: no hello (the depositor stays anonymous), one request and
+/// one response per bidirectional stream, each `u32 length | postcard` ([`kith_core::mailbox`]).
+pub const MAILBOX_ALPN: &[u8] = b"kith-mailbox/1";
+/// The largest mailbox request or response accepted.
+pub const MAILBOX_MAX: usize = 128 * 1024;
 /// How long the hello exchange may take before the connection is dropped.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial may take.
@@ -56,6 +61,70 @@ pub enum BindError {
     BadRelay { url: String, reason: String },
     #[error("relay-only mode needs at least one relay: pass --relay URL")]
     RelayOnlyWithoutRelay,
+}
+
+/// What [`Net::accept_any`] took in.
+pub enum Incoming {
+    Session(Box<Session>),
+    Mailbox(iroh::endpoint::Connection),
+}
+
+async fn write_piece(send: &mut iroh::endpoint::SendStream, b: &[u8]) -> Result<(), DialError> {
+    if b.len() > MAILBOX_MAX {
+        return Err(DialError::Connect(format!(
+            "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
+            b.len()
+        )));
+    }
+    send.write_all(&(b.len() as u32).to_be_bytes())
+        .await
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    send.write_all(b)
+        .await
+        .map_err(|e| DialError::Connect(e.to_string()))
+}
+
+async fn read_piece(recv: &mut iroh::endpoint::RecvStream) -> Result<Vec<u8>, DialError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAILBOX_MAX {
+        return Err(DialError::Connect(format!(
+            "mailbox message of {len} bytes is over the {MAILBOX_MAX}-byte limit"
+        )));
+    }
+    let mut b = vec![0u8; len];
+    recv.read_exact(&mut b)
+        .await
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    Ok(b)
+}
+
+/// Serves one mailbox connection: each bidirectional stream carries one request, answered by `handle`
+/// (which gets the request's bytes and returns the response's). Returns when the peer closes or
+/// misbehaves (a request over the limit, a stream cut short).
+pub async fn serve_mailbox<F, Fut>(conn: iroh::endpoint::Connection, handle: F)
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Vec<u8>>,
+{
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let request = match read_piece(&mut recv).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(reason = %e, "mailbox request dropped");
+                conn.close(1u32.into(), b"bad request");
+                return;
+            }
+        };
+        let response = handle(request).await;
+        if write_piece(&mut send, &response).await.is_err() {
+            return;
+        }
+        let _ = send.finish();
+    }
 }
 
 /// Errors of [`Net::dial`].
@@ -124,7 +193,7 @@ impl Net {
         let relay_mode = RelayMode::Custom(relays.into_iter().collect::<RelayMap>());
         let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::from_bytes(&secret))
-            .alpns(vec![ALPN.to_vec()])
+            .alpns(vec![ALPN.to_vec(), MAILBOX_ALPN.to_vec()])
             .relay_mode(relay_mode)
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
@@ -303,12 +372,32 @@ impl Net {
     }
 
     /// Like [`Net::accept`], but the hello sent back is chosen after the dialer proved who it is: e.g. a
-    /// contact gets a card naming more than a stranger's does.
+    /// contact gets a card naming more than a stranger's does. A mailbox connection is refused here (see
+    /// [`Net::accept_any`]).
     pub async fn accept_with(
         &self,
         hello_for: impl Fn(&VerifiedPeer) -> Hello,
         now_unix: impl Fn() -> u64,
     ) -> Option<Result<Session, SessionError>> {
+        Some(match self.accept_any(hello_for, now_unix).await? {
+            Ok(Incoming::Session(s)) => Ok(*s),
+            Ok(Incoming::Mailbox(conn)) => {
+                conn.close(0u32.into(), b"no mailbox here");
+                Err(SessionError::Connection(
+                    "a mailbox connection where none is served".into(),
+                ))
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The next incoming connection: a kith session (after the hello exchange), or a mailbox connection
+    /// (no hello: serve it with [`serve_mailbox`]).
+    pub async fn accept_any(
+        &self,
+        hello_for: impl Fn(&VerifiedPeer) -> Hello,
+        now_unix: impl Fn() -> u64,
+    ) -> Option<Result<Incoming, SessionError>> {
         let incoming = self.endpoint.accept().await?;
         let conn = match incoming.accept() {
             Ok(accepting) => match tokio::time::timeout(HELLO_TIMEOUT, accepting).await {
@@ -318,7 +407,58 @@ impl Net {
             },
             Err(e) => return Some(Err(SessionError::Connection(e.to_string()))),
         };
-        Some(Session::handshake_acceptor(conn, hello_for, now_unix()).await)
+        if conn.alpn() == MAILBOX_ALPN {
+            return Some(Ok(Incoming::Mailbox(conn)));
+        }
+        Some(
+            Session::handshake_acceptor(conn, hello_for, now_unix())
+                .await
+                .map(|s| Incoming::Session(Box::new(s))),
+        )
+    }
+
+    /// One request to the mailbox at `hint` over [`MAILBOX_ALPN`]; returns the response's bytes. The
+    /// connection is this endpoint's, so callers that must stay anonymous use an endpoint of their own.
+    pub async fn mailbox_request(
+        &self,
+        hint: &Hints,
+        request: &[u8],
+    ) -> Result<Vec<u8>, DialError> {
+        if request.len() > MAILBOX_MAX {
+            return Err(DialError::Connect(format!(
+                "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
+                request.len()
+            )));
+        }
+        let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
+        let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
+            .map_err(|e| DialError::Connect(e.to_string()))?;
+        let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
+        let relays = hint
+            .relays
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .map(TransportAddr::Relay);
+        let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+        let exchange = async {
+            let conn = self
+                .endpoint
+                .connect(addr, MAILBOX_ALPN)
+                .await
+                .map_err(|e| DialError::Connect(e.to_string()))?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| DialError::Connect(e.to_string()))?;
+            write_piece(&mut send, request).await?;
+            let _ = send.finish();
+            let response = read_piece(&mut recv).await?;
+            conn.close(0u32.into(), b"done");
+            Ok(response)
+        };
+        tokio::time::timeout(DIAL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| DialError::Timeout)?
     }
 
     /// Closes the endpoint and every connection on it.

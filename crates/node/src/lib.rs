@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod events;
 pub mod lan;
 pub mod limiter;
+pub mod mailbox;
 pub mod media;
 pub mod node;
 pub mod profile;

@@ -911,7 +911,7 @@ impl Node {
                 node.hello_for(role, peer).unwrap_or_else(|| node.hello())
             };
             let next = tokio::select! {
-                n = net.accept_with(hello_for, unix_now) => n,
+                n = net.accept_any(hello_for, unix_now) => n,
                 // A new endpoint is in place: accept on it.
                 _ = changed.changed() => continue,
             };
@@ -924,7 +924,27 @@ impl Node {
                     }
                     continue;
                 }
-                Some(Ok(session)) => self.register(session, role),
+                Some(Ok(kith_net::Incoming::Session(session))) => self.register(*session, role),
+                Some(Ok(kith_net::Incoming::Mailbox(conn))) => {
+                    let node = self.clone();
+                    tokio::spawn(kith_net::serve_mailbox(conn, move |request| {
+                        let node = node.clone();
+                        async move {
+                            let period = kith_core::blind::period_at(
+                                unix_now(),
+                                node.config.discovery.period_minutes,
+                            )
+                            .0;
+                            crate::mailbox::answer_anonymous(
+                                &node.store,
+                                &request,
+                                period,
+                                &kith_core::mailbox::Quotas::default(),
+                                unix_ms(),
+                            )
+                        }
+                    }));
+                }
                 Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
             }
         }
