@@ -27,8 +27,10 @@ use serde::{Deserialize, Serialize};
 use vodozemac::olm::{self, OlmMessage, SessionConfig};
 use zeroize::Zeroizing;
 
-/// Envelope sizes a mailbox can see, bytes. A message is padded up to the first class it fits.
-pub const SIZE_CLASSES: [usize; 5] = [512, 2048, 8192, 32_768, 98_304];
+/// Envelope sizes a mailbox can see, bytes. A message is padded up to the first class it fits. The
+/// largest holds the longest message text ([`crate::wire::MAX_TEXT_BYTES`]) with the ratchet's overhead,
+/// and still fits in one frame ([`crate::wire::MAX_FRAME_LEN`]) when the owner fetches it.
+pub const SIZE_CLASSES: [usize; 4] = [512, 2048, 8192, 40_960];
 const NONCE: usize = 24;
 const TAG: usize = 16;
 

@@ -44,12 +44,24 @@ pub enum Frame {
     Receipt(ReceiptFrame),
     /// Call signalling (see [`crate::call`]).
     Call(CallMsg),
+    /// The owner of a mailbox asks the node that keeps it ([`crate::mailbox::Request`]), over the
+    /// owner's authenticated connection; `id` pairs the answer with the question.
+    MailboxRequest {
+        id: u64,
+        request: crate::mailbox::Request,
+    },
+    MailboxResponse {
+        id: u64,
+        response: crate::mailbox::Response,
+    },
 }
 
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
 const KIND_RECEIPT: u8 = 3;
 const KIND_CALL: u8 = 4;
+const KIND_MAILBOX_REQUEST: u8 = 5;
+const KIND_MAILBOX_RESPONSE: u8 = 6;
 
 /// Why bytes from a peer are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +91,8 @@ impl Frame {
             KIND_MESSAGE => "message",
             KIND_RECEIPT => "receipt",
             KIND_CALL => "call",
+            KIND_MAILBOX_REQUEST => "mailbox request",
+            KIND_MAILBOX_RESPONSE => "mailbox response",
             _ => "unknown",
         }
     }
@@ -108,6 +122,13 @@ impl Frame {
             Frame::Message(m) => (KIND_MESSAGE, postcard::to_allocvec(m)),
             Frame::Receipt(r) => (KIND_RECEIPT, postcard::to_allocvec(r)),
             Frame::Call(c) => (KIND_CALL, postcard::to_allocvec(c)),
+            Frame::MailboxRequest { id, request } => {
+                (KIND_MAILBOX_REQUEST, postcard::to_allocvec(&(id, request)))
+            }
+            Frame::MailboxResponse { id, response } => (
+                KIND_MAILBOX_RESPONSE,
+                postcard::to_allocvec(&(id, response)),
+            ),
         };
         let payload = payload.map_err(|_| FrameError::Malformed {
             kind: Self::kind_name(kind),
@@ -148,6 +169,14 @@ impl Frame {
             KIND_MESSAGE => Frame::Message(parse(payload, *kind)?),
             KIND_RECEIPT => Frame::Receipt(parse(payload, *kind)?),
             KIND_CALL => Frame::Call(parse(payload, *kind)?),
+            KIND_MAILBOX_REQUEST => {
+                let (id, request) = parse(payload, *kind)?;
+                Frame::MailboxRequest { id, request }
+            }
+            KIND_MAILBOX_RESPONSE => {
+                let (id, response) = parse(payload, *kind)?;
+                Frame::MailboxResponse { id, response }
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         frame.validate()?;
@@ -213,6 +242,22 @@ mod tests {
             Frame::Receipt(ReceiptFrame {
                 seqs: vec![1, 2, 3],
             }),
+            Frame::MailboxRequest {
+                id: 4,
+                request: crate::mailbox::Request::Fetch { after: 9, max: 2 },
+            },
+            Frame::MailboxResponse {
+                id: 4,
+                response: crate::mailbox::Response::Items {
+                    items: vec![crate::mailbox::Held {
+                        id: 10,
+                        token: [1; 32],
+                        envelope: vec![2; 40],
+                        at_ms: 5,
+                    }],
+                    more: false,
+                },
+            },
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode().unwrap()).collect();
         for split in 0..bytes.len() {

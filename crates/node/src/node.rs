@@ -1352,25 +1352,44 @@ impl Node {
             let mut messages = vec![];
             let mut receipts = vec![];
             let mut signalling = vec![];
-            fn push(
-                f: Frame,
-                messages: &mut Vec<MessageFrame>,
-                receipts: &mut Vec<u64>,
-                signalling: &mut Vec<kith_core::call::CallMsg>,
-            ) {
-                match f {
-                    Frame::Message(m) => messages.push(m),
-                    Frame::Receipt(r) => receipts.extend(r.seqs),
-                    Frame::Hello(_) => {}
-                    Frame::Call(c) => signalling.push(c),
-                }
-            }
-            push(first, &mut messages, &mut receipts, &mut signalling);
+            let mut mailbox = vec![];
+            let mut push = |f: Frame, messages: &mut Vec<MessageFrame>| match f {
+                Frame::Message(m) => messages.push(m),
+                Frame::Receipt(r) => receipts.extend(r.seqs),
+                Frame::Hello(_) => {}
+                Frame::Call(c) => signalling.push(c),
+                Frame::MailboxRequest { id, request } => mailbox.push((id, request)),
+                // No request of ours is outstanding yet: a stray answer is dropped.
+                Frame::MailboxResponse { .. } => {}
+            };
+            push(first, &mut messages);
             // Take whatever is already buffered, so one store transaction covers many messages.
             while reader.has_buffered() && messages.len() < READ_BATCH {
                 match reader.next().await {
-                    Ok(f) => push(f, &mut messages, &mut receipts, &mut signalling),
+                    Ok(f) => push(f, &mut messages),
                     Err(_) => break,
+                }
+            }
+            if !mailbox.is_empty() {
+                let tx = lock(&self.state).peers.get(&account).and_then(|p| {
+                    p.conns
+                        .iter()
+                        .find(|c| c.id == conn_id)
+                        .map(|c| c.tx.clone())
+                });
+                let period =
+                    kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+                for (id, request) in mailbox {
+                    let response = crate::mailbox::answer_owner(
+                        &self.store,
+                        &account,
+                        request,
+                        period,
+                        unix_ms(),
+                    );
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(Frame::MailboxResponse { id, response }).await;
+                    }
                 }
             }
             if !signalling.is_empty() {
