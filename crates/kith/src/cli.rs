@@ -186,6 +186,11 @@ enum Command {
         #[command(subcommand)]
         command: AudioCommand,
     },
+    /// Mailboxes: contacts' nodes that keep sealed messages for you while you are away, and yours for them.
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
+    },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
     /// Calls in progress and the call log (duration, outcome, statistics).
@@ -223,6 +228,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum MailboxCommand {
+    /// Keep sealed mail for the contact NAME while it is away (it cannot be read here, nor its senders
+    /// told apart by more than a token that changes every period).
+    Host { name: String },
+    /// Use the contact NAME as one of your mailboxes (it runs `kith mailbox host` for you).
+    Use { name: String },
+    /// Your mailboxes, and whom this node keeps mail for.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -833,6 +849,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .post("/v1/calls/hangup", json!({ "call": call }))
                 .await?;
             out(json_mode, &v, |v| println!("hung up call {}", s(v, "call")));
+        }
+        Command::Mailbox { command } => {
+            let client = Client::for_profile(&home()?)?;
+            match command {
+                MailboxCommand::Host { name } => {
+                    let v = client
+                        .post("/v1/mailbox/host", json!({ "name": name }))
+                        .await?;
+                    out(json_mode, &v, |_| {
+                        println!(
+                            "This node now keeps sealed mail for {name} while {name} is away; {name} runs: kith mailbox use <your name>"
+                        )
+                    });
+                }
+                MailboxCommand::Use { name } => {
+                    let v = client
+                        .post("/v1/mailbox/use", json!({ "name": name }))
+                        .await?;
+                    out(json_mode, &v, |_| {
+                        println!(
+                            "{name} is now one of your mailboxes (it must run: kith mailbox host <its name for you>)"
+                        )
+                    });
+                }
+                MailboxCommand::List => {
+                    let v = client.get("/v1/mailbox").await?;
+                    out(json_mode, &v, |v| {
+                        let list = |k: &str| {
+                            let l: Vec<String> = v[k]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect();
+                            if l.is_empty() {
+                                "nobody".to_string()
+                            } else {
+                                l.join(", ")
+                            }
+                        };
+                        println!("your mailboxes: {}", list("my_mailboxes"));
+                        println!("keeping mail for: {}", list("keeping_mail_for"));
+                    });
+                }
+            }
         }
         Command::Audio {
             command: AudioCommand::Devices,

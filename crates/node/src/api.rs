@@ -101,6 +101,9 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/requests", get(requests))
         .route("/v1/requests/accept", post(accept))
         .route("/v1/events", get(events))
+        .route("/v1/mailbox", get(mailbox))
+        .route("/v1/mailbox/host", post(mailbox_host))
+        .route("/v1/mailbox/use", post(mailbox_use))
         .route("/v1/shutdown", post(shutdown))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -132,6 +135,23 @@ struct AddContact {
 
 async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiResult {
     ok(c.node.add_contact(&body.contact, body.name.as_deref())?)
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+async fn mailbox(State(c): State<Ctx>) -> ApiResult {
+    ok(c.node.mailbox_view()?)
+}
+
+async fn mailbox_host(State(c): State<Ctx>, Json(body): Json<Named>) -> ApiResult {
+    ok(json!({ "keeping_mail_for": body.name, "address": c.node.mailbox_host(&body.name)? }))
+}
+
+async fn mailbox_use(State(c): State<Ctx>, Json(body): Json<Named>) -> ApiResult {
+    ok(json!({ "mailbox": body.name, "address": c.node.mailbox_use(&body.name)? }))
 }
 
 async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {

@@ -50,6 +50,12 @@ pub enum Event {
         talked_secs: Option<f64>,
         stats: Option<serde_json::Value>,
     },
+    /// A contact whose mail this node keeps gave it deposit tokens for a period (one per its contact).
+    MailboxTokens {
+        owner: String,
+        period: u64,
+        tokens: usize,
+    },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

@@ -1285,6 +1285,9 @@ impl Node {
             id
         };
         tracing::info!(path, "peer connected");
+        if matches!(lock(&self.store).my_mailboxes(), Ok(m) if m.contains(&account)) {
+            self.push_mailbox_tokens(account);
+        }
         self.emit(Event::Peer {
             name: self.label(&account),
             address: Address::new(account).to_string(),
@@ -1380,6 +1383,12 @@ impl Node {
                 let period =
                     kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
                 for (id, request) in mailbox {
+                    let tokens = match &request {
+                        kith_core::mailbox::Request::Tokens { period, tokens } => {
+                            Some((*period, tokens.len()))
+                        }
+                        _ => None,
+                    };
                     let response = crate::mailbox::answer_owner(
                         &self.store,
                         &account,
@@ -1387,6 +1396,15 @@ impl Node {
                         period,
                         unix_ms(),
                     );
+                    if let (Some((period, tokens)), kith_core::mailbox::Response::Done) =
+                        (tokens, &response)
+                    {
+                        self.emit(Event::MailboxTokens {
+                            owner: self.label(&account),
+                            period,
+                            tokens,
+                        });
+                    }
                     if let Some(tx) = &tx {
                         let _ = tx.send(Frame::MailboxResponse { id, response }).await;
                     }
@@ -2273,6 +2291,84 @@ impl Node {
     /// Removes a contact. Our contact key moves to its next generation, so the removed person can no longer
     /// read where we are from our records; the remaining contacts get the new key in our card the next time
     /// we connect (we dial them all now).
+    /// Keep mail for the contact `name` while it is away (it then lists us with `kith mailbox use`).
+    pub fn mailbox_host(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?;
+        lock(&self.store).mailbox_add_owner(&peer.account, unix_ms())?;
+        tracing::info!("keeping mail for a contact");
+        Ok(Address::new(peer.account).to_string())
+    }
+
+    /// Use the contact `name` as one of our mailboxes (it runs `kith mailbox host` for us). It gets our
+    /// contacts' deposit tokens now if connected, and at every connection and period from then on.
+    pub fn mailbox_use(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?;
+        lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
+        self.push_mailbox_tokens(peer.account);
+        Ok(Address::new(peer.account).to_string())
+    }
+
+    /// Who we keep mail for, and who keeps ours (names as we call them).
+    pub fn mailbox_view(&self) -> Result<serde_json::Value, NodeError> {
+        let store = lock(&self.store);
+        let name = |a: &AccountKey| -> String {
+            store
+                .peer(a)
+                .ok()
+                .flatten()
+                .and_then(|p| p.petname)
+                .unwrap_or_else(|| Address::new(*a).to_string())
+        };
+        let hosted: Vec<String> = store.mailbox_owners()?.iter().map(name).collect();
+        let mine: Vec<String> = store.my_mailboxes()?.iter().map(name).collect();
+        Ok(serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine }))
+    }
+
+    /// Gives the mailbox `mailbox` the deposit tokens of all our contacts for the previous, current and
+    /// next period (so clocks a little apart still agree), over our connection to it if there is one.
+    fn push_mailbox_tokens(self: &Arc<Self>, mailbox: AccountKey) {
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        let contacts = match lock(&self.store).contacts() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read contacts for mailbox tokens");
+                return;
+            }
+        };
+        let pairs: Vec<kith_core::seal::PairKey> = contacts
+            .iter()
+            .filter(|c| c.account != mailbox)
+            .filter_map(|c| kith_core::seal::PairKey::derive(&self.id.account, &c.account).ok())
+            .collect();
+        let frames: Vec<Frame> = [period.saturating_sub(1), period, period + 1]
+            .into_iter()
+            .map(|p| Frame::MailboxRequest {
+                id: p,
+                request: kith_core::mailbox::Request::Tokens {
+                    period: p,
+                    tokens: pairs
+                        .iter()
+                        .map(|k| k.deposit_token(&self.account, p))
+                        .collect(),
+                },
+            })
+            .collect();
+        let tx = lock(&self.state)
+            .peers
+            .get(&mailbox)
+            .and_then(|p| p.conns.last().map(|c| c.tx.clone()));
+        if let Some(tx) = tx {
+            tokio::spawn(async move {
+                for f in frames {
+                    if tx.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
     pub fn remove_contact(self: &Arc<Self>, name: &str) -> Result<(), NodeError> {
         let account = lock(&self.store).remove_contact(name)?;
         {

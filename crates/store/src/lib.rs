@@ -241,6 +241,7 @@ impl Store {
                  CREATE INDEX mailbox_items_by_owner ON mailbox_items (owner, id);
                  CREATE INDEX mailbox_items_by_token ON mailbox_items (token);
                  CREATE TABLE ratchet (key TEXT PRIMARY KEY, pickle TEXT NOT NULL);
+                 CREATE TABLE my_mailboxes (account BLOB PRIMARY KEY, added_ms INTEGER NOT NULL);
                  PRAGMA user_version = 3;
                  COMMIT;",
             )?;
@@ -277,9 +278,24 @@ impl Store {
     }
 
     pub fn mailbox_owners(&self) -> Result<Vec<AccountKey>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT owner FROM mailbox_owners ORDER BY added_ms")?;
+        self.accounts("SELECT owner FROM mailbox_owners ORDER BY added_ms")
+    }
+
+    /// Our own mailboxes: contacts that keep mail for us while we are away.
+    pub fn add_my_mailbox(&self, account: &AccountKey, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO my_mailboxes (account, added_ms) VALUES (?1, ?2)",
+            params![account.as_bytes().as_slice(), now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn my_mailboxes(&self) -> Result<Vec<AccountKey>> {
+        self.accounts("SELECT account FROM my_mailboxes ORDER BY added_ms")
+    }
+
+    fn accounts(&self, sql: &str) -> Result<Vec<AccountKey>> {
+        let mut st = self.conn.prepare(sql)?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = vec![];
         for r in rows {
@@ -1153,6 +1169,10 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope, env(7));
         assert_eq!(s.mailbox_owners().unwrap(), vec![owner]);
+        assert_eq!(s.my_mailboxes().unwrap(), vec![]);
+        s.add_my_mailbox(&owner, 1).unwrap();
+        s.add_my_mailbox(&owner, 2).unwrap();
+        assert_eq!(s.my_mailboxes().unwrap(), vec![owner]);
         // Ratchet state is kept by key.
         assert_eq!(s.ratchet("account").unwrap(), None);
         s.save_ratchet("account", "p1").unwrap();
