@@ -63,6 +63,20 @@ pub enum BindError {
     RelayOnlyWithoutRelay,
 }
 
+/// Where `hint` says an endpoint is: its key, direct addresses and relays.
+fn endpoint_addr(hint: &Hints) -> Result<EndpointAddr, DialError> {
+    let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
+    let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
+    let relays = hint
+        .relays
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .map(TransportAddr::Relay);
+    Ok(EndpointAddr::from_parts(id, addrs.chain(relays)))
+}
+
 /// What [`Net::accept_any`] took in.
 pub enum Incoming {
     Session(Box<Session>),
@@ -342,16 +356,7 @@ impl Net {
         hello: &Hello,
         now_unix: u64,
     ) -> Result<Session, DialError> {
-        let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
-        let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
-            .map_err(|e| DialError::Connect(e.to_string()))?;
-        let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
-        let relays = hint
-            .relays
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .map(TransportAddr::Relay);
-        let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+        let addr = endpoint_addr(hint)?;
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await
         {
             Ok(Ok(conn)) => conn,
@@ -430,16 +435,7 @@ impl Net {
                 request.len()
             )));
         }
-        let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
-        let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
-            .map_err(|e| DialError::Connect(e.to_string()))?;
-        let addrs = hint.direct.iter().map(|a| TransportAddr::Ip(*a));
-        let relays = hint
-            .relays
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .map(TransportAddr::Relay);
-        let addr = EndpointAddr::from_parts(id, addrs.chain(relays));
+        let addr = endpoint_addr(hint)?;
         let exchange = async {
             let conn = self
                 .endpoint
