@@ -140,6 +140,17 @@ pub enum Response {
     Done,
 }
 
+/// The most mailboxes a person names.
+pub const MAX_MAILBOXES: usize = 4;
+
+/// What a person tells each contact while both are online, so the contact can seal and deposit for it
+/// later: its device's Olm keys, and where its mailboxes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailInfo {
+    pub bundle: crate::seal::PrekeyBundle,
+    pub mailboxes: Vec<crate::Hints>,
+}
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }

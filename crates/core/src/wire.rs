@@ -54,6 +54,8 @@ pub enum Frame {
         id: u64,
         response: crate::mailbox::Response,
     },
+    /// The sender's Olm keys and mailboxes ([`crate::mailbox::MailInfo`]), sent to contacts.
+    MailInfo(Box<crate::mailbox::MailInfo>),
 }
 
 const KIND_HELLO: u8 = 1;
@@ -62,6 +64,7 @@ const KIND_RECEIPT: u8 = 3;
 const KIND_CALL: u8 = 4;
 const KIND_MAILBOX_REQUEST: u8 = 5;
 const KIND_MAILBOX_RESPONSE: u8 = 6;
+const KIND_MAIL_INFO: u8 = 7;
 
 /// Why bytes from a peer are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +96,7 @@ impl Frame {
             KIND_CALL => "call",
             KIND_MAILBOX_REQUEST => "mailbox request",
             KIND_MAILBOX_RESPONSE => "mailbox response",
+            KIND_MAIL_INFO => "mail info",
             _ => "unknown",
         }
     }
@@ -104,6 +108,9 @@ impl Frame {
                 len: m.text.len(),
                 max: MAX_TEXT_BYTES,
             }),
+            Frame::MailInfo(m) if m.mailboxes.len() > crate::mailbox::MAX_MAILBOXES => {
+                Err(FrameError::Malformed { kind: "mail info" })
+            }
             Frame::Receipt(r) if r.seqs.len() > MAX_RECEIPT_SEQS => {
                 Err(FrameError::ReceiptTooLong {
                     len: r.seqs.len(),
@@ -129,6 +136,7 @@ impl Frame {
                 KIND_MAILBOX_RESPONSE,
                 postcard::to_allocvec(&(id, response)),
             ),
+            Frame::MailInfo(m) => (KIND_MAIL_INFO, postcard::to_allocvec(m)),
         };
         let payload = payload.map_err(|_| FrameError::Malformed {
             kind: Self::kind_name(kind),
@@ -177,6 +185,7 @@ impl Frame {
                 let (id, response) = parse(payload, *kind)?;
                 Frame::MailboxResponse { id, response }
             }
+            KIND_MAIL_INFO => Frame::MailInfo(Box::new(parse(payload, *kind)?)),
             other => return Err(FrameError::UnknownKind(other)),
         };
         frame.validate()?;

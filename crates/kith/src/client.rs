@@ -189,6 +189,8 @@ struct Seen {
     counts: HashMap<String, u64>,
     /// Call events (`call_*`), in order.
     calls: Vec<Value>,
+    /// The last event of each type.
+    last: HashMap<String, Value>,
 }
 
 impl Watcher {
@@ -204,6 +206,7 @@ impl Watcher {
                 let kind = ev.get("type").and_then(Value::as_str).unwrap_or("");
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
                 *seen.counts.entry(kind.to_owned()).or_default() += 1;
+                seen.last.insert(kind.to_owned(), ev.clone());
                 if kind.starts_with("call_") {
                     seen.calls.push(ev.clone());
                 }
@@ -270,6 +273,16 @@ impl Watcher {
             .get(kind)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The last event of type `kind` seen.
+    pub fn last(&self, kind: &str) -> Option<Value> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last
+            .get(kind)
+            .cloned()
     }
 
     /// The call events seen so far (`call_incoming`, `call_ringing`, `call_answered`, `call_ended`).

@@ -59,7 +59,9 @@ async fn call(
     );
     anyhow::ensure!(
         (hz - 440.0).abs() < 2.0,
-        "bob did not hear the 440 Hz tone (measured: {hz:.0} Hz)"
+        "bob did not hear the 440 Hz tone (measured: {hz:.0} Hz); his call statistics: {}; alice's: {}",
+        eb["stats"],
+        ea["stats"]
     );
     Ok(())
 }

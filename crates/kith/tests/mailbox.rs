@@ -58,6 +58,7 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
         introduce(x, y).await.unwrap();
     }
     let wb = bob.watcher().await.unwrap();
+    let wa = alice.watcher().await.unwrap();
     bob.client()
         .post("/v1/mailbox/host", json!({ "name": "carol" }))
         .await
@@ -84,6 +85,17 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
     assert_eq!(list["keeping_mail_for"], json!(["carol"]), "{list}");
     let list = carol.client().get("/v1/mailbox").await.unwrap();
     assert_eq!(list["my_mailboxes"], json!(["bob"]), "{list}");
+    // Carol's contacts online learn her Olm keys and that she now has a mailbox.
+    assert!(
+        wa.wait_for(Duration::from_secs(20), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["from"] == "carol" && e["mailboxes"] == 1))
+            .await,
+        "alice did not hear of carol's mailbox: {:?}",
+        wa.last("mail_info")
+    );
+    let list = alice.client().get("/v1/mailbox").await.unwrap();
+    assert_eq!(list["contacts_mailboxes"], json!({ "carol": 1 }), "{list}");
 
     // Alice's side of it: her pair key with carol, from her profile's keys.
     let alice_id = kith_node::profile::Profile::new(dir.path().join("alice"))

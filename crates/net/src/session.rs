@@ -100,9 +100,9 @@ impl Session {
             Ok(Frame::Message(_)) => Err(SessionError::NoHello("a message")),
             Ok(Frame::Receipt(_)) => Err(SessionError::NoHello("a receipt")),
             Ok(Frame::Call(_)) => Err(SessionError::NoHello("call signalling")),
-            Ok(Frame::MailboxRequest { .. } | Frame::MailboxResponse { .. }) => {
-                Err(SessionError::NoHello("a mailbox request"))
-            }
+            Ok(
+                Frame::MailboxRequest { .. } | Frame::MailboxResponse { .. } | Frame::MailInfo(_),
+            ) => Err(SessionError::NoHello("a mailbox request")),
             // The peer refused us: report its reason rather than "connection lost".
             Err(SessionError::Connection(_)) if conn.close_reason().is_some() => {
                 return Err(SessionError::Connection(describe_close(&conn)));

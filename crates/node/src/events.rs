@@ -56,6 +56,8 @@ pub enum Event {
         period: u64,
         tokens: usize,
     },
+    /// A contact told us its Olm keys and how many mailboxes it has (so we can seal and deposit for it).
+    MailInfo { from: String, mailboxes: usize },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

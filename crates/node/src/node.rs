@@ -121,23 +121,36 @@ struct ConnHandle {
     contact_grade: bool,
 }
 
-/// The connection a call's media goes over. When both sides dialled (two connections), both pick the
-/// same one, the one the lower account dialled (among equals the newest), so that both directions share
-/// one congestion controller and acknowledgements can ride on the other side's media.
+/// The connection a call's media goes over: the one the peer last sent a frame on (so it is alive at the
+/// peer's end: after a peer's crash and restart, an older connection can lead to the dead process for a
+/// while, and datagrams sent there are lost without an error). Without one, the newest; when both sides
+/// dialled at about the same time (connections registered within [`SIMULTANEOUS_MS`]), the one the lower
+/// account dialled, so that both sides tend to pick the same.
 fn media_conn(
     me: AccountKey,
     peer: AccountKey,
     conns: &[ConnHandle],
+    last_rx: Option<u64>,
 ) -> Option<iroh::endpoint::Connection> {
-    conns
+    let live: Vec<&ConnHandle> = conns
         .iter()
         .filter(|c| c.conn.close_reason().is_none())
+        .collect();
+    if let Some(c) = live.iter().find(|c| Some(c.id) == last_rx) {
+        return Some(c.conn.clone());
+    }
+    let newest = live.iter().map(|c| c.since_ms).max()?;
+    live.into_iter()
+        .filter(|c| c.since_ms >= newest - SIMULTANEOUS_MS)
         .max_by_key(|c| {
             let dialled_by_me = c.conn.side() == iroh::endpoint::Side::Client;
             (dialled_by_me == (me.as_bytes() < peer.as_bytes()), c.id)
         })
         .map(|c| c.conn.clone())
 }
+
+/// Connections registered this close together count as one simultaneous dial (see [`media_conn`]).
+const SIMULTANEOUS_MS: i64 = 2_000;
 
 /// Which of the node's two endpoints.
 ///
@@ -158,6 +171,8 @@ struct PeerRt {
     conns: Vec<ConnHandle>,
     /// A dial to the peer's contact endpoint is under way (see [`Node::register`]).
     upgrading: bool,
+    /// The connection the peer last sent a frame on: known to be alive at its end.
+    last_rx: Option<u64>,
 }
 
 impl PeerRt {
@@ -167,6 +182,7 @@ impl PeerRt {
             inboxes: HashMap::new(),
             conns: Vec::new(),
             upgrading: false,
+            last_rx: None,
         }
     }
 }
@@ -269,6 +285,9 @@ pub struct Node {
     calls_changed: Notify,
     config: NodeConfig,
     started: Instant,
+    /// This device's Olm account (its keys for sealed mail), and the key its stored state is encrypted under.
+    olm: Mutex<kith_core::seal::RatchetAccount>,
+    olm_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// A contact as the API shows it.
@@ -451,6 +470,25 @@ impl Node {
             media: HashMap::new(),
         };
         let (events, _) = broadcast::channel(4096);
+        // The Olm account: stored encrypted under a key derived from the device secret.
+        let olm_key = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"kith olm pickle v1");
+            h.update(&id.device.to_bytes()[..]);
+            zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()))
+        };
+        let stored = lock(&store).ratchet("account")?;
+        let olm = match stored {
+            Some(p) => kith_core::seal::RatchetAccount::unpickle(&p, &olm_key).map_err(|e| {
+                NodeError::Net(format!("cannot open this device's stored Olm keys: {e}"))
+            })?,
+            None => {
+                let a = kith_core::seal::RatchetAccount::new();
+                lock(&store).save_ratchet("account", &a.pickle(&olm_key))?;
+                a
+            }
+        };
         let node = Arc::new(Self {
             id,
             account,
@@ -468,6 +506,8 @@ impl Node {
             calls_changed: Notify::new(),
             config,
             started: t0,
+            olm: Mutex::new(olm),
+            olm_key,
         });
         tokio::spawn(node.clone().accept_loop(Role::Contact));
         tokio::spawn(node.clone().accept_loop(Role::Request));
@@ -1288,6 +1328,9 @@ impl Node {
         if matches!(lock(&self.store).my_mailboxes(), Ok(m) if m.contains(&account)) {
             self.push_mailbox_tokens(account);
         }
+        if self.is_contact(&account) {
+            self.send_mail_info(account);
+        }
         self.emit(Event::Peer {
             name: self.label(&account),
             address: Address::new(account).to_string(),
@@ -1356,7 +1399,9 @@ impl Node {
             let mut receipts = vec![];
             let mut signalling = vec![];
             let mut mailbox = vec![];
+            let mut infos = vec![];
             let mut push = |f: Frame, messages: &mut Vec<MessageFrame>| match f {
+                Frame::MailInfo(m) => infos.push(*m),
                 Frame::Message(m) => messages.push(m),
                 Frame::Receipt(r) => receipts.extend(r.seqs),
                 Frame::Hello(_) => {}
@@ -1366,12 +1411,18 @@ impl Node {
                 Frame::MailboxResponse { .. } => {}
             };
             push(first, &mut messages);
+            if let Some(p) = lock(&self.state).peers.get_mut(&account) {
+                p.last_rx = Some(conn_id);
+            }
             // Take whatever is already buffered, so one store transaction covers many messages.
             while reader.has_buffered() && messages.len() < READ_BATCH {
                 match reader.next().await {
                     Ok(f) => push(f, &mut messages),
                     Err(_) => break,
                 }
+            }
+            for info in infos.drain(..) {
+                self.on_mail_info(&peer, info);
             }
             if !mailbox.is_empty() {
                 let tx = lock(&self.state).peers.get(&account).and_then(|p| {
@@ -1863,7 +1914,7 @@ impl Node {
                     let st = lock(&n.state);
                     st.peers
                         .get(&peer)
-                        .and_then(|p| media_conn(me, peer, &p.conns))
+                        .and_then(|p| media_conn(me, peer, &p.conns, p.last_rx))
                 });
                 match crate::media::start(
                     call,
@@ -2305,6 +2356,18 @@ impl Node {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
         self.push_mailbox_tokens(peer.account);
+        // Contacts online now learn where to deposit for us.
+        let online: Vec<AccountKey> = lock(&self.state)
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.conns.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for a in online {
+            if a != peer.account && self.is_contact(&a) {
+                self.send_mail_info(a);
+            }
+        }
         Ok(Address::new(peer.account).to_string())
     }
 
@@ -2321,7 +2384,81 @@ impl Node {
         };
         let hosted: Vec<String> = store.mailbox_owners()?.iter().map(name).collect();
         let mine: Vec<String> = store.my_mailboxes()?.iter().map(name).collect();
-        Ok(serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine }))
+        // For each contact: how many mailboxes it told us of (absent: it has told us nothing yet).
+        let mut theirs = serde_json::Map::new();
+        for c in store.contacts()? {
+            if let Some(info) = store
+                .mail_info(&c.account)?
+                .and_then(|b| kith_core::mailbox::decode::<kith_core::mailbox::MailInfo>(&b))
+            {
+                theirs.insert(name(&c.account), serde_json::json!(info.mailboxes.len()));
+            }
+        }
+        Ok(
+            serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine, "contacts_mailboxes": theirs }),
+        )
+    }
+
+    /// What contacts need to seal and deposit for us later: our device's Olm keys (the fallback key; no
+    /// one-time keys yet) and where our mailboxes are (their cards' endpoint hints).
+    fn mail_info(&self) -> Result<kith_core::mailbox::MailInfo, NodeError> {
+        let bundle = {
+            let mut olm = lock(&self.olm);
+            let b = olm.bundle(&self.id.device, 0);
+            lock(&self.store).save_ratchet("account", &olm.pickle(&self.olm_key))?;
+            b
+        };
+        let store = lock(&self.store);
+        let mailboxes = store
+            .my_mailboxes()?
+            .iter()
+            .filter_map(|m| store.peer(m).ok().flatten())
+            .filter_map(|p| p.card.map(|c| c.hints().clone()))
+            .take(kith_core::mailbox::MAX_MAILBOXES)
+            .collect();
+        Ok(kith_core::mailbox::MailInfo { bundle, mailboxes })
+    }
+
+    /// Tells the contact `account` (if connected) our Olm keys and mailboxes.
+    fn send_mail_info(self: &Arc<Self>, account: AccountKey) {
+        let info = match self.mail_info() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the mail info for a contact");
+                return;
+            }
+        };
+        let tx = lock(&self.state)
+            .peers
+            .get(&account)
+            .and_then(|p| p.conns.last().map(|c| c.tx.clone()));
+        if let Some(tx) = tx {
+            tokio::spawn(async move {
+                let _ = tx.send(Frame::MailInfo(Box::new(info))).await;
+            });
+        }
+    }
+
+    /// A contact's Olm keys and mailboxes arrived: kept if its bundle is signed by the device this
+    /// connection proved.
+    fn on_mail_info(&self, peer: &VerifiedPeer, info: kith_core::mailbox::MailInfo) {
+        let account = peer.account();
+        if !self.is_contact(&account) {
+            return;
+        }
+        if info.bundle.device != peer.device() || info.bundle.verify().is_err() {
+            tracing::info!("mail info with keys of another device, or a bad signature: ignored");
+            return;
+        }
+        let bytes = kith_core::mailbox::encode(&info);
+        if let Err(e) = lock(&self.store).save_mail_info(&account, &bytes, unix_ms()) {
+            tracing::warn!(error = %e, "cannot store a contact's mail info");
+            return;
+        }
+        self.emit(Event::MailInfo {
+            from: self.label(&account),
+            mailboxes: info.mailboxes.len(),
+        });
     }
 
     /// Gives the mailbox `mailbox` the deposit tokens of all our contacts for the previous, current and

@@ -242,6 +242,7 @@ impl Store {
                  CREATE INDEX mailbox_items_by_token ON mailbox_items (token);
                  CREATE TABLE ratchet (key TEXT PRIMARY KEY, pickle TEXT NOT NULL);
                  CREATE TABLE my_mailboxes (account BLOB PRIMARY KEY, added_ms INTEGER NOT NULL);
+                 CREATE TABLE mail_info (account BLOB PRIMARY KEY, info BLOB NOT NULL, at_ms INTEGER NOT NULL);
                  PRAGMA user_version = 3;
                  COMMIT;",
             )?;
@@ -292,6 +293,28 @@ impl Store {
 
     pub fn my_mailboxes(&self) -> Result<Vec<AccountKey>> {
         self.accounts("SELECT account FROM my_mailboxes ORDER BY added_ms")
+    }
+
+    /// What a contact last told us of its Olm keys and mailboxes (postcard bytes of
+    /// `kith_core::mailbox::MailInfo`).
+    pub fn save_mail_info(&self, account: &AccountKey, info: &[u8], now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO mail_info (account, info, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET info = excluded.info, at_ms = excluded.at_ms",
+            params![account.as_bytes().as_slice(), info, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn mail_info(&self, account: &AccountKey) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT info FROM mail_info WHERE account = ?1",
+                [account.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     fn accounts(&self, sql: &str) -> Result<Vec<AccountKey>> {
@@ -1173,6 +1196,10 @@ mod tests {
         s.add_my_mailbox(&owner, 1).unwrap();
         s.add_my_mailbox(&owner, 2).unwrap();
         assert_eq!(s.my_mailboxes().unwrap(), vec![owner]);
+        assert_eq!(s.mail_info(&owner).unwrap(), None);
+        s.save_mail_info(&owner, b"one", 1).unwrap();
+        s.save_mail_info(&owner, b"two", 2).unwrap();
+        assert_eq!(s.mail_info(&owner).unwrap().as_deref(), Some(&b"two"[..]));
         // Ratchet state is kept by key.
         assert_eq!(s.ratchet("account").unwrap(), None);
         s.save_ratchet("account", "p1").unwrap();
