@@ -288,6 +288,8 @@ pub struct Node {
     /// This device's Olm account (its keys for sealed mail), and the key its stored state is encrypted under.
     olm: Mutex<kith_core::seal::RatchetAccount>,
     olm_key: zeroize::Zeroizing<[u8; 32]>,
+    /// The Olm bundle this run publishes to contacts (made on first use).
+    bundle: Mutex<Option<kith_core::seal::PrekeyBundle>>,
 }
 
 /// A contact as the API shows it.
@@ -508,6 +510,7 @@ impl Node {
             started: t0,
             olm: Mutex::new(olm),
             olm_key,
+            bundle: Mutex::new(None),
         });
         tokio::spawn(node.clone().accept_loop(Role::Contact));
         tokio::spawn(node.clone().accept_loop(Role::Request));
@@ -1387,6 +1390,15 @@ impl Node {
         conn: iroh::endpoint::Connection,
     ) {
         let account = peer.account();
+        // The writer of this very connection (receipts and mailbox answers go back where the frames came).
+        let own_tx = || {
+            lock(&self.state).peers.get(&account).and_then(|p| {
+                p.conns
+                    .iter()
+                    .find(|c| c.id == conn_id)
+                    .map(|c| c.tx.clone())
+            })
+        };
         loop {
             let first = match reader.next().await {
                 Ok(f) => f,
@@ -1425,12 +1437,7 @@ impl Node {
                 self.on_mail_info(&peer, info);
             }
             if !mailbox.is_empty() {
-                let tx = lock(&self.state).peers.get(&account).and_then(|p| {
-                    p.conns
-                        .iter()
-                        .find(|c| c.id == conn_id)
-                        .map(|c| c.tx.clone())
-                });
+                let tx = own_tx();
                 let period =
                     kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
                 for (id, request) in mailbox {
@@ -1484,12 +1491,7 @@ impl Node {
                         break;
                     }
                 };
-                let tx = lock(&self.state).peers.get(&account).and_then(|p| {
-                    p.conns
-                        .iter()
-                        .find(|c| c.id == conn_id)
-                        .map(|c| c.tx.clone())
-                });
+                let tx = own_tx();
                 if let Some(tx) = tx {
                     for chunk in acks.chunks(MAX_RECEIPT_SEQS) {
                         if tx
@@ -2402,11 +2404,20 @@ impl Node {
     /// What contacts need to seal and deposit for us later: our device's Olm keys (the fallback key; no
     /// one-time keys yet) and where our mailboxes are (their cards' endpoint hints).
     fn mail_info(&self) -> Result<kith_core::mailbox::MailInfo, NodeError> {
+        // The bundle (fallback key only) is made, and the account stored, once per run: every later
+        // connection sends the same one.
         let bundle = {
-            let mut olm = lock(&self.olm);
-            let b = olm.bundle(&self.id.device, 0);
-            lock(&self.store).save_ratchet("account", &olm.pickle(&self.olm_key))?;
-            b
+            let mut cached = lock(&self.bundle);
+            match cached.as_ref() {
+                Some(b) => b.clone(),
+                None => {
+                    let mut olm = lock(&self.olm);
+                    let b = olm.bundle(&self.id.device, 0);
+                    lock(&self.store).save_ratchet("account", &olm.pickle(&self.olm_key))?;
+                    *cached = Some(b.clone());
+                    b
+                }
+            }
         };
         let store = lock(&self.store);
         let mailboxes = store
@@ -2428,15 +2439,7 @@ impl Node {
                 return;
             }
         };
-        let tx = lock(&self.state)
-            .peers
-            .get(&account)
-            .and_then(|p| p.conns.last().map(|c| c.tx.clone()));
-        if let Some(tx) = tx {
-            tokio::spawn(async move {
-                let _ = tx.send(Frame::MailInfo(Box::new(info))).await;
-            });
-        }
+        self.send_frames(account, vec![Frame::MailInfo(Box::new(info))]);
     }
 
     /// A contact's Olm keys and mailboxes arrived: kept if its bundle is signed by the device this
@@ -2491,9 +2494,14 @@ impl Node {
                 },
             })
             .collect();
+        self.send_frames(mailbox, frames);
+    }
+
+    /// Sends `frames`, in order, on the newest connection to `account` (if there is one).
+    fn send_frames(&self, account: AccountKey, frames: Vec<Frame>) {
         let tx = lock(&self.state)
             .peers
-            .get(&mailbox)
+            .get(&account)
             .and_then(|p| p.conns.last().map(|c| c.tx.clone()));
         if let Some(tx) = tx {
             tokio::spawn(async move {
