@@ -1129,9 +1129,12 @@ fn urlencode(s: &str) -> String {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // Dependencies log addresses at info; kith's own info lines never carry an IP or a key.
+        // Dependencies log addresses at info; kith's own info lines never carry an IP or a key. The
+        // PulseAudio client logs an ERROR at every normal close of a stream; cpal hands its real errors to
+        // the stream's error callback, which kith logs.
         .unwrap_or_else(|_| {
-            "info,iroh=warn,iroh_relay=warn,noq=warn,noq_proto=warn,mainline=warn".into()
+            "info,iroh=warn,iroh_relay=warn,noq=warn,noq_proto=warn,mainline=warn,pulseaudio=off"
+                .into()
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

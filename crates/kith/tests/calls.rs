@@ -118,39 +118,70 @@ fn best_ncc(sent: &[i16], received: &[i16]) -> (f64, i64) {
 /// a jitter buffer legitimately shifts the timeline by whole frames when it grows or shrinks its delay.
 /// Returns the NCC over all windows together and the lags used.
 fn windowed_ncc(sent: &[i16], received: &[i16]) -> (f64, Vec<i64>) {
+    windowed_ncc_within(sent, received, 2_880)
+}
+
+/// [`windowed_ncc`] with each window's lag searched within `reach` samples of the global one.
+fn windowed_ncc_within(sent: &[i16], received: &[i16], reach: i64) -> (f64, Vec<i64>) {
     let (_, global) = best_ncc(sent, received);
     let win = 12_000usize;
     let (mut sxy, mut sxx, mut syy) = (0.0f64, 0.0f64, 0.0f64);
     let mut lags = vec![];
-    for start in (0..sent.len()).step_by(win) {
-        let end = (start + win).min(sent.len());
-        let mut best = (f64::MIN, 0i64, 0.0, 0.0, 0.0);
-        for lag in (global - 2_880..=global + 2_880).step_by(4) {
-            let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
-            for (i, &s) in sent.iter().enumerate().take(end).skip(start) {
-                let j = i as i64 + lag;
-                if j >= 0 && (j as usize) < received.len() {
-                    let (x, y) = (f64::from(s), f64::from(received[j as usize]));
-                    xy += x * y;
-                    xx += x * x;
-                    yy += y * y;
-                }
-            }
-            let n = if xx == 0.0 || yy == 0.0 {
-                0.0
-            } else {
-                xy / (xx * yy).sqrt()
-            };
-            if n > best.0 {
-                best = (n, lag, xy, xx, yy);
+    // Sums over the window at one lag, on every `step`th sample.
+    let sums = |start: usize, end: usize, lag: i64, step: usize| {
+        let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+        for (i, &s) in sent.iter().enumerate().take(end).skip(start).step_by(step) {
+            let j = i as i64 + lag;
+            if j >= 0 && (j as usize) < received.len() {
+                let (x, y) = (f64::from(s), f64::from(received[j as usize]));
+                xy += x * y;
+                xx += x * x;
+                yy += y * y;
             }
         }
+        let n = if xx == 0.0 || yy == 0.0 {
+            0.0
+        } else {
+            xy / (xx * yy).sqrt()
+        };
+        (n, lag, xy, xx, yy)
+    };
+    let better =
+        |a: (f64, i64, f64, f64, f64), b: (f64, i64, f64, f64, f64)| if b.0 > a.0 { b } else { a };
+    for start in (0..sent.len()).step_by(win) {
+        let end = (start + win).min(sent.len());
+        // Coarse (every 8th lag on every 8th sample), then every lag around the best.
+        let coarse = (global - reach..=global + reach)
+            .step_by(8)
+            .map(|lag| sums(start, end, lag, 8))
+            .fold((f64::MIN, global, 0.0, 0.0, 0.0), better);
+        let best = (coarse.1 - 8..=coarse.1 + 8)
+            .map(|lag| sums(start, end, lag, 1))
+            .fold((f64::MIN, global, 0.0, 0.0, 0.0), better);
         lags.push(best.1);
         sxy += best.2;
         sxx += best.3;
         syy += best.4;
     }
     (sxy / (sxx * syy).sqrt(), lags)
+}
+
+#[test]
+fn the_speech_measure_tolerates_a_stall_but_not_other_speech() {
+    let a = read_wav(&data("speech-a.wav"));
+    let b = read_wav(&data("speech-b.wav"));
+    // 150 ms of silence in the middle (a stalled machine) after 70 ms of delay.
+    let mut stalled = vec![0i16; 3_360];
+    stalled.extend_from_slice(&a[..a.len() / 2]);
+    stalled.extend(std::iter::repeat_n(0, 7_200));
+    stalled.extend_from_slice(&a[a.len() / 2..]);
+    let (wide, lags) = windowed_ncc_within(&a, &stalled, 19_200);
+    assert!(wide > 0.95, "{wide} {lags:?}");
+    let (narrow, _) = windowed_ncc(&a, &stalled);
+    assert!(narrow < wide, "{narrow} {wide}");
+    let (other, _) = windowed_ncc_within(&a, &b, 19_200);
+    println!("stalled copy: {wide:.3} (within 60 ms: {narrow:.3}); other speech: {other:.3}");
+    assert!(other < 0.3, "other speech scores {other}");
 }
 
 async fn pair(dir: &Path, extra: Vec<String>) -> (Daemon, Daemon) {
@@ -701,7 +732,7 @@ async fn a_call_through_sound_cards() {
     assert!(sa["input"].as_str().unwrap().contains("mic"), "{sa}");
     assert!(sb["output"].as_str().unwrap().contains("spk"), "{sb}");
     let got = read_wav(&heard);
-    let (wr, lr) = windowed_ncc(&speech, &read_wav(&dir.path().join("bob_rec.wav")));
+    let (wr, lr) = windowed_ncc_within(&speech, &read_wav(&dir.path().join("bob_rec.wav")), 19_200);
     println!("bob's own recording of what he played: {wr:.3} {lr:?}");
     if let Some(keep) = std::env::var_os("KITH_TEST_KEEP") {
         let keep = PathBuf::from(keep);
@@ -710,10 +741,14 @@ async fn a_call_through_sound_cards() {
         let _ = std::fs::copy(dir.path().join("alice/daemon.log"), keep.join("alice.log"));
         let _ = std::fs::copy(dir.path().join("bob/daemon.log"), keep.join("bob.log"));
     }
-    let (w, lags) = windowed_ncc(&speech, &got);
+    // Seven real-time processes share two cores here: a stall of the machine (seen: 150 ms, all of
+    // them at once) shifts the timeline by more than a jitter buffer would, so each window's lag is
+    // searched within 400 ms.
+    let (w, lags) = windowed_ncc_within(&speech, &got, 19_200);
     println!(
         "through PulseAudio null sinks: windowed NCC {w:.3} {lags:?}; caller {sa}; callee {sb}"
     );
-    // Unrelated audio scores below 0.3.
+    // Unrelated audio scores below 0.3. The sound cards' glitches (silence put in, audio dropped) are in
+    // the statistics printed above: a failure with them at zero is kith's, not the sound server's.
     assert!(w >= 0.6, "alice's speech on bob's loudspeaker: NCC {w:.3}");
 }

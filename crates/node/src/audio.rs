@@ -251,6 +251,20 @@ struct Inner {
     chunk: usize,
     /// Capture: frames are being taken (the queue had filled to its working level).
     primed: bool,
+    /// Capture: the queue has been primed once (silence before that is the device starting up).
+    started: bool,
+    /// Samples of silence put in because the device had not delivered in time, and samples of the
+    /// device's audio thrown away because too much had piled up (it delivered in a burst after a stall,
+    /// or its clock runs fast).
+    filled: u64,
+    dropped: u64,
+}
+
+/// Glitches of one device queue, in milliseconds of audio.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Glitches {
+    pub filled_ms: f64,
+    pub dropped_ms: f64,
 }
 
 impl Queue {
@@ -261,7 +275,17 @@ impl Queue {
             i.chunk = i.chunk.max(i.q.len() - before);
             let excess = i.q.len().saturating_sub(MAX_QUEUE);
             i.q.drain(..excess);
+            i.dropped += excess as u64;
         }
+    }
+
+    /// Silence put in and audio dropped so far.
+    pub fn glitches(&self) -> Glitches {
+        let ms = |n: u64| n as f64 * 1000.0 / f64::from(RATE);
+        self.0.lock().map_or(Glitches::default(), |i| Glitches {
+            filled_ms: ms(i.filled),
+            dropped_ms: ms(i.dropped),
+        })
     }
 
     /// Capture side: takes one frame on the media clock from audio the device delivers on its own clock,
@@ -278,10 +302,14 @@ impl Queue {
         let level = out.len() + i.chunk;
         if !i.primed && i.q.len() >= level {
             i.primed = true;
+            i.started = true;
         }
         if !i.primed || i.q.len() < out.len() {
             if i.primed {
                 tracing::debug!(queued = i.q.len(), "capture ran dry");
+            }
+            if i.started {
+                i.filled += out.len() as u64;
             }
             i.primed = false;
             out.fill(0);
@@ -292,6 +320,7 @@ impl Queue {
             let surplus = i.q.len() - level;
             tracing::debug!(surplus, "capture ahead of the media clock: dropped");
             i.q.drain(..surplus);
+            i.dropped += surplus as u64;
         }
         for s in out.iter_mut() {
             *s = i.q.pop_front().unwrap_or(0);
@@ -592,6 +621,42 @@ mod tests {
                 "phase {phase}: a gap or a silent frame once primed"
             );
         }
+    }
+
+    #[test]
+    fn a_stalled_then_bursting_microphone_is_counted() {
+        // 10 ms pieces on time, then a 100 ms stall, then the 100 ms in one burst.
+        let q = Queue::default();
+        let mut frame = vec![0i16; 960];
+        let piece = |q: &Queue| q.push(std::iter::repeat_n(1000i16, 480));
+        for _ in 0..6 {
+            piece(&q);
+            piece(&q);
+            q.take_frame(&mut frame);
+        }
+        assert_eq!(
+            q.glitches(),
+            Glitches::default(),
+            "no glitch while the device keeps time"
+        );
+        for _ in 0..5 {
+            q.take_frame(&mut frame);
+        }
+        let g = q.glitches();
+        assert!(g.filled_ms >= 80.0 && g.filled_ms <= 100.0, "{g:?}");
+        for _ in 0..10 {
+            piece(&q);
+        }
+        for _ in 0..2 {
+            piece(&q);
+            piece(&q);
+            q.take_frame(&mut frame);
+        }
+        let g = q.glitches();
+        assert!(
+            g.dropped_ms > 0.0,
+            "the burst beyond the working level is dropped: {g:?}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! what mouth-to-ear latency measurements need. A machine without a sound card still calls: the device
 //! that cannot be opened is replaced by silence (input) or nothing (output), and the statistics say why.
 
+use crate::audio::Queue;
 use bytes::Bytes;
 use kith_core::call::{CallId, MediaParams};
 use kith_media::codec::{self, OpusDecoder, OpusEncoder, SAMPLE_RATE};
@@ -94,6 +95,12 @@ pub struct CallStats {
     /// was sent, since a frame is sent once it is complete) and of the recording's first sample.
     pub input_origin_unix_us: u64,
     pub record_origin_unix_us: u64,
+    /// Sound cards' glitches, in milliseconds of audio: silence sent because the microphone had not
+    /// delivered in time, microphone audio dropped because it came in a burst (or its clock runs fast),
+    /// and audio the loudspeaker could not take in time (dropped).
+    pub input_filled_ms: f64,
+    pub input_dropped_ms: f64,
+    pub output_dropped_ms: f64,
 }
 
 fn unix_us() -> u64 {
@@ -595,6 +602,7 @@ pub fn start(
                         s.peer_loss_pct = peer_loss;
                         s.peer_jitter_ms = peer_jitter;
                         fill(&mut s, &js, u64::from(seq), dropped, start);
+                        sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
                     }
                 }
             }
@@ -605,6 +613,7 @@ pub fn start(
         }
         if let Ok(mut s) = st.lock() {
             fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
+            sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
         }
         drop(devices);
         if let Some(w) = writer
@@ -655,6 +664,16 @@ fn fill(
     s.jitter_advanced_ms = js.advanced_ms;
     s.dropped_datagrams = dropped;
     s.seconds = start.elapsed().as_secs_f64();
+}
+
+fn sound_glitches(s: &mut CallStats, capture: Option<&Queue>, playback: Option<&Queue>) {
+    if let Some(g) = capture.map(Queue::glitches) {
+        s.input_filled_ms = g.filled_ms;
+        s.input_dropped_ms = g.dropped_ms;
+    }
+    if let Some(g) = playback.map(Queue::glitches) {
+        s.output_dropped_ms = g.dropped_ms;
+    }
 }
 
 fn pct(part: u64, total: u64) -> f64 {
