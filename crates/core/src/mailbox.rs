@@ -134,10 +134,25 @@ pub struct Held {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Deposited { id: u64 },
+    Deposited {
+        id: u64,
+    },
     Refused(Refusal),
-    Items { items: Vec<Held>, more: bool },
+    Items {
+        items: Vec<Held>,
+        more: bool,
+    },
     Done,
+    /// Unasked, to a connected owner: something was deposited for you (fetch it).
+    NewMail,
+}
+
+/// What an envelope carries once opened and decrypted: messages of the sender's device to us (in their
+/// per-device sequence), or its receipts for ours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Letter {
+    Messages(Vec<crate::wire::MessageFrame>),
+    Receipts(Vec<u64>),
 }
 
 /// The most mailboxes a person names.

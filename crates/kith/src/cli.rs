@@ -78,6 +78,13 @@ enum Command {
         /// (loss in percent, times in ms).
         #[arg(long, value_name = "SPEC")]
         impair: Option<String>,
+        /// Seconds a message waits for a direct delivery before it also goes to the contact's mailboxes
+        /// (default from config.toml: 10).
+        #[arg(long, value_name = "SECONDS")]
+        mailbox_after: Option<f64>,
+        /// Most messages the mailboxes this node keeps take from one contact (default from config.toml).
+        #[arg(long, value_name = "N")]
+        mailbox_per_contact_messages: Option<u64>,
     },
     /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
     Relay {
@@ -593,7 +600,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dht_bind,
             no_requests,
             impair,
+            mailbox_after,
+            mailbox_per_contact_messages,
         } => {
+            if let Some(s) = mailbox_after
+                && !(s.is_finite() && s >= 0.0)
+            {
+                return Err(user(format!(
+                    "--mailbox-after {s}: give a number of seconds, 0 or more"
+                )));
+            }
             let impair = impair
                 .map(|s| kith_node::media::Impairment::parse(&s))
                 .transpose()
@@ -620,6 +636,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dht_bind,
                 no_requests,
                 impair,
+                mailbox_after_secs: mailbox_after,
+                mailbox_per_contact_messages,
             };
             let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
                 println!(

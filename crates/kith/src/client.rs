@@ -191,6 +191,8 @@ struct Seen {
     calls: Vec<Value>,
     /// The last event of each type.
     last: HashMap<String, Value>,
+    /// "type.field" -> sum of that numeric field over the events of that type.
+    sums: HashMap<String, u64>,
 }
 
 impl Watcher {
@@ -207,6 +209,13 @@ impl Watcher {
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
                 *seen.counts.entry(kind.to_owned()).or_default() += 1;
                 seen.last.insert(kind.to_owned(), ev.clone());
+                if let Some(fields) = ev.as_object() {
+                    for (k, v) in fields {
+                        if let Some(n) = v.as_u64() {
+                            *seen.sums.entry(format!("{kind}.{k}")).or_default() += n;
+                        }
+                    }
+                }
                 if kind.starts_with("call_") {
                     seen.calls.push(ev.clone());
                 }
@@ -271,6 +280,18 @@ impl Watcher {
             .unwrap_or_else(|e| e.into_inner())
             .counts
             .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The sum of the numeric `field` over the events of type `kind` seen (e.g. how many messages all
+    /// `mail_deposited` events reported).
+    pub fn sum(&self, kind: &str, field: &str) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sums
+            .get(&format!("{kind}.{field}"))
             .copied()
             .unwrap_or(0)
     }

@@ -46,7 +46,7 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
     let bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, vec![])
         .await
         .unwrap();
-    let carol = Daemon::spawn(exe(), &dir.path().join("carol"), "carol", None, vec![])
+    let mut carol = Daemon::spawn(exe(), &dir.path().join("carol"), "carol", None, vec![])
         .await
         .unwrap();
     for (x, y) in [
@@ -111,6 +111,8 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
         panic!("not a card: {card}")
     };
     let hint = card.hints().clone();
+    // Carol goes away (her mailbox keeps what comes meanwhile; online, she would fetch it at once).
+    carol.stop().await;
     let anonymous = kith_net::Net::bind(
         rand::random(),
         "127.0.0.1:0".parse().unwrap(),
@@ -179,4 +181,325 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
         !contains(account_of(&alice).as_bytes()),
         "the depositor's account key on the mailbox's disk"
     );
+}
+
+struct Trio {
+    alice: Daemon,
+    bob: Daemon,
+    carol: Daemon,
+    /// Alice's events.
+    wa: kith::client::Watcher,
+}
+
+/// Alice and bob are contacts, so are bob and carol; carol keeps bob's mail, and alice knows it. Mail
+/// goes to mailboxes after 1 s. `carol_args` are carol's extra daemon arguments.
+async fn trio(dir: &Path, carol_args: Vec<String>) -> Trio {
+    let fast = || vec!["--mailbox-after=1".to_string()];
+    let alice = Daemon::spawn(exe(), &dir.join("alice"), "alice", None, fast())
+        .await
+        .unwrap();
+    let bob = Daemon::spawn(exe(), &dir.join("bob"), "bob", None, fast())
+        .await
+        .unwrap();
+    let carol = Daemon::spawn(exe(), &dir.join("carol"), "carol", None, carol_args)
+        .await
+        .unwrap();
+    for (x, y) in [
+        (&alice, &bob),
+        (&bob, &alice),
+        (&bob, &carol),
+        (&carol, &bob),
+    ] {
+        introduce(x, y).await.unwrap();
+    }
+    let wa = alice.watcher().await.unwrap();
+    // Alice and bob are connected (a first message is delivered), then bob names carol his mailbox.
+    alice.client().send("bob", "hello").await.unwrap();
+    assert!(
+        wa.delivered_within("bob", 1, 20).await,
+        "the first message was not delivered"
+    );
+    carol
+        .client()
+        .post("/v1/mailbox/host", json!({ "name": "bob" }))
+        .await
+        .unwrap();
+    bob.client()
+        .post("/v1/mailbox/use", json!({ "name": "carol" }))
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(20), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["from"] == "bob" && e["mailboxes"] == 1))
+            .await,
+        "alice did not hear of bob's mailbox"
+    );
+    Trio {
+        alice,
+        bob,
+        carol,
+        wa,
+    }
+}
+
+async fn chat(d: &Daemon, peer: &str) -> Vec<serde_json::Value> {
+    d.client()
+        .get(&format!("/v1/chat/{peer}?limit=100000"))
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Bob's received texts from alice, in the order shown.
+async fn received(bob: &Daemon) -> Vec<String> {
+    chat(bob, "alice")
+        .await
+        .iter()
+        .filter(|m| m["outgoing"] == false)
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until bob has received as many as `want` from alice, and checks they are `want` (all, in order,
+/// once).
+async fn bob_has(bob: &Daemon, want: &[String], secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = received(bob).await;
+        if got.len() >= want.len() || std::time::Instant::now() > deadline {
+            assert_eq!(got, want, "bob's chat: all, in order, once");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every message alice sent bob is delivered.
+async fn alice_sees_all_delivered(alice: &Daemon, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pending = chat(alice, "bob")
+            .await
+            .iter()
+            .filter(|m| m["outgoing"] == true && m["state"] != "delivered")
+            .count();
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} not delivered on alice's side"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn texts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} {i:03}")).collect()
+}
+
+/// Bob is offline; alice sends 200 messages, they go to bob's mailbox (kept by carol), and alice goes
+/// offline too. Bob comes back: he has all 200, in order, once. Alice comes back: all delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_messages_reach_an_offline_contact_through_his_mailbox() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        carol: _carol,
+        wa,
+    } = trio(dir.path(), vec![]).await;
+    bob.stop().await;
+    for t in texts("offline", N) {
+        alice.client().send("bob", &t).await.unwrap();
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .sum("mail_deposited", "messages")
+            >= N as u64)
+            .await,
+        "alice did not deposit all {N}: {:?} {:?}",
+        wa.last("mail_deposited"),
+        wa.last("mail_deposit_failed")
+    );
+    alice.stop().await;
+
+    bob.start().await.unwrap();
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(texts("offline", N))
+        .collect();
+    // Alice is offline: the mailbox is the only way they can come.
+    bob_has(&bob, &want, 60).await;
+
+    alice.start().await.unwrap();
+    alice_sees_all_delivered(&alice, 60).await;
+    // Still once each on bob's side after alice offered them again directly.
+    assert_eq!(received(&bob).await, want);
+}
+
+/// The mailbox is SIGKILLed while deposits pour in, and restarted: nothing lost, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        mut carol,
+        wa,
+    } = trio(dir.path(), vec![]).await;
+    bob.stop().await;
+    for t in texts("k", N) {
+        alice.client().send("bob", &t).await.unwrap();
+    }
+    // Kill carol once she holds some of them (read from her database beside her, as WAL allows).
+    let db = dir.path().join("carol").join(kith_node::profile::DB_FILE);
+    let owner = account_of(&bob);
+    let held = || {
+        let store = kith_store::Store::open(&db).unwrap();
+        store
+            .mailbox_fetch(&owner, 0, 10_000, kith_node::node::unix_now() as i64 * 1000)
+            .map(|(items, _)| items.len())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no deposits reached carol"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    carol.kill();
+    let at_kill = held();
+    println!("carol killed holding {at_kill} of {N}");
+    carol.start().await.unwrap();
+    // Alice deposits the rest (and again those whose answers the kill swallowed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while held() < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol holds {} of {N}; last failure {:?}",
+            held(),
+            wa.last("mail_deposit_failed")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(at_kill < N, "the kill came after the last deposit");
+    assert_eq!(held(), N, "one envelope per message");
+    alice.stop().await;
+    bob.start().await.unwrap();
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(texts("k", N))
+        .collect();
+    bob_has(&bob, &want, 60).await;
+}
+
+/// A full mailbox, an unreachable one, and a mailbox gone for good: the messages wait in the outbox and
+/// go out later, through the mailbox once it takes them, or directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_unreachable_and_gone_mailboxes_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        mut carol,
+        wa,
+    } = trio(dir.path(), vec!["--mailbox-per-contact-messages=50".into()]).await;
+    let mut want = vec!["hello".to_string()];
+
+    // Full: carol takes 50 of 80 and says why she refuses the rest.
+    bob.stop().await;
+    for t in texts("full", 80) {
+        alice.client().send("bob", &t).await.unwrap();
+        want.push(t);
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .sum("mail_deposited", "messages")
+            >= 50
+            && w.last("mail_deposit_failed").is_some())
+            .await,
+        "deposited {}; failure {:?}",
+        wa.sum("mail_deposited", "messages"),
+        wa.last("mail_deposit_failed")
+    );
+    let failed = wa.last("mail_deposit_failed").unwrap();
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("share of the mailbox is full"),
+        "{failed}"
+    );
+    assert_eq!(wa.sum("mail_deposited", "messages"), 50);
+    // Alice goes away: bob gets what the mailbox holds (shown up to the first gap)...
+    alice.stop().await;
+    bob.start().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while received(&bob).await.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and the rest directly once alice is back.
+    alice.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+    alice_sees_all_delivered(&alice, 60).await;
+
+    // Unreachable: carol is down; alice keeps the messages and says why.
+    let wa = alice.watcher().await.unwrap();
+    carol.stop().await;
+    bob.stop().await;
+    for t in texts("unreachable", 20) {
+        alice.client().send("bob", &t).await.unwrap();
+        want.push(t);
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .last("mail_deposit_failed")
+            .is_some_and(|e| e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("unreachable")))
+            .await,
+        "{:?}",
+        wa.last("mail_deposit_failed")
+    );
+    // Carol is back: alice's next try deposits them; alice leaves; bob gets them from the mailbox.
+    carol.start().await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .sum("mail_deposited", "messages")
+            >= 20)
+            .await,
+        "not deposited after carol came back: {:?}",
+        wa.last("mail_deposit_failed")
+    );
+    alice.stop().await;
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+
+    // Gone: carol's machine and profile are gone for good. Alice's messages wait, and go directly.
+    carol.kill();
+    std::fs::remove_dir_all(dir.path().join("carol")).unwrap();
+    bob.stop().await;
+    alice.start().await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    for t in texts("gone", 10) {
+        alice.client().send("bob", &t).await.unwrap();
+        want.push(t);
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .last("mail_deposit_failed")
+            .is_some())
+            .await,
+        "no deposit failure while every mailbox is gone"
+    );
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+    alice_sees_all_delivered(&alice, 60).await;
 }

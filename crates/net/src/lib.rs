@@ -77,6 +77,39 @@ fn endpoint_addr(hint: &Hints) -> Result<EndpointAddr, DialError> {
     Ok(EndpointAddr::from_parts(id, addrs.chain(relays)))
 }
 
+/// A depositor's (or anyone's) connection to a mailbox.
+#[derive(Clone)]
+pub struct MailboxConn(iroh::endpoint::Connection);
+
+impl MailboxConn {
+    /// One request; returns the response's bytes.
+    pub async fn request(&self, request: &[u8]) -> Result<Vec<u8>, DialError> {
+        if request.len() > MAILBOX_MAX {
+            return Err(DialError::Connect(format!(
+                "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
+                request.len()
+            )));
+        }
+        let exchange = async {
+            let (mut send, mut recv) = self
+                .0
+                .open_bi()
+                .await
+                .map_err(|e| DialError::Connect(e.to_string()))?;
+            write_piece(&mut send, request).await?;
+            let _ = send.finish();
+            read_piece(&mut recv).await
+        };
+        tokio::time::timeout(DIAL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| DialError::Timeout)?
+    }
+
+    pub fn close(&self) {
+        self.0.close(0u32.into(), b"done");
+    }
+}
+
 /// What [`Net::accept_any`] took in.
 pub enum Incoming {
     Session(Box<Session>),
@@ -429,32 +462,21 @@ impl Net {
         hint: &Hints,
         request: &[u8],
     ) -> Result<Vec<u8>, DialError> {
-        if request.len() > MAILBOX_MAX {
-            return Err(DialError::Connect(format!(
-                "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
-                request.len()
-            )));
-        }
+        let conn = self.mailbox_connect(hint).await?;
+        let response = conn.request(request).await;
+        conn.close();
+        response
+    }
+
+    /// A connection to the mailbox at `hint` over [`MAILBOX_ALPN`], for many requests (each on a stream
+    /// of its own, so they may run at once).
+    pub async fn mailbox_connect(&self, hint: &Hints) -> Result<MailboxConn, DialError> {
         let addr = endpoint_addr(hint)?;
-        let exchange = async {
-            let conn = self
-                .endpoint
-                .connect(addr, MAILBOX_ALPN)
-                .await
-                .map_err(|e| DialError::Connect(e.to_string()))?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| DialError::Connect(e.to_string()))?;
-            write_piece(&mut send, request).await?;
-            let _ = send.finish();
-            let response = read_piece(&mut recv).await?;
-            conn.close(0u32.into(), b"done");
-            Ok(response)
-        };
-        tokio::time::timeout(DIAL_TIMEOUT, exchange)
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, MAILBOX_ALPN))
             .await
             .map_err(|_| DialError::Timeout)?
+            .map_err(|e| DialError::Connect(e.to_string()))?;
+        Ok(MailboxConn(conn))
     }
 
     /// Closes the endpoint and every connection on it.

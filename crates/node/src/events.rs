@@ -58,6 +58,21 @@ pub enum Event {
     },
     /// A contact told us its Olm keys and how many mailboxes it has (so we can seal and deposit for it).
     MailInfo { from: String, mailboxes: usize },
+    /// Messages to `to` that waited too long for a direct delivery were sealed and deposited into its
+    /// mailboxes (they stay in the outbox until a receipt comes).
+    MailDeposited { to: String, messages: usize },
+    /// Some could not be deposited (why, per mailbox); they are tried again later.
+    MailDepositFailed {
+        to: String,
+        left: usize,
+        reason: String,
+    },
+    /// Mail was fetched from one of our mailboxes, opened and stored.
+    MailFetched {
+        mailbox: String,
+        messages: usize,
+        receipts: usize,
+    },
     /// A connection to a peer came up or went down.
     Peer {
         name: String,

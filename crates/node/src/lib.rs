@@ -21,6 +21,7 @@ pub use profile::{Profile, ProfileError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,10 @@ pub struct DaemonOptions {
     pub no_requests: bool,
     /// Impair outgoing media datagrams (tests and benchmarks).
     pub impair: Option<media::Impairment>,
+    /// Replace the configured wait before mail goes to mailboxes, and the per-contact message quota of
+    /// the mailboxes this node keeps.
+    pub mailbox_after_secs: Option<f64>,
+    pub mailbox_per_contact_messages: Option<u64>,
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
@@ -113,6 +118,18 @@ pub async fn run_daemon(
         impair: options.impair.clone(),
         audio_input: config.audio_input.clone(),
         audio_output: config.audio_output.clone(),
+        mailbox_after: Duration::from_secs_f64(
+            options
+                .mailbox_after_secs
+                .unwrap_or(config.mailbox_after_secs)
+                .max(0.0),
+        ),
+        mailbox_quotas: kith_core::mailbox::Quotas {
+            per_token_messages: options
+                .mailbox_per_contact_messages
+                .unwrap_or(config.mailbox_per_contact_messages),
+            ..config.mailbox_quotas()
+        },
     };
     let node = Node::start(identity, store, node_config).await?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)

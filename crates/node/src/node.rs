@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+mod mail;
+
 /// Frames queued for one connection's writer.
 const CONN_QUEUE: usize = 512;
 /// Messages read from one connection before they are stored in one transaction.
@@ -231,6 +233,11 @@ pub struct NodeConfig {
     /// Sound cards used when a call names none ("default", a device name, or "none").
     pub audio_input: String,
     pub audio_output: String,
+    /// How long a message waits for a direct delivery before it is also deposited into the contact's
+    /// mailboxes.
+    pub mailbox_after: Duration,
+    /// Limits of the mailboxes this node keeps for contacts.
+    pub mailbox_quotas: kith_core::mailbox::Quotas,
 }
 
 /// How a call ended, as the call log says it.
@@ -290,6 +297,8 @@ pub struct Node {
     olm_key: zeroize::Zeroizing<[u8; 32]>,
     /// The Olm bundle this run publishes to contacts (made on first use).
     bundle: Mutex<Option<kith_core::seal::PrekeyBundle>>,
+    /// Mail through mailboxes (see [`mail`]).
+    mail: mail::MailState,
 }
 
 /// A contact as the API shows it.
@@ -511,6 +520,7 @@ impl Node {
             olm: Mutex::new(olm),
             olm_key,
             bundle: Mutex::new(None),
+            mail: Default::default(),
         });
         tokio::spawn(node.clone().accept_loop(Role::Contact));
         tokio::spawn(node.clone().accept_loop(Role::Request));
@@ -520,6 +530,7 @@ impl Node {
         tokio::spawn(node.clone().rotator());
         tokio::spawn(node.clone().relay_finder());
         tokio::spawn(node.clone().call_timer());
+        tokio::spawn(node.clone().mail_sender());
         if node.config.discovery.lan
             && let Some(dht) = &node.config.dht
         {
@@ -971,21 +982,7 @@ impl Node {
                 Some(Ok(kith_net::Incoming::Mailbox(conn))) => {
                     let node = self.clone();
                     tokio::spawn(kith_net::serve_mailbox(conn, move |request| {
-                        let node = node.clone();
-                        async move {
-                            let period = kith_core::blind::period_at(
-                                unix_now(),
-                                node.config.discovery.period_minutes,
-                            )
-                            .0;
-                            crate::mailbox::answer_anonymous(
-                                &node.store,
-                                &request,
-                                period,
-                                &kith_core::mailbox::Quotas::default(),
-                                unix_ms(),
-                            )
-                        }
+                        node.clone().serve_deposit(request)
                     }));
                 }
                 Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
@@ -1329,7 +1326,9 @@ impl Node {
         };
         tracing::info!(path, "peer connected");
         if matches!(lock(&self.store).my_mailboxes(), Ok(m) if m.contains(&account)) {
+            // Tokens first (the frames go in order), then whatever it kept for us.
             self.push_mailbox_tokens(account);
+            self.fetch_mail(account);
         }
         if self.is_contact(&account) {
             self.send_mail_info(account);
@@ -1412,6 +1411,7 @@ impl Node {
             let mut signalling = vec![];
             let mut mailbox = vec![];
             let mut infos = vec![];
+            let mut answers = vec![];
             let mut push = |f: Frame, messages: &mut Vec<MessageFrame>| match f {
                 Frame::MailInfo(m) => infos.push(*m),
                 Frame::Message(m) => messages.push(m),
@@ -1419,8 +1419,7 @@ impl Node {
                 Frame::Hello(_) => {}
                 Frame::Call(c) => signalling.push(c),
                 Frame::MailboxRequest { id, request } => mailbox.push((id, request)),
-                // No request of ours is outstanding yet: a stray answer is dropped.
-                Frame::MailboxResponse { .. } => {}
+                Frame::MailboxResponse { id, response } => answers.push((id, response)),
             };
             push(first, &mut messages);
             if let Some(p) = lock(&self.state).peers.get_mut(&account) {
@@ -1435,6 +1434,9 @@ impl Node {
             }
             for info in infos.drain(..) {
                 self.on_mail_info(&peer, info);
+            }
+            for (id, response) in answers.drain(..) {
+                self.on_mailbox_response(account, id, response);
             }
             if !mailbox.is_empty() {
                 let tx = own_tx();
@@ -1574,10 +1576,20 @@ impl Node {
     fn handle_messages(
         &self,
         peer: &VerifiedPeer,
+        messages: Vec<MessageFrame>,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.handle_messages_of(peer.account(), peer.device(), Some(peer), messages)
+    }
+
+    /// [`Self::handle_messages`] for messages of `account`'s `device`, which came over a connection
+    /// (`peer`) or out of a mailbox (None: only contacts can deposit, so a non-contact's are dropped).
+    fn handle_messages_of(
+        &self,
+        account: AccountKey,
+        device: DeviceKey,
+        peer: Option<&VerifiedPeer>,
         mut messages: Vec<MessageFrame>,
     ) -> Result<Vec<u64>, StoreError> {
-        let account = peer.account();
-        let device = peer.device();
         let now = Instant::now();
         let now_ms = unix_ms();
         let mut st = lock(&self.state);
@@ -1591,6 +1603,10 @@ impl Node {
         );
         let mut new_request = false;
         if !is_contact {
+            // Out of a mailbox: deposits need a token only contacts have, so this is a removed contact's.
+            let Some(peer) = peer else {
+                return Ok(vec![]);
+            };
             // Only messages not yet stored count against the limits (retransmissions are free).
             let inbox = match st.peers.get(&account).and_then(|p| p.inboxes.get(&device)) {
                 Some(i) => i.clone(),
@@ -2462,6 +2478,7 @@ impl Node {
             from: self.label(&account),
             mailboxes: info.mailboxes.len(),
         });
+        self.mail.wake.notify_one();
     }
 
     /// Gives the mailbox `mailbox` the deposit tokens of all our contacts for the previous, current and
@@ -2583,6 +2600,7 @@ impl Node {
         };
         let _ = account;
         self.wake.notify_one();
+        self.mail.wake.notify_one();
         Ok(SentView {
             to: name.to_owned(),
             seq,

@@ -130,6 +130,59 @@ pub struct Config {
     pub audio_input: String,
     #[serde(default = "default_device")]
     pub audio_output: String,
+    /// Seconds a message waits for a direct delivery before it is also deposited into the contact's
+    /// mailboxes.
+    #[serde(default = "default_mailbox_after")]
+    pub mailbox_after_secs: f64,
+    /// Limits of the mailboxes this node keeps for contacts (`kith mailbox host`): per contact and in
+    /// total, and how long mail is kept.
+    #[serde(default = "default_per_contact_messages")]
+    pub mailbox_per_contact_messages: u64,
+    #[serde(default = "default_per_contact_mb")]
+    pub mailbox_per_contact_mb: u64,
+    #[serde(default = "default_total_messages")]
+    pub mailbox_total_messages: u64,
+    #[serde(default = "default_total_mb")]
+    pub mailbox_total_mb: u64,
+    #[serde(default = "default_expiry_days")]
+    pub mailbox_expiry_days: u64,
+}
+
+impl Config {
+    /// The mailbox limits this configuration sets.
+    pub fn mailbox_quotas(&self) -> kith_core::mailbox::Quotas {
+        kith_core::mailbox::Quotas {
+            per_token_bytes: self.mailbox_per_contact_mb << 20,
+            per_token_messages: self.mailbox_per_contact_messages,
+            total_bytes: self.mailbox_total_mb << 20,
+            total_messages: self.mailbox_total_messages,
+            expiry_secs: self.mailbox_expiry_days * 24 * 3600,
+        }
+    }
+}
+
+fn default_mailbox_after() -> f64 {
+    10.0
+}
+
+fn default_per_contact_messages() -> u64 {
+    kith_core::mailbox::Quotas::default().per_token_messages
+}
+
+fn default_per_contact_mb() -> u64 {
+    kith_core::mailbox::Quotas::default().per_token_bytes >> 20
+}
+
+fn default_total_messages() -> u64 {
+    kith_core::mailbox::Quotas::default().total_messages
+}
+
+fn default_total_mb() -> u64 {
+    kith_core::mailbox::Quotas::default().total_bytes >> 20
+}
+
+fn default_expiry_days() -> u64 {
+    kith_core::mailbox::Quotas::default().expiry_secs / (24 * 3600)
 }
 
 fn default_device() -> String {
@@ -357,6 +410,12 @@ impl Profile {
             accept_requests: true,
             audio_input: default_device(),
             audio_output: default_device(),
+            mailbox_after_secs: default_mailbox_after(),
+            mailbox_per_contact_messages: default_per_contact_messages(),
+            mailbox_per_contact_mb: default_per_contact_mb(),
+            mailbox_total_messages: default_total_messages(),
+            mailbox_total_mb: default_total_mb(),
+            mailbox_expiry_days: default_expiry_days(),
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(
@@ -371,7 +430,11 @@ impl Profile {
              #   lan_discovery   ask the local network for DHT nodes (when dht_bind is not loopback)\n\
              #   accept_requests take contact requests from people who know only your address (off: only\n\
              #                   contacts can reach you or learn whether you are online)\n\
-             #   audio_input, audio_output  sound cards for calls by name (`kith audio devices`; \"default\" or \"none\")\n{}",
+             #   audio_input, audio_output  sound cards for calls by name (`kith audio devices`; \"default\" or \"none\")\n\
+             #   mailbox_after_secs  how long a message waits for a direct delivery before it also goes to\n\
+             #                   the contact's mailboxes\n\
+             #   mailbox_per_contact_messages, mailbox_per_contact_mb, mailbox_total_messages, mailbox_total_mb,\n\
+             #   mailbox_expiry_days  limits of the mailboxes you keep for contacts (`kith mailbox host`)\n{}",
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;

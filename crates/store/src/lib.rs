@@ -109,7 +109,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE peers (
@@ -140,6 +140,39 @@ CREATE TABLE messages (
 CREATE INDEX messages_pending ON messages (outgoing, state, peer);
 CREATE INDEX messages_chat ON messages (peer, shown_idx);
 ";
+
+/// One stored Olm session (its state encrypted by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlmSessionRow {
+    pub device: DeviceKey,
+    pub session_id: String,
+    pub pickle: String,
+}
+
+fn save_sessions(
+    tx: &rusqlite::Transaction<'_>,
+    account: &AccountKey,
+    sessions: &[(OlmSessionRow, bool)],
+    now_ms: i64,
+) -> Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO olm_sessions (account, device, session_id, pickle, created_ms, last_rx_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (account, device, session_id) DO UPDATE SET pickle = excluded.pickle,
+             last_rx_ms = MAX(olm_sessions.last_rx_ms, excluded.last_rx_ms)",
+    )?;
+    for (s, received) in sessions {
+        st.execute(params![
+            account.as_bytes(),
+            s.device.as_bytes(),
+            s.session_id,
+            s.pickle,
+            now_ms,
+            if *received { now_ms } else { 0 }
+        ])?;
+    }
+    Ok(())
+}
 
 fn key_of(blob: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
     blob.try_into().map_err(|_| {
@@ -247,7 +280,221 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 4 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE sealed_out (
+                     peer BLOB NOT NULL,
+                     device BLOB NOT NULL,
+                     seq INTEGER NOT NULL,
+                     envelope BLOB NOT NULL,
+                     sealed_ms INTEGER NOT NULL,
+                     deposited_ms INTEGER,
+                     PRIMARY KEY (peer, device, seq)
+                 );
+                 CREATE TABLE olm_sessions (
+                     account BLOB NOT NULL,
+                     device BLOB NOT NULL,
+                     session_id TEXT NOT NULL,
+                     pickle TEXT NOT NULL,
+                     created_ms INTEGER NOT NULL,
+                     last_rx_ms INTEGER NOT NULL DEFAULT 0,
+                     PRIMARY KEY (account, device, session_id)
+                 );
+                 PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self { conn })
+    }
+
+    /// The Olm sessions with the devices of `account`, the one to send on first (the one that last
+    /// received, then the newest).
+    pub fn olm_sessions(&self, account: &AccountKey) -> Result<Vec<OlmSessionRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT device, session_id, pickle FROM olm_sessions WHERE account = ?1
+             ORDER BY last_rx_ms DESC, created_ms DESC",
+        )?;
+        let rows = st.query_map([account.as_bytes().as_slice()], |r| {
+            Ok((key_of(r.get(0)?)?, r.get(1)?, r.get(2)?))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (device, session_id, pickle) = row?;
+            if let Ok(device) = DeviceKey::from_bytes(device) {
+                out.push(OlmSessionRow {
+                    device,
+                    session_id,
+                    pickle,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves Olm sessions of `account` after use; `received` marks those that just decrypted a message
+    /// (they become the ones to send on).
+    pub fn save_olm_sessions(
+        &mut self,
+        account: &AccountKey,
+        sessions: &[(OlmSessionRow, bool)],
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        save_sessions(&tx, account, sessions, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Outgoing messages to seal for mailboxes: not delivered, queued at or before `queued_before_ms`,
+    /// to a peer that told us its mail info, not sealed yet; per peer in order, at most `limit`.
+    pub fn unsealed(
+        &self,
+        device: &DeviceKey,
+        queued_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(AccountKey, Outgoing)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT m.peer, m.seq, m.msg_id, m.body, m.sent_at_ms FROM messages m
+             WHERE m.outgoing = 1 AND m.device = ?1 AND m.state != 'delivered' AND m.sent_at_ms <= ?2
+               AND EXISTS (SELECT 1 FROM mail_info i WHERE i.account = m.peer)
+               AND NOT EXISTS (SELECT 1 FROM sealed_out s
+                               WHERE s.peer = m.peer AND s.device = m.device AND s.seq = m.seq)
+             ORDER BY m.peer, m.seq LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![device.as_bytes(), queued_before_ms, limit as i64],
+            |r| {
+                let id: Vec<u8> = r.get(2)?;
+                Ok((
+                    key_of(r.get(0)?)?,
+                    Outgoing {
+                        seq: r.get::<_, i64>(1)? as u64,
+                        id: id.try_into().unwrap_or([0; 16]),
+                        text: r.get(3)?,
+                        sent_at_ms: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            },
+        )?;
+        let mut out = vec![];
+        for row in rows {
+            let (k, m) = row?;
+            if let Ok(k) = AccountKey::from_bytes(k) {
+                out.push((k, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores sealed envelopes of outgoing messages together with the state of the ratchet session that
+    /// sealed them, in one transaction: a crash can never leave a ratchet that would use a message key
+    /// twice, nor an envelope whose session state was lost.
+    pub fn save_sealed(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        envelopes: &[(u64, Vec<u8>)],
+        session: &OlmSessionRow,
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO sealed_out (peer, device, seq, envelope, sealed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (seq, env) in envelopes {
+                st.execute(params![
+                    peer.as_bytes(),
+                    device.as_bytes(),
+                    *seq as i64,
+                    env,
+                    now_ms
+                ])?;
+            }
+        }
+        save_sessions(&tx, peer, &[(session.clone(), false)], now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sealed envelopes of undelivered messages that are due for a deposit: never deposited, or last
+    /// deposited before `redeposit_before_ms`. Per peer in order, at most `limit`.
+    pub fn deposits_due(
+        &self,
+        device: &DeviceKey,
+        redeposit_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(AccountKey, u64, Vec<u8>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT s.peer, s.seq, s.envelope FROM sealed_out s JOIN messages m
+               ON m.peer = s.peer AND m.outgoing = 1 AND m.device = s.device AND m.seq = s.seq
+             WHERE s.device = ?1 AND m.state != 'delivered'
+               AND (s.deposited_ms IS NULL OR s.deposited_ms < ?2)
+             ORDER BY s.peer, s.seq LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![device.as_bytes(), redeposit_before_ms, limit as i64],
+            |r| Ok((key_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+        )?;
+        let mut out = vec![];
+        for row in rows {
+            let (k, seq, env) = row?;
+            if let Ok(k) = AccountKey::from_bytes(k) {
+                out.push((k, seq, env));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn mark_deposited(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        seqs: &[u64],
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE sealed_out SET deposited_ms = ?4 WHERE peer = ?1 AND device = ?2 AND seq = ?3",
+            )?;
+            for seq in seqs {
+                st.execute(params![
+                    peer.as_bytes(),
+                    device.as_bytes(),
+                    *seq as i64,
+                    now_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many of the outgoing messages to `peer` are in a mailbox (deposited, not yet delivered).
+    pub fn deposited_count(&self, peer: &AccountKey, device: &DeviceKey) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM sealed_out WHERE peer = ?1 AND device = ?2 AND deposited_ms IS NOT NULL",
+            params![peer.as_bytes(), device.as_bytes()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The owner of a deposit token this mailbox holds, if any.
+    pub fn mailbox_token_owner(&self, token: &[u8; 32]) -> Result<Option<AccountKey>> {
+        let owner: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT owner FROM mailbox_tokens WHERE token = ?1",
+                [&token[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(owner
+            .and_then(|o| <[u8; 32]>::try_from(o.as_slice()).ok())
+            .and_then(|b| AccountKey::from_bytes(b).ok()))
     }
 
     /// Stored ratchet state (an encrypted Olm pickle) under `key`: "account", or "session:<device>".
@@ -876,6 +1123,10 @@ impl Store {
                 "UPDATE messages SET state = 'delivered', delivered_at_ms = ?4
                  WHERE peer = ?1 AND outgoing = 1 AND device = ?2 AND seq = ?3 AND state != 'delivered'",
             )?;
+            // A delivered message's sealed copy is no longer needed.
+            let mut sealed = tx.prepare_cached(
+                "DELETE FROM sealed_out WHERE peer = ?1 AND device = ?2 AND seq = ?3",
+            )?;
             for seq in seqs {
                 stmt.execute(params![
                     peer.as_bytes(),
@@ -883,6 +1134,7 @@ impl Store {
                     *seq as i64,
                     now_ms
                 ])?;
+                sealed.execute(params![peer.as_bytes(), device.as_bytes(), *seq as i64])?;
             }
         }
         tx.commit()?;

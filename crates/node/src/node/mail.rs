@@ -1,0 +1,748 @@
+//! Mail through mailboxes, at both ends.
+//!
+//! * **Sending**: a message a contact has not acknowledged [`NodeConfig::mailbox_after`] after it was
+//!   queued is sealed once (Olm ratchet to the contact's device inside the pair envelope, see
+//!   `kith_core::seal`), the envelope is stored beside the message in the same transaction as the ratchet
+//!   state, and deposited into the contact's mailboxes from a fresh endpoint that names nobody, with the
+//!   period's deposit token. A refused or unreachable mailbox is tried again later, or another one; the
+//!   message stays in the outbox (and is still offered directly) until a receipt comes by either path.
+//! * **Receiving**: on every connection to one of our mailboxes, and whenever it says something new came,
+//!   we fetch what it holds, find the contact from the token, open and decrypt, store the messages through
+//!   the same inbox as direct ones (so a message that came both ways is shown once, in order), and only
+//!   then delete them at the mailbox. Receipts go back directly if the sender is connected, else into the
+//!   sender's mailboxes.
+
+use super::*;
+use futures_util::StreamExt;
+use kith_core::mailbox::{self, Letter, MailInfo, Request, Response};
+use kith_core::seal::{PairKey, RatchetSession, Sealed};
+use kith_store::OlmSessionRow;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::oneshot;
+
+/// How long a deposited message may go undelivered before it is deposited again (its mailbox may have
+/// lost it, or be gone).
+const REDEPOSIT: Duration = Duration::from_secs(3600);
+/// Deposits in flight on one mailbox connection.
+const IN_FLIGHT: usize = 16;
+/// Messages sealed in one pass.
+const SEAL_BATCH: usize = 256;
+/// Envelopes deposited in one pass.
+const DEPOSIT_BATCH: usize = 2048;
+/// Receipts in one sealed letter.
+const RECEIPTS_PER_LETTER: usize = 400;
+/// How long to wait for a mailbox's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Backoff after a failed deposit: first, and most.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+pub(super) struct MailState {
+    /// Wakes the sender (a message was queued, a contact's mail info arrived).
+    pub(super) wake: Notify,
+    /// Our requests to our mailboxes, waiting for their answers: id -> (mailbox, answer).
+    pending: Mutex<HashMap<u64, (AccountKey, oneshot::Sender<Response>)>>,
+    next_id: AtomicU64,
+    /// Contacts with a deposit under way.
+    depositing: Mutex<HashSet<AccountKey>>,
+    /// When a contact's failed deposit may be tried again, and the backoff after that.
+    retry: Mutex<HashMap<AccountKey, (Instant, Duration)>>,
+    /// Mailboxes we are fetching from, and whether new mail was announced meanwhile.
+    fetching: Mutex<HashMap<AccountKey, bool>>,
+    /// As a mailbox: owners who will be told shortly that something came.
+    notify: Mutex<HashSet<AccountKey>>,
+}
+
+/// One Olm session in use while a batch of mail is opened or sealed.
+struct Slot {
+    device: DeviceKey,
+    session: RatchetSession,
+    dirty: bool,
+    received: bool,
+}
+
+impl Slot {
+    fn row(&self, key: &[u8; 32]) -> OlmSessionRow {
+        OlmSessionRow {
+            device: self.device,
+            session_id: self.session.session_id(),
+            pickle: self.session.pickle(key),
+        }
+    }
+}
+
+impl Node {
+    /// A contact's mail info (its Olm bundle and mailboxes), if it told us.
+    fn mail_info_of(&self, account: &AccountKey) -> Option<MailInfo> {
+        lock(&self.store)
+            .mail_info(account)
+            .ok()
+            .flatten()
+            .and_then(|b| mailbox::decode::<MailInfo>(&b))
+    }
+
+    fn load_slots(&self, account: &AccountKey) -> Vec<Slot> {
+        let rows = lock(&self.store).olm_sessions(account).unwrap_or_default();
+        rows.into_iter()
+            .filter_map(|r| {
+                RatchetSession::unpickle(&r.pickle, &self.olm_key)
+                    .map_err(|e| tracing::warn!(error = %e, "a stored Olm session does not open"))
+                    .ok()
+                    .map(|session| Slot {
+                        device: r.device,
+                        session,
+                        dirty: false,
+                        received: false,
+                    })
+            })
+            .collect()
+    }
+
+    /// Seals `letters` for `account`'s device named in `info`: returns the envelopes and the session that
+    /// sealed them (to be stored with them).
+    fn seal_letters(
+        &self,
+        account: &AccountKey,
+        info: &MailInfo,
+        letters: &[Letter],
+    ) -> Result<(Vec<Vec<u8>>, OlmSessionRow), String> {
+        let pair = PairKey::derive(&self.id.account, account).map_err(|e| e.to_string())?;
+        let device = info.bundle.device;
+        let mut slot = match self
+            .load_slots(account)
+            .into_iter()
+            .find(|s| s.device == device)
+        {
+            Some(s) => s,
+            None => Slot {
+                device,
+                session: lock(&self.olm)
+                    .outbound(&info.bundle, None)
+                    .map_err(|e| e.to_string())?,
+                dirty: true,
+                received: false,
+            },
+        };
+        let proof = lock(&self.olm).proof(&self.id.device, &self.id.device_cert);
+        let mut rng = rand::rng();
+        let mut out = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let sealed = slot
+                .session
+                .encrypt(&mailbox::encode(letter), Some(proof.clone()))
+                .map_err(|e| e.to_string())?;
+            out.push(
+                pair.seal(account, &sealed.to_bytes(), &mut rng)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok((out, slot.row(&self.olm_key)))
+    }
+
+    /// Seals and deposits, for ever: what waited too long for a direct delivery goes to the contact's
+    /// mailboxes.
+    pub(super) async fn mail_sender(self: Arc<Self>) {
+        loop {
+            let busy = self.mail_pass();
+            let wait = Duration::from_secs(if busy { 1 } else { 30 });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.mail.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One pass: seal what is due, start deposits of what is sealed. Returns whether messages wait.
+    fn mail_pass(self: &Arc<Self>) -> bool {
+        let now_ms = unix_ms();
+        let cutoff = now_ms - self.config.mailbox_after.as_millis() as i64;
+        let unsealed = match lock(&self.store).unsealed(&self.device, cutoff, SEAL_BATCH) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox for mailboxes");
+                return true;
+            }
+        };
+        // A contact we are connected to gets its messages directly (a dead connection times out, and then
+        // the mailboxes take over).
+        let connected = |a: &AccountKey| {
+            lock(&self.state)
+                .peers
+                .get(a)
+                .is_some_and(|p| !p.conns.is_empty())
+        };
+        for (account, batch) in group(unsealed) {
+            if connected(&account) {
+                continue;
+            }
+            let Some(info) = self.mail_info_of(&account) else {
+                continue;
+            };
+            if info.mailboxes.is_empty() {
+                continue;
+            }
+            let letters: Vec<Letter> = batch
+                .iter()
+                .map(|m| {
+                    Letter::Messages(vec![MessageFrame {
+                        seq: m.seq,
+                        id: m.id,
+                        sent_at_ms: m.sent_at_ms,
+                        text: m.text.clone(),
+                    }])
+                })
+                .collect();
+            match self.seal_letters(&account, &info, &letters) {
+                Ok((envelopes, session)) => {
+                    let items: Vec<(u64, Vec<u8>)> =
+                        batch.iter().map(|m| m.seq).zip(envelopes).collect();
+                    if let Err(e) = lock(&self.store).save_sealed(
+                        &account,
+                        &self.device,
+                        &items,
+                        &session,
+                        now_ms,
+                    ) {
+                        tracing::warn!(error = %e, "cannot store sealed messages");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot seal messages for a mailbox"),
+            }
+        }
+        let due = match lock(&self.store).deposits_due(
+            &self.device,
+            now_ms - REDEPOSIT.as_millis() as i64,
+            DEPOSIT_BATCH,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read sealed messages");
+                return true;
+            }
+        };
+        let now = Instant::now();
+        for (account, items) in group(
+            due.into_iter()
+                .map(|(a, seq, env)| (a, (seq, env)))
+                .collect(),
+        ) {
+            if connected(&account)
+                || lock(&self.mail.retry)
+                    .get(&account)
+                    .is_some_and(|(at, _)| *at > now)
+            {
+                continue;
+            }
+            if !lock(&self.mail.depositing).insert(account) {
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+                let result = node.deposit(&account, items).await;
+                let to = node.label(&account);
+                match result {
+                    Ok(done) => {
+                        lock(&node.mail.retry).remove(&account);
+                        debug_assert!(done.len() <= seqs.len());
+                        node.emit(Event::MailDeposited {
+                            to,
+                            messages: done.len(),
+                        });
+                    }
+                    Err((done, reason)) => {
+                        let mut retry = lock(&node.mail.retry);
+                        let backoff = retry
+                            .get(&account)
+                            .map_or(RETRY_FIRST, |(_, b)| (*b * 2).min(RETRY_MAX));
+                        retry.insert(account, (Instant::now() + backoff, backoff));
+                        drop(retry);
+                        tracing::info!(%reason, deposited = done.len(), retry_secs = backoff.as_secs(), "mailbox deposit incomplete; the messages stay in the outbox");
+                        if !done.is_empty() {
+                            node.emit(Event::MailDeposited {
+                                to: to.clone(),
+                                messages: done.len(),
+                            });
+                        }
+                        node.emit(Event::MailDepositFailed {
+                            to,
+                            left: seqs.len() - done.len(),
+                            reason,
+                        });
+                    }
+                }
+                lock(&node.mail.depositing).remove(&account);
+            });
+        }
+        lock(&self.store)
+            .undelivered(&self.device)
+            .map_or(true, |u| !u.is_empty())
+    }
+
+    /// A fresh endpoint with a random key, so a mailbox cannot tell who deposits.
+    async fn anonymous_net(&self) -> Result<Net, String> {
+        let mut seed = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+        let options = kith_net::NetOptions {
+            relays: self.net().relays(),
+            relay_only: self.config.net.relay_only,
+        };
+        let bind = SocketAddr::new(self.config.listen.ip(), 0);
+        Net::bind_with(seed, bind, self.discovery.clone(), &options)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Deposits `items` (seq, envelope) into `account`'s mailboxes, one after the other until all are
+    /// taken; marks the deposited ones. Returns their seqs, or those and why the rest were not taken.
+    async fn deposit(
+        &self,
+        account: &AccountKey,
+        mut items: Vec<(u64, Vec<u8>)>,
+    ) -> Result<Vec<u64>, (Vec<u64>, String)> {
+        let Some(info) = self.mail_info_of(account) else {
+            return Err((vec![], "the contact has not told us its mailboxes".into()));
+        };
+        let pair =
+            PairKey::derive(&self.id.account, account).map_err(|e| (vec![], e.to_string()))?;
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        let token = pair.deposit_token(account, period);
+        let net = self.anonymous_net().await.map_err(|e| (vec![], e))?;
+        let mut reasons = vec![];
+        let mut done = vec![];
+        for (i, hint) in info.mailboxes.iter().enumerate() {
+            let conn = match net.mailbox_connect(hint).await {
+                Ok(c) => c,
+                Err(e) => {
+                    reasons.push(format!("mailbox {}: unreachable ({e})", i + 1));
+                    continue;
+                }
+            };
+            // Owned futures (no borrows across the stream), at most IN_FLIGHT at once.
+            let requests: Vec<_> = items
+                .iter()
+                .map(|(seq, env)| {
+                    let request = mailbox::encode(&Request::Deposit {
+                        token,
+                        envelope: env.clone(),
+                    });
+                    let (conn, seq) = (conn.clone(), *seq);
+                    async move {
+                        let answer = conn
+                            .request(&request)
+                            .await
+                            .ok()
+                            .and_then(|b| mailbox::decode::<Response>(&b));
+                        (seq, answer)
+                    }
+                })
+                .collect();
+            let answers: Vec<(u64, Option<Response>)> = futures_util::stream::iter(requests)
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
+            conn.close();
+            let mut ok = vec![];
+            let mut refusal = None;
+            for (seq, answer) in answers {
+                match answer {
+                    Some(Response::Deposited { .. }) => ok.push(seq),
+                    Some(Response::Refused(r)) => refusal = Some(r.to_string()),
+                    _ => refusal = refusal.or(Some("no answer".into())),
+                }
+            }
+            if let Some(r) = refusal {
+                reasons.push(format!("mailbox {}: {r}", i + 1));
+            }
+            ok.sort_unstable();
+            if let Err(e) = lock(&self.store).mark_deposited(account, &self.device, &ok, unix_ms())
+            {
+                tracing::warn!(error = %e, "cannot record deposits");
+            }
+            items.retain(|(s, _)| ok.binary_search(s).is_err());
+            done.extend(ok);
+            if items.is_empty() {
+                break;
+            }
+        }
+        net.close().await;
+        if items.is_empty() {
+            Ok(done)
+        } else {
+            if reasons.is_empty() {
+                reasons.push("the contact names no mailbox".into());
+            }
+            Err((done, reasons.join("; ")))
+        }
+    }
+
+    // ---- the owner's side ----
+
+    /// Sends `request` to our mailbox `mailbox` over our connection to it and waits for the answer.
+    async fn mailbox_call(&self, mailbox: AccountKey, request: Request) -> Option<Response> {
+        // Ids of answers we wait for start high: token pushes use the period as their id.
+        let id = (1 << 48) + self.mail.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.mail.pending).insert(id, (mailbox, tx));
+        self.send_frames(mailbox, vec![Frame::MailboxRequest { id, request }]);
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, rx).await;
+        lock(&self.mail.pending).remove(&id);
+        answer.ok().and_then(Result::ok)
+    }
+
+    /// An answer (or an announcement) from a mailbox over its connection to us.
+    pub(super) fn on_mailbox_response(
+        self: &Arc<Self>,
+        from: AccountKey,
+        id: u64,
+        response: Response,
+    ) {
+        if response == Response::NewMail {
+            if lock(&self.store)
+                .my_mailboxes()
+                .is_ok_and(|m| m.contains(&from))
+            {
+                self.fetch_mail(from);
+            }
+            return;
+        }
+        let mut pending = lock(&self.mail.pending);
+        if pending.get(&id).is_some_and(|(m, _)| *m == from)
+            && let Some((_, tx)) = pending.remove(&id)
+        {
+            let _ = tx.send(response);
+        }
+    }
+
+    /// Fetches everything our mailbox `mailbox` holds (unless a fetch from it is under way, which then
+    /// goes round once more).
+    pub(super) fn fetch_mail(self: &Arc<Self>, mailbox: AccountKey) {
+        {
+            let mut f = lock(&self.mail.fetching);
+            if let Some(again) = f.get_mut(&mailbox) {
+                *again = true;
+                return;
+            }
+            f.insert(mailbox, false);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                node.fetch_all(mailbox).await;
+                let mut f = lock(&node.mail.fetching);
+                if f.get(&mailbox) == Some(&true) {
+                    f.insert(mailbox, false);
+                    continue;
+                }
+                f.remove(&mailbox);
+                break;
+            }
+        });
+    }
+
+    async fn fetch_all(self: &Arc<Self>, mailbox: AccountKey) {
+        let mut after = 0;
+        loop {
+            let answer = self
+                .mailbox_call(mailbox, Request::Fetch { after, max: 64 })
+                .await;
+            let Some(Response::Items { items, more }) = answer else {
+                if let Some(a) = answer {
+                    tracing::info!(answer = ?a, "our mailbox did not hand out mail");
+                }
+                return;
+            };
+            if items.is_empty() {
+                return;
+            }
+            after = items.iter().map(|h| h.id).max().unwrap_or(after);
+            let ids: Vec<u64> = items.iter().map(|h| h.id).collect();
+            let opened = match self.open_mail(items) {
+                Ok(o) => o,
+                Err(e) => {
+                    // Nothing is deleted: the next fetch tries again.
+                    tracing::error!(error = %e, "cannot store mail from a mailbox");
+                    return;
+                }
+            };
+            let _ = self.mailbox_call(mailbox, Request::Delete { ids }).await;
+            self.emit(Event::MailFetched {
+                mailbox: self.label(&mailbox),
+                messages: opened.messages,
+                receipts: opened.receipts,
+            });
+            for (account, acks) in opened.acks {
+                self.send_receipts(account, acks);
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Opens, decrypts and stores a batch of held envelopes. Envelopes that are not ours to read (an
+    /// unknown token, a replay, damage) are skipped, to be deleted with the rest.
+    fn open_mail(self: &Arc<Self>, items: Vec<mailbox::Held>) -> Result<Opened, StoreError> {
+        let contacts: Vec<AccountKey> = lock(&self.store)
+            .contacts()?
+            .into_iter()
+            .map(|p| p.account)
+            .collect();
+        let mut pairs: HashMap<AccountKey, PairKey> = HashMap::new();
+        for c in &contacts {
+            if let Ok(p) = PairKey::derive(&self.id.account, c) {
+                pairs.insert(*c, p);
+            }
+        }
+        let minutes = self.config.discovery.period_minutes;
+        let mut tokens: HashMap<[u8; 32], AccountKey> = HashMap::new();
+        let mut periods: HashSet<u64> = HashSet::new();
+        let mut slots: HashMap<AccountKey, Vec<Slot>> = HashMap::new();
+        let mut olm_changed = false;
+        let mut messages: Vec<((AccountKey, DeviceKey), Vec<MessageFrame>)> = vec![];
+        let mut receipts: Vec<(AccountKey, Vec<u64>)> = vec![];
+        for item in items {
+            let p = kith_core::blind::period_at(item.at_ms / 1000, minutes).0;
+            for q in mailbox::accepted_periods(p) {
+                if periods.insert(q) {
+                    for (c, pair) in &pairs {
+                        tokens.insert(pair.deposit_token(&self.account, q), *c);
+                    }
+                }
+            }
+            let Some(from) = tokens.get(&item.token).copied() else {
+                tracing::info!("held mail under a token of no contact: dropped");
+                continue;
+            };
+            let Some(opened) = pairs
+                .get(&from)
+                .and_then(|p| p.open(&self.account, &item.envelope).ok())
+            else {
+                tracing::info!("held mail does not open: dropped");
+                continue;
+            };
+            let Ok(sealed) = Sealed::from_bytes(&opened) else {
+                continue;
+            };
+            let slots = slots.entry(from).or_insert_with(|| self.load_slots(&from));
+            let (device, plain) = match self.decrypt(&from, &sealed, slots, &mut olm_changed) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Most often a replay: the message key is gone, as it should be.
+                    tracing::info!(error = %e, "held mail does not decrypt: dropped");
+                    continue;
+                }
+            };
+            match mailbox::decode::<Letter>(&plain) {
+                Some(Letter::Messages(ms)) => {
+                    let ms = ms
+                        .into_iter()
+                        .filter(|m| m.text.len() <= kith_core::wire::MAX_TEXT_BYTES);
+                    match messages.iter_mut().find(|(k, _)| *k == (from, device)) {
+                        Some((_, v)) => v.extend(ms),
+                        None => messages.push(((from, device), ms.collect())),
+                    }
+                }
+                Some(Letter::Receipts(seqs)) => receipts.push((from, seqs)),
+                None => tracing::info!("held mail of a kind this kith does not know: dropped"),
+            }
+        }
+        // Messages first, ratchet state after: a crash in between decrypts them again (and the inbox
+        // shows them once); the other order could lose them.
+        let mut out = Opened::default();
+        for ((account, device), ms) in messages {
+            out.messages += ms.len();
+            let acks = self.handle_messages_of(account, device, None, ms)?;
+            match out.acks.iter_mut().find(|(a, _)| *a == account) {
+                Some((_, v)) => v.extend(acks),
+                None => out.acks.push((account, acks)),
+            }
+        }
+        for (account, slots) in slots {
+            let rows: Vec<(OlmSessionRow, bool)> = slots
+                .iter()
+                .filter(|s| s.dirty)
+                .map(|s| (s.row(&self.olm_key), s.received))
+                .collect();
+            if !rows.is_empty() {
+                lock(&self.store).save_olm_sessions(&account, &rows, unix_ms())?;
+            }
+        }
+        if olm_changed {
+            let pickle = lock(&self.olm).pickle(&self.olm_key);
+            lock(&self.store).save_ratchet("account", &pickle)?;
+        }
+        for (account, seqs) in receipts {
+            out.receipts += seqs.len();
+            self.handle_receipts(account, &seqs);
+        }
+        Ok(out)
+    }
+
+    /// Decrypts one sealed message from `account`: on the session it belongs to, or (a session's first
+    /// messages) on a new one, after checking that the sender's device belongs to `account`.
+    fn decrypt(
+        &self,
+        account: &AccountKey,
+        sealed: &Sealed,
+        slots: &mut Vec<Slot>,
+        olm_changed: &mut bool,
+    ) -> Result<(DeviceKey, Vec<u8>), kith_core::seal::SealError> {
+        let done = |s: &mut Slot, plain: Vec<u8>| {
+            s.dirty = true;
+            s.received = true;
+            (s.device, plain)
+        };
+        if sealed.kind == 0 {
+            if let Some(s) = slots.iter_mut().find(|s| s.session.matches(sealed)) {
+                let plain = s.session.decrypt(sealed)?;
+                return Ok(done(s, plain));
+            }
+            let (device, session, plain) = lock(&self.olm).inbound(account, sealed)?;
+            *olm_changed = true;
+            slots.insert(
+                0,
+                Slot {
+                    device,
+                    session,
+                    dirty: true,
+                    received: true,
+                },
+            );
+            return Ok((device, plain));
+        }
+        for s in slots.iter_mut() {
+            if let Ok(plain) = s.session.decrypt(sealed) {
+                return Ok(done(s, plain));
+            }
+        }
+        Err(kith_core::seal::SealError::NoSession)
+    }
+
+    /// Acknowledges `acks` to `account`: directly if connected, else through its mailboxes (best effort:
+    /// a sender that never gets them offers the messages again, and gets the receipt then).
+    fn send_receipts(self: &Arc<Self>, account: AccountKey, acks: Vec<u64>) {
+        if acks.is_empty() {
+            return;
+        }
+        let connected = lock(&self.state)
+            .peers
+            .get(&account)
+            .is_some_and(|p| !p.conns.is_empty());
+        if connected {
+            let frames = acks
+                .chunks(MAX_RECEIPT_SEQS)
+                .map(|c| Frame::Receipt(ReceiptFrame { seqs: c.to_vec() }))
+                .collect();
+            self.send_frames(account, frames);
+            return;
+        }
+        let Some(info) = self
+            .mail_info_of(&account)
+            .filter(|i| !i.mailboxes.is_empty())
+        else {
+            return;
+        };
+        let letters: Vec<Letter> = acks
+            .chunks(RECEIPTS_PER_LETTER)
+            .map(|c| Letter::Receipts(c.to_vec()))
+            .collect();
+        let (envelopes, session) = match self.seal_letters(&account, &info, &letters) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seal receipts");
+                return;
+            }
+        };
+        // The ratchet moved: its state is kept before anything leaves.
+        if let Err(e) =
+            lock(&self.store).save_olm_sessions(&account, &[(session, false)], unix_ms())
+        {
+            tracing::warn!(error = %e, "cannot store the ratchet; receipts not sent");
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let items = envelopes.into_iter().map(|e| (0, e)).collect();
+            if let Err((_, reason)) = node.deposit(&account, items).await {
+                tracing::info!(%reason, "receipts not deposited; the sender will offer its messages again");
+            }
+        });
+    }
+
+    // ---- the mailbox's side ----
+
+    /// Answers a request on the mailbox ALPN (a deposit), and tells a connected owner that mail came.
+    pub(super) async fn serve_deposit(self: Arc<Self>, request: Vec<u8>) -> Vec<u8> {
+        let node = self.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let period =
+                kith_core::blind::period_at(unix_now(), node.config.discovery.period_minutes).0;
+            let answer = crate::mailbox::answer_anonymous(
+                &node.store,
+                &request,
+                period,
+                &node.config.mailbox_quotas,
+                unix_ms(),
+            );
+            let owner = match (
+                mailbox::decode::<Response>(&answer),
+                mailbox::decode::<Request>(&request),
+            ) {
+                (Some(Response::Deposited { .. }), Some(Request::Deposit { token, .. })) => {
+                    lock(&node.store).mailbox_token_owner(&token).ok().flatten()
+                }
+                _ => None,
+            };
+            (answer, owner)
+        })
+        .await;
+        let Ok((answer, owner)) = answer else {
+            return mailbox::encode(&Response::Refused(mailbox::Refusal::Malformed));
+        };
+        if let Some(owner) = owner
+            && lock(&self.mail.notify).insert(owner)
+        {
+            // One announcement for a burst of deposits: those that land before it is sent are covered
+            // by it, later ones schedule the next.
+            let node = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                lock(&node.mail.notify).remove(&owner);
+                node.send_frames(
+                    owner,
+                    vec![Frame::MailboxResponse {
+                        id: 0,
+                        response: Response::NewMail,
+                    }],
+                );
+            });
+        }
+        answer
+    }
+}
+
+/// What one batch of held mail brought.
+#[derive(Default)]
+struct Opened {
+    messages: usize,
+    receipts: usize,
+    /// Receipts to send, per sender.
+    acks: Vec<(AccountKey, Vec<u64>)>,
+}
+
+/// Groups `(key, item)` pairs by key, keeping the order of the items (the input is sorted by key or not;
+/// each key's items keep their relative order).
+fn group<T>(rows: Vec<(AccountKey, T)>) -> Vec<(AccountKey, Vec<T>)> {
+    let mut out: Vec<(AccountKey, Vec<T>)> = vec![];
+    for (k, v) in rows {
+        match out.iter_mut().find(|(a, _)| *a == k) {
+            Some((_, list)) => list.push(v),
+            None => out.push((k, vec![v])),
+        }
+    }
+    out
+}
