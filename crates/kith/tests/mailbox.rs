@@ -391,12 +391,51 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
     }
     assert!(at_kill < N, "the kill came after the last deposit");
     assert_eq!(held(), N, "one envelope per message");
+    // Someone captures a held deposit (to replay it later).
+    let captured = {
+        let store = kith_store::Store::open(&db).unwrap();
+        let (items, _) = store
+            .mailbox_fetch(&owner, 0, 1, kith_node::node::unix_now() as i64 * 1000)
+            .unwrap();
+        items[0].clone()
+    };
     alice.stop().await;
     bob.start().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
     let want: Vec<String> = std::iter::once("hello".to_string())
         .chain(texts("k", N))
         .collect();
     bob_has(&bob, &want, 60).await;
+    assert!(
+        wb.wait_for(Duration::from_secs(20), |_| held() == 0).await,
+        "bob deletes what he stored: carol still holds {}",
+        held()
+    );
+    // The replay: carol takes it (it is a valid envelope under a valid token), bob fetches it, and it
+    // does not decrypt again (its message key is gone): shown once.
+    let fetched = wb.sum("mail_fetched", "messages");
+    let card = carol.client().get("/v1/card").await.unwrap();
+    let ParsedContact::Card(card) = ParsedContact::parse(card["card"].as_str().unwrap()).unwrap()
+    else {
+        panic!("not a card: {card}")
+    };
+    let anonymous = kith_net::Net::bind(
+        rand::random(),
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(kith_net::StaticDiscovery::default()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        deposit(&anonymous, card.hints(), captured.token, captured.envelope).await,
+        Response::Deposited { .. }
+    ));
+    assert!(
+        wb.wait_for(Duration::from_secs(20), |_| held() == 0).await,
+        "bob did not fetch the replay"
+    );
+    assert_eq!(wb.sum("mail_fetched", "messages"), fetched, "nothing new opened");
+    assert_eq!(received(&bob).await, want, "the replay is not shown");
 }
 
 /// A full mailbox, an unreachable one, and a mailbox gone for good: the messages wait in the outbox and
