@@ -32,7 +32,7 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const PLAINTEXT_LEN: usize = RECORD_VALUE_LEN - NONCE_LEN - TAG_LEN;
 /// Record format version inside the body.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 pub const MAX_DEVICES: usize = 4;
 
 /// One device of the account as published for one period.
@@ -67,6 +67,15 @@ pub struct ContactEntry {
     pub endpoint: EndpointKey,
     pub relays: Vec<String>,
     pub direct: Vec<SocketAddr>,
+}
+
+/// The contacts-only part of a record: where the owner's devices are, and where its mailboxes are (so a
+/// contact can deposit while the owner is away; see [`crate::mailbox`]). Mailboxes are listed as far as the
+/// record has room, the first ones first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ContactPart {
+    pub entries: Vec<ContactEntry>,
+    pub mailboxes: Vec<ContactEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,9 +118,14 @@ impl VerifiedRecord {
         &self,
         contact_key: &[u8; 32],
     ) -> Result<Vec<ContactEntry>, RecordError> {
+        self.contact_part(contact_key).map(|p| p.entries)
+    }
+
+    /// The whole contacts-only part (entries and mailboxes), if `contact_key` opens it.
+    pub fn contact_part(&self, contact_key: &[u8; 32]) -> Result<ContactPart, RecordError> {
         match &self.body.contacts {
             Some(blob) => open_contacts(contact_key, &self.blinded, blob),
-            None => Ok(vec![]),
+            None => Ok(ContactPart::default()),
         }
     }
 }
@@ -163,19 +177,18 @@ fn contacts_key(contact_key: &[u8; 32], blinded: &BlindedKey) -> [u8; 32] {
         .into()
 }
 
-/// Seals contact entries for the record of `blinded` under the owner's contact key.
+/// Seals the contacts-only part for the record of `blinded` under the owner's contact key.
 pub fn seal_contacts<R: rand::CryptoRng + ?Sized>(
     contact_key: &[u8; 32],
     blinded: &BlindedKey,
-    entries: &[ContactEntry],
+    part: &ContactPart,
     rng: &mut R,
 ) -> Result<Vec<u8>, RecordError> {
-    if entries.len() > MAX_DEVICES {
+    if part.entries.len() > MAX_DEVICES || part.mailboxes.len() > crate::mailbox::MAX_MAILBOXES {
         return Err(RecordError::Malformed);
     }
-    let plain = zeroize::Zeroizing::new(
-        postcard::to_allocvec(entries).map_err(|_| RecordError::Malformed)?,
-    );
+    let plain =
+        zeroize::Zeroizing::new(postcard::to_allocvec(part).map_err(|_| RecordError::Malformed)?);
     seal_with(&contacts_key(contact_key, blinded), blinded, &plain, rng)
 }
 
@@ -232,10 +245,15 @@ pub fn open_contacts(
     contact_key: &[u8; 32],
     blinded: &BlindedKey,
     blob: &[u8],
-) -> Result<Vec<ContactEntry>, RecordError> {
+) -> Result<ContactPart, RecordError> {
     let plain = open_with(&contacts_key(contact_key, blinded), blinded, blob)?;
-    match postcard::take_from_bytes::<Vec<ContactEntry>>(&plain) {
-        Ok((entries, [])) if entries.len() <= MAX_DEVICES => Ok(entries),
+    match postcard::take_from_bytes::<ContactPart>(&plain) {
+        Ok((part, []))
+            if part.entries.len() <= MAX_DEVICES
+                && part.mailboxes.len() <= crate::mailbox::MAX_MAILBOXES =>
+        {
+            Ok(part)
+        }
         _ => Err(RecordError::Malformed),
     }
 }
@@ -455,7 +473,10 @@ mod tests {
             seal_contacts(
                 &contact_key,
                 &secret.public(),
-                std::slice::from_ref(&entry),
+                &ContactPart {
+                    entries: vec![entry.clone()],
+                    mailboxes: vec![],
+                },
                 &mut StdRng::seed_from_u64(3),
             )
             .unwrap(),
@@ -496,6 +517,56 @@ mod tests {
         .unwrap();
         let sig = secret.sign(&bep44_signable(seq, &value));
         (secret.public(), seq, value, sig)
+    }
+
+    #[test]
+    fn mailboxes_travel_in_the_contact_part() {
+        let f = fixture(4);
+        let p = period_at(1_000_000, LEN_MIN);
+        let secret = blind_secret(&f.account, p, LEN_MIN);
+        let contact_key = [9u8; 32];
+        // Typical hints: an endpoint, a relay, two addresses. The owner's own entry and four mailboxes fit
+        // beside a public device entry.
+        let typical = |i: u8| ContactEntry {
+            endpoint: fixture(10 + u64::from(i)).endpoint,
+            relays: vec![format!("https://relay-{i}.example.org./")],
+            direct: vec![
+                SocketAddr::from(([198, 51, 100, i], 4433)),
+                SocketAddr::from(([10, 0, 0, i], 4433)),
+            ],
+        };
+        let part = ContactPart {
+            entries: vec![typical(0)],
+            mailboxes: (1..=4).map(typical).collect(),
+        };
+        let mut b = body(&f, p.0, 1);
+        b.contacts = Some(
+            seal_contacts(
+                &contact_key,
+                &secret.public(),
+                &part,
+                &mut StdRng::seed_from_u64(3),
+            )
+            .unwrap(),
+        );
+        let (key, seq, value, sig) = publish(&f, p, b, 5);
+        let rec = open(&f.account.public(), &key, p, seq, &value, &sig, 1_000_000).unwrap();
+        assert_eq!(rec.contact_part(&contact_key).unwrap(), part);
+        assert_eq!(rec.contact_part(&[1u8; 32]), Err(RecordError::Decrypt));
+        // More than MAX_MAILBOXES is refused when sealing.
+        let too_many = ContactPart {
+            entries: vec![],
+            mailboxes: (0..5).map(typical).collect(),
+        };
+        assert!(
+            seal_contacts(
+                &contact_key,
+                &secret.public(),
+                &too_many,
+                &mut StdRng::seed_from_u64(3)
+            )
+            .is_err()
+        );
     }
 
     #[test]

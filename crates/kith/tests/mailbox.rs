@@ -434,7 +434,11 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
         wb.wait_for(Duration::from_secs(20), |_| held() == 0).await,
         "bob did not fetch the replay"
     );
-    assert_eq!(wb.sum("mail_fetched", "messages"), fetched, "nothing new opened");
+    assert_eq!(
+        wb.sum("mail_fetched", "messages"),
+        fetched,
+        "nothing new opened"
+    );
     assert_eq!(received(&bob).await, want, "the replay is not shown");
 }
 

@@ -99,6 +99,30 @@ async fn only_contacts_read_where_someone_is() {
         wd.wait_for(Duration::from_secs(2), |w| w.count("peer") > seen)
             .await;
     }
+
+    // Dave keeps alice's mail: her records name his mailbox from now on, for her contacts only.
+    dave.client()
+        .post("/v1/mailbox/host", json!({ "name": "alice" }))
+        .await
+        .unwrap();
+    let before = wa.count("record_published");
+    alice
+        .client()
+        .post("/v1/mailbox/use", json!({ "name": "dave" }))
+        .await
+        .unwrap();
+    published(&wa, before).await;
+    let d = lookup(dave, "alice").await;
+    assert_eq!(d["contact_mailboxes"], json!(1), "{d}");
+    let b = lookup(bob, "alice").await;
+    assert_eq!(
+        (&b["contact_part"], &b["contact_mailboxes"]),
+        (
+            &json!("sealed: only the person's contacts can read it"),
+            &json!(0)
+        ),
+        "a stranger learns nothing of her mailboxes: {b}"
+    );
 }
 
 /// Alice takes no requests. A stranger with her address finds a record that names no endpoint at all;

@@ -15,7 +15,7 @@
 
 use futures_util::StreamExt;
 use kith_core::blind::{self, PeriodNum};
-use kith_core::record::{self, ContactEntry, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
+use kith_core::record::{self, ContactPart, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
 use kith_core::{AccountKey, Hints};
 use kith_net::dht::{DhtConfig, KithDht};
 use kith_net::{BoxFuture, Discovery};
@@ -428,7 +428,7 @@ impl NodeDiscovery {
             .collect()
     }
 
-    fn cached(&self, account: &AccountKey, now: u64) -> Option<VerifiedRecord> {
+    pub fn cached(&self, account: &AccountKey, now: u64) -> Option<VerifiedRecord> {
         let cache = lock(&self.cache);
         lookup_periods(now, self.config.period_minutes)
             .into_iter()
@@ -442,7 +442,7 @@ impl NodeDiscovery {
     pub async fn publish(
         &self,
         id: &crate::profile::Identity,
-        entries: impl Fn(PeriodNum) -> (Vec<DeviceEntry>, ContactEntry),
+        entries: impl Fn(PeriodNum) -> (Vec<DeviceEntry>, ContactPart),
         contact_key: &[u8; 32],
         now: u64,
     ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
@@ -495,23 +495,32 @@ impl NodeDiscovery {
                     }
                 }
             }
-            let contacts = record::seal_contacts(
-                contact_key,
-                &secret.public(),
-                std::slice::from_ref(&contact),
-                &mut rand::rng(),
-            )
-            .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
-            let body = RecordBody {
-                version: record::RECORD_VERSION,
-                period: period.0,
-                // Valid through the end of its period plus the skew margin.
-                expires: (period.0 + 1) * period_secs + SKEW_SECS,
-                devices,
-                contacts: Some(contacts),
+            // As many mailboxes as the record has room for, the first ones first.
+            let mut part = contact.clone();
+            let value = loop {
+                let contacts =
+                    record::seal_contacts(contact_key, &secret.public(), &part, &mut rand::rng())
+                        .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
+                let body = RecordBody {
+                    version: record::RECORD_VERSION,
+                    period: period.0,
+                    // Valid through the end of its period plus the skew margin.
+                    expires: (period.0 + 1) * period_secs + SKEW_SECS,
+                    devices: devices.clone(),
+                    contacts: Some(contacts),
+                };
+                match record::seal(&id.account, &secret.public(), body, &mut rand::rng()) {
+                    Ok(v) => break v,
+                    Err(record::RecordError::TooLarge { .. }) if !part.mailboxes.is_empty() => {
+                        part.mailboxes.pop();
+                        tracing::info!(
+                            kept = part.mailboxes.len(),
+                            "the discovery record has no room for every mailbox"
+                        );
+                    }
+                    Err(e) => return Err(kith_net::dht::DhtError::Publish(e.to_string())),
+                }
             };
-            let value = record::seal(&id.account, &secret.public(), body, &mut rand::rng())
-                .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
             // The time (so it grows across restarts) plus an offset secret to this period's key, so sequence
             // numbers of different periods do not match up; always above the last one published.
             let seq = (now as i64 + seq_offset(&secret))

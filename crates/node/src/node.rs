@@ -367,6 +367,8 @@ pub struct LookupView {
     pub public_direct: usize,
     pub contact_part: String,
     pub contact_endpoints: usize,
+    /// Mailboxes the contacts-only part names.
+    pub contact_mailboxes: usize,
 }
 
 /// One relay as `kith status` reports it.
@@ -1044,6 +1046,8 @@ impl Node {
             let direct: Vec<SocketAddr> = self.net().direct_addrs().into_iter().take(8).collect();
             let has_request_endpoint = self.request_net().is_some();
             let publish_direct = self.config.discovery.publish_direct;
+            // Our mailboxes, as their cards name them: for contacts to deposit while we are away.
+            let mailboxes = self.my_mailbox_entries();
             let entries = |period: kith_core::blind::PeriodNum| {
                 let contact_endpoint =
                     kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(period.0));
@@ -1075,7 +1079,13 @@ impl Node {
                         direct.clone()
                     },
                 };
-                (public, contact)
+                (
+                    public,
+                    kith_core::record::ContactPart {
+                        entries: vec![contact],
+                        mailboxes: mailboxes.clone(),
+                    },
+                )
             };
             let contact_key = self.contact_key();
             let delay = match self
@@ -1150,17 +1160,19 @@ impl Node {
                 public_direct: 0,
                 contact_part: "absent".into(),
                 contact_endpoints: 0,
+                contact_mailboxes: 0,
             },
             Some(rec) => {
                 let body = rec.body();
-                let (contact_part, contact_endpoints) = match (&body.contacts, key) {
-                    (None, _) => ("absent", 0),
-                    (Some(_), None) => ("sealed: only the person's contacts can read it", 0),
-                    (Some(_), Some(k)) => match rec.contact_entries(&k) {
-                        Ok(e) => ("readable", e.len()),
-                        Err(_) => ("sealed under a key we do not hold (a newer card?)", 0),
-                    },
-                };
+                let (contact_part, contact_endpoints, contact_mailboxes) =
+                    match (&body.contacts, key) {
+                        (None, _) => ("absent", 0, 0),
+                        (Some(_), None) => ("sealed: only the person's contacts can read it", 0, 0),
+                        (Some(_), Some(k)) => match rec.contact_part(&k) {
+                            Ok(p) => ("readable", p.entries.len(), p.mailboxes.len()),
+                            Err(_) => ("sealed under a key we do not hold (a newer card?)", 0, 0),
+                        },
+                    };
                 LookupView {
                     address: Address::new(account).to_string(),
                     found: true,
@@ -1170,6 +1182,7 @@ impl Node {
                     public_direct: body.devices.iter().map(|d| d.direct.len()).sum(),
                     contact_part: contact_part.into(),
                     contact_endpoints,
+                    contact_mailboxes,
                 }
             }
         })
@@ -2374,7 +2387,9 @@ impl Node {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
         self.push_mailbox_tokens(peer.account);
-        // Contacts online now learn where to deposit for us.
+        // Our records name it from now on (contacts who are offline now read it there)...
+        self.republish.notify_one();
+        // ...and contacts online now learn where to deposit for us.
         let online: Vec<AccountKey> = lock(&self.state)
             .peers
             .iter()
@@ -2444,6 +2459,27 @@ impl Node {
             .take(kith_core::mailbox::MAX_MAILBOXES)
             .collect();
         Ok(kith_core::mailbox::MailInfo { bundle, mailboxes })
+    }
+
+    /// Where our mailboxes are (their cards' endpoints and addresses), in the order we named them.
+    fn my_mailbox_entries(&self) -> Vec<kith_core::record::ContactEntry> {
+        let store = lock(&self.store);
+        store
+            .my_mailboxes()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| store.peer(m).ok().flatten())
+            .filter_map(|p| p.card)
+            .filter_map(|c| {
+                let h = c.hints();
+                h.endpoint.map(|endpoint| kith_core::record::ContactEntry {
+                    endpoint,
+                    relays: h.relays.clone(),
+                    direct: h.direct.clone(),
+                })
+            })
+            .take(kith_core::mailbox::MAX_MAILBOXES)
+            .collect()
     }
 
     /// Tells the contact `account` (if connected) our Olm keys and mailboxes.

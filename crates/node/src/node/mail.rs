@@ -83,6 +83,42 @@ impl Node {
             .and_then(|b| mailbox::decode::<MailInfo>(&b))
     }
 
+    /// Where to deposit for `account`: the mailboxes its current discovery record names (the freshest
+    /// word), then those it told us while we were both online.
+    fn mailboxes_of(&self, account: &AccountKey, info: &MailInfo) -> Vec<Hints> {
+        let contact_key = lock(&self.store)
+            .peer(account)
+            .ok()
+            .flatten()
+            .and_then(|p| p.card)
+            .and_then(|c| c.hints().contact_key);
+        let mut out: Vec<Hints> = contact_key
+            .and_then(|k| {
+                self.discovery
+                    .cached(account, unix_now())
+                    .and_then(|r| r.contact_part(&k).ok())
+            })
+            .map(|part| {
+                part.mailboxes
+                    .into_iter()
+                    .map(|e| Hints {
+                        endpoint: Some(e.endpoint),
+                        direct: e.direct,
+                        relays: e.relays,
+                        dht: vec![],
+                        contact_key: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for h in &info.mailboxes {
+            if !out.iter().any(|o| o.endpoint == h.endpoint) {
+                out.push(h.clone());
+            }
+        }
+        out
+    }
+
     fn load_slots(&self, account: &AccountKey) -> Vec<Slot> {
         let rows = lock(&self.store).olm_sessions(account).unwrap_or_default();
         rows.into_iter()
@@ -180,7 +216,7 @@ impl Node {
             let Some(info) = self.mail_info_of(&account) else {
                 continue;
             };
-            if info.mailboxes.is_empty() {
+            if self.mailboxes_of(&account, &info).is_empty() {
                 continue;
             }
             let letters: Vec<Letter> = batch
@@ -305,6 +341,7 @@ impl Node {
         let Some(info) = self.mail_info_of(account) else {
             return Err((vec![], "the contact has not told us its mailboxes".into()));
         };
+        let mailboxes = self.mailboxes_of(account, &info);
         let pair =
             PairKey::derive(&self.id.account, account).map_err(|e| (vec![], e.to_string()))?;
         let period =
@@ -313,7 +350,7 @@ impl Node {
         let net = self.anonymous_net().await.map_err(|e| (vec![], e))?;
         let mut reasons = vec![];
         let mut done = vec![];
-        for (i, hint) in info.mailboxes.iter().enumerate() {
+        for (i, hint) in mailboxes.iter().enumerate() {
             let conn = match net.mailbox_connect(hint).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -642,7 +679,7 @@ impl Node {
         }
         let Some(info) = self
             .mail_info_of(&account)
-            .filter(|i| !i.mailboxes.is_empty())
+            .filter(|i| !self.mailboxes_of(&account, i).is_empty())
         else {
             return;
         };
