@@ -137,10 +137,13 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
                         relays: vec!["https://relay.example./".into()],
                         direct: vec![],
                     }],
-                    kith_core::record::ContactEntry {
-                        endpoint: endpoint(u),
-                        relays: vec!["https://relay.example./".into()],
-                        direct: vec!["192.0.2.44:4433".parse().unwrap()],
+                    kith_core::record::ContactPart {
+                        entries: vec![kith_core::record::ContactEntry {
+                            endpoint: endpoint(u),
+                            relays: vec!["https://relay.example./".into()],
+                            direct: vec!["192.0.2.44:4433".parse().unwrap()],
+                        }],
+                        mailboxes: vec![],
                     },
                 )
             };

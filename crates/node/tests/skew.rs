@@ -74,10 +74,13 @@ async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
                     relays: vec![],
                     direct: vec![],
                 }],
-                kith_core::record::ContactEntry {
-                    endpoint,
-                    relays: vec![],
-                    direct: vec![],
+                kith_core::record::ContactPart {
+                    entries: vec![kith_core::record::ContactEntry {
+                        endpoint,
+                        relays: vec![],
+                        direct: vec![],
+                    }],
+                    mailboxes: vec![],
                 },
             )
         };
