@@ -47,44 +47,8 @@ enum Command {
     },
     /// Run the node in the foreground.
     Daemon {
-        /// UDP address to listen on (default: the one in config.toml).
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<std::net::SocketAddr>,
-        /// DHT nodes to join through, host:port (comma-separated or repeated); replaces config.toml's list.
-        #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
-        bootstrap: Option<Vec<String>>,
-        /// Do not join the DHT (contacts are then reached only through their card hints).
-        #[arg(long)]
-        no_dht: bool,
-        /// Publish direct IP addresses in the discovery record (anyone with your address can read them).
-        #[arg(long)]
-        publish_direct: bool,
-        /// Discovery period length in minutes (default from config.toml: 1440).
-        #[arg(long, value_name = "MINUTES")]
-        period_minutes: Option<u64>,
-        /// Relay server URL (comma-separated or repeated); replaces config.toml's list.
-        #[arg(long, value_name = "URL", value_delimiter = ',')]
-        relay: Option<Vec<String>>,
-        /// Send everything through the relays: no peer ever learns this machine's IP address.
-        #[arg(long)]
-        relay_only: bool,
-        /// Local IPv4 address of the DHT node (default from config.toml).
-        #[arg(long, value_name = "IP")]
-        dht_bind: Option<std::net::Ipv4Addr>,
-        /// Take no contact requests: only contacts can reach you or learn whether you are online.
-        #[arg(long)]
-        no_requests: bool,
-        /// Impair outgoing call media, for tests and benchmarks: `loss=20,burst=3,delay=30,jitter=10,seed=1`
-        /// (loss in percent, times in ms).
-        #[arg(long, value_name = "SPEC")]
-        impair: Option<String>,
-        /// Seconds a message waits for a direct delivery before it also goes to the contact's mailboxes
-        /// (default from config.toml: 10).
-        #[arg(long, value_name = "SECONDS")]
-        mailbox_after: Option<f64>,
-        /// Most messages the mailboxes this node keeps take from one contact (default from config.toml).
-        #[arg(long, value_name = "N")]
-        mailbox_per_contact_messages: Option<u64>,
+        #[command(flatten)]
+        args: DaemonArgs,
     },
     /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
     Relay {
@@ -194,9 +158,14 @@ enum Command {
         command: AudioCommand,
     },
     /// Mailboxes: contacts' nodes that keep sealed messages for you while you are away, and yours for them.
+    /// Without a subcommand: run this profile as a headless mailbox in the foreground (for an always-on
+    /// machine of your own): it keeps mail for each of its contacts that names it, and declines calls.
     Mailbox {
         #[command(subcommand)]
-        command: MailboxCommand,
+        command: Option<MailboxCommand>,
+        /// Node options when running headless (as for `kith daemon`).
+        #[command(flatten)]
+        args: DaemonArgs,
     },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
@@ -235,6 +204,49 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Options of a running node (`kith daemon`, `kith mailbox`).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+struct DaemonArgs {
+    /// UDP address to listen on (default: the one in config.toml).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// DHT nodes to join through, host:port (comma-separated or repeated); replaces config.toml's list.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    bootstrap: Option<Vec<String>>,
+    /// Do not join the DHT (contacts are then reached only through their card hints).
+    #[arg(long)]
+    no_dht: bool,
+    /// Publish direct IP addresses in the discovery record (anyone with your address can read them).
+    #[arg(long)]
+    publish_direct: bool,
+    /// Discovery period length in minutes (default from config.toml: 1440).
+    #[arg(long, value_name = "MINUTES")]
+    period_minutes: Option<u64>,
+    /// Relay server URL (comma-separated or repeated); replaces config.toml's list.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    relay: Option<Vec<String>>,
+    /// Send everything through the relays: no peer ever learns this machine's IP address.
+    #[arg(long)]
+    relay_only: bool,
+    /// Local IPv4 address of the DHT node (default from config.toml).
+    #[arg(long, value_name = "IP")]
+    dht_bind: Option<std::net::Ipv4Addr>,
+    /// Take no contact requests: only contacts can reach you or learn whether you are online.
+    #[arg(long)]
+    no_requests: bool,
+    /// Impair outgoing call media, for tests and benchmarks: `loss=20,burst=3,delay=30,jitter=10,seed=1`
+    /// (loss in percent, times in ms).
+    #[arg(long, value_name = "SPEC")]
+    impair: Option<String>,
+    /// Seconds a message waits for a direct delivery before it also goes to the contact's mailboxes
+    /// (default from config.toml: 10).
+    #[arg(long, value_name = "SECONDS")]
+    mailbox_after: Option<f64>,
+    /// Most messages the mailboxes this node keeps take from one contact (default from config.toml).
+    #[arg(long, value_name = "N")]
+    mailbox_per_contact_messages: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -589,74 +601,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             announce_via,
         } => crate::relay::run(listen, announce_via).await?,
-        Command::Daemon {
-            listen,
-            bootstrap,
-            no_dht,
-            publish_direct,
-            period_minutes,
-            relay,
-            relay_only,
-            dht_bind,
-            no_requests,
-            impair,
-            mailbox_after,
-            mailbox_per_contact_messages,
-        } => {
-            if let Some(s) = mailbox_after
-                && !(s.is_finite() && s >= 0.0)
-            {
-                return Err(user(format!(
-                    "--mailbox-after {s}: give a number of seconds, 0 or more"
-                )));
-            }
-            let impair = impair
-                .map(|s| kith_node::media::Impairment::parse(&s))
-                .transpose()
-                .map_err(|e| user(format!("--impair: {e}")))?;
-            let home = home()?;
-            let profile = Profile::new(&home);
-            if !profile.exists() {
-                return Err(profile_error(kith_node::ProfileError::Missing(home)));
-            }
-            let pass = if profile.is_encrypted().map_err(profile_error)? {
-                passphrase("Passphrase: ", false)?
-            } else {
-                None
-            };
-            init_logging();
-            let options = kith_node::DaemonOptions {
-                listen,
-                bootstrap,
-                no_dht,
-                publish_direct: publish_direct.then_some(true),
-                period_minutes,
-                relays: relay,
-                relay_only,
-                dht_bind,
-                no_requests,
-                impair,
-                mailbox_after_secs: mailbox_after,
-                mailbox_per_contact_messages,
-            };
-            let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
-                println!(
-                    "kith daemon ready: {} (control API on {api})",
-                    node.address()
-                );
-            })
-            .await;
-            match result {
-                Ok(()) => {}
-                Err(kith_node::DaemonError::Profile(e)) => return Err(profile_error(e)),
-                Err(kith_node::DaemonError::Node(kith_node::NodeError::Net(e))) => {
-                    return Err(user(format!(
-                        "cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Command::Daemon { args } => run_daemon(home()?, daemon_options(args, false)?).await?,
         Command::Id { qr } => {
             let home = home()?;
             let public = Profile::new(&home).public().map_err(profile_error)?;
@@ -868,7 +813,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             out(json_mode, &v, |v| println!("hung up call {}", s(v, "call")));
         }
-        Command::Mailbox { command } => {
+        Command::Mailbox {
+            command: None,
+            args,
+        } => run_daemon(home()?, daemon_options(args, true)?).await?,
+        Command::Mailbox {
+            command: Some(_),
+            args,
+        } if args != DaemonArgs::default() => {
+            return Err(user(
+                "node options (--listen, --no-dht, ...) are for running a headless mailbox: `kith mailbox [OPTIONS]` without a subcommand",
+            ));
+        }
+        Command::Mailbox {
+            command: Some(command),
+            ..
+        } => {
             let client = Client::for_profile(&home()?)?;
             match command {
                 MailboxCommand::Host { name } => {
@@ -1143,6 +1103,81 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The node options the command line gives; bad values are named.
+fn daemon_options(
+    a: DaemonArgs,
+    headless_mailbox: bool,
+) -> anyhow::Result<kith_node::DaemonOptions> {
+    if let Some(s) = a.mailbox_after
+        && !(s.is_finite() && s >= 0.0)
+    {
+        return Err(user(format!(
+            "--mailbox-after {s}: give a number of seconds, 0 or more"
+        )));
+    }
+    let impair = a
+        .impair
+        .map(|s| kith_node::media::Impairment::parse(&s))
+        .transpose()
+        .map_err(|e| user(format!("--impair: {e}")))?;
+    Ok(kith_node::DaemonOptions {
+        listen: a.listen,
+        bootstrap: a.bootstrap,
+        no_dht: a.no_dht,
+        publish_direct: a.publish_direct.then_some(true),
+        period_minutes: a.period_minutes,
+        relays: a.relay,
+        relay_only: a.relay_only,
+        dht_bind: a.dht_bind,
+        no_requests: a.no_requests,
+        impair,
+        mailbox_after_secs: a.mailbox_after,
+        mailbox_per_contact_messages: a.mailbox_per_contact_messages,
+        headless_mailbox,
+    })
+}
+
+/// Runs the daemon of the profile in the foreground until it is stopped.
+async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow::Result<()> {
+    let profile = Profile::new(&home);
+    if !profile.exists() {
+        return Err(profile_error(kith_node::ProfileError::Missing(home)));
+    }
+    let pass = if profile.is_encrypted().map_err(profile_error)? {
+        passphrase("Passphrase: ", false)?
+    } else {
+        None
+    };
+    init_logging();
+    let headless = options.headless_mailbox;
+    let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
+        if headless {
+            println!(
+                "kith mailbox ready: {} keeps sealed mail for each of its contacts that names it \
+                 (`kith mailbox use <name>`); calls are declined (control API on {api})",
+                node.address()
+            );
+            println!(
+                "its card, for the people whose mail it keeps: {}",
+                node.card().to_link()
+            );
+        }
+        println!(
+            "kith daemon ready: {} (control API on {api})",
+            node.address()
+        );
+    })
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(kith_node::DaemonError::Profile(e)) => Err(profile_error(e)),
+        Err(kith_node::DaemonError::Node(kith_node::NodeError::Net(e))) => Err(user(format!(
+            "cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn init_logging() {

@@ -546,3 +546,78 @@ async fn full_unreachable_and_gone_mailboxes_lose_nothing() {
     bob_has(&bob, &want, 60).await;
     alice_sees_all_delivered(&alice, 60).await;
 }
+
+/// `kith mailbox`: an always-on machine of bob's own keeps his mail without being told whom for (any
+/// contact that names it), and declines calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_mailbox_keeps_mail_for_the_contacts_that_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = || vec!["--mailbox-after=1".to_string()];
+    let mut alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, fast())
+        .await
+        .unwrap();
+    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, fast())
+        .await
+        .unwrap();
+    let mut always_on = Daemon::init(exe(), &dir.path().join("box"), "bobs-box").unwrap();
+    always_on.command = "mailbox".into();
+    always_on.start().await.unwrap();
+    let banner = std::fs::read_to_string(dir.path().join("box").join("daemon.out")).unwrap();
+    assert!(banner.contains("kith mailbox ready"), "{banner}");
+    for (x, y) in [
+        (&alice, &bob),
+        (&bob, &alice),
+        (&bob, &always_on),
+        (&always_on, &bob),
+    ] {
+        introduce(x, y).await.unwrap();
+    }
+    let wa = alice.watcher().await.unwrap();
+    alice.client().send("bob", "hello").await.unwrap();
+    assert!(wa.delivered_within("bob", 1, 20).await);
+    // Only bob's side: the box keeps mail for any contact that names it.
+    bob.client()
+        .post("/v1/mailbox/use", json!({ "name": "bobs-box" }))
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(20), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["mailboxes"] == 1))
+            .await
+    );
+    // A call to the box is declined, not left ringing.
+    let call = bob
+        .client()
+        .post("/v1/calls", json!({ "to": "bobs-box", "input": "null" }))
+        .await
+        .unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let id = call["call"].as_str().unwrap().to_owned();
+    assert!(
+        wb.wait_for(Duration::from_secs(20), |w| w
+            .call_event("call_ended", Some(&id))
+            .is_some_and(|e| e["outcome"] == "declined"))
+            .await,
+        "{:?}",
+        wb.call_events()
+    );
+    bob.stop().await;
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(texts("boxed", 30))
+        .collect();
+    for t in &want[1..] {
+        alice.client().send("bob", t).await.unwrap();
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .sum("mail_deposited", "messages")
+            >= 30)
+            .await,
+        "{:?}",
+        wa.last("mail_deposit_failed")
+    );
+    alice.stop().await;
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+}

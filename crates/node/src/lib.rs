@@ -60,6 +60,8 @@ pub struct DaemonOptions {
     /// the mailboxes this node keeps.
     pub mailbox_after_secs: Option<f64>,
     pub mailbox_per_contact_messages: Option<u64>,
+    /// Run as a headless mailbox: keep mail for every contact that asks, decline calls.
+    pub headless_mailbox: bool,
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
@@ -124,6 +126,7 @@ pub async fn run_daemon(
                 .unwrap_or(config.mailbox_after_secs)
                 .max(0.0),
         ),
+        headless_mailbox: options.headless_mailbox,
         mailbox_quotas: kith_core::mailbox::Quotas {
             per_token_messages: options
                 .mailbox_per_contact_messages

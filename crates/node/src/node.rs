@@ -238,6 +238,8 @@ pub struct NodeConfig {
     pub mailbox_after: Duration,
     /// Limits of the mailboxes this node keeps for contacts.
     pub mailbox_quotas: kith_core::mailbox::Quotas,
+    /// A headless mailbox (`kith mailbox`): keeps mail for every contact that names it, declines calls.
+    pub headless_mailbox: bool,
 }
 
 /// How a call ended, as the call log says it.
@@ -1455,6 +1457,12 @@ impl Node {
                 let tx = own_tx();
                 let period =
                     kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+                if self.config.headless_mailbox
+                    && self.is_contact(&account)
+                    && let Err(e) = lock(&self.store).mailbox_add_owner(&account, unix_ms())
+                {
+                    tracing::warn!(error = %e, "cannot keep mail for a contact");
+                }
                 for (id, request) in mailbox {
                     let tokens = match &request {
                         kith_core::mailbox::Request::Tokens { period, tokens } => {
@@ -1904,6 +1912,16 @@ impl Node {
                         answered_ms: None,
                     },
                 );
+                if self.config.headless_mailbox {
+                    // Nobody to ring: declined at once (after this event is handled).
+                    tracing::info!("incoming call declined: this node is a headless mailbox");
+                    let node = self.clone();
+                    let id = hex::encode(call);
+                    tokio::spawn(async move {
+                        let _ = node.reject_call(Some(&id));
+                    });
+                    return;
+                }
                 tracing::info!("incoming call");
                 self.emit(Event::CallIncoming {
                     call: hex::encode(call),
