@@ -364,6 +364,28 @@ impl RatchetAccount {
         Ok((device, RatchetSession(r.session), r.plaintext))
     }
 
+    /// Opens a pre-key message that carries no proof, from a device whose Olm identity key the receiver
+    /// already holds, checked (a bundle signed by the device, exchanged while both were online, the device
+    /// proved by the hello). Returns the session and the plaintext.
+    pub fn inbound_known(
+        &mut self,
+        bundle: &PrekeyBundle,
+        sealed: &Sealed,
+    ) -> Result<(RatchetSession, Vec<u8>), SealError> {
+        bundle.verify()?;
+        let OlmMessage::PreKey(m) = olm_message(sealed)? else {
+            return Err(SealError::NoSession);
+        };
+        if m.identity_key().to_bytes() != bundle.identity {
+            return Err(SealError::NoSession);
+        }
+        let r = self
+            .0
+            .create_inbound_session(SessionConfig::version_1(), m.identity_key(), &m)
+            .map_err(|e| SealError::Ratchet(e.to_string()))?;
+        Ok((RatchetSession(r.session), r.plaintext))
+    }
+
     /// The account's state, encrypted under `key`, for storage.
     pub fn pickle(&self, key: &[u8; 32]) -> String {
         self.0.pickle().encrypt(key)

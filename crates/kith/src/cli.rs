@@ -192,6 +192,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Measure offline delivery through a mailbox (time to show a backlog, deposits per second, bytes per
+    /// message, ratchet cost) beside the direct path; print and save numbers.
+    BenchMailbox {
+        /// Backlog sizes to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        messages: Vec<usize>,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure messaging latency and throughput between two daemons on loopback; print and save numbers.
     Bench {
         /// Messages for the latency run.
@@ -1085,6 +1095,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => crate::bench_calls::run(material, clips, setup_runs, out).await?,
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
+        Command::BenchMailbox { messages, out } => crate::bench_mailbox::run(messages, out).await?,
         Command::Bench {
             latency_messages,
             throughput_messages,

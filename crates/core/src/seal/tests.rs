@@ -216,3 +216,41 @@ fn sessions_start_from_the_fallback_key_and_state_survives_storage() {
     );
     assert!(Sealed::from_bytes(b"\xff\xff\xff").is_err());
 }
+
+#[test]
+fn a_known_bundle_opens_a_session_without_a_proof_and_a_wrong_one_does_not() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut a, mut b, mut c) = (who(&mut rng), who(&mut rng), who(&mut rng));
+    let b_bundle = b.olm.bundle(&b.device, 0);
+    // Alice's bundle, as bob keeps it from when both were online.
+    let a_bundle = a.olm.bundle(&a.device, 0);
+    let c_bundle = c.olm.bundle(&c.device, 0);
+    let mut s = a.olm.outbound(&b_bundle, None).unwrap();
+    let m = s.encrypt(b"no proof needed", None).unwrap();
+    assert_eq!(m.kind, 0);
+    assert!(m.proof.is_none());
+    // Without the proof and without alice's bundle: no session.
+    assert_eq!(
+        b.olm.inbound(&a.account.public(), &m).unwrap_err(),
+        SealError::NoSession
+    );
+    // Carol's bundle does not name alice's identity key.
+    assert_eq!(
+        b.olm.inbound_known(&c_bundle, &m).unwrap_err(),
+        SealError::NoSession
+    );
+    // A bundle whose signature does not hold is refused.
+    let mut forged = a_bundle.clone();
+    forged.fallback = [1; 32];
+    assert_eq!(
+        b.olm.inbound_known(&forged, &m).unwrap_err(),
+        SealError::BadSignature
+    );
+    let (mut bs, plain) = b.olm.inbound_known(&a_bundle, &m).unwrap();
+    assert_eq!(plain, b"no proof needed");
+    // The next message of the session goes on it; the first again is a replay.
+    let m2 = s.encrypt(b"second", None).unwrap();
+    assert!(bs.matches(&m2));
+    assert_eq!(bs.decrypt(&m2).unwrap(), b"second");
+    assert!(bs.decrypt(&m).is_err());
+}

@@ -161,13 +161,16 @@ impl Node {
                 received: false,
             },
         };
+        // A session's first messages carry our proof (device certificate and signature over our Olm key)
+        // only in the first letter of a batch: the receiver normally holds our bundle already, and the
+        // proof would push every short message into the next size class.
         let proof = lock(&self.olm).proof(&self.id.device, &self.id.device_cert);
         let mut rng = rand::rng();
         let mut out = Vec::with_capacity(letters.len());
-        for letter in letters {
+        for (i, letter) in letters.iter().enumerate() {
             let sealed = slot
                 .session
-                .encrypt(&mailbox::encode(letter), Some(proof.clone()))
+                .encrypt(&mailbox::encode(letter), (i == 0).then(|| proof.clone()))
                 .map_err(|e| e.to_string())?;
             out.push(
                 pair.seal(account, &sealed.to_bytes(), &mut rng)
@@ -181,11 +184,15 @@ impl Node {
     /// mailboxes.
     pub(super) async fn mail_sender(self: Arc<Self>) {
         loop {
-            let busy = self.mail_pass();
-            let wait = Duration::from_secs(if busy { 1 } else { 30 });
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.mail.wake.notified() => {}
+            // While messages wait, one pass a second (not one per message queued: each pass seals a
+            // batch, and each batch's first letter carries the proof); idle, until woken.
+            if self.mail_pass() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = self.mail.wake.notified() => {}
+                }
             }
         }
     }
@@ -541,51 +548,62 @@ impl Node {
         let mut olm_changed = false;
         let mut messages: Vec<((AccountKey, DeviceKey), Vec<MessageFrame>)> = vec![];
         let mut receipts: Vec<(AccountKey, Vec<u64>)> = vec![];
-        for item in items {
-            let p = kith_core::blind::period_at(item.at_ms / 1000, minutes).0;
-            for q in mailbox::accepted_periods(p) {
-                if periods.insert(q) {
-                    for (c, pair) in &pairs {
-                        tokens.insert(pair.deposit_token(&self.account, q), *c);
+        // Two passes: a message of a session whose first message comes later in the batch (deposits run
+        // in parallel, so they may be held out of order) is tried again once that one made the session.
+        let mut pending = items;
+        let mut later = vec![];
+        for pass in 0..2 {
+            for item in std::mem::take(&mut pending) {
+                let p = kith_core::blind::period_at(item.at_ms / 1000, minutes).0;
+                for q in mailbox::accepted_periods(p) {
+                    if periods.insert(q) {
+                        for (c, pair) in &pairs {
+                            tokens.insert(pair.deposit_token(&self.account, q), *c);
+                        }
                     }
                 }
-            }
-            let Some(from) = tokens.get(&item.token).copied() else {
-                tracing::info!("held mail under a token of no contact: dropped");
-                continue;
-            };
-            let Some(opened) = pairs
-                .get(&from)
-                .and_then(|p| p.open(&self.account, &item.envelope).ok())
-            else {
-                tracing::info!("held mail does not open: dropped");
-                continue;
-            };
-            let Ok(sealed) = Sealed::from_bytes(&opened) else {
-                continue;
-            };
-            let slots = slots.entry(from).or_insert_with(|| self.load_slots(&from));
-            let (device, plain) = match self.decrypt(&from, &sealed, slots, &mut olm_changed) {
-                Ok(d) => d,
-                Err(e) => {
-                    // Most often a replay: the message key is gone, as it should be.
-                    tracing::info!(error = %e, "held mail does not decrypt: dropped");
+                let Some(from) = tokens.get(&item.token).copied() else {
+                    tracing::info!("held mail under a token of no contact: dropped");
                     continue;
-                }
-            };
-            match mailbox::decode::<Letter>(&plain) {
-                Some(Letter::Messages(ms)) => {
-                    let ms = ms
-                        .into_iter()
-                        .filter(|m| m.text.len() <= kith_core::wire::MAX_TEXT_BYTES);
-                    match messages.iter_mut().find(|(k, _)| *k == (from, device)) {
-                        Some((_, v)) => v.extend(ms),
-                        None => messages.push(((from, device), ms.collect())),
+                };
+                let Some(opened) = pairs
+                    .get(&from)
+                    .and_then(|p| p.open(&self.account, &item.envelope).ok())
+                else {
+                    tracing::info!("held mail does not open: dropped");
+                    continue;
+                };
+                let Ok(sealed) = Sealed::from_bytes(&opened) else {
+                    continue;
+                };
+                let slots = slots.entry(from).or_insert_with(|| self.load_slots(&from));
+                let (device, plain) = match self.decrypt(&from, &sealed, slots, &mut olm_changed) {
+                    Ok(d) => d,
+                    Err(kith_core::seal::SealError::NoSession) if pass == 0 => {
+                        later.push(item);
+                        continue;
                     }
+                    Err(e) => {
+                        // Most often a replay: the message key is gone, as it should be.
+                        tracing::info!(error = %e, "held mail does not decrypt: dropped");
+                        continue;
+                    }
+                };
+                match mailbox::decode::<Letter>(&plain) {
+                    Some(Letter::Messages(ms)) => {
+                        let ms = ms
+                            .into_iter()
+                            .filter(|m| m.text.len() <= kith_core::wire::MAX_TEXT_BYTES);
+                        match messages.iter_mut().find(|(k, _)| *k == (from, device)) {
+                            Some((_, v)) => v.extend(ms),
+                            None => messages.push(((from, device), ms.collect())),
+                        }
+                    }
+                    Some(Letter::Receipts(seqs)) => receipts.push((from, seqs)),
+                    None => tracing::info!("held mail of a kind this kith does not know: dropped"),
                 }
-                Some(Letter::Receipts(seqs)) => receipts.push((from, seqs)),
-                None => tracing::info!("held mail of a kind this kith does not know: dropped"),
             }
+            pending = std::mem::take(&mut later);
         }
         // Messages first, ratchet state after: a crash in between decrypts them again (and the inbox
         // shows them once); the other order could lose them.
@@ -638,7 +656,19 @@ impl Node {
                 let plain = s.session.decrypt(sealed)?;
                 return Ok(done(s, plain));
             }
-            let (device, session, plain) = lock(&self.olm).inbound(account, sealed)?;
+            // The first messages of a session: checked by the proof they carry, or against the device's
+            // bundle we hold (signed by the device its hello proved).
+            let (device, session, plain) = match &sealed.proof {
+                Some(_) => lock(&self.olm).inbound(account, sealed)?,
+                None => {
+                    let bundle = self
+                        .mail_info_of(account)
+                        .map(|i| i.bundle)
+                        .ok_or(kith_core::seal::SealError::NoSession)?;
+                    let (session, plain) = lock(&self.olm).inbound_known(&bundle, sealed)?;
+                    (bundle.device, session, plain)
+                }
+            };
             *olm_changed = true;
             slots.insert(
                 0,
