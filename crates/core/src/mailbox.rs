@@ -145,6 +145,39 @@ pub enum Response {
     Done,
     /// Unasked, to a connected owner: something was deposited for you (fetch it).
     NewMail,
+    /// Unasked, to a connected owner: the mailbox's endpoint keys for the periods from `first_period` on
+    /// (its endpoint key changes every period; its addresses and relays do not), so depositors reach it
+    /// after a rotation without asking anyone.
+    Endpoints {
+        first_period: u64,
+        keys: Vec<crate::EndpointKey>,
+    },
+}
+
+/// How many periods ahead a mailbox names its endpoint keys.
+pub const ENDPOINT_PERIODS: usize = 32;
+
+/// Where one mailbox is: its hints as its card gave them, and its endpoint keys per period when it told
+/// them (so a depositor holding this reaches it in later periods too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxAddr {
+    pub hints: crate::Hints,
+    pub first_period: u64,
+    pub keys: Vec<crate::EndpointKey>,
+}
+
+impl MailboxAddr {
+    /// The hints to use in `period`: with that period's endpoint key if known.
+    pub fn for_period(&self, period: u64) -> crate::Hints {
+        let mut h = self.hints.clone();
+        if let Some(k) = period
+            .checked_sub(self.first_period)
+            .and_then(|i| self.keys.get(i as usize))
+        {
+            h.endpoint = Some(*k);
+        }
+        h
+    }
 }
 
 /// What an envelope carries once opened and decrypted: messages of the sender's device to us (in their
@@ -163,7 +196,7 @@ pub const MAX_MAILBOXES: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailInfo {
     pub bundle: crate::seal::PrekeyBundle,
-    pub mailboxes: Vec<crate::Hints>,
+    pub mailboxes: Vec<MailboxAddr>,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -245,6 +278,23 @@ mod tests {
         };
         assert_eq!(decode::<Response>(&encode(&a)), Some(a));
         assert_eq!(decode::<Request>(&[0xff, 0xff, 0xff]), None);
+        // A mailbox's per-period keys: the one of the period asked for, else the card's.
+        let k = |b: u8| crate::EndpointKey::from_seed(&[b; 32]);
+        let addr = MailboxAddr {
+            hints: crate::Hints {
+                endpoint: Some(k(1)),
+                direct: vec![],
+                relays: vec![],
+                dht: vec![],
+                contact_key: None,
+            },
+            first_period: 10,
+            keys: vec![k(2), k(3)],
+        };
+        assert_eq!(addr.for_period(10).endpoint, Some(k(2)));
+        assert_eq!(addr.for_period(11).endpoint, Some(k(3)));
+        assert_eq!(addr.for_period(12).endpoint, Some(k(1)));
+        assert_eq!(addr.for_period(9).endpoint, Some(k(1)));
         assert_eq!(accepted_periods(0), [0, 0, 1]);
         assert_eq!(accepted_periods(10), [9, 10, 11]);
     }

@@ -108,7 +108,12 @@ impl Frame {
                 len: m.text.len(),
                 max: MAX_TEXT_BYTES,
             }),
-            Frame::MailInfo(m) if m.mailboxes.len() > crate::mailbox::MAX_MAILBOXES => {
+            Frame::MailInfo(m)
+                if m.mailboxes.len() > crate::mailbox::MAX_MAILBOXES
+                    || m.mailboxes
+                        .iter()
+                        .any(|b| b.keys.len() > crate::mailbox::ENDPOINT_PERIODS) =>
+            {
                 Err(FrameError::Malformed { kind: "mail info" })
             }
             Frame::Receipt(r) if r.seqs.len() > MAX_RECEIPT_SEQS => {

@@ -194,7 +194,17 @@ struct Trio {
 /// Alice and bob are contacts, so are bob and carol; carol keeps bob's mail, and alice knows it. Mail
 /// goes to mailboxes after 1 s. `carol_args` are carol's extra daemon arguments.
 async fn trio(dir: &Path, carol_args: Vec<String>) -> Trio {
-    let fast = || vec!["--mailbox-after=1".to_string()];
+    trio_with(dir, vec![], carol_args).await
+}
+
+/// [`trio`] with `all_args` for all three daemons.
+async fn trio_with(dir: &Path, all_args: Vec<String>, mut carol_args: Vec<String>) -> Trio {
+    let fast = || {
+        let mut a = vec!["--mailbox-after=1".to_string()];
+        a.extend(all_args.clone());
+        a
+    };
+    carol_args.extend(all_args.clone());
     let alice = Daemon::spawn(exe(), &dir.join("alice"), "alice", None, fast())
         .await
         .unwrap();
@@ -295,6 +305,21 @@ async fn alice_sees_all_delivered(alice: &Daemon, secs: u64) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The end of each daemon's log, for failure messages.
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    for who in ["alice", "bob", "carol"] {
+        let log = std::fs::read_to_string(dir.join(who).join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str(&format!("--- {who}\n"));
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn texts(prefix: &str, n: usize) -> Vec<String> {
@@ -587,12 +612,12 @@ async fn a_headless_mailbox_keeps_mail_for_the_contacts_that_name_it() {
             .await
     );
     // A call to the box is declined, not left ringing.
+    let wb = bob.watcher().await.unwrap();
     let call = bob
         .client()
         .post("/v1/calls", json!({ "to": "bobs-box", "input": "null" }))
         .await
         .unwrap();
-    let wb = bob.watcher().await.unwrap();
     let id = call["call"].as_str().unwrap().to_owned();
     assert!(
         wb.wait_for(Duration::from_secs(20), |w| w
@@ -616,6 +641,55 @@ async fn a_headless_mailbox_keeps_mail_for_the_contacts_that_name_it() {
             .await,
         "{:?}",
         wa.last("mail_deposit_failed")
+    );
+    alice.stop().await;
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+}
+
+/// Endpoint keys rotate every period. Bob's mailbox told him its keys for the coming periods, and alice
+/// learnt them from bob: after a rotation, with bob offline, she still reaches the mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_reach_a_mailbox_whose_endpoint_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        carol,
+        wa,
+    } = trio_with(dir.path(), vec!["--period-minutes=1".into()], vec![]).await;
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["from"] == "bob" && e["keyed"] == 1))
+            .await,
+        "alice did not learn the mailbox's coming keys: {:?}",
+        wa.last("mail_info")
+    );
+    bob.stop().await;
+    // Wait for carol's next period (her endpoint key changes), then write to bob.
+    let wc = carol.watcher().await.unwrap();
+    let rotated = wc.count("endpoint_rotated");
+    assert!(
+        wc.wait_for(Duration::from_secs(75), |w| w.count("endpoint_rotated")
+            > rotated)
+            .await,
+        "carol's endpoint did not rotate"
+    );
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(texts("rotated", 5))
+        .collect();
+    for t in &want[1..] {
+        alice.client().send("bob", t).await.unwrap();
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .sum("mail_deposited", "messages")
+            >= 5)
+            .await,
+        "not deposited after the rotation: {:?}\n{}",
+        wa.last("mail_deposit_failed"),
+        log_tails(dir.path())
     );
     alice.stop().await;
     bob.start().await.unwrap();

@@ -647,6 +647,22 @@ impl Discovery for NodeDiscovery {
                 out.push(c.hints().clone());
             }
             out.extend(records);
+            // One of our mailboxes named its endpoint keys for the coming periods: its card's addresses
+            // with this period's key reach it after a rotation with no record to read.
+            if let Some(c) = card.as_ref().filter(|_| !card_fresh)
+                && let Ok(Some((first, keys))) = lock(&self.store).my_mailbox_keys(&account)
+                && let Some(key) = period
+                    .0
+                    .checked_sub(first)
+                    .and_then(|i| keys.chunks_exact(32).nth(i as usize))
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .and_then(|k| kith_core::EndpointKey::from_bytes(k).ok())
+            {
+                out.push(Hints {
+                    endpoint: Some(key),
+                    ..c.hints().clone()
+                });
+            }
             if let Some(c) = card.filter(|_| !card_fresh) {
                 lock(&self.stats).card_hints += 1;
                 out.push(c.hints().clone());

@@ -57,7 +57,12 @@ pub enum Event {
         tokens: usize,
     },
     /// A contact told us its Olm keys and how many mailboxes it has (so we can seal and deposit for it).
-    MailInfo { from: String, mailboxes: usize },
+    MailInfo {
+        from: String,
+        mailboxes: usize,
+        /// Of those, how many named their endpoint keys for the coming periods.
+        keyed: usize,
+    },
     /// Messages to `to` that waited too long for a direct delivery were sealed and deposited into its
     /// mailboxes (they stay in the outbox until a receipt comes).
     MailDeposited { to: String, messages: usize },

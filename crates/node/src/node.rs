@@ -835,31 +835,49 @@ impl Node {
                 return;
             }
             let period = kith_core::blind::period_at(unix_now(), minutes);
-            let old = self.net();
-            let listen = old
-                .local_addrs()
-                .into_iter()
-                .next()
-                .unwrap_or(self.config.listen);
-            old.close().await;
+            let (listen, relays) = {
+                let old = self.net();
+                let listen = old
+                    .local_addrs()
+                    .into_iter()
+                    .next()
+                    .unwrap_or(self.config.listen);
+                let relays = old.relays();
+                old.close().await;
+                (listen, relays)
+            };
             let seed = self.id.device.endpoint_seed(period.0);
+            let options = kith_net::NetOptions {
+                relays,
+                relay_only: self.config.net.relay_only,
+            };
+            // The same port, so cards, mailbox hints and NAT mappings stay valid. Its socket is free once
+            // every handle of the old endpoint is gone (connections draining, a dial in flight, our own
+            // slot): if it is not yet, a stand-in on another port serves until it is.
             let mut new = None;
-            for addr in [
-                listen,
-                self.config.listen,
-                SocketAddr::new(self.config.listen.ip(), 0),
-            ] {
-                let options = kith_net::NetOptions {
-                    relays: old.relays(),
-                    relay_only: self.config.net.relay_only,
-                };
-                match Net::bind_with(*seed, addr, self.discovery.clone(), &options).await {
+            for _ in 0..3 {
+                match Net::bind_with(*seed, listen, self.discovery.clone(), &options).await {
                     Ok(n) => {
                         new = Some(n);
                         break;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot bind the new period's endpoint; trying another port")
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            let rehome = new.is_none();
+            if new.is_none() {
+                for addr in [
+                    self.config.listen,
+                    SocketAddr::new(self.config.listen.ip(), 0),
+                ] {
+                    match Net::bind_with(*seed, addr, self.discovery.clone(), &options).await {
+                        Ok(n) => {
+                            new = Some(n);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot bind the new period's endpoint; trying another port")
+                        }
                     }
                 }
             }
@@ -869,20 +887,12 @@ impl Node {
                 );
                 return;
             };
-            let cert = endpoint_cert_for(&self.id, new.endpoint_key(), period, minutes);
-            let card = match Self::make_card(
-                &self.id,
-                &new,
-                &self.discovery,
-                self.contact_key(),
-                unix_now(),
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot issue the new card");
-                    return;
-                }
-            };
+            if !self.install_endpoint(new, period) {
+                return;
+            }
+            if rehome {
+                tokio::spawn(self.clone().rehome(seed, listen, options, period));
+            }
             // The request endpoint rotates with it (relay-only: no address to keep).
             let mut request = None;
             if let Some(old_request) = self.request_net() {
@@ -908,11 +918,8 @@ impl Node {
                     }
                 }
             }
-            *lock(&self.net_slot) = new;
             {
                 let mut st = lock(&self.state);
-                st.endpoint_cert = cert;
-                st.card = card;
                 st.request = None;
                 if let Some((r, cert, card)) = request {
                     st.request = Some((cert, card));
@@ -928,6 +935,68 @@ impl Node {
             tokio::spawn(self.clone().announce());
             self.wake.notify_one();
         }
+    }
+
+    /// Puts `new` in place as the contact endpoint of `period`: certifies it, re-issues the card, and
+    /// swaps it into the slot (the accept loop follows once told through `endpoints`). False if no card
+    /// could be issued.
+    fn install_endpoint(&self, new: Net, period: kith_core::blind::PeriodNum) -> bool {
+        let minutes = self.config.discovery.period_minutes;
+        let cert = endpoint_cert_for(&self.id, new.endpoint_key(), period, minutes);
+        let card = match Self::make_card(
+            &self.id,
+            &new,
+            &self.discovery,
+            self.contact_key(),
+            unix_now(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot issue the new card");
+                return false;
+            }
+        };
+        *lock(&self.net_slot) = new;
+        let mut st = lock(&self.state);
+        st.endpoint_cert = cert;
+        st.card = card;
+        true
+    }
+
+    /// After a rotation that had to use a stand-in port: moves the endpoint back to `listen` as soon as the
+    /// old endpoint's socket is free (every handle of it gone), within a minute, then tells contacts.
+    async fn rehome(
+        self: Arc<Self>,
+        seed: zeroize::Zeroizing<[u8; 32]>,
+        listen: SocketAddr,
+        options: kith_net::NetOptions,
+        period: kith_core::blind::PeriodNum,
+    ) {
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+                || kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes)
+                    != period
+            {
+                return;
+            }
+            if let Ok(n) = Net::bind_with(*seed, listen, self.discovery.clone(), &options).await {
+                let stand_in = self.net();
+                if !self.install_endpoint(n, period) {
+                    return;
+                }
+                stand_in.close().await;
+                tracing::info!("the endpoint is back on its port");
+                self.republish.notify_one();
+                self.endpoints.send_modify(|g| *g += 1);
+                tokio::spawn(self.clone().announce());
+                self.wake.notify_one();
+                return;
+            }
+        }
+        tracing::warn!(
+            "the endpoint stays on a stand-in port this period (the old one is still in use)"
+        );
     }
 
     pub fn card(&self) -> ContactCard {
@@ -973,6 +1042,8 @@ impl Node {
                 // A new endpoint is in place: accept on it.
                 _ = changed.changed() => continue,
             };
+            // Not held while waiting: a closed endpoint's socket is freed once every handle is gone.
+            drop(net);
             match next {
                 None if self.stopping.load(std::sync::atomic::Ordering::SeqCst) => return,
                 None => {
@@ -1049,7 +1120,7 @@ impl Node {
             let has_request_endpoint = self.request_net().is_some();
             let publish_direct = self.config.discovery.publish_direct;
             // Our mailboxes, as their cards name them: for contacts to deposit while we are away.
-            let mailboxes = self.my_mailbox_entries();
+            let mailboxes = self.my_mailbox_addrs();
             let entries = |period: kith_core::blind::PeriodNum| {
                 let contact_endpoint =
                     kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(period.0));
@@ -1085,7 +1156,7 @@ impl Node {
                     public,
                     kith_core::record::ContactPart {
                         entries: vec![contact],
-                        mailboxes: mailboxes.clone(),
+                        mailboxes: Self::my_mailbox_entries(&mailboxes, period.0),
                     },
                 )
             };
@@ -1463,6 +1534,7 @@ impl Node {
                 {
                     tracing::warn!(error = %e, "cannot keep mail for a contact");
                 }
+                let mut gave_tokens = false;
                 for (id, request) in mailbox {
                     let tokens = match &request {
                         kith_core::mailbox::Request::Tokens { period, tokens } => {
@@ -1480,6 +1552,7 @@ impl Node {
                     if let (Some((period, tokens)), kith_core::mailbox::Response::Done) =
                         (tokens, &response)
                     {
+                        gave_tokens = true;
                         self.emit(Event::MailboxTokens {
                             owner: self.label(&account),
                             period,
@@ -1489,6 +1562,10 @@ impl Node {
                     if let Some(tx) = &tx {
                         let _ = tx.send(Frame::MailboxResponse { id, response }).await;
                     }
+                }
+                // An owner that hands us tokens also learns where we will be in the coming periods.
+                if gave_tokens {
+                    self.send_mailbox_endpoints(account);
                 }
             }
             if !signalling.is_empty() {
@@ -2468,36 +2545,84 @@ impl Node {
                 }
             }
         };
-        let store = lock(&self.store);
-        let mailboxes = store
-            .my_mailboxes()?
-            .iter()
-            .filter_map(|m| store.peer(m).ok().flatten())
-            .filter_map(|p| p.card.map(|c| c.hints().clone()))
-            .take(kith_core::mailbox::MAX_MAILBOXES)
-            .collect();
-        Ok(kith_core::mailbox::MailInfo { bundle, mailboxes })
+        Ok(kith_core::mailbox::MailInfo {
+            bundle,
+            mailboxes: self.my_mailbox_addrs(),
+        })
     }
 
-    /// Where our mailboxes are (their cards' endpoints and addresses), in the order we named them.
-    fn my_mailbox_entries(&self) -> Vec<kith_core::record::ContactEntry> {
+    /// Where our mailboxes are, in the order we named them: their cards' hints, with the endpoint keys
+    /// they told us for the coming periods.
+    fn my_mailbox_addrs(&self) -> Vec<kith_core::mailbox::MailboxAddr> {
         let store = lock(&self.store);
         store
             .my_mailboxes()
             .unwrap_or_default()
             .iter()
-            .filter_map(|m| store.peer(m).ok().flatten())
-            .filter_map(|p| p.card)
-            .filter_map(|c| {
-                let h = c.hints();
-                h.endpoint.map(|endpoint| kith_core::record::ContactEntry {
-                    endpoint,
-                    relays: h.relays.clone(),
-                    direct: h.direct.clone(),
+            .filter_map(|m| {
+                let card = store.peer(m).ok().flatten()?.card?;
+                let (first_period, keys) = store
+                    .my_mailbox_keys(m)
+                    .ok()
+                    .flatten()
+                    .map(|(first, bytes)| {
+                        let keys = bytes
+                            .chunks_exact(32)
+                            .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                            .filter_map(|k| kith_core::EndpointKey::from_bytes(k).ok())
+                            .collect();
+                        (first, keys)
+                    })
+                    .unwrap_or((0, vec![]));
+                Some(kith_core::mailbox::MailboxAddr {
+                    hints: kith_core::Hints {
+                        dht: vec![],
+                        contact_key: None,
+                        ..card.hints().clone()
+                    },
+                    first_period,
+                    keys,
                 })
             })
             .take(kith_core::mailbox::MAX_MAILBOXES)
             .collect()
+    }
+
+    /// Our mailboxes as a record of `period` names them.
+    fn my_mailbox_entries(
+        addrs: &[kith_core::mailbox::MailboxAddr],
+        period: u64,
+    ) -> Vec<kith_core::record::ContactEntry> {
+        addrs
+            .iter()
+            .map(|a| a.for_period(period))
+            .filter_map(|h| {
+                h.endpoint.map(|endpoint| kith_core::record::ContactEntry {
+                    endpoint,
+                    relays: h.relays,
+                    direct: h.direct,
+                })
+            })
+            .collect()
+    }
+
+    /// As a mailbox: tells the owner `account` (connected now) our endpoint keys for the coming periods.
+    fn send_mailbox_endpoints(&self, account: AccountKey) {
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        let keys = (period..period + kith_core::mailbox::ENDPOINT_PERIODS as u64)
+            .map(|p| kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(p)))
+            .collect();
+        self.send_frames(
+            account,
+            vec![Frame::MailboxResponse {
+                id: 0,
+                response: kith_core::mailbox::Response::Endpoints {
+                    first_period: period,
+                    keys,
+                },
+            }],
+        );
     }
 
     /// Tells the contact `account` (if connected) our Olm keys and mailboxes.
@@ -2531,6 +2656,7 @@ impl Node {
         self.emit(Event::MailInfo {
             from: self.label(&account),
             mailboxes: info.mailboxes.len(),
+            keyed: info.mailboxes.iter().filter(|m| !m.keys.is_empty()).count(),
         });
         self.mail.wake.notify_one();
     }

@@ -301,6 +301,11 @@ impl Store {
                      last_rx_ms INTEGER NOT NULL DEFAULT 0,
                      PRIMARY KEY (account, device, session_id)
                  );
+                 CREATE TABLE my_mailbox_keys (
+                     account BLOB PRIMARY KEY,
+                     first_period INTEGER NOT NULL,
+                     keys BLOB NOT NULL
+                 );
                  PRAGMA user_version = 4;
                  COMMIT;",
             )?;
@@ -480,6 +485,40 @@ impl Store {
             params![peer.as_bytes(), device.as_bytes()],
             |r| r.get::<_, i64>(0),
         )? as u64)
+    }
+
+    /// The endpoint keys one of our mailboxes named for the periods from `first_period` on (32 bytes each,
+    /// concatenated). Returns whether they changed.
+    pub fn save_my_mailbox_keys(
+        &self,
+        account: &AccountKey,
+        first_period: u64,
+        keys: &[u8],
+    ) -> Result<bool> {
+        let before = self.my_mailbox_keys(account)?;
+        if before
+            .as_ref()
+            .is_some_and(|(f, k)| *f == first_period && k == keys)
+        {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO my_mailbox_keys (account, first_period, keys) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET first_period = excluded.first_period, keys = excluded.keys",
+            params![account.as_bytes().as_slice(), first_period as i64, keys],
+        )?;
+        Ok(true)
+    }
+
+    pub fn my_mailbox_keys(&self, account: &AccountKey) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT first_period, keys FROM my_mailbox_keys WHERE account = ?1",
+                [account.as_bytes().as_slice()],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// The owner of a deposit token this mailbox holds, if any.

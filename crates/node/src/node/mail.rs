@@ -111,9 +111,11 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default();
-        for h in &info.mailboxes {
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        for h in info.mailboxes.iter().map(|m| m.for_period(period)) {
             if !out.iter().any(|o| o.endpoint == h.endpoint) {
-                out.push(h.clone());
+                out.push(h);
             }
         }
         out
@@ -444,14 +446,47 @@ impl Node {
         id: u64,
         response: Response,
     ) {
-        if response == Response::NewMail {
-            if lock(&self.store)
+        let mine = || {
+            lock(&self.store)
                 .my_mailboxes()
                 .is_ok_and(|m| m.contains(&from))
-            {
-                self.fetch_mail(from);
+        };
+        match response {
+            Response::NewMail => {
+                if mine() {
+                    self.fetch_mail(from);
+                }
+                return;
             }
-            return;
+            Response::Endpoints { first_period, keys } => {
+                if !mine() || keys.len() > mailbox::ENDPOINT_PERIODS {
+                    return;
+                }
+                let bytes: Vec<u8> = keys.iter().flat_map(|k| *k.as_bytes()).collect();
+                // Bound first: the guard must not live through the arms (they lock the store again).
+                let saved = lock(&self.store).save_my_mailbox_keys(&from, first_period, &bytes);
+                match saved {
+                    Ok(true) => {
+                        // Contacts learn the new keys: the records at once, connected contacts now.
+                        self.republish.notify_one();
+                        let online: Vec<AccountKey> = lock(&self.state)
+                            .peers
+                            .iter()
+                            .filter(|(a, p)| **a != from && !p.conns.is_empty())
+                            .map(|(a, _)| *a)
+                            .collect();
+                        for a in online {
+                            if self.is_contact(&a) {
+                                self.send_mail_info(a);
+                            }
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot store a mailbox's endpoint keys"),
+                }
+                return;
+            }
+            _ => {}
         }
         let mut pending = lock(&self.mail.pending);
         if pending.get(&id).is_some_and(|(m, _)| *m == from)
