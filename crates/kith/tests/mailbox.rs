@@ -695,3 +695,109 @@ async fn deposits_reach_a_mailbox_whose_endpoint_rotated() {
     bob.start().await.unwrap();
     bob_has(&bob, &want, 60).await;
 }
+
+/// The receipt comes back by whichever path works: carol keeps alice's mail too, so bob, who read alice's
+/// messages from his mailbox while she was away, sends his receipts into hers; alice comes back while bob is
+/// away and sees them delivered. Carol's whole store, read after the run, holds no text and no account key
+/// of either sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_come_back_through_the_senders_mailbox_which_reads_nothing() {
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        mut carol,
+        wa,
+    } = trio(dir.path(), vec![]).await;
+    introduce(&alice, &carol).await.unwrap();
+    introduce(&carol, &alice).await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    carol
+        .client()
+        .post("/v1/mailbox/host", json!({ "name": "alice" }))
+        .await
+        .unwrap();
+    alice
+        .client()
+        .post("/v1/mailbox/use", json!({ "name": "carol" }))
+        .await
+        .unwrap();
+    assert!(
+        wb.wait_for(Duration::from_secs(20), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["from"] == "alice" && e["mailboxes"] == 1))
+            .await,
+        "bob did not hear of alice's mailbox"
+    );
+    let (alice_key, bob_key) = (account_of(&alice), account_of(&bob));
+    bob.stop().await;
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(texts("secret words", N))
+        .collect();
+    for t in &want[1..] {
+        alice.client().send("bob", t).await.unwrap();
+    }
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .sum("mail_deposited", "messages")
+            >= N as u64)
+            .await
+    );
+    alice.stop().await;
+    let db = dir.path().join("carol").join(kith_node::profile::DB_FILE);
+    let held = |owner: &AccountKey| {
+        let store = kith_store::Store::open(&db).unwrap();
+        store
+            .mailbox_fetch(owner, 0, 10_000, kith_node::node::unix_now() as i64 * 1000)
+            .map(|(items, _)| items)
+            .unwrap_or_default()
+    };
+    let held_for = |owner: &AccountKey| held(owner).len();
+    // What carol holds names neither sender: no account key in any envelope or token.
+    let names_nobody = |items: Vec<kith_core::mailbox::Held>| {
+        assert!(!items.is_empty());
+        for h in items {
+            for key in [alice_key.as_bytes(), bob_key.as_bytes()] {
+                assert!(!h.envelope.windows(32).any(|w| w == key.as_slice()));
+                assert_ne!(&h.token, key);
+            }
+        }
+    };
+    names_nobody(held(&bob_key));
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+    // Bob's receipts wait at carol's for alice.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held_for(&alice_key) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no receipts deposited for alice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    names_nobody(held(&alice_key));
+    bob.stop().await;
+    alice.start().await.unwrap();
+    // Bob is away: the receipts can only have come through alice's mailbox.
+    alice_sees_all_delivered(&alice, 60).await;
+    carol.stop().await;
+    let mut disk = vec![];
+    for f in std::fs::read_dir(dir.path().join("carol")).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("kith.db")
+        {
+            disk.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    let contains = |needle: &[u8]| disk.windows(needle.len()).any(|w| w == needle);
+    // (Carol knows alice and bob as her contacts, so their keys are in her contact list; what she held
+    // for them was checked above.)
+    assert!(
+        !contains(b"secret words"),
+        "plaintext on the mailbox's disk"
+    );
+}

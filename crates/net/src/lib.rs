@@ -84,12 +84,7 @@ pub struct MailboxConn(iroh::endpoint::Connection);
 impl MailboxConn {
     /// One request; returns the response's bytes.
     pub async fn request(&self, request: &[u8]) -> Result<Vec<u8>, DialError> {
-        if request.len() > MAILBOX_MAX {
-            return Err(DialError::Connect(format!(
-                "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
-                request.len()
-            )));
-        }
+        check_size(request)?;
         let exchange = async {
             let (mut send, mut recv) = self
                 .0
@@ -116,13 +111,19 @@ pub enum Incoming {
     Mailbox(iroh::endpoint::Connection),
 }
 
-async fn write_piece(send: &mut iroh::endpoint::SendStream, b: &[u8]) -> Result<(), DialError> {
+/// Refuses a mailbox message over [`MAILBOX_MAX`] before anything is sent.
+fn check_size(b: &[u8]) -> Result<(), DialError> {
     if b.len() > MAILBOX_MAX {
         return Err(DialError::Connect(format!(
             "mailbox request of {} bytes is over the {MAILBOX_MAX}-byte limit",
             b.len()
         )));
     }
+    Ok(())
+}
+
+async fn write_piece(send: &mut iroh::endpoint::SendStream, b: &[u8]) -> Result<(), DialError> {
+    check_size(b)?;
     send.write_all(&(b.len() as u32).to_be_bytes())
         .await
         .map_err(|e| DialError::Connect(e.to_string()))?;
@@ -462,6 +463,7 @@ impl Net {
         hint: &Hints,
         request: &[u8],
     ) -> Result<Vec<u8>, DialError> {
+        check_size(request)?;
         let conn = self.mailbox_connect(hint).await?;
         let response = conn.request(request).await;
         conn.close();

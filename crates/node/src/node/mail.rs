@@ -32,6 +32,8 @@ const SEAL_BATCH: usize = 256;
 const DEPOSIT_BATCH: usize = 2048;
 /// Receipts in one sealed letter.
 const RECEIPTS_PER_LETTER: usize = 400;
+/// How often a mailbox drops expired mail.
+const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a mailbox's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Backoff after a failed deposit: first, and most.
@@ -185,7 +187,18 @@ impl Node {
     /// Seals and deposits, for ever: what waited too long for a direct delivery goes to the contact's
     /// mailboxes.
     pub(super) async fn mail_sender(self: Arc<Self>) {
+        let mut expired_at: Option<Instant> = None;
         loop {
+            // As a mailbox: drop what has expired (fetches and quotas already ignore it).
+            if expired_at.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
+                expired_at = Some(Instant::now());
+                let expired = lock(&self.store).mailbox_expire(unix_ms());
+                match expired {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(envelopes = n, "held mail expired"),
+                    Err(e) => tracing::warn!(error = %e, "cannot expire held mail"),
+                }
+            }
             // While messages wait, one pass a second (not one per message queued: each pass seals a
             // batch, and each batch's first letter carries the proof); idle, until woken.
             if self.mail_pass() {
