@@ -168,6 +168,91 @@ pub async fn check_history(reader: &Daemon, peer: &str, expected: &[String]) -> 
     Ok(())
 }
 
+/// Offline delivery: carol keeps alice's mail; alice goes away, bob writes to her, and his messages wait at
+/// carol's, sealed; bob goes away too; alice comes back and reads them.
+async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> anyhow::Result<()> {
+    const N: usize = 20;
+    // Bob's own event stream (he was restarted since the demo's first one was opened).
+    let wb = bob.watcher().await?;
+    carol
+        .client()
+        .post("/v1/mailbox/host", serde_json::json!({ "name": "alice" }))
+        .await?;
+    alice
+        .client()
+        .post("/v1/mailbox/use", serde_json::json!({ "name": "carol" }))
+        .await?;
+    // Contacts online hear of it at once, the others when they next connect; bob reads it in his view.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = bob.client().get("/v1/mailbox").await?;
+        if v["contacts_mailboxes"]["alice"] == 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("bob did not learn alice's mailbox: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice.stop().await;
+    let t = Instant::now();
+    let before = wb.sum("mail_deposited", "messages");
+    let texts: Vec<String> = (0..N).map(|i| format!("while you were away {i}")).collect();
+    for text in &texts {
+        bob.client().send("alice", text).await?;
+    }
+    if !wb
+        .wait_for(Duration::from_secs(60), |w| {
+            w.sum("mail_deposited", "messages") >= before + N as u64
+        })
+        .await
+    {
+        let st = bob.client().get("/v1/status").await?;
+        let log = std::fs::read_to_string(bob.home.join("daemon.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        anyhow::bail!(
+            "bob's messages did not reach alice's mailbox: {:?}; bob's connections: {}; the end of bob's log:\n{}",
+            wb.last("mail_deposit_failed"),
+            st["connections"],
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    println!(
+        "  alice went offline; bob wrote {N} messages: {:.1} s later they were sealed (Olm ratchet) and deposited at carol's, alice's mailbox, which cannot read them",
+        t.elapsed().as_secs_f64()
+    );
+    bob.stop().await;
+    let t = Instant::now();
+    alice.start().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let chat = alice.client().get("/v1/chat/bob?limit=100000").await?;
+        let got: Vec<String> = chat
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["outgoing"] == false)
+            .filter_map(|m| m["text"].as_str().map(str::to_owned))
+            .filter(|t| t.starts_with("while you were away"))
+            .collect();
+        if got.len() >= N {
+            if got != texts {
+                anyhow::bail!("alice's mailbox messages out of order or doubled: {got:?}");
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("alice shows {} of bob's {N} messages", got.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "  bob went offline too; alice came back and showed all {N} from her mailbox {:.0} ms after starting, in order, once",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
 pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("kith-demo-").tempdir()?;
@@ -184,7 +269,8 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     println!("  local relay: {relay_url} (records carry only the relay, never an IP address)");
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
-        let args = vec![format!("--relay={relay_url}")];
+        // Mail goes to a mailbox after 2 s without a direct delivery (10 s by default).
+        let args = vec![format!("--relay={relay_url}"), "--mailbox-after=2".into()];
         nodes.push(
             Daemon::spawn(
                 &exe,
@@ -375,6 +461,8 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     );
 
     call(alice, &wa, bob, &dir.path().join("bob-heard.wav")).await?;
+
+    mailbox(alice, bob, carol).await?;
 
     for n in [&mut *alice, &mut *bob, &mut *carol] {
         n.stop().await;

@@ -342,5 +342,9 @@ fn the_demo_runs_messages_a_crash_and_a_call() {
         "{stdout}"
     );
     assert!(stdout.contains("bob heard a 440 Hz tone"), "{stdout}");
+    assert!(
+        stdout.contains("from her mailbox") && stdout.contains("in order, once"),
+        "{stdout}"
+    );
     assert!(stdout.contains("kith demo: OK"), "{stdout}");
 }

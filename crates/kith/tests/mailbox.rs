@@ -307,19 +307,29 @@ async fn alice_sees_all_delivered(alice: &Daemon, secs: u64) {
     }
 }
 
-/// The end of each daemon's log, for failure messages.
-fn log_tails(dir: &Path) -> String {
-    let mut out = String::new();
-    for who in ["alice", "bob", "carol"] {
-        let log = std::fs::read_to_string(dir.join(who).join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        out.push_str(&format!("--- {who}\n"));
-        for l in &lines[lines.len().saturating_sub(25)..] {
-            out.push_str(l);
-            out.push('\n');
-        }
+/// Alice writes `n` messages to bob (texts `prefix 000`, ...) while he is away, and waits until all are
+/// deposited in his mailbox; returns the texts.
+async fn write_while_bob_is_away(
+    alice: &Daemon,
+    wa: &kith::client::Watcher,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let before = wa.sum("mail_deposited", "messages");
+    let sent = texts(prefix, n);
+    for t in &sent {
+        alice.client().send("bob", t).await.unwrap();
     }
-    out
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .sum("mail_deposited", "messages")
+            >= before + n as u64)
+            .await,
+        "deposited {} of {n}: {:?}",
+        wa.sum("mail_deposited", "messages") - before,
+        wa.last("mail_deposit_failed")
+    );
+    sent
 }
 
 fn texts(prefix: &str, n: usize) -> Vec<String> {
@@ -339,24 +349,12 @@ async fn two_hundred_messages_reach_an_offline_contact_through_his_mailbox() {
         wa,
     } = trio(dir.path(), vec![]).await;
     bob.stop().await;
-    for t in texts("offline", N) {
-        alice.client().send("bob", &t).await.unwrap();
-    }
-    assert!(
-        wa.wait_for(Duration::from_secs(60), |w| w
-            .sum("mail_deposited", "messages")
-            >= N as u64)
-            .await,
-        "alice did not deposit all {N}: {:?} {:?}",
-        wa.last("mail_deposited"),
-        wa.last("mail_deposit_failed")
-    );
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(write_while_bob_is_away(&alice, &wa, "offline", N).await)
+        .collect();
     alice.stop().await;
 
     bob.start().await.unwrap();
-    let want: Vec<String> = std::iter::once("hello".to_string())
-        .chain(texts("offline", N))
-        .collect();
     // Alice is offline: the mailbox is the only way they can come.
     bob_has(&bob, &want, 60).await;
 
@@ -629,19 +627,8 @@ async fn a_headless_mailbox_keeps_mail_for_the_contacts_that_name_it() {
     );
     bob.stop().await;
     let want: Vec<String> = std::iter::once("hello".to_string())
-        .chain(texts("boxed", 30))
+        .chain(write_while_bob_is_away(&alice, &wa, "boxed", 30).await)
         .collect();
-    for t in &want[1..] {
-        alice.client().send("bob", t).await.unwrap();
-    }
-    assert!(
-        wa.wait_for(Duration::from_secs(30), |w| w
-            .sum("mail_deposited", "messages")
-            >= 30)
-            .await,
-        "{:?}",
-        wa.last("mail_deposit_failed")
-    );
     alice.stop().await;
     bob.start().await.unwrap();
     bob_has(&bob, &want, 60).await;
@@ -677,20 +664,8 @@ async fn deposits_reach_a_mailbox_whose_endpoint_rotated() {
         "carol's endpoint did not rotate"
     );
     let want: Vec<String> = std::iter::once("hello".to_string())
-        .chain(texts("rotated", 5))
+        .chain(write_while_bob_is_away(&alice, &wa, "rotated", 5).await)
         .collect();
-    for t in &want[1..] {
-        alice.client().send("bob", t).await.unwrap();
-    }
-    assert!(
-        wa.wait_for(Duration::from_secs(30), |w| w
-            .sum("mail_deposited", "messages")
-            >= 5)
-            .await,
-        "not deposited after the rotation: {:?}\n{}",
-        wa.last("mail_deposit_failed"),
-        log_tails(dir.path())
-    );
     alice.stop().await;
     bob.start().await.unwrap();
     bob_has(&bob, &want, 60).await;
@@ -733,17 +708,8 @@ async fn receipts_come_back_through_the_senders_mailbox_which_reads_nothing() {
     let (alice_key, bob_key) = (account_of(&alice), account_of(&bob));
     bob.stop().await;
     let want: Vec<String> = std::iter::once("hello".to_string())
-        .chain(texts("secret words", N))
+        .chain(write_while_bob_is_away(&alice, &wa, "secret words", N).await)
         .collect();
-    for t in &want[1..] {
-        alice.client().send("bob", t).await.unwrap();
-    }
-    assert!(
-        wa.wait_for(Duration::from_secs(30), |w| w
-            .sum("mail_deposited", "messages")
-            >= N as u64)
-            .await
-    );
     alice.stop().await;
     let db = dir.path().join("carol").join(kith_node::profile::DB_FILE);
     let held = |owner: &AccountKey| {

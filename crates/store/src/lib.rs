@@ -1117,6 +1117,15 @@ impl Store {
             .optional()?)
     }
 
+    /// Whether any outgoing message of `device` waits for its receipt.
+    pub fn has_undelivered(&self, device: &DeviceKey) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE outgoing = 1 AND device = ?1 AND state != 'delivered')",
+            params![device.as_bytes()],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
     /// Every (peer, seq) not yet delivered, for rebuilding outboxes at start.
     pub fn undelivered(&self, device: &DeviceKey) -> Result<Vec<(AccountKey, u64)>> {
         let mut stmt = self.conn.prepare(

@@ -335,8 +335,8 @@ impl Node {
             });
         }
         lock(&self.store)
-            .undelivered(&self.device)
-            .map_or(true, |u| !u.is_empty())
+            .has_undelivered(&self.device)
+            .unwrap_or(true)
     }
 
     /// A fresh endpoint with a random key, so a mailbox cannot tell who deposits.
