@@ -284,8 +284,12 @@ impl RatchetAccount {
     }
 
     /// Makes fresh one-time keys (and a fallback key if there is none) and returns the bundle to publish.
+    /// Keys are never marked published (vodozemac then hides the fallback key from this list, and a fresh
+    /// one would be made at every call): the fallback key changes only through [`Self::rotate_fallback`].
     pub fn bundle(&mut self, device: &DeviceSecret, one_time: usize) -> PrekeyBundle {
-        self.0.generate_one_time_keys(one_time);
+        if one_time > 0 {
+            self.0.generate_one_time_keys(one_time);
+        }
         if self.0.fallback_key().is_empty() {
             self.0.generate_fallback_key();
         }
@@ -303,7 +307,6 @@ impl RatchetAccount {
             .next()
             .map(|k| k.to_bytes())
             .unwrap_or_default();
-        self.0.mark_keys_as_published();
         let identity = self.identity_key();
         let dev = device.public();
         let signature = device.sign(&PrekeyBundle::signed(&dev, &identity, &otks, &fallback));
@@ -314,6 +317,14 @@ impl RatchetAccount {
             fallback,
             signature,
         }
+    }
+
+    /// A new fallback key; the one before it stays usable (for bundles handed out before), the one before
+    /// that is forgotten. Sessions started on a forgotten key can no longer be made again from this
+    /// account: what their first messages said is then out of a thief's reach.
+    pub fn rotate_fallback(&mut self) {
+        self.0.forget_fallback_key();
+        self.0.generate_fallback_key();
     }
 
     /// The proof to put in the first messages of a session.

@@ -131,8 +131,9 @@ fn a_captured_ciphertext_does_not_open_with_the_state_that_moved_on() {
         let r = sb.encrypt(format!("b{i}").as_bytes(), None).unwrap();
         sa.decrypt(&r).unwrap();
     }
-    // Someone who steals Bob's whole state now (his stored, pickled session) and kept the ciphertexts
-    // cannot read any of them.
+    // Someone who steals Bob's session state now (stored, pickled) and kept the ciphertexts cannot read
+    // any of them. (The first message, a pre-key one, could be made again from his Olm account while its
+    // fallback key lives: see `first_messages_are_out_of_reach_once_their_fallback_key_is_forgotten`.)
     let key = [9u8; 32];
     let mut stolen = RatchetSession::unpickle(&sb.pickle(&key), &key).unwrap();
     for m in &captured {
@@ -253,4 +254,32 @@ fn a_known_bundle_opens_a_session_without_a_proof_and_a_wrong_one_does_not() {
     assert!(bs.matches(&m2));
     assert_eq!(bs.decrypt(&m2).unwrap(), b"second");
     assert!(bs.decrypt(&m).is_err());
+}
+
+#[test]
+fn first_messages_are_out_of_reach_once_their_fallback_key_is_forgotten() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let (a, mut b) = (who(&mut rng), who(&mut rng));
+    let ka = a.account.public();
+    // The bundle stays the same across calls: the fallback key changes only by rotation.
+    let bundle = b.olm.bundle(&b.device, 0);
+    assert_eq!(b.olm.bundle(&b.device, 0).fallback, bundle.fallback);
+    let mut sa = a.olm.outbound(&bundle, None).unwrap();
+    let captured = sa
+        .encrypt(b"while you were away", Some(a.olm.proof(&a.device, &a.cert)))
+        .unwrap();
+    let key = [3u8; 32];
+    // One rotation later the key is still there (bundles handed out before still work)...
+    b.olm.rotate_fallback();
+    assert_ne!(b.olm.bundle(&b.device, 0).fallback, bundle.fallback);
+    let stolen = RatchetAccount::unpickle(&b.olm.pickle(&key), &key).unwrap();
+    let mut stolen = stolen;
+    assert!(stolen.inbound(&ka, &captured).is_ok());
+    // ...after the second it is forgotten: the whole account, stolen now, does not open the capture.
+    b.olm.rotate_fallback();
+    let mut stolen = RatchetAccount::unpickle(&b.olm.pickle(&key), &key).unwrap();
+    assert!(matches!(
+        stolen.inbound(&ka, &captured),
+        Err(SealError::Ratchet(_))
+    ));
 }

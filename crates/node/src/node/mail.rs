@@ -32,6 +32,12 @@ const SEAL_BATCH: usize = 256;
 const DEPOSIT_BATCH: usize = 2048;
 /// Receipts in one sealed letter.
 const RECEIPTS_PER_LETTER: usize = 400;
+/// How long the device's Olm fallback key is handed out before a new one replaces it. The one before is
+/// forgotten at that moment, so a session begun on a key can be made again from a stolen account for at
+/// most two of these: after that, what its first messages said is out of reach.
+const FALLBACK_ROTATE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Store setting: when the fallback key was last rotated (Unix ms).
+const FALLBACK_ROTATED: &str = "olm_fallback_rotated_ms";
 /// How often a mailbox drops expired mail.
 const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a mailbox's answer.
@@ -198,6 +204,7 @@ impl Node {
                     Ok(n) => tracing::info!(envelopes = n, "held mail expired"),
                     Err(e) => tracing::warn!(error = %e, "cannot expire held mail"),
                 }
+                self.rotate_fallback_when_due();
             }
             // While messages wait, one pass a second (not one per message queued: each pass seals a
             // batch, and each batch's first letter carries the proof); idle, until woken.
@@ -208,6 +215,50 @@ impl Node {
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                     _ = self.mail.wake.notified() => {}
                 }
+            }
+        }
+    }
+
+    /// Replaces the Olm fallback key every [`FALLBACK_ROTATE`], and tells contacts online the new bundle.
+    fn rotate_fallback_when_due(self: &Arc<Self>) {
+        let now = unix_ms();
+        let last = lock(&self.store).setting(FALLBACK_ROTATED).ok().flatten();
+        let due = match last {
+            None => {
+                let _ = lock(&self.store).set_setting(FALLBACK_ROTATED, now);
+                false
+            }
+            Some(t) => now - t >= FALLBACK_ROTATE.as_millis() as i64,
+        };
+        if !due {
+            return;
+        }
+        let pickle = {
+            let mut olm = lock(&self.olm);
+            olm.rotate_fallback();
+            olm.pickle(&self.olm_key)
+        };
+        let saved = {
+            let store = lock(&self.store);
+            store
+                .save_ratchet("account", &pickle)
+                .and_then(|()| store.set_setting(FALLBACK_ROTATED, now))
+        };
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot store the rotated Olm account");
+            return;
+        }
+        *lock(&self.bundle) = None;
+        tracing::info!("Olm fallback key rotated");
+        let online: Vec<AccountKey> = lock(&self.state)
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.conns.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for a in online {
+            if self.is_contact(&a) {
+                self.send_mail_info(a);
             }
         }
     }
