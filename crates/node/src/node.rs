@@ -2485,17 +2485,7 @@ impl Node {
         // Our records name it from now on (contacts who are offline now read it there)...
         self.republish.notify_one();
         // ...and contacts online now learn where to deposit for us.
-        let online: Vec<AccountKey> = lock(&self.state)
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.conns.is_empty())
-            .map(|(a, _)| *a)
-            .collect();
-        for a in online {
-            if a != peer.account && self.is_contact(&a) {
-                self.send_mail_info(a);
-            }
-        }
+        self.send_mail_info_to_online(Some(peer.account));
         Ok(Address::new(peer.account).to_string())
     }
 
@@ -2623,6 +2613,21 @@ impl Node {
                 },
             }],
         );
+    }
+
+    /// Tells every contact connected now (but `except`) our Olm keys and mailboxes.
+    fn send_mail_info_to_online(self: &Arc<Self>, except: Option<AccountKey>) {
+        let online: Vec<AccountKey> = lock(&self.state)
+            .peers
+            .iter()
+            .filter(|(a, p)| Some(**a) != except && !p.conns.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for a in online {
+            if self.is_contact(&a) {
+                self.send_mail_info(a);
+            }
+        }
     }
 
     /// Tells the contact `account` (if connected) our Olm keys and mailboxes.

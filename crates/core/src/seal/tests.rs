@@ -266,7 +266,10 @@ fn first_messages_are_out_of_reach_once_their_fallback_key_is_forgotten() {
     assert_eq!(b.olm.bundle(&b.device, 0).fallback, bundle.fallback);
     let mut sa = a.olm.outbound(&bundle, None).unwrap();
     let captured = sa
-        .encrypt(b"while you were away", Some(a.olm.proof(&a.device, &a.cert)))
+        .encrypt(
+            b"while you were away",
+            Some(a.olm.proof(&a.device, &a.cert)),
+        )
         .unwrap();
     let key = [3u8; 32];
     // One rotation later the key is still there (bundles handed out before still work)...

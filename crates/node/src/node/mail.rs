@@ -250,17 +250,7 @@ impl Node {
         }
         *lock(&self.bundle) = None;
         tracing::info!("Olm fallback key rotated");
-        let online: Vec<AccountKey> = lock(&self.state)
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.conns.is_empty())
-            .map(|(a, _)| *a)
-            .collect();
-        for a in online {
-            if self.is_contact(&a) {
-                self.send_mail_info(a);
-            }
-        }
+        self.send_mail_info_to_online(None);
     }
 
     /// One pass: seal what is due, start deposits of what is sealed. Returns whether messages wait.
@@ -533,17 +523,7 @@ impl Node {
                     Ok(true) => {
                         // Contacts learn the new keys: the records at once, connected contacts now.
                         self.republish.notify_one();
-                        let online: Vec<AccountKey> = lock(&self.state)
-                            .peers
-                            .iter()
-                            .filter(|(a, p)| **a != from && !p.conns.is_empty())
-                            .map(|(a, _)| *a)
-                            .collect();
-                        for a in online {
-                            if self.is_contact(&a) {
-                                self.send_mail_info(a);
-                            }
-                        }
+                        self.send_mail_info_to_online(Some(from));
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot store a mailbox's endpoint keys"),
