@@ -38,8 +38,6 @@ const RECEIPTS_PER_LETTER: usize = 400;
 const FALLBACK_ROTATE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Store setting: when the fallback key was last rotated (Unix ms).
 const FALLBACK_ROTATED: &str = "olm_fallback_rotated_ms";
-/// How often the owner tries again to reach a mailbox it is not connected to.
-const MAILBOX_REDIAL: Duration = Duration::from_secs(15);
 /// How often a mailbox drops expired mail.
 const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a mailbox's answer.
@@ -196,24 +194,7 @@ impl Node {
     /// mailboxes.
     pub(super) async fn mail_sender(self: Arc<Self>) {
         let mut expired_at: Option<Instant> = None;
-        // The announce at start dials every contact; this takes over from then on.
-        let mut redialled_at = Some(Instant::now());
         loop {
-            // Our mailboxes hold what came while we were away: reach each one that is not connected (the
-            // dial at start may have failed, and nothing else would dial it again).
-            if redialled_at.is_none_or(|t| t.elapsed() >= MAILBOX_REDIAL) {
-                redialled_at = Some(Instant::now());
-                let mine = lock(&self.store).my_mailboxes().unwrap_or_default();
-                for m in mine {
-                    let connected = lock(&self.state)
-                        .peers
-                        .get(&m)
-                        .is_some_and(|p| !p.conns.is_empty());
-                    if !connected {
-                        self.dial(m);
-                    }
-                }
-            }
             // As a mailbox: drop what has expired (fetches and quotas already ignore it).
             if expired_at.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
                 expired_at = Some(Instant::now());
