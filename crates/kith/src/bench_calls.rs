@@ -123,14 +123,34 @@ impl Pair {
     }
 }
 
+/// Which runs to make (all by default; fewer to look at one thing).
+pub struct Selection {
+    /// Quality conditions by name (empty: all).
+    pub conditions: Vec<String>,
+    pub latency: bool,
+    pub setup_runs: usize,
+}
+
 /// Runs the kith half of the benchmark. `material` holds the clips (`*.wav`, 48 kHz mono) named in
 /// `clips` and the latency probe `probe48.wav`; results go to `out`.
 pub async fn run(
     material: PathBuf,
     clips: Vec<String>,
-    setup_runs: usize,
+    what: Selection,
     out: PathBuf,
 ) -> anyhow::Result<()> {
+    if let Some(bad) = what
+        .conditions
+        .iter()
+        .find(|c| !QUALITY.iter().any(|(n, _)| n == c))
+    {
+        let names: Vec<&str> = QUALITY.iter().map(|(n, _)| *n).collect();
+        return Err(crate::client::user(format!(
+            "unknown condition {bad:?}: the conditions are {}",
+            names.join(", ")
+        )));
+    }
+    let setup_runs = what.setup_runs;
     std::fs::create_dir_all(&out)?;
     let out = std::path::absolute(&out)?;
     let material = std::path::absolute(&material)?;
@@ -145,6 +165,9 @@ pub async fn run(
     let mut runs = vec![];
 
     for (cond, spec) in QUALITY {
+        if !what.conditions.is_empty() && !what.conditions.iter().any(|c| c == cond) {
+            continue;
+        }
         pair.impair(spec, "").await?;
         for clip in &clips {
             let src = material.join(format!("{clip}.wav"));
@@ -172,7 +195,7 @@ pub async fn run(
     }
 
     let probe = material.join("probe48.wav");
-    for (cond, spec) in LATENCY {
+    for (cond, spec) in LATENCY.iter().filter(|_| what.latency) {
         pair.impair(spec, spec).await?;
         let rec = out.join(format!("kith_latency_{}.wav", slug(cond)));
         let secs = wav_secs(&probe)? + 1.0;

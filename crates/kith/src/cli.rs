@@ -81,6 +81,13 @@ enum Command {
         /// Set-up measurements of each kind (warm, cold).
         #[arg(long, default_value_t = 5)]
         setup_runs: usize,
+        /// Only these quality conditions (comma-separated names as printed, e.g. "10%,10% bursty");
+        /// default: all of them.
+        #[arg(long, value_delimiter = ',')]
+        conditions: Vec<String>,
+        /// Skip the latency runs.
+        #[arg(long)]
+        no_latency: bool,
         /// Folder for the recordings and kith.json.
         #[arg(long)]
         out: PathBuf,
@@ -1092,8 +1099,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             material,
             clips,
             setup_runs,
+            conditions,
+            no_latency,
             out,
-        } => crate::bench_calls::run(material, clips, setup_runs, out).await?,
+        } => {
+            let what = crate::bench_calls::Selection {
+                conditions,
+                latency: !no_latency,
+                setup_runs,
+            };
+            crate::bench_calls::run(material, clips, what, out).await?
+        }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
         Command::BenchMailbox { messages, out } => crate::bench_mailbox::run(messages, out).await?,
         Command::Bench {

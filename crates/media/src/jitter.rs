@@ -3,14 +3,17 @@
 //!
 //! Delay: each packet's transit relative to the fastest packet in the last [`WINDOW`] packets measures the
 //! jitter; the target delay is its 95th percentile plus a small margin, plus one frame while packets are
-//! being lost (so the next packet, and its FEC, is at hand when a frame is missing), in whole frames. The
+//! being lost (so the next packet, and its FEC, is at hand when a frame is missing), in whole frames. A
+//! call's first [`START_PACKETS`] packets count as lossy: the room is there before the first loss, which
+//! otherwise would be concealed and make the buffer grow in the middle of speech. The
 //! buffer's actual delay at a tick is how long a packet with the least transit would have waited. When it is
 //! short of the target by more than half a frame, the tick conceals and waits (the delay grows by a frame);
 //! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame is
 //! dropped. Either step shifts the rest of the call by a frame, which a listener (and PESQ) hears in speech
 //! but hardly in a pause. Growing cannot wait (packets would miss their turn, or the FEC frame would not be at
-//! hand), but shrinking can: it waits for a quiet frame ([`JitterBuffer::set_quiet`], told by the player
-//! after each decoded frame), for at most [`JitterConfig::shrink_within`] ticks.
+//! hand), but shrinking can: it waits for a pause ([`PAUSE`] of quiet frames in a row, each told by the
+//! player after it decoded it: [`JitterBuffer::set_quiet`]), for at most [`JitterConfig::shrink_within`]
+//! ticks. (A single quiet frame is often inside a word.)
 //!
 //! Whole frames are coarse: the delay kept sits anywhere from half a frame under the target to a frame
 //! over it, depending on how the playout clock's ticks fall against the packets' arrivals. So after a quiet
@@ -31,6 +34,10 @@ use std::time::{Duration, Instant};
 
 /// Packets over which the jitter percentile is taken (about 4 s at 20 ms).
 pub const WINDOW: usize = 200;
+/// Quiet this long in a row is a pause in speech, where the delay may change unheard.
+pub const PAUSE: Duration = Duration::from_millis(60);
+/// Packets at the start that keep room for loss whether or not any was seen (2 s at 20 ms).
+pub const START_PACKETS: u64 = 100;
 
 #[derive(Debug, Clone)]
 pub struct JitterConfig {
@@ -43,7 +50,7 @@ pub struct JitterConfig {
     pub margin: Duration,
     /// Ticks in a row with too much buffered before a frame is dropped.
     pub shrink_after: u32,
-    /// Ticks a due shrink may wait for a quiet frame.
+    /// Ticks a due shrink may wait for a pause.
     pub shrink_within: u32,
 }
 
@@ -129,10 +136,12 @@ pub struct JitterBuffer {
     j3550: f64,
     /// Highest sequence number received.
     highest: Option<u64>,
+    /// Packets observed (arrived, late or not).
+    seen: u64,
     /// The buffer delay at the last tick, seconds.
     last_lag: f64,
-    /// The last played frame was quiet (a pause): the time to shrink the delay.
-    quiet: bool,
+    /// Quiet frames played in a row (a pause once they last [`PAUSE`]): the time to shrink the delay.
+    quiet_frames: u32,
 }
 
 impl JitterBuffer {
@@ -152,15 +161,26 @@ impl JitterBuffer {
             prev: None,
             j3550: 0.0,
             highest: None,
+            seen: 0,
             last_lag: 0.0,
-            quiet: true,
+            quiet_frames: u32::MAX,
         }
     }
 
-    /// Whether the frame just played was quiet (a pause in speech). Shrinking waits for one. Without this
-    /// call every frame counts as quiet.
+    /// Whether the frame just played was quiet. Shrinking waits for a pause ([`PAUSE`] of quiet frames).
+    /// Without this call every frame counts as a pause.
     pub fn set_quiet(&mut self, quiet: bool) {
-        self.quiet = quiet;
+        self.quiet_frames = if quiet {
+            self.quiet_frames.saturating_add(1)
+        } else {
+            0
+        };
+    }
+
+    /// In a pause of speech: the last [`PAUSE`] played was quiet.
+    fn in_pause(&self) -> bool {
+        let frame_us = self.config.frame.as_micros().max(1);
+        u128::from(self.quiet_frames) >= PAUSE.as_micros().div_ceil(frame_us)
     }
 
     pub fn stats(&self) -> JitterStats {
@@ -247,6 +267,7 @@ impl JitterBuffer {
         if self.prev.is_none_or(|(ps, _)| seq > ps) {
             self.prev = Some((seq, now));
         }
+        self.seen += 1;
         self.history.push_back((seq, now));
         while self.history.len() > WINDOW {
             self.history.pop_front();
@@ -327,9 +348,9 @@ impl JitterBuffer {
 
     fn retarget(&mut self) {
         let mut needed = self.jitter_p95() + self.config.margin;
-        // With loss about, keep one frame more, so the next packet (and its FEC, or its copy of the
-        // missing frame) is there when a frame is missing.
-        if self.window_loss() >= 0.01 {
+        // With loss about (or not yet known not to be), keep one frame more, so the next packet (and its
+        // FEC, or its copy of the missing frame) is there when a frame is missing.
+        if self.seen < START_PACKETS || self.window_loss() >= 0.01 {
             needed += self.config.frame;
         }
         self.needed = needed;
@@ -343,7 +364,7 @@ impl JitterBuffer {
     /// quiet, and makes its next tick come that much sooner.
     pub fn advance(&mut self) -> Option<Duration> {
         if self.next.is_none()
-            || !self.quiet
+            || !self.in_pause()
             || self.history.len() < WINDOW / 4
             || self.ticks_since_stall < WINDOW as u32
         {
@@ -386,7 +407,8 @@ impl JitterBuffer {
         let present = self.packets.contains_key(&next);
         // Too little delay for the jitter measured: wait a frame (the delay grows by one frame).
         self.ticks_since_stall = self.ticks_since_stall.saturating_add(1);
-        if lag + frame / 2.0 < target {
+        // (A microsecond of slack: the delay at which playout started sits exactly at this bound.)
+        if lag + frame / 2.0 < target - 1e-6 {
             self.ticks_since_stall = 0;
             self.stats.stalls += 1;
             return Playout::Conceal { seq: next };
@@ -395,7 +417,7 @@ impl JitterBuffer {
         if lag > target + frame && present {
             self.over_target_ticks += 1;
             if self.over_target_ticks >= self.config.shrink_after
-                && (self.quiet
+                && (self.in_pause()
                     || self.over_target_ticks
                         >= self.config.shrink_after + self.config.shrink_within)
             {

@@ -1,10 +1,12 @@
 //! The sender's reaction to receiver reports: loss steers in-band FEC and the encoder's loss hint, queueing
 //! delay (round-trip time above its minimum) steers the bitrate. Sans-IO.
 //!
-//! * FEC: on from the start (a call's first seconds should survive loss too) with a loss hint of at least
-//!   6 %, because below that libopus sends no LBRR at 16-24 kbit/s; the hint tracks the smoothed loss plus a
+//! * FEC: wanted from the start (a call's first seconds should survive loss too; the start's copies below
+//!   stand in for it until the path shows clean) with a loss hint of at least 6 %, because below that libopus sends no LBRR at 16-24 kbit/s; the hint tracks the smoothed loss plus a
 //!   margin (at most 40 %). After 10 s without loss it turns off, and back on at the first loss.
-//! * Redundancy: from 1 % smoothed loss on (the first report after 3.3 % loss), each datagram also carries a whole copy of the previous frame
+//! * Redundancy: from the start of a call until two reports in a row show no loss (the loss of a call's first
+//!   second cannot wait for the first report), and from 1 % smoothed loss on (the first report after 3.3 %
+//!   loss), each datagram also carries a whole copy of the previous frame
 //!   (as RFC 2198 redundancy does for RTP), so a lost frame whose next packet arrives plays at full quality
 //!   instead of from the low-rate LBRR; the LBRR then only duplicates the copy, so in-band FEC is turned
 //!   off and all of the bitrate goes to the frame itself (the loss hint stays, for robustness). This
@@ -30,6 +32,13 @@ pub struct EncoderSettings {
 pub struct RateController {
     max_bitrate: u32,
     settings: EncoderSettings,
+    /// What the loss asks of in-band FEC (the settings turn it off while copies are sent).
+    lbrr: bool,
+    /// Copies for loss (on at 1 % smoothed loss, off after 10 s without loss or at a queue).
+    red_loss: bool,
+    /// Reports in a row without loss since the start, while the call's first copies are on (None once
+    /// the start is over).
+    start_clean: Option<u32>,
     smoothed_loss: f64,
     min_rtt: Option<Duration>,
     last_loss: Instant,
@@ -42,6 +51,8 @@ const FEC_OFF_AFTER: Duration = Duration::from_secs(10);
 const QUEUE_RTT: Duration = Duration::from_millis(150);
 const RED_ON_LOSS: f64 = 0.01;
 const RED_HOLD_AFTER_QUEUE: Duration = Duration::from_secs(10);
+/// Clean reports in a row that end the copies a call starts with.
+const START_CLEAN_REPORTS: u32 = 2;
 
 impl RateController {
     pub fn new(max_bitrate: u32, now: Instant) -> Self {
@@ -49,10 +60,13 @@ impl RateController {
             max_bitrate: max_bitrate.max(MIN_BITRATE),
             settings: EncoderSettings {
                 bitrate: max_bitrate.max(MIN_BITRATE),
-                fec: true,
+                fec: false,
                 loss_hint_pct: 6,
-                redundancy: 0,
+                redundancy: 1,
             },
+            lbrr: true,
+            red_loss: false,
+            start_clean: Some(0),
             smoothed_loss: 0.0,
             min_rtt: None,
             last_loss: now,
@@ -72,13 +86,20 @@ impl RateController {
         if loss > 0.0 {
             self.last_loss = now;
         }
-        let s = &mut self.settings;
         if loss > 0.0 || self.smoothed_loss >= 0.01 {
-            s.fec = true;
+            self.lbrr = true;
         } else if now.saturating_duration_since(self.last_loss) >= FEC_OFF_AFTER {
-            s.fec = false;
+            self.lbrr = false;
         }
-        s.loss_hint_pct = if s.fec {
+        // The start's copies: until the reports show the path clean, or lossy (then the rules below).
+        self.start_clean = match self.start_clean {
+            Some(_) if loss > 0.0 => None,
+            Some(n) if n + 1 >= START_CLEAN_REPORTS => None,
+            Some(n) => Some(n + 1),
+            None => None,
+        };
+        let s = &mut self.settings;
+        s.loss_hint_pct = if self.lbrr {
             ((self.smoothed_loss * 100.0).ceil() as u8 + 2).clamp(6, 40)
         } else {
             0
@@ -103,15 +124,14 @@ impl RateController {
             .is_some_and(|q| now.saturating_duration_since(q) < RED_HOLD_AFTER_QUEUE);
         let quiet_lately = now.saturating_duration_since(self.last_loss) >= FEC_OFF_AFTER;
         if queue_lately || quiet_lately {
-            s.redundancy = 0;
+            self.red_loss = false;
         } else if self.smoothed_loss >= RED_ON_LOSS {
-            s.redundancy = 1;
+            self.red_loss = true;
         }
+        s.redundancy = u8::from(!queue_lately && (self.red_loss || self.start_clean.is_some()));
         // With a copy of the previous frame in every datagram, LBRR (a low-rate copy of the same frame)
         // adds nothing: its bits go to the frame itself.
-        if s.redundancy > 0 {
-            s.fec = false;
-        }
+        s.fec = self.lbrr && s.redundancy == 0;
         *s
     }
 }
@@ -126,12 +146,20 @@ mod tests {
     fn fec_follows_loss() {
         let t = Instant::now();
         let mut rc = RateController::new(32_000, t);
+        let s = rc.settings();
         assert!(
-            rc.settings().fec && rc.settings().loss_hint_pct >= 6,
-            "on from the start"
+            s.redundancy == 1 && !s.fec && s.loss_hint_pct >= 6,
+            "copies from the start, standing in for FEC: {s:?}"
         );
-        let mut s = rc.settings();
-        for i in 1..=12 {
+        let mut s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC);
+        assert_eq!(s.redundancy, 1, "one clean report is not enough: {s:?}");
+        s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * 2);
+        assert_eq!(
+            (s.redundancy, s.fec),
+            (0, true),
+            "two clean reports end the copies; FEC stays for a while: {s:?}"
+        );
+        for i in 3..=12 {
             s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * i);
         }
         assert!(!s.fec, "off after 10 s without loss");

@@ -82,9 +82,28 @@ fn played(r: &Run) -> Vec<u64> {
 fn a_steady_network_plays_everything_with_the_least_delay() {
     let r = simulate(500, FRAME, |_| Some(Duration::from_millis(10)));
     let s = r.jb.stats();
-    assert_eq!(played(&r), (0..500).collect::<Vec<_>>());
-    assert_eq!((s.fec, s.late, s.dropped), (0, 0, 0));
+    // The start's room for loss (a frame) goes once the path shows clean: by dropping one frame in a
+    // pause (every frame is one here) or by advancing the playout clock.
+    let mut all = played(&r);
+    assert!(s.dropped <= 1, "{s:?}");
+    assert_eq!(all.len() as u64 + s.dropped, 500, "{s:?}");
+    all.dedup();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!((s.fec, s.late, s.stalls), (0, 0, 0), "{s:?}");
+    // Nothing concealed until the packets end (the simulation plays a second past the last one).
+    let last = r.outputs.iter().rposition(|o| matches!(o, Playout::Packet { .. }));
+    assert!(
+        r.outputs[..last.unwrap_or(0)]
+            .iter()
+            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
+        "{s:?}"
+    );
     assert!(s.target_ms <= 20.0, "{s:?}");
+    // And the delay is down to what the path needs.
+    assert!(s.delay_ms <= 25.0, "{s:?}");
+    // In the first 100 packets the target kept that room.
+    let early = simulate(60, FRAME, |_| Some(Duration::from_millis(10)));
+    assert_eq!(early.jb.stats().target_ms, 40.0);
 }
 
 #[test]
@@ -303,7 +322,9 @@ fn duplicates_and_ancient_packets_are_ignored() {
     jb.push(0, vec![0], t);
     jb.push(0, vec![0], t);
     assert_eq!(jb.stats().duplicates, 1);
-    let out = jb.pop(t + FRAME);
+    // Played at the start's target (one frame, and one more of room for loss).
+    assert_eq!(jb.pop(t + FRAME), Playout::Wait);
+    let out = jb.pop(t + FRAME * 2);
     assert_eq!(
         out,
         Playout::Packet {
@@ -311,7 +332,7 @@ fn duplicates_and_ancient_packets_are_ignored() {
             payload: vec![0]
         }
     );
-    jb.push(0, vec![0], t + FRAME * 2);
+    jb.push(0, vec![0], t + FRAME * 3);
     assert_eq!(jb.stats().late, 1);
 }
 
@@ -377,7 +398,8 @@ fn a_recorded_trace_plays_whole_with_the_delay_its_jitter_needs() {
 #[test]
 fn shrinking_waits_for_a_pause() {
     // Packets take 45 ms, then (from packet 100 on) 5 ms: the buffer holds two frames too many and drops
-    // them, but only in a pause of speech (ticks 400..420 here), not while the player says "speech".
+    // them, but only in a pause of speech (ticks 400..420 here), not while the player says "speech" nor at
+    // a single quiet frame.
     let cfg = JitterConfig::for_frame(FRAME);
     assert!(cfg.shrink_within > 60);
     let mut jb = JitterBuffer::new(cfg);
@@ -398,7 +420,8 @@ fn shrinking_waits_for_a_pause() {
             jb.push(arrivals[a].1, vec![1], arrivals[a].0);
             a += 1;
         }
-        jb.set_quiet((400..420).contains(&tick));
+        // A lone quiet frame (inside a word) every 50 ticks, and a pause at 400..420.
+        jb.set_quiet((400..420).contains(&tick) || tick % 50 == 0);
         outputs.push(jb.pop(now));
         dropped_by_tick.push(jb.stats().dropped);
     }
@@ -420,5 +443,27 @@ fn shrinking_waits_for_a_pause() {
             .iter()
             .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
         "{outputs:?}"
+    );
+}
+
+#[test]
+fn a_loss_in_the_first_second_comes_back_whole_without_a_stall() {
+    // Packets 10 and 30 lost, nothing else; each packet carries a copy of the frame before. Without the
+    // start's room, the first loss would be concealed and the buffer would grow a frame in mid-speech.
+    let r = simulate_red(
+        300,
+        FRAME,
+        |i| (i != 10 && i != 30).then_some(Duration::from_millis(10)),
+        1,
+    );
+    let s = r.jb.stats();
+    assert_eq!(s.red, 2, "both frames from their copies: {s:?}");
+    assert_eq!(s.stalls, 0, "{s:?}");
+    let last = r.outputs.iter().rposition(|o| matches!(o, Playout::Packet { .. }));
+    assert!(
+        r.outputs[..last.unwrap_or(0)]
+            .iter()
+            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
+        "{s:?}"
     );
 }
