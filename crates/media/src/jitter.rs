@@ -122,7 +122,11 @@ pub struct JitterBuffer {
     /// When the first packet arrived (playout starts `target` later).
     first_arrival: Option<Instant>,
     /// (seq, arrival) of recent packets, to measure relative delay.
-    history: std::collections::VecDeque<(u64, Instant)>,
+    history: std::collections::VecDeque<Seen>,
+    /// The first arrival: the origin of the transits in `history`.
+    epoch: Option<Instant>,
+    /// Reused per packet (transits, sequence numbers).
+    scratch: (Vec<f64>, Vec<u64>),
     target: Duration,
     /// What the jitter needs, before rounding up to whole frames.
     needed: Duration,
@@ -153,6 +157,8 @@ impl JitterBuffer {
             next: None,
             first_arrival: None,
             history: Default::default(),
+            epoch: None,
+            scratch: Default::default(),
             target,
             needed: target,
             ticks_since_stall: 0,
@@ -268,91 +274,80 @@ impl JitterBuffer {
             self.prev = Some((seq, now));
         }
         self.seen += 1;
-        self.history.push_back((seq, now));
+        let epoch = *self.epoch.get_or_insert(now);
+        let transit = signed_secs(now, epoch) - seq as f64 * self.config.frame.as_secs_f64();
+        self.history.push_back(Seen { seq, transit });
         while self.history.len() > WINDOW {
             self.history.pop_front();
         }
         self.retarget();
     }
 
-    /// Each packet's delay relative to the fastest one in the window (`transit_i - min transit`), and
-    /// the window's reference: (seq, arrival) of its first packet and the minimum relative transit.
-    fn relative_delays(&self) -> Option<(Vec<f64>, (u64, Instant), f64)> {
-        let (reference, min) = self.reference()?;
-        let mut rel = self.relative_transits(reference);
-        for r in &mut rel {
-            *r -= min;
-        }
-        Some((rel, reference, min))
+    /// The least relative transit in the window (seconds; see [`Seen::transit`]).
+    fn min_transit(&self) -> Option<f64> {
+        (!self.history.is_empty()).then(|| {
+            self.history
+                .iter()
+                .map(|h| h.transit)
+                .fold(f64::INFINITY, f64::min)
+        })
     }
 
-    /// Each packet's transit minus the window's first packet's, seconds (can be negative).
-    fn relative_transits(&self, (s0, a0): (u64, Instant)) -> Vec<f64> {
-        let frame = self.config.frame.as_secs_f64();
-        // transit_i - transit_0 = (a_i - a_0) - (s_i - s_0) * frame.
-        self.history
-            .iter()
-            .map(|&(s, a)| signed_secs(a, a0) - (s as f64 - s0 as f64) * frame)
-            .collect()
-    }
-
-    /// The window's first packet and the least relative transit in it, without collecting (every tick
-    /// needs it).
-    fn reference(&self) -> Option<((u64, Instant), f64)> {
-        let &(s0, a0) = self.history.front()?;
-        let frame = self.config.frame.as_secs_f64();
-        let min = self
-            .history
-            .iter()
-            .map(|&(s, a)| signed_secs(a, a0) - (s as f64 - s0 as f64) * frame)
-            .fold(f64::INFINITY, f64::min);
-        Some(((s0, a0), min))
-    }
-
-    /// 95th percentile of the relative delays over the window.
+    /// 95th percentile of the relative delays over the window (each packet's transit minus the least).
     fn jitter_p95(&self) -> Duration {
-        let Some((mut d, _, _)) = self.relative_delays() else {
+        let mut scratch = Vec::new();
+        self.jitter_p95_in(&mut scratch)
+    }
+
+    /// As [`Self::jitter_p95`], reusing `scratch` (per packet: no allocation).
+    fn jitter_p95_in(&self, scratch: &mut Vec<f64>) -> Duration {
+        let Some(min) = self.min_transit() else {
             return Duration::ZERO;
         };
-        if d.len() < 2 {
+        if self.history.len() < 2 {
             return Duration::ZERO;
         }
-        let idx = ((d.len() as f64 - 1.0) * 0.95).round() as usize;
-        let (_, p95, _) = d.select_nth_unstable_by(idx, f64::total_cmp);
+        scratch.clear();
+        scratch.extend(self.history.iter().map(|h| h.transit - min));
+        let idx = ((scratch.len() as f64 - 1.0) * 0.95).round() as usize;
+        let (_, p95, _) = scratch.select_nth_unstable_by(idx, f64::total_cmp);
         Duration::from_secs_f64(p95.max(0.0))
     }
 
     /// Fraction of packets missing in the window (holes between its lowest and highest sequence number).
-    fn window_loss(&self) -> f64 {
+    fn window_loss(&self, scratch: &mut Vec<u64>) -> f64 {
         let (Some(lo), Some(hi)) = (
-            self.history.iter().map(|h| h.0).min(),
-            self.history.iter().map(|h| h.0).max(),
+            self.history.iter().map(|h| h.seq).min(),
+            self.history.iter().map(|h| h.seq).max(),
         ) else {
             return 0.0;
         };
         let span = (hi - lo + 1) as f64;
         // Nearly in order already: sorting is about one pass.
-        let mut seqs: Vec<u64> = self.history.iter().map(|h| h.0).collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        1.0 - seqs.len() as f64 / span
+        scratch.clear();
+        scratch.extend(self.history.iter().map(|h| h.seq));
+        scratch.sort_unstable();
+        scratch.dedup();
+        1.0 - scratch.len() as f64 / span
     }
 
     /// How long frame `seq` will have waited when played at `now`, had it arrived with the least transit
     /// seen: the buffer's delay at this playout point.
     fn lag(&self, seq: u64, now: Instant) -> Option<f64> {
-        let ((s0, a0), min) = self.reference()?;
+        let (epoch, min) = (self.epoch?, self.min_transit()?);
         let frame = self.config.frame.as_secs_f64();
-        Some(signed_secs(now, a0) - ((seq as f64 - s0 as f64) * frame + min))
+        Some(signed_secs(now, epoch) - (seq as f64 * frame + min))
     }
 
     fn retarget(&mut self) {
-        let mut needed = self.jitter_p95() + self.config.margin;
+        let (mut transits, mut seqs) = std::mem::take(&mut self.scratch);
+        let mut needed = self.jitter_p95_in(&mut transits) + self.config.margin;
         // With loss about (or not yet known not to be), keep one frame more, so the next packet (and its
         // FEC, or its copy of the missing frame) is there when a frame is missing.
-        if self.seen < START_PACKETS || self.window_loss() >= 0.01 {
+        if self.seen < START_PACKETS || self.window_loss(&mut seqs) >= 0.01 {
             needed += self.config.frame;
         }
+        self.scratch = (transits, seqs);
         self.needed = needed;
         let frames = needed.as_secs_f64() / self.config.frame.as_secs_f64();
         let target = self.config.frame * (frames.ceil() as u32).max(1);
@@ -451,6 +446,16 @@ impl JitterBuffer {
         self.stats.concealed += 1;
         Playout::Conceal { seq: next }
     }
+}
+
+/// A packet in the jitter window.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    seq: u64,
+    /// Its relative transit, seconds: arrival (from the buffer's epoch) minus its send time (`seq` frames),
+    /// so that one packet's delay relative to another is the difference of their transits. Computed once,
+    /// at arrival.
+    transit: f64,
 }
 
 fn signed_secs(a: Instant, b: Instant) -> f64 {
