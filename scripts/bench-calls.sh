@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KITH_NEED_NEXTEST=1 scripts/setup.sh
 need=()
-for p in baresip-core sox ffmpeg espeak-ng asterisk-core-sounds-en-g722 python3-venv python3-dev nftables iproute2 util-linux; do
+for p in baresip-core sox ffmpeg espeak-ng asterisk-core-sounds-en-g722 python3-venv python3-dev nftables iproute2 util-linux pulseaudio pulseaudio-utils libasound2-plugins; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

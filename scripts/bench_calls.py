@@ -25,6 +25,12 @@ Steps (each also callable alone, see --help):
              mouth-to-ear latency from the chirps (matched filter, parabolic
              interpolation, matches below 0.5 dropped); CPU and memory; call set-up. Prints the table and
              writes OUT/results.json and OUT/results.txt.
+  soundcards mouth-to-ear through sound cards, kith and baresip alike: a PulseAudio server of the
+             benchmark's own with null sinks (clocked virtual cards) for each side's microphone and
+             loudspeaker; the probe is played into the caller's microphone, and one stereo recording holds
+             that microphone (left) and the callee's loudspeaker (right), so both share one clock. kith
+             through cpal's PulseAudio host, baresip through its ALSA module and ALSA's PulseAudio plugin.
+             A 60 ms PulseAudio loopback in place of a call checks the harness first.
 
 Needs root for the baresip part (network namespace, nftables); without it that part is skipped and said.
 """
@@ -39,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 
@@ -53,7 +60,7 @@ QUALITY = [("0%", 0.0, 1.0), ("5%", 5.0, 1.0), ("10%", 10.0, 1.0), ("20%", 20.0,
 
 # ---------------------------------------------------------------- WAV helpers
 
-def read_wav(path):
+def read_wav(path, channel=0):
     with wave.open(path, "rb") as w:
         if w.getsampwidth() != 2:
             sys.exit(f"{path}: not 16-bit PCM")
@@ -63,7 +70,7 @@ def read_wav(path):
         x = np.frombuffer(w.readframes(n), dtype="<i2").astype(np.float64) / 32768.0
         ch = w.getnchannels()
         if ch > 1:
-            x = x.reshape(-1, ch)[:, 0]
+            x = x.reshape(-1, ch)[:, channel]
         return x, w.getframerate()
 
 
@@ -192,11 +199,13 @@ def pesq_wb(ref_path, deg_path):
             "coverage": round(coverage, 3)}
 
 
-def chirp_positions(probe_path, rec, onsets):
-    """Where each chirp of the probe is in `rec` (fractional samples), with its normalised match."""
+def chirp_positions(probe_path, rec, onsets, coarse=None):
+    """Where each chirp of the probe is in `rec` (fractional samples), with its normalised match. `coarse`:
+    where the probe starts in `rec`, if known (else found by cross-correlation within 2 s)."""
     probe, _ = read_wav(probe_path)
     chirp = make_chirp()
-    coarse = align(probe, rec[: len(probe) + 2 * RATE] if len(rec) > len(probe) else rec, 2 * RATE)
+    if coarse is None:
+        coarse = align(probe, rec[: len(probe) + 2 * RATE] if len(rec) > len(probe) else rec, 2 * RATE)
     out = []
     w = int(0.15 * RATE)
     for o in onsets:
@@ -204,7 +213,8 @@ def chirp_positions(probe_path, rec, onsets):
         seg = rec[lo: o + coarse + w + len(chirp)]
         if len(seg) < len(chirp):
             continue
-        c = np.correlate(seg, chirp, mode="valid")
+        # |correlation|: a path may invert the polarity (baresip's through PulseAudio does), unheard.
+        c = np.abs(np.correlate(seg, chirp, mode="valid"))
         energy = np.sqrt(np.convolve(seg ** 2, np.ones(len(chirp)), mode="valid")) * np.linalg.norm(chirp)
         k = int(np.argmax(c))
         match = c[k] / (energy[k] + 1e-12)
@@ -490,6 +500,254 @@ def baresip_outer(material_dir, out):
     return None
 
 
+# ---------------------------------------------------------------- through sound cards (PulseAudio)
+
+class Pulse:
+    """A PulseAudio server of the benchmark's own, with clocked virtual sound cards (null sinks; no
+    hardware): "mic" (its monitor is the caller's microphone; the probe is played into it), "drain" (the
+    caller's loudspeaker), "quiet" (its monitor is the callee's silent microphone), "spk" (the callee's
+    loudspeaker), and a stereo "rec" into which loopbacks copy mic.monitor (left) and spk.monitor
+    (right): one recording, one clock, so left to right is mouth to ear."""
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, "pulse")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=self.dir, HOME=self.dir,
+                        PULSE_SERVER="unix:" + os.path.join(self.dir, "pulse", "native"))
+        mono = "rate=48000 channels=1"
+        run(["pulseaudio", "--daemonize=yes", "-n", "--exit-idle-time=-1", "--log-target=stderr",
+             "--load=module-native-protocol-unix auth-anonymous=1",
+             f"--load=module-null-sink sink_name=mic {mono}", f"--load=module-null-sink sink_name=drain {mono}",
+             f"--load=module-null-sink sink_name=quiet {mono}", f"--load=module-null-sink sink_name=spk {mono}",
+             "--load=module-null-sink sink_name=rec rate=48000 channels=2 channel_map=front-left,front-right"],
+            env=self.env, capture_output=True)
+        for side, source in [("front-left", "mic.monitor"), ("front-right", "spk.monitor")]:
+            sink = "rec_" + side
+            self.pactl("load-module", "module-remap-sink", f"sink_name={sink}", "master=rec", "channels=1",
+                       f"master_channel_map={side}", "channel_map=mono", "remix=no")
+            self.pactl("load-module", "module-loopback", f"source={source}", f"sink={sink}", "latency_msec=20")
+        # Microphones that run the whole time, as real ones do (an idle null sink renders in 2 s pieces):
+        # silence plays into both, each stream asking for 10 ms.
+        silence = os.path.join(work, "silence-60s.wav")
+        write_wav(silence, np.zeros(RATE * 60))
+        self.hums = [subprocess.Popen(["paplay", "--latency-msec=10", "-d", sink, silence], env=self.env,
+                                      stderr=subprocess.DEVNULL) for sink in ["mic", "quiet"]]
+        time.sleep(2.5)
+
+    def pactl(self, *args):
+        return run(["pactl", *args], env=self.env, capture_output=True, text=True).stdout.strip()
+
+    def record(self, path):
+        return subprocess.Popen(["parecord", "--latency-msec=10", "-d", "rec.monitor", "--rate=48000",
+                                 "--channels=2", "--format=s16le", "--file-format=wav", path], env=self.env)
+
+    def play_probe(self, probe):
+        run(["paplay", "--latency-msec=10", "-d", "mic", probe], env=self.env)
+
+    def close(self):
+        for h in self.hums:
+            h.kill()
+            h.wait()
+        subprocess.run(["pulseaudio", "--kill"], env=self.env, capture_output=True)
+
+
+def stop_recording(proc):
+    proc.send_signal(2)  # SIGINT: parecord finishes the WAV header
+    proc.wait(10)
+
+
+def soundcard_latency(probe, rec):
+    """Mouth-to-ear per chirp from one stereo recording: where each chirp is on the left (as played into
+    the caller's microphone) and on the right (the callee's loudspeaker)."""
+    onsets = json.load(open(os.path.splitext(probe)[0] + ".json"))["onsets"]
+    left, _ = read_wav(rec, 0)
+    right, _ = read_wav(rec, 1)
+    # Where the probe starts in each channel, from the energy envelopes at 1 ms (the loopbacks resample
+    # adaptively, so the waveform's phase drifts and a whole-probe waveform correlation can peak anywhere);
+    # then each chirp is matched within 150 ms of there.
+    def envelope(x):
+        e = np.sqrt(np.convolve(x ** 2, np.ones(480) / 480, mode="same")[::48])
+        return e - e.mean()
+    ep = envelope(read_wav(probe)[0])
+    found = []
+    for x in (left, right):
+        ex = envelope(x)
+        start = align(ep, ex, len(ex) - 1) * 48
+        found.append({o: (pos, m) for o, pos, m in chirp_positions(probe, x, onsets, coarse=start)})
+    sent, heard = found
+    lat = sorted((heard[o][0] - sent[o][0]) / RATE * 1000 for o in onsets
+                 if o in sent and o in heard and sent[o][1] >= 0.5 and heard[o][1] >= 0.5)
+    if not lat:
+        return None
+    return {"median_ms": round(float(np.median(lat)), 2), "min_ms": round(float(lat[0]), 2),
+            "max_ms": round(float(lat[-1]), 2), "found": len(lat), "expected": len(onsets)}
+
+
+def kith_soundcard_call(kith, work, pulse, probe):
+    """A kith call through the virtual sound cards: alice speaks into mic.monitor, bob plays on spk."""
+    env = dict(pulse.env)
+    env.pop("KITH_PASSPHRASE", None)
+    homes = {n: os.path.join(work, "kith", n) for n in ["alice", "bob"]}
+    procs = []
+
+    def k(name, *args, **kw):
+        return subprocess.run([kith, "--home", homes[name], *args], env=env, check=True, capture_output=True,
+                              text=True, **kw).stdout
+
+    try:
+        for n in homes:
+            shutil.rmtree(homes[n], ignore_errors=True)
+            k(n, "init", "--name", n)
+            log = open(os.path.join(work, f"kith-{n}.log"), "w")
+            d = subprocess.Popen([kith, "--home", homes[n], "daemon", "--no-dht"], env=env,
+                                 stdout=subprocess.PIPE, stderr=log, text=True)
+            procs.append(d)
+            for line in d.stdout:  # the daemon says when its API is up
+                if line.startswith("kith daemon ready"):
+                    break
+            # The rest of its output is read (and dropped) so that it never blocks on a full pipe.
+            threading.Thread(target=lambda s=d.stdout: [None for _ in s], daemon=True).start()
+        for a, b in [("alice", "bob"), ("bob", "alice")]:
+            card = json.loads(k(b, "--json", "card"))["card"]
+            k(a, "add", card, "--name", b)
+        rec = os.path.join(work, "kith-soundcards.wav")
+        recorder = pulse.record(rec)
+        secs = len(read_wav(probe)[0]) / RATE + 6
+        caller = subprocess.Popen([kith, "--home", homes["alice"], "call", "bob", "--input-device", "mic.monitor",
+                                   "--output-device", "drain", "--duration", str(secs)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        answered = None
+        for _ in range(200):
+            a = subprocess.Popen([kith, "--home", homes["bob"], "answer", "--input-device", "quiet.monitor",
+                                  "--output-device", "spk"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                a.wait(1)
+            except subprocess.TimeoutExpired:
+                answered = a  # it stays for the call: answered
+                break
+            time.sleep(0.05)
+        if answered is None:
+            raise RuntimeError("bob never saw the call ring")
+        time.sleep(3)  # the sound cards open beside the call
+        pulse.play_probe(probe)
+        caller.wait(secs + 30)
+        answered.wait(30)
+        stop_recording(recorder)
+        return rec
+    finally:
+        for d in procs:
+            d.terminate()
+            d.wait(10)
+
+
+BARESIP_PULSE_CONFIG = BARESIP_CONFIG.replace("audio_player aubridge,{name}", "audio_player alsa,pulse") \
+    .replace("audio_source {src}", "audio_source alsa,pulse").replace("audio_alert aubridge,{name}", "audio_alert alsa,pulse") \
+    .replace("module aufile.so\nmodule aubridge.so\nmodule sndfile.so", "module alsa.so")
+
+
+def baresip_soundcard_inner(material_dir, out):
+    """Inside `unshare --net` (loopback only): a baresip call through the same virtual sound cards, the
+    ALSA module through ALSA's PulseAudio plugin, each user agent pointed at its cards by PULSE_SOURCE and
+    PULSE_SINK."""
+    run(["ip", "link", "set", "lo", "up"])
+    work = os.path.join(out, "soundcards")
+    pulse = Pulse(work)
+    probe = os.path.join(material_dir, "probe48.wav")
+    try:
+        rec = os.path.join(work, "baresip-soundcards.wav")
+        ua = {}
+        for name, base, source, sink, account in [
+                ("bob", 30040, "quiet.monitor", "spk", "<sip:bob@127.0.0.1>;regint=0;answermode=auto"),
+                ("alice", 30000, "mic.monitor", "drain", "<sip:alice@127.0.0.1>;regint=0")]:
+            d = os.path.join(work, "baresip_" + name)
+            os.makedirs(d, exist_ok=True)
+            modules = next(m for m in ["/usr/lib/baresip/modules", "/usr/local/lib/baresip/modules"]
+                           if os.path.exists(os.path.join(m, "opus.so")))
+            with open(os.path.join(d, "config"), "w") as f:
+                f.write(BARESIP_PULSE_CONFIG.format(sip=base, rtp=base + 10, rtp1=base + 11, modules=modules,
+                                                    ctrl=base + 2, rec=d))
+            with open(os.path.join(d, "accounts"), "w") as f:
+                f.write(account + "\n")
+            open(os.path.join(d, "contacts"), "w").close()
+            env = dict(pulse.env, PULSE_SOURCE=source, PULSE_SINK=sink)
+            p = subprocess.Popen(["baresip", "-f", d], env=env, stdout=open(os.path.join(d, "log.txt"), "w"),
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            ua[name] = (p, Ctrl(base + 2))
+        recorder = pulse.record(rec)
+        ua["alice"][1].send("dial", "sip:bob@127.0.0.1:30040")
+        ok = ua["bob"][1].wait("CALL_ESTABLISHED", 20)
+        time.sleep(3)
+        pulse.play_probe(probe)
+        time.sleep(1)
+        ua["alice"][1].send("hangup")
+        time.sleep(0.5)
+        stop_recording(recorder)
+        for p, c in ua.values():
+            try:
+                c.send("quit")
+            except OSError:
+                pass
+            try:
+                p.wait(3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        with open(os.path.join(out, "soundcards-baresip.json"), "w") as f:
+            json.dump({"recording": rec if ok else None}, f)
+    finally:
+        pulse.close()
+
+
+def soundcards(kith, material_dir, out):
+    """Mouth-to-ear through sound cards, kith and baresip on the same virtual cards; writes
+    OUT/soundcards.json."""
+    if shutil.which("pulseaudio") is None:
+        return "pulseaudio is not installed (scripts/bench-calls.sh installs it)"
+    probe = os.path.join(material_dir, "probe48.wav")
+    work = os.path.join(out, "soundcards")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    result = {"kith": None, "baresip": None, "baresip_skipped": None, "harness_check_60ms": None}
+    pulse = Pulse(work)
+    try:
+        # The harness itself: a PulseAudio loopback of 60 ms from the microphone to the loudspeaker in
+        # place of a call must read 60 ms.
+        stand_in = pulse.pactl("load-module", "module-loopback", "source=mic.monitor", "sink=spk",
+                               "latency_msec=60")
+        time.sleep(1)
+        rec = os.path.join(work, "harness-check.wav")
+        recorder = pulse.record(rec)
+        time.sleep(1)
+        pulse.play_probe(probe)
+        time.sleep(1)
+        stop_recording(recorder)
+        pulse.pactl("unload-module", stand_in)
+        result["harness_check_60ms"] = soundcard_latency(probe, rec)
+        print(f"sound-card harness, a 60 ms loopback: {result['harness_check_60ms']}", file=sys.stderr)
+        rec = kith_soundcard_call(kith, work, pulse, probe)
+        result["kith"] = soundcard_latency(probe, rec)
+    finally:
+        pulse.close()
+    print(f"kith through sound cards: {result['kith']}", file=sys.stderr)
+    if shutil.which("baresip") is None:
+        result["baresip_skipped"] = "baresip is not installed"
+    elif os.geteuid() != 0:
+        result["baresip_skipped"] = "not root (baresip runs in its own network namespace)"
+    else:
+        r = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "baresip-soundcards",
+                            "--material", material_dir, "--out", out])
+        path = os.path.join(out, "soundcards-baresip.json")
+        if r.returncode == 0 and os.path.exists(path) and json.load(open(path))["recording"]:
+            result["baresip"] = soundcard_latency(probe, json.load(open(path))["recording"])
+        else:
+            result["baresip_skipped"] = f"the baresip sound-card call failed (exit {r.returncode})"
+        print(f"baresip through sound cards: {result['baresip']}", file=sys.stderr)
+    with open(os.path.join(out, "soundcards.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return None
+
+
 # ---------------------------------------------------------------- report
 
 def mean(xs):
@@ -562,6 +820,22 @@ def score(material_dir, out, baresip_skipped, lossy):
                          f"jitter buffer {es['jitter_buffer_ms']:.1f} ms, measured jitter {es['jitter_ms']:.1f} ms")
         else:
             lines.append(f"  {r['condition']:<12} no chirp found")
+    sc_path = os.path.join(out, "soundcards.json")
+    if os.path.exists(sc_path):
+        sc = json.load(open(sc_path))
+        result["soundcards"] = sc
+        lines.append("")
+        lines.append("Mouth-to-ear through sound cards (PulseAudio null sinks; one stereo recording of the caller's "
+                     "microphone and the callee's loudspeaker)")
+        for who in ["kith", "baresip", "harness_check_60ms"]:
+            lat = sc.get(who)
+            label = "harness (60 ms loopback)" if who.startswith("harness") else who
+            if lat:
+                lines.append(f"  {label:<24} median {lat['median_ms']:.1f} ms (min {lat['min_ms']:.1f}, max "
+                             f"{lat['max_ms']:.1f}; {lat['found']}/{lat['expected']} chirps)")
+            else:
+                why = sc.get("baresip_skipped") if who == "baresip" else None
+                lines.append(f"  {label:<24} {'skipped: ' + why if why else 'no chirp found'}")
     lines.append("")
     lines.append("Call set-up, dial to first audio at the callee (ms)")
     for cond in ["warm", "cold"]:
@@ -606,7 +880,8 @@ def score(material_dir, out, baresip_skipped, lossy):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["all", "material", "kith", "baresip", "baresip-inner", "score"])
+    ap.add_argument("step", choices=["all", "material", "kith", "baresip", "baresip-inner", "soundcards",
+                                     "baresip-soundcards", "score"])
     ap.add_argument("--material", default=os.path.join(ROOT, "target/bench/calls/material"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench/calls"))
     ap.add_argument("--kith", default=os.path.join(ROOT, "target/release/kith"))
@@ -617,6 +892,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     if a.step == "baresip-inner":
         return baresip_inner(a.material, a.out)
+    if a.step == "baresip-soundcards":
+        return baresip_soundcard_inner(a.material, a.out)
     if a.step in ("all", "material"):
         material(a.material)
     if a.step in ("all", "kith"):
@@ -627,6 +904,10 @@ def main():
         skipped = baresip_outer(a.material, a.out)
         if skipped:
             print(f"baresip: skipped ({skipped})", file=sys.stderr)
+    if a.step in ("all", "soundcards"):
+        why = soundcards(a.kith, a.material, a.out)
+        if why:
+            print(f"sound cards: skipped ({why})", file=sys.stderr)
     if a.step in ("all", "score"):
         score(a.material, a.out, skipped, a.lossy)
 
