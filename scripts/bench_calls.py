@@ -557,31 +557,61 @@ def stop_recording(proc):
     proc.wait(10)
 
 
+def matched(x, chirp):
+    """Normalised matched-filter response of `x` to `chirp` at every offset (|.|: polarity is unheard)."""
+    from scipy.signal import fftconvolve
+    c = np.abs(fftconvolve(x, chirp[::-1], mode="valid"))
+    sq = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    energy = np.sqrt(np.maximum(sq[len(chirp):] - sq[:-len(chirp)], 0)) * np.linalg.norm(chirp)
+    return c / (energy + 1e-9)
+
+
+def refine(m, k):
+    """Parabolic interpolation of a peak of `m` at `k`."""
+    if 0 < k < len(m) - 1:
+        a, b, c = m[k - 1], m[k], m[k + 1]
+        den = a - 2 * b + c
+        if den != 0:
+            return k + 0.5 * (a - c) / den
+    return float(k)
+
+
 def soundcard_latency(probe, rec):
-    """Mouth-to-ear per chirp from one stereo recording: where each chirp is on the left (as played into
-    the caller's microphone) and on the right (the callee's loudspeaker)."""
-    onsets = json.load(open(os.path.splitext(probe)[0] + ".json"))["onsets"]
+    """Mouth-to-ear per chirp from one stereo recording: each chirp as it reached the caller's microphone
+    (left), found by its matched filter anywhere in the recording, and the same chirp on the callee's
+    loudspeaker (right) within the 450 ms after it (chirps are at least 450 ms apart, so the window holds
+    exactly one). Found one by one, so a sound server that stretches the probe's timeline (an underrun
+    under load) cannot misplace the rest."""
+    chirp = make_chirp()
+    expected = len(json.load(open(os.path.splitext(probe)[0] + ".json"))["onsets"])
     left, _ = read_wav(rec, 0)
     right, _ = read_wav(rec, 1)
-    # Where the probe starts in each channel, from the energy envelopes at 1 ms (the loopbacks resample
-    # adaptively, so the waveform's phase drifts and a whole-probe waveform correlation can peak anywhere);
-    # then each chirp is matched within 150 ms of there.
-    def envelope(x):
-        e = np.sqrt(np.convolve(x ** 2, np.ones(480) / 480, mode="same")[::48])
-        return e - e.mean()
-    ep = envelope(read_wav(probe)[0])
-    found = []
-    for x in (left, right):
-        ex = envelope(x)
-        start = align(ep, ex, len(ex) - 1) * 48
-        found.append({o: (pos, m) for o, pos, m in chirp_positions(probe, x, onsets, coarse=start)})
-    sent, heard = found
-    lat = sorted((heard[o][0] - sent[o][0]) / RATE * 1000 for o in onsets
-                 if o in sent and o in heard and sent[o][1] >= 0.5 and heard[o][1] >= 0.5)
+    ml = matched(left, chirp)
+    sent = []
+    order = np.argsort(-ml)
+    taken = np.zeros(len(ml), dtype=bool)
+    for k in order:
+        if ml[k] < 0.5 or len(sent) >= expected:
+            break
+        if taken[k]:
+            continue
+        sent.append(refine(ml, int(k)))
+        taken[max(0, k - int(0.3 * RATE)): k + int(0.3 * RATE)] = True
+    lat = []
+    for s in sorted(sent):
+        lo = int(s)
+        seg = right[lo: lo + int(0.45 * RATE) + len(chirp)]
+        if len(seg) <= len(chirp):
+            continue
+        mr = matched(seg, chirp)
+        k = int(np.argmax(mr))
+        if mr[k] >= 0.5:
+            lat.append((lo + refine(mr, k) - s) / RATE * 1000)
     if not lat:
         return None
+    lat.sort()
     return {"median_ms": round(float(np.median(lat)), 2), "min_ms": round(float(lat[0]), 2),
-            "max_ms": round(float(lat[-1]), 2), "found": len(lat), "expected": len(onsets)}
+            "max_ms": round(float(lat[-1]), 2), "found": len(lat), "expected": expected}
 
 
 def kith_soundcard_call(kith, work, pulse, probe):
@@ -615,13 +645,15 @@ def kith_soundcard_call(kith, work, pulse, probe):
         recorder = pulse.record(rec)
         secs = len(read_wav(probe)[0]) / RATE + 6
         caller = subprocess.Popen([kith, "--home", homes["alice"], "call", "bob", "--input-device", "mic.monitor",
-                                   "--output-device", "drain", "--duration", str(secs)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   "--output-device", "drain", "--duration", str(secs), "--json"], env=env,
+                                  stdout=open(os.path.join(work, "kith-caller.json"), "w"),
+                                  stderr=subprocess.DEVNULL)
         answered = None
         for _ in range(200):
             a = subprocess.Popen([kith, "--home", homes["bob"], "answer", "--input-device", "quiet.monitor",
-                                  "--output-device", "spk"], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+                                  "--output-device", "spk", "--json"], env=env,
+                                 stdout=open(os.path.join(work, "kith-callee.json"), "w"),
+                                 stderr=subprocess.DEVNULL)
             try:
                 a.wait(1)
             except subprocess.TimeoutExpired:

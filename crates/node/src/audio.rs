@@ -333,6 +333,7 @@ impl Queue {
             out.fill(0);
             return;
         };
+        i.chunk = i.chunk.max(out.len());
         for s in out.iter_mut() {
             *s = i.q.pop_front().unwrap_or(0);
         }
@@ -340,6 +341,22 @@ impl Queue {
 
     pub fn put(&self, samples: &[i16]) {
         self.push(samples.iter().copied());
+    }
+
+    /// Playback side: puts one frame of the media clock for the device to take on its own clock, in
+    /// pieces of its own size. The queue needs to hold no more than the device's largest piece and a frame;
+    /// more than two frames beyond that (a device that started late, or pulls slower than the call plays)
+    /// is delay kept for the rest of the call, so the oldest audio beyond the working level is dropped.
+    pub fn put_frame(&self, frame: &[i16]) {
+        self.push(frame.iter().copied());
+        let Ok(mut i) = self.0.lock() else { return };
+        let level = i.chunk + frame.len();
+        if i.q.len() > level + 2 * frame.len() {
+            let surplus = i.q.len() - level;
+            tracing::debug!(surplus, "playback behind the media clock: dropped");
+            i.q.drain(..surplus);
+            i.dropped += surplus as u64;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -621,6 +638,37 @@ mod tests {
                 "phase {phase}: a gap or a silent frame once primed"
             );
         }
+    }
+
+    #[test]
+    fn playback_keeps_no_backlog() {
+        // The device starts 200 ms into the call (frames pile up meanwhile), then pulls 10 ms pieces on
+        // time: what waits in the queue comes down to its working level and stays there.
+        let q = Queue::default();
+        let mut next = 0i16;
+        let mut frame = vec![0i16; 960];
+        let mut piece = vec![0i16; 480];
+        let mut played = vec![];
+        let mut levels = vec![];
+        for t in 0..2000 {
+            if t % 20 == 0 {
+                for s in frame.iter_mut() {
+                    next = next.wrapping_add(1);
+                    *s = next;
+                }
+                q.put_frame(&frame);
+            }
+            if t >= 200 && t % 10 == 5 {
+                q.take(&mut piece);
+                played.extend_from_slice(&piece);
+                levels.push(q.len());
+            }
+        }
+        assert!(q.glitches().dropped_ms > 0.0, "the backlog went");
+        // Once settled: at most the piece and a frame wait (30 ms), and what plays is in order.
+        assert!(levels[20..].iter().all(|l| *l <= 480 + 960), "{levels:?}");
+        let tail = &played[48_000..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
     }
 
     #[test]

@@ -518,7 +518,7 @@ pub fn start(
                         play.reset_at(at + frame_dur - d);
                     }
                     if let Some(q) = &playback {
-                        q.put(&out);
+                        q.put_frame(&out);
                     }
                     if let Some(w) = writer.as_mut() {
                         if w.len() == 0
