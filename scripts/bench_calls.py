@@ -894,6 +894,12 @@ def score(material_dir, out, baresip_skipped, lossy):
         u = {side: {k: mean([r[side][k] for r in rs if r.get(side)]) for k in
                     ["cpu_pct_of_one_core", "rss_kib", "peak_rss_kib"]} for side in ["caller_usage", "callee_usage"]}
         result["usage"][who] = u
+        steady = {side: mean([r[side].get("steady_cpu_pct_of_one_core") for r in rs if r.get(side)])
+                  for side in ["caller_usage", "callee_usage"]}
+        if steady["caller_usage"] is not None:
+            u["steady"] = steady
+            lines.append(f"  {who:<8} steady state (2 s after the dial to 1 s before the end): caller "
+                         f"{fmt(steady['caller_usage'])} %, callee {fmt(steady['callee_usage'])} %")
         lines.append(f"  {who:<8} caller {fmt(u['caller_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
                      f"{fmt(u['caller_usage']['rss_kib'] / 1024, '.1f')} MiB; callee "
                      f"{fmt(u['callee_usage']['cpu_pct_of_one_core'])} % CPU, RSS "

@@ -89,21 +89,38 @@ impl Pair {
         let wb = self.b.watcher().await?;
         let (pa, pb) = (self.a.pid().context("pid")?, self.b.pid().context("pid")?);
         let (ua0, ub0) = (usage(pa), usage(pb));
-        let c = call_and_answer(
-            (&self.a, &wa),
-            (&self.b, &wb),
-            "bob",
-            json!({ "input": input, "duration_secs": secs, "output_device": "none" }),
-            json!({ "input": "null", "record_wav": rec }),
-            Duration::from_secs(secs as u64 + 60),
-        )
-        .await?;
+        // Also the steady state: from 2 s after the dial to 1 s before the hang-up, without the set-up
+        // and tear-down (signalling, opening and closing the recording, the call log).
+        let steady = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let t0 = std::time::Instant::now();
+            let u0 = (usage(pa), usage(pb));
+            tokio::time::sleep(Duration::from_secs_f64((secs - 3.0).max(1.0))).await;
+            let u1 = (usage(pa), usage(pb));
+            (t0.elapsed().as_secs_f64(), u0, u1)
+        };
+        let (c, (steady_secs, s0, s1)) = tokio::join!(
+            call_and_answer(
+                (&self.a, &wa),
+                (&self.b, &wb),
+                "bob",
+                json!({ "input": input, "duration_secs": secs, "output_device": "none" }),
+                json!({ "input": "null", "record_wav": rec }),
+                Duration::from_secs(secs as u64 + 60),
+            ),
+            steady
+        );
+        let c = c?;
         let (ua1, ub1) = (usage(pa), usage(pb));
         let (ea, eb) = (&c.caller_end, &c.callee_end);
         let talked = ea["talked_secs"].as_f64().unwrap_or(secs);
-        let cpu = |u0: Option<(f64, u64, u64)>, u1: Option<(f64, u64, u64)>| match (u0, u1) {
+        let cpu = |u0: Option<(f64, u64, u64)>,
+                   u1: Option<(f64, u64, u64)>,
+                   m0: Option<(f64, u64, u64)>,
+                   m1: Option<(f64, u64, u64)>| match (u0, u1) {
             (Some(a), Some(b)) => json!({
                 "cpu_pct_of_one_core": (b.0 - a.0) / talked * 100.0,
+                "steady_cpu_pct_of_one_core": m0.zip(m1).map(|(x, y)| (y.0 - x.0) / steady_secs * 100.0),
                 "rss_kib": b.1,
                 "peak_rss_kib": b.2,
             }),
@@ -116,8 +133,8 @@ impl Pair {
             "incoming_unix_us": c.incoming_unix_us,
             "caller_stats": ea["stats"],
             "callee_stats": eb["stats"],
-            "caller_usage": cpu(ua0, ua1),
-            "callee_usage": cpu(ub0, ub1),
+            "caller_usage": cpu(ua0, ua1, s0.0, s1.0),
+            "callee_usage": cpu(ub0, ub1, s0.1, s1.1),
             "recording": rec,
         }))
     }
