@@ -1629,6 +1629,7 @@ impl Node {
             }
             offline
         };
+        self.connection_closed(&account);
         if offline {
             lock(&self.state).calls.peer_lost(account, Instant::now());
             self.process_calls();

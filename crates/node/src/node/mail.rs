@@ -42,6 +42,10 @@ const FALLBACK_ROTATED: &str = "olm_fallback_rotated_ms";
 const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a mailbox's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A fetch whose request got no answer is asked again this many times, this long apart, while we are
+/// connected to the mailbox.
+const FETCH_RETRIES: u32 = 3;
+const FETCH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Backoff after a failed deposit: first, and most.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -493,6 +497,21 @@ impl Node {
         answer.ok().and_then(Result::ok)
     }
 
+    /// Whether a connection to `peer` stands.
+    fn connected_to(&self, peer: &AccountKey) -> bool {
+        lock(&self.state)
+            .peers
+            .get(peer)
+            .is_some_and(|p| !p.conns.is_empty())
+    }
+
+    /// A connection to `peer` closed: the mailbox requests waiting for its answers get none (an answer can
+    /// only come back on the connection the request went out on), so their callers go on at once instead
+    /// of after [`ANSWER_TIMEOUT`].
+    pub(super) fn connection_closed(&self, peer: &AccountKey) {
+        lock(&self.mail.pending).retain(|_, (m, _)| m != peer);
+    }
+
     /// An answer (or an announcement) from a mailbox over its connection to us.
     pub(super) fn on_mailbox_response(
         self: &Arc<Self>,
@@ -568,13 +587,23 @@ impl Node {
 
     async fn fetch_all(self: &Arc<Self>, mailbox: AccountKey) {
         let mut after = 0;
+        let mut retries = 0;
         loop {
             let answer = self
                 .mailbox_call(mailbox, Request::Fetch { after, max: 64 })
                 .await;
             let Some(Response::Items { items, more }) = answer else {
-                if let Some(a) = answer {
-                    tracing::info!(answer = ?a, "our mailbox did not hand out mail");
+                match answer {
+                    Some(a) => tracing::info!(answer = ?a, "our mailbox did not hand out mail"),
+                    // No answer: the connection the request went on closed (both sides dialled at once and
+                    // one connection gave way, say). Ask again while another one stands.
+                    None if retries < FETCH_RETRIES && self.connected_to(&mailbox) => {
+                        retries += 1;
+                        tracing::info!(retries, "no answer from our mailbox: asking again");
+                        tokio::time::sleep(FETCH_RETRY_AFTER).await;
+                        continue;
+                    }
+                    None => tracing::info!("no answer from our mailbox"),
                 }
                 return;
             };
