@@ -68,6 +68,18 @@ fn simulate_red(
     }
 }
 
+/// Nothing but packets (and the wait at the start) until the last packet played: the simulation ticks on
+/// for a second after the stream, and concealing then is right.
+fn nothing_concealed_in_the_stream(r: &Run) -> bool {
+    let last = r
+        .outputs
+        .iter()
+        .rposition(|o| matches!(o, Playout::Packet { .. }));
+    r.outputs[..last.unwrap_or(0)]
+        .iter()
+        .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait))
+}
+
 fn played(r: &Run) -> Vec<u64> {
     r.outputs
         .iter()
@@ -90,14 +102,7 @@ fn a_steady_network_plays_everything_with_the_least_delay() {
     all.dedup();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "in order");
     assert_eq!((s.fec, s.late, s.stalls), (0, 0, 0), "{s:?}");
-    // Nothing concealed until the packets end (the simulation plays a second past the last one).
-    let last = r.outputs.iter().rposition(|o| matches!(o, Playout::Packet { .. }));
-    assert!(
-        r.outputs[..last.unwrap_or(0)]
-            .iter()
-            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
-        "{s:?}"
-    );
+    assert!(nothing_concealed_in_the_stream(&r), "{s:?}");
     assert!(s.target_ms <= 20.0, "{s:?}");
     // And the delay is down to what the path needs.
     assert!(s.delay_ms <= 25.0, "{s:?}");
@@ -377,15 +382,8 @@ fn a_recorded_trace_plays_whole_with_the_delay_its_jitter_needs() {
     // (the simulation ticks on for a second after the last packet).
     assert_eq!(played(&r), (0..1500).collect::<Vec<_>>());
     assert_eq!((s.late, s.fec, s.stalls, s.dropped), (0, 0, 0, 0), "{s:?}");
-    let last = r
-        .outputs
-        .iter()
-        .rposition(|o| matches!(o, Playout::Packet { .. }))
-        .unwrap();
     assert!(
-        r.outputs[..last]
-            .iter()
-            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
+        nothing_concealed_in_the_stream(&r),
         "concealment during the stream"
     );
     // The buffer sits at what that jitter needs (p95 + 5 ms margin, in whole 20 ms frames: one frame),
@@ -459,11 +457,5 @@ fn a_loss_in_the_first_second_comes_back_whole_without_a_stall() {
     let s = r.jb.stats();
     assert_eq!(s.red, 2, "both frames from their copies: {s:?}");
     assert_eq!(s.stalls, 0, "{s:?}");
-    let last = r.outputs.iter().rposition(|o| matches!(o, Playout::Packet { .. }));
-    assert!(
-        r.outputs[..last.unwrap_or(0)]
-            .iter()
-            .all(|o| matches!(o, Playout::Packet { .. } | Playout::Wait)),
-        "{s:?}"
-    );
+    assert!(nothing_concealed_in_the_stream(&r), "{s:?}");
 }
