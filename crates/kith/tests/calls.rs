@@ -342,7 +342,8 @@ async fn a_call_survives_twenty_percent_loss() {
         after < before / 3.0,
         "FEC and copies rebuilt most of it: {s}"
     );
-    assert!(s["fec_frames"].as_u64().unwrap() > 0, "{s}");
+    // From the first frame on, every datagram carries a copy of the frame before (in-band FEC stays off:
+    // it would only duplicate the copy), so lost frames come back whole; two losses in a row are concealed.
     assert!(s["red_frames"].as_u64().unwrap() > 20, "{s}");
     assert!(s["concealed_frames"].as_u64().unwrap() > 0, "{s}");
     // Alice's encoder heard about it: copies on, LBRR (which would only duplicate them) off, and a loss

@@ -114,9 +114,9 @@ pub struct JitterStats {
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    /// Frames waiting to be played: payload, and whether it is a redundant copy (its own packet was lost
-    /// or is late).
-    packets: BTreeMap<u64, (Vec<u8>, bool)>,
+    /// Frames waiting to be played: payload, whether it is a redundant copy (its own packet was lost or is
+    /// late), and whether it carries in-band FEC for the frame before it.
+    packets: BTreeMap<u64, (Vec<u8>, bool, bool)>,
     /// The next sequence number to play (None before playout starts).
     next: Option<u64>,
     /// When the first packet arrived (playout starts `target` later).
@@ -214,8 +214,15 @@ impl JitterBuffer {
         Duration::from_secs_f64(self.last_lag.max(0.0))
     }
 
-    /// A packet with sequence number `seq` (one frame each, consecutive) arrived at `now`.
+    /// A packet with sequence number `seq` (one frame each, consecutive) arrived at `now`, carrying in-band
+    /// FEC for the frame before it.
     pub fn push(&mut self, seq: u64, payload: Vec<u8>, now: Instant) {
+        self.push_packet(seq, payload, true, now);
+    }
+
+    /// As [`Self::push`], saying whether the packet carries in-band FEC (LBRR) for the frame before it: a
+    /// missing frame is rebuilt from the next packet only if it does (else it is concealed, and counted so).
+    pub fn push_packet(&mut self, seq: u64, payload: Vec<u8>, has_fec: bool, now: Instant) {
         if let Some(next) = self.next
             && seq < next
         {
@@ -224,14 +231,19 @@ impl JitterBuffer {
             return;
         }
         match self.packets.get_mut(&seq) {
-            Some((_, false)) => {
+            Some((_, false, _)) => {
                 self.stats.duplicates += 1;
                 return;
             }
-            // The packet itself, after a copy of it came: the same frame, now from its own packet.
-            Some((_, red)) => *red = false,
+            // The packet itself, after a copy of it came: the same frame, now from its own packet (with
+            // whatever FEC it carries for the frame before).
+            Some((p, red, fec)) => {
+                *p = payload;
+                *red = false;
+                *fec = has_fec;
+            }
             None => {
-                self.packets.insert(seq, (payload, false));
+                self.packets.insert(seq, (payload, false, has_fec));
                 self.bound();
             }
         }
@@ -248,7 +260,7 @@ impl JitterBuffer {
         if self.next.is_some_and(|n| seq < n) || self.packets.contains_key(&seq) {
             return;
         }
-        self.packets.insert(seq, (payload, true));
+        self.packets.insert(seq, (payload, true, false));
         self.bound();
     }
 
@@ -425,7 +437,7 @@ impl JitterBuffer {
         } else {
             self.over_target_ticks = 0;
         }
-        if let Some((payload, red)) = self.packets.remove(&next) {
+        if let Some((payload, red, _)) = self.packets.remove(&next) {
             self.next = Some(next + 1);
             self.stats.played += 1;
             if red {
@@ -434,9 +446,10 @@ impl JitterBuffer {
             return Playout::Packet { seq: next, payload };
         }
         // Missing at its time: lost, or later than the jitter allows. Rebuild it from the next packet's FEC
-        // if that one is here, else conceal it.
+        // if that one is here and carries FEC (a copy, or a packet sent while copies stood in for FEC, does
+        // not), else conceal it.
         self.next = Some(next + 1);
-        if let Some(following) = self.packets.get(&(next + 1)) {
+        if let Some(following) = self.packets.get(&(next + 1)).filter(|f| f.2) {
             self.stats.fec += 1;
             return Playout::Fec {
                 seq: next,

@@ -539,7 +539,8 @@ pub fn start(
                                 use std::io::Write;
                                 let _ = writeln!(t, "{} {}", a.seq, start.elapsed().as_micros());
                             }
-                            jb.push(u64::from(a.seq), a.payload, Instant::now());
+                            let fec = a.flags & packet::FLAG_FEC != 0;
+                            jb.push_packet(u64::from(a.seq), a.payload, fec, Instant::now());
                             for (back, copy) in a.redundant {
                                 if let Some(s) = a.seq.checked_sub(u32::from(back)) {
                                     jb.push_redundant(u64::from(s), copy);

@@ -459,3 +459,31 @@ fn a_loss_in_the_first_second_comes_back_whole_without_a_stall() {
     assert_eq!(s.stalls, 0, "{s:?}");
     assert!(nothing_concealed_in_the_stream(&r), "{s:?}");
 }
+
+#[test]
+fn a_missing_frame_is_rebuilt_only_from_a_packet_that_carries_fec() {
+    // Frame 1 is lost; frame 2's packet carries no LBRR (copies stood in for FEC then): frame 1 is
+    // concealed, and counted as concealed, not as rebuilt. With LBRR in frame 2 it is rebuilt.
+    for (has_fec, rebuilt) in [(false, false), (true, true)] {
+        let t = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
+        jb.push_packet(0, vec![0], has_fec, t);
+        jb.push_packet(2, vec![2], has_fec, t + FRAME * 2);
+        let mut outs = vec![];
+        for i in 0..6u32 {
+            outs.push(jb.pop(t + FRAME * (i + 2)));
+        }
+        let s = jb.stats();
+        let one = outs.iter().find(|o| match o {
+            Playout::Fec { seq, .. } | Playout::Conceal { seq } => *seq == 1,
+            _ => false,
+        });
+        assert_eq!(
+            matches!(one, Some(Playout::Fec { .. })),
+            rebuilt,
+            "{has_fec}: {outs:?}"
+        );
+        // (The ticks after the last packet conceal too: the stream has ended.)
+        assert_eq!(s.fec, u64::from(rebuilt), "{s:?}");
+    }
+}
