@@ -891,6 +891,8 @@ def score(material_dir, out, baresip_skipped, lossy):
         if not data:
             continue
         rs = [r for r in data["runs"] if r["kind"] == "quality" and r["condition"] == "0%"]
+        if not rs:
+            continue
         u = {side: {k: mean([r[side][k] for r in rs if r.get(side)]) for k in
                     ["cpu_pct_of_one_core", "rss_kib", "peak_rss_kib"]} for side in ["caller_usage", "callee_usage"]}
         result["usage"][who] = u
