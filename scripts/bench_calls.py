@@ -199,6 +199,25 @@ def pesq_wb(ref_path, deg_path):
             "coverage": round(coverage, 3)}
 
 
+def matched(x, chirp):
+    """Normalised matched-filter response of `x` to `chirp` at every offset (|.|: polarity is unheard)."""
+    from scipy.signal import fftconvolve
+    c = np.abs(fftconvolve(x, chirp[::-1], mode="valid"))
+    sq = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    energy = np.sqrt(np.maximum(sq[len(chirp):] - sq[:-len(chirp)], 0)) * np.linalg.norm(chirp)
+    return c / (energy + 1e-9)
+
+
+def refine(m, k):
+    """Parabolic interpolation of a peak of `m` at `k`."""
+    if 0 < k < len(m) - 1:
+        a, b, c = m[k - 1], m[k], m[k + 1]
+        den = a - 2 * b + c
+        if den != 0:
+            return k + 0.5 * (a - c) / den
+    return float(k)
+
+
 def chirp_positions(probe_path, rec, onsets, coarse=None):
     """Where each chirp of the probe is in `rec` (fractional samples), with its normalised match. `coarse`:
     where the probe starts in `rec`, if known (else found by cross-correlation within 2 s)."""
@@ -213,17 +232,9 @@ def chirp_positions(probe_path, rec, onsets, coarse=None):
         seg = rec[lo: o + coarse + w + len(chirp)]
         if len(seg) < len(chirp):
             continue
-        # |correlation|: a path may invert the polarity (baresip's through PulseAudio does), unheard.
-        c = np.abs(np.correlate(seg, chirp, mode="valid"))
-        energy = np.sqrt(np.convolve(seg ** 2, np.ones(len(chirp)), mode="valid")) * np.linalg.norm(chirp)
-        k = int(np.argmax(c))
-        match = c[k] / (energy[k] + 1e-12)
-        frac = 0.0
-        if 0 < k < len(c) - 1:
-            a, b, cc = c[k - 1], c[k], c[k + 1]
-            den = a - 2 * b + cc
-            frac = 0.5 * (a - cc) / den if den != 0 else 0.0
-        out.append((o, lo + k + frac, float(match)))
+        m = matched(seg, chirp)
+        k = int(np.argmax(m))
+        out.append((o, lo + refine(m, k), float(m[k])))
     return out
 
 
@@ -385,7 +396,8 @@ snd_path {rec}
 
 
 class Baresip:
-    def __init__(self, work, name, base, src, account):
+    def __init__(self, work, name, base, src, account, config=None, env=None):
+        """`config`: the config template (BARESIP_CONFIG by default); `env`: the process environment."""
         self.dir = os.path.join(work, name)
         self.rec = os.path.join(self.dir, "rec")
         os.makedirs(self.rec, exist_ok=True)
@@ -393,14 +405,14 @@ class Baresip:
         modules = next(d for d in ["/usr/lib/baresip/modules", "/usr/local/lib/baresip/modules"]
                        if os.path.exists(os.path.join(d, "opus.so")))
         with open(os.path.join(self.dir, "config"), "w") as f:
-            f.write(BARESIP_CONFIG.format(sip=base, rtp=self.rtp, rtp1=self.rtp + 1, src=src, modules=modules, name=name,
-                                          ctrl=self.ctrl_port, rec=self.rec))
+            f.write((config or BARESIP_CONFIG).format(sip=base, rtp=self.rtp, rtp1=self.rtp + 1, src=src,
+                                                      modules=modules, name=name, ctrl=self.ctrl_port, rec=self.rec))
         with open(os.path.join(self.dir, "accounts"), "w") as f:
             f.write(account + "\n")
         open(os.path.join(self.dir, "contacts"), "w").close()
         self.log = open(os.path.join(self.dir, "log.txt"), "w")
         self.proc = subprocess.Popen(["baresip", "-f", self.dir], stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         self.ctrl = Ctrl(self.ctrl_port)
 
     def close(self):
@@ -557,25 +569,6 @@ def stop_recording(proc):
     proc.wait(10)
 
 
-def matched(x, chirp):
-    """Normalised matched-filter response of `x` to `chirp` at every offset (|.|: polarity is unheard)."""
-    from scipy.signal import fftconvolve
-    c = np.abs(fftconvolve(x, chirp[::-1], mode="valid"))
-    sq = np.concatenate([[0.0], np.cumsum(x ** 2)])
-    energy = np.sqrt(np.maximum(sq[len(chirp):] - sq[:-len(chirp)], 0)) * np.linalg.norm(chirp)
-    return c / (energy + 1e-9)
-
-
-def refine(m, k):
-    """Parabolic interpolation of a peak of `m` at `k`."""
-    if 0 < k < len(m) - 1:
-        a, b, c = m[k - 1], m[k], m[k + 1]
-        den = a - 2 * b + c
-        if den != 0:
-            return k + 0.5 * (a - c) / den
-    return float(k)
-
-
 def soundcard_latency(probe, rec):
     """Mouth-to-ear per chirp from one stereo recording: each chirp as it reached the caller's microphone
     (left), found by its matched filter anywhere in the recording, and the same chirp on the callee's
@@ -689,42 +682,22 @@ def baresip_soundcard_inner(material_dir, out):
     probe = os.path.join(material_dir, "probe48.wav")
     try:
         rec = os.path.join(work, "baresip-soundcards.wav")
-        ua = {}
-        for name, base, source, sink, account in [
-                ("bob", 30040, "quiet.monitor", "spk", "<sip:bob@127.0.0.1>;regint=0;answermode=auto"),
-                ("alice", 30000, "mic.monitor", "drain", "<sip:alice@127.0.0.1>;regint=0")]:
-            d = os.path.join(work, "baresip_" + name)
-            os.makedirs(d, exist_ok=True)
-            modules = next(m for m in ["/usr/lib/baresip/modules", "/usr/local/lib/baresip/modules"]
-                           if os.path.exists(os.path.join(m, "opus.so")))
-            with open(os.path.join(d, "config"), "w") as f:
-                f.write(BARESIP_PULSE_CONFIG.format(sip=base, rtp=base + 10, rtp1=base + 11, modules=modules,
-                                                    ctrl=base + 2, rec=d))
-            with open(os.path.join(d, "accounts"), "w") as f:
-                f.write(account + "\n")
-            open(os.path.join(d, "contacts"), "w").close()
-            env = dict(pulse.env, PULSE_SOURCE=source, PULSE_SINK=sink)
-            p = subprocess.Popen(["baresip", "-f", d], env=env, stdout=open(os.path.join(d, "log.txt"), "w"),
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            ua[name] = (p, Ctrl(base + 2))
+        ua = {name: Baresip(work, "baresip_" + name, base, None, account, config=BARESIP_PULSE_CONFIG,
+                            env=dict(pulse.env, PULSE_SOURCE=source, PULSE_SINK=sink))
+              for name, base, source, sink, account in [
+                  ("bob", 30040, "quiet.monitor", "spk", "<sip:bob@127.0.0.1>;regint=0;answermode=auto"),
+                  ("alice", 30000, "mic.monitor", "drain", "<sip:alice@127.0.0.1>;regint=0")]}
         recorder = pulse.record(rec)
-        ua["alice"][1].send("dial", "sip:bob@127.0.0.1:30040")
-        ok = ua["bob"][1].wait("CALL_ESTABLISHED", 20)
-        time.sleep(3)
+        ua["alice"].ctrl.send("dial", f"sip:bob@127.0.0.1:{ua['bob'].sip}")
+        ok = ua["bob"].ctrl.wait("CALL_ESTABLISHED", 20)
+        time.sleep(3)  # the sound cards open
         pulse.play_probe(probe)
-        time.sleep(1)
-        ua["alice"][1].send("hangup")
+        time.sleep(1)  # the last chirp reaches the loudspeaker
+        ua["alice"].ctrl.send("hangup")
         time.sleep(0.5)
         stop_recording(recorder)
-        for p, c in ua.values():
-            try:
-                c.send("quit")
-            except OSError:
-                pass
-            try:
-                p.wait(3)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for u in ua.values():
+            u.close()
         with open(os.path.join(out, "soundcards-baresip.json"), "w") as f:
             json.dump({"recording": rec if ok else None}, f)
     finally:

@@ -182,17 +182,20 @@ async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> an
         .client()
         .post("/v1/mailbox/use", serde_json::json!({ "name": "carol" }))
         .await?;
-    // Contacts online hear of it at once, the others when they next connect; bob reads it in his view.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Contacts online hear of it at once, the others when they next connect; bob reads it in his view
+    // (looked at again whenever his daemon says a contact's mail info came; the stream was open first).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        let seen = wb.count("mail_info");
         let v = bob.client().get("/v1/mailbox").await?;
         if v["contacts_mailboxes"]["alice"] == 1 {
             break;
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
             anyhow::bail!("bob did not learn alice's mailbox: {v}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wb.wait_for(left, |w| w.count("mail_info") > seen).await;
     }
     alice.stop().await;
     let t = Instant::now();
@@ -224,8 +227,11 @@ async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> an
     bob.stop().await;
     let t = Instant::now();
     alice.start().await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Alice's chat is looked at again whenever her daemon reports a message (the stream is open first).
+    let wa = alice.watcher().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
+        let seen = wa.count("message");
         let chat = alice.client().get("/v1/chat/bob?limit=100000").await?;
         let got: Vec<String> = chat
             .as_array()
@@ -241,10 +247,11 @@ async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> an
             }
             break;
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
             anyhow::bail!("alice shows {} of bob's {N} messages", got.len());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wa.wait_for(left, |w| w.count("message") > seen).await;
     }
     println!(
         "  bob went offline too; alice came back and showed all {N} from her mailbox {:.0} ms after starting, in order, once",

@@ -348,10 +348,10 @@ impl Queue {
     /// more than two frames beyond that (a device that started late, or pulls slower than the call plays)
     /// is delay kept for the rest of the call, so the oldest audio beyond the working level is dropped.
     pub fn put_frame(&self, frame: &[i16]) {
-        self.push(frame.iter().copied());
         let Ok(mut i) = self.0.lock() else { return };
-        let level = i.chunk + frame.len();
-        if i.q.len() > level + 2 * frame.len() {
+        i.q.extend(frame.iter().copied());
+        let level = (i.chunk + frame.len()).min(MAX_QUEUE);
+        if i.q.len() > level + 2 * frame.len() || i.q.len() > MAX_QUEUE {
             let surplus = i.q.len() - level;
             tracing::debug!(surplus, "playback behind the media clock: dropped");
             i.q.drain(..surplus);
