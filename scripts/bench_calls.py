@@ -30,18 +30,26 @@ Steps (each also callable alone, see --help):
              loudspeaker; the probe is played into the caller's microphone, and one stereo recording holds
              that microphone (left) and the callee's loudspeaker (right), so both share one clock. kith
              through cpal's PulseAudio host, baresip through its ALSA module and ALSA's PulseAudio plugin.
-             A 60 ms PulseAudio loopback in place of a call checks the harness first.
+             A 60 ms PulseAudio loopback in place of a call checks the harness first. Each runs twice: on
+             the loopback, and with 30 +- 10 ms each way (kith through its in-process shim, baresip in two
+             network namespaces joined by a link of this script that delays every packet the same way).
 
 Needs root for the baresip part (network namespace, nftables); without it that part is skipped and said.
 """
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
+import heapq
 import json
 import math
 import os
 import random
+import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -346,6 +354,7 @@ class Ctrl:
 
 
 def usage(pid):
+    """CPU seconds, resident memory now and at peak (KiB), and context switches of all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     cpu = (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
@@ -354,12 +363,19 @@ def usage(pid):
         for line in f:
             if line.startswith(("VmRSS:", "VmHWM:")):
                 kb[line.split(":")[0]] = int(line.split()[1])
-    return cpu, kb.get("VmRSS", 0), kb.get("VmHWM", 0)
+    switches = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                switches += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+        except OSError:
+            pass
+    return cpu, kb.get("VmRSS", 0), kb.get("VmHWM", 0), switches
 
 
 BARESIP_CONFIG = """poll_method epoll
-sip_listen 127.0.0.1:{sip}
-net_interface 127.0.0.1
+sip_listen {ip}:{sip}
+net_interface {ip}
 call_local_timeout 120
 call_max_calls 4
 audio_player aubridge,{name}
@@ -396,8 +412,9 @@ snd_path {rec}
 
 
 class Baresip:
-    def __init__(self, work, name, base, src, account, config=None, env=None):
-        """`config`: the config template (BARESIP_CONFIG by default); `env`: the process environment."""
+    def __init__(self, work, name, base, src, account, config=None, env=None, netns=None, ip="127.0.0.1"):
+        """`config`: the config template (BARESIP_CONFIG by default); `env`: the process environment;
+        `netns`: a Netns to run in, where it listens on `ip`."""
         self.dir = os.path.join(work, name)
         self.rec = os.path.join(self.dir, "rec")
         os.makedirs(self.rec, exist_ok=True)
@@ -405,15 +422,20 @@ class Baresip:
         modules = next(d for d in ["/usr/lib/baresip/modules", "/usr/local/lib/baresip/modules"]
                        if os.path.exists(os.path.join(d, "opus.so")))
         with open(os.path.join(self.dir, "config"), "w") as f:
-            f.write((config or BARESIP_CONFIG).format(sip=base, rtp=self.rtp, rtp1=self.rtp + 1, src=src,
+            f.write((config or BARESIP_CONFIG).format(ip=ip, sip=base, rtp=self.rtp, rtp1=self.rtp + 1, src=src,
                                                       modules=modules, name=name, ctrl=self.ctrl_port, rec=self.rec))
         with open(os.path.join(self.dir, "accounts"), "w") as f:
             f.write(account + "\n")
         open(os.path.join(self.dir, "contacts"), "w").close()
         self.log = open(os.path.join(self.dir, "log.txt"), "w")
-        self.proc = subprocess.Popen(["baresip", "-f", self.dir], stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        self.ctrl = Ctrl(self.ctrl_port)
+        inside = ["ip", "netns", "exec", netns.name] if netns else []
+        self.proc = subprocess.Popen(inside + ["baresip", "-f", self.dir], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        if netns:
+            with netns.entered():  # its control port listens on the loopback of its own namespace
+                self.ctrl = Ctrl(self.ctrl_port)
+        else:
+            self.ctrl = Ctrl(self.ctrl_port)
 
     def close(self):
         try:
@@ -425,6 +447,98 @@ class Baresip:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Netns:
+    """A network namespace of the benchmark's own (root), removed by close()."""
+
+    CLONE_NEWNET = 0x40000000
+
+    def __init__(self, name):
+        self.name = f"{name}-{os.getpid()}"
+        run(["ip", "netns", "add", self.name])
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args):
+        run(["ip", "-n", self.name, *args])
+
+    @contextlib.contextmanager
+    def entered(self):
+        """The calling thread in this namespace (sockets made meanwhile stay in it)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        to = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if libc.setns(to, self.CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot enter network namespace {self.name}")
+            yield
+        finally:
+            libc.setns(back, self.CLONE_NEWNET)
+            os.close(back)
+            os.close(to)
+
+    def close(self):
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+class DelayLink:
+    """Two network namespaces joined by a link of this process: a TUN device in each, and a thread that
+    hands every IP packet from one to the other after 30 +- 10 ms (uniform, drawn per packet, so packets
+    may overtake each other), as kith's in-process shim does with `--impair delay=30,jitter=10`. The
+    kernel has no netem; this is its stand-in for programs whose packets kith cannot touch."""
+
+    TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+    def __init__(self, delay_ms, jitter_ms, seed=7):
+        self.delay, self.jitter = delay_ms / 1000, jitter_ms / 1000
+        self.rng = random.Random(seed)
+        self.ns, self.fds, self.addr = [], [], []
+        try:
+            for i, side in enumerate(["a", "b"]):
+                ns = Netns(f"kbench-{side}")
+                self.ns.append(ns)
+                dev = f"kb{side}{os.getpid() % 100000}"
+                fd = os.open("/dev/net/tun", os.O_RDWR)
+                self.fds.append(fd)
+                fcntl.ioctl(fd, self.TUNSETIFF, struct.pack("16sH", dev.encode(), self.IFF_TUN | self.IFF_NO_PI))
+                run(["ip", "link", "set", dev, "netns", ns.name])  # the device moves; this fd stays on it
+                addr = f"10.77.0.{i + 1}"
+                ns.ip("addr", "add", f"{addr}/24", "dev", dev)
+                ns.ip("link", "set", dev, "up")
+                self.addr.append(addr)
+        except BaseException:
+            self.close()
+            raise
+        self.stop = threading.Event()
+        self.moved = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        queue, n = [], 0
+        other = {self.fds[0]: self.fds[1], self.fds[1]: self.fds[0]}
+        while not self.stop.is_set():
+            wait = 0.05 if not queue else max(0.0, queue[0][0] - time.monotonic())
+            ready, _, _ = select.select(self.fds, [], [], min(wait, 0.05))
+            for fd in ready:
+                packet = os.read(fd, 65536)
+                due = time.monotonic() + max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter))
+                n += 1
+                heapq.heappush(queue, (due, n, other[fd], packet))
+            now = time.monotonic()
+            while queue and queue[0][0] <= now:
+                _, _, fd, packet = heapq.heappop(queue)
+                os.write(fd, packet)
+                self.moved += 1
+
+    def close(self):
+        if hasattr(self, "stop"):
+            self.stop.set()
+            self.thread.join(2)
+        for fd in self.fds:
+            os.close(fd)
+        for ns in self.ns:
+            ns.close()
 
 
 def baresip_call(work, clip_path, loss, burst, base, tag):
@@ -457,9 +571,9 @@ def baresip_call(work, clip_path, loss, burst, base, tag):
         "setup_ms": None if t_rtp is None else (t_rtp - t_dial) * 1000,
         "talked_secs": talked,
         "caller_usage": {"cpu_pct_of_one_core": (u1[0][0] - u0[0][0]) / talked * 100, "rss_kib": u1[0][1],
-                         "peak_rss_kib": u1[0][2]},
+                         "peak_rss_kib": u1[0][2], "wakeups_per_sec": (u1[0][3] - u0[0][3]) / talked},
         "callee_usage": {"cpu_pct_of_one_core": (u1[1][0] - u0[1][0]) / talked * 100, "rss_kib": u1[1][1],
-                         "peak_rss_kib": u1[1][2]},
+                         "peak_rss_kib": u1[1][2], "wakeups_per_sec": (u1[1][3] - u0[1][3]) / talked},
     }
 
 
@@ -607,8 +721,9 @@ def soundcard_latency(probe, rec):
             "max_ms": round(float(lat[-1]), 2), "found": len(lat), "expected": expected}
 
 
-def kith_soundcard_call(kith, work, pulse, probe):
-    """A kith call through the virtual sound cards: alice speaks into mic.monitor, bob plays on spk."""
+def kith_soundcard_call(kith, work, pulse, probe, impair=None):
+    """A kith call through the virtual sound cards: alice speaks into mic.monitor, bob plays on spk.
+    `impair`: both daemons' `--impair` (their media datagrams delayed, for example)."""
     env = dict(pulse.env)
     env.pop("KITH_PASSPHRASE", None)
     homes = {n: os.path.join(work, "kith", n) for n in ["alice", "bob"]}
@@ -623,7 +738,8 @@ def kith_soundcard_call(kith, work, pulse, probe):
             shutil.rmtree(homes[n], ignore_errors=True)
             k(n, "init", "--name", n)
             log = open(os.path.join(work, f"kith-{n}.log"), "w")
-            d = subprocess.Popen([kith, "--home", homes[n], "daemon", "--no-dht"], env=env,
+            d = subprocess.Popen([kith, "--home", homes[n], "daemon", "--no-dht"]
+                                 + (["--impair", impair] if impair else []), env=env,
                                  stdout=subprocess.PIPE, stderr=log, text=True)
             procs.append(d)
             for line in d.stdout:  # the daemon says when its API is up
@@ -634,7 +750,7 @@ def kith_soundcard_call(kith, work, pulse, probe):
         for a, b in [("alice", "bob"), ("bob", "alice")]:
             card = json.loads(k(b, "--json", "card"))["card"]
             k(a, "add", card, "--name", b)
-        rec = os.path.join(work, "kith-soundcards.wav")
+        rec = os.path.join(work, f"kith-soundcards{'-impaired' if impair else ''}.wav")
         recorder = pulse.record(rec)
         secs = len(read_wav(probe)[0]) / RATE + 6
         caller = subprocess.Popen([kith, "--home", homes["alice"], "call", "bob", "--input-device", "mic.monitor",
@@ -672,23 +788,28 @@ BARESIP_PULSE_CONFIG = BARESIP_CONFIG.replace("audio_player aubridge,{name}", "a
     .replace("module aufile.so\nmodule aubridge.so\nmodule sndfile.so", "module alsa.so")
 
 
-def baresip_soundcard_inner(material_dir, out):
+def baresip_soundcard_inner(material_dir, out, delayed):
     """Inside `unshare --net` (loopback only): a baresip call through the same virtual sound cards, the
     ALSA module through ALSA's PulseAudio plugin, each user agent pointed at its cards by PULSE_SOURCE and
-    PULSE_SINK."""
+    PULSE_SINK. `delayed`: each user agent in a namespace of its own, joined by a DelayLink of 30 +- 10 ms
+    each way; else both on the loopback."""
     run(["ip", "link", "set", "lo", "up"])
     work = os.path.join(out, "soundcards")
     pulse = Pulse(work)
     probe = os.path.join(material_dir, "probe48.wav")
+    link = DelayLink(30, 10) if delayed else None
     try:
-        rec = os.path.join(work, "baresip-soundcards.wav")
-        ua = {name: Baresip(work, "baresip_" + name, base, None, account, config=BARESIP_PULSE_CONFIG,
-                            env=dict(pulse.env, PULSE_SOURCE=source, PULSE_SINK=sink))
-              for name, base, source, sink, account in [
-                  ("bob", 30040, "quiet.monitor", "spk", "<sip:bob@127.0.0.1>;regint=0;answermode=auto"),
-                  ("alice", 30000, "mic.monitor", "drain", "<sip:alice@127.0.0.1>;regint=0")]}
+        rec = os.path.join(work, f"baresip-soundcards{'-impaired' if delayed else ''}.wav")
+        where = {"bob": (link.ns[1], link.addr[1]) if link else (None, "127.0.0.1"),
+                 "alice": (link.ns[0], link.addr[0]) if link else (None, "127.0.0.1")}
+        ua = {name: Baresip(work, "baresip_" + name, base, None, f"<sip:{name}@{where[name][1]}>;regint=0" + extra,
+                            config=BARESIP_PULSE_CONFIG, env=dict(pulse.env, PULSE_SOURCE=source, PULSE_SINK=sink),
+                            netns=where[name][0], ip=where[name][1])
+              for name, base, source, sink, extra in [
+                  ("bob", 30040, "quiet.monitor", "spk", ";answermode=auto"),
+                  ("alice", 30000, "mic.monitor", "drain", "")]}
         recorder = pulse.record(rec)
-        ua["alice"].ctrl.send("dial", f"sip:bob@127.0.0.1:{ua['bob'].sip}")
+        ua["alice"].ctrl.send("dial", f"sip:bob@{where['bob'][1]}:{ua['bob'].sip}")
         ok = ua["bob"].ctrl.wait("CALL_ESTABLISHED", 20)
         time.sleep(3)  # the sound cards open
         pulse.play_probe(probe)
@@ -699,8 +820,10 @@ def baresip_soundcard_inner(material_dir, out):
         for u in ua.values():
             u.close()
         with open(os.path.join(out, "soundcards-baresip.json"), "w") as f:
-            json.dump({"recording": rec if ok else None}, f)
+            json.dump({"recording": rec if ok else None, "link_packets": link.moved if link else None}, f)
     finally:
+        if link:
+            link.close()
         pulse.close()
 
 
@@ -713,7 +836,8 @@ def soundcards(kith, material_dir, out):
     work = os.path.join(out, "soundcards")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    result = {"kith": None, "baresip": None, "baresip_skipped": None, "harness_check_60ms": None}
+    result = {"kith": None, "baresip": None, "kith_delayed": None, "baresip_delayed": None,
+              "baresip_skipped": None, "harness_check_60ms": None}
     pulse = Pulse(work)
     try:
         # The harness itself: a PulseAudio loopback of 60 ms from the microphone to the loudspeaker in
@@ -732,22 +856,26 @@ def soundcards(kith, material_dir, out):
         print(f"sound-card harness, a 60 ms loopback: {result['harness_check_60ms']}", file=sys.stderr)
         rec = kith_soundcard_call(kith, work, pulse, probe)
         result["kith"] = soundcard_latency(probe, rec)
+        print(f"kith through sound cards: {result['kith']}", file=sys.stderr)
+        rec = kith_soundcard_call(kith, work, pulse, probe, impair="delay=30,jitter=10,seed=7")
+        result["kith_delayed"] = soundcard_latency(probe, rec)
+        print(f"kith through sound cards, 30 +- 10 ms each way: {result['kith_delayed']}", file=sys.stderr)
     finally:
         pulse.close()
-    print(f"kith through sound cards: {result['kith']}", file=sys.stderr)
     if shutil.which("baresip") is None:
         result["baresip_skipped"] = "baresip is not installed"
     elif os.geteuid() != 0:
         result["baresip_skipped"] = "not root (baresip runs in its own network namespace)"
     else:
-        r = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "baresip-soundcards",
-                            "--material", material_dir, "--out", out])
-        path = os.path.join(out, "soundcards-baresip.json")
-        if r.returncode == 0 and os.path.exists(path) and json.load(open(path))["recording"]:
-            result["baresip"] = soundcard_latency(probe, json.load(open(path))["recording"])
-        else:
-            result["baresip_skipped"] = f"the baresip sound-card call failed (exit {r.returncode})"
-        print(f"baresip through sound cards: {result['baresip']}", file=sys.stderr)
+        for key, extra in [("baresip", []), ("baresip_delayed", ["--delayed"])]:
+            r = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__),
+                                "baresip-soundcards", "--material", material_dir, "--out", out] + extra)
+            path = os.path.join(out, "soundcards-baresip.json")
+            if r.returncode == 0 and os.path.exists(path) and json.load(open(path))["recording"]:
+                result[key] = soundcard_latency(probe, json.load(open(path))["recording"])
+            else:
+                result["baresip_skipped"] = f"the baresip sound-card call failed (exit {r.returncode})"
+            print(f"{key} through sound cards: {result[key]}", file=sys.stderr)
     with open(os.path.join(out, "soundcards.json"), "w") as f:
         json.dump(result, f, indent=1)
     return None
@@ -832,14 +960,15 @@ def score(material_dir, out, baresip_skipped, lossy):
         lines.append("")
         lines.append("Mouth-to-ear through sound cards (PulseAudio null sinks; one stereo recording of the caller's "
                      "microphone and the callee's loudspeaker)")
-        for who in ["kith", "baresip", "harness_check_60ms"]:
+        for who in ["kith", "baresip", "kith_delayed", "baresip_delayed", "harness_check_60ms"]:
             lat = sc.get(who)
-            label = "harness (60 ms loopback)" if who.startswith("harness") else who
+            label = "harness (60 ms loopback)" if who.startswith("harness") else \
+                who.replace("_delayed", ", 30 +- 10 ms")
             if lat:
                 lines.append(f"  {label:<24} median {lat['median_ms']:.1f} ms (min {lat['min_ms']:.1f}, max "
                              f"{lat['max_ms']:.1f}; {lat['found']}/{lat['expected']} chirps)")
             else:
-                why = sc.get("baresip_skipped") if who == "baresip" else None
+                why = sc.get("baresip_skipped") if who.startswith("baresip") else None
                 lines.append(f"  {label:<24} {'skipped: ' + why if why else 'no chirp found'}")
     lines.append("")
     lines.append("Call set-up, dial to first audio at the callee (ms)")
@@ -871,10 +1000,16 @@ def score(material_dir, out, baresip_skipped, lossy):
         result["usage"][who] = u
         steady = {side: mean([r[side].get("steady_cpu_pct_of_one_core") for r in rs if r.get(side)])
                   for side in ["caller_usage", "callee_usage"]}
+        wakeups = {side: mean([r[side].get("steady_wakeups_per_sec", r[side].get("wakeups_per_sec"))
+                               for r in rs if r.get(side)]) for side in ["caller_usage", "callee_usage"]}
         if steady["caller_usage"] is not None:
             u["steady"] = steady
             lines.append(f"  {who:<8} steady state (2 s after the dial to 1 s before the end): caller "
                          f"{fmt(steady['caller_usage'])} %, callee {fmt(steady['callee_usage'])} %")
+        if wakeups["caller_usage"] is not None:
+            u["wakeups_per_sec"] = wakeups
+            lines.append(f"  {who:<8} context switches per second (all threads): caller "
+                         f"{fmt(wakeups['caller_usage'], '.0f')}, callee {fmt(wakeups['callee_usage'], '.0f')}")
         lines.append(f"  {who:<8} caller {fmt(u['caller_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
                      f"{fmt(u['caller_usage']['rss_kib'] / 1024, '.1f')} MiB; callee "
                      f"{fmt(u['callee_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
@@ -900,13 +1035,14 @@ def main():
     ap.add_argument("--kith", default=os.path.join(ROOT, "target/release/kith"))
     ap.add_argument("--setup-runs", type=int, default=5)
     ap.add_argument("--lossy", default=os.path.join(ROOT, "target/release/examples/lossy"))
+    ap.add_argument("--delayed", action="store_true", help="baresip-soundcards: 30 +- 10 ms each way")
     a = ap.parse_args()
     a.material, a.out = os.path.abspath(a.material), os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
     if a.step == "baresip-inner":
         return baresip_inner(a.material, a.out)
     if a.step == "baresip-soundcards":
-        return baresip_soundcard_inner(a.material, a.out)
+        return baresip_soundcard_inner(a.material, a.out, a.delayed)
     if a.step in ("all", "material"):
         material(a.material)
     if a.step in ("all", "kith"):

@@ -28,16 +28,27 @@ const QUALITY: [(&str, &str); 5] = [
 /// Network conditions of the latency runs (applied to both daemons).
 const LATENCY: [(&str, &str); 2] = [("no delay", ""), ("30 +- 10 ms", "delay=30,jitter=10")];
 
-/// CPU seconds (user + system) and resident memory (current, peak; KiB) of a process, from /proc.
-fn usage(pid: u32) -> Option<(f64, u64, u64)> {
+/// What a process used so far, from /proc.
+#[derive(Clone, Copy)]
+struct Usage {
+    /// CPU seconds, user + system.
+    cpu_secs: f64,
+    /// Resident memory now and at its peak, KiB.
+    rss_kib: u64,
+    peak_rss_kib: u64,
+    /// Context switches of all its threads: each is a thread going to sleep and being woken (or preempted),
+    /// which costs tens of microseconds of CPU on a virtual machine.
+    switches: u64,
+}
+
+fn usage(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let hz = 100.0; // /proc reports clock ticks in USER_HZ, 100 on Linux's common architectures
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| {
+    let field = |status: &str, key: &str| {
         status
             .lines()
             .find(|l| l.starts_with(key))
@@ -45,7 +56,23 @@ fn usage(pid: u32) -> Option<(f64, u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Some((ticks as f64 / hz, kb("VmRSS:"), kb("VmHWM:")))
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut switches = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
+            switches +=
+                field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
+        }
+    }
+    Some(Usage {
+        cpu_secs: ticks as f64 / hz,
+        rss_kib: field(&status, "VmRSS:"),
+        peak_rss_kib: field(&status, "VmHWM:"),
+        switches,
+    })
 }
 
 fn wav_secs(path: &Path) -> anyhow::Result<f64> {
@@ -114,17 +141,17 @@ impl Pair {
         let (ua1, ub1) = (usage(pa), usage(pb));
         let (ea, eb) = (&c.caller_end, &c.callee_end);
         let talked = ea["talked_secs"].as_f64().unwrap_or(secs);
-        let cpu = |u0: Option<(f64, u64, u64)>,
-                   u1: Option<(f64, u64, u64)>,
-                   m0: Option<(f64, u64, u64)>,
-                   m1: Option<(f64, u64, u64)>| match (u0, u1) {
-            (Some(a), Some(b)) => json!({
-                "cpu_pct_of_one_core": (b.0 - a.0) / talked * 100.0,
-                "steady_cpu_pct_of_one_core": m0.zip(m1).map(|(x, y)| (y.0 - x.0) / steady_secs * 100.0),
-                "rss_kib": b.1,
-                "peak_rss_kib": b.2,
-            }),
-            _ => Value::Null,
+        let cpu = |u0: Option<Usage>, u1: Option<Usage>, m0: Option<Usage>, m1: Option<Usage>| {
+            match (u0, u1) {
+                (Some(a), Some(b)) => json!({
+                    "cpu_pct_of_one_core": (b.cpu_secs - a.cpu_secs) / talked * 100.0,
+                    "steady_cpu_pct_of_one_core": m0.zip(m1).map(|(x, y)| (y.cpu_secs - x.cpu_secs) / steady_secs * 100.0),
+                    "steady_wakeups_per_sec": m0.zip(m1).map(|(x, y)| (y.switches - x.switches) as f64 / steady_secs),
+                    "rss_kib": b.rss_kib,
+                    "peak_rss_kib": b.peak_rss_kib,
+                }),
+                _ => Value::Null,
+            }
         };
         Ok(json!({
             "outcome": [ea["outcome"], eb["outcome"]],
