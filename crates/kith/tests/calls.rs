@@ -272,6 +272,20 @@ async fn a_call_carries_speech_both_ways() {
         stats["loss_after_fec_pct"].as_f64().unwrap() < 5.0,
         "{stats}"
     );
+    // Acknowledgements ride along in the media datagrams (vendor/noq-proto): about one UDP packet per
+    // frame each way. Before that change noq sent an ACK-only packet for every second datagram received
+    // (1.5 packets per frame).
+    for (who, e) in [("alice", &ea), ("bob", &eb)] {
+        let (frames, packets) = (
+            e["stats"]["sent"].as_u64().unwrap(),
+            e["stats"]["udp_packets_sent"].as_u64().unwrap(),
+        );
+        println!("{who}: {frames} frames sent in {packets} UDP packets");
+        assert!(
+            frames > 200 && packets > 0 && packets * 100 <= frames * 135,
+            "{who}: {frames} frames sent in {packets} UDP packets"
+        );
+    }
     // The call log has it.
     let calls = alice.client().get("/v1/calls").await.unwrap();
     assert_eq!(calls["log"][0]["outcome"], json!("completed"), "{calls}");

@@ -101,6 +101,10 @@ pub struct CallStats {
     pub input_filled_ms: f64,
     pub input_dropped_ms: f64,
     pub output_dropped_ms: f64,
+    /// UDP packets the call's connection sent while the call ran: the media datagrams, the reports, and
+    /// whatever else went on that connection, acknowledgements included (counted on the connection the call
+    /// started on). About one per frame sent when acknowledgements ride along in the media.
+    pub udp_packets_sent: u64,
 }
 
 fn unix_us() -> u64 {
@@ -415,6 +419,15 @@ pub fn start(
         let mut prev_received = 0u64;
         let mut dropped = 0u64;
         let (mut rtt, mut peer_loss, mut peer_jitter) = (None, 0.0, 0.0);
+        // The connection's UDP packet count when the call started, and which connection that was.
+        let udp_base = conn_of().map(|c| (c.stable_id(), c.stats().udp_tx.datagrams));
+        let udp_sent = |s: &mut CallStats| {
+            if let (Some((id, base)), Some(c)) = (udp_base, conn_of())
+                && c.stable_id() == id
+            {
+                s.udp_packets_sent = c.stats().udp_tx.datagrams.saturating_sub(base);
+            }
+        };
         let send = |bytes: Vec<u8>, shim: &mut Option<Shim>| {
             let Some(conn) = conn_of() else { return };
             match shim {
@@ -604,6 +617,7 @@ pub fn start(
                         s.peer_jitter_ms = peer_jitter;
                         fill(&mut s, &js, u64::from(seq), dropped, start);
                         sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
+                        udp_sent(&mut s);
                     }
                 }
             }
@@ -615,6 +629,7 @@ pub fn start(
         if let Ok(mut s) = st.lock() {
             fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
             sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
+            udp_sent(&mut s);
         }
         drop(devices);
         if let Some(w) = writer
