@@ -431,10 +431,8 @@ class Baresip:
         inside = ["ip", "netns", "exec", netns.name] if netns else []
         self.proc = subprocess.Popen(inside + ["baresip", "-f", self.dir], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        if netns:
-            with netns.entered():  # its control port listens on the loopback of its own namespace
-                self.ctrl = Ctrl(self.ctrl_port)
-        else:
+        # Its control port listens on the loopback of its own namespace.
+        with netns.entered() if netns else contextlib.nullcontext():
             self.ctrl = Ctrl(self.ctrl_port)
 
     def close(self):
@@ -493,6 +491,7 @@ class DelayLink:
         self.delay, self.jitter = delay_ms / 1000, jitter_ms / 1000
         self.rng = random.Random(seed)
         self.ns, self.fds, self.addr = [], [], []
+        self.stop, self.thread, self.moved = threading.Event(), None, 0
         try:
             for i, side in enumerate(["a", "b"]):
                 ns = Netns(f"kbench-{side}")
@@ -509,8 +508,6 @@ class DelayLink:
         except BaseException:
             self.close()
             raise
-        self.stop = threading.Event()
-        self.moved = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -532,8 +529,8 @@ class DelayLink:
                 self.moved += 1
 
     def close(self):
-        if hasattr(self, "stop"):
-            self.stop.set()
+        self.stop.set()
+        if self.thread:
             self.thread.join(2)
         for fd in self.fds:
             os.close(fd)
