@@ -29,16 +29,28 @@ const QUALITY: [(&str, &str); 5] = [
 const LATENCY: [(&str, &str); 2] = [("no delay", ""), ("30 +- 10 ms", "delay=30,jitter=10")];
 
 /// What a process used so far, from /proc.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Usage {
     /// CPU seconds, user + system.
     cpu_secs: f64,
     /// Resident memory now and at its peak, KiB.
     rss_kib: u64,
     peak_rss_kib: u64,
-    /// Context switches of all its threads: each is a thread going to sleep and being woken (or preempted),
-    /// which costs tens of microseconds of CPU on a virtual machine.
-    switches: u64,
+    /// Context switches of each of its threads (by thread id): each is a thread going to sleep and being
+    /// woken (or preempted), which costs tens of microseconds of CPU on a virtual machine.
+    switches: std::collections::HashMap<u32, u64>,
+}
+
+impl Usage {
+    /// Context switches from `self` to `later`. Threads come and go (the runtime's blocking threads), so
+    /// this adds up each thread's own increase; a thread that started since counts from zero.
+    fn switches_until(&self, later: &Usage) -> u64 {
+        later
+            .switches
+            .iter()
+            .map(|(tid, n)| n.saturating_sub(self.switches.get(tid).copied().unwrap_or(0)))
+            .sum()
+    }
 }
 
 fn usage(pid: u32) -> Option<Usage> {
@@ -57,14 +69,15 @@ fn usage(pid: u32) -> Option<Usage> {
             .unwrap_or(0)
     };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut switches = 0;
+    let mut switches = std::collections::HashMap::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
-            switches +=
-                field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
+        let tid = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+        if let (Some(tid), Ok(s)) = (tid, std::fs::read_to_string(t.path().join("status"))) {
+            let n = field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
+            switches.insert(tid, n);
         }
     }
     Some(Usage {
@@ -145,8 +158,8 @@ impl Pair {
             match (u0, u1) {
                 (Some(a), Some(b)) => json!({
                     "cpu_pct_of_one_core": (b.cpu_secs - a.cpu_secs) / talked * 100.0,
-                    "steady_cpu_pct_of_one_core": m0.zip(m1).map(|(x, y)| (y.cpu_secs - x.cpu_secs) / steady_secs * 100.0),
-                    "steady_wakeups_per_sec": m0.zip(m1).map(|(x, y)| (y.switches - x.switches) as f64 / steady_secs),
+                    "steady_cpu_pct_of_one_core": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| (y.cpu_secs - x.cpu_secs) / steady_secs * 100.0),
+                    "steady_wakeups_per_sec": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| x.switches_until(y) as f64 / steady_secs),
                     "rss_kib": b.rss_kib,
                     "peak_rss_kib": b.peak_rss_kib,
                 }),

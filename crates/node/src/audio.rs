@@ -258,7 +258,16 @@ struct Inner {
     /// or its clock runs fast).
     filled: u64,
     dropped: u64,
+    /// Playback: the fewest samples found waiting when a frame came, over the current window.
+    low: Option<usize>,
+    /// Playback: frames put in the current window.
+    puts: usize,
+    /// Playback: samples of standing delay still to take out, from quiet frames.
+    trim: usize,
 }
+
+/// Playback: frames over which the queue's lowest level is watched (one second of 20 ms frames).
+const LOW_WINDOW: usize = 50;
 
 /// Glitches of one device queue, in milliseconds of audio.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -344,18 +353,41 @@ impl Queue {
     }
 
     /// Playback side: puts one frame of the media clock for the device to take on its own clock, in
-    /// pieces of its own size. The queue needs to hold no more than the device's largest piece and a frame;
-    /// more than two frames beyond that (a device that started late, or pulls slower than the call plays)
-    /// is delay kept for the rest of the call, so the oldest audio beyond the working level is dropped.
-    pub fn put_frame(&self, frame: &[i16]) {
+    /// pieces of its own size.
+    ///
+    /// What the device never needed is delay: the queue watches the fewest samples it held when a frame
+    /// came, over each second, and takes out what stood above half a frame (at least 5 ms) throughout,
+    /// from the next quiet frames, where cutting is not heard. A device that started late, stalled and
+    /// caught up, or pulls big pieces now and then leaves no delay behind for the rest of the call. More
+    /// than two frames beyond the device's largest piece and a frame is dropped at once, quiet or not.
+    pub fn put_frame(&self, frame: &[i16], quiet: bool) {
         let Ok(mut i) = self.0.lock() else { return };
-        i.q.extend(frame.iter().copied());
+        let waiting = i.q.len();
+        i.low = Some(i.low.map_or(waiting, |l| l.min(waiting)));
+        i.puts += 1;
+        if i.puts >= LOW_WINDOW {
+            let margin = (frame.len() / 2).max(RATE as usize / 200);
+            i.trim = i.low.unwrap_or(0).saturating_sub(margin);
+            i.low = None;
+            i.puts = 0;
+        }
+        let cut = if quiet { i.trim.min(frame.len()) } else { 0 };
+        if cut > 0 {
+            tracing::debug!(cut, "playback delay the device never needed: cut from a quiet frame");
+            i.trim -= cut;
+            i.dropped += cut as u64;
+        }
+        i.q.extend(frame[..frame.len() - cut].iter().copied());
         let level = (i.chunk + frame.len()).min(MAX_QUEUE);
         if i.q.len() > level + 2 * frame.len() || i.q.len() > MAX_QUEUE {
             let surplus = i.q.len() - level;
             tracing::debug!(surplus, "playback behind the media clock: dropped");
             i.q.drain(..surplus);
             i.dropped += surplus as u64;
+            // The window starts again from what is left.
+            i.low = None;
+            i.puts = 0;
+            i.trim = 0;
         }
     }
 
@@ -656,7 +688,7 @@ mod tests {
                     next = next.wrapping_add(1);
                     *s = next;
                 }
-                q.put_frame(&frame);
+                q.put_frame(&frame, false);
             }
             if t >= 200 && t % 10 == 5 {
                 q.take(&mut piece);
@@ -669,6 +701,69 @@ mod tests {
         assert!(levels[20..].iter().all(|l| *l <= 480 + 960), "{levels:?}");
         let tail = &played[48_000..];
         assert!(tail.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    }
+
+    /// Plays 20 ms frames of numbered samples into a device that pulls 10 ms pieces, which stalls for
+    /// `stall` ms at 2 s without catching up. Frames are quiet where `quiet(frame number)` says so.
+    /// Returns the samples waiting after each pull, what played, and how many pulls found too little.
+    fn play_through_a_stall(
+        stall: usize,
+        quiet: impl Fn(usize) -> bool,
+    ) -> (Vec<usize>, Vec<i16>, usize) {
+        let q = Queue::default();
+        let mut next = 0i16;
+        let mut frame = vec![0i16; 960];
+        let mut piece = vec![0i16; 480];
+        let (mut levels, mut played, mut short) = (vec![], vec![], 0);
+        let mut device = 5;
+        for t in 0..8000 {
+            if t % 20 == 0 {
+                for s in frame.iter_mut() {
+                    next = next.wrapping_add(1);
+                    *s = next;
+                }
+                q.put_frame(&frame, quiet(t / 20));
+            }
+            if t == device {
+                short += usize::from(q.len() < piece.len());
+                q.take(&mut piece);
+                played.extend_from_slice(&piece);
+                levels.push(q.len());
+                device += if t == 2005 { 10 + stall } else { 10 };
+            }
+        }
+        (levels, played, short)
+    }
+
+    #[test]
+    fn a_stalled_output_leaves_no_standing_delay() {
+        // A 40 ms stall leaves 40 ms more waiting, below the point where the queue drops at once.
+        let (levels, played, short) = play_through_a_stall(40, |_| true);
+        let before = *levels[100..199].iter().max().unwrap();
+        let just_after = *levels[205..230].iter().max().unwrap();
+        let settled = *levels[500..].iter().max().unwrap();
+        assert!(just_after >= before + 40 * 48, "the stall left delay: {before} then {just_after}");
+        // What stays is half a frame (480 samples) of margin above what the pulls need.
+        assert!(settled <= before + 480, "it went again: {before} before, {settled} at the end");
+        assert!(settled < just_after - 1000, "{settled} against {just_after}");
+        assert_eq!(short, 0, "no pull found the queue short");
+        let gaps = played.windows(2).filter(|w| w[1] != w[0].wrapping_add(1)).count();
+        assert!(gaps >= 1, "the delay was taken out by cutting");
+    }
+
+    #[test]
+    fn speech_is_not_cut_to_take_out_delay() {
+        // Frames 100-300 (2-6 s) are speech: the standing delay waits for the quiet frames after them.
+        let (levels, played, short) = play_through_a_stall(40, |n| !(100..300).contains(&n));
+        assert_eq!(short, 0);
+        let before = *levels[100..199].iter().max().unwrap();
+        let speech: Vec<i16> = (100 * 960 + 1..300 * 960 + 1).map(|n| n as i16).collect();
+        let at = played
+            .windows(speech.len())
+            .position(|w| w == speech.as_slice());
+        assert!(at.is_some(), "the speech frames played whole and in order");
+        assert!(*levels[299..560].iter().min().unwrap() >= before + 40 * 48 - 480, "kept during speech");
+        assert!(*levels[700..].iter().max().unwrap() <= before + 480, "taken out after it");
     }
 
     #[test]

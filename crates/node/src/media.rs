@@ -523,7 +523,8 @@ pub fn start(
                         Playout::Wait => Ok(vec![0; frame]),
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
-                    jb.set_quiet(quiet(&out));
+                    let is_quiet = quiet(&out);
+                    jb.set_quiet(is_quiet);
                     if let Some(d) = jb.advance() {
                         // A pause: play this frame shorter and the next ones that much sooner.
                         let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
@@ -531,7 +532,7 @@ pub fn start(
                         play.reset_at(at + frame_dur - d);
                     }
                     if let Some(q) = &playback {
-                        q.put_frame(&out);
+                        q.put_frame(&out, is_quiet);
                     }
                     if let Some(w) = writer.as_mut() {
                         if w.len() == 0
