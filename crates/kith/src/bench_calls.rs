@@ -76,7 +76,8 @@ fn usage(pid: u32) -> Option<Usage> {
     {
         let tid = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
         if let (Some(tid), Ok(s)) = (tid, std::fs::read_to_string(t.path().join("status"))) {
-            let n = field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
+            let n =
+                field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
             switches.insert(tid, n);
         }
     }

@@ -373,7 +373,10 @@ impl Queue {
         }
         let cut = if quiet { i.trim.min(frame.len()) } else { 0 };
         if cut > 0 {
-            tracing::debug!(cut, "playback delay the device never needed: cut from a quiet frame");
+            tracing::debug!(
+                cut,
+                "playback delay the device never needed: cut from a quiet frame"
+            );
             i.trim -= cut;
             i.dropped += cut as u64;
         }
@@ -742,12 +745,24 @@ mod tests {
         let before = *levels[100..199].iter().max().unwrap();
         let just_after = *levels[205..230].iter().max().unwrap();
         let settled = *levels[500..].iter().max().unwrap();
-        assert!(just_after >= before + 40 * 48, "the stall left delay: {before} then {just_after}");
+        assert!(
+            just_after >= before + 40 * 48,
+            "the stall left delay: {before} then {just_after}"
+        );
         // What stays is half a frame (480 samples) of margin above what the pulls need.
-        assert!(settled <= before + 480, "it went again: {before} before, {settled} at the end");
-        assert!(settled < just_after - 1000, "{settled} against {just_after}");
+        assert!(
+            settled <= before + 480,
+            "it went again: {before} before, {settled} at the end"
+        );
+        assert!(
+            settled < just_after - 1000,
+            "{settled} against {just_after}"
+        );
         assert_eq!(short, 0, "no pull found the queue short");
-        let gaps = played.windows(2).filter(|w| w[1] != w[0].wrapping_add(1)).count();
+        let gaps = played
+            .windows(2)
+            .filter(|w| w[1] != w[0].wrapping_add(1))
+            .count();
         assert!(gaps >= 1, "the delay was taken out by cutting");
     }
 
@@ -762,8 +777,14 @@ mod tests {
             .windows(speech.len())
             .position(|w| w == speech.as_slice());
         assert!(at.is_some(), "the speech frames played whole and in order");
-        assert!(*levels[299..560].iter().min().unwrap() >= before + 40 * 48 - 480, "kept during speech");
-        assert!(*levels[700..].iter().max().unwrap() <= before + 480, "taken out after it");
+        assert!(
+            *levels[299..560].iter().min().unwrap() >= before + 40 * 48 - 480,
+            "kept during speech"
+        );
+        assert!(
+            *levels[700..].iter().max().unwrap() <= before + 480,
+            "taken out after it"
+        );
     }
 
     #[test]
