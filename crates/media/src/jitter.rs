@@ -390,7 +390,10 @@ impl JitterBuffer {
         Some(Duration::from_secs_f64(d))
     }
 
-    /// One playout tick.
+    /// One playout tick. `now` is when the tick was due on the playout clock, not when the caller got
+    /// to run: a caller that runs late for a while (a busy machine) and passed the time it ran would make
+    /// the buffer's delay look longer, which [`Self::advance`] takes out, and then too short once it is
+    /// punctual again, which costs a concealed frame in the middle of speech.
     pub fn pop(&mut self, now: Instant) -> Playout {
         let next = match self.next {
             Some(n) => n,

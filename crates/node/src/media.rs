@@ -515,8 +515,12 @@ pub fn start(
                     }
                 }
                 at = play.tick() => {
-                    // Play out one frame.
-                    let mut out = match jb.pop(Instant::now()) {
+                    // Play out one frame. The jitter buffer reckons on the playout clock's schedule, not on
+                    // when this task got to run: ticks that run late for a while (a busy machine) would
+                    // otherwise look like extra delay, which it takes out, and then like too little once
+                    // they are punctual again, which it answers by concealing a frame in the middle of
+                    // speech and waiting.
+                    let mut out = match jb.pop(at.into_std()) {
                         Playout::Packet { payload, .. } => dec.decode(&payload),
                         Playout::Fec { payload, .. } => dec.decode_fec(&payload),
                         Playout::Conceal { .. } => dec.conceal(),
