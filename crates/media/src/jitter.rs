@@ -7,9 +7,11 @@
 //! call's first [`START_PACKETS`] packets count as lossy: the room is there before the first loss, which
 //! otherwise would be concealed and make the buffer grow in the middle of speech. The
 //! buffer's actual delay at a tick is how long a packet with the least transit would have waited. When it is
-//! short of the target by more than half a frame, the tick conceals and waits (the delay grows by a frame);
-//! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame is
-//! dropped. Either step shifts the rest of the call by a frame, which a listener (and PESQ) hears in speech
+//! under what the jitter needs (or half a frame under the target, if that is less), the tick conceals and
+//! waits (the delay grows by a frame);
+//! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame goes:
+//! in a pause the quiet frame just played ([`JitterBuffer::advance`]), after too long without one the next
+//! frame. Either step shifts the rest of the call by a frame, which a listener (and PESQ) hears in speech
 //! but hardly in a pause. Growing cannot wait (packets would miss their turn, or the FEC frame would not be at
 //! hand), but shrinking can: it waits for a pause ([`PAUSE`] of quiet frames in a row, each told by the
 //! player after it decoded it: [`JitterBuffer::set_quiet`]), for at most [`JitterConfig::shrink_within`]
@@ -18,8 +20,9 @@
 //! Whole frames are coarse: the delay kept sits anywhere from half a frame under the target to a frame
 //! over it, depending on how the playout clock's ticks fall against the packets' arrivals. So after a quiet
 //! frame [`JitterBuffer::advance`] may move the playout clock earlier by part of a frame (the player cuts as
-//! much from that quiet frame and ticks that much sooner), down to a quarter frame under the target but
-//! never under what the jitter needs; once the jitter window has seen [`WINDOW`]/4 packets.
+//! much from that quiet frame and ticks that much sooner), down to a quarter frame above what the jitter
+//! needs (and at most a quarter frame under the target), a quarter frame clear of the point where it would
+//! grow; once the jitter window has seen [`WINDOW`]/4 packets.
 //!
 //! Per tick ([`JitterBuffer::pop`], called every frame duration by the playout clock), once the delay is
 //! right:
@@ -144,6 +147,8 @@ pub struct JitterBuffer {
     seen: u64,
     /// The buffer delay at the last tick, seconds.
     last_lag: f64,
+    /// When the last tick was due.
+    last_tick: Option<Instant>,
     /// Quiet frames played in a row (a pause once they last [`PAUSE`]): the time to shrink the delay.
     quiet_frames: u32,
 }
@@ -156,6 +161,7 @@ impl JitterBuffer {
             packets: BTreeMap::new(),
             next: None,
             first_arrival: None,
+            last_tick: None,
             history: Default::default(),
             epoch: None,
             scratch: Default::default(),
@@ -366,19 +372,42 @@ impl JitterBuffer {
         self.target = target.clamp(self.config.min_delay, self.config.max_delay);
     }
 
-    /// Asked after each played frame: whether the playout clock should now run earlier, and by how much
-    /// (at most half a frame). The caller cuts that much from the end of the frame just played, which was
-    /// quiet, and makes its next tick come that much sooner.
+    /// Asked after each played frame: whether the playout clock should now run earlier, and by how much.
+    /// The caller cuts that much from the end of the frame just played, which was quiet, and makes its
+    /// next tick come that much sooner. A whole frame when the buffer has held more than a frame too much
+    /// for [`JitterConfig::shrink_after`] ticks (the quiet frame just played goes, not the next one, which
+    /// may begin a word); else at most half a frame, to sit close to what the jitter needs.
     pub fn advance(&mut self) -> Option<Duration> {
-        if self.next.is_none()
-            || !self.in_pause()
-            || self.history.len() < WINDOW / 4
-            || self.ticks_since_stall < WINDOW as u32
-        {
+        if self.next.is_none() {
+            // Before playout starts (silence so far): bring the next tick to the moment playout can
+            // start, so that it starts with the delay the buffer wants rather than up to a frame more
+            // (which it would then have to take out in speech).
+            let (Some(first), Some(last)) = (self.first_arrival, self.last_tick) else {
+                return None;
+            };
+            let start = first + self.target.saturating_sub(self.config.frame / 2);
+            let d = (last + self.config.frame).saturating_duration_since(start);
+            return (d > Duration::ZERO && d < self.config.frame).then_some(d);
+        }
+        if !self.in_pause() {
             return None;
         }
         let frame = self.config.frame.as_secs_f64();
-        let aim = (self.target.as_secs_f64() - frame / 4.0).max(self.needed.as_secs_f64());
+        if self.over_target_ticks >= self.config.shrink_after
+            && self.last_lag > self.target.as_secs_f64() + frame
+        {
+            self.over_target_ticks = 0;
+            self.last_lag -= frame;
+            self.stats.dropped += 1;
+            return Some(self.config.frame);
+        }
+        if self.history.len() < WINDOW / 4 || self.ticks_since_stall < WINDOW as u32 {
+            return None;
+        }
+        // Down to a quarter frame above what the jitter needs (the whole-frame target may be up to a frame
+        // above that), and a quarter frame above the point where the buffer grows (see `pop`).
+        let needed = self.needed.as_secs_f64();
+        let aim = (needed + frame / 4.0).min(self.target.as_secs_f64() - frame / 4.0);
         let excess = self.last_lag - aim;
         if excess < 0.002 {
             return None;
@@ -395,6 +424,7 @@ impl JitterBuffer {
     /// the buffer's delay look longer, which [`Self::advance`] takes out, and then too short once it is
     /// punctual again, which costs a concealed frame in the middle of speech.
     pub fn pop(&mut self, now: Instant) -> Playout {
+        self.last_tick = Some(now);
         let next = match self.next {
             Some(n) => n,
             None => {
@@ -415,22 +445,21 @@ impl JitterBuffer {
         let lag = self.lag(next, now).unwrap_or(target);
         self.last_lag = lag;
         let present = self.packets.contains_key(&next);
-        // Too little delay for the jitter measured: wait a frame (the delay grows by one frame).
+        // Too little delay for the jitter measured: wait a frame (the delay grows by one frame). Too little
+        // is less than the jitter needs, or half a frame under the whole-frame target, whichever is less.
         self.ticks_since_stall = self.ticks_since_stall.saturating_add(1);
         // (A microsecond of slack: the delay at which playout started sits exactly at this bound.)
-        if lag + frame / 2.0 < target - 1e-6 {
+        let least = (target - frame / 2.0).min(self.needed.as_secs_f64());
+        if lag < least - 1e-6 {
             self.ticks_since_stall = 0;
             self.stats.stalls += 1;
             return Playout::Conceal { seq: next };
         }
-        // Too much delay for a while: drop a frame to catch up (in a pause, or when it has waited long).
+        // Too much delay for a while: in a pause the quiet frame just played goes ([`Self::advance`]); with
+        // no pause for a long time, the next frame is dropped here.
         if lag > target + frame && present {
             self.over_target_ticks += 1;
-            if self.over_target_ticks >= self.config.shrink_after
-                && (self.in_pause()
-                    || self.over_target_ticks
-                        >= self.config.shrink_after + self.config.shrink_within)
-            {
+            if self.over_target_ticks >= self.config.shrink_after + self.config.shrink_within {
                 self.packets.remove(&next);
                 self.stats.dropped += 1;
                 self.over_target_ticks = 0;
