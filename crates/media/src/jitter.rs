@@ -7,8 +7,7 @@
 //! call's first [`START_PACKETS`] packets count as lossy: the room is there before the first loss, which
 //! otherwise would be concealed and make the buffer grow in the middle of speech. The
 //! buffer's actual delay at a tick is how long a packet with the least transit would have waited. When it is
-//! under what the jitter needs (or half a frame under the target, if that is less), the tick conceals and
-//! waits (the delay grows by a frame);
+//! short of the target by more than half a frame, the tick conceals and waits (the delay grows by a frame);
 //! when it exceeds the target by more than a frame for [`JitterConfig::shrink_after`] ticks, a frame goes:
 //! in a pause the quiet frame just played ([`JitterBuffer::advance`]), after too long without one the next
 //! frame. Either step shifts the rest of the call by a frame, which a listener (and PESQ) hears in speech
@@ -20,9 +19,8 @@
 //! Whole frames are coarse: the delay kept sits anywhere from half a frame under the target to a frame
 //! over it, depending on how the playout clock's ticks fall against the packets' arrivals. So after a quiet
 //! frame [`JitterBuffer::advance`] may move the playout clock earlier by part of a frame (the player cuts as
-//! much from that quiet frame and ticks that much sooner), down to a quarter frame above what the jitter
-//! needs (and at most a quarter frame under the target), a quarter frame clear of the point where it would
-//! grow; once the jitter window has seen [`WINDOW`]/4 packets.
+//! much from that quiet frame and ticks that much sooner), down to a quarter frame under the target but
+//! never under what the jitter needs; once the jitter window has seen [`WINDOW`]/4 packets.
 //!
 //! Per tick ([`JitterBuffer::pop`], called every frame duration by the playout clock), once the delay is
 //! right:
@@ -404,10 +402,10 @@ impl JitterBuffer {
         if self.history.len() < WINDOW / 4 || self.ticks_since_stall < WINDOW as u32 {
             return None;
         }
-        // Down to a quarter frame above what the jitter needs (the whole-frame target may be up to a frame
-        // above that), and a quarter frame above the point where the buffer grows (see `pop`).
-        let needed = self.needed.as_secs_f64();
-        let aim = (needed + frame / 4.0).min(self.target.as_secs_f64() - frame / 4.0);
+        // Down to a quarter frame under the whole-frame target, a quarter frame above the point where the
+        // buffer grows (see `pop`), but never under what the jitter needs. (Aiming at what the jitter needs
+        // plus a quarter frame kept 4 ms less, and on a busy machine let 1 % of packets come late.)
+        let aim = (self.target.as_secs_f64() - frame / 4.0).max(self.needed.as_secs_f64());
         let excess = self.last_lag - aim;
         if excess < 0.002 {
             return None;
@@ -445,12 +443,10 @@ impl JitterBuffer {
         let lag = self.lag(next, now).unwrap_or(target);
         self.last_lag = lag;
         let present = self.packets.contains_key(&next);
-        // Too little delay for the jitter measured: wait a frame (the delay grows by one frame). Too little
-        // is less than the jitter needs, or half a frame under the whole-frame target, whichever is less.
+        // Too little delay for the jitter measured: wait a frame (the delay grows by one frame).
         self.ticks_since_stall = self.ticks_since_stall.saturating_add(1);
         // (A microsecond of slack: the delay at which playout started sits exactly at this bound.)
-        let least = (target - frame / 2.0).min(self.needed.as_secs_f64());
-        if lag < least - 1e-6 {
+        if lag + frame / 2.0 < target - 1e-6 {
             self.ticks_since_stall = 0;
             self.stats.stalls += 1;
             return Playout::Conceal { seq: next };

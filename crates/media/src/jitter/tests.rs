@@ -126,13 +126,13 @@ fn delay_follows_the_jitter_the_network_forces() {
     // The target sits at what the jitter requires (20 ms spread + margin -> 2 frames), not far beyond.
     assert!(s.jitter_p95_ms > 15.0 && s.jitter_p95_ms <= 20.5, "{s:?}");
     assert!(s.target_ms >= 20.0 && s.target_ms <= 60.0, "{s:?}");
-    // Finer than whole frames: once the jitter is measured, the delay kept sits a quarter frame above what
-    // the jitter needs (p95 + 5 ms margin), at most a quarter frame under the whole-frame target, not
-    // anywhere in the frame and a half that whole-frame steps leave; and nothing more comes late for it.
+    // Finer than whole frames: once the jitter is measured, the delay kept sits a quarter frame under the
+    // target (or at what the jitter needs), not anywhere in the frame and a half that whole-frame steps
+    // leave; and nothing more comes late for it.
     let mut settled = r.delays[500..1500].to_vec();
     settled.sort_by(f64::total_cmp);
     let (median, p95) = (settled[500], settled[950]);
-    let aim = (s.jitter_p95_ms + 5.0 + 5.0).min(s.target_ms - 5.0);
+    let aim = (s.target_ms - 5.0).max(s.jitter_p95_ms + 5.0);
     assert!(
         (median - aim).abs() <= 3.0 && p95 <= aim + 6.0,
         "median {median:.1} ms, p95 {p95:.1} ms, aim {aim:.1} ms: {s:?}"
