@@ -356,9 +356,9 @@ impl Queue {
     /// pieces of its own size.
     ///
     /// What the device never needed is delay: the queue watches the fewest samples it held when a frame
-    /// came, over each second, and takes out what stood above half a frame (at least 5 ms) throughout,
-    /// from the next quiet frames, where cutting is not heard. A device that started late, stalled and
-    /// caught up, or pulls big pieces now and then leaves no delay behind for the rest of the call. More
+    /// came, over each 50 frames (a second of 20 ms frames), and takes out what stood above half a frame
+    /// (at least 5 ms) throughout, from the next quiet frames, where cutting is not heard. A device that
+    /// started late, stalled without catching up, or pulled a big piece once leaves no delay behind. More
     /// than two frames beyond the device's largest piece and a frame is dropped at once, quiet or not.
     pub fn put_frame(&self, frame: &[i16], quiet: bool) {
         let Ok(mut i) = self.0.lock() else { return };
