@@ -675,50 +675,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn playback_keeps_no_backlog() {
-        // The device starts 200 ms into the call (frames pile up meanwhile), then pulls 10 ms pieces on
-        // time: what waits in the queue comes down to its working level and stays there.
-        let q = Queue::default();
-        let mut next = 0i16;
-        let mut frame = vec![0i16; 960];
-        let mut piece = vec![0i16; 480];
-        let mut played = vec![];
-        let mut levels = vec![];
-        for t in 0..2000 {
-            if t % 20 == 0 {
-                for s in frame.iter_mut() {
-                    next = next.wrapping_add(1);
-                    *s = next;
-                }
-                q.put_frame(&frame, false);
-            }
-            if t >= 200 && t % 10 == 5 {
-                q.take(&mut piece);
-                played.extend_from_slice(&piece);
-                levels.push(q.len());
-            }
-        }
-        assert!(q.glitches().dropped_ms > 0.0, "the backlog went");
-        // Once settled: at most the piece and a frame wait (30 ms), and what plays is in order.
-        assert!(levels[20..].iter().all(|l| *l <= 480 + 960), "{levels:?}");
-        let tail = &played[48_000..];
-        assert!(tail.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    /// What [`play_into_a_device`] saw.
+    struct Played {
+        /// Samples waiting after each pull.
+        levels: Vec<usize>,
+        /// What the device played.
+        played: Vec<i16>,
+        /// Pulls that found too little waiting.
+        short: usize,
+        dropped_ms: f64,
     }
 
-    /// Plays 20 ms frames of numbered samples into a device that pulls 10 ms pieces, which stalls for
-    /// `stall` ms at 2 s without catching up. Frames are quiet where `quiet(frame number)` says so.
-    /// Returns the samples waiting after each pull, what played, and how many pulls found too little.
-    fn play_through_a_stall(
-        stall: usize,
-        quiet: impl Fn(usize) -> bool,
-    ) -> (Vec<usize>, Vec<i16>, usize) {
+    /// Plays 8 s of 20 ms frames of numbered samples into a device that pulls 10 ms pieces from `start`
+    /// ms on, and at 2 s stalls for `stall` ms without catching up. Frames are quiet where
+    /// `quiet(frame number)` says so.
+    fn play_into_a_device(start: usize, stall: usize, quiet: impl Fn(usize) -> bool) -> Played {
         let q = Queue::default();
         let mut next = 0i16;
         let mut frame = vec![0i16; 960];
         let mut piece = vec![0i16; 480];
         let (mut levels, mut played, mut short) = (vec![], vec![], 0);
-        let mut device = 5;
+        let mut device = start;
         for t in 0..8000 {
             if t % 20 == 0 {
                 for s in frame.iter_mut() {
@@ -735,13 +712,40 @@ mod tests {
                 device += if t == 2005 { 10 + stall } else { 10 };
             }
         }
-        (levels, played, short)
+        Played {
+            levels,
+            played,
+            short,
+            dropped_ms: q.glitches().dropped_ms,
+        }
+    }
+
+    #[test]
+    fn playback_keeps_no_backlog() {
+        // The device starts 200 ms into the call (frames pile up meanwhile), then pulls 10 ms pieces on
+        // time: what waits in the queue comes down to its working level and stays there.
+        let Played {
+            levels,
+            played,
+            dropped_ms,
+            ..
+        } = play_into_a_device(205, 0, |_| false);
+        assert!(dropped_ms > 0.0, "the backlog went");
+        // Once settled: at most the piece and a frame wait (30 ms), and what plays is in order.
+        assert!(levels[20..].iter().all(|l| *l <= 480 + 960), "{levels:?}");
+        let tail = &played[48_000..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
     }
 
     #[test]
     fn a_stalled_output_leaves_no_standing_delay() {
         // A 40 ms stall leaves 40 ms more waiting, below the point where the queue drops at once.
-        let (levels, played, short) = play_through_a_stall(40, |_| true);
+        let Played {
+            levels,
+            played,
+            short,
+            ..
+        } = play_into_a_device(5, 40, |_| true);
         let before = *levels[100..199].iter().max().unwrap();
         let just_after = *levels[205..230].iter().max().unwrap();
         let settled = *levels[500..].iter().max().unwrap();
@@ -769,7 +773,12 @@ mod tests {
     #[test]
     fn speech_is_not_cut_to_take_out_delay() {
         // Frames 100-300 (2-6 s) are speech: the standing delay waits for the quiet frames after them.
-        let (levels, played, short) = play_through_a_stall(40, |n| !(100..300).contains(&n));
+        let Played {
+            levels,
+            played,
+            short,
+            ..
+        } = play_into_a_device(5, 40, |n| !(100..300).contains(&n));
         assert_eq!(short, 0);
         let before = *levels[100..199].iter().max().unwrap();
         let speech: Vec<i16> = (100 * 960 + 1..300 * 960 + 1).map(|n| n as i16).collect();

@@ -515,11 +515,8 @@ pub fn start(
                     }
                 }
                 at = play.tick() => {
-                    // Play out one frame. The jitter buffer reckons on the playout clock's schedule, not on
-                    // when this task got to run: ticks that run late for a while (a busy machine) would
-                    // otherwise look like extra delay, which it takes out, and then like too little once
-                    // they are punctual again, which it answers by concealing a frame in the middle of
-                    // speech and waiting.
+                    // Play out one frame, at the tick's due time, not when this task got to run (why: see
+                    // `JitterBuffer::pop`).
                     let mut out = match jb.pop(at.into_std()) {
                         Playout::Packet { payload, .. } => dec.decode(&payload),
                         Playout::Fec { payload, .. } => dec.decode_fec(&payload),
