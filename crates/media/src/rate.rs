@@ -2,8 +2,11 @@
 //! delay (round-trip time above its minimum) steers the bitrate. Sans-IO.
 //!
 //! * FEC: wanted from the start (a call's first seconds should survive loss too; the start's copies below
-//!   stand in for it until the path shows clean) with a loss hint of at least 6 %, because below that libopus sends no LBRR at 16-24 kbit/s; the hint tracks the smoothed loss plus a
-//!   margin (at most 40 %). After 10 s without loss it turns off, and back on at the first loss.
+//!   stand in for it) with a loss hint of at least 6 %, because below that libopus sends no LBRR at 16-24
+//!   kbit/s; the hint tracks the smoothed loss plus a margin (at most 40 %). A start that ends clean (two
+//!   reports without loss) ends it too: LBRR on a path that has lost nothing costs a fifth more encoder
+//!   time and part of the bitrate for nothing. It comes back at the first loss, and goes again after 10 s
+//!   without any.
 //! * Redundancy: from the start of a call until two reports in a row show no loss (the loss of a call's first
 //!   second cannot wait for the first report), and from 1 % smoothed loss on (the first report after 3.3 %
 //!   loss), each datagram also carries a whole copy of the previous frame
@@ -94,7 +97,11 @@ impl RateController {
         // The start's copies: until the reports show the path clean, or lossy (then the rules below).
         self.start_clean = match self.start_clean {
             Some(_) if loss > 0.0 => None,
-            Some(n) if n + 1 >= START_CLEAN_REPORTS => None,
+            Some(n) if n + 1 >= START_CLEAN_REPORTS => {
+                // Clean from the first frame (a lossy report would have ended the start already).
+                self.lbrr = false;
+                None
+            }
             Some(n) => Some(n + 1),
             None => None,
         };
@@ -155,22 +162,40 @@ mod tests {
         assert_eq!(s.redundancy, 1, "one clean report is not enough: {s:?}");
         s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * 2);
         assert_eq!(
-            (s.redundancy, s.fec),
-            (0, true),
-            "two clean reports end the copies; FEC stays for a while: {s:?}"
+            (s.redundancy, s.fec, s.loss_hint_pct),
+            (0, false, 0),
+            "two clean reports end the copies, and FEC with them: {s:?}"
         );
-        for i in 3..=12 {
+        s = rc.on_report(0.02, Some(Duration::from_millis(40)), t + SEC * 3);
+        assert!(s.fec && s.loss_hint_pct >= 6, "back at the first loss: {s:?}");
+        for i in 4..=12 {
             s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * i);
         }
+        assert!(s.fec, "kept for 10 s after a loss: {s:?}");
+        s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * 13);
         assert!(!s.fec, "off after 10 s without loss");
         assert_eq!(s.loss_hint_pct, 0);
-        s = rc.on_report(0.02, Some(Duration::from_millis(40)), t + SEC * 13);
-        assert!(s.fec && s.loss_hint_pct >= 6, "back at the first loss");
-        for i in 14..40 {
+        s = rc.on_report(0.02, Some(Duration::from_millis(40)), t + SEC * 14);
+        assert!(s.fec && s.loss_hint_pct >= 6, "back at the next loss");
+        for i in 15..40 {
             s = rc.on_report(0.2, Some(Duration::from_millis(40)), t + SEC * i);
         }
         assert!(s.loss_hint_pct >= 20 && s.loss_hint_pct <= 25, "{s:?}");
         assert_eq!(s.bitrate, 32_000, "random loss does not cut the bitrate");
+    }
+
+    #[test]
+    fn a_start_with_loss_keeps_fec_after_its_copies() {
+        let t = Instant::now();
+        let rtt = Some(Duration::from_millis(40));
+        let mut rc = RateController::new(32_000, t);
+        // Light loss in the first second: too little for copies, enough to keep LBRR.
+        let mut s = rc.on_report(0.005, rtt, t + SEC);
+        assert_eq!((s.redundancy, s.fec), (0, true), "{s:?}");
+        for i in 2..=5 {
+            s = rc.on_report(0.0, rtt, t + SEC * i);
+        }
+        assert!(s.fec && s.loss_hint_pct >= 6, "{s:?}");
     }
 
     #[test]
