@@ -1011,6 +1011,30 @@ def score(material_dir, out, baresip_skipped, lossy):
                      f"{fmt(u['caller_usage']['rss_kib'] / 1024, '.1f')} MiB; callee "
                      f"{fmt(u['callee_usage']['cpu_pct_of_one_core'])} % CPU, RSS "
                      f"{fmt(u['callee_usage']['rss_kib'] / 1024, '.1f')} MiB")
+    machine = kith.get("machine") or []
+    if machine:
+        # What the machine charged this run for a wake-up and for Opus alone (start and end of the kith
+        # half): the floor any call pays, whoever built it, and how fast the machine was that hour.
+        def avg(k):
+            return mean([m[k] for m in machine])
+        wake = avg("wakeup_us")
+        codec = {"caller_usage": (avg("opus_encode_speech_us_per_frame") + avg("opus_decode_silence_us_per_frame")) * 50 / 1e4,
+                 "callee_usage": (avg("opus_encode_silence_us_per_frame") + avg("opus_decode_speech_us_per_frame")) * 50 / 1e4}
+        result["machine"] = {"runs": machine, "codec_alone_pct": codec}
+        def both(k):
+            return " / ".join(f"{m[k]:.0f}" for m in machine)
+        lines.append(f"  this machine, this run (start / end): a thread's wake-up costs {both('wakeup_us')} us of "
+                     f"CPU; Opus alone (32 kbit/s, warm caches) encodes a frame of speech in "
+                     f"{both('opus_encode_speech_us_per_frame')} us and decodes one in "
+                     f"{both('opus_decode_speech_us_per_frame')} us")
+        u = result["usage"].get("kith", {})
+        if u.get("steady") and u.get("wakeups_per_sec"):
+            for side, name in [("caller_usage", "caller"), ("callee_usage", "callee")]:
+                total = u["steady"][side]
+                wk = u["wakeups_per_sec"][side] * wake / 1e4
+                lines.append(f"  kith {name} steady {total:.2f} % = Opus alone {codec[side]:.2f} % + "
+                             f"{u['wakeups_per_sec'][side]:.0f} wake-ups/s x {wake:.0f} us = {wk:.2f} % + "
+                             f"the rest (QUIC, UDP, jitter buffer, recording, cold caches) {total - codec[side] - wk:.2f} %")
     if not bare:
         lines.append("")
         lines.append(f"baresip: skipped ({baresip_skipped})")

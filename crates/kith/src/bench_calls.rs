@@ -36,19 +36,29 @@ struct Usage {
     /// Resident memory now and at its peak, KiB.
     rss_kib: u64,
     peak_rss_kib: u64,
-    /// Context switches of each of its threads (by thread id): each is a thread going to sleep and being
-    /// woken (or preempted), which costs tens of microseconds of CPU on a virtual machine.
-    switches: std::collections::HashMap<u32, u64>,
+    /// Per thread (by thread id): context switches, each a thread going to sleep and being woken (or
+    /// preempted), which costs tens of microseconds of CPU on a virtual machine; and nanoseconds on a CPU
+    /// (the scheduler's own count, `/proc/PID/task/TID/schedstat`: `cpu_secs` counts in 10 ms ticks,
+    /// too coarse for a few seconds at 3 %).
+    threads: std::collections::HashMap<u32, ThreadUsage>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ThreadUsage {
+    switches: u64,
+    cpu_ns: u64,
 }
 
 impl Usage {
-    /// Context switches from `self` to `later`. Threads come and go (the runtime's blocking threads), so
-    /// this adds up each thread's own increase; a thread that started since counts from zero.
-    fn switches_until(&self, later: &Usage) -> u64 {
+    /// Threads come and go (the runtime's blocking threads), so this adds up each thread's own increase
+    /// from `self` to `later`; a thread that started since counts from zero.
+    fn threads_until(&self, later: &Usage, what: impl Fn(&ThreadUsage) -> u64) -> u64 {
         later
-            .switches
+            .threads
             .iter()
-            .map(|(tid, n)| n.saturating_sub(self.switches.get(tid).copied().unwrap_or(0)))
+            .map(|(tid, t)| {
+                what(t).saturating_sub(self.threads.get(tid).map(&what).unwrap_or(0))
+            })
             .sum()
     }
 }
@@ -69,24 +79,94 @@ fn usage(pid: u32) -> Option<Usage> {
             .unwrap_or(0)
     };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut switches = std::collections::HashMap::new();
+    let mut threads = std::collections::HashMap::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
         let tid = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
         if let (Some(tid), Ok(s)) = (tid, std::fs::read_to_string(t.path().join("status"))) {
-            let n =
+            let switches =
                 field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
-            switches.insert(tid, n);
+            let cpu_ns = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            threads.insert(tid, ThreadUsage { switches, cpu_ns });
         }
     }
     Some(Usage {
         cpu_secs: ticks as f64 / hz,
         rss_kib: field(&status, "VmRSS:"),
         peak_rss_kib: field(&status, "VmHWM:"),
-        switches,
+        threads,
     })
+}
+
+/// CPU time this thread has used so far (the scheduler's count, nanoseconds).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What this machine charges, now, for the two things every call does regardless of how it is built: a
+/// thread waking up (a call needs three clocks: capture, playout and the peer's packets, so about 150
+/// wake-ups a second) and Opus itself (the call's encoder settings on a clean path, in a tight loop with
+/// warm caches, so less than inside a call). Measured in the benchmark's own process, at the start and
+/// the end of the run, so each row of results can be read against the machine's speed that hour.
+fn machine_costs(clip: &Path) -> anyhow::Result<Value> {
+    use kith_media::codec::{OpusDecoder, OpusEncoder};
+    use kith_media::rate::EncoderSettings;
+    // Wake-ups: 750 sleeps of 1/150 s (5 s), timed by the scheduler's count for this thread.
+    let n = 750u32;
+    let t0 = thread_cpu_ns();
+    for _ in 0..n {
+        std::thread::sleep(Duration::from_micros(6_667));
+    }
+    let wakeup_us = (thread_cpu_ns() - t0) as f64 / 1e3 / f64::from(n);
+    // Opus: speech (the clip) and digital silence, each encoded and its packets decoded; least of three.
+    let mut r = hound::WavReader::open(clip).with_context(|| format!("reading {}", clip.display()))?;
+    let speech: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
+    let silence = vec![0i16; speech.len()];
+    let settings = EncoderSettings {
+        bitrate: 32_000,
+        fec: false,
+        loss_hint_pct: 0,
+        redundancy: 0,
+    };
+    let per_frame = |pcm: &[i16]| -> anyhow::Result<(f64, f64)> {
+        let (mut enc_best, mut dec_best) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let mut enc = OpusEncoder::new(20, settings)?;
+            let mut dec = OpusDecoder::new(20)?;
+            let frames: Vec<&[i16]> = pcm.chunks_exact(enc.frame_samples()).collect();
+            let t = std::time::Instant::now();
+            let packets = frames
+                .iter()
+                .map(|f| enc.encode(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let enc_us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
+            let t = std::time::Instant::now();
+            for p in &packets {
+                dec.decode(p)?;
+            }
+            let dec_us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
+            enc_best = enc_best.min(enc_us);
+            dec_best = dec_best.min(dec_us);
+        }
+        Ok((enc_best, dec_best))
+    };
+    let (enc_speech, dec_speech) = per_frame(&speech)?;
+    let (enc_silence, dec_silence) = per_frame(&silence)?;
+    Ok(json!({
+        "wakeup_us": wakeup_us,
+        "opus_encode_speech_us_per_frame": enc_speech,
+        "opus_decode_speech_us_per_frame": dec_speech,
+        "opus_encode_silence_us_per_frame": enc_silence,
+        "opus_decode_silence_us_per_frame": dec_silence,
+    }))
 }
 
 fn wav_secs(path: &Path) -> anyhow::Result<f64> {
@@ -159,8 +239,8 @@ impl Pair {
             match (u0, u1) {
                 (Some(a), Some(b)) => json!({
                     "cpu_pct_of_one_core": (b.cpu_secs - a.cpu_secs) / talked * 100.0,
-                    "steady_cpu_pct_of_one_core": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| (y.cpu_secs - x.cpu_secs) / steady_secs * 100.0),
-                    "steady_wakeups_per_sec": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| x.switches_until(y) as f64 / steady_secs),
+                    "steady_cpu_pct_of_one_core": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| x.threads_until(y, |t| t.cpu_ns) as f64 / 1e9 / steady_secs * 100.0),
+                    "steady_wakeups_per_sec": m0.as_ref().zip(m1.as_ref()).map(|(x, y)| x.threads_until(y, |t| t.switches) as f64 / steady_secs),
                     "rss_kib": b.rss_kib,
                     "peak_rss_kib": b.peak_rss_kib,
                 }),
@@ -212,6 +292,14 @@ pub async fn run(
     std::fs::create_dir_all(&out)?;
     let out = std::path::absolute(&out)?;
     let material = std::path::absolute(&material)?;
+    let costs_clip = material.join(format!(
+        "{}.wav",
+        clips.first().context("no clips named")?
+    ));
+    let costs = |clip: PathBuf| async move {
+        tokio::task::spawn_blocking(move || machine_costs(&clip)).await?
+    };
+    let machine_at_start = costs(costs_clip.clone()).await?;
     let dir = tempfile::Builder::new()
         .prefix("kith-bench-calls-")
         .tempdir()?;
@@ -288,11 +376,13 @@ pub async fn run(
     eprintln!("kith set-up: {} calls", setup_runs * 2);
     pair.a.stop().await;
     pair.b.stop().await;
+    let machine_at_end = costs(costs_clip).await?;
     let path = out.join("kith.json");
     std::fs::write(
         &path,
         serde_json::to_vec_pretty(&json!({
             "libopus": kith_media::codec::libopus_version(),
+            "machine": [machine_at_start, machine_at_end],
             "runs": runs,
         }))?,
     )?;
