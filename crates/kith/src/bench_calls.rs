@@ -56,9 +56,7 @@ impl Usage {
         later
             .threads
             .iter()
-            .map(|(tid, t)| {
-                what(t).saturating_sub(self.threads.get(tid).map(&what).unwrap_or(0))
-            })
+            .map(|(tid, t)| what(t).saturating_sub(self.threads.get(tid).map(&what).unwrap_or(0)))
             .sum()
     }
 }
@@ -127,7 +125,8 @@ fn machine_costs(clip: &Path) -> anyhow::Result<Value> {
     }
     let wakeup_us = (thread_cpu_ns() - t0) as f64 / 1e3 / f64::from(n);
     // Opus: speech (the clip) and digital silence, each encoded and its packets decoded; least of three.
-    let mut r = hound::WavReader::open(clip).with_context(|| format!("reading {}", clip.display()))?;
+    let mut r =
+        hound::WavReader::open(clip).with_context(|| format!("reading {}", clip.display()))?;
     let speech: Vec<i16> = r.samples::<i16>().collect::<Result<_, _>>()?;
     let silence = vec![0i16; speech.len()];
     let settings = EncoderSettings {
@@ -292,10 +291,7 @@ pub async fn run(
     std::fs::create_dir_all(&out)?;
     let out = std::path::absolute(&out)?;
     let material = std::path::absolute(&material)?;
-    let costs_clip = material.join(format!(
-        "{}.wav",
-        clips.first().context("no clips named")?
-    ));
+    let costs_clip = material.join(format!("{}.wav", clips.first().context("no clips named")?));
     let costs = |clip: PathBuf| async move {
         tokio::task::spawn_blocking(move || machine_costs(&clip)).await?
     };

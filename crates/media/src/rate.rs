@@ -167,7 +167,10 @@ mod tests {
             "two clean reports end the copies, and FEC with them: {s:?}"
         );
         s = rc.on_report(0.02, Some(Duration::from_millis(40)), t + SEC * 3);
-        assert!(s.fec && s.loss_hint_pct >= 6, "back at the first loss: {s:?}");
+        assert!(
+            s.fec && s.loss_hint_pct >= 6,
+            "back at the first loss: {s:?}"
+        );
         for i in 4..=12 {
             s = rc.on_report(0.0, Some(Duration::from_millis(40)), t + SEC * i);
         }

@@ -33,7 +33,10 @@ impl From<NodeError> for ApiError {
                 kith_store::StoreError::UnknownContact(_)
                 | kith_store::StoreError::UnknownRequest(_),
             ) => StatusCode::NOT_FOUND,
-            NodeError::Store(kith_store::StoreError::NameTaken(_)) => StatusCode::CONFLICT,
+            NodeError::Store(
+                kith_store::StoreError::NameTaken(_)
+                | kith_store::StoreError::AmbiguousContact { .. },
+            ) => StatusCode::CONFLICT,
             e if e.is_user_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

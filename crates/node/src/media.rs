@@ -264,6 +264,21 @@ pub fn check(options: &AudioOptions) -> Result<(), String> {
     {
         return Err(format!("frame length {f} ms: use 10 or 20"));
     }
+    if let Some(d) = options.duration_secs
+        && !(d.is_finite() && d > 0.0)
+    {
+        return Err(format!(
+            "duration {d} s: give a number of seconds above 0 (or no --duration to talk until hang-up)"
+        ));
+    }
+    if let Some(AudioInput::Tone(hz)) = &options.input
+        && !(hz.is_finite() && *hz > 0.0 && *hz < SAMPLE_RATE as f32 / 2.0)
+    {
+        return Err(format!(
+            "tone of {hz} Hz: give a frequency above 0 and below {} Hz",
+            SAMPLE_RATE / 2
+        ));
+    }
     if let Some(AudioInput::Wav(p)) = &options.input {
         load_wav(p)?;
     }

@@ -1212,7 +1212,10 @@ impl Node {
     pub async fn lookup_report(&self, who: &str) -> Result<LookupView, NodeError> {
         let account = match lock(&self.store).contact_by_name(who.trim()) {
             Ok(p) => p.account,
-            Err(_) => kith_core::ParsedContact::parse(who)?.address().account(),
+            Err(StoreError::UnknownContact(_)) => {
+                kith_core::ParsedContact::parse(who)?.address().account()
+            }
+            Err(e) => return Err(e.into()),
         };
         if self.discovery.dht.is_none() {
             return Err(NodeError::NoDht);

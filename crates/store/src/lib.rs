@@ -23,6 +23,8 @@ pub enum StoreError {
     NameTaken(String),
     #[error("no contact named {0:?}: `kith contacts` lists them")]
     UnknownContact(String),
+    #[error("{name:?} could be any of {}: give the name as `kith contacts` shows it", .names.join(", "))]
+    AmbiguousContact { name: String, names: Vec<String> },
     #[error("no contact request from {0:?}: `kith requests` lists them")]
     UnknownRequest(String),
     #[error("the profile database was made by a newer kith (schema {0}): update kith")]
@@ -867,15 +869,34 @@ impl Store {
             .optional()?)
     }
 
+    /// The contact with this name: as written, or else the one whose name differs from it only in case
+    /// (`kith call bob` for "Bob").
     pub fn contact_by_name(&self, name: &str) -> Result<Peer> {
         let sql = format!(
             "SELECT {} FROM peers WHERE state = 'contact' AND petname = ?1",
             Self::PEER_COLS
         );
-        self.conn
+        if let Some(p) = self
+            .conn
             .query_row(&sql, params![name], Self::peer_from_row)
             .optional()?
-            .ok_or_else(|| StoreError::UnknownContact(name.to_owned()))
+        {
+            return Ok(p);
+        }
+        let want = name.to_lowercase();
+        let mut found: Vec<Peer> = self
+            .contacts()?
+            .into_iter()
+            .filter(|p| p.petname.as_ref().is_some_and(|n| n.to_lowercase() == want))
+            .collect();
+        match found.len() {
+            0 => Err(StoreError::UnknownContact(name.to_owned())),
+            1 => Ok(found.remove(0)),
+            _ => Err(StoreError::AmbiguousContact {
+                name: name.to_owned(),
+                names: found.into_iter().filter_map(|p| p.petname).collect(),
+            }),
+        }
     }
 
     fn list(&self, state: &str) -> Result<Vec<Peer>> {
@@ -904,16 +925,18 @@ impl Store {
         card: Option<&ContactCard>,
         now_ms: i64,
     ) -> Result<()> {
-        if let Some(other) = self
+        // Names are looked up regardless of case, so two that differ only in case would be ambiguous.
+        let want = petname.to_lowercase();
+        let taken = self
             .conn
-            .query_row(
-                "SELECT account FROM peers WHERE petname = ?1",
-                params![petname],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()?
-            && other != account.as_bytes()
-        {
+            .prepare("SELECT account, petname FROM peers WHERE petname IS NOT NULL")?
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter()
+            .any(|(other, name)| other != account.as_bytes() && name.to_lowercase() == want);
+        if taken {
             return Err(StoreError::NameTaken(petname.to_owned()));
         }
         self.conn.execute(
@@ -1340,10 +1363,22 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let (me, _, peer) = keys();
         store.add_contact(&peer, "bob", None, 1).unwrap();
+        assert_eq!(
+            store.contact_by_name("BoB").unwrap().account,
+            peer,
+            "a name that differs only in case finds the contact"
+        );
         assert!(matches!(
             store.add_contact(&me.public(), "bob", None, 1),
             Err(StoreError::NameTaken(_))
         ));
+        assert!(
+            matches!(
+                store.add_contact(&me.public(), "Bob", None, 1),
+                Err(StoreError::NameTaken(_))
+            ),
+            "a name that differs only in case is taken too"
+        );
         let card = ContactCard::issue(&me, "Me", Hints::default(), 10).unwrap();
         store
             .add_contact(&me.public(), "me", Some(&card), 1)
@@ -1360,6 +1395,30 @@ mod tests {
             store.contact_by_name("bob"),
             Err(StoreError::UnknownContact(_))
         ));
+    }
+
+    #[test]
+    fn names_that_differ_only_in_case_are_ambiguous_unless_written_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (me, _, peer) = keys();
+        store.add_contact(&peer, "bob", None, 1).unwrap();
+        // Such a pair can only come from a database written before names were compared regardless of case.
+        store
+            .conn
+            .execute(
+                "INSERT INTO peers (account, state, petname, added_at_ms) VALUES (?1, 'contact', 'Bob', 1)",
+                params![me.public().as_bytes()],
+            )
+            .unwrap();
+        assert_eq!(store.contact_by_name("bob").unwrap().account, peer);
+        assert_eq!(store.contact_by_name("Bob").unwrap().account, me.public());
+        let e = store.contact_by_name("BOB").unwrap_err();
+        assert!(
+            matches!(&e, StoreError::AmbiguousContact { names, .. } if names.len() == 2),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Bob, bob"), "{e}");
     }
 
     #[test]
