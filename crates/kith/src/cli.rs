@@ -465,6 +465,33 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs `f` with this process's standard error going to /dev/null. Probing sound cards loads ALSA's
+/// plugins, and some (JACK's, when no JACK server runs) print their failures there: noise to someone
+/// listing devices. `f` returns its own errors, printed afterwards; standard error comes back even if
+/// `f` panics.
+fn without_stderr<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<std::os::fd::OwnedFd>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(fd) = self.0.take() {
+                let _ = rustix::stdio::dup2_stderr(&fd);
+            }
+        }
+    }
+    let saved = rustix::io::dup(std::io::stderr()).ok();
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok();
+    let _restore = match (saved, null) {
+        (Some(saved), Some(null)) if rustix::stdio::dup2_stderr(&null).is_ok() => {
+            Restore(Some(saved))
+        }
+        _ => Restore(None),
+    };
+    f()
+}
+
 fn home_dir(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match cli_home {
         Some(h) => Ok(h),
@@ -893,7 +920,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audio {
             command: AudioCommand::Devices,
         } => {
-            let list = tokio::task::spawn_blocking(kith_node::audio::devices)
+            let list = tokio::task::spawn_blocking(|| without_stderr(kith_node::audio::devices))
                 .await?
                 .map_err(|e| anyhow::anyhow!(e))?;
             let v = serde_json::to_value(&list)?;
@@ -903,7 +930,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "No sound cards found. Calls still work: use --input-wav/--record-wav, --tone or --null."
                     );
                 }
-                for d in &list {
+                // Devices that cannot be opened now (ALSA plugins with nothing behind them, such as JACK
+                // without a JACK server) go last, by name only.
+                let (usable, closed): (Vec<_>, Vec<_>) =
+                    list.iter().partition(|d| d.input || d.output);
+                for d in usable {
                     let mut tags = Vec::new();
                     if d.default_input {
                         tags.push("default input");
@@ -928,6 +959,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     if let Some(c) = &d.output_config {
                         println!("    output: {c}");
+                    }
+                }
+                if !closed.is_empty() {
+                    println!("Listed, but cannot be opened now:");
+                    for d in closed {
+                        println!("  {} ({})", d.name, d.id);
                     }
                 }
             });

@@ -311,6 +311,11 @@ fn audio_devices_are_listed_without_alsa_noise() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("ALSA lib"), "alsa-lib noise: {stderr}");
+    // Nor the JACK plugin's, when no JACK server runs.
+    assert!(
+        !stderr.to_lowercase().contains("jack"),
+        "JACK noise: {stderr}"
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for d in list.as_array().unwrap() {
         assert!(!d["name"].as_str().unwrap().is_empty(), "{d}");
@@ -318,6 +323,8 @@ fn audio_devices_are_listed_without_alsa_noise() {
     }
     let text = kith(dir.path(), &args(&["audio", "devices"]), &[]);
     let stdout = String::from_utf8_lossy(&text.stdout);
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
     assert!(
         list.as_array().unwrap().is_empty() && stdout.contains("No sound cards found")
             || list[0]["name"].as_str().is_some_and(|n| stdout.contains(n)),
