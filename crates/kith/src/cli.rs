@@ -777,15 +777,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             if let (Some(w), Some(secs)) = (watcher, wait) {
                 let seq = v["seq"].as_u64().unwrap_or(0);
+                // The contact's name as stored, which the events use (`name` may differ in case).
+                let to = v["to"].as_str().unwrap_or(&name).to_owned();
                 let t0 = std::time::Instant::now();
                 if !w
                     .wait_for(std::time::Duration::from_secs(secs), |w| {
-                        w.delivered_at(&name, seq).is_some()
+                        w.delivered_at(&to, seq).is_some()
                     })
                     .await
                 {
                     return Err(user(format!(
-                        "message #{seq} to {name} is queued but was not delivered within {secs} s; kith keeps trying"
+                        "message #{seq} to {to} is queued but was not delivered within {secs} s; kith keeps trying"
                     )));
                 }
                 v["state"] = json!("delivered");

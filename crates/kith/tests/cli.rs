@@ -294,6 +294,35 @@ async fn mistyped_addresses_and_cards_are_refused_and_write_nothing() {
         mine["safety_number"], theirs["safety_number"],
         "the same digits on both sides"
     );
+    // A call's length and tone are checked before anyone is called.
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["call", "bob", "--null", "--duration=-1"]),
+            &[],
+        ),
+        "above 0",
+    );
+    assert_user_error(
+        &kith(&home, &args(&["call", "bob", "--tone", "30000"]), &[]),
+        "below 24000 Hz",
+    );
+    // Names are found whatever their case, and `send --wait` waits for the receipt of the contact as
+    // stored ("Bob", from his card) although the name was typed "bob".
+    introduce(&me, &bob).await.unwrap();
+    let out = kith(
+        &home,
+        &args(&["--json", "send", "bob", "hello", "--wait", "30"]),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["to"].as_str(), v["state"].as_str()),
+        (Some("Bob"), Some("delivered")),
+        "{v}"
+    );
 }
 
 async fn me_address(d: &Daemon) -> String {

@@ -2774,10 +2774,12 @@ impl Node {
         }
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-        let (account, seq) = {
+        let (account, seq, to) = {
             let mut st = lock(&self.state);
             let mut store = lock(&self.store);
             let peer = store.contact_by_name(name)?;
+            // The name as stored (events name the contact so; `name` may differ in case).
+            let to = peer.petname.clone().unwrap_or_else(|| name.to_owned());
             let seq = store.enqueue_outgoing(&peer.account, &self.device, id, text, unix_ms())?;
             let outbox_cfg = self.config.outbox.clone();
             st.peers
@@ -2785,13 +2787,13 @@ impl Node {
                 .or_insert_with(|| PeerRt::new(&outbox_cfg))
                 .outbox
                 .enqueue(seq, Instant::now());
-            (peer.account, seq)
+            (peer.account, seq, to)
         };
         let _ = account;
         self.wake.notify_one();
         self.mail.wake.notify_one();
         Ok(SentView {
-            to: name.to_owned(),
+            to,
             seq,
             id: hex::encode(id),
             state: "queued",
