@@ -730,6 +730,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .get(&format!("/v1/contacts/{}/safety-number", urlencode(&name)))
                 .await?;
             out(json_mode, &v, |v| {
+                // The contact's name as stored (`name` may differ in case).
+                let name = v["name"].as_str().unwrap_or(&name);
                 println!("Safety number with {name}:");
                 let digits = s(v, "safety_number").split(' ').collect::<Vec<_>>();
                 for row in digits.chunks(4) {

@@ -323,6 +323,9 @@ async fn mistyped_addresses_and_cards_are_refused_and_write_nothing() {
         (Some("Bob"), Some("delivered")),
         "{v}"
     );
+    let out = kith(&home, &args(&["--json", "verify", "BOB"]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "Bob", "the name as stored: {v}");
 }
 
 async fn me_address(d: &Daemon) -> String {

@@ -201,7 +201,7 @@ async fn lookup(State(c): State<Ctx>, Path(who): Path<String>) -> ApiResult {
 }
 
 async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
-    let (number, address) = c.node.safety_number(&name)?;
+    let (number, address, name) = c.node.safety_number(&name)?;
     ok(json!({ "name": name, "address": address, "safety_number": number }))
 }
 

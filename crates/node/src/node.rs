@@ -2757,11 +2757,14 @@ impl Node {
         Ok(())
     }
 
-    pub fn safety_number(&self, name: &str) -> Result<(String, String), NodeError> {
+    /// The safety number with a contact, their address, and their name as stored (`name` may differ
+    /// in case).
+    pub fn safety_number(&self, name: &str) -> Result<(String, String, String), NodeError> {
         let peer = lock(&self.store).contact_by_name(name)?;
         Ok((
             kith_core::safety::safety_number(&self.account, &peer.account),
             Address::new(peer.account).to_string(),
+            peer.petname.unwrap_or_else(|| name.to_owned()),
         ))
     }
 
