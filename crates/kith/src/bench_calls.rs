@@ -86,10 +86,7 @@ fn usage(pid: u32) -> Option<Usage> {
         if let (Some(tid), Ok(s)) = (tid, std::fs::read_to_string(t.path().join("status"))) {
             let switches =
                 field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:");
-            let cpu_ns = std::fs::read_to_string(t.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
+            let cpu_ns = schedstat_ns(&t.path().join("schedstat"));
             threads.insert(tid, ThreadUsage { switches, cpu_ns });
         }
     }
@@ -101,9 +98,10 @@ fn usage(pid: u32) -> Option<Usage> {
     })
 }
 
-/// CPU time this thread has used so far (the scheduler's count, nanoseconds).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+/// CPU time a thread has used so far, from its `schedstat` file (the scheduler's count, nanoseconds;
+/// 0 if unreadable).
+fn schedstat_ns(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
@@ -119,11 +117,13 @@ fn machine_costs(clip: &Path) -> anyhow::Result<Value> {
     use kith_media::rate::EncoderSettings;
     // Wake-ups: 750 sleeps of 1/150 s (5 s), timed by the scheduler's count for this thread.
     let n = 750u32;
-    let t0 = thread_cpu_ns();
+    // (The sleeps are what is measured here, not a wait for something.)
+    let me = Path::new("/proc/thread-self/schedstat");
+    let t0 = schedstat_ns(me);
     for _ in 0..n {
         std::thread::sleep(Duration::from_micros(6_667));
     }
-    let wakeup_us = (thread_cpu_ns() - t0) as f64 / 1e3 / f64::from(n);
+    let wakeup_us = schedstat_ns(me).saturating_sub(t0) as f64 / 1e3 / f64::from(n);
     // Opus: speech (the clip) and digital silence, each encoded and its packets decoded; least of three.
     let mut r =
         hound::WavReader::open(clip).with_context(|| format!("reading {}", clip.display()))?;

@@ -2777,7 +2777,7 @@ impl Node {
         }
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-        let (account, seq, to) = {
+        let (seq, to) = {
             let mut st = lock(&self.state);
             let mut store = lock(&self.store);
             let peer = store.contact_by_name(name)?;
@@ -2790,9 +2790,8 @@ impl Node {
                 .or_insert_with(|| PeerRt::new(&outbox_cfg))
                 .outbox
                 .enqueue(seq, Instant::now());
-            (peer.account, seq, to)
+            (seq, to)
         };
-        let _ = account;
         self.wake.notify_one();
         self.mail.wake.notify_one();
         Ok(SentView {

@@ -35,6 +35,11 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Whether two contact names are the same name: they may differ in case (`bob` finds "Bob").
+fn same_name(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
 /// Relationship to a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -883,11 +888,10 @@ impl Store {
         {
             return Ok(p);
         }
-        let want = name.to_lowercase();
         let mut found: Vec<Peer> = self
             .contacts()?
             .into_iter()
-            .filter(|p| p.petname.as_ref().is_some_and(|n| n.to_lowercase() == want))
+            .filter(|p| p.petname.as_deref().is_some_and(|n| same_name(n, name)))
             .collect();
         match found.len() {
             0 => Err(StoreError::UnknownContact(name.to_owned())),
@@ -926,7 +930,6 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         // Names are looked up regardless of case, so two that differ only in case would be ambiguous.
-        let want = petname.to_lowercase();
         let taken = self
             .conn
             .prepare("SELECT account, petname FROM peers WHERE petname IS NOT NULL")?
@@ -935,7 +938,7 @@ impl Store {
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?
             .into_iter()
-            .any(|(other, name)| other != account.as_bytes() && name.to_lowercase() == want);
+            .any(|(other, name)| other != account.as_bytes() && same_name(&name, petname));
         if taken {
             return Err(StoreError::NameTaken(petname.to_owned()));
         }
