@@ -30,10 +30,41 @@ fn err(e: opus::Error) -> MediaError {
     MediaError::Codec(e.to_string())
 }
 
+/// Whether a frame is quiet: RMS below -45 dBFS (digital silence, a muted or distant microphone, the
+/// room between words). Where the jitter buffer may change its delay unheard, and where the encoder may
+/// spend less (see [`OpusEncoder`]).
+pub fn is_quiet(pcm: &[i16]) -> bool {
+    let energy: i64 = pcm.iter().map(|s| i64::from(*s) * i64::from(*s)).sum();
+    // RMS < 184, i.e. energy / n < 184^2.
+    pcm.is_empty() || energy < 184 * 184 * pcm.len() as i64
+}
+
+/// The encoder's complexity once the input has been quiet for [`QUIET_BEFORE_LOW_MS`].
+pub const QUIET_COMPLEXITY: u8 = 0;
+/// Quiet input for this long (longer than a pause between words) before the encoder lowers its complexity.
+pub const QUIET_BEFORE_LOW_MS: u32 = 200;
+
+/// An Opus encoder for one call.
+///
+/// Listening costs as much as talking: libopus spends the same on a quiet frame as on speech. So after
+/// [`QUIET_BEFORE_LOW_MS`] of quiet input (one side of a call is mostly listening) the encoder drops to
+/// [`QUIET_COMPLEXITY`], and goes back to its full complexity at the first frame that is not quiet, before
+/// encoding it: speech is always encoded at full complexity. libopus takes complexity changes between
+/// any two frames (WebRTC changes it with the bitrate).
 pub struct OpusEncoder {
     enc: opus::Encoder,
     frame: usize,
     settings: Option<EncoderSettings>,
+    /// The complexity for speech.
+    complexity: u8,
+    /// The complexity for a long quiet stretch (`None`: always `complexity`).
+    quiet_complexity: Option<u8>,
+    /// Quiet frames in a row, up to the count that lowers the complexity.
+    quiet_run: u32,
+    quiet_before_low: u32,
+    low: bool,
+    /// Frames encoded at the quiet complexity.
+    quiet_frames: u64,
 }
 
 impl OpusEncoder {
@@ -48,10 +79,17 @@ impl OpusEncoder {
                 .map_err(err)?;
         // Calls carry speech: keep libopus in its SILK-based modes, which are the ones with in-band FEC.
         enc.set_signal(opus::Signal::Voice).map_err(err)?;
+        let complexity = enc.get_complexity().map_err(err)?.clamp(0, 10) as u8;
         let mut e = Self {
             enc,
             frame: frame_samples(frame_ms),
             settings: None,
+            complexity,
+            quiet_complexity: Some(QUIET_COMPLEXITY),
+            quiet_run: 0,
+            quiet_before_low: QUIET_BEFORE_LOW_MS.div_ceil(u32::from(frame_ms)),
+            low: false,
+            quiet_frames: 0,
         };
         e.apply(settings)?;
         Ok(e)
@@ -61,9 +99,38 @@ impl OpusEncoder {
         self.frame
     }
 
-    /// The encoder's computational complexity, 0-10 (libopus's default is used until this is called).
+    /// The encoder's computational complexity for speech, 0-10 (libopus's default is used until this is
+    /// called).
     pub fn set_complexity(&mut self, c: u8) -> Result<(), MediaError> {
-        self.enc.set_complexity(i32::from(c.min(10))).map_err(err)
+        self.complexity = c.min(10);
+        if !self.low {
+            self.enc
+                .set_complexity(i32::from(self.complexity))
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The complexity after a long quiet stretch; `None` keeps the speech complexity throughout.
+    pub fn set_quiet_complexity(&mut self, c: Option<u8>) -> Result<(), MediaError> {
+        self.quiet_complexity = c.map(|c| c.min(10));
+        if self.low {
+            self.low = false;
+            self.enc
+                .set_complexity(i32::from(self.complexity))
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the last frame was encoded at the quiet complexity.
+    pub fn quiet_mode(&self) -> bool {
+        self.low
+    }
+
+    /// Frames encoded at the quiet complexity so far.
+    pub fn quiet_frames(&self) -> u64 {
+        self.quiet_frames
     }
 
     /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the
@@ -79,6 +146,7 @@ impl OpusEncoder {
         self.enc.set_max_bandwidth(b).map_err(err)
     }
 
+    /// The complexity libopus uses now (the speech complexity, or the quiet one in a long quiet stretch).
     pub fn complexity(&mut self) -> Result<u8, MediaError> {
         self.enc.get_complexity().map(|c| c as u8).map_err(err)
     }
@@ -108,6 +176,21 @@ impl OpusEncoder {
                 pcm.len()
             )));
         }
+        if is_quiet(pcm) {
+            self.quiet_run = (self.quiet_run + 1).min(self.quiet_before_low);
+        } else {
+            self.quiet_run = 0;
+        }
+        let low = self.quiet_complexity.is_some() && self.quiet_run >= self.quiet_before_low;
+        if low != self.low {
+            let c = match self.quiet_complexity {
+                Some(q) if low => q,
+                _ => self.complexity,
+            };
+            self.enc.set_complexity(i32::from(c)).map_err(err)?;
+            self.low = low;
+        }
+        self.quiet_frames += u64::from(low);
         self.enc.encode_vec(pcm, 1500).map_err(err)
     }
 
@@ -280,6 +363,97 @@ mod tests {
         };
         let (fec, plc) = (err(true), err(false));
         assert!(fec < plc, "FEC error {fec:.3e} vs PLC {plc:.3e}");
+    }
+
+    #[test]
+    fn quiet_is_below_minus_45_dbfs() {
+        assert!(is_quiet(&[]));
+        assert!(is_quiet(&[0; 960]));
+        assert!(is_quiet(&[183; 960]) && is_quiet(&[-183; 960]));
+        assert!(!is_quiet(&[184; 960]) && !is_quiet(&[-184; 960]));
+        assert!(!is_quiet(&voice(960)));
+    }
+
+    /// A listener's encoder: speech, then 300 ms of room noise at -60 dBFS, then speech again.
+    #[test]
+    fn a_long_quiet_stretch_lowers_the_complexity_and_speech_restores_it_at_once() {
+        let settings = EncoderSettings {
+            bitrate: 32_000,
+            fec: false,
+            loss_hint_pct: 6,
+            redundancy: 0,
+        };
+        let speech = voice(48_000);
+        let mut state = 7u32;
+        let room: Vec<i16> = (0..960)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((state >> 16) % 65) as i16 - 32
+            })
+            .collect();
+        assert!(is_quiet(&room));
+        let mut enc = OpusEncoder::new(20, settings).unwrap();
+        let full = enc.complexity().unwrap();
+        assert!(full > QUIET_COMPLEXITY, "libopus default {full}");
+        let mut input = vec![];
+        let mut packets = vec![];
+        for f in speech[..960 * 25].chunks(960) {
+            packets.push(enc.encode(f).unwrap());
+            input.extend_from_slice(f);
+            assert!(!enc.quiet_mode());
+        }
+        // 200 ms of quiet (10 frames) is still encoded in full; from then on at the quiet complexity.
+        for i in 1..=15 {
+            packets.push(enc.encode(&room).unwrap());
+            input.extend_from_slice(&room);
+            assert_eq!(enc.quiet_mode(), i >= 10, "quiet frame {i}");
+        }
+        assert_eq!(enc.complexity().unwrap(), QUIET_COMPLEXITY);
+        assert_eq!(enc.quiet_frames(), 6);
+        // The first frame that is not quiet is encoded at full complexity, and so is the rest.
+        for f in speech[960 * 25..].chunks(960) {
+            packets.push(enc.encode(f).unwrap());
+            input.extend_from_slice(f);
+            assert!(!enc.quiet_mode());
+            assert_eq!(enc.complexity().unwrap(), full);
+        }
+        assert_eq!(enc.quiet_frames(), 6);
+        // And the speech after the quiet stretch decodes as well as it does from an encoder that never
+        // lowered its complexity (within 1 dB of its signal-to-noise ratio).
+        let snr_after_quiet = |packets: &[Vec<u8>]| {
+            let mut dec = OpusDecoder::new(20).unwrap();
+            let out: Vec<i16> = packets
+                .iter()
+                .flat_map(|p| dec.decode(p).unwrap())
+                .collect();
+            let from = 960 * 40;
+            let d = (0..2000)
+                .max_by_key(|&d| {
+                    (from..from + 20_000)
+                        .map(|i| i64::from(out[i + d]) * i64::from(input[i]))
+                        .sum::<i64>()
+                })
+                .unwrap();
+            let (mut sig, mut err) = (0.0, 0.0);
+            for i in from..input.len() - d {
+                sig += f64::from(input[i]).powi(2);
+                err += (f64::from(out[i + d]) - f64::from(input[i])).powi(2);
+            }
+            10.0 * (sig / err).log10()
+        };
+        let lowered = snr_after_quiet(&packets);
+        let mut always = OpusEncoder::new(20, settings).unwrap();
+        always.set_quiet_complexity(None).unwrap();
+        let mut steady = vec![];
+        for f in input.chunks(960) {
+            steady.push(always.encode(f).unwrap());
+        }
+        assert_eq!(always.quiet_frames(), 0);
+        let full_snr = snr_after_quiet(&steady);
+        assert!(
+            lowered > full_snr - 1.0 && lowered > 3.0,
+            "SNR after the quiet stretch {lowered:.2} dB, never lowered {full_snr:.2} dB"
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct CallStats {
     /// whatever else went on that connection, acknowledgements included (counted on the connection the call
     /// started on). About one per frame sent when acknowledgements ride along in the media.
     pub udp_packets_sent: u64,
+    /// Frames the encoder coded at its lower complexity for quiet input (after 200 ms of it; speech is
+    /// always coded at full complexity).
+    pub quiet_encoded_frames: u64,
 }
 
 fn unix_us() -> u64 {
@@ -539,7 +542,7 @@ pub fn start(
                         Playout::Wait => Ok(vec![0; frame]),
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
-                    let is_quiet = quiet(&out);
+                    let is_quiet = codec::is_quiet(&out);
                     jb.set_quiet(is_quiet);
                     if let Some(d) = jb.advance() {
                         // A pause: play this frame shorter and the next ones that much sooner.
@@ -635,6 +638,7 @@ pub fn start(
                         fill(&mut s, &js, u64::from(seq), dropped, start);
                         sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
                         udp_sent(&mut s);
+                        s.quiet_encoded_frames = enc.quiet_frames();
                     }
                 }
             }
@@ -647,6 +651,7 @@ pub fn start(
             fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
             sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
             udp_sent(&mut s);
+            s.quiet_encoded_frames = enc.quiet_frames();
         }
         drop(devices);
         if let Some(w) = writer
@@ -661,12 +666,6 @@ pub fn start(
         stop,
         done,
     })
-}
-
-/// A frame in a pause of speech (RMS below -45 dBFS): where the jitter buffer may change its delay unheard.
-fn quiet(pcm: &[i16]) -> bool {
-    let energy: f64 = pcm.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
-    pcm.is_empty() || (energy / pcm.len() as f64).sqrt() < 184.0
 }
 
 /// The receive-side numbers of the statistics, from the jitter buffer's.
