@@ -657,12 +657,29 @@ async fn a_call_through_sound_cards() {
         c.env("XDG_RUNTIME_DIR", &runtime).env("HOME", &runtime);
         c
     };
-    // `kith audio devices` sees the virtual cards.
-    let out = std::process::Command::new(exe())
-        .args(["--json", "audio", "devices"])
-        .output()
-        .unwrap();
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `kith audio devices` sees the virtual cards. On a loaded machine (the whole suite starting at once)
+    // a fresh server may not answer the first listing in time, which then shows the ALSA devices alone:
+    // list again, up to 20 times.
+    let mut listed = Value::Null;
+    for _ in 0..20 {
+        let out = std::process::Command::new(exe())
+            .args(["--json", "audio", "devices"])
+            .output()
+            .unwrap();
+        listed = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        if ids.iter().any(|i| i.ends_with("mic.monitor")) && ids.iter().any(|i| i.ends_with(":spk"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let list = listed;
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
