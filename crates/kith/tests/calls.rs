@@ -660,34 +660,32 @@ async fn a_call_through_sound_cards() {
     // `kith audio devices` sees the virtual cards. On a loaded machine (the whole suite starting at once)
     // a fresh server may not answer the first listing in time, which then shows the ALSA devices alone:
     // list again, up to 20 times.
-    let mut listed = Value::Null;
+    let has_cards = |list: &Value| {
+        let ids = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["id"].as_str());
+        let (mut mic, mut spk) = (false, false);
+        for id in ids {
+            mic |= id.ends_with("mic.monitor");
+            spk |= id.ends_with(":spk");
+        }
+        mic && spk
+    };
+    let mut list = Value::Null;
     for _ in 0..20 {
         let out = std::process::Command::new(exe())
             .args(["--json", "audio", "devices"])
             .output()
             .unwrap();
-        listed = serde_json::from_slice(&out.stdout).unwrap();
-        let ids: Vec<&str> = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["id"].as_str().unwrap())
-            .collect();
-        if ids.iter().any(|i| i.ends_with("mic.monitor")) && ids.iter().any(|i| i.ends_with(":spk"))
-        {
+        list = serde_json::from_slice(&out.stdout).unwrap();
+        if has_cards(&list) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let list = listed;
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert!(ids.iter().any(|i| i.ends_with("mic.monitor")), "{list}");
-    assert!(ids.iter().any(|i| i.ends_with(":spk")), "{list}");
+    assert!(has_cards(&list), "{list}");
 
     let dir = tempfile::tempdir().unwrap();
     // Keep the "microphone" running the whole time, as a real one does: a stream of silence plays into
