@@ -133,6 +133,12 @@ impl OpusEncoder {
         self.quiet_frames
     }
 
+    /// Variable bitrate (`true`, libopus's default, constrained) or constant (every frame the same size; for
+    /// comparisons: it costs speech quality, see BENCHMARKS.md).
+    pub fn set_vbr(&mut self, vbr: bool) -> Result<(), MediaError> {
+        self.enc.set_vbr(vbr).map_err(err)
+    }
+
     /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the
     /// default: libopus then picks by bitrate).
     pub fn set_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
