@@ -924,11 +924,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audio {
             command: AudioCommand::Devices,
         } => {
-            let list = tokio::task::spawn_blocking(|| without_stderr(kith_node::audio::devices))
+            let listing = tokio::task::spawn_blocking(|| without_stderr(kith_node::audio::devices))
                 .await?
                 .map_err(|e| anyhow::anyhow!(e))?;
+            // JSON: the list of devices, as before; the text names the audio system first.
+            let list = listing.devices;
             let v = serde_json::to_value(&list)?;
             out(json_mode, &v, |_| {
+                println!("Audio system: {}", listing.system);
                 if list.is_empty() {
                     println!(
                         "No sound cards found. Calls still work: use --input-wav/--record-wav, --tone or --null."

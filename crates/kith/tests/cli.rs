@@ -357,6 +357,13 @@ fn audio_devices_are_listed_without_alsa_noise() {
     let stdout = String::from_utf8_lossy(&text.stdout);
     let stderr = String::from_utf8_lossy(&text.stderr);
     assert!(stderr.is_empty(), "{stderr}");
+    // The text names the audio system first (and why not PulseAudio, when it is ALSA).
+    let system = stdout.lines().next().unwrap_or_default();
+    assert!(
+        system == "Audio system: PulseAudio"
+            || system.starts_with("Audio system: ALSA (PulseAudio"),
+        "{stdout}"
+    );
     assert!(
         list.as_array().unwrap().is_empty() && stdout.contains("No sound cards found")
             || list[0]["name"].as_str().is_some_and(|n| stdout.contains(n)),

@@ -60,15 +60,46 @@ fn id_of(d: &cpal::Device) -> String {
     d.id().map(|i| i.to_string()).unwrap_or_default()
 }
 
-/// Every device of the default host.
-pub fn devices() -> Result<Vec<DeviceInfo>, String> {
+/// The audio system calls go through, and how `kith audio devices` names it: PulseAudio (or PipeWire
+/// through pipewire-pulse) when its server answers, else ALSA, with the reason PulseAudio was not used
+/// (cpal's own choice falls back silently, and the list then lacks the server's devices).
+fn host() -> (cpal::Host, String) {
+    #[cfg(target_os = "linux")]
+    {
+        let why = match cpal::host_from_id(cpal::HostId::PulseAudio) {
+            Ok(h) => return (h, "PulseAudio".into()),
+            Err(e) => e.to_string(),
+        };
+        if let Ok(h) = cpal::host_from_id(cpal::HostId::Alsa) {
+            let why = if why.contains("PulseAudio") {
+                why
+            } else {
+                format!("PulseAudio: {why}")
+            };
+            return (h, format!("ALSA ({why})"));
+        }
+    }
+    let h = cpal::default_host();
+    let name = h.id().name().to_string();
+    (h, name)
+}
+
+/// The sound cards the audio system offers, and which system that is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub system: String,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// Every device of the audio system calls use.
+pub fn devices() -> Result<Listing, String> {
     quiet_alsa();
-    let host = cpal::default_host();
+    let (host, system) = host();
     let default_in = host.default_input_device().map(|d| id_of(&d));
     let default_out = host.default_output_device().map(|d| id_of(&d));
     let list = host
         .devices()
-        .map_err(|e| format!("cannot list audio devices ({}): {e}", host.id().name()))?;
+        .map_err(|e| format!("cannot list audio devices ({system}): {e}"))?;
     let mut out = Vec::new();
     for d in list {
         let id = id_of(&d);
@@ -93,7 +124,10 @@ pub fn devices() -> Result<Vec<DeviceInfo>, String> {
             id,
         });
     }
-    Ok(out)
+    Ok(Listing {
+        system,
+        devices: out,
+    })
 }
 
 fn describe(c: &cpal::SupportedStreamConfig) -> String {
@@ -109,7 +143,7 @@ fn describe(c: &cpal::SupportedStreamConfig) -> String {
 /// (case-insensitive) that matches exactly one device.
 fn find(name: &str, input: bool) -> Result<cpal::Device, String> {
     quiet_alsa();
-    let host = cpal::default_host();
+    let (host, _) = host();
     let dir = if input { "input" } else { "output" };
     if name.eq_ignore_ascii_case("default") {
         let d = if input {
