@@ -657,35 +657,6 @@ async fn a_call_through_sound_cards() {
         c.env("XDG_RUNTIME_DIR", &runtime).env("HOME", &runtime);
         c
     };
-    // `kith audio devices` sees the virtual cards. On a loaded machine (the whole suite starting at once)
-    // a fresh server may not answer the first listing in time, which then shows the ALSA devices alone:
-    // list again, up to 20 times.
-    let has_cards = |list: &Value| {
-        let ids = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["id"].as_str());
-        let (mut mic, mut spk) = (false, false);
-        for id in ids {
-            mic |= id.ends_with("mic.monitor");
-            spk |= id.ends_with(":spk");
-        }
-        mic && spk
-    };
-    let mut list = Value::Null;
-    for _ in 0..20 {
-        let out = std::process::Command::new(exe())
-            .args(["--json", "audio", "devices"])
-            .output()
-            .unwrap();
-        list = serde_json::from_slice(&out.stdout).unwrap();
-        if has_cards(&list) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(has_cards(&list), "{list}");
 
     let dir = tempfile::tempdir().unwrap();
     // Keep the "microphone" running the whole time, as a real one does: a stream of silence plays into
@@ -703,6 +674,29 @@ async fn a_call_through_sound_cards() {
     // streams ask for: wait until both sinks' monitors deliver, as a real card's would from the start.
     let _live_mic = live_monitor(pa("parecord"), "mic.monitor");
     let _live_spk = live_monitor(pa("parecord"), "spk.monitor");
+    // `kith audio devices` sees the virtual cards. Listed only now that the server has served two
+    // clients: listed at once after its start, under the whole suite's start-up load, it once showed the
+    // ALSA devices alone.
+    let devices = |json: bool| {
+        let mut c = std::process::Command::new(exe());
+        if json {
+            c.arg("--json");
+        }
+        c.args(["audio", "devices"]).output().unwrap().stdout
+    };
+    let list: Value = serde_json::from_slice(&devices(true)).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    let has = |suffix: &str| ids.iter().any(|i| i.ends_with(suffix));
+    assert!(
+        has("mic.monitor") && has(":spk"),
+        "{list}\n{}",
+        String::from_utf8_lossy(&devices(false))
+    );
     let (alice, bob) = pair(dir.path(), vec![]).await;
     let speech = read_wav(&data("speech-a.wav"));
     let heard = dir.path().join("heard.wav");
