@@ -1,10 +1,11 @@
 //! Opus through a lossy channel, offline: `cargo run -p kith-media --release --example lossy -- IN.wav OUT.wav
-//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--red] [--arrived TRACE]`.
+//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx] [--red] [--arrived TRACE]`.
 //! Each lost frame is rebuilt from the next packet's FEC when that packet arrived (with `--red`: played whole
 //! from the copy the next packet carries, and LBRR off, as kith sends under steady loss), else concealed:
-//! the codec's best case, without a network or a jitter buffer. For comparing encoder settings with PESQ.
+//! the codec's best case, without a network or a jitter buffer. With `--dtx` the DTX frames are not sent
+//! (so not lost either) and are played as comfort noise. For comparing encoder settings with PESQ.
 
-use kith_media::codec::{OpusDecoder, OpusEncoder, has_lbrr};
+use kith_media::codec::{OpusDecoder, OpusEncoder, has_lbrr, is_dtx};
 use kith_media::rate::EncoderSettings;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -57,6 +58,8 @@ fn main() {
         })
         .unwrap();
     }
+    let dtx = args.iter().any(|a| a == "--dtx");
+    enc.set_dtx(dtx).unwrap();
     if args.iter().any(|a| a == "--cbr") {
         enc.set_vbr(false).unwrap();
     }
@@ -105,25 +108,31 @@ fn main() {
             } else {
                 rng.random::<f64>() < p_loss
             };
+            // A DTX frame is not sent, so not lost (drawn all the same: the same frames are lost with and
+            // without DTX).
+            let lost = lost && !is_dtx(&p);
             (p, lost)
         })
         .collect();
     let enc_time = t0.elapsed();
     let t1 = std::time::Instant::now();
-    let (mut fec, mut copies, mut conceal, mut lbrr) = (0, 0, 0, 0);
+    let (mut fec, mut copies, mut conceal, mut lbrr, mut unsent) = (0, 0, 0, 0, 0);
     let mut w = hound::WavWriter::create(&args[2], spec).unwrap();
     for i in 0..packets.len() {
         let (p, lost) = &packets[i];
         if has_lbrr(p) {
             lbrr += 1;
         }
-        let next_arrived = matches!(packets.get(i + 1), Some((_, false)));
-        let out = if !lost {
+        let next_arrived = matches!(packets.get(i + 1), Some((n, false)) if !is_dtx(n));
+        let out = if is_dtx(p) {
+            unsent += 1;
+            dec.conceal().unwrap()
+        } else if !lost {
             dec.decode(p).unwrap()
         } else if red && next_arrived {
             copies += 1;
             dec.decode(p).unwrap()
-        } else if let Some((next, false)) = packets.get(i + 1) {
+        } else if let Some((next, false)) = packets.get(i + 1).filter(|n| !is_dtx(&n.0)) {
             fec += 1;
             dec.decode_fec(next).unwrap()
         } else {
@@ -138,7 +147,7 @@ fn main() {
     w.finalize().unwrap();
     let n = packets.len().max(1) as f64;
     eprintln!(
-        "{} frames, {} lost, {fec} from FEC, {copies} from copies, {conceal} concealed, LBRR in {lbrr}; complexity {complexity}: \
+        "{} frames, {unsent} not sent (DTX), {} lost, {fec} from FEC, {copies} from copies, {conceal} concealed, LBRR in {lbrr}; complexity {complexity}: \
          encode {:.0} us/frame, decode {:.0} us/frame ({:.2} % of a core at 50 frames/s)",
         packets.len(),
         fec + copies + conceal,

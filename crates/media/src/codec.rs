@@ -26,6 +26,12 @@ pub fn has_lbrr(packet: &[u8]) -> bool {
     unsafe { opusic_sys::opus_packet_has_lbrr(packet.as_ptr(), packet.len() as i32) > 0 }
 }
 
+/// Whether an encoded packet is a DTX frame: one or two bytes (the table-of-contents byte alone), which
+/// says only "nothing changed" and need not be sent (see [`OpusEncoder::set_dtx`]).
+pub fn is_dtx(packet: &[u8]) -> bool {
+    packet.len() <= 2
+}
+
 fn err(e: opus::Error) -> MediaError {
     MediaError::Codec(e.to_string())
 }
@@ -137,6 +143,13 @@ impl OpusEncoder {
     /// comparisons: it costs speech quality, see BENCHMARKS.md).
     pub fn set_vbr(&mut self, vbr: bool) -> Result<(), MediaError> {
         self.enc.set_vbr(vbr).map_err(err)
+    }
+
+    /// Discontinuous transmission: in silence and background noise libopus then codes a frame only every
+    /// 400 ms (to refresh the listener's comfort noise) and returns [`is_dtx`] packets for the rest, which
+    /// need not be sent. The decoder plays comfort noise for a frame not sent ([`OpusDecoder::conceal`]).
+    pub fn set_dtx(&mut self, dtx: bool) -> Result<(), MediaError> {
+        self.enc.set_dtx(dtx).map_err(err)
     }
 
     /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the

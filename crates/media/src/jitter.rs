@@ -29,6 +29,17 @@
 //! * it is missing but the one after it is there: decode that one's in-band FEC (LBRR) in its place;
 //! * both are missing: conceal (the decoder's PLC). A packet that comes after its turn is late: dropped,
 //!   but its delay still counts for the jitter estimate.
+//!
+//! Frames and packets are numbered apart, as RTP does: a frame's number is its place in the sender's
+//! audio (its timestamp over the frame length), a packet's sequence number counts the packets sent. The
+//! sender sends nothing for frames in a pause (discontinuous transmission, DTX: libopus codes a frame only
+//! every 400 ms there), so a frame without a packet is either lost or not sent, and the sequence numbers
+//! tell which: between two packets that arrived, as many frames were lost as sequence numbers are missing.
+//! A frame not sent is played as comfort noise ([`Playout::Gap`]: the decoder's concealment continues the
+//! comfort noise of the last packet) and is neither loss nor concealment in the statistics. While the
+//! packet after a missing frame has not come yet, the frame is concealed, and counted once that packet says
+//! whether it was lost ([`JitterStats::gaps`]). Where a pause and a loss meet, the frames taken as lost are
+//! those just before the next packet (the start of a talk spurt), whose FEC that packet carries.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,15 +79,19 @@ impl JitterConfig {
     }
 }
 
-/// What to play for one tick.
+/// What to play for one tick; `frame` is the frame's number (see the module's documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Playout {
     /// Decode this packet.
-    Packet { seq: u64, payload: Vec<u8> },
-    /// Packet `seq` is missing: decode the FEC carried in the next packet (`payload`) instead.
-    Fec { seq: u64, payload: Vec<u8> },
-    /// Packet `seq` is missing and so is the next: conceal.
-    Conceal { seq: u64 },
+    Packet { frame: u64, payload: Vec<u8> },
+    /// Frame `frame`'s packet is lost: decode the FEC carried in the next packet (`payload`) instead.
+    Fec { frame: u64, payload: Vec<u8> },
+    /// Frame `frame`'s packet is missing and there is no FEC for it: conceal. (Or the buffer waits a frame
+    /// to grow its delay, see [`JitterStats::stalls`].)
+    Conceal { frame: u64 },
+    /// The sender sent nothing for frame `frame` (a pause, DTX): comfort noise, which the decoder's
+    /// concealment plays after a DTX frame.
+    Gap { frame: u64 },
     /// Nothing to play yet (before the first packet, or while the buffer fills at start).
     Wait,
 }
@@ -95,6 +110,9 @@ pub struct JitterStats {
     pub red: u64,
     /// Lost frames concealed (no FEC available).
     pub concealed: u64,
+    /// Frames the sender did not send (DTX), played as comfort noise; not loss. A frame missing before
+    /// the next packet has come is counted (here or in `concealed`) once that packet says which it was.
+    pub gaps: u64,
     /// Ticks concealed while waiting, to grow the delay.
     pub stalls: u64,
     /// Frames dropped to shrink the delay.
@@ -112,14 +130,41 @@ pub struct JitterStats {
     pub jitter_rfc3550_ms: f64,
 }
 
+/// A frame waiting to be played.
+#[derive(Debug)]
+struct Entry {
+    payload: Vec<u8>,
+    /// The sequence number of the packet it came in; `None` for a copy carried by a later packet
+    /// (redundancy: its own packet was lost or is late).
+    seq: Option<u64>,
+    /// Its packet carries in-band FEC for the frame before it.
+    fec: bool,
+}
+
+/// Frames missing since the last frame played from its own packet (the anchor), by how they were played,
+/// until the next packet tells how many of them were lost.
+#[derive(Debug, Default, Clone, Copy)]
+struct Missing {
+    /// Played from a copy, from the next packet's FEC, concealed as lost, or played as a gap: known.
+    red: u64,
+    fec: u64,
+    lost: u64,
+    gap: u64,
+    /// Concealed before anything was known.
+    unknown: u64,
+}
+
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    /// Frames waiting to be played: payload, whether it is a redundant copy (its own packet was lost or is
-    /// late), and whether it carries in-band FEC for the frame before it.
-    packets: BTreeMap<u64, (Vec<u8>, bool, bool)>,
-    /// The next sequence number to play (None before playout starts).
+    /// Frames waiting to be played, by frame number.
+    packets: BTreeMap<u64, Entry>,
+    /// The next frame to play (None before playout starts).
     next: Option<u64>,
+    /// The last frame played from its own packet, and that packet's sequence number.
+    anchor: Option<(u64, u64)>,
+    /// Frames missing since the anchor.
+    missing: Missing,
     /// When the first packet arrived (playout starts `target` later).
     first_arrival: Option<Instant>,
     /// (seq, arrival) of recent packets, to measure relative delay.
@@ -136,7 +181,7 @@ pub struct JitterBuffer {
     ticks_since_stall: u32,
     over_target_ticks: u32,
     stats: JitterStats,
-    /// For RFC 3550 jitter: previous (seq, arrival).
+    /// For RFC 3550 jitter: previous (frame, arrival).
     prev: Option<(u64, Instant)>,
     j3550: f64,
     /// Highest sequence number received.
@@ -158,6 +203,8 @@ impl JitterBuffer {
             config,
             packets: BTreeMap::new(),
             next: None,
+            anchor: None,
+            missing: Missing::default(),
             first_arrival: None,
             last_tick: None,
             history: Default::default(),
@@ -218,53 +265,77 @@ impl JitterBuffer {
         Duration::from_secs_f64(self.last_lag.max(0.0))
     }
 
-    /// A packet with sequence number `seq` (one frame each, consecutive) arrived at `now`, carrying in-band
-    /// FEC for the frame before it.
-    pub fn push(&mut self, seq: u64, payload: Vec<u8>, now: Instant) {
-        self.push_packet(seq, payload, true, now);
+    /// The packet of frame `frame` arrived at `now`, carrying in-band FEC for the frame before it; one
+    /// packet per frame (no DTX), so its sequence number is the frame's.
+    pub fn push(&mut self, frame: u64, payload: Vec<u8>, now: Instant) {
+        self.push_packet(frame, frame, payload, true, now);
     }
 
-    /// As [`Self::push`], saying whether the packet carries in-band FEC (LBRR) for the frame before it: a
-    /// missing frame is rebuilt from the next packet only if it does (else it is concealed, and counted so).
-    pub fn push_packet(&mut self, seq: u64, payload: Vec<u8>, has_fec: bool, now: Instant) {
+    /// The packet with sequence number `seq`, of frame `frame`, arrived at `now`; `has_fec`: it carries
+    /// in-band FEC (LBRR) for the frame before it. A lost frame is rebuilt from the next packet only if
+    /// that one does (else it is concealed, and counted so).
+    pub fn push_packet(
+        &mut self,
+        frame: u64,
+        seq: u64,
+        payload: Vec<u8>,
+        has_fec: bool,
+        now: Instant,
+    ) {
         if let Some(next) = self.next
-            && seq < next
+            && frame < next
         {
             self.stats.late += 1;
-            self.observe(seq, now);
+            self.observe(frame, seq, now);
             return;
         }
-        match self.packets.get_mut(&seq) {
-            Some((_, false, _)) => {
+        match self.packets.get_mut(&frame) {
+            Some(Entry { seq: Some(_), .. }) => {
                 self.stats.duplicates += 1;
                 return;
             }
             // The packet itself, after a copy of it came: the same frame, now from its own packet (with
             // whatever FEC it carries for the frame before).
-            Some((p, red, fec)) => {
-                *p = payload;
-                *red = false;
-                *fec = has_fec;
+            Some(e) => {
+                *e = Entry {
+                    payload,
+                    seq: Some(seq),
+                    fec: has_fec,
+                };
             }
             None => {
-                self.packets.insert(seq, (payload, false, has_fec));
+                self.packets.insert(
+                    frame,
+                    Entry {
+                        payload,
+                        seq: Some(seq),
+                        fec: has_fec,
+                    },
+                );
                 self.bound();
             }
         }
         self.stats.received += 1;
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
-        self.observe(seq, now);
+        self.observe(frame, seq, now);
         self.first_arrival.get_or_insert(now);
     }
 
-    /// A whole copy of frame `seq` arrived inside a later packet (whose own frame went to [`Self::push`]).
-    /// Kept if that frame is still to be played and its own packet is not here; it says nothing about
-    /// transit or loss.
-    pub fn push_redundant(&mut self, seq: u64, payload: Vec<u8>) {
-        if self.next.is_some_and(|n| seq < n) || self.packets.contains_key(&seq) {
+    /// A whole copy of frame `frame` arrived inside a later packet (whose own frame went to
+    /// [`Self::push_packet`]). Kept if that frame is still to be played and its own packet is not here; it
+    /// says nothing about transit or loss.
+    pub fn push_redundant(&mut self, frame: u64, payload: Vec<u8>) {
+        if self.next.is_some_and(|n| frame < n) || self.packets.contains_key(&frame) {
             return;
         }
-        self.packets.insert(seq, (payload, true, false));
+        self.packets.insert(
+            frame,
+            Entry {
+                payload,
+                seq: None,
+                fec: false,
+            },
+        );
         self.bound();
     }
 
@@ -275,23 +346,23 @@ impl JitterBuffer {
         }
     }
 
-    fn observe(&mut self, seq: u64, now: Instant) {
+    fn observe(&mut self, frame: u64, seq: u64, now: Instant) {
         // RFC 3550: D = (arrival difference) - (send-time difference); J += (|D| - J) / 16.
-        if let Some((ps, pa)) = self.prev
-            && seq > ps
+        if let Some((pf, pa)) = self.prev
+            && frame > pf
         {
             let arrival = now.saturating_duration_since(pa).as_secs_f64()
                 - pa.saturating_duration_since(now).as_secs_f64();
-            let sent = self.config.frame.as_secs_f64() * (seq - ps) as f64;
+            let sent = self.config.frame.as_secs_f64() * (frame - pf) as f64;
             let d = (arrival - sent).abs();
             self.j3550 += (d - self.j3550) / 16.0;
         }
-        if self.prev.is_none_or(|(ps, _)| seq > ps) {
-            self.prev = Some((seq, now));
+        if self.prev.is_none_or(|(pf, _)| frame > pf) {
+            self.prev = Some((frame, now));
         }
         self.seen += 1;
         let epoch = *self.epoch.get_or_insert(now);
-        let transit = signed_secs(now, epoch) - seq as f64 * self.config.frame.as_secs_f64();
+        let transit = signed_secs(now, epoch) - frame as f64 * self.config.frame.as_secs_f64();
         self.history.push_back(Seen { seq, transit });
         while self.history.len() > WINDOW {
             self.history.pop_front();
@@ -330,7 +401,8 @@ impl JitterBuffer {
         Duration::from_secs_f64(p95.max(0.0))
     }
 
-    /// Fraction of packets missing in the window (holes between its lowest and highest sequence number).
+    /// Fraction of packets missing in the window (holes between its lowest and highest sequence number;
+    /// frames not sent have none).
     fn window_loss(&self, scratch: &mut Vec<u64>) -> f64 {
         let (Some(lo), Some(hi)) = (
             self.history.iter().map(|h| h.seq).min(),
@@ -347,12 +419,45 @@ impl JitterBuffer {
         1.0 - scratch.len() as f64 / span
     }
 
-    /// How long frame `seq` will have waited when played at `now`, had it arrived with the least transit
+    /// How long frame `frame` will have waited when played at `now`, had it arrived with the least transit
     /// seen: the buffer's delay at this playout point.
-    fn lag(&self, seq: u64, now: Instant) -> Option<f64> {
+    fn lag(&self, frame: u64, now: Instant) -> Option<f64> {
         let (epoch, min) = (self.epoch?, self.min_transit()?);
-        let frame = self.config.frame.as_secs_f64();
-        Some(signed_secs(now, epoch) - (seq as f64 * frame + min))
+        Some(signed_secs(now, epoch) - (frame as f64 * self.config.frame.as_secs_f64() + min))
+    }
+
+    /// Frame `frame` was played from (or dropped with) its own packet `seq`: the frames missing since the
+    /// last such frame are now known, lost or not sent, and the ones concealed unknowing are counted.
+    fn anchor_at(&mut self, frame: u64, seq: u64) {
+        let m = std::mem::take(&mut self.missing);
+        if let Some((_, last)) = self.anchor {
+            let lost = seq.saturating_sub(last + 1);
+            let left = lost.saturating_sub(m.red + m.fec + m.lost);
+            let concealed = m.unknown.min(left);
+            self.stats.concealed += concealed;
+            self.stats.gaps += m.unknown - concealed;
+        } else {
+            // Before the first packet played nothing is known: what was concealed counts as lost.
+            self.stats.concealed += m.unknown;
+        }
+        self.anchor = Some((frame, seq));
+    }
+
+    /// Frame `next` has no packet here at its turn: whether it was lost (sent), as far as the packets
+    /// around it tell (`None`: not known yet).
+    fn was_sent(&self, next: u64) -> Option<bool> {
+        let Some((anchor_frame, anchor_seq)) = self.anchor else {
+            // Nothing played from a packet yet: count it as lost, as a buffer without DTX would.
+            return Some(true);
+        };
+        let (&after_frame, after) = self
+            .packets
+            .range(next + 1..)
+            .find(|(_, e)| e.seq.is_some())?;
+        let lost = after.seq?.saturating_sub(anchor_seq + 1);
+        let frames = after_frame.saturating_sub(anchor_frame + 1);
+        // All frames between sent, none, or (a pause and a loss) the ones just before the next packet.
+        Some(lost >= frames || after_frame - next <= lost)
     }
 
     fn retarget(&mut self) {
@@ -449,14 +554,18 @@ impl JitterBuffer {
         if lag + frame / 2.0 < target - 1e-6 {
             self.ticks_since_stall = 0;
             self.stats.stalls += 1;
-            return Playout::Conceal { seq: next };
+            return Playout::Conceal { frame: next };
         }
         // Too much delay for a while: in a pause the quiet frame just played goes ([`Self::advance`]); with
         // no pause for a long time, the next frame is dropped here.
         if lag > target + frame && present {
             self.over_target_ticks += 1;
             if self.over_target_ticks >= self.config.shrink_after + self.config.shrink_within {
-                self.packets.remove(&next);
+                match self.packets.remove(&next).and_then(|e| e.seq) {
+                    Some(seq) => self.anchor_at(next, seq),
+                    // A copy: its own packet was lost.
+                    None => self.missing.red += 1,
+                }
                 self.stats.dropped += 1;
                 self.over_target_ticks = 0;
                 self.next = Some(next + 1);
@@ -465,27 +574,53 @@ impl JitterBuffer {
         } else {
             self.over_target_ticks = 0;
         }
-        if let Some((payload, red, _)) = self.packets.remove(&next) {
+        if let Some(Entry { payload, seq, .. }) = self.packets.remove(&next) {
             self.next = Some(next + 1);
             self.stats.played += 1;
-            if red {
-                self.stats.red += 1;
+            match seq {
+                Some(seq) => self.anchor_at(next, seq),
+                None => {
+                    self.stats.red += 1;
+                    self.missing.red += 1;
+                }
             }
-            return Playout::Packet { seq: next, payload };
-        }
-        // Missing at its time: lost, or later than the jitter allows. Rebuild it from the next packet's FEC
-        // if that one is here and carries FEC (a copy, or a packet sent while copies stood in for FEC, does
-        // not), else conceal it.
-        self.next = Some(next + 1);
-        if let Some(following) = self.packets.get(&(next + 1)).filter(|f| f.2) {
-            self.stats.fec += 1;
-            return Playout::Fec {
-                seq: next,
-                payload: following.0.clone(),
+            return Playout::Packet {
+                frame: next,
+                payload,
             };
         }
-        self.stats.concealed += 1;
-        Playout::Conceal { seq: next }
+        // Missing at its time: not sent, lost, or later than the jitter allows. Rebuild a lost one from the
+        // next packet's FEC if that one is here and carries FEC (a copy, or a packet sent while copies stood
+        // in for FEC, does not), else conceal it.
+        self.next = Some(next + 1);
+        match self.was_sent(next) {
+            Some(false) => {
+                self.missing.gap += 1;
+                self.stats.gaps += 1;
+                Playout::Gap { frame: next }
+            }
+            Some(true) => {
+                if let Some(following) = self
+                    .packets
+                    .get(&(next + 1))
+                    .filter(|f| f.fec && f.seq.is_some())
+                {
+                    self.missing.fec += 1;
+                    self.stats.fec += 1;
+                    return Playout::Fec {
+                        frame: next,
+                        payload: following.payload.clone(),
+                    };
+                }
+                self.missing.lost += 1;
+                self.stats.concealed += 1;
+                Playout::Conceal { frame: next }
+            }
+            None => {
+                self.missing.unknown += 1;
+                Playout::Conceal { frame: next }
+            }
+        }
     }
 }
 

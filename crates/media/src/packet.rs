@@ -9,6 +9,10 @@
 //! ```
 //! All integers big endian. The call tag is the first four bytes of the call id, so a datagram of an older
 //! call on the same connection is recognised and dropped.
+//!
+//! As in RTP, `seq` counts the packets sent and `timestamp` places the frame in the sender's audio: in a
+//! pause the sender sends a frame only every 400 ms (DTX), so the timestamp jumps while `seq` does not,
+//! and a gap in `seq` is loss. A copy's `back` counts frames (timestamps), not packets.
 
 use crate::MediaError;
 
@@ -22,6 +26,26 @@ pub const FLAG_FEC: u8 = 1;
 pub const FLAG_RED: u8 = 2;
 /// At most this many earlier frames ride along.
 pub const MAX_REDUNDANT: usize = 3;
+
+/// Extends a 32-bit counter that wraps (a sequence number, a timestamp) to 64 bits, for values that arrive
+/// within 2^31 of the highest one seen (in order, or reordered by less than that).
+#[derive(Debug, Default, Clone)]
+pub struct Unwrap {
+    highest: Option<u64>,
+}
+
+impl Unwrap {
+    pub fn extend(&mut self, v: u32) -> u64 {
+        let Some(h) = self.highest else {
+            self.highest = Some(u64::from(v));
+            return u64::from(v);
+        };
+        let step = i64::from(v.wrapping_sub(h as u32) as i32);
+        let x = h.saturating_add_signed(step);
+        self.highest = Some(h.max(x));
+        x
+    }
+}
 
 pub fn call_tag(call: &[u8; 16]) -> u32 {
     u32::from_be_bytes([call[0], call[1], call[2], call[3]])
@@ -191,6 +215,22 @@ impl Datagram {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counters_extend_across_their_wrap_and_reordering() {
+        let mut u = Unwrap::default();
+        let near = u32::MAX - 1;
+        assert_eq!(u.extend(near), u64::from(near));
+        // Past the wrap, a late one from before it, and on.
+        assert_eq!(u.extend(1), (1 << 32) + 1);
+        assert_eq!(u.extend(u32::MAX), u64::from(u32::MAX));
+        assert_eq!(u.extend(960), (1 << 32) + 960);
+        // Late by less than it can tell from the start: stays at 0 rather than wrapping below it.
+        let mut v = Unwrap::default();
+        assert_eq!(v.extend(5), 5);
+        assert_eq!(v.extend(u32::MAX - 3), 0);
+        assert_eq!(v.extend(6), 6);
+    }
 
     #[test]
     fn round_trips() {

@@ -61,8 +61,14 @@ pub struct CallStats {
     /// Whole copies of earlier frames each outgoing datagram carries (redundancy, on under steady loss).
     pub redundancy: u8,
     pub rtt_ms: Option<f64>,
+    /// Audio packets sent and received.
     pub sent: u64,
     pub received: u64,
+    /// Frames of ours not sent because they were silence or background noise (discontinuous transmission:
+    /// in a pause a frame goes only every 400 ms, for the peer's comfort noise).
+    pub frames_not_sent: u64,
+    /// Frames the peer did not send (its pauses), played as comfort noise; neither loss nor concealment.
+    pub comfort_noise_frames: u64,
     /// Frames lost on the way in (before FEC), and those neither FEC nor a redundant copy could rebuild
     /// (after FEC), percent.
     pub loss_before_fec_pct: f64,
@@ -329,6 +335,9 @@ pub fn start(
     let now = Instant::now();
     let mut rate = RateController::new(params.max_bitrate, now);
     let mut enc = OpusEncoder::new(frame_ms, rate.settings()).map_err(|e| e.to_string())?;
+    // Discontinuous transmission: in a pause only a frame every 400 ms goes out, for the peer's comfort
+    // noise; the peer's jitter buffer tells frames not sent from lost ones by the sequence numbers.
+    enc.set_dtx(true).map_err(|e| e.to_string())?;
     let mut dec = OpusDecoder::new(frame_ms).map_err(|e| e.to_string())?;
     let frame = codec::frame_samples(frame_ms);
     let frame_dur = Duration::from_millis(u64::from(frame_ms));
@@ -411,7 +420,7 @@ pub fn start(
         let mut capture = None;
         let mut playback = None;
         let start = Instant::now();
-        // KITH_MEDIA_TRACE=FILE: write "seq arrival_us" per received audio datagram (to record network
+        // KITH_MEDIA_TRACE=FILE: write "frame arrival_us" per received audio datagram (to record network
         // traces that the jitter buffer's tests replay).
         let mut trace = std::env::var_os("KITH_MEDIA_TRACE")
             .and_then(|p| std::fs::File::create(p).ok())
@@ -425,12 +434,18 @@ pub fn start(
         play.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames taken from the input, and packets sent (fewer: in a pause, DTX sends a frame only every
+        // 400 ms).
+        let mut frame_no: u32 = 0;
         let mut seq: u32 = 0;
+        let mut not_sent = 0u64;
         let mut pos = 0usize;
         let mut phase = 0.0f64;
         let mut pcm = vec![0i16; frame];
-        // The last frames sent, newest first: copies for redundancy.
-        let mut recent: std::collections::VecDeque<Vec<u8>> = Default::default();
+        // The last frames sent, newest first, with their numbers: copies for redundancy.
+        let mut recent: std::collections::VecDeque<(u32, Vec<u8>)> = Default::default();
+        // The peer's sequence numbers and timestamps, extended past their 32 bits.
+        let (mut peer_seq, mut peer_ts) = (packet::Unwrap::default(), packet::Unwrap::default());
         // Receiver-side accounting for reports.
         let mut last_audio: Option<(u32, Instant)> = None;
         let mut prev_expected = 0u64;
@@ -504,32 +519,41 @@ pub fn start(
                         },
                         _ => pcm.fill(0),
                     }
-                    if seq == 0
+                    if frame_no == 0
                         && let Ok(mut s) = st.lock()
                     {
                         s.input_origin_unix_us = unix_us().saturating_sub(frame_dur.as_micros() as u64);
                     }
-                    if let Ok(payload) = enc.encode(&pcm) {
-                        let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
-                        let copies = usize::from(rate.settings().redundancy).min(packet::MAX_REDUNDANT);
-                        let redundant = recent
-                            .iter()
-                            .take(copies)
-                            .enumerate()
-                            .map(|(i, p)| (i as u8 + 1, p.clone()))
-                            .collect();
-                        let p = AudioPacket {
-                            tag,
-                            seq,
-                            timestamp: seq.wrapping_mul(frame as u32),
-                            flags,
-                            payload,
-                            redundant,
-                        };
-                        send(p.encode(), &mut shim);
-                        recent.push_front(p.payload);
-                        recent.truncate(packet::MAX_REDUNDANT);
-                        seq = seq.wrapping_add(1);
+                    let this = frame_no;
+                    frame_no = frame_no.wrapping_add(1);
+                    match enc.encode(&pcm) {
+                        // A pause: nothing to send (the peer plays comfort noise).
+                        Ok(payload) if codec::is_dtx(&payload) => not_sent += 1,
+                        Ok(payload) => {
+                            let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
+                            // Copies of the frames just before this one (not of a frame sent before a pause:
+                            // its turn to play has passed).
+                            let copies = u32::from(rate.settings().redundancy).min(packet::MAX_REDUNDANT as u32);
+                            let redundant = recent
+                                .iter()
+                                .map(|(f, p)| (this.wrapping_sub(*f), p))
+                                .filter(|(back, _)| (1..=copies).contains(back))
+                                .map(|(back, p)| (back as u8, p.clone()))
+                                .collect();
+                            let p = AudioPacket {
+                                tag,
+                                seq,
+                                timestamp: this.wrapping_mul(frame as u32),
+                                flags,
+                                payload,
+                                redundant,
+                            };
+                            send(p.encode(), &mut shim);
+                            recent.push_front((this, p.payload));
+                            recent.truncate(packet::MAX_REDUNDANT);
+                            seq = seq.wrapping_add(1);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot encode a frame"),
                     }
                 }
                 at = play.tick() => {
@@ -538,7 +562,9 @@ pub fn start(
                     let mut out = match jb.pop(at.into_std()) {
                         Playout::Packet { payload, .. } => dec.decode(&payload),
                         Playout::Fec { payload, .. } => dec.decode_fec(&payload),
-                        Playout::Conceal { .. } => dec.conceal(),
+                        // Lost, or (a gap in the peer's sending) comfort noise: the decoder's concealment
+                        // plays either.
+                        Playout::Conceal { .. } | Playout::Gap { .. } => dec.conceal(),
                         Playout::Wait => Ok(vec![0; frame]),
                     }
                     .unwrap_or_else(|_| vec![0; frame]);
@@ -568,15 +594,16 @@ pub fn start(
                     match Datagram::decode(&d) {
                         Ok(Datagram::Audio(a)) if a.tag == tag => {
                             last_audio = Some((a.timestamp, Instant::now()));
+                            let at = peer_ts.extend(a.timestamp) / frame as u64;
                             if let Some(t) = trace.as_mut() {
                                 use std::io::Write;
-                                let _ = writeln!(t, "{} {}", a.seq, start.elapsed().as_micros());
+                                let _ = writeln!(t, "{at} {}", start.elapsed().as_micros());
                             }
                             let fec = a.flags & packet::FLAG_FEC != 0;
-                            jb.push_packet(u64::from(a.seq), a.payload, fec, Instant::now());
+                            jb.push_packet(at, peer_seq.extend(a.seq), a.payload, fec, Instant::now());
                             for (back, copy) in a.redundant {
-                                if let Some(s) = a.seq.checked_sub(u32::from(back)) {
-                                    jb.push_redundant(u64::from(s), copy);
+                                if let Some(f) = at.checked_sub(u64::from(back)) {
+                                    jb.push_redundant(f, copy);
                                 }
                             }
                         }
@@ -635,7 +662,7 @@ pub fn start(
                         s.rtt_ms = rtt.map(|r| r.as_secs_f64() * 1000.0);
                         s.peer_loss_pct = peer_loss;
                         s.peer_jitter_ms = peer_jitter;
-                        fill(&mut s, &js, u64::from(seq), dropped, start);
+                        fill(&mut s, &js, u64::from(seq), not_sent, dropped, start);
                         sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
                         udp_sent(&mut s);
                         s.quiet_encoded_frames = enc.quiet_frames();
@@ -648,7 +675,14 @@ pub fn start(
             tracing::info!(quic = ?c.stats(), "call ended: connection statistics");
         }
         if let Ok(mut s) = st.lock() {
-            fill(&mut s, &jb.stats(), u64::from(seq), dropped, start);
+            fill(
+                &mut s,
+                &jb.stats(),
+                u64::from(seq),
+                not_sent,
+                dropped,
+                start,
+            );
             sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
             udp_sent(&mut s);
             s.quiet_encoded_frames = enc.quiet_frames();
@@ -673,6 +707,7 @@ fn fill(
     s: &mut CallStats,
     js: &kith_media::jitter::JitterStats,
     sent: u64,
+    not_sent: u64,
     dropped: u64,
     start: Instant,
 ) {
@@ -680,7 +715,9 @@ fn fill(
     let lost_frames = js.fec + js.concealed + js.red;
     let total = js.played + js.fec + js.concealed;
     s.sent = sent;
+    s.frames_not_sent = not_sent;
     s.received = js.received;
+    s.comfort_noise_frames = js.gaps;
     s.loss_before_fec_pct = pct(lost_frames, total);
     s.loss_after_fec_pct = pct(js.concealed, total);
     s.fec_frames = js.fec;

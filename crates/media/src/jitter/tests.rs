@@ -84,7 +84,7 @@ fn played(r: &Run) -> Vec<u64> {
     r.outputs
         .iter()
         .filter_map(|o| match o {
-            Playout::Packet { seq, .. } => Some(*seq),
+            Playout::Packet { frame: seq, .. } => Some(*seq),
             _ => None,
         })
         .collect()
@@ -162,10 +162,13 @@ fn single_losses_are_rebuilt_from_the_next_packets_fec() {
     let mut last: std::collections::BTreeMap<u64, &Playout> = Default::default();
     for o in &r.outputs {
         match o {
-            Playout::Packet { seq, .. } | Playout::Fec { seq, .. } | Playout::Conceal { seq } => {
+            Playout::Packet { frame: seq, .. }
+            | Playout::Fec { frame: seq, .. }
+            | Playout::Conceal { frame: seq } => {
                 last.insert(*seq, o);
             }
             Playout::Wait => {}
+            Playout::Gap { .. } => panic!("every frame was sent, yet {o:?}"),
         }
     }
     let (fec, concealed) = last
@@ -177,6 +180,8 @@ fn single_losses_are_rebuilt_from_the_next_packets_fec() {
         });
     assert_eq!(fec, s.fec);
     assert_eq!(fec + concealed, r.lost.len() as u64, "{s:?}");
+    // The statistics agree, and count nothing as not sent (the ticks after the stream stay unknown).
+    assert_eq!((s.concealed, s.gaps), (concealed, 0), "{s:?}");
     assert_eq!(s.played + s.dropped, 2000 - r.lost.len() as u64, "{s:?}");
     assert_eq!(s.late, 0, "{s:?}");
     // Once the loss is noticed the buffer keeps the next packet at hand: FEC serves nearly every loss it can.
@@ -188,7 +193,11 @@ fn single_losses_are_rebuilt_from_the_next_packets_fec() {
     // And the price is one frame of delay, no more.
     assert!(s.target_ms <= 40.0, "{s:?}");
     for o in &r.outputs {
-        if let Playout::Fec { seq, payload } = o {
+        if let Playout::Fec {
+            frame: seq,
+            payload,
+        } = o
+        {
             assert_eq!(
                 payload,
                 &(seq + 1).to_be_bytes().to_vec(),
@@ -220,7 +229,10 @@ fn lost_frames_come_back_whole_from_the_next_packets_copy() {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            Playout::Packet { seq, payload } => {
+            Playout::Packet {
+                frame: seq,
+                payload,
+            } => {
                 assert_eq!(
                     payload,
                     &seq.to_be_bytes().to_vec(),
@@ -264,8 +276,14 @@ fn lost_frames_come_back_whole_from_the_next_packets_copy() {
     }
     jb.push_redundant(0, vec![0]);
     assert_eq!(jb.stats().red, 0, "{:?}", jb.stats());
-    assert!(matches!(out[0], Playout::Packet { seq: 0, .. }), "{out:?}");
-    assert!(matches!(out[1], Playout::Packet { seq: 1, .. }), "{out:?}");
+    assert!(
+        matches!(out[0], Playout::Packet { frame: 0, .. }),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out[1], Playout::Packet { frame: 1, .. }),
+        "{out:?}"
+    );
     assert!(!jb.packets.contains_key(&0));
 }
 
@@ -335,7 +353,7 @@ fn duplicates_and_ancient_packets_are_ignored() {
     assert_eq!(
         out,
         Playout::Packet {
-            seq: 0,
+            frame: 0,
             payload: vec![0]
         }
     );
@@ -474,15 +492,15 @@ fn a_missing_frame_is_rebuilt_only_from_a_packet_that_carries_fec() {
     for (has_fec, rebuilt) in [(false, false), (true, true)] {
         let t = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
-        jb.push_packet(0, vec![0], has_fec, t);
-        jb.push_packet(2, vec![2], has_fec, t + FRAME * 2);
+        jb.push_packet(0, 0, vec![0], has_fec, t);
+        jb.push_packet(2, 2, vec![2], has_fec, t + FRAME * 2);
         let mut outs = vec![];
         for i in 0..6u32 {
             outs.push(jb.pop(t + FRAME * (i + 2)));
         }
         let s = jb.stats();
         let one = outs.iter().find(|o| match o {
-            Playout::Fec { seq, .. } | Playout::Conceal { seq } => *seq == 1,
+            Playout::Fec { frame: seq, .. } | Playout::Conceal { frame: seq } => *seq == 1,
             _ => false,
         });
         assert_eq!(
@@ -516,4 +534,133 @@ fn playout_starts_with_the_delay_it_wants_whatever_the_ticks_phase() {
         assert!(nothing_concealed_in_the_stream(&r), "{phase_ms} ms");
         assert_eq!(r.jb.stats().dropped, 0, "{phase_ms} ms: {:?}", r.jb.stats());
     }
+}
+
+/// A talker with discontinuous transmission: frames `0..300` where `spurts` are sent, and in the pauses
+/// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh). Every packet takes 10 ms but
+/// those of the frames in `lose`. Returns the run and, per frame, whether it was sent.
+fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>) {
+    let t0 = Instant::now();
+    let mut sent = vec![false; 300];
+    let mut quiet = 0;
+    for (f, s) in sent.iter_mut().enumerate() {
+        let talking = spurts.iter().any(|r| r.contains(&(f as u64)));
+        quiet = if talking { 0 } else { quiet + 1 };
+        *s = talking || quiet % 20 == 10;
+    }
+    let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
+    let (mut outputs, mut delays, mut lost) = (vec![], vec![], vec![]);
+    let mut packets = vec![];
+    let mut seq = 0;
+    for f in 0..300u64 {
+        if sent[f as usize] {
+            if lose.contains(&f) {
+                lost.push(f);
+            } else {
+                packets.push((t0 + FRAME * f as u32 + Duration::from_millis(10), f, seq));
+            }
+            seq += 1;
+        }
+    }
+    let mut a = 0;
+    let mut tick = t0;
+    while tick < t0 + FRAME * 300 + Duration::from_secs(1) {
+        while a < packets.len() && packets[a].0 <= tick {
+            let (at, f, seq) = packets[a];
+            jb.push_packet(f, seq, f.to_be_bytes().to_vec(), true, at);
+            a += 1;
+        }
+        outputs.push(jb.pop(tick));
+        tick += FRAME;
+        if let Some(d) = jb.advance() {
+            tick -= d;
+        }
+        delays.push(jb.delay().as_secs_f64() * 1000.0);
+    }
+    let run = Run {
+        outputs,
+        jb,
+        lost,
+        delays,
+    };
+    (run, sent)
+}
+
+fn not_sent_before_the_last_packet(sent: &[bool]) -> u64 {
+    let last = sent.iter().rposition(|s| *s).unwrap();
+    sent[..last].iter().filter(|s| !**s).count() as u64
+}
+
+/// Each frame's last output (earlier ones were stalls), up to frame 300.
+fn last_outputs(r: &Run) -> std::collections::BTreeMap<u64, Playout> {
+    let mut last = std::collections::BTreeMap::new();
+    for o in &r.outputs {
+        match o {
+            Playout::Packet { frame, .. }
+            | Playout::Fec { frame, .. }
+            | Playout::Conceal { frame }
+            | Playout::Gap { frame } => {
+                last.insert(*frame, o.clone());
+            }
+            Playout::Wait => {}
+        }
+    }
+    last.split_off(&300);
+    last
+}
+
+#[test]
+fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
+    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[]);
+    let s = r.jb.stats();
+    let not_sent = sent.iter().filter(|s| !**s).count() as u64;
+    let pause_not_sent = not_sent_before_the_last_packet(&sent);
+    // Every packet played, every frame not sent counted as such (but those after the last packet: they
+    // stay unknown), nothing lost, no stall, the delay kept.
+    assert_eq!(s.received, 300 - not_sent, "{s:?}");
+    assert_eq!(s.played + s.dropped, s.received, "{s:?}");
+    assert_eq!(
+        (s.concealed, s.fec, s.late, s.stalls),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.gaps, pause_not_sent, "{s:?}");
+    assert!(s.target_ms <= 40.0, "{s:?}");
+    // The second spurt plays whole, frame after frame, with no concealment in it.
+    let last = last_outputs(&r);
+    assert!(
+        (150..250)
+            .all(|f| matches!(last.get(&f), Some(Playout::Packet { frame, .. }) if *frame == f)),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_loss_next_to_a_pause_is_counted_and_the_spurts_first_frame_rebuilt_from_fec() {
+    // Lost: a frame in a spurt (20), a comfort-noise refresh in the pause (frame 79), and the first frame
+    // of the second spurt (150).
+    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[20, 79, 150]);
+    assert!(sent[79] && sent[150] && !sent[149]);
+    let s = r.jb.stats();
+    let last = last_outputs(&r);
+    // Both spurts' losses are rebuilt from the next packet's FEC, though frame 149 was not sent.
+    for f in [20, 150] {
+        assert!(
+            matches!(last.get(&f), Some(Playout::Fec { .. })),
+            "frame {f}: {:?}",
+            last.get(&f)
+        );
+    }
+    // Three packets lost, three frames counted lost; the rest of the pause counted as not sent.
+    assert_eq!(s.fec + s.concealed, 3, "{s:?}");
+    let pause_not_sent = not_sent_before_the_last_packet(&sent);
+    // (Which frames: the lost refresh counts as not sent, and the frame before the next packet, not
+    // sent, as lost: the counts are right, not which frame.)
+    assert_eq!(s.gaps, pause_not_sent, "{s:?}");
+    // A frame that was sent is never played as a gap.
+    assert!(
+        last.iter()
+            .all(|(f, o)| !sent[*f as usize] || !matches!(o, Playout::Gap { .. })),
+        "{last:?}"
+    );
 }
