@@ -406,7 +406,7 @@ async fn follow_call(
 fn stats_line(s: &Value) -> String {
     let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
     format!(
-        "{} | {} ms frames, {:.0} kbit/s, FEC {} (loss hint {} %), {} redundant cop{} | rtt {} | loss {:.1} % before FEC, {:.1} % after | {} FEC frames, {} from copies, {} concealed, {} late | jitter {:.1} ms, buffer {:.0} ms",
+        "{} | {} ms frames, {:.0} kbit/s, FEC {} (loss hint {} %), {} redundant cop{} | rtt {} | loss {:.1} % before FEC, {:.1} % after | {} FEC frames, {} from copies, {} concealed, {} late, {} of comfort noise (pauses) | jitter {:.1} ms, buffer {:.0} ms",
         s["codec"].as_str().unwrap_or("?"),
         s["frame_ms"],
         f("bitrate") / 1000.0,
@@ -424,6 +424,7 @@ fn stats_line(s: &Value) -> String {
         s["red_frames"],
         s["concealed_frames"],
         s["late"],
+        s["comfort_noise_frames"],
         f("jitter_ms"),
         f("jitter_buffer_ms"),
     )
