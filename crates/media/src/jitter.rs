@@ -254,6 +254,17 @@ impl JitterBuffer {
         self.highest
     }
 
+    /// The peer pauses: playout has started, nothing waits to be played, and for [`PAUSE`] or more the
+    /// frames played since the peer's last packet were ones it did not send, or nothing has come since.
+    /// (What is played then is comfort noise; when it is made matters little.)
+    pub fn peer_paused(&self) -> bool {
+        let frame_us = self.config.frame.as_micros().max(1);
+        self.next.is_some()
+            && self.packets.is_empty()
+            && u128::from(self.missing.gap + self.missing.unknown)
+                >= PAUSE.as_micros().div_ceil(frame_us)
+    }
+
     /// The delay the buffer aims for now.
     pub fn target(&self) -> Duration {
         self.target

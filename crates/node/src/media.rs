@@ -69,6 +69,9 @@ pub struct CallStats {
     pub frames_not_sent: u64,
     /// Frames the peer did not send (its pauses), played as comfort noise; neither loss nor concealment.
     pub comfort_noise_frames: u64,
+    /// Frames played while the peer paused, made on the capture clock's wake-up instead of a wake-up of
+    /// their own (see the media loop).
+    pub frames_played_on_capture_clock: u64,
     /// Frames lost on the way in (before FEC), and those neither FEC nor a redundant copy could rebuild
     /// (after FEC), percent.
     pub loss_before_fec_pct: f64,
@@ -432,6 +435,17 @@ pub fn start(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut play = tokio::time::interval(frame_dur);
         play.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // While the peer pauses (DTX: nothing comes but a comfort-noise refresh every 400 ms) the playout
+        // clock rides on the capture clock: a frame due on the playout clock is made at the first capture
+        // tick at or after its due time, so the daemon wakes once a frame instead of twice. The jitter
+        // buffer is given the playout clock's due times, so it plays exactly what it would have; only the
+        // comfort noise is made up to a frame later. A recording does not see that; a sound card's queue
+        // does only if it holds less, so with a sound card playout rides only when the lag is at most half
+        // a frame (what the playback queue keeps). The peer's next packet puts the playout clock back on
+        // its own, on the same schedule.
+        let mut ride: Option<tokio::time::Instant> = None;
+        let mut last_capture = tokio::time::Instant::now();
+        let mut rode = 0u64;
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames taken from the input, and packets sent (fewer: in a pause, DTX sends a frame only every
@@ -484,6 +498,8 @@ pub fn start(
             }
         };
         loop {
+            // A playout frame due now (on the playout clock, or riding on the capture clock).
+            let mut due: Option<tokio::time::Instant> = None;
             tokio::select! {
                 _ = stopped.changed() => break,
                 r = &mut opened, if devices_pending => {
@@ -498,7 +514,13 @@ pub fn start(
                         }
                     }
                 }
-                _ = tick.tick() => {
+                c = tick.tick() => {
+                    last_capture = c;
+                    if let Some(d) = ride
+                        && d <= c
+                    {
+                        due = Some(d);
+                    }
                     // Capture and send one frame.
                     match &input {
                         Some(AudioInput::Tone(f)) => {
@@ -556,44 +578,16 @@ pub fn start(
                         Err(e) => tracing::warn!(error = %e, "cannot encode a frame"),
                     }
                 }
-                at = play.tick() => {
-                    // Play out one frame, at the tick's due time, not when this task got to run (why: see
-                    // `JitterBuffer::pop`).
-                    let mut out = match jb.pop(at.into_std()) {
-                        Playout::Packet { payload, .. } => dec.decode(&payload),
-                        Playout::Fec { payload, .. } => dec.decode_fec(&payload),
-                        // Lost, or (a gap in the peer's sending) comfort noise: the decoder's concealment
-                        // plays either.
-                        Playout::Conceal { .. } | Playout::Gap { .. } => dec.conceal(),
-                        Playout::Wait => Ok(vec![0; frame]),
-                    }
-                    .unwrap_or_else(|_| vec![0; frame]);
-                    let is_quiet = codec::is_quiet(&out);
-                    jb.set_quiet(is_quiet);
-                    if let Some(d) = jb.advance() {
-                        // A pause: play this frame shorter and the next ones that much sooner.
-                        let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
-                        out.truncate(out.len().saturating_sub(cut));
-                        play.reset_at(at + frame_dur - d);
-                    }
-                    if let Some(q) = &playback {
-                        q.put_frame(&out, is_quiet);
-                    }
-                    if let Some(w) = writer.as_mut() {
-                        if w.len() == 0
-                            && let Ok(mut s) = st.lock()
-                        {
-                            s.record_origin_unix_us = unix_us();
-                        }
-                        for s in out {
-                            let _ = w.write_sample(s);
-                        }
-                    }
-                }
+                at = play.tick(), if ride.is_none() => due = Some(at),
                 Some(d) = rx.recv() => {
                     match Datagram::decode(&d) {
                         Ok(Datagram::Audio(a)) if a.tag == tag => {
                             last_audio = Some((a.timestamp, Instant::now()));
+                            // The peer talks again (or refreshes its comfort noise): the playout clock
+                            // goes back on its own, on the same schedule.
+                            if let Some(d) = ride.take() {
+                                play.reset_at(d);
+                            }
                             let at = peer_ts.extend(a.timestamp) / frame as u64;
                             if let Some(t) = trace.as_mut() {
                                 use std::io::Write;
@@ -666,6 +660,72 @@ pub fn start(
                         sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
                         udp_sent(&mut s);
                         s.quiet_encoded_frames = enc.quiet_frames();
+                        s.frames_played_on_capture_clock = rode;
+                    }
+                }
+            }
+            // Play out one frame, at its due time on the playout clock, not when this task got to run (why:
+            // see `JitterBuffer::pop`).
+            while let Some(at) = due.take() {
+                let mut out = match jb.pop(at.into_std()) {
+                    Playout::Packet { payload, .. } => dec.decode(&payload),
+                    Playout::Fec { payload, .. } => dec.decode_fec(&payload),
+                    // Lost, or (a gap in the peer's sending) comfort noise: the decoder's concealment
+                    // plays either.
+                    Playout::Conceal { .. } | Playout::Gap { .. } => dec.conceal(),
+                    Playout::Wait => Ok(vec![0; frame]),
+                }
+                .unwrap_or_else(|_| vec![0; frame]);
+                let is_quiet = codec::is_quiet(&out);
+                jb.set_quiet(is_quiet);
+                let mut next = at + frame_dur;
+                if let Some(d) = jb.advance() {
+                    // A pause: play this frame shorter and the next ones that much sooner.
+                    let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
+                    out.truncate(out.len().saturating_sub(cut));
+                    next -= d;
+                    if ride.is_none() {
+                        play.reset_at(next);
+                    }
+                }
+                if ride.is_some() {
+                    rode += 1;
+                }
+                // Ride on the capture clock (or go on riding) while the peer pauses, if the frame would not be
+                // made later than a sound card's queue allows.
+                let lag = {
+                    let mut c = last_capture;
+                    while c < next {
+                        c += frame_dur;
+                    }
+                    c - next
+                };
+                let may_ride = playback.is_none() || lag <= frame_dur / 2;
+                match (ride.is_some(), jb.peer_paused() && may_ride) {
+                    (_, true) => {
+                        ride = Some(next);
+                        // Due already (a cut moved it before the last capture tick): made now.
+                        if next <= last_capture {
+                            due = Some(next);
+                        }
+                    }
+                    (true, false) => {
+                        ride = None;
+                        play.reset_at(next);
+                    }
+                    (false, false) => {}
+                }
+                if let Some(q) = &playback {
+                    q.put_frame(&out, is_quiet);
+                }
+                if let Some(w) = writer.as_mut() {
+                    if w.len() == 0
+                        && let Ok(mut s) = st.lock()
+                    {
+                        s.record_origin_unix_us = unix_us();
+                    }
+                    for s in out {
+                        let _ = w.write_sample(s);
                     }
                 }
             }
@@ -686,6 +746,7 @@ pub fn start(
             sound_glitches(&mut s, capture.as_ref(), playback.as_ref());
             udp_sent(&mut s);
             s.quiet_encoded_frames = enc.quiet_frames();
+            s.frames_played_on_capture_clock = rode;
         }
         drop(devices);
         if let Some(w) = writer

@@ -538,8 +538,9 @@ fn playout_starts_with_the_delay_it_wants_whatever_the_ticks_phase() {
 
 /// A talker with discontinuous transmission: frames `0..300` where `spurts` are sent, and in the pauses
 /// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh). Every packet takes 10 ms but
-/// those of the frames in `lose`. Returns the run and, per frame, whether it was sent.
-fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>) {
+/// those of the frames in `lose`. Returns the run, per frame whether it was sent, and the frames after
+/// which the buffer said the peer pauses.
+fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>, Vec<u64>) {
     let t0 = Instant::now();
     let mut sent = vec![false; 300];
     let mut quiet = 0;
@@ -551,6 +552,7 @@ fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool
     let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
     let (mut outputs, mut delays, mut lost) = (vec![], vec![], vec![]);
     let mut packets = vec![];
+    let mut paused = vec![];
     let mut seq = 0;
     for f in 0..300u64 {
         if sent[f as usize] {
@@ -570,7 +572,16 @@ fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool
             jb.push_packet(f, seq, f.to_be_bytes().to_vec(), true, at);
             a += 1;
         }
-        outputs.push(jb.pop(tick));
+        let out = jb.pop(tick);
+        if let Playout::Packet { frame, .. }
+        | Playout::Fec { frame, .. }
+        | Playout::Conceal { frame }
+        | Playout::Gap { frame } = out
+            && jb.peer_paused()
+        {
+            paused.push(frame);
+        }
+        outputs.push(out);
         tick += FRAME;
         if let Some(d) = jb.advance() {
             tick -= d;
@@ -583,7 +594,7 @@ fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool
         lost,
         delays,
     };
-    (run, sent)
+    (run, sent, paused)
 }
 
 fn not_sent_before_the_last_packet(sent: &[bool]) -> u64 {
@@ -611,7 +622,7 @@ fn last_outputs(r: &Run) -> std::collections::BTreeMap<u64, Playout> {
 
 #[test]
 fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
-    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[]);
+    let (r, sent, paused) = simulate_dtx(&[0..50, 150..250], &[]);
     let s = r.jb.stats();
     let not_sent = sent.iter().filter(|s| !**s).count() as u64;
     let pause_not_sent = not_sent_before_the_last_packet(&sent);
@@ -626,6 +637,22 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
     );
     assert_eq!(s.gaps, pause_not_sent, "{s:?}");
     assert!(s.target_ms <= 40.0, "{s:?}");
+    // The buffer says the peer pauses from three frames into each pause (and after each refresh) to the
+    // refresh or the spurt that ends it, and never in a spurt.
+    assert!(
+        paused
+            .iter()
+            .all(|&f| !(0..50).contains(&f) && !(150..250).contains(&f)),
+        "{paused:?}"
+    );
+    for pause in [50..150u64, 250..300] {
+        let n = paused.iter().filter(|f| pause.contains(f)).count();
+        let not_sent = pause.clone().filter(|f| !sent[*f as usize]).count();
+        assert!(
+            n + 20 >= not_sent && n > 0,
+            "{pause:?}: paused at {n} of {not_sent} frames not sent"
+        );
+    }
     // The second spurt plays whole, frame after frame, with no concealment in it.
     let last = last_outputs(&r);
     assert!(
@@ -639,7 +666,7 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
 fn a_loss_next_to_a_pause_is_counted_and_the_spurts_first_frame_rebuilt_from_fec() {
     // Lost: a frame in a spurt (20), a comfort-noise refresh in the pause (frame 79), and the first frame
     // of the second spurt (150).
-    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[20, 79, 150]);
+    let (r, sent, _) = simulate_dtx(&[0..50, 150..250], &[20, 79, 150]);
     assert!(sent[79] && sent[150] && !sent[149]);
     let s = r.jb.stats();
     let last = last_outputs(&r);
