@@ -59,6 +59,7 @@ fn main() {
         .unwrap();
     }
     let dtx = args.iter().any(|a| a == "--dtx");
+    let reset_after_dtx = args.iter().any(|a| a == "--dtx-reset");
     enc.set_dtx(dtx).unwrap();
     if args.iter().any(|a| a == "--cbr") {
         enc.set_vbr(false).unwrap();
@@ -128,6 +129,9 @@ fn main() {
             unsent += 1;
             dec.conceal().unwrap()
         } else if !lost {
+            if reset_after_dtx && i > 0 && is_dtx(&packets[i - 1].0) {
+                dec.reset().unwrap();
+            }
             dec.decode(p).unwrap()
         } else if red && next_arrived {
             copies += 1;

@@ -253,6 +253,11 @@ impl OpusDecoder {
         self.run(next, true)
     }
 
+    /// Forgets the past: the next frame decodes as a call's first would (no fade from concealment).
+    pub fn reset(&mut self) -> Result<(), MediaError> {
+        self.dec.reset_state().map_err(err)
+    }
+
     /// Conceals one lost frame.
     pub fn conceal(&mut self) -> Result<Vec<i16>, MediaError> {
         self.run(&[], false)

@@ -82,8 +82,14 @@ impl JitterConfig {
 /// What to play for one tick; `frame` is the frame's number (see the module's documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Playout {
-    /// Decode this packet.
-    Packet { frame: u64, payload: Vec<u8> },
+    /// Decode this packet. `resume`: it is the first after frames the sender did not send (a pause) and
+    /// none was lost: the decoder should start afresh, as for a call's first frame, since its concealment
+    /// would fade this frame in from the comfort noise (which cuts the start of a word).
+    Packet {
+        frame: u64,
+        payload: Vec<u8>,
+        resume: bool,
+    },
     /// Frame `frame`'s packet is lost: decode the FEC carried in the next packet (`payload`) instead.
     Fec { frame: u64, payload: Vec<u8> },
     /// Frame `frame`'s packet is missing and there is no FEC for it: conceal. (Or the buffer waits a frame
@@ -588,8 +594,14 @@ impl JitterBuffer {
         if let Some(Entry { payload, seq, .. }) = self.packets.remove(&next) {
             self.next = Some(next + 1);
             self.stats.played += 1;
+            let mut resume = false;
             match seq {
-                Some(seq) => self.anchor_at(next, seq),
+                Some(seq) => {
+                    resume = self.anchor.is_some_and(|(frame, last)| {
+                        seq == last + 1 && next > frame + 1 && self.missing.red == 0
+                    });
+                    self.anchor_at(next, seq);
+                }
                 None => {
                     self.stats.red += 1;
                     self.missing.red += 1;
@@ -598,6 +610,7 @@ impl JitterBuffer {
             return Playout::Packet {
                 frame: next,
                 payload,
+                resume,
             };
         }
         // Missing at its time: not sent, lost, or later than the jitter allows. Rebuild a lost one from the

@@ -232,6 +232,7 @@ fn lost_frames_come_back_whole_from_the_next_packets_copy() {
             Playout::Packet {
                 frame: seq,
                 payload,
+                ..
             } => {
                 assert_eq!(
                     payload,
@@ -354,7 +355,8 @@ fn duplicates_and_ancient_packets_are_ignored() {
         out,
         Playout::Packet {
             frame: 0,
-            payload: vec![0]
+            payload: vec![0],
+            resume: false,
         }
     );
     jb.push(0, vec![0], t + FRAME * 3);
@@ -653,6 +655,24 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
             "{pause:?}: paused at {n} of {not_sent} frames not sent"
         );
     }
+    // The decoder starts afresh exactly at the packets that follow frames not sent: each refresh and
+    // the second spurt's first frame.
+    let resumed: Vec<u64> = r
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Playout::Packet {
+                frame,
+                resume: true,
+                ..
+            } => Some(*frame),
+            _ => None,
+        })
+        .collect();
+    let after_pause: Vec<u64> = (1..300u64)
+        .filter(|&f| sent[f as usize] && !sent[f as usize - 1])
+        .collect();
+    assert_eq!(resumed, after_pause);
     // The second spurt plays whole, frame after frame, with no concealment in it.
     let last = last_outputs(&r);
     assert!(
