@@ -899,8 +899,10 @@ def codec_alone(lossy, r, out):
     deg = os.path.splitext(r["recording"])[0] + "_codec.wav"
     hint = max(6, int(r["caller_stats"].get("loss_hint_pct") or 0))
     red = ["--red"] if r["caller_stats"].get("redundancy") else []
-    # With DTX as kith sends: frames it did not send are not in the arrivals and are not losses.
-    subprocess.run([lossy, r["reference"], deg, "0", "--hint", str(hint), "--dtx", "--arrived", r["arrivals"]] + red,
+    # With DTX as kith sends and plays it: frames it did not send are not in the arrivals and are not losses,
+    # and the decoder starts afresh after them.
+    subprocess.run([lossy, r["reference"], deg, "0", "--hint", str(hint), "--dtx", "--dtx-reset", "--arrived",
+                    r["arrivals"]] + red,
                    check=True, capture_output=True)
     return pesq_wb(r["reference"], deg)["pesq_wb"]
 

@@ -1,9 +1,10 @@
 //! Opus through a lossy channel, offline: `cargo run -p kith-media --release --example lossy -- IN.wav OUT.wav
-//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx] [--red] [--arrived TRACE]`.
+//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]`.
 //! Each lost frame is rebuilt from the next packet's FEC when that packet arrived (with `--red`: played whole
 //! from the copy the next packet carries, and LBRR off, as kith sends under steady loss), else concealed:
 //! the codec's best case, without a network or a jitter buffer. With `--dtx` the DTX frames are not sent
-//! (so not lost either) and are played as comfort noise. For comparing encoder settings with PESQ.
+//! (so not lost either) and are played as comfort noise; with `--dtx-reset` the decoder is reset before the
+//! first packet after them, as kith's player does. For comparing encoder settings with PESQ.
 
 use kith_media::codec::{OpusDecoder, OpusEncoder, has_lbrr, is_dtx};
 use kith_media::rate::EncoderSettings;
@@ -22,7 +23,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!(
-            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--red] [--arrived TRACE]"
+            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]"
         );
         std::process::exit(2);
     }
