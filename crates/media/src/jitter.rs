@@ -102,6 +102,19 @@ pub enum Playout {
     Wait,
 }
 
+impl Playout {
+    /// The frame this tick played, if any.
+    pub fn frame(&self) -> Option<u64> {
+        match self {
+            Playout::Packet { frame, .. }
+            | Playout::Fec { frame, .. }
+            | Playout::Conceal { frame }
+            | Playout::Gap { frame } => Some(*frame),
+            Playout::Wait => None,
+        }
+    }
+}
+
 /// Counters for the receiver report and the call statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JitterStats {
@@ -597,9 +610,10 @@ impl JitterBuffer {
             let mut resume = false;
             match seq {
                 Some(seq) => {
-                    resume = self.anchor.is_some_and(|(frame, last)| {
-                        seq == last + 1 && next > frame + 1 && self.missing.red == 0
-                    });
+                    // (A frame played from a copy had its own packet lost: `seq` would not follow on.)
+                    resume = self
+                        .anchor
+                        .is_some_and(|(frame, last)| seq == last + 1 && next > frame + 1);
                     self.anchor_at(next, seq);
                 }
                 None => {

@@ -688,34 +688,29 @@ pub fn start(
                 .unwrap_or_else(|_| vec![0; frame]);
                 let is_quiet = codec::is_quiet(&out);
                 jb.set_quiet(is_quiet);
+                let riding = ride.is_some();
+                rode += u64::from(riding);
                 let mut next = at + frame_dur;
-                if let Some(d) = jb.advance() {
+                let advance = jb.advance();
+                if let Some(d) = advance {
                     // A pause: play this frame shorter and the next ones that much sooner.
                     let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
                     out.truncate(out.len().saturating_sub(cut));
                     next -= d;
-                    if ride.is_none() {
-                        play.reset_at(next);
-                    }
-                }
-                if ride.is_some() {
-                    rode += 1;
                 }
                 // Ride on the capture clock (or go on riding) while the peer pauses, without a sound card.
-                let may_ride = playback.is_none();
-                match (ride.is_some(), jb.peer_paused() && may_ride) {
-                    (_, true) => {
-                        ride = Some(next);
-                        // Due already (a cut moved it before the last capture tick): made now.
-                        if next <= last_capture {
-                            due = Some(next);
-                        }
+                if playback.is_none() && jb.peer_paused() {
+                    ride = Some(next);
+                    // Due already (a cut moved it before the last capture tick): made now.
+                    if next <= last_capture {
+                        due = Some(next);
                     }
-                    (true, false) => {
-                        ride = None;
+                } else {
+                    ride = None;
+                    // Back on the playout clock, or the clock moved earlier: its next tick.
+                    if riding || advance.is_some() {
                         play.reset_at(next);
                     }
-                    (false, false) => {}
                 }
                 if let Some(q) = &playback {
                     q.put_frame(&out, is_quiet);

@@ -13,6 +13,8 @@ struct Run {
     lost: Vec<u64>,
     /// The buffer's delay after each tick (after any advance), ms.
     delays: Vec<f64>,
+    /// The frames after which the buffer said the peer pauses.
+    paused: Vec<u64>,
 }
 
 /// Sends `n` packets, one per `send_interval`; packet `i` takes `delay(i)` (None: lost). Plays out one frame
@@ -29,31 +31,48 @@ fn simulate_red(
     red: u64,
 ) -> Run {
     let t0 = Instant::now();
-    let mut arrivals: Vec<(Instant, u64)> = vec![];
+    let mut arrivals = vec![];
     let mut lost = vec![];
     for i in 0..n {
         match delay(i) {
-            Some(d) => arrivals.push((t0 + send_interval * i as u32 + d, i)),
+            Some(d) => arrivals.push((t0 + send_interval * i as u32 + d, i, i)),
             None => lost.push(i),
         }
     }
-    arrivals.sort();
     let end = t0 + send_interval * n as u32 + Duration::from_secs(1);
+    play_out(t0, end, arrivals, red, lost)
+}
+
+/// Plays out one frame per 20 ms from `t0` until `end`, the packets `(arrival, frame, seq)` going in as
+/// they arrive, each (with FEC) carrying copies of the `red` frames before it; `lost`: what never came.
+fn play_out(
+    t0: Instant,
+    end: Instant,
+    mut arrivals: Vec<(Instant, u64, u64)>,
+    red: u64,
+    lost: Vec<u64>,
+) -> Run {
+    arrivals.sort();
     let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
-    let mut outputs = vec![];
-    let mut delays = vec![];
+    let (mut outputs, mut delays, mut paused) = (vec![], vec![], vec![]);
     let mut a = 0;
     let mut tick = t0;
     while tick < end {
         while a < arrivals.len() && arrivals[a].0 <= tick {
-            let (at, seq) = arrivals[a];
-            jb.push(seq, seq.to_be_bytes().to_vec(), at);
-            for back in 1..=red.min(seq) {
-                jb.push_redundant(seq - back, (seq - back).to_be_bytes().to_vec());
+            let (at, frame, seq) = arrivals[a];
+            jb.push_packet(frame, seq, frame.to_be_bytes().to_vec(), true, at);
+            for back in 1..=red.min(frame) {
+                jb.push_redundant(frame - back, (frame - back).to_be_bytes().to_vec());
             }
             a += 1;
         }
-        outputs.push(jb.pop(tick));
+        let out = jb.pop(tick);
+        if let Some(frame) = out.frame()
+            && jb.peer_paused()
+        {
+            paused.push(frame);
+        }
+        outputs.push(out);
         tick += FRAME;
         if let Some(d) = jb.advance() {
             tick -= d;
@@ -65,6 +84,7 @@ fn simulate_red(
         jb,
         lost,
         delays,
+        paused,
     }
 }
 
@@ -158,26 +178,16 @@ fn single_losses_are_rebuilt_from_the_next_packets_fec() {
         .filter(|&&i| i + 1 < 2000 && !lost[i as usize + 1])
         .count() as u64;
     // (Counted from the outputs: after the stream ends the buffer goes on concealing frames that never come.)
-    // The last output for a sequence number is the one that moved on (earlier ones were stalls).
-    let mut last: std::collections::BTreeMap<u64, &Playout> = Default::default();
-    for o in &r.outputs {
-        match o {
-            Playout::Packet { frame: seq, .. }
-            | Playout::Fec { frame: seq, .. }
-            | Playout::Conceal { frame: seq } => {
-                last.insert(*seq, o);
-            }
-            Playout::Wait => {}
-            Playout::Gap { .. } => panic!("every frame was sent, yet {o:?}"),
-        }
-    }
-    let (fec, concealed) = last
-        .range(..2000)
-        .fold((0u64, 0u64), |(f, c), (_, o)| match o {
-            Playout::Fec { .. } => (f + 1, c),
-            Playout::Conceal { .. } => (f, c + 1),
-            _ => (f, c),
-        });
+    let last = last_outputs(&r, 2000);
+    assert!(
+        !r.outputs.iter().any(|o| matches!(o, Playout::Gap { .. })),
+        "every frame was sent, yet a gap was played"
+    );
+    let (fec, concealed) = last.values().fold((0u64, 0u64), |(f, c), o| match o {
+        Playout::Fec { .. } => (f + 1, c),
+        Playout::Conceal { .. } => (f, c + 1),
+        _ => (f, c),
+    });
     assert_eq!(fec, s.fec);
     assert_eq!(fec + concealed, r.lost.len() as u64, "{s:?}");
     // The statistics agree, and count nothing as not sent (the ticks after the stream stay unknown).
@@ -539,10 +549,9 @@ fn playout_starts_with_the_delay_it_wants_whatever_the_ticks_phase() {
 }
 
 /// A talker with discontinuous transmission: frames `0..300` where `spurts` are sent, and in the pauses
-/// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh). Every packet takes 10 ms but
-/// those of the frames in `lose`. Returns the run, per frame whether it was sent, and the frames after
-/// which the buffer said the peer pauses.
-fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>, Vec<u64>) {
+/// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh). Every packet
+/// takes 10 ms but those of the frames in `lose`. Returns the run and, per frame, whether it was sent.
+fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>) {
     let t0 = Instant::now();
     let mut sent = vec![false; 300];
     let mut quiet = 0;
@@ -551,52 +560,20 @@ fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool
         quiet = if talking { 0 } else { quiet + 1 };
         *s = talking || quiet % 20 == 10;
     }
-    let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
-    let (mut outputs, mut delays, mut lost) = (vec![], vec![], vec![]);
-    let mut packets = vec![];
-    let mut paused = vec![];
-    let mut seq = 0;
-    for f in 0..300u64 {
-        if sent[f as usize] {
-            if lose.contains(&f) {
-                lost.push(f);
-            } else {
-                packets.push((t0 + FRAME * f as u32 + Duration::from_millis(10), f, seq));
-            }
-            seq += 1;
+    let (mut arrivals, mut lost) = (vec![], vec![]);
+    for (seq, f) in (0..300u64).filter(|f| sent[*f as usize]).enumerate() {
+        if lose.contains(&f) {
+            lost.push(f);
+        } else {
+            arrivals.push((
+                t0 + FRAME * f as u32 + Duration::from_millis(10),
+                f,
+                seq as u64,
+            ));
         }
     }
-    let mut a = 0;
-    let mut tick = t0;
-    while tick < t0 + FRAME * 300 + Duration::from_secs(1) {
-        while a < packets.len() && packets[a].0 <= tick {
-            let (at, f, seq) = packets[a];
-            jb.push_packet(f, seq, f.to_be_bytes().to_vec(), true, at);
-            a += 1;
-        }
-        let out = jb.pop(tick);
-        if let Playout::Packet { frame, .. }
-        | Playout::Fec { frame, .. }
-        | Playout::Conceal { frame }
-        | Playout::Gap { frame } = out
-            && jb.peer_paused()
-        {
-            paused.push(frame);
-        }
-        outputs.push(out);
-        tick += FRAME;
-        if let Some(d) = jb.advance() {
-            tick -= d;
-        }
-        delays.push(jb.delay().as_secs_f64() * 1000.0);
-    }
-    let run = Run {
-        outputs,
-        jb,
-        lost,
-        delays,
-    };
-    (run, sent, paused)
+    let end = t0 + FRAME * 300 + Duration::from_secs(1);
+    (play_out(t0, end, arrivals, 0, lost), sent)
 }
 
 fn not_sent_before_the_last_packet(sent: &[bool]) -> u64 {
@@ -604,27 +581,20 @@ fn not_sent_before_the_last_packet(sent: &[bool]) -> u64 {
     sent[..last].iter().filter(|s| !**s).count() as u64
 }
 
-/// Each frame's last output (earlier ones were stalls), up to frame 300.
-fn last_outputs(r: &Run) -> std::collections::BTreeMap<u64, Playout> {
-    let mut last = std::collections::BTreeMap::new();
-    for o in &r.outputs {
-        match o {
-            Playout::Packet { frame, .. }
-            | Playout::Fec { frame, .. }
-            | Playout::Conceal { frame }
-            | Playout::Gap { frame } => {
-                last.insert(*frame, o.clone());
-            }
-            Playout::Wait => {}
-        }
-    }
-    last.split_off(&300);
+/// Each frame's last output (the one that moved on; earlier ones were stalls), for frames before `end`.
+fn last_outputs(r: &Run, end: u64) -> std::collections::BTreeMap<u64, Playout> {
+    let mut last: std::collections::BTreeMap<u64, Playout> = r
+        .outputs
+        .iter()
+        .filter_map(|o| Some((o.frame()?, o.clone())))
+        .collect();
+    last.split_off(&end);
     last
 }
 
 #[test]
 fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
-    let (r, sent, paused) = simulate_dtx(&[0..50, 150..250], &[]);
+    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[]);
     let s = r.jb.stats();
     let not_sent = sent.iter().filter(|s| !**s).count() as u64;
     let pause_not_sent = not_sent_before_the_last_packet(&sent);
@@ -642,13 +612,14 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
     // The buffer says the peer pauses from three frames into each pause (and after each refresh) to the
     // refresh or the spurt that ends it, and never in a spurt.
     assert!(
-        paused
+        r.paused
             .iter()
             .all(|&f| !(0..50).contains(&f) && !(150..250).contains(&f)),
-        "{paused:?}"
+        "{:?}",
+        r.paused
     );
     for pause in [50..150u64, 250..300] {
-        let n = paused.iter().filter(|f| pause.contains(f)).count();
+        let n = r.paused.iter().filter(|f| pause.contains(f)).count();
         let not_sent = pause.clone().filter(|f| !sent[*f as usize]).count();
         assert!(
             n + 20 >= not_sent && n > 0,
@@ -674,7 +645,7 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
         .collect();
     assert_eq!(resumed, after_pause);
     // The second spurt plays whole, frame after frame, with no concealment in it.
-    let last = last_outputs(&r);
+    let last = last_outputs(&r, 300);
     assert!(
         (150..250)
             .all(|f| matches!(last.get(&f), Some(Playout::Packet { frame, .. }) if *frame == f)),
@@ -686,10 +657,10 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
 fn a_loss_next_to_a_pause_is_counted_and_the_spurts_first_frame_rebuilt_from_fec() {
     // Lost: a frame in a spurt (20), a comfort-noise refresh in the pause (frame 79), and the first frame
     // of the second spurt (150).
-    let (r, sent, _) = simulate_dtx(&[0..50, 150..250], &[20, 79, 150]);
+    let (r, sent) = simulate_dtx(&[0..50, 150..250], &[20, 79, 150]);
     assert!(sent[79] && sent[150] && !sent[149]);
     let s = r.jb.stats();
-    let last = last_outputs(&r);
+    let last = last_outputs(&r, 300);
     // Both spurts' losses are rebuilt from the next packet's FEC, though frame 149 was not sent.
     for f in [20, 150] {
         assert!(
