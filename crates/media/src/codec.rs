@@ -186,6 +186,13 @@ impl OpusEncoder {
         Ok(())
     }
 
+    /// Whether the encoder is in DTX after the frame just encoded: the input has been quiet long enough
+    /// that only a comfort-noise refresh goes out every 400 ms (that refresh included). False for speech
+    /// and for the quiet frames before DTX starts.
+    pub fn in_dtx(&mut self) -> bool {
+        self.enc.get_in_dtx().unwrap_or(false)
+    }
+
     /// Encodes exactly one frame.
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, MediaError> {
         if pcm.len() != self.frame {
@@ -303,6 +310,58 @@ mod tests {
             .chunks(960)
             .map(|f| enc.encode(f).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_encoder_says_which_frames_it_sends_in_dtx() {
+        // 2 s of speech, 2 s of room noise at -60 dBFS, 1 s of speech.
+        let mut noise_state = 0x9e37_79b9_u64;
+        let mut quiet = || {
+            noise_state ^= noise_state << 13;
+            noise_state ^= noise_state >> 7;
+            noise_state ^= noise_state << 17;
+            (noise_state % 61) as i16 - 30
+        };
+        let mut pcm = voice(48_000 * 2);
+        pcm.extend((0..48_000 * 2).map(|_| quiet()));
+        pcm.extend(voice(48_000));
+        let mut enc = OpusEncoder::new(
+            20,
+            EncoderSettings {
+                bitrate: 32_000,
+                fec: false,
+                loss_hint_pct: 6,
+                redundancy: 0,
+            },
+        )
+        .unwrap();
+        enc.set_dtx(true).unwrap();
+        // (frame, sent, in DTX)
+        let frames: Vec<(usize, bool, bool)> = pcm
+            .chunks(960)
+            .enumerate()
+            .map(|(i, f)| {
+                let p = enc.encode(f).unwrap();
+                (i, !is_dtx(&p), enc.in_dtx())
+            })
+            .collect();
+        // Speech is sent and never in DTX.
+        for &(i, sent, dtx) in frames[..100].iter().chain(&frames[205..]) {
+            assert!(sent && !dtx, "speech frame {i}: sent {sent}, in DTX {dtx}");
+        }
+        // In the quiet stretch DTX starts, and from then on what is sent is a refresh in DTX, a few a
+        // second.
+        let start = frames[100..200]
+            .iter()
+            .position(|&(_, sent, _)| !sent)
+            .expect("DTX starts in 2 s of room noise")
+            + 100;
+        let refreshes: Vec<_> = frames[start..200].iter().filter(|f| f.1).collect();
+        assert!(
+            !refreshes.is_empty() && refreshes.len() <= 8,
+            "{refreshes:?}"
+        );
+        assert!(refreshes.iter().all(|f| f.2), "{refreshes:?}");
     }
 
     #[test]

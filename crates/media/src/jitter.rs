@@ -41,6 +41,7 @@
 //! whether it was lost ([`JitterStats::gaps`]). Where a pause and a loss meet, the frames taken as lost are
 //! those just before the next packet (the start of a talk spurt), whose FEC that packet carries.
 
+use crate::packet;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,8 @@ struct Entry {
     seq: Option<u64>,
     /// Its packet carries in-band FEC for the frame before it.
     fec: bool,
+    /// A comfort-noise refresh in the sender's pause ([`crate::packet::FLAG_CN`]).
+    cn: bool,
 }
 
 /// Frames missing since the last frame played from its own packet (the anchor), by how they were played,
@@ -213,6 +216,8 @@ pub struct JitterBuffer {
     last_tick: Option<Instant>,
     /// Quiet frames played in a row (a pause once they last [`PAUSE`]): the time to shrink the delay.
     quiet_frames: u32,
+    /// The last frame played from its own packet was a comfort-noise refresh.
+    last_cn: bool,
 }
 
 impl JitterBuffer {
@@ -240,6 +245,7 @@ impl JitterBuffer {
             seen: 0,
             last_lag: 0.0,
             quiet_frames: u32::MAX,
+            last_cn: false,
         }
     }
 
@@ -273,15 +279,17 @@ impl JitterBuffer {
         self.highest
     }
 
-    /// The peer pauses: playout has started, nothing waits to be played, and for [`PAUSE`] or more the
-    /// frames played since the peer's last packet were ones it did not send, or nothing has come since.
-    /// (What is played then is comfort noise; when it is made matters little.)
+    /// The peer pauses: playout has started, nothing but comfort-noise refreshes waits to be played, and
+    /// the last packet played was such a refresh, or for [`PAUSE`] or more the frames played since the
+    /// peer's last packet were ones it did not send, or nothing has come since. (What is played then is
+    /// comfort noise; when it is made matters little.)
     pub fn peer_paused(&self) -> bool {
         let frame_us = self.config.frame.as_micros().max(1);
         self.next.is_some()
-            && self.packets.is_empty()
-            && u128::from(self.missing.gap + self.missing.unknown)
-                >= PAUSE.as_micros().div_ceil(frame_us)
+            && self.packets.values().all(|e| e.cn)
+            && (self.last_cn
+                || u128::from(self.missing.gap + self.missing.unknown)
+                    >= PAUSE.as_micros().div_ceil(frame_us))
     }
 
     /// The delay the buffer aims for now.
@@ -298,20 +306,15 @@ impl JitterBuffer {
     /// The packet of frame `frame` arrived at `now`, carrying in-band FEC for the frame before it; one
     /// packet per frame (no DTX), so its sequence number is the frame's.
     pub fn push(&mut self, frame: u64, payload: Vec<u8>, now: Instant) {
-        self.push_packet(frame, frame, payload, true, now);
+        self.push_packet(frame, frame, payload, packet::FLAG_FEC, now);
     }
 
-    /// The packet with sequence number `seq`, of frame `frame`, arrived at `now`; `has_fec`: it carries
-    /// in-band FEC (LBRR) for the frame before it. A lost frame is rebuilt from the next packet only if
-    /// that one does (else it is concealed, and counted so).
-    pub fn push_packet(
-        &mut self,
-        frame: u64,
-        seq: u64,
-        payload: Vec<u8>,
-        has_fec: bool,
-        now: Instant,
-    ) {
+    /// The packet with sequence number `seq`, of frame `frame`, arrived at `now`, with the header's
+    /// `flags`: [`packet::FLAG_FEC`], it carries in-band FEC (LBRR) for the frame before it (a lost frame
+    /// is rebuilt from the next packet only if that one does, else it is concealed, and counted so);
+    /// [`packet::FLAG_CN`], it is a comfort-noise refresh in the sender's pause.
+    pub fn push_packet(&mut self, frame: u64, seq: u64, payload: Vec<u8>, flags: u8, now: Instant) {
+        let (fec, cn) = (flags & packet::FLAG_FEC != 0, flags & packet::FLAG_CN != 0);
         if let Some(next) = self.next
             && frame < next
         {
@@ -330,7 +333,8 @@ impl JitterBuffer {
                 *e = Entry {
                     payload,
                     seq: Some(seq),
-                    fec: has_fec,
+                    fec,
+                    cn,
                 };
             }
             None => {
@@ -339,7 +343,8 @@ impl JitterBuffer {
                     Entry {
                         payload,
                         seq: Some(seq),
-                        fec: has_fec,
+                        fec,
+                        cn,
                     },
                 );
                 self.bound();
@@ -364,6 +369,7 @@ impl JitterBuffer {
                 payload,
                 seq: None,
                 fec: false,
+                cn: false,
             },
         );
         self.bound();
@@ -604,9 +610,14 @@ impl JitterBuffer {
         } else {
             self.over_target_ticks = 0;
         }
-        if let Some(Entry { payload, seq, .. }) = self.packets.remove(&next) {
+        if let Some(Entry {
+            payload, seq, cn, ..
+        }) = self.packets.remove(&next)
+        {
             self.next = Some(next + 1);
             self.stats.played += 1;
+            // (A copy's own packet was lost: what it was is not known.)
+            self.last_cn = cn && seq.is_some();
             let mut resume = false;
             match seq {
                 Some(seq) => {

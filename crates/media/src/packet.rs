@@ -24,6 +24,10 @@ pub const REPORT_LEN: usize = 43;
 pub const FLAG_FEC: u8 = 1;
 /// Flag: the datagram also carries whole copies of earlier frames (redundancy, as RFC 2198 does for RTP).
 pub const FLAG_RED: u8 = 2;
+/// Flag: the frame is a comfort-noise refresh, sent while the sender's encoder is in DTX (a pause); the
+/// pause goes on after it. The receiver need not wake for it on its own playout clock (see
+/// `kith-node`'s media loop); a receiver that does not know the flag plays it as any frame.
+pub const FLAG_CN: u8 = 4;
 /// At most this many earlier frames ride along.
 pub const MAX_REDUNDANT: usize = 3;
 

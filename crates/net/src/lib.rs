@@ -24,7 +24,7 @@ pub use session::{
     PathKind, Session, SessionError, SessionReader, SessionWriter, ip_paths, path_kind,
 };
 
-use iroh::endpoint::{PortmapperConfig, presets};
+use iroh::endpoint::{AckFrequencyConfig, PortmapperConfig, QuicTransportConfig, VarInt, presets};
 use iroh::{
     Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr,
 };
@@ -47,6 +47,18 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Delay between starting dials to successive hints of one account.
 pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
+/// How long a peer may hold back its ACK of our packets (QUIC's ACK-frequency extension).
+///
+/// A voice call sends a datagram every 20 ms each way. A listener in a pause sends almost nothing, so
+/// by QUIC's default (an ACK for every second packet, or after 25 ms) it sent an ACK-only packet every
+/// 40 ms, and woke the talker's daemon for each: a quarter of its wake-ups. Asked for one ACK per
+/// [`ACK_EVERY`] packets or this delay, the listener ACKs 5 times a second, and any datagram it does
+/// send carries its pending ACKs. The cost: a lost packet at the tail of a burst is probed for this
+/// much later (the probe timeout includes the peer's ACK delay). Out-of-order arrivals (a loss) are
+/// still ACKed at once, so loss detection keeps its pace.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(200);
+/// Ack-eliciting packets a peer may take in before it ACKs (at 50 datagrams a second: 200 ms).
+pub const ACK_EVERY: u32 = 10;
 
 /// Errors of [`Net::bind`].
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +251,14 @@ impl Net {
             .collect::<Result<_, _>>()?;
         // Always a custom map (possibly empty), never n0's defaults; relays found later are inserted into it.
         let relay_mode = RelayMode::Custom(relays.into_iter().collect::<RelayMap>());
+        let mut ack = AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(ACK_EVERY - 1))
+            .max_ack_delay(Some(MAX_ACK_DELAY));
+        let transport = QuicTransportConfig::builder()
+            .ack_frequency_config(Some(ack))
+            .build();
         let mut builder = Endpoint::builder(presets::Minimal)
+            .transport_config(transport)
             .secret_key(SecretKey::from_bytes(&secret))
             .alpns(vec![ALPN.to_vec(), MAILBOX_ALPN.to_vec()])
             .relay_mode(relay_mode)

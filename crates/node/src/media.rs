@@ -438,12 +438,15 @@ pub fn start(
         // While the peer pauses (DTX: nothing comes but a comfort-noise refresh every 400 ms) the playout
         // clock rides on the capture clock: a frame due on the playout clock is made at the first capture
         // tick at or after its due time, so the daemon wakes once a frame instead of twice. The jitter
-        // buffer is given the playout clock's due times, so it plays exactly what it would have; only the
-        // comfort noise is made up to a frame later. A recording does not see that, but a sound card's
+        // buffer is given the playout clock's due times, so it plays what it would have (a refresh that came
+        // within a frame of its due time counts as on time); only the comfort noise is made up to a frame
+        // later. A recording does not see that, but a sound card's
         // queue does: frames put late, then on time again when the peer talks, left it holding more, and the
         // talk spurts played 10-20 ms later (the call benchmark through sound cards: 80.9-97.2 ms against
         // 70.1-87.7), so playout rides only without a sound card (servers, gateways, tests). The peer's
-        // next packet puts the playout clock back on its own, on the same schedule.
+        // next packet puts the playout clock back on its own, on the same schedule, unless it is marked as
+        // a comfort-noise refresh (`FLAG_CN`: the peer's encoder is still in DTX); without that mark each
+        // refresh cost about six wake-ups on the playout clock.
         let mut ride: Option<tokio::time::Instant> = None;
         let mut last_capture = tokio::time::Instant::now();
         let mut rode = 0u64;
@@ -553,7 +556,11 @@ pub fn start(
                         // A pause: nothing to send (the peer plays comfort noise).
                         Ok(payload) if codec::is_dtx(&payload) => not_sent += 1,
                         Ok(payload) => {
-                            let flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
+                            let mut flags = if codec::has_lbrr(&payload) { packet::FLAG_FEC } else { 0 };
+                            // A refresh in a pause: the peer need not leave its pause for it.
+                            if enc.in_dtx() {
+                                flags |= packet::FLAG_CN;
+                            }
                             // Copies of the frames just before this one (not of a frame sent before a pause:
                             // its turn to play has passed).
                             let copies = u32::from(rate.settings().redundancy).min(packet::MAX_REDUNDANT as u32);
@@ -584,9 +591,11 @@ pub fn start(
                     match Datagram::decode(&d) {
                         Ok(Datagram::Audio(a)) if a.tag == tag => {
                             last_audio = Some((a.timestamp, Instant::now()));
-                            // The peer talks again (or refreshes its comfort noise): the playout clock
-                            // goes back on its own, on the same schedule.
-                            if let Some(d) = ride.take() {
+                            // The peer talks again: the playout clock goes back on its own, on the same
+                            // schedule. (A comfort-noise refresh leaves it riding.)
+                            if a.flags & packet::FLAG_CN == 0
+                                && let Some(d) = ride.take()
+                            {
                                 play.reset_at(d);
                             }
                             let at = peer_ts.extend(a.timestamp) / frame as u64;
@@ -594,8 +603,7 @@ pub fn start(
                                 use std::io::Write;
                                 let _ = writeln!(t, "{at} {}", start.elapsed().as_micros());
                             }
-                            let fec = a.flags & packet::FLAG_FEC != 0;
-                            jb.push_packet(at, peer_seq.extend(a.seq), a.payload, fec, Instant::now());
+                            jb.push_packet(at, peer_seq.extend(a.seq), a.payload, a.flags, Instant::now());
                             for (back, copy) in a.redundant {
                                 if let Some(f) = at.checked_sub(u64::from(back)) {
                                     jb.push_redundant(f, copy);

@@ -35,7 +35,7 @@ fn simulate_red(
     let mut lost = vec![];
     for i in 0..n {
         match delay(i) {
-            Some(d) => arrivals.push((t0 + send_interval * i as u32 + d, i, i)),
+            Some(d) => arrivals.push((t0 + send_interval * i as u32 + d, i, i, packet::FLAG_FEC)),
             None => lost.push(i),
         }
     }
@@ -43,12 +43,12 @@ fn simulate_red(
     play_out(t0, end, arrivals, red, lost)
 }
 
-/// Plays out one frame per 20 ms from `t0` until `end`, the packets `(arrival, frame, seq)` going in as
-/// they arrive, each (with FEC) carrying copies of the `red` frames before it; `lost`: what never came.
+/// Plays out one frame per 20 ms from `t0` until `end`, the packets `(arrival, frame, seq, flags)` going in
+/// as they arrive, each carrying copies of the `red` frames before it; `lost`: what never came.
 fn play_out(
     t0: Instant,
     end: Instant,
-    mut arrivals: Vec<(Instant, u64, u64)>,
+    mut arrivals: Vec<(Instant, u64, u64, u8)>,
     red: u64,
     lost: Vec<u64>,
 ) -> Run {
@@ -59,8 +59,8 @@ fn play_out(
     let mut tick = t0;
     while tick < end {
         while a < arrivals.len() && arrivals[a].0 <= tick {
-            let (at, frame, seq) = arrivals[a];
-            jb.push_packet(frame, seq, frame.to_be_bytes().to_vec(), true, at);
+            let (at, frame, seq, flags) = arrivals[a];
+            jb.push_packet(frame, seq, frame.to_be_bytes().to_vec(), flags, at);
             for back in 1..=red.min(frame) {
                 jb.push_redundant(frame - back, (frame - back).to_be_bytes().to_vec());
             }
@@ -501,11 +501,11 @@ fn a_loss_in_the_first_second_comes_back_whole_without_a_stall() {
 fn a_missing_frame_is_rebuilt_only_from_a_packet_that_carries_fec() {
     // Frame 1 is lost; frame 2's packet carries no LBRR (copies stood in for FEC then): frame 1 is
     // concealed, and counted as concealed, not as rebuilt. With LBRR in frame 2 it is rebuilt.
-    for (has_fec, rebuilt) in [(false, false), (true, true)] {
+    for (flags, rebuilt) in [(0, false), (packet::FLAG_FEC, true)] {
         let t = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::for_frame(FRAME));
-        jb.push_packet(0, 0, vec![0], has_fec, t);
-        jb.push_packet(2, 2, vec![2], has_fec, t + FRAME * 2);
+        jb.push_packet(0, 0, vec![0], flags, t);
+        jb.push_packet(2, 2, vec![2], flags, t + FRAME * 2);
         let mut outs = vec![];
         for i in 0..6u32 {
             outs.push(jb.pop(t + FRAME * (i + 2)));
@@ -518,7 +518,7 @@ fn a_missing_frame_is_rebuilt_only_from_a_packet_that_carries_fec() {
         assert_eq!(
             matches!(one, Some(Playout::Fec { .. })),
             rebuilt,
-            "{has_fec}: {outs:?}"
+            "{flags}: {outs:?}"
         );
         // (The ticks after the last packet conceal too: the stream has ended.)
         assert_eq!(s.fec, u64::from(rebuilt), "{s:?}");
@@ -549,9 +549,14 @@ fn playout_starts_with_the_delay_it_wants_whatever_the_ticks_phase() {
 }
 
 /// A talker with discontinuous transmission: frames `0..300` where `spurts` are sent, and in the pauses
-/// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh). Every packet
-/// takes 10 ms but those of the frames in `lose`. Returns the run and, per frame, whether it was sent.
-fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>) {
+/// between them one frame every 400 ms from 200 ms into it (libopus's comfort-noise refresh, marked
+/// [`packet::FLAG_CN`] if `mark_cn`, as kith's sender does). Every packet takes 10 ms but those of the
+/// frames in `lose`. Returns the run and, per frame, whether it was sent.
+fn simulate_dtx_marked(
+    spurts: &[std::ops::Range<u64>],
+    lose: &[u64],
+    mark_cn: bool,
+) -> (Run, Vec<bool>) {
     let t0 = Instant::now();
     let mut sent = vec![false; 300];
     let mut quiet = 0;
@@ -565,15 +570,27 @@ fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool
         if lose.contains(&f) {
             lost.push(f);
         } else {
+            let refresh = !spurts.iter().any(|r| r.contains(&f));
+            let cn = if refresh && mark_cn {
+                packet::FLAG_CN
+            } else {
+                0
+            };
             arrivals.push((
                 t0 + FRAME * f as u32 + Duration::from_millis(10),
                 f,
                 seq as u64,
+                packet::FLAG_FEC | cn,
             ));
         }
     }
     let end = t0 + FRAME * 300 + Duration::from_secs(1);
     (play_out(t0, end, arrivals, 0, lost), sent)
+}
+
+/// [`simulate_dtx_marked`] with the refreshes marked.
+fn simulate_dtx(spurts: &[std::ops::Range<u64>], lose: &[u64]) -> (Run, Vec<bool>) {
+    simulate_dtx_marked(spurts, lose, true)
 }
 
 fn not_sent_before_the_last_packet(sent: &[bool]) -> u64 {
@@ -609,8 +626,8 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
     );
     assert_eq!(s.gaps, pause_not_sent, "{s:?}");
     assert!(s.target_ms <= 40.0, "{s:?}");
-    // The buffer says the peer pauses from three frames into each pause (and after each refresh) to the
-    // refresh or the spurt that ends it, and never in a spurt.
+    // The buffer says the peer pauses from three frames into each pause (its refreshes are marked) to the
+    // spurt that ends it, and never in a spurt.
     assert!(
         r.paused
             .iter()
@@ -651,6 +668,36 @@ fn frames_not_sent_in_a_pause_are_neither_loss_nor_concealment() {
             .all(|f| matches!(last.get(&f), Some(Playout::Packet { frame, .. }) if *frame == f)),
         "{last:?}"
     );
+}
+
+#[test]
+fn a_marked_refresh_does_not_end_the_pause() {
+    // Refreshes (frames 59, 79, ..., 139 of the pause 50..150) marked as comfort noise: the buffer says
+    // the peer pauses from three frames into the pause through every refresh, until the next spurt's
+    // first packet waits to be played. Unmarked (a peer that does not mark them), each refresh ends the
+    // pause until three frames after it played.
+    let (marked, _) = simulate_dtx_marked(&[0..50, 150..250], &[], true);
+    let (unmarked, _) = simulate_dtx_marked(&[0..50, 150..250], &[], false);
+    let in_pause = |r: &Run| r.paused.iter().filter(|f| (50..150).contains(*f)).count();
+    let missing: Vec<u64> = (52..146).filter(|f| !marked.paused.contains(f)).collect();
+    assert!(missing.is_empty(), "not paused at {missing:?}");
+    assert!(
+        marked
+            .paused
+            .iter()
+            .all(|f| !(0..50).contains(f) && !(150..250).contains(f)),
+        "{:?}",
+        marked.paused
+    );
+    // Five refreshes, each of which cost the unmarked run its wait in the buffer and three frames.
+    assert!(
+        in_pause(&marked) >= in_pause(&unmarked) + 5 * 3,
+        "{} against {}",
+        in_pause(&marked),
+        in_pause(&unmarked)
+    );
+    // What is played is the same.
+    assert_eq!(marked.outputs, unmarked.outputs);
 }
 
 #[test]

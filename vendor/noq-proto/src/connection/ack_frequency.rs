@@ -44,10 +44,16 @@ impl AckFrequencyState {
         // Use the peer's max_ack_delay if no custom max_ack_delay was provided in the config
         let min_ack_delay =
             Duration::from_micros(peer_params.min_ack_delay.map_or(0, |x| x.into()));
-        config
-            .max_ack_delay
-            .unwrap_or(self.peer_max_ack_delay)
-            .clamp(min_ack_delay, rtt.max(MIN_AUTOMATIC_ACK_DELAY))
+        // kith: an explicit max_ack_delay is requested as it is (at least the peer's min_ack_delay);
+        // only the automatic one is capped at the RTT (25 ms at least). A voice call's listener, which
+        // sends almost nothing in its pauses, would otherwise ACK every second datagram in packets of
+        // its own, and wake the talker for each.
+        match config.max_ack_delay {
+            Some(d) => d.max(min_ack_delay),
+            None => self
+                .peer_max_ack_delay
+                .clamp(min_ack_delay, rtt.max(MIN_AUTOMATIC_ACK_DELAY)),
+        }
     }
 
     /// Returns the `max_ack_delay` for the purposes of calculating the PTO
