@@ -440,13 +440,13 @@ pub fn start(
         // tick at or after its due time, so the daemon wakes once a frame instead of twice. The jitter
         // buffer is given the playout clock's due times, so it plays what it would have (a refresh that came
         // within a frame of its due time counts as on time); only the comfort noise is made up to a frame
-        // later. A recording does not see that, but a sound card's
-        // queue does: frames put late, then on time again when the peer talks, left it holding more, and the
-        // talk spurts played 10-20 ms later (the call benchmark through sound cards: 80.9-97.2 ms against
-        // 70.1-87.7), so playout rides only without a sound card (servers, gateways, tests). The peer's
-        // next packet puts the playout clock back on its own, on the same schedule, unless it is marked as
-        // a comfort-noise refresh (`FLAG_CN`: the peer's encoder is still in DTX); without that mark each
-        // refresh cost about six wake-ups on the playout clock.
+        // later. A recording does not see that, but a sound card's queue does: frames put late, then on
+        // time again when the peer talks, left it holding more, and the talk spurts played 10-20 ms later
+        // (the call benchmark through sound cards: 80.9-97.2 ms against 70.1-87.7), so playout rides only
+        // without a sound card (servers, gateways, tests). The peer's next packet puts the playout clock
+        // back on its own, on the same schedule, unless it is marked as a comfort-noise refresh (`FLAG_CN`:
+        // the peer's encoder is still in DTX); without that mark each refresh cost about six wake-ups on
+        // the playout clock.
         let mut ride: Option<tokio::time::Instant> = None;
         let mut last_capture = tokio::time::Instant::now();
         let mut rode = 0u64;
