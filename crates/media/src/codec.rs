@@ -275,16 +275,21 @@ impl OpusDecoder {
 mod tests {
     use super::*;
 
-    /// A speech-like test signal: voiced segments whose pitch jumps every 70 ms, and noise bursts in
-    /// between (so concealment cannot simply extrapolate).
-    fn voice(samples: usize) -> Vec<i16> {
-        let mut state = 0x2545_f491_u64;
-        let mut noise = move || {
+    /// A xorshift generator seeded with `seed` (test noise, the same on every run).
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % 20_001) as f64 / 10_000.0 - 1.0
-        };
+            state
+        }
+    }
+
+    /// A speech-like test signal: voiced segments whose pitch jumps every 70 ms, and noise bursts in
+    /// between (so concealment cannot simply extrapolate).
+    fn voice(samples: usize) -> Vec<i16> {
+        let mut next = xorshift(0x2545_f491);
+        let mut noise = move || (next() % 20_001) as f64 / 10_000.0 - 1.0;
         let mut phase = 0.0f64;
         (0..samples)
             .map(|i| {
@@ -315,13 +320,8 @@ mod tests {
     #[test]
     fn the_encoder_says_which_frames_it_sends_in_dtx() {
         // 2 s of speech, 2 s of room noise at -60 dBFS, 1 s of speech.
-        let mut noise_state = 0x9e37_79b9_u64;
-        let mut quiet = || {
-            noise_state ^= noise_state << 13;
-            noise_state ^= noise_state >> 7;
-            noise_state ^= noise_state << 17;
-            (noise_state % 61) as i16 - 30
-        };
+        let mut next = xorshift(0x9e37_79b9);
+        let mut quiet = || (next() % 61) as i16 - 30;
         let mut pcm = voice(48_000 * 2);
         pcm.extend((0..48_000 * 2).map(|_| quiet()));
         pcm.extend(voice(48_000));
