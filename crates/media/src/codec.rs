@@ -49,14 +49,20 @@ pub fn is_quiet(pcm: &[i16]) -> bool {
 pub const QUIET_COMPLEXITY: u8 = 0;
 /// Quiet input for this long (longer than a pause between words) before the encoder lowers its complexity.
 pub const QUIET_BEFORE_LOW_MS: u32 = 200;
+/// The audio bandwidth (kHz) the encoder keeps to in a long quiet stretch: wideband, SILK alone. What is
+/// quiet lies below -45 dBFS, and what of it lies above 8 kHz is fainter still.
+pub const QUIET_MAX_KHZ: u8 = 8;
 
 /// An Opus encoder for one call.
 ///
 /// Listening costs as much as talking: libopus spends the same on a quiet frame as on speech. So after
 /// [`QUIET_BEFORE_LOW_MS`] of quiet input (one side of a call is mostly listening) the encoder drops to
-/// [`QUIET_COMPLEXITY`], and goes back to its full complexity at the first frame that is not quiet, before
-/// encoding it: speech is always encoded at full complexity. libopus takes complexity changes between
-/// any two frames (WebRTC changes it with the bitrate).
+/// [`QUIET_COMPLEXITY`] and to wideband ([`QUIET_MAX_KHZ`]: SILK alone, without the CELT layer of the
+/// hybrid mode, which then costs nothing to encode and nothing to conceal on the other side as comfort
+/// noise), and goes back to its full complexity and bandwidth at the first frame that is not quiet,
+/// before encoding it: speech is always encoded in full. libopus takes complexity and bandwidth changes
+/// between any two frames (WebRTC changes complexity with the bitrate; libopus itself moves between SILK
+/// and hybrid with the bitrate, priming the CELT layer when it comes back).
 pub struct OpusEncoder {
     enc: opus::Encoder,
     frame: usize,
@@ -65,6 +71,8 @@ pub struct OpusEncoder {
     complexity: u8,
     /// The complexity for a long quiet stretch (`None`: always `complexity`).
     quiet_complexity: Option<u8>,
+    /// The audio bandwidth cap for speech, in kHz (20: none).
+    max_khz: u8,
     /// Quiet frames in a row, up to the count that lowers the complexity.
     quiet_run: u32,
     quiet_before_low: u32,
@@ -92,6 +100,7 @@ impl OpusEncoder {
             settings: None,
             complexity,
             quiet_complexity: Some(QUIET_COMPLEXITY),
+            max_khz: 20,
             quiet_run: 0,
             quiet_before_low: QUIET_BEFORE_LOW_MS.div_ceil(u32::from(frame_ms)),
             low: false,
@@ -118,6 +127,7 @@ impl OpusEncoder {
     }
 
     /// The complexity after a long quiet stretch; `None` keeps the speech complexity throughout.
+    /// (The quiet stretch's bandwidth, [`QUIET_MAX_KHZ`], goes with it.)
     pub fn set_quiet_complexity(&mut self, c: Option<u8>) -> Result<(), MediaError> {
         self.quiet_complexity = c.map(|c| c.min(10));
         if self.low {
@@ -125,6 +135,7 @@ impl OpusEncoder {
             self.enc
                 .set_complexity(i32::from(self.complexity))
                 .map_err(err)?;
+            self.apply_bandwidth()?;
         }
         Ok(())
     }
@@ -154,7 +165,19 @@ impl OpusEncoder {
 
     /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the
     /// default: libopus then picks by bitrate).
+    /// Speech is capped at this; a long quiet stretch at [`QUIET_MAX_KHZ`] if that is lower.
     pub fn set_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
+        self.max_khz = khz;
+        self.apply_bandwidth()
+    }
+
+    /// Gives libopus the cap for now: the speech cap, or the quiet one in a long quiet stretch.
+    fn apply_bandwidth(&mut self) -> Result<(), MediaError> {
+        let khz = if self.low {
+            self.max_khz.min(QUIET_MAX_KHZ)
+        } else {
+            self.max_khz
+        };
         let b = match khz {
             0..=4 => opus::Bandwidth::Narrowband,
             5..=6 => opus::Bandwidth::Mediumband,
@@ -215,6 +238,7 @@ impl OpusEncoder {
             };
             self.enc.set_complexity(i32::from(c)).map_err(err)?;
             self.low = low;
+            self.apply_bandwidth()?;
         }
         self.quiet_frames += u64::from(low);
         self.enc.encode_vec(pcm, 1500).map_err(err)
@@ -532,6 +556,19 @@ mod tests {
             steady.push(always.encode(f).unwrap());
         }
         assert_eq!(always.quiet_frames(), 0);
+        // The TOC byte's configuration: 0-11 SILK alone (8-11 wideband), 12-15 hybrid, 16-31 CELT alone.
+        let config = |p: &Vec<u8>| p[0] >> 3;
+        let (lowered_modes, steady_modes): (Vec<u8>, Vec<u8>) =
+            (packets.iter().map(config).collect(), steady.iter().map(config).collect());
+        // The quiet frames encoded at the quiet complexity are SILK alone, at most wideband, where the
+        // encoder that never lowered anything codes the same room noise as hybrid (CELT included).
+        let quiet = 25 + 9..25 + 15;
+        assert!(lowered_modes[quiet.clone()].iter().all(|&c| c <= 11), "{lowered_modes:?}");
+        assert!(steady_modes[quiet].iter().any(|&c| c >= 12), "{steady_modes:?}");
+        // Speech after the stretch is coded in the same modes and bandwidths as by that encoder: hybrid
+        // fullband again from its first frame.
+        assert_eq!(lowered_modes[40..], steady_modes[40..]);
+        assert!(lowered_modes[40] >= 12, "{lowered_modes:?}");
         let full_snr = snr_after_quiet(&steady);
         assert!(
             lowered > full_snr - 1.0 && lowered > 3.0,
