@@ -1,5 +1,5 @@
 //! Opus through a lossy channel, offline: `cargo run -p kith-media --release --example lossy -- IN.wav OUT.wav
-//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]`.
+//! LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--quiet-khz K] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]`.
 //! Each lost frame is rebuilt from the next packet's FEC when that packet arrived (with `--red`: played whole
 //! from the copy the next packet carries, and LBRR off, as kith sends under steady loss), else concealed:
 //! the codec's best case, without a network or a jitter buffer. With `--dtx` the DTX frames are not sent
@@ -23,7 +23,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!(
-            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]"
+            "usage: lossy IN.wav OUT.wav LOSS_PCT [--hint PCT] [--bitrate BPS] [--seed N] [--burst B] [--complexity C] [--quiet-complexity C|off] [--quiet-khz K] [--cbr] [--dtx [--dtx-reset]] [--red] [--arrived TRACE]"
         );
         std::process::exit(2);
     }
@@ -58,6 +58,10 @@ fn main() {
             Some(v.parse().expect("--quiet-complexity 0-10 or off"))
         })
         .unwrap();
+    }
+    if let Some(i) = args.iter().position(|a| a == "--quiet-khz") {
+        enc.set_quiet_max_bandwidth_khz(args[i + 1].parse().expect("--quiet-khz 8, 12 or 20"))
+            .unwrap();
     }
     let dtx = args.iter().any(|a| a == "--dtx");
     let reset_after_dtx = args.iter().any(|a| a == "--dtx-reset");

@@ -49,20 +49,21 @@ pub fn is_quiet(pcm: &[i16]) -> bool {
 pub const QUIET_COMPLEXITY: u8 = 0;
 /// Quiet input for this long (longer than a pause between words) before the encoder lowers its complexity.
 pub const QUIET_BEFORE_LOW_MS: u32 = 200;
-/// The audio bandwidth (kHz) the encoder keeps to in a long quiet stretch: wideband, SILK alone. What is
-/// quiet lies below -45 dBFS, and what of it lies above 8 kHz is fainter still.
-pub const QUIET_MAX_KHZ: u8 = 8;
+/// The audio bandwidth cap (kHz) in a long quiet stretch by default: none (see [`OpusEncoder`]).
+pub const QUIET_MAX_KHZ: u8 = 20;
 
 /// An Opus encoder for one call.
 ///
 /// Listening costs as much as talking: libopus spends the same on a quiet frame as on speech. So after
 /// [`QUIET_BEFORE_LOW_MS`] of quiet input (one side of a call is mostly listening) the encoder drops to
-/// [`QUIET_COMPLEXITY`] and to wideband ([`QUIET_MAX_KHZ`]: SILK alone, without the CELT layer of the
-/// hybrid mode, which then costs nothing to encode and nothing to conceal on the other side as comfort
-/// noise), and goes back to its full complexity and bandwidth at the first frame that is not quiet,
-/// before encoding it: speech is always encoded in full. libopus takes complexity and bandwidth changes
-/// between any two frames (WebRTC changes complexity with the bitrate; libopus itself moves between SILK
-/// and hybrid with the bitrate, priming the CELT layer when it comes back).
+/// [`QUIET_COMPLEXITY`], and goes back to its full complexity at the first frame that is not quiet, before
+/// encoding it: speech is always encoded at full complexity. libopus takes complexity changes between
+/// any two frames (WebRTC changes it with the bitrate).
+///
+/// The quiet stretch may also be capped in bandwidth ([`OpusEncoder::set_quiet_max_bandwidth_khz`]; 8 kHz:
+/// SILK alone, so neither its encoding nor the other side's comfort noise runs CELT); speech gets its full
+/// bandwidth back from its first frame. Off by default: it cut the listening daemon's CPU by an eighth, but
+/// the chirp probe's mouth-to-ear latency read 1.6 ms more with it (BENCHMARKS.md, session 13).
 pub struct OpusEncoder {
     enc: opus::Encoder,
     frame: usize,
@@ -73,6 +74,8 @@ pub struct OpusEncoder {
     quiet_complexity: Option<u8>,
     /// The audio bandwidth cap for speech, in kHz (20: none).
     max_khz: u8,
+    /// The cap in a long quiet stretch.
+    quiet_max_khz: u8,
     /// Quiet frames in a row, up to the count that lowers the complexity.
     quiet_run: u32,
     quiet_before_low: u32,
@@ -101,6 +104,7 @@ impl OpusEncoder {
             complexity,
             quiet_complexity: Some(QUIET_COMPLEXITY),
             max_khz: 20,
+            quiet_max_khz: QUIET_MAX_KHZ,
             quiet_run: 0,
             quiet_before_low: QUIET_BEFORE_LOW_MS.div_ceil(u32::from(frame_ms)),
             low: false,
@@ -127,7 +131,7 @@ impl OpusEncoder {
     }
 
     /// The complexity after a long quiet stretch; `None` keeps the speech complexity throughout.
-    /// (The quiet stretch's bandwidth, [`QUIET_MAX_KHZ`], goes with it.)
+    /// (The quiet stretch's bandwidth cap goes with it.)
     pub fn set_quiet_complexity(&mut self, c: Option<u8>) -> Result<(), MediaError> {
         self.quiet_complexity = c.map(|c| c.min(10));
         if self.low {
@@ -165,16 +169,23 @@ impl OpusEncoder {
 
     /// Caps the audio bandwidth: 8 (wideband, SILK alone), 12 (super-wideband) or 20 kHz (fullband, the
     /// default: libopus then picks by bitrate).
-    /// Speech is capped at this; a long quiet stretch at [`QUIET_MAX_KHZ`] if that is lower.
+    /// Speech is capped at this; a long quiet stretch at the quiet cap if that is lower.
     pub fn set_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
         self.max_khz = khz;
+        self.apply_bandwidth()
+    }
+
+    /// The bandwidth cap in a long quiet stretch (default [`QUIET_MAX_KHZ`], none; 8: wideband, SILK alone;
+    /// what is quiet lies below -45 dBFS, and what of it lies above 8 kHz is fainter still).
+    pub fn set_quiet_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
+        self.quiet_max_khz = khz;
         self.apply_bandwidth()
     }
 
     /// Gives libopus the cap for now: the speech cap, or the quiet one in a long quiet stretch.
     fn apply_bandwidth(&mut self) -> Result<(), MediaError> {
         let khz = if self.low {
-            self.max_khz.min(QUIET_MAX_KHZ)
+            self.max_khz.min(self.quiet_max_khz)
         } else {
             self.max_khz
         };
@@ -481,9 +492,15 @@ mod tests {
         assert!(!is_quiet(&voice(960)));
     }
 
-    /// A listener's encoder: speech, then 300 ms of room noise at -60 dBFS, then speech again.
+    /// A listener's encoder: speech, then 300 ms of room noise at -60 dBFS, then speech again; the quiet
+    /// stretch at the default bandwidth (none capped) and capped to wideband.
     #[test]
     fn a_long_quiet_stretch_lowers_the_complexity_and_speech_restores_it_at_once() {
+        quiet_stretch(None);
+        quiet_stretch(Some(8));
+    }
+
+    fn quiet_stretch(quiet_khz: Option<u8>) {
         let settings = EncoderSettings {
             bitrate: 32_000,
             fec: false,
@@ -500,6 +517,9 @@ mod tests {
             .collect();
         assert!(is_quiet(&room));
         let mut enc = OpusEncoder::new(20, settings).unwrap();
+        if let Some(k) = quiet_khz {
+            enc.set_quiet_max_bandwidth_khz(k).unwrap();
+        }
         let full = enc.complexity().unwrap();
         assert!(full > QUIET_COMPLEXITY, "libopus default {full}");
         let mut input = vec![];
@@ -558,13 +578,25 @@ mod tests {
         assert_eq!(always.quiet_frames(), 0);
         // The TOC byte's configuration: 0-11 SILK alone (8-11 wideband), 12-15 hybrid, 16-31 CELT alone.
         let config = |p: &Vec<u8>| p[0] >> 3;
-        let (lowered_modes, steady_modes): (Vec<u8>, Vec<u8>) =
-            (packets.iter().map(config).collect(), steady.iter().map(config).collect());
-        // The quiet frames encoded at the quiet complexity are SILK alone, at most wideband, where the
-        // encoder that never lowered anything codes the same room noise as hybrid (CELT included).
+        let (lowered_modes, steady_modes): (Vec<u8>, Vec<u8>) = (
+            packets.iter().map(config).collect(),
+            steady.iter().map(config).collect(),
+        );
+        // The encoder that never lowered anything codes the quiet frames' room noise as hybrid (CELT
+        // included); capped to wideband, the frames encoded at the quiet complexity are SILK alone.
         let quiet = 25 + 9..25 + 15;
-        assert!(lowered_modes[quiet.clone()].iter().all(|&c| c <= 11), "{lowered_modes:?}");
-        assert!(steady_modes[quiet].iter().any(|&c| c >= 12), "{steady_modes:?}");
+        assert!(
+            steady_modes[quiet.clone()].iter().any(|&c| c >= 12),
+            "{steady_modes:?}"
+        );
+        if quiet_khz == Some(8) {
+            assert!(
+                lowered_modes[quiet].iter().all(|&c| c <= 11),
+                "{lowered_modes:?}"
+            );
+        } else {
+            assert_eq!(lowered_modes[quiet.clone()], steady_modes[quiet]);
+        }
         // Speech after the stretch is coded in the same modes and bandwidths as by that encoder: hybrid
         // fullband again from its first frame.
         assert_eq!(lowered_modes[40..], steady_modes[40..]);
