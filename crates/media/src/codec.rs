@@ -139,7 +139,9 @@ impl OpusEncoder {
             self.enc
                 .set_complexity(i32::from(self.complexity))
                 .map_err(err)?;
-            self.apply_bandwidth()?;
+            if self.quiet_caps_bandwidth() {
+                self.apply_bandwidth()?;
+            }
         }
         Ok(())
     }
@@ -180,6 +182,12 @@ impl OpusEncoder {
     pub fn set_quiet_max_bandwidth_khz(&mut self, khz: u8) -> Result<(), MediaError> {
         self.quiet_max_khz = khz;
         self.apply_bandwidth()
+    }
+
+    /// Whether entering or leaving a quiet stretch changes the bandwidth cap (not by default: then a
+    /// toggle costs libopus no call more than before the cap existed).
+    fn quiet_caps_bandwidth(&self) -> bool {
+        self.quiet_max_khz < self.max_khz
     }
 
     /// Gives libopus the cap for now: the speech cap, or the quiet one in a long quiet stretch.
@@ -249,7 +257,9 @@ impl OpusEncoder {
             };
             self.enc.set_complexity(i32::from(c)).map_err(err)?;
             self.low = low;
-            self.apply_bandwidth()?;
+            if self.quiet_caps_bandwidth() {
+                self.apply_bandwidth()?;
+            }
         }
         self.quiet_frames += u64::from(low);
         self.enc.encode_vec(pcm, 1500).map_err(err)
