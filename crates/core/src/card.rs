@@ -99,6 +99,15 @@ pub enum ParsedContact {
 impl ParsedContact {
     /// Parses what a user pasted: an address or a card link.
     pub fn parse(text: &str) -> Result<Self, CardError> {
+        // Mail and chat clients wrap a long card link, and a copy may keep the breaks: no whitespace is
+        // part of an address or a card, so all of it goes.
+        let joined: String;
+        let text = if text.chars().any(char::is_whitespace) {
+            joined = text.chars().filter(|c| !c.is_whitespace()).collect();
+            joined.as_str()
+        } else {
+            text
+        };
         let body = strip_scheme(text)?;
         if body.contains('?') {
             Ok(Self::Card(Box::new(text.parse()?)))
@@ -326,6 +335,38 @@ mod tests {
         );
         assert_eq!(
             ParsedContact::parse(&card.address().to_string()).unwrap(),
+            ParsedContact::Address(card.address())
+        );
+    }
+
+    #[test]
+    fn a_line_wrapped_card_is_read() {
+        let card = ContactCard::issue(&secret(1), "Alice", hints(), 1_700_000_000).unwrap();
+        let link = card.to_link();
+        // As a mail client wraps it at 72 columns (with a trailing space at each break), and as a chat
+        // client breaks it with CRLF and indents.
+        let chars: Vec<char> = link.chars().collect();
+        let mail: String = chars
+            .chunks(72)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join(" \n");
+        let chat: String = chars
+            .chunks(40)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\r\n\t");
+        for wrapped in [mail, chat, format!("  {link}\n")] {
+            assert_eq!(
+                ParsedContact::parse(&wrapped).unwrap(),
+                ParsedContact::Card(Box::new(card.clone())),
+                "{wrapped:?}"
+            );
+        }
+        let address = card.address().to_string();
+        let (a, b) = address.split_at(20);
+        assert_eq!(
+            ParsedContact::parse(&format!("{a}\n{b}")).unwrap(),
             ParsedContact::Address(card.address())
         );
     }

@@ -162,6 +162,13 @@ impl Outbox {
         }
     }
 
+    /// A new way to reach the peer appeared (this node found a relay, a fresher record came): the backoff
+    /// of earlier failures, which were failures of the old ways, no longer applies. The next dial is due
+    /// now (unless one is under way or the peer is connected); the backoff keeps growing if it fails too.
+    pub fn route_changed(&mut self, _now: Instant) {
+        self.next_dial_at = None;
+    }
+
     /// Applies acknowledgements from the peer and returns the seqs newly
     /// known to be delivered (the caller must persist that). Unknown and
     /// duplicate acks are ignored: the peer controls this input.
@@ -429,6 +436,30 @@ mod tests {
         assert_eq!(c.max_rto, Duration::from_secs(60));
         assert_eq!(c.initial_dial_backoff, Duration::from_millis(250));
         assert_eq!(c.max_dial_backoff, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_new_route_makes_the_next_dial_due_at_once() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(cfg());
+        ob.enqueue(1, t0);
+        // A failure pushes the next dial out...
+        let now = t0;
+        assert!(ob.poll_dial(now));
+        ob.dial_failed(now);
+        assert!(!ob.poll_dial(now), "backing off");
+        // ...until a relay appears: due now, once.
+        ob.route_changed(now);
+        assert!(ob.poll_dial(now));
+        assert!(!ob.poll_dial(now), "one attempt at a time");
+        ob.route_changed(now);
+        assert!(!ob.poll_dial(now), "not while a dial is under way");
+        ob.dial_failed(now);
+        assert!(!ob.poll_dial(now), "and a failure backs off again");
+        // Nothing pending or connected: no dial.
+        ob.connected(now);
+        ob.route_changed(now);
+        assert!(!ob.poll_dial(now));
     }
 
     #[test]

@@ -179,21 +179,25 @@ async fn bare_quic(lat_n: usize, thr_n: usize) -> anyhow::Result<Stats> {
 }
 
 pub async fn run(lat_n: usize, thr_n: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!(
+    crate::say!(
         "kith bench: send -> delivered receipt between two processes on 127.0.0.1 ({lat_n} sequential, {thr_n} pipelined by {SENDERS} API clients)"
     );
     let kith = kith_daemons(lat_n, thr_n).await?;
     let bare = bare_quic(lat_n, thr_n).await?;
-    println!();
-    println!("| system | latency median | latency p99 | throughput |");
-    println!("|---|---|---|---|");
-    println!(
+    crate::say!();
+    crate::say!("| system | latency median | latency p99 | throughput |");
+    crate::say!("|---|---|---|---|");
+    crate::say!(
         "| kith daemons (CLI API -> SQLite outbox -> QUIC -> SQLite inbox, fsync -> receipt) | {:.2} ms | {:.2} ms | {:.0} msg/s |",
-        kith.median_ms, kith.p99_ms, kith.msgs_per_sec
+        kith.median_ms,
+        kith.p99_ms,
+        kith.msgs_per_sec
     );
-    println!(
+    crate::say!(
         "| reference: bare kith-net/iroh QUIC frame echo, no store, in-process | {:.3} ms | {:.3} ms | {:.0} msg/s |",
-        bare.median_ms, bare.p99_ms, bare.msgs_per_sec
+        bare.median_ms,
+        bare.p99_ms,
+        bare.msgs_per_sec
     );
     let report = json!({
         "date": kith_node::node::unix_now(),
@@ -207,7 +211,7 @@ pub async fn run(lat_n: usize, thr_n: usize, out: Option<PathBuf>) -> anyhow::Re
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-        println!("\nsaved {}", path.display());
+        crate::say!("\nsaved {}", path.display());
     }
     Ok(())
 }

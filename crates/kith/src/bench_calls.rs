@@ -382,7 +382,7 @@ pub async fn run(
             "runs": runs,
         }))?,
     )?;
-    println!("kith runs written to {}", path.display());
+    crate::say!("kith runs written to {}", path.display());
     Ok(())
 }
 

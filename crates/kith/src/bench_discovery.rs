@@ -250,7 +250,7 @@ async fn lookup_all(
 }
 
 pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!(
+    crate::say!(
         "kith bench-discovery: local Mainline testnet of {nodes} nodes on 127.0.x.x, {runs} runs"
     );
     let mut net = Testnet::start(nodes).await?;
@@ -294,22 +294,22 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     let c = stats(cold.clone());
     let w = stats(warm.clone());
     let pc = stats(private.clone());
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "| measurement | kith (blinded, encrypted record) | reference: raw BEP44 item under the account key |"
     );
-    println!("|---|---|---|");
-    println!(
+    crate::say!("|---|---|---|");
+    crate::say!(
         "| cold start -> first delivered message, two fresh profiles, address only | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |",
         c["median_ms"].as_f64().unwrap_or(f64::NAN),
         c["p90_ms"].as_f64().unwrap_or(f64::NAN)
     );
-    println!(
+    crate::say!(
         "| the same with a relay and no IP address published (first message via the request endpoint) | median {:.0} ms, p90 {:.0} ms ({runs} runs) | - |",
         pc["median_ms"].as_f64().unwrap_or(f64::NAN),
         pc["p90_ms"].as_f64().unwrap_or(f64::NAN)
     );
-    println!(
+    crate::say!(
         "| warm restart (saved routing table, no bootstrap) -> first delivered message | median {:.0} ms, p90 {:.0} ms | - |",
         w["median_ms"].as_f64().unwrap_or(f64::NAN),
         w["p90_ms"].as_f64().unwrap_or(f64::NAN)
@@ -319,7 +319,7 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
         let mut x = r[1].1.clone();
         b.sort_by(f64::total_cmp);
         x.sort_by(f64::total_cmp);
-        println!(
+        crate::say!(
             "| lookup by a fresh client, {label} | {}/20 found, median {:.0} ms | {}/20 found, median {:.0} ms |",
             r[0].0,
             percentile(&b, 0.5),
@@ -335,7 +335,7 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     pr.sort_by(f64::total_cmp);
     let mut a = acks.clone();
     a.sort();
-    println!(
+    crate::say!(
         "| publish one record (value {RECORD_VALUE_LEN} B) | median {:.0} ms, stored by median {} nodes | median {:.0} ms |",
         percentile(&pb, 0.5),
         a.get(a.len() / 2).copied().unwrap_or(0),
@@ -354,7 +354,7 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-        println!("\nsaved {}", path.display());
+        crate::say!("\nsaved {}", path.display());
     }
     let _ = PeriodNum(0);
     Ok(())

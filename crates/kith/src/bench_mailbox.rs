@@ -343,20 +343,23 @@ fn ratchet_cost(n: usize) -> anyhow::Result<[f64; 6]> {
 }
 
 pub async fn run(counts: Vec<usize>, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!(
+    crate::say!(
         "kith bench-mailbox: messages to someone offline, through a mailbox vs directly (daemons on 127.0.0.1)"
     );
     let mut rows: Vec<Value> = vec![];
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "| messages queued | mailbox: bob starts -> all shown (alice offline) | reference, direct: bob starts -> all shown (alice online) | envelope bytes / msg at the mailbox | mailbox DB growth / msg |"
     );
-    println!("|---|---|---|---|---|");
+    crate::say!("|---|---|---|---|---|");
     for &n in &counts {
         let r = run_n(n).await?;
-        println!(
+        crate::say!(
             "| {n} | {:.2} s | {:.2} s | {:.0} B | {:.0} B |",
-            r.mailbox_secs, r.direct_secs, r.envelope_bytes, r.db_growth_bytes
+            r.mailbox_secs,
+            r.direct_secs,
+            r.envelope_bytes,
+            r.db_growth_bytes
         );
         rows.push(json!({
             "messages": n,
@@ -375,31 +378,31 @@ pub async fn run(counts: Vec<usize>, out: Option<PathBuf>) -> anyhow::Result<()>
     .encode()
     .map(|b| b.len())
     .unwrap_or(0);
-    println!(
+    crate::say!(
         "(reference sizes: the text is {} B, its direct wire frame {frame} B)",
         TEXT.len() + 6
     );
-    println!();
+    crate::say!();
     let n_dep = counts.iter().copied().max().unwrap_or(1000).max(1000);
     let dep = deposit_rate(n_dep, 16).await?;
     let dep1 = deposit_rate(n_dep / 4, 1).await?;
-    println!(
+    crate::say!(
         "| deposits into a mailbox daemon ({n_dep}, one anonymous QUIC connection) | per second |"
     );
-    println!("|---|---|");
-    println!("| 16 in flight | {dep:.0} |");
-    println!("| reference: one at a time | {dep1:.0} |");
-    println!();
+    crate::say!("|---|---|");
+    crate::say!("| 16 in flight | {dep:.0} |");
+    crate::say!("| reference: one at a time | {dep1:.0} |");
+    crate::say!();
     let n_r = 5000;
     let [oe, od, ws, wo, es, eo] = tokio::task::spawn_blocking(move || ratchet_cost(n_r)).await??;
-    println!(
+    crate::say!(
         "| per message ({n_r}, {} B text) | seal | open |",
         TEXT.len() + 6
     );
-    println!("|---|---|---|");
-    println!("| Olm double ratchet alone (vodozemac) | {oe:.1} us | {od:.1} us |");
-    println!("| whole: Olm + padded pair envelope | {ws:.1} us | {wo:.1} us |");
-    println!(
+    crate::say!("|---|---|---|");
+    crate::say!("| Olm double ratchet alone (vodozemac) | {oe:.1} us | {od:.1} us |");
+    crate::say!("| whole: Olm + padded pair envelope | {ws:.1} us | {wo:.1} us |");
+    crate::say!(
         "| reference: the pair envelope alone (XChaCha20-Poly1305) | {es:.1} us | {eo:.1} us |"
     );
     let report = json!({
@@ -415,7 +418,7 @@ pub async fn run(counts: Vec<usize>, out: Option<PathBuf>) -> anyhow::Result<()>
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-        println!("\nsaved {}", path.display());
+        crate::say!("\nsaved {}", path.display());
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! names the cause and what to do.
 
 use crate::client::{Client, UserError, user};
+use crate::text::{visible, visible_lines};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kith_core::ParsedContact;
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long)]
         all_interfaces: bool,
     },
+    /// Set, change or remove the passphrase that encrypts your secret keys. The current one comes from
+    /// KITH_PASSPHRASE or a prompt; the new one from KITH_NEW_PASSPHRASE or a prompt (empty: none).
+    Passphrase,
     /// Run the node in the foreground.
     Daemon {
         #[command(flatten)]
@@ -99,7 +103,7 @@ enum Command {
         /// Bind every node to this IPv4 address (distinct ports) instead of one 127.0.x.y address each.
         #[arg(long)]
         bind: Option<std::net::Ipv4Addr>,
-        /// Also write the bootstrap list (one host:port per line) to this file.
+        /// Also write the bootstrap list (host:port,host:port,..., as --bootstrap takes it) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -131,19 +135,26 @@ enum Command {
     /// Look a contact (by name) or any address up in the DHT now: what anyone with the address can see of
     /// the record, and whether you can read its contacts-only part.
     Lookup { who: String },
-    /// Send a message to a contact.
+    /// Send a message to a contact: TEXT, or "-" (or nothing) to read it from standard input, or --file.
     Send {
         name: String,
-        text: String,
+        #[arg(conflicts_with = "file")]
+        text: Option<String>,
+        /// Send the contents of this UTF-8 text file.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Wait until the message is delivered (the recipient stored it), up to this many seconds.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
     },
-    /// Show the history with a contact, with each message's state.
+    /// Show the history with a contact: when each message was sent, its state, and when it was delivered.
     Chat {
         name: String,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Stay and show new messages and state changes as they happen (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
     },
     /// Call a contact; stays until the call ends (Ctrl-C hangs up).
     Call {
@@ -165,14 +176,10 @@ enum Command {
         command: AudioCommand,
     },
     /// Mailboxes: contacts' nodes that keep sealed messages for you while you are away, and yours for them.
-    /// Without a subcommand: run this profile as a headless mailbox in the foreground (for an always-on
-    /// machine of your own): it keeps mail for each of its contacts that names it, and declines calls.
+    /// Without a subcommand: your mailboxes (reachable or not) and whom this node keeps mail for.
     Mailbox {
         #[command(subcommand)]
         command: Option<MailboxCommand>,
-        /// Node options when running headless (as for `kith daemon`).
-        #[command(flatten)]
-        args: DaemonArgs,
     },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
@@ -273,8 +280,15 @@ enum MailboxCommand {
     Host { name: String },
     /// Use the contact NAME as one of your mailboxes (it runs `kith mailbox host` for you).
     Use { name: String },
-    /// Your mailboxes, and whom this node keeps mail for.
+    /// Your mailboxes (reachable or not), and whom this node keeps mail for (the same as no subcommand).
     List,
+    /// Run this profile as a headless mailbox in the foreground (for an always-on machine of your own): it
+    /// keeps mail for each of its contacts that names it, and declines calls.
+    Serve {
+        /// Node options (as for `kith daemon`).
+        #[command(flatten)]
+        args: DaemonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -361,20 +375,20 @@ async fn follow_call(
                 continue;
             }
             match kind.as_str() {
-                "call_ringing" if !json_mode => println!("ringing {}...", s(&e, "to")),
-                "call_answered" if !json_mode => println!("in a call with {}", s(&e, "with")),
+                "call_ringing" if !json_mode => crate::say!("ringing {}...", s(&e, "to")),
+                "call_answered" if !json_mode => crate::say!("in a call with {}", s(&e, "with")),
                 "call_ended" => {
                     if json_mode {
-                        println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+                        crate::say!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
                     } else {
                         let talked = e["talked_secs"]
                             .as_f64()
                             .map(|t| format!(", talked {t:.1} s"))
                             .unwrap_or_default();
-                        println!("call ended: {}{talked}", s(&e, "outcome"));
+                        crate::say!("call ended: {}{talked}", s(&e, "outcome"));
                         if !e["stats"].is_null() {
-                            println!("  {}", stats_line(&e["stats"]));
-                            println!(
+                            crate::say!("  {}", stats_line(&e["stats"]));
+                            crate::say!(
                                 "  audio in: {}; out: {}",
                                 s(&e["stats"], "input"),
                                 s(&e["stats"], "output")
@@ -393,7 +407,7 @@ async fn follow_call(
                     && let Some(c) = v["live"].as_array().and_then(|l| l.iter().find(|c| c["call"].as_str() == Some(id)))
                     && !c["stats"].is_null()
                 {
-                    println!("  {}", stats_line(&c["stats"]));
+                    crate::say!("  {}", stats_line(&c["stats"]));
                 }
             }
             _ = &mut ctrl_c => {
@@ -430,38 +444,79 @@ fn stats_line(s: &Value) -> String {
     )
 }
 
+/// An error and its causes, each said once: error types that show their source in their own text
+/// (`#[error("{0}")]` over a `#[from]`) would otherwise print the same words two or three times.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+/// An error as `--json` prints it (on standard output, in place of the data; the exit status tells which),
+/// in the shape the control API uses: `{"error": "...", "kind": "user" | "internal"}`.
+fn json_error(message: &str, user: bool) {
+    let v = json!({ "error": message, "kind": if user { "user" } else { "internal" } });
+    crate::say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
+            if !e.use_stderr() {
+                // --help, --version
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // The flag may stand anywhere, also after the mistake clap stopped at.
+            if std::env::args_os().skip(1).any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("bad arguments");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                json_error(&format!("{first} (`kith --help` lists the commands)"), true);
             } else {
-                ExitCode::SUCCESS
-            };
+                let _ = e.print();
+            }
+            return ExitCode::from(2);
         }
     };
+    let json_mode = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("kith: cannot start the async runtime: {e}");
+            let message = format!("cannot start the async runtime: {e}");
+            if json_mode {
+                json_error(&message, false);
+            } else {
+                eprintln!("kith: {message}");
+            }
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(u) = e.downcast_ref::<UserError>() {
-                eprintln!("kith: {u}");
-                ExitCode::from(2)
+            let (message, user) = match e.downcast_ref::<UserError>() {
+                Some(u) => (u.to_string(), true),
+                None => (error_text(&e), false),
+            };
+            if json_mode {
+                json_error(&message, user);
             } else {
-                eprintln!("kith: {e:#}");
-                ExitCode::from(1)
+                eprintln!("kith: {message}");
             }
+            ExitCode::from(if user { 2 } else { 1 })
         }
     }
 }
@@ -538,13 +593,13 @@ fn print_qr(text: &str) -> anyhow::Result<()> {
         .light_color(Dense1x2::Dark)
         .quiet_zone(true)
         .build();
-    println!("{image}");
+    crate::say!("{image}");
     Ok(())
 }
 
 fn out(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
     if json_mode {
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         );
@@ -553,8 +608,157 @@ fn out(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
     }
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
+/// A string field for text output, with control characters shown rather than sent to the terminal
+/// (names, texts and reasons may come from other people: `crate::text`).
+fn s<'a>(v: &'a Value, k: &str) -> std::borrow::Cow<'a, str> {
+    visible(v.get(k).and_then(Value::as_str).unwrap_or(""))
+}
+
+/// The contact `name` as `/v1/contacts` lists it (names compared regardless of case).
+async fn contact_of(client: &Client, name: &str) -> Option<Value> {
+    let list = client.get("/v1/contacts").await.ok()?;
+    list.as_array()?
+        .iter()
+        .find(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.to_lowercase() == name.to_lowercase())
+        })
+        .cloned()
+}
+
+/// Why messages to contact `c` wait, when its last dial failed: "bob is not reachable now: ...".
+fn unreached(c: &Value) -> Option<String> {
+    let why = c["why_unreached"].as_str()?;
+    Some(format!(
+        "{} is not reachable now: {}{}",
+        s(c, "name"),
+        visible(why),
+        match c["waiting"].as_u64() {
+            Some(n) if n > 0 => format!(" ({n} message{} waiting)", if n == 1 { "" } else { "s" }),
+            _ => String::new(),
+        }
+    ))
+}
+
+/// What `kith chat` has shown: each message once, and again only when its state changed.
+#[derive(Default)]
+struct ChatShown {
+    states: std::collections::HashMap<(bool, u64), String>,
+    day: Option<chrono::NaiveDate>,
+}
+
+impl ChatShown {
+    /// Records `m`; returns whether it is new or its state changed.
+    fn seen(&mut self, m: &Value) -> bool {
+        let key = (m["outgoing"] == true, m["seq"].as_u64().unwrap_or(0));
+        let state = m["state"].as_str().unwrap_or("").to_owned();
+        self.states.insert(key, state.clone()) != Some(state)
+    }
+
+    /// Prints the messages of `v` not shown yet, and a line for each whose state changed since.
+    fn print(&mut self, v: &Value, name: &str) {
+        for m in v.as_array().cloned().unwrap_or_default() {
+            let key = (m["outgoing"] == true, m["seq"].as_u64().unwrap_or(0));
+            let known = self.states.contains_key(&key);
+            if !self.seen(&m) {
+                continue;
+            }
+            if known {
+                crate::say!(
+                    "{:>5}  (#{} to {}: {})",
+                    "",
+                    key.1,
+                    visible(name),
+                    state_of(&m)
+                );
+                continue;
+            }
+            let sent = local_time(m["sent_at_ms"].as_i64());
+            if let Some(t) = sent
+                && self.day != Some(t.date_naive())
+            {
+                self.day = Some(t.date_naive());
+                crate::say!("-- {} --", t.format("%A %-d %B %Y"));
+            }
+            let at = sent
+                .map(|t| t.format("%H:%M").to_string())
+                .unwrap_or_default();
+            let who = if key.0 {
+                "me".to_string()
+            } else {
+                visible(name).into_owned()
+            };
+            let text = m["text"].as_str().unwrap_or("");
+            let mut lines = visible_lines(text).into_iter();
+            let first = lines.next().unwrap_or_default();
+            let tail = if key.0 {
+                format!("  [{}]", state_of(&m))
+            } else {
+                String::new()
+            };
+            crate::say!("{at:>5}  {who}: {first}{tail}");
+            // Further lines of a multi-line message, indented under its first.
+            for l in lines {
+                crate::say!("{:>5}  {:width$}  {l}", "", "", width = who.chars().count());
+            }
+        }
+    }
+}
+
+/// A message's state as a person reads it: "delivered 14:02", "in a mailbox", "queued".
+fn state_of(m: &Value) -> String {
+    let state = m["state"].as_str().unwrap_or("");
+    match (state, local_time(m["delivered_at_ms"].as_i64())) {
+        ("delivered", Some(t)) => format!("delivered {}", t.format("%H:%M")),
+        _ => state.replace('_', " "),
+    }
+}
+
+fn local_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Local>> {
+    chrono::DateTime::from_timestamp_millis(ms?).map(|t| t.with_timezone(&chrono::Local))
+}
+
+/// A name or address the user typed must not be empty (an empty one reached the API as a missing path
+/// segment, and came back as "unknown error").
+fn named(what: &str, value: &str) -> anyhow::Result<()> {
+    if value.trim().is_empty() {
+        return Err(user(format!(
+            "the {what} name is empty: give a name as `kith contacts` shows it, or an address"
+        )));
+    }
+    Ok(())
+}
+
+/// The text `kith send` sends: the argument, or standard input for "-" (or no argument), or a file.
+fn message_text(text: Option<String>, file: Option<PathBuf>) -> anyhow::Result<String> {
+    use std::io::Read;
+    let from = |what: String, bytes: std::io::Result<Vec<u8>>| -> anyhow::Result<String> {
+        let bytes = bytes.map_err(|e| user(format!("cannot read {what}: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            user(format!(
+                "{what} is not UTF-8 text: kith sends text messages"
+            ))
+        })?;
+        // What a shell or an editor puts at the end is not part of the message.
+        Ok(text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text)
+            .to_owned())
+    };
+    match (text, file) {
+        (Some(t), None) if t != "-" => Ok(t),
+        (_, Some(path)) => from(path.display().to_string(), std::fs::read(&path)),
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("Type the message; end it with Ctrl-D on a line of its own.");
+            }
+            let mut buf = Vec::new();
+            let read = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
+            from("standard input".into(), read)
+        }
+    }
 }
 
 fn fmt_ms(ms: Option<i64>) -> String {
@@ -595,6 +799,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
             let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
+            if pass.as_deref().is_none_or(str::is_empty) {
+                // Said on stderr, so that a script that reads the address from stdout still sees it.
+                eprintln!(
+                    "kith: warning: {}: your secret keys are stored unencrypted in {}, protected only by \
+                     the file's permissions. Set a passphrase with `kith passphrase` (or KITH_PASSPHRASE at init).",
+                    if pass.is_none() {
+                        "no passphrase was given (KITH_PASSPHRASE is unset and there is no terminal to ask at)"
+                    } else {
+                        "the passphrase is empty"
+                    },
+                    home.join(kith_node::profile::IDENTITY_FILE).display()
+                );
+            }
             // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
             let port = std::net::UdpSocket::bind((
                 if local {
@@ -615,14 +832,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 json_mode,
                 &json!({ "address": address, "name": name, "home": home, "encrypted": pass.is_some_and(|p| !p.is_empty()) }),
                 |v| {
-                    println!("Created profile {:?} in {}", name, home.display());
-                    println!("Your address: {}", s(v, "address"));
-                    println!(
+                    crate::say!("Created profile {:?} in {}", name, home.display());
+                    crate::say!("Your address: {}", s(v, "address"));
+                    crate::say!(
                         "Next: `kith --home {} daemon`, then `kith card` to share your contact card.",
                         home.display()
                     );
                 },
             );
+        }
+        Command::Passphrase => {
+            let home = home()?;
+            let profile = Profile::new(&home);
+            if !profile.exists() {
+                return Err(profile_error(kith_node::ProfileError::Missing(home)));
+            }
+            let old = if profile.is_encrypted().map_err(profile_error)? {
+                Some(
+                    passphrase("Current passphrase: ", false)?
+                        .ok_or_else(|| profile_error(kith_node::ProfileError::Locked))?,
+                )
+            } else {
+                None
+            };
+            // Check the current one before asking for a new one.
+            profile.unlock(old.as_deref()).map_err(profile_error)?;
+            let new = match std::env::var("KITH_NEW_PASSPHRASE") {
+                Ok(p) => p,
+                Err(_) if std::io::stdin().is_terminal() => {
+                    let p = rpassword::prompt_password("New passphrase (empty for none): ")
+                        .context("reading the passphrase")?;
+                    let again = rpassword::prompt_password("Repeat the new passphrase: ")
+                        .context("reading the passphrase")?;
+                    if again != p {
+                        return Err(user("the two passphrases differ: nothing was changed"));
+                    }
+                    p
+                }
+                Err(_) => {
+                    return Err(user(
+                        "no new passphrase: set KITH_NEW_PASSPHRASE (empty for none) or run in a terminal to be asked",
+                    ));
+                }
+            };
+            let encrypted = profile
+                .change_passphrase(old.as_deref(), Some(&new))
+                .map_err(profile_error)?;
+            out(json_mode, &json!({ "encrypted": encrypted }), |_| {
+                if encrypted {
+                    crate::say!(
+                        "Passphrase changed: your secret keys are encrypted with the new one."
+                    );
+                } else {
+                    crate::say!(
+                        "Passphrase removed: your secret keys are stored unencrypted, protected only by the file's permissions."
+                    );
+                }
+            });
         }
         Command::Testnet { nodes, out, bind } => {
             if nodes == 0 || nodes > 2000 {
@@ -631,12 +897,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let net = crate::testnet::Testnet::start_on(nodes, bind)
                 .await
                 .map_err(|e| user(format!("cannot start the testnet: {e}")))?;
-            let list = net.bootstrap().join("\n");
+            // One line, in the form `--bootstrap` takes.
+            let list = net.bootstrap().join(",");
             if let Some(path) = out {
                 std::fs::write(&path, format!("{list}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            println!("{list}");
+            crate::say!("{list}");
             eprintln!(
                 "kith testnet: {nodes} DHT nodes running; pass them with `kith daemon --bootstrap ...`. Ctrl-C stops."
             );
@@ -654,7 +921,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(
                 json_mode,
                 &json!({ "address": address, "name": public.name }),
-                |_| println!("{address}"),
+                |_| crate::say!("{address}"),
             );
             if qr && !json_mode {
                 print_qr(&address)?;
@@ -663,9 +930,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Card { qr } => {
             let client = Client::for_profile(&home()?)?;
             let v = client.get("/v1/card").await?;
-            out(json_mode, &v, |v| println!("{}", s(v, "card")));
+            out(json_mode, &v, |v| crate::say!("{}", s(v, "card")));
             if qr && !json_mode {
-                print_qr(s(&v, "card"))?;
+                print_qr(&s(&v, "card"))?;
             }
         }
         Command::Add {
@@ -689,9 +956,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             out(json_mode, &v, |v| {
-                println!("Added {} ({})", s(v, "name"), s(v, "address"));
+                match v["outcome"].as_str() {
+                    Some("renamed") => crate::say!(
+                        "{} was already a contact, as {}: renamed to {}",
+                        s(v, "address"),
+                        s(v, "previous_name"),
+                        s(v, "name")
+                    ),
+                    Some("already a contact") => crate::say!(
+                        "{} is already a contact ({}): nothing changed",
+                        s(v, "name"),
+                        s(v, "address")
+                    ),
+                    _ => crate::say!("Added {} ({})", s(v, "name"), s(v, "address")),
+                }
                 if v.get("has_route") == Some(&Value::Bool(false)) {
-                    println!(
+                    crate::say!(
                         "Their card was not given: kith will look them up by address in the DHT."
                     );
                 }
@@ -703,29 +983,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(json_mode, &v, |v| {
                 let list = v.as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
-                    println!("No contacts yet. Add one with `kith add CARD --name NAME`.");
+                    crate::say!("No contacts yet. Add one with `kith add CARD --name NAME`.");
                 }
                 for c in list {
-                    println!(
+                    crate::say!(
                         "{:<20} {:<18} last seen {:<10} {}",
                         s(&c, "name"),
                         s(&c, "reachability"),
                         fmt_ms(c["last_seen_ms"].as_i64()),
                         s(&c, "address")
                     );
+                    if let Some(why) = unreached(&c) {
+                        crate::say!("{:<20} {why}", "");
+                    }
                 }
             });
         }
         Command::Remove { name } => {
+            named("contact", &name)?;
             let client = Client::for_profile(&home()?)?;
             let v = client
                 .delete(&format!("/v1/contacts/{}", urlencode(&name)))
                 .await?;
             out(json_mode, &v, |_| {
-                println!("Removed {name}. The message history stays.")
+                crate::say!("Removed {name}. The message history stays.")
             });
         }
         Command::Verify { name } => {
+            named("contact", &name)?;
             let client = Client::for_profile(&home()?)?;
             let v = client
                 .get(&format!("/v1/contacts/{}/safety-number", urlencode(&name)))
@@ -733,42 +1018,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(json_mode, &v, |v| {
                 // The contact's name as stored (`name` may differ in case).
                 let name = v["name"].as_str().unwrap_or(&name);
-                println!("Safety number with {name}:");
-                let digits = s(v, "safety_number").split(' ').collect::<Vec<_>>();
+                crate::say!("Safety number with {name}:");
+                let number = s(v, "safety_number");
+                let digits = number.split(' ').collect::<Vec<_>>();
                 for row in digits.chunks(4) {
-                    println!("  {}", row.join(" "));
+                    crate::say!("  {}", row.join(" "));
                 }
-                println!(
+                crate::say!(
                     "Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between."
                 );
             });
         }
         Command::Lookup { who } => {
+            named("contact", &who)?;
             let client = Client::for_profile(&home()?)?;
             let v = client
                 .get(&format!("/v1/lookup/{}", urlencode(&who)))
                 .await?;
             out(json_mode, &v, |v| {
                 if v["found"] != true {
-                    println!(
+                    crate::say!(
                         "No current record for {} in the DHT: the person has not been online in the last hours, or the DHT is not reachable (see `kith status`).",
                         s(v, "address")
                     );
                     return;
                 }
-                println!("Record found for {}", s(v, "address"));
-                println!(
+                crate::say!("Record found for {}", s(v, "address"));
+                crate::say!(
                     "  anyone with the address sees: {} request endpoint(s), relays {}, {} IP address(es)",
-                    v["public_endpoints"], v["public_relays"], v["public_direct"]
+                    v["public_endpoints"],
+                    v["public_relays"],
+                    v["public_direct"]
                 );
-                println!(
+                crate::say!(
                     "  contacts-only part: {} ({} endpoint(s))",
                     s(v, "contact_part"),
                     v["contact_endpoints"]
                 );
             });
         }
-        Command::Send { name, text, wait } => {
+        Command::Send {
+            name,
+            text,
+            file,
+            wait,
+        } => {
+            named("contact", &name)?;
+            let text = message_text(text, file)?;
             let client = Client::for_profile(&home()?)?;
             // Subscribe before sending, so the delivered event cannot be missed.
             let watcher = match wait {
@@ -789,48 +1085,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .await
                 {
+                    let why = contact_of(&client, &to)
+                        .await
+                        .and_then(|c| unreached(&c))
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default();
                     return Err(user(format!(
-                        "message #{seq} to {to} is queued but was not delivered within {secs} s; kith keeps trying"
+                        "message #{seq} to {to} is queued but was not delivered within {secs} s{why}; kith keeps trying"
                     )));
                 }
                 v["state"] = json!("delivered");
                 v["delivered_after_ms"] = json!(t0.elapsed().as_millis() as u64);
             }
             out(json_mode, &v, |v| match v["delivered_after_ms"].as_u64() {
-                Some(ms) => println!("delivered #{} to {} ({ms} ms)", v["seq"], s(v, "to")),
-                None => println!("queued #{} to {}", v["seq"], s(v, "to")),
+                Some(ms) => crate::say!("delivered #{} to {} ({ms} ms)", v["seq"], s(v, "to")),
+                None => crate::say!("queued #{} to {}", v["seq"], s(v, "to")),
             });
         }
-        Command::Chat { name, limit } => {
+        Command::Chat {
+            name,
+            limit,
+            follow,
+        } => {
+            named("contact", &name)?;
             let client = Client::for_profile(&home()?)?;
-            let v = client
-                .get(&format!("/v1/chat/{}?limit={limit}", urlencode(&name)))
-                .await?;
-            out(json_mode, &v, |v| {
-                for m in v.as_array().cloned().unwrap_or_default() {
-                    let who = if m["outgoing"].as_bool() == Some(true) {
-                        "me"
-                    } else {
-                        name.as_str()
-                    };
-                    println!(
-                        "{:>10} {:<12} {}",
-                        s(&m, "state"),
-                        format!("{who}:"),
-                        s(&m, "text")
-                    );
+            let path = format!("/v1/chat/{}?limit={limit}", urlencode(&name));
+            // Subscribe before reading the history, so that nothing between the two is missed.
+            let watcher = match follow {
+                true => Some(crate::client::Watcher::start(&client).await?),
+                false => None,
+            };
+            let v = client.get(&path).await?;
+            let mut shown = ChatShown::default();
+            if json_mode {
+                for m in v.as_array().into_iter().flatten() {
+                    shown.seen(m);
                 }
-            });
+                crate::say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                shown.print(&v, &name);
+                let waiting = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["outgoing"] == true && m["state"] != "delivered");
+                if waiting
+                    && let Some(why) = contact_of(&client, &name).await.and_then(|c| unreached(&c))
+                {
+                    crate::say!("{why}");
+                }
+            }
+            if let Some(w) = watcher {
+                let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+                loop {
+                    let seen = w.count("message") + w.count("message_state");
+                    tokio::select! {
+                        _ = w.wait_for(Duration::from_secs(3600), |w| w.count("message") + w.count("message_state") > seen) => {}
+                        _ = &mut ctrl_c => return Ok(()),
+                    }
+                    let v = client.get(&path).await?;
+                    if json_mode {
+                        // One JSON object a line for each new or changed message.
+                        for m in v.as_array().into_iter().flatten() {
+                            if shown.seen(m) {
+                                crate::say!("{}", serde_json::to_string(m).unwrap_or_default());
+                            }
+                        }
+                    } else {
+                        shown.print(&v, &name);
+                    }
+                }
+            }
         }
         Command::Call { name, audio } => {
+            named("contact", &name)?;
             let client = Client::for_profile(&home()?)?;
             let watcher = crate::client::Watcher::start(&client).await?;
             let mut body = audio.body();
             body["to"] = json!(name);
             let v = client.post("/v1/calls", body).await?;
-            let id = s(&v, "call").to_owned();
+            let id = s(&v, "call").into_owned();
             if !json_mode {
-                println!("calling {name} (call {})", &id[..8.min(id.len())]);
+                crate::say!("calling {name} (call {})", &id[..8.min(id.len())]);
             }
             follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
         }
@@ -840,9 +1176,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut body = audio.body();
             body["call"] = json!(call);
             let v = client.post("/v1/calls/answer", body).await?;
-            let id = s(&v, "call").to_owned();
+            let id = s(&v, "call").into_owned();
             if !json_mode {
-                println!("answered (call {})", &id[..8.min(id.len())]);
+                crate::say!("answered (call {})", &id[..8.min(id.len())]);
             }
             follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
         }
@@ -852,7 +1188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .post("/v1/calls/reject", json!({ "call": call }))
                 .await?;
             out(json_mode, &v, |v| {
-                println!("declined call {}", s(v, "call"))
+                crate::say!("declined call {}", s(v, "call"))
             });
         }
         Command::Hangup { call } => {
@@ -860,32 +1196,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = client
                 .post("/v1/calls/hangup", json!({ "call": call }))
                 .await?;
-            out(json_mode, &v, |v| println!("hung up call {}", s(v, "call")));
+            out(json_mode, &v, |v| {
+                crate::say!("hung up call {}", s(v, "call"))
+            });
         }
         Command::Mailbox {
-            command: None,
-            args,
+            command: Some(MailboxCommand::Serve { args }),
         } => run_daemon(home()?, daemon_options(args, true)?).await?,
-        Command::Mailbox {
-            command: Some(_),
-            args,
-        } if args != DaemonArgs::default() => {
-            return Err(user(
-                "node options (--listen, --no-dht, ...) are for running a headless mailbox: `kith mailbox [OPTIONS]` without a subcommand",
-            ));
-        }
-        Command::Mailbox {
-            command: Some(command),
-            ..
-        } => {
+        Command::Mailbox { command } => {
             let client = Client::for_profile(&home()?)?;
-            match command {
+            match command.unwrap_or(MailboxCommand::List) {
+                MailboxCommand::Serve { .. } => unreachable!("served above"),
                 MailboxCommand::Host { name } => {
                     let v = client
                         .post("/v1/mailbox/host", json!({ "name": name }))
                         .await?;
                     out(json_mode, &v, |_| {
-                        println!(
+                        crate::say!(
                             "This node now keeps sealed mail for {name} while {name} is away; {name} runs: kith mailbox use <your name>"
                         )
                     });
@@ -895,7 +1222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .post("/v1/mailbox/use", json!({ "name": name }))
                         .await?;
                     out(json_mode, &v, |_| {
-                        println!(
+                        crate::say!(
                             "{name} is now one of your mailboxes (it must run: kith mailbox host <its name for you>)"
                         )
                     });
@@ -916,8 +1243,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 l.join(", ")
                             }
                         };
-                        println!("your mailboxes: {}", list("my_mailboxes"));
-                        println!("keeping mail for: {}", list("keeping_mail_for"));
+                        crate::say!("your mailboxes: {}", list("my_mailboxes"));
+                        if let Some(reach) = v["my_mailboxes_reach"].as_object() {
+                            for (name, r) in reach {
+                                let state = if r["connected"] == true {
+                                    "connected".to_string()
+                                } else if let Some(e) = r["error"].as_str() {
+                                    format!(
+                                        "unreachable ({}); trying again in {} s",
+                                        e, r["retry_in_secs"]
+                                    )
+                                } else {
+                                    "connecting".to_string()
+                                };
+                                crate::say!("  {}: {state}", visible(name));
+                            }
+                        }
+                        crate::say!("keeping mail for: {}", list("keeping_mail_for"));
                     });
                 }
             }
@@ -928,13 +1270,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listing = tokio::task::spawn_blocking(|| without_stderr(kith_node::audio::devices))
                 .await?
                 .map_err(|e| anyhow::anyhow!(e))?;
-            // JSON: the list of devices, as before; the text names the audio system first.
+            // JSON: the audio system ({name, why_not_pulseaudio}) and the devices; the text names the
+            // system first.
+            let v = serde_json::to_value(&listing)?;
             let list = listing.devices;
-            let v = serde_json::to_value(&list)?;
             out(json_mode, &v, |_| {
-                println!("Audio system: {}", listing.system);
+                crate::say!("Audio system: {}", listing.system);
                 if list.is_empty() {
-                    println!(
+                    crate::say!(
                         "No sound cards found. Calls still work: use --input-wav/--record-wav, --tone or --null."
                     );
                 }
@@ -950,7 +1293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if d.default_output {
                         tags.push("default output");
                     }
-                    println!(
+                    crate::say!(
                         "{}{}",
                         d.name,
                         if tags.is_empty() {
@@ -960,19 +1303,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     );
                     if d.id != d.name {
-                        println!("    id:     {}", d.id);
+                        crate::say!("    id:     {}", d.id);
                     }
                     if let Some(c) = &d.input_config {
-                        println!("    input:  {c}");
+                        crate::say!("    input:  {c}");
                     }
                     if let Some(c) = &d.output_config {
-                        println!("    output: {c}");
+                        crate::say!("    output: {c}");
                     }
                 }
                 if !closed.is_empty() {
-                    println!("Listed, but cannot be opened now:");
+                    crate::say!("Listed, but cannot be opened now:");
                     for d in closed {
-                        println!("  {} ({})", d.name, d.id);
+                        crate::say!("  {} ({})", d.name, d.id);
                     }
                 }
             });
@@ -983,7 +1326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(json_mode, &v, |v| {
                 let live = v["live"].as_array().cloned().unwrap_or_default();
                 for c in &live {
-                    println!(
+                    crate::say!(
                         "now: {} {} call with {} ({})",
                         s(c, "state"),
                         s(c, "direction"),
@@ -991,19 +1334,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         &s(c, "call")[..8.min(s(c, "call").len())]
                     );
                     if !c["stats"].is_null() {
-                        println!("  {}", stats_line(&c["stats"]));
+                        crate::say!("  {}", stats_line(&c["stats"]));
                     }
                 }
                 let log = v["log"].as_array().cloned().unwrap_or_default();
                 if live.is_empty() && log.is_empty() {
-                    println!("No calls yet. Call a contact with `kith call NAME`.");
+                    crate::say!("No calls yet. Call a contact with `kith call NAME`.");
                 }
                 for c in log {
                     let dur = c["duration_secs"]
                         .as_f64()
                         .map(|d| format!("{d:.0} s"))
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    crate::say!(
                         "{:<10} {:<9} {:<20} {:<16} {:>6}",
                         fmt_ms(c["started_ms"].as_i64()),
                         s(&c, "direction"),
@@ -1012,7 +1355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         dur
                     );
                     if !c["stats"].is_null() {
-                        println!("  {}", stats_line(&c["stats"]));
+                        crate::say!("  {}", stats_line(&c["stats"]));
                     }
                 }
             });
@@ -1023,14 +1366,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(json_mode, &v, |v| {
                 let list = v.as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
-                    println!("No contact requests.");
+                    crate::say!("No contact requests.");
                 }
                 for r in list {
-                    println!("{} ({}):", s(&r, "name"), s(&r, "address"));
+                    crate::say!("{} ({}):", s(&r, "name"), s(&r, "address"));
                     for m in r["messages"].as_array().cloned().unwrap_or_default() {
-                        println!("    {}", s(&m, "text"));
+                        crate::say!("    {}", s(&m, "text"));
                     }
-                    println!("  accept with: kith accept {:?}", s(&r, "name"));
+                    crate::say!("  accept with: kith accept {:?}", s(&r, "name"));
                 }
             });
         }
@@ -1043,17 +1386,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             out(json_mode, &v, |v| {
-                println!("{} is now a contact.", s(v, "name"))
+                crate::say!("{} is now a contact.", s(v, "name"))
             });
         }
         Command::Status => {
             let client = Client::for_profile(&home()?)?;
             let v = client.get("/v1/status").await?;
             out(json_mode, &v, |v| {
-                println!("name:        {}", s(v, "name"));
-                println!("address:     {}", s(v, "address"));
-                println!("endpoint:    {}", s(v, "endpoint"));
-                println!(
+                crate::say!("name:        {}", s(v, "name"));
+                crate::say!("address:     {}", s(v, "address"));
+                crate::say!("endpoint:    {}", s(v, "endpoint"));
+                crate::say!(
                     "listening:   {}",
                     v["listen"]
                         .as_array()
@@ -1064,29 +1407,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .join(", "))
                         .unwrap_or_default()
                 );
-                println!("uptime:      {} s", v["uptime_secs"]);
-                println!(
+                crate::say!("uptime:      {} s", v["uptime_secs"]);
+                crate::say!(
                     "contacts:    {} ({} requests)",
-                    v["contacts"], v["requests"]
+                    v["contacts"],
+                    v["requests"]
                 );
-                println!(
+                crate::say!(
                     "outbox:      {} waiting for delivery ({} in flight)",
-                    v["outbox"], v["in_flight"]
+                    v["outbox"],
+                    v["in_flight"]
                 );
-                println!(
+                crate::say!(
                     "held:        {} received, waiting for an earlier message",
                     v["held"]
                 );
                 match v["request_endpoint"].as_str() {
-                    Some(e) => println!(
+                    Some(e) => crate::say!(
                         "requests:    via relays only, at endpoint {e} (strangers never see your IP)"
                     ),
-                    None => println!(
+                    None => crate::say!(
                         "requests:    no relay yet: strangers who have your address cannot reach you"
                     ),
                 }
                 let relays = v["relay_report"].as_array().cloned().unwrap_or_default();
-                println!("relays:      {}", relays.len());
+                crate::say!("relays:      {}", relays.len());
                 for r in relays {
                     let state = match (r["reachable"].as_bool(), r["rtt_ms"].as_f64()) {
                         (Some(true), Some(ms)) => format!("reachable, {ms:.1} ms"),
@@ -1094,13 +1439,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         _ => "NOT reachable".into(),
                     };
                     let home = if r["home"] == true { " (home)" } else { "" };
-                    println!("  {}  {state}{home}", s(&r, "url"));
+                    crate::say!("  {}  {state}{home}", s(&r, "url"));
                 }
                 let dht = &v["dht"];
                 if dht["enabled"] == true {
-                    println!(
+                    crate::say!(
                         "dht:         {} nodes known, joined: {}, network size ~{}",
-                        dht["routing_table_nodes"], dht["joined"], dht["size_estimate"]
+                        dht["routing_table_nodes"],
+                        dht["joined"],
+                        dht["size_estimate"]
                     );
                     let b = &dht["bootstrap"];
                     let part = |k: &str, label: &str| {
@@ -1110,7 +1457,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             b[k]["offered"].as_u64().unwrap_or(0)
                         )
                     };
-                    println!(
+                    crate::say!(
                         "  bootstrap (in routing table / offered): {}, {}, {}, {}",
                         part("configured", "configured list"),
                         part("saved_table", "saved table"),
@@ -1118,17 +1465,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         part("lan", "LAN")
                     );
                     let src = &dht["sources"];
-                    println!(
+                    crate::say!(
                         "  lookups:   {} answered by DHT records, {} by cached records, {} used card hints, {} found nothing",
-                        src["dht_records"], src["cache_hits"], src["card_hints"], src["dht_misses"]
+                        src["dht_records"],
+                        src["cache_hits"],
+                        src["card_hints"],
+                        src["dht_misses"]
                     );
                 } else {
-                    println!("dht:         off");
+                    crate::say!("dht:         off");
                 }
                 let conns = v["connections"].as_array().cloned().unwrap_or_default();
-                println!("connections: {}", conns.len());
+                crate::say!("connections: {}", conns.len());
                 for c in conns {
-                    println!(
+                    crate::say!(
                         "  {:<20} {} ({} IP paths)",
                         s(&c, "peer"),
                         s(&c, "path"),
@@ -1194,9 +1544,17 @@ fn daemon_options(
         .map(|s| kith_node::media::Impairment::parse(&s))
         .transpose()
         .map_err(|e| user(format!("--impair: {e}")))?;
+    // A list pasted from a file or `kith testnet` may be separated by commas, spaces or line breaks.
+    let bootstrap = a.bootstrap.map(|list| {
+        list.iter()
+            .flat_map(|s| s.split(|c: char| c == ',' || c.is_whitespace()))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
     Ok(kith_node::DaemonOptions {
         listen: a.listen,
-        bootstrap: a.bootstrap,
+        bootstrap,
         no_dht: a.no_dht,
         publish_direct: a.publish_direct.then_some(true),
         period_minutes: a.period_minutes,
@@ -1226,17 +1584,17 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
     let headless = options.headless_mailbox;
     let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
         if headless {
-            println!(
+            crate::say!(
                 "kith mailbox ready: {} keeps sealed mail for each of its contacts that names it \
                  (`kith mailbox use <name>`); calls are declined (control API on {api})",
                 node.address()
             );
-            println!(
+            crate::say!(
                 "its card, for the people whose mail it keeps: {}",
                 node.card().to_link()
             );
         }
-        println!(
+        crate::say!(
             "kith daemon ready: {} (control API on {api})",
             node.address()
         );
@@ -1248,6 +1606,7 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
         Err(kith_node::DaemonError::Node(kith_node::NodeError::Net(e))) => Err(user(format!(
             "cannot start the network endpoint: {e}; change `listen` in config.toml or pass --listen"
         ))),
+        Err(kith_node::DaemonError::Store(e)) if e.is_user_error() => Err(user(e.to_string())),
         Err(e) => Err(e.into()),
     }
 }
@@ -1263,6 +1622,8 @@ fn init_logging() {
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal: in a log file or a pipe they are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

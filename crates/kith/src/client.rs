@@ -84,11 +84,16 @@ impl Client {
         if status.is_success() {
             return Ok(value);
         }
-        let msg = value
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error")
-            .to_owned();
+        // Every error of the API has this shape; anything else (a daemon of another version, a proxy in
+        // the way) is named by its status rather than as "unknown error".
+        let msg = match value.get("error").and_then(Value::as_str) {
+            Some(m) => m.to_owned(),
+            None => format!(
+                "the daemon answered {status} without saying why ({}): is it the same kith version? \
+                 (`kith --version`, and the daemon's log)",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            ),
+        };
         if status.is_client_error() {
             Err(user(msg))
         } else {

@@ -42,12 +42,12 @@ async fn call(
         / heard.len().max(1) as f64)
         .sqrt();
     let s = &eb["stats"];
-    println!(
+    crate::say!(
         "  alice called bob: his phone rang {ring_ms:.0} ms after the dial; {:.1} s talked; bob heard a {hz:.0} Hz tone (alice sent 440 Hz) at {:.0} dBFS",
         ea["talked_secs"].as_f64().unwrap_or(0.0),
         20.0 * (rms / 32768.0).max(1e-9).log10()
     );
-    println!(
+    crate::say!(
         "  call statistics at bob: {}, {:.0} kbit/s, loss {:.1} % before FEC, jitter buffer {:.0} ms, round trip {}",
         s["codec"].as_str().unwrap_or("?"),
         ea["stats"]["bitrate"].as_f64().unwrap_or(0.0) / 1000.0,
@@ -220,7 +220,7 @@ async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> an
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    println!(
+    crate::say!(
         "  alice went offline; bob wrote {N} messages: {:.1} s later they were sealed (Olm ratchet) and deposited at carol's, alice's mailbox, which cannot read them",
         t.elapsed().as_secs_f64()
     );
@@ -253,7 +253,7 @@ async fn mailbox(alice: &mut Daemon, bob: &mut Daemon, carol: &mut Daemon) -> an
         }
         wa.wait_for(left, |w| w.count("message") > seen).await;
     }
-    println!(
+    crate::say!(
         "  bob went offline too; alice came back and showed all {N} from her mailbox {:.0} ms after starting, in order, once",
         t.elapsed().as_secs_f64() * 1000.0
     );
@@ -264,16 +264,16 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("kith-demo-").tempdir()?;
     let exe = kith_exe();
-    println!(
+    crate::say!(
         "kith demo: three nodes on 127.0.0.1 with fresh profiles in {}",
         dir.path().display()
     );
     let testnet = crate::testnet::Testnet::start(20).await?;
-    println!(
+    crate::say!(
         "  local Mainline DHT testnet: 20 nodes on 127.0.1.x (the public DHT is never contacted)"
     );
     let (_relay, relay_url) = crate::relay::start("127.0.0.1:0".parse()?).await?;
-    println!("  local relay: {relay_url} (records carry only the relay, never an IP address)");
+    crate::say!("  local relay: {relay_url} (records carry only the relay, never an IP address)");
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
         // Mail goes to a mailbox after 2 s without a direct delivery (10 s by default).
@@ -289,7 +289,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
             .await?,
         );
     }
-    println!(
+    crate::say!(
         "  started 3 daemons in {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -326,7 +326,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "not connected".into())
         };
         let st = nodes[0].client().get("/v1/status").await?;
-        println!(
+        crate::say!(
             "  alice added bob by address only; first message delivered {:.0} ms later (DHT lookup + connect to the endpoint in his public record; path then: {})",
             first.as_secs_f64() * 1000.0,
             path_to_bob(&st)
@@ -347,11 +347,11 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
                     .await;
             }
             match direct {
-                Some(d) => println!(
+                Some(d) => crate::say!(
                     "  as contacts they moved to a direct path {:.0} ms after the first message",
                     (d - first).as_secs_f64() * 1000.0
                 ),
-                None => println!("  alice and bob stayed on the relay (no direct path found)"),
+                None => crate::say!("  alice and bob stayed on the relay (no direct path found)"),
             }
         }
     }
@@ -360,7 +360,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     for (i, j) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
         introduce(&nodes[i], &nodes[j]).await?;
     }
-    println!(
+    crate::say!(
         "  carol exchanged contact cards with alice and bob (4 adds) in {:.0} ms",
         t.elapsed().as_secs_f64() * 1000.0
     );
@@ -373,7 +373,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
             ))
             .await?;
         if n.name != "carol" {
-            println!(
+            crate::say!(
                 "  safety number {} sees: {}",
                 n.name,
                 v["safety_number"].as_str().unwrap_or("")
@@ -390,13 +390,13 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
 
     // One message at a time, each waiting for its delivered receipt: the latency a person sees.
     let mut ab = ping_latencies(alice, &wa, "bob", messages, "a->b").await?;
-    println!("  {}", summary("alice -> bob", &mut ab, messages));
+    crate::say!("  {}", summary("alice -> bob", &mut ab, messages));
     let mut ba = ping_latencies(bob, &wb, "alice", messages, "b->a").await?;
-    println!("  {}", summary("bob -> alice", &mut ba, messages));
+    crate::say!("  {}", summary("bob -> alice", &mut ba, messages));
     let mut ca = ping_latencies(carol, &wc, "alice", 20, "c->a").await?;
-    println!("  {}", summary("carol -> alice", &mut ca, 20));
+    crate::say!("  {}", summary("carol -> alice", &mut ca, 20));
     let mut ac = ping_latencies(alice, &wa, "carol", 20, "a->c").await?;
-    println!("  {}", summary("alice -> carol", &mut ac, 20));
+    crate::say!("  {}", summary("alice -> carol", &mut ac, 20));
 
     // Crash: alice keeps writing while bob is killed with SIGKILL and restarted.
     let burst = messages;
@@ -414,7 +414,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
             .await;
             bob.kill();
             killed_at = Some(Instant::now());
-            println!(
+            crate::say!(
                 "  bob killed with SIGKILL after {} of {burst} burst messages were delivered",
                 wa.delivered_count("bob", &seqs)
             );
@@ -422,7 +422,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         if i == burst / 2 {
             bob.start().await?;
             restarted = Some(Instant::now());
-            println!(
+            crate::say!(
                 "  bob restarted ({:.0} ms after the kill) while alice kept sending",
                 killed_at
                     .map(|k| k.elapsed().as_secs_f64() * 1000.0)
@@ -438,7 +438,7 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     let drained = restarted
         .map(|r| r.elapsed().as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
-    println!(
+    crate::say!(
         "  alice -> bob across the crash: {}/{burst} delivered, all within {:.0} ms of bob's restart",
         wa.delivered_count("bob", &seqs),
         drained
@@ -451,14 +451,14 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     expected.extend((0..messages).map(|i| format!("a->b {i}")));
     expected.extend((0..burst).map(|i| format!("burst {i}")));
     check_history(bob, "alice", &expected).await?;
-    println!(
+    crate::say!(
         "  bob's history with alice: {} messages, each exactly once, in send order",
         expected.len()
     );
     let expected_ba: Vec<String> = (0..messages).map(|i| format!("b->a {i}")).collect();
     check_history(alice, "bob", &expected_ba).await?;
     let st = alice.client().get("/v1/status").await?;
-    println!(
+    crate::say!(
         "  alice's status: outbox {} waiting, {} connections, DHT: {} nodes known, {} records published, {} found",
         st["outbox"],
         st["connections"].as_array().map_or(0, |a| a.len()),
@@ -476,9 +476,9 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     }
     if keep {
         let path = dir.keep();
-        println!("  profiles and logs kept in {}", path.display());
+        crate::say!("  profiles and logs kept in {}", path.display());
     }
-    println!("kith demo: OK in {:.1} s", started.elapsed().as_secs_f64());
+    crate::say!("kith demo: OK in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

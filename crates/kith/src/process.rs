@@ -27,8 +27,8 @@ pub struct Daemon {
     pub extra_args: Vec<String>,
     /// Environment variables for the daemon process.
     pub env: Vec<(String, String)>,
-    /// The subcommand that runs the node: "daemon", or "mailbox" for a headless mailbox.
-    pub command: String,
+    /// The subcommand that runs the node: `["daemon"]`, or `["mailbox", "serve"]` for a headless mailbox.
+    pub command: Vec<String>,
 }
 
 impl Daemon {
@@ -54,7 +54,7 @@ impl Daemon {
             bootstrap: None,
             extra_args: vec![],
             env: vec![],
-            command: "daemon".into(),
+            command: vec!["daemon".into()],
         })
     }
 
@@ -67,7 +67,7 @@ impl Daemon {
         // A stale daemon.json from a killed process must not be mistaken for the new daemon.
         let _ = std::fs::remove_file(self.home.join(kith_node::profile::DAEMON_FILE));
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("--home").arg(&self.home).arg(&self.command);
+        cmd.arg("--home").arg(&self.home).args(&self.command);
         match &self.bootstrap {
             None => {
                 cmd.arg("--no-dht");

@@ -29,7 +29,7 @@ pub async fn start(listen: SocketAddr) -> anyhow::Result<(Server, String)> {
 
 pub async fn run(listen: SocketAddr, announce_via: Option<Vec<String>>) -> anyhow::Result<()> {
     let (server, url) = start(listen).await?;
-    println!("{url}");
+    crate::say!("{url}");
     eprintln!(
         "kith relay: serving on {url}; nodes use it with `kith daemon --relay {url}`. Ctrl-C stops."
     );

@@ -700,7 +700,8 @@ async fn a_call_through_sound_cards() {
         c.args(["audio", "devices"]).output().unwrap().stdout
     };
     let list: Value = serde_json::from_slice(&devices(true)).unwrap();
-    let ids: Vec<&str> = list
+    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
+    let ids: Vec<&str> = list["devices"]
         .as_array()
         .unwrap()
         .iter()
@@ -790,4 +791,110 @@ async fn a_call_through_sound_cards() {
     // Unrelated audio scores below 0.3. The sound cards' glitches (silence put in, audio dropped) are in
     // the statistics printed above: a failure with them at zero is kith's, not the sound server's.
     assert!(w >= 0.6, "alice's speech on bob's loudspeaker: NCC {w:.3}");
+}
+
+/// A PulseAudio server that is slow to answer (a busy machine, a server serving other clients) is waited
+/// for: `kith audio devices` lists its sound cards, and does not fall back to ALSA after cpal's first 2 s
+/// attempt. The server sits behind a proxy socket that holds the first connection for 3 s unanswered.
+#[test]
+fn a_slow_pulseaudio_server_is_waited_for() {
+    let Some(pulse) = start_pulse() else { return };
+    let real = pulse.dir.path().join("pulse/native");
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_dir.path().join("native");
+    let listener = std::os::unix::net::UnixListener::bind(&proxy).unwrap();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held2 = held.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(client) = conn else { return };
+            let real = real.clone();
+            let held = held2.clone();
+            std::thread::spawn(move || {
+                if n == 0 {
+                    // The first client gets no answer for longer than its 2 s attempt, then a closed socket.
+                    held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_secs(3));
+                    return;
+                }
+                let Ok(server) = std::os::unix::net::UnixStream::connect(&real) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut c, mut s) = (client, server);
+                let _ = std::io::copy(&mut c, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let out = std::process::Command::new(exe())
+        .args(["--json", "audio", "devices"])
+        .env("PULSE_SERVER", format!("unix:{}", proxy.display()))
+        .env("XDG_RUNTIME_DIR", pulse.dir.path())
+        .env("HOME", pulse.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        held.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first connection was not held"
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
+    assert!(list["system"]["why_not_pulseaudio"].is_null(), "{list}");
+    let ids: Vec<&str> = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert!(
+        ids.iter().any(|i| i.ends_with("mic.monitor")) && ids.iter().any(|i| i.ends_with(":spk")),
+        "{list}"
+    );
+}
+
+/// A fresh account has no PulseAudio cookie until some libpulse client makes one. kith's client (cpal's)
+/// must not depend on another program having run first: with no cookie anywhere, `kith audio devices`
+/// still lists the server's sound cards (and leaves a cookie, as libpulse would).
+#[test]
+fn pulseaudio_is_used_by_an_account_that_has_no_cookie_yet() {
+    let Some(pulse) = start_pulse() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exe())
+        .args(["--json", "audio", "devices"])
+        .env(
+            "PULSE_SERVER",
+            format!("unix:{}", pulse.dir.path().join("pulse/native").display()),
+        )
+        .env("XDG_RUNTIME_DIR", pulse.dir.path())
+        .env("HOME", home.path())
+        .env_remove("PULSE_COOKIE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
+    let ids: Vec<&str> = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert!(ids.iter().any(|i| i.ends_with("mic.monitor")), "{list}");
+    let cookie = home.path().join(".config/pulse/cookie");
+    assert_eq!(std::fs::metadata(&cookie).map(|m| m.len()).ok(), Some(256));
 }

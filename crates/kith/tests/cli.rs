@@ -185,9 +185,10 @@ async fn mistyped_addresses_and_cards_are_refused_and_write_nothing() {
             format!("kith:{}l{}", &body[..10], &body[11..]),
             "cannot appear in an address",
         ),
+        // Whitespace is dropped (wrapped cards), so a character replaced by a space is a missing one.
         (
             format!("kith:{}", &body.replace(&body[3..4], " ")),
-            "cannot appear",
+            "too short",
         ),
         (card[..card.len() - 12].to_owned(), "truncated or damaged"),
         (format!("{}y", card), "truncated or damaged"),
@@ -348,7 +349,18 @@ fn audio_devices_are_listed_without_alsa_noise() {
         !stderr.to_lowercase().contains("jack"),
         "JACK noise: {stderr}"
     );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The JSON names the audio system too, and why not PulseAudio when it is another.
+    let system = &listing["system"];
+    assert!(
+        system["name"] == "PulseAudio" && system["why_not_pulseaudio"].is_null()
+            || system["name"] == "ALSA"
+                && system["why_not_pulseaudio"]
+                    .as_str()
+                    .is_some_and(|w| !w.is_empty()),
+        "{listing}"
+    );
+    let list = &listing["devices"];
     for d in list.as_array().unwrap() {
         assert!(!d["name"].as_str().unwrap().is_empty(), "{d}");
         assert!(d["input"].is_boolean() && d["output"].is_boolean(), "{d}");
@@ -361,7 +373,7 @@ fn audio_devices_are_listed_without_alsa_noise() {
     let system = stdout.lines().next().unwrap_or_default();
     assert!(
         system == "Audio system: PulseAudio"
-            || system.starts_with("Audio system: ALSA (PulseAudio"),
+            || system.starts_with("Audio system: ALSA (not PulseAudio: "),
         "{stdout}"
     );
     assert!(
@@ -393,4 +405,477 @@ fn the_demo_runs_messages_a_crash_and_a_call() {
         "{stdout}"
     );
     assert!(stdout.contains("kith demo: OK"), "{stdout}");
+}
+
+/// Runs kith with `input` on standard input.
+fn kith_stdin(home: &Path, a: &[&str], env: &[(&str, &str)], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kith"));
+    cmd.arg("--home")
+        .arg(home)
+        .args(a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("KITH_PASSPHRASE")
+        .env_remove("KITH_HOME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn init(home: &Path, name: &str) {
+    let out = kith(home, &args(&["init", "--name", name]), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn emptied_damaged_and_missing_stores_are_refused_and_not_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("p");
+    init(&home, "Ann");
+    let db = home.join("kith.db");
+    // The store exists from `init` on, private like the other profile files.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["kith.db", "config.toml", "identity.json", "api-token"] {
+        let mode = std::fs::metadata(home.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let daemon_refuses = |needle: &str| {
+        let out = kith(&home, &args(&["daemon"]), &[]);
+        assert_user_error(&out, needle);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&db.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(stderr.contains("kith restore"), "says what to do: {stderr}");
+        // Said once, not once per layer of the error.
+        assert_eq!(stderr.matches(needle).count(), 1, "{stderr}");
+    };
+    // Truncated to 0 bytes: refused, and still 0 bytes (not a fresh empty profile in its place).
+    std::fs::write(&db, b"").unwrap();
+    daemon_refuses("is empty");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+    // Overwritten with something that is not a database.
+    let junk = vec![0x5au8; 8192];
+    std::fs::write(&db, &junk).unwrap();
+    daemon_refuses("is damaged");
+    assert_eq!(std::fs::read(&db).unwrap(), junk, "not written over");
+    // Gone.
+    std::fs::remove_file(&db).unwrap();
+    daemon_refuses("is missing");
+    assert!(!db.exists(), "nothing was created in its place");
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("p");
+    init(&home, "Ann");
+    // As `kith id | head -0`: the reader is gone before kith writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--home")
+        .arg(&home)
+        .args(["id", "--qr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "quiet: {stderr}");
+}
+
+#[test]
+fn init_without_a_passphrase_says_so_and_kith_passphrase_sets_changes_and_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("p");
+    let out = kith(&home, &args(&["init", "--name", "Ann"]), &[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unencrypted") && stderr.contains("kith passphrase"),
+        "{stderr}"
+    );
+    // The address on stdout stays clean for scripts.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Your address: kith:"));
+    let address = String::from_utf8_lossy(&kith(&home, &args(&["id"]), &[]).stdout).into_owned();
+    let identity = || std::fs::read_to_string(home.join("identity.json")).unwrap();
+    assert!(!identity().contains("argon2id"));
+
+    // Set one.
+    let out = kith(
+        &home,
+        &args(&["passphrase"]),
+        &[("KITH_NEW_PASSPHRASE", "first one")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(identity().contains("argon2id"));
+    assert_user_error(
+        &kith(&home, &args(&["daemon"]), &[]),
+        "locked with a passphrase",
+    );
+    // Changing it needs the current one.
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["passphrase"]),
+            &[("KITH_PASSPHRASE", "wrong"), ("KITH_NEW_PASSPHRASE", "x")],
+        ),
+        "wrong passphrase",
+    );
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["passphrase"]),
+            &[("KITH_NEW_PASSPHRASE", "x")],
+        ),
+        "locked with a passphrase",
+    );
+    let out = kith(
+        &home,
+        &args(&["passphrase"]),
+        &[
+            ("KITH_PASSPHRASE", "first one"),
+            ("KITH_NEW_PASSPHRASE", "second one"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["daemon"]),
+            &[("KITH_PASSPHRASE", "first one")],
+        ),
+        "wrong passphrase",
+    );
+    // Remove it: the keys are the same keys.
+    let out = kith(
+        &home,
+        &args(&["--json", "passphrase"]),
+        &[
+            ("KITH_PASSPHRASE", "second one"),
+            ("KITH_NEW_PASSPHRASE", ""),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["encrypted"], false, "{v}");
+    assert!(!identity().contains("argon2id"));
+    assert_eq!(
+        String::from_utf8_lossy(&kith(&home, &args(&["id"]), &[]).stdout),
+        address
+    );
+    let mode = std::fs::metadata(home.join("identity.json"))
+        .unwrap()
+        .permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o777, 0o600);
+}
+
+#[test]
+fn json_mode_errors_have_the_api_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("nobody");
+    let json_error = |out: &Output, code: i32, needle: &str| {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(
+            v["kind"],
+            if code == 2 { "user" } else { "internal" },
+            "{v}"
+        );
+        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+    };
+    json_error(
+        &kith(&home, &args(&["--json", "contacts"]), &[]),
+        2,
+        "no kith profile",
+    );
+    json_error(
+        &kith(&home, &args(&["--json", "frobnicate"]), &[]),
+        2,
+        "frobnicate",
+    );
+    json_error(
+        &kith(&home, &args(&["contacts", "--json", "--bogus"]), &[]),
+        2,
+        "--bogus",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_text_names_and_state_are_shown_safely_and_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_kith"));
+    let mut me = Daemon::init(exe, &dir.path().join("me"), "me").unwrap();
+    let mut bob = Daemon::init(exe, &dir.path().join("bob"), "bob").unwrap();
+    me.start().await.unwrap();
+    bob.start().await.unwrap();
+    let home = me.home.clone();
+    let card = bob.client().get("/v1/card").await.unwrap()["card"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A card as a mail client wraps it is read.
+    let wrapped: String = card
+        .chars()
+        .collect::<Vec<_>>()
+        .chunks(60)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = kith(&home, &args(&["add", &wrapped]), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Added bob"));
+    // The same card again: nothing new, and it says so; under another name: renamed, and it says so.
+    let out = kith(&home, &args(&["add", &card]), &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already a contact"),
+        "{out:?}"
+    );
+    let out = kith(
+        &home,
+        &args(&["--json", "add", &card, "--name", "robert"]),
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["outcome"].as_str(), v["previous_name"].as_str()),
+        (Some("renamed"), Some("bob")),
+        "{v}"
+    );
+    // Another key under an existing name is refused.
+    let other = Daemon::init(exe, &dir.path().join("other"), "other").unwrap();
+    let other_address = String::from_utf8_lossy(&kith(&other.home, &args(&["id"]), &[]).stdout)
+        .trim()
+        .to_owned();
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["add", &other_address, "--name", "Robert"]),
+            &[],
+        ),
+        "another address",
+    );
+    introduce(&bob, &me).await.unwrap();
+
+    // Empty names are named, in text and in JSON.
+    assert_user_error(&kith(&home, &args(&["lookup", ""]), &[]), "name is empty");
+    assert_user_error(&kith(&home, &args(&["chat", ""]), &[]), "name is empty");
+    let out = kith(&home, &args(&["--json", "chat", ""]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "user", "{v}");
+    // The API answers every error in its one shape, also for paths and bodies it does not know.
+    let api = me.client();
+    for (path, body) in [
+        ("/v1/lookup/", None),
+        ("/v1/nothing-here", None),
+        ("/v1/messages", Some("{\"to\": 5}")),
+    ] {
+        let info = kith_node::Profile::new(&home).daemon_info().unwrap();
+        let token = kith_node::Profile::new(&home).token().unwrap();
+        let url = format!("http://{}{path}", info.api);
+        let http = reqwest::Client::new();
+        let req = match body {
+            None => http.get(&url),
+            Some(b) => http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(b),
+        };
+        let resp = req.bearer_auth(&token).send().await.unwrap();
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert!(status.is_client_error(), "{path}: {status}");
+        assert_eq!(v["kind"], "user", "{path}: {v}");
+        assert!(!v["error"].as_str().unwrap().is_empty(), "{path}: {v}");
+    }
+    let _ = api;
+
+    // A message with escape sequences: shown visibly in text, exact in JSON.
+    let evil = "\u{1b}]0;pwned\u{7}hi\r\u{1b}[2J";
+    let wm = me.watcher().await.unwrap();
+    bob.client().send("me", evil).await.unwrap();
+    assert!(
+        wm.wait_for(std::time::Duration::from_secs(30), |w| !w
+            .received("robert")
+            .is_empty())
+            .await
+    );
+    let out = kith(&home, &args(&["chat", "robert"]), &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.stdout
+            .iter()
+            .any(|b| *b == 0x1b || *b == 0x07 || *b == b'\r'),
+        "{text:?}"
+    );
+    assert!(text.contains("^[]0;pwned^Ghi^M^[[2J"), "{text}");
+    let out = kith(&home, &args(&["--json", "chat", "robert"]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["text"], evil);
+
+    // Text from standard input ("-") and from a file; times and delivery shown.
+    let out = kith_stdin(
+        &home,
+        &["send", "robert", "-", "--wait", "30"],
+        &[],
+        b"line one\nline two\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let out = kith(
+        &home,
+        &args(&[
+            "send",
+            "robert",
+            "--file",
+            file.to_str().unwrap(),
+            "--wait",
+            "30",
+        ]),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kith(&home, &args(&["--json", "chat", "robert"]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let texts: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(&texts[1..], ["line one\nline two", "from a file"], "{v}");
+    let out = kith(&home, &args(&["chat", "robert"]), &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let now = hhmm_now();
+    assert!(
+        text.contains("me: line one") && text.contains("   line two"),
+        "{text}"
+    );
+    assert!(text.contains("[delivered "), "{text}");
+    assert!(
+        now.iter().any(|t| text.contains(t.as_str())),
+        "a time of today ({now:?}): {text}"
+    );
+    assert_user_error(
+        &kith(
+            &home,
+            &args(&["send", "robert", "--file", "/nonexistent/x"]),
+            &[],
+        ),
+        "cannot read",
+    );
+
+    // A closed pipe in the middle of a long listing: no panic.
+    let mut child = Command::new(exe)
+        .arg("--home")
+        .arg(&home)
+        .args(["chat", "robert"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `kith mailbox` shows the view (it does not start a mailbox server).
+    let out = kith(&home, &args(&["--json", "mailbox"]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["my_mailboxes"].is_array() && v["keeping_mail_for"].is_array(),
+        "{v}"
+    );
+
+    // The daemon's log file carries no colour codes.
+    let log = std::fs::read(home.join("daemon.log")).unwrap();
+    assert!(
+        !log.is_empty() && !log.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+}
+
+/// The local time now and a minute before, as `kith chat` prints times ("HH:MM").
+fn hhmm_now() -> Vec<String> {
+    let now = chrono::Local::now();
+    [now, now - chrono::Duration::minutes(1)]
+        .iter()
+        .map(|t| t.format("%H:%M").to_string())
+        .collect()
+}
+
+#[test]
+fn testnet_prints_its_bootstrap_list_as_bootstrap_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--home")
+        .arg(dir.path())
+        .args(["testnet", "--nodes", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let list: Vec<&str> = line.trim().split(',').collect();
+    assert_eq!(list.len(), 3, "{line:?}");
+    for n in list {
+        assert!(n.parse::<std::net::SocketAddr>().is_ok(), "{line:?}");
+    }
 }

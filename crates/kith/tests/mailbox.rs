@@ -465,6 +465,64 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
     assert_eq!(received(&bob).await, want, "the replay is not shown");
 }
 
+/// A mailbox that cannot be reached when its owner starts (asleep: its process is stopped, so it neither
+/// answers nor notices anything) is reached later without a restart of either: the owner dials it again
+/// until it answers, and fetches what it keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_unreachable_at_start_is_reached_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let Trio {
+        mut alice,
+        mut bob,
+        carol,
+        wa,
+    } = trio(dir.path(), vec![]).await;
+    bob.stop().await;
+    let want: Vec<String> = std::iter::once("hello".to_string())
+        .chain(write_while_bob_is_away(&alice, &wa, "asleep", 10).await)
+        .collect();
+    alice.stop().await;
+    // Carol's machine sleeps: SIGSTOP, so her sockets stay open and nothing answers.
+    let carol_pid = carol.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &carol_pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    bob.start().await.unwrap();
+    // Bob's first dial to carol fails (after the dial timeout); his mailbox view says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let v = bob.client().get("/v1/mailbox").await.unwrap();
+        if v["my_mailboxes_reach"]["carol"]["error"].is_string() {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed dial reported: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        view["my_mailboxes_reach"]["carol"]["connected"], false,
+        "{view}"
+    );
+    assert!(
+        received(&bob).await.len() <= 1,
+        "nothing came while carol slept"
+    );
+    // Carol wakes up. She dials no one (she never noticed she was away): bob must come to her.
+    signal("-CONT");
+    bob_has(&bob, &want, 90).await;
+    let v = bob.client().get("/v1/mailbox").await.unwrap();
+    assert_eq!(v["my_mailboxes_reach"]["carol"]["connected"], true, "{v}");
+}
+
 /// A full mailbox, an unreachable one, and a mailbox gone for good: the messages wait in the outbox and
 /// go out later, through the mailbox once it takes them, or directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,7 +641,7 @@ async fn a_headless_mailbox_keeps_mail_for_the_contacts_that_name_it() {
         .await
         .unwrap();
     let mut always_on = Daemon::init(exe(), &dir.path().join("box"), "bobs-box").unwrap();
-    always_on.command = "mailbox".into();
+    always_on.command = vec!["mailbox".into(), "serve".into()];
     always_on.start().await.unwrap();
     let banner = std::fs::read_to_string(dir.path().join("box").join("daemon.out")).unwrap();
     assert!(banner.contains("kith mailbox ready"), "{banner}");

@@ -194,6 +194,12 @@ pub enum DialError {
         "no known way to reach this contact yet (no endpoint in their card): ask for their current card"
     )]
     NoRoute,
+    /// Every way we know to the peer goes through a relay, and there is none to use.
+    #[error(
+        "they take connections only through a relay, and {0}: run one (`kith relay`) and name it \
+         (`kith daemon --relay URL`, or `relays` in config.toml), or exchange cards with them"
+    )]
+    NeedRelay(&'static str),
     #[error("could not connect: {0}")]
     Connect(String),
     #[error("connection attempt timed out")]
@@ -384,6 +390,18 @@ impl Net {
             .into_iter()
             .filter(|h| h.endpoint.is_some())
             .collect();
+        // A path needs an address or a relay (iroh reaches a relay named in the peer's record whether or
+        // not this node uses it too). A record with neither is a peer that takes requests only through a
+        // relay and knows none.
+        if !hints.is_empty()
+            && hints
+                .iter()
+                .all(|h| h.direct.is_empty() && h.relays.is_empty())
+        {
+            return Err(DialError::NeedRelay(
+                "neither their record nor this node names one",
+            ));
+        }
         let mut attempts = futures_util::stream::FuturesUnordered::new();
         for (i, hint) in hints.into_iter().enumerate() {
             attempts.push(async move {

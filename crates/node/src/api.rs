@@ -109,7 +109,37 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/mailbox/use", post(mailbox_use))
         .route("/v1/shutdown", post(shutdown))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .layer(middleware::from_fn(json_errors))
         .with_state(ctx)
+}
+
+/// Every error leaves in the one shape, `{error, kind}`: also those that axum itself answers (an unknown
+/// path, a wrong method, a body that is not the JSON expected), which come as plain text.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let message = match status {
+        StatusCode::NOT_FOUND => format!(
+            "no such API path: {method} {path} (a name or address in a path must not be empty; the README lists the paths)"
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => format!("{path} does not take {method}"),
+        _ if text.is_empty() => format!("{status}"),
+        _ => text,
+    };
+    ApiError(status, message).into_response()
 }
 
 async fn status(State(c): State<Ctx>) -> ApiResult {

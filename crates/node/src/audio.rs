@@ -60,34 +60,156 @@ fn id_of(d: &cpal::Device) -> String {
     d.id().map(|i| i.to_string()).unwrap_or_default()
 }
 
-/// The audio system calls go through, and how `kith audio devices` names it: PulseAudio (or PipeWire
-/// through pipewire-pulse) when its server answers, else ALSA, with the reason PulseAudio was not used
-/// (cpal's own choice falls back silently, and the list then lacks the server's devices).
-fn host() -> (cpal::Host, String) {
+/// How long a PulseAudio server whose socket is there gets to answer before calls fall back to ALSA.
+/// cpal gives each connection attempt 2 s; a server busy with other clients (or a loaded machine) can take
+/// longer than that to answer the first one, and ALSA's list then lacks the server's sound cards.
+const PULSEAUDIO_PATIENCE: Duration = Duration::from_secs(12);
+
+/// The audio system calls go through: PulseAudio (or PipeWire through pipewire-pulse) when its server
+/// answers, else ALSA. `why_not_pulseaudio` says why PulseAudio was not used (cpal's own choice falls back
+/// silently, and the list then lacks the server's devices).
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSystem {
+    pub name: String,
+    pub why_not_pulseaudio: Option<String>,
+}
+
+impl std::fmt::Display for AudioSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.why_not_pulseaudio {
+            Some(why) => write!(f, "{} (not PulseAudio: {why})", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Connects to the audio system. A PulseAudio server whose socket exists is tried again until it answers
+/// or [`PULSEAUDIO_PATIENCE`] has passed; with no socket at all ALSA is used at once.
+fn host() -> (cpal::Host, AudioSystem) {
     #[cfg(target_os = "linux")]
     {
-        let why = match cpal::host_from_id(cpal::HostId::PulseAudio) {
-            Ok(h) => return (h, "PulseAudio".into()),
-            Err(e) => e.to_string(),
+        let why = pulseaudio_host(PULSEAUDIO_PATIENCE);
+        let why = match why {
+            Ok(h) => {
+                return (
+                    h,
+                    AudioSystem {
+                        name: "PulseAudio".into(),
+                        why_not_pulseaudio: None,
+                    },
+                );
+            }
+            Err(why) => why,
         };
         if let Ok(h) = cpal::host_from_id(cpal::HostId::Alsa) {
-            let why = if why.contains("PulseAudio") {
-                why
-            } else {
-                format!("PulseAudio: {why}")
-            };
-            return (h, format!("ALSA ({why})"));
+            return (
+                h,
+                AudioSystem {
+                    name: "ALSA".into(),
+                    why_not_pulseaudio: Some(why),
+                },
+            );
         }
     }
     let h = cpal::default_host();
     let name = h.id().name().to_string();
-    (h, name)
+    (
+        h,
+        AudioSystem {
+            name,
+            why_not_pulseaudio: None,
+        },
+    )
+}
+
+/// PulseAudio's host, tried until `patience` has passed while its server's socket is there. The error says
+/// why not, in words a person can act on.
+#[cfg(target_os = "linux")]
+fn pulseaudio_host(patience: Duration) -> Result<cpal::Host, String> {
+    ensure_pulse_cookie();
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        // cpal's check: PULSE_SERVER (unix:PATH), PULSE_RUNTIME_PATH or XDG_RUNTIME_DIR names a socket that
+        // exists. Without one there is no server to wait for.
+        if !cpal::available_hosts().contains(&cpal::HostId::PulseAudio) {
+            return Err(if attempts == 0 {
+                "no PulseAudio server socket (PULSE_SERVER, or pulse/native under XDG_RUNTIME_DIR): \
+                 start PulseAudio or PipeWire's pipewire-pulse to use its sound cards"
+                    .into()
+            } else {
+                "the PulseAudio server went away while kith connected to it".into()
+            });
+        }
+        attempts += 1;
+        let why = match cpal::host_from_id(cpal::HostId::PulseAudio) {
+            Ok(h) => {
+                if attempts > 1 {
+                    tracing::info!(
+                        attempts,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "PulseAudio answered"
+                    );
+                }
+                return Ok(h);
+            }
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= patience {
+            return Err(format!(
+                "its server did not answer in {} attempts over {:.0} s ({why}): check that it runs \
+                 (`pactl info`)",
+                attempts,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        // A refused or broken connection fails at once: do not spin on it.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The PulseAudio client under cpal sends the cookie it finds (`PULSE_COOKIE`, `~/.config/pulse/cookie`,
+/// `~/.pulse-cookie`), or an empty one when there is none, and the server takes an empty cookie for a
+/// protocol error and hangs up, even where it lets anyone in (`auth-anonymous`) or checks the socket's
+/// owner instead. libpulse, which every other client uses, makes the cookie file on first use when there is
+/// none: so does kith, the same way (256 random bytes, mode 0600). Without this a fresh account's first
+/// listing fell back to ALSA, whose own PulseAudio plugin (libpulse) then made the file, and the next
+/// listing said PulseAudio.
+#[cfg(target_os = "linux")]
+fn ensure_pulse_cookie() {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if std::env::var_os("PULSE_COOKIE").is_some() {
+        return;
+    }
+    let Some(home) = std::env::var_os("HOME").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let dir = home.join(".config/pulse");
+    let cookie = dir.join("cookie");
+    if cookie.exists() || home.join(".pulse-cookie").exists() {
+        return;
+    }
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let mut bytes = [0u8; 256];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&cookie)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot make a PulseAudio cookie");
+    }
 }
 
 /// The sound cards the audio system offers, and which system that is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
-    pub system: String,
+    pub system: AudioSystem,
     pub devices: Vec<DeviceInfo>,
 }
 

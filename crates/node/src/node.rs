@@ -175,6 +175,9 @@ struct PeerRt {
     upgrading: bool,
     /// The connection the peer last sent a frame on: known to be alive at its end.
     last_rx: Option<u64>,
+    /// Why the last dial failed (cleared by a connection): what `contacts`, `chat` and `send` say when
+    /// messages wait.
+    last_dial_error: Option<String>,
 }
 
 impl PeerRt {
@@ -185,6 +188,7 @@ impl PeerRt {
             conns: Vec::new(),
             upgrading: false,
             last_rx: None,
+            last_dial_error: None,
         }
     }
 }
@@ -315,6 +319,16 @@ pub struct ContactView {
     pub has_route: bool,
     /// The latest card the contact sent us (a `kith:` link), if any.
     pub card: Option<String>,
+    /// Messages to the contact not yet delivered.
+    pub waiting: u64,
+    /// While offline: why the last attempt to reach the contact failed.
+    pub why_unreached: Option<String>,
+    /// After `add`: "added", "renamed" (the address was a contact under `previous_name`) or
+    /// "already a contact" (same address, same name: nothing changed but a newer card).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_name: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -535,6 +549,7 @@ impl Node {
         tokio::spawn(node.clone().relay_finder());
         tokio::spawn(node.clone().call_timer());
         tokio::spawn(node.clone().mail_sender());
+        tokio::spawn(node.clone().mailbox_keeper());
         if node.config.discovery.lan
             && let Some(dht) = &node.config.dht
         {
@@ -739,6 +754,7 @@ impl Node {
         if !self.config.net.relays.is_empty() || self.discovery.dht.is_none() {
             return;
         }
+        let mut finder_wait = Duration::from_secs(2);
         loop {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
@@ -781,6 +797,16 @@ impl Node {
                 }
             }
             if added > 0 {
+                // Peers that could not be reached without a relay may be reachable now: dial at once
+                // rather than after the backoff of the failures before.
+                {
+                    let now = Instant::now();
+                    let mut st = lock(&self.state);
+                    for p in st.peers.values_mut() {
+                        p.outbox.route_changed(now);
+                    }
+                }
+                self.wake.notify_one();
                 if let Ok(card) = Self::make_card(
                     &self.id,
                     &self.net(),
@@ -804,9 +830,14 @@ impl Node {
                 }
                 self.republish.notify_one();
             }
+            // Without a relay, look again soon (2, 4, 8 ... 30 s): a relay that appears is used within
+            // seconds, not half a minute later.
             let wait = if self.net().relays().is_empty() {
-                Duration::from_secs(30)
+                let w = finder_wait;
+                finder_wait = (finder_wait * 2).min(Duration::from_secs(30));
+                w
             } else {
+                finder_wait = Duration::from_secs(2);
                 Duration::from_secs(30 * 60)
             };
             tokio::time::sleep(wait).await;
@@ -1074,8 +1105,13 @@ impl Node {
                 return;
             }
         };
+        // Our mailboxes are dialled (and dialled again until reached) by the mailbox keeper.
+        let mine = lock(&self.store).my_mailboxes().unwrap_or_default();
         let sem = Arc::new(tokio::sync::Semaphore::new(ANNOUNCE_CONCURRENCY));
         for c in contacts {
+            if mine.contains(&c.account) {
+                continue;
+            }
             if c.card
                 .as_ref()
                 .is_none_or(|card| card.hints().endpoint.is_none())
@@ -1310,6 +1346,7 @@ impl Node {
                     node.discovery.lookup(account, unix_now()).await;
                     if let Some(p) = lock(&node.state).peers.get_mut(&account) {
                         p.outbox.dial_failed(Instant::now());
+                        p.last_dial_error = Some(e.to_string());
                     }
                     node.wake.notify_one();
                 }
@@ -1411,6 +1448,7 @@ impl Node {
                     .close(0u32.into(), b"replaced by a newer connection");
             }
             p.outbox.connected(Instant::now());
+            p.last_dial_error = None;
             id
         };
         tracing::info!(path, "peer connected");
@@ -2395,13 +2433,25 @@ impl Node {
             }
         };
         kith_core::card::check_name(&name)?;
+        // The same address again: say what happened (renamed, or nothing new) rather than "added".
+        let before = lock(&self.store)
+            .peer(&account)?
+            .filter(|p| p.state == PeerState::Contact)
+            .and_then(|p| p.petname);
+        let outcome = match &before {
+            None => "added",
+            Some(old) if *old == name => "already a contact",
+            Some(_) => "renamed",
+        };
         lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
         if let Some(card) = card {
             self.offer_card_dht_hints(card);
         }
         // Messages queued for this account before it was removed go out again now that it is back.
         self.requeue(account)?;
-        let view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
+        let mut view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
+        view.outcome = Some(outcome);
+        view.previous_name = before.filter(|_| outcome == "renamed");
         // Say hello now: the peer learns our card, and we learn whether they are reachable.
         self.say_hello(account);
         Ok(view)
@@ -2442,11 +2492,21 @@ impl Node {
     }
 
     fn contact_view(&self, p: &Peer) -> ContactView {
-        let reachability = {
+        let (reachability, waiting, why) = {
             let st = lock(&self.state);
-            match st.peers.get(&p.account).and_then(|rt| rt.conns.last()) {
-                Some(c) => format!("online {}", path_name(kith_net::path_kind(&c.conn))),
-                None => "offline".into(),
+            let rt = st.peers.get(&p.account);
+            let waiting = rt.map_or(0, |rt| rt.outbox.pending() as u64);
+            match rt.and_then(|rt| rt.conns.last()) {
+                Some(c) => (
+                    format!("online {}", path_name(kith_net::path_kind(&c.conn))),
+                    waiting,
+                    None,
+                ),
+                None => (
+                    "offline".into(),
+                    waiting,
+                    rt.and_then(|rt| rt.last_dial_error.clone()),
+                ),
             }
         };
         ContactView {
@@ -2461,6 +2521,10 @@ impl Node {
                 .as_ref()
                 .is_some_and(|c| c.hints().endpoint.is_some()),
             card: p.card.as_ref().map(|c| c.to_link()),
+            waiting,
+            why_unreached: why,
+            outcome: None,
+            previous_name: None,
         }
     }
 
@@ -2485,6 +2549,7 @@ impl Node {
     pub fn mailbox_use(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
+        self.mail.keep.notify_one();
         self.push_mailbox_tokens(peer.account);
         // Our records name it from now on (contacts who are offline now read it there)...
         self.republish.notify_one();
@@ -2495,6 +2560,10 @@ impl Node {
 
     /// Who we keep mail for, and who keeps ours (names as we call them).
     pub fn mailbox_view(&self) -> Result<serde_json::Value, NodeError> {
+        // Whether each of ours is reachable now, and if not why and when the next try goes (before the
+        // store is locked: the connection state is locked before the store elsewhere).
+        let my = lock(&self.store).my_mailboxes()?;
+        let reach: Vec<serde_json::Value> = my.iter().map(|m| self.mailbox_reach(m)).collect();
         let store = lock(&self.store);
         let name = |a: &AccountKey| -> String {
             store
@@ -2505,7 +2574,9 @@ impl Node {
                 .unwrap_or_else(|| Address::new(*a).to_string())
         };
         let hosted: Vec<String> = store.mailbox_owners()?.iter().map(name).collect();
-        let mine: Vec<String> = store.my_mailboxes()?.iter().map(name).collect();
+        let mine: Vec<String> = my.iter().map(name).collect();
+        let reach: serde_json::Map<String, serde_json::Value> =
+            mine.iter().cloned().zip(reach).collect();
         // For each contact: how many mailboxes it told us of (absent: it has told us nothing yet).
         let mut theirs = serde_json::Map::new();
         for c in store.contacts()? {
@@ -2517,7 +2588,7 @@ impl Node {
             }
         }
         Ok(
-            serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine, "contacts_mailboxes": theirs }),
+            serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine, "my_mailboxes_reach": reach, "contacts_mailboxes": theirs }),
         )
     }
 

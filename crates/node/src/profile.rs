@@ -272,6 +272,38 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), ProfileError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// The secret keys as the identity file keeps them: encrypted under `passphrase` (Argon2id, then
+/// XChaCha20-Poly1305), or plain when there is none.
+fn seal_secrets(plain: &[u8], passphrase: Option<&str>) -> Result<SecretBlob, ProfileError> {
+    let Some(pass) = passphrase.filter(|p| !p.is_empty()) else {
+        return Ok(SecretBlob::Plain {
+            keys: hex::encode(plain),
+        });
+    };
+    let mut rng = rand::rng();
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut salt);
+    rng.fill_bytes(&mut nonce);
+    let key = derive_key(pass, &salt, M_COST, T_COST, P_COST)?;
+    let cipher =
+        XChaCha20Poly1305::new_from_slice(&key[..]).map_err(|_| ProfileError::WrongPassphrase)?;
+    let ct = cipher
+        .encrypt(&XNonce::from(nonce), plain)
+        .map_err(|_| ProfileError::Damaged {
+            file: IDENTITY_FILE.into(),
+            reason: "encryption failed".into(),
+        })?;
+    Ok(SecretBlob::Argon2idXchacha20poly1305 {
+        m_cost: M_COST,
+        t_cost: T_COST,
+        p_cost: P_COST,
+        salt: hex::encode(salt),
+        nonce: hex::encode(nonce),
+        ciphertext: hex::encode(ct),
+    })
+}
+
 const M_COST: u32 = 64 * 1024;
 const T_COST: u32 = 3;
 const P_COST: u32 = 1;
@@ -350,34 +382,7 @@ impl Profile {
         plain.extend_from_slice(&account.to_bytes()[..]);
         plain.extend_from_slice(&device.to_bytes()[..]);
         plain.extend_from_slice(&endpoint[..]);
-        let secrets = match passphrase.filter(|p| !p.is_empty()) {
-            None => SecretBlob::Plain {
-                keys: hex::encode(&plain[..]),
-            },
-            Some(pass) => {
-                let mut salt = [0u8; 16];
-                let mut nonce = [0u8; 24];
-                rng.fill_bytes(&mut salt);
-                rng.fill_bytes(&mut nonce);
-                let key = derive_key(pass, &salt, M_COST, T_COST, P_COST)?;
-                let cipher = XChaCha20Poly1305::new_from_slice(&key[..])
-                    .map_err(|_| ProfileError::WrongPassphrase)?;
-                let ct = cipher
-                    .encrypt(&XNonce::from(nonce), &plain[..])
-                    .map_err(|_| ProfileError::Damaged {
-                        file: IDENTITY_FILE.into(),
-                        reason: "encryption failed".into(),
-                    })?;
-                SecretBlob::Argon2idXchacha20poly1305 {
-                    m_cost: M_COST,
-                    t_cost: T_COST,
-                    p_cost: P_COST,
-                    salt: hex::encode(salt),
-                    nonce: hex::encode(nonce),
-                    ciphertext: hex::encode(ct),
-                }
-            }
-        };
+        let secrets = seal_secrets(&plain, passphrase)?;
         let file = IdentityFile {
             version: 1,
             name: name.to_owned(),
@@ -438,6 +443,11 @@ impl Profile {
             toml::to_string(&config).unwrap_or_default()
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
+        // The store is made now, so that a daemon never takes a missing store for a new profile.
+        kith_store::Store::open(&self.path(DB_FILE)).map_err(|e| ProfileError::Damaged {
+            file: self.path(DB_FILE),
+            reason: e.to_string(),
+        })?;
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
         // The identity file is written last: its presence is what marks a complete profile.
         write_private(&self.path(IDENTITY_FILE), &json)?;
@@ -492,9 +502,31 @@ impl Profile {
         ))
     }
 
-    /// Unlocks the secret keys.
-    pub fn unlock(&self, passphrase: Option<&str>) -> Result<Identity, ProfileError> {
-        let f = self.read_identity_file()?;
+    /// Replaces the passphrase that encrypts the secret keys (`new` None or empty: none, the keys are
+    /// then protected by the file's mode alone). `old` must unlock them first. Returns whether the keys
+    /// are encrypted now. The file is replaced in one rename: a crash leaves the old one or the new one.
+    pub fn change_passphrase(
+        &self,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, ProfileError> {
+        let mut f = self.read_identity_file()?;
+        let plain = self.secret_bytes(&f, old)?;
+        f.secrets = seal_secrets(&plain, new)?;
+        let json = serde_json::to_vec_pretty(&f).unwrap_or_default();
+        write_private(&self.path(IDENTITY_FILE), &json)?;
+        Ok(matches!(
+            f.secrets,
+            SecretBlob::Argon2idXchacha20poly1305 { .. }
+        ))
+    }
+
+    /// The secret keys of the identity file, decrypted with `passphrase` if they are encrypted.
+    fn secret_bytes(
+        &self,
+        f: &IdentityFile,
+        passphrase: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, ProfileError> {
         let path = self.path(IDENTITY_FILE);
         let plain: Zeroizing<Vec<u8>> = match &f.secrets {
             SecretBlob::Plain { keys } => Zeroizing::new(unhex(&path, keys)?),
@@ -532,6 +564,14 @@ impl Profile {
                 reason: "wrong secret length".into(),
             });
         }
+        Ok(plain)
+    }
+
+    /// Unlocks the secret keys.
+    pub fn unlock(&self, passphrase: Option<&str>) -> Result<Identity, ProfileError> {
+        let f = self.read_identity_file()?;
+        let path = self.path(IDENTITY_FILE);
+        let plain = self.secret_bytes(&f, passphrase)?;
         let part =
             |i: usize| -> [u8; 32] { plain[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
         let account = AccountSecret::from_bytes(&part(0));

@@ -19,7 +19,11 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the name {0:?} is already used by another contact: choose another with --name")]
+    #[error(
+        "the name {0:?} belongs to another contact, with another address: if they have a new key, \
+         compare safety numbers with them (`kith verify`) before you remove the old contact and add \
+         the new address; otherwise choose another name with --name"
+    )]
     NameTaken(String),
     #[error("no contact named {0:?}: `kith contacts` lists them")]
     UnknownContact(String),
@@ -29,8 +33,39 @@ pub enum StoreError {
     UnknownRequest(String),
     #[error("the profile database was made by a newer kith (schema {0}): update kith")]
     TooNew(i64),
+    #[error(
+        "the store {0} is missing: this profile's contacts, history and message state are not there. \
+         Restore the profile from a backup (`kith restore FILE`); nothing was created in its place"
+    )]
+    Missing(std::path::PathBuf),
+    #[error(
+        "the store {0} is empty (0 bytes: it was truncated or overwritten), so this profile's contacts, \
+         history and message state are not in it. Restore the profile from a backup (`kith restore \
+         FILE`); kith did not open it, so nothing was written over it"
+    )]
+    Emptied(std::path::PathBuf),
+    #[error(
+        "the store {path} is damaged ({reason}). Restore the profile from a backup (`kith restore \
+         FILE`); kith did not open it, so nothing was written over it"
+    )]
+    Damaged {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("cannot open the store {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether the user can act on it (a store to restore, a name to change), rather than a fault of kith.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, StoreError::Sqlite(_) | StoreError::Io { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -71,6 +106,11 @@ pub enum MessageState {
     Delivered,
     Held,
     Received,
+    /// Outgoing, not delivered, and deposited in at least one of the recipient's mailboxes: the recipient
+    /// gets it when they come back, even if this device is off then. (Shown, not stored: the stored state
+    /// stays what the direct path knows.)
+    #[serde(rename = "in_mailbox")]
+    InMailbox,
 }
 
 impl MessageState {
@@ -80,6 +120,7 @@ impl MessageState {
             "delivered" => Self::Delivered,
             "held" => Self::Held,
             "received" => Self::Received,
+            "in_mailbox" => Self::InMailbox,
             _ => Self::Queued,
         }
     }
@@ -219,8 +260,70 @@ pub struct PublishedItem {
 
 impl Store {
     /// Opens (creating if needed) the database and brings its schema up to date.
+    /// Opens the store at `path`, creating it (mode 0600) if there is none. A file that is there but
+    /// empty or not a sound database is refused, never opened over.
     pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            return Self::open_checked(path, true);
+        }
+        Self::open_checked(path, false)
+    }
+
+    /// Opens the store at `path`, which must exist: a profile's store is made by `kith init`, so a missing
+    /// one is a lost one, and a new empty store in its place would hide that.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        Self::open_checked(path, false)
+    }
+
+    fn open_checked(path: &Path, new: bool) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        // SQLite takes an empty file for a new database, and would build a fresh store in it.
+        if meta.len() == 0 && !new {
+            return Err(StoreError::Emptied(path.to_owned()));
+        }
+        // History, contacts and ratchet state are for this user alone (older profiles made it 0644). The
+        // -wal and -shm files take the database's mode.
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
+            )?;
+        }
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.to_owned(),
+            reason,
+        };
         let conn = Connection::open(path)?;
+        if !new {
+            // Reading the header and the pages' structure finds a file that is not a database (or was
+            // overwritten) before anything is written.
+            let check: std::result::Result<String, _> =
+                conn.pragma_query_value(None, "quick_check", |r| r.get(0));
+            match check {
+                Ok(ok) if ok == "ok" => {}
+                Ok(problem) => return Err(damaged(problem)),
+                Err(e) => return Err(damaged(e.to_string())),
+            }
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -1286,9 +1389,14 @@ impl Store {
     /// The last `limit` shown messages with a peer, oldest first.
     pub fn chat(&self, peer: &AccountKey, limit: usize) -> Result<Vec<ChatMessage>> {
         let mut stmt = self.conn.prepare(
-            "SELECT outgoing, seq, msg_id, body, sent_at_ms, received_at_ms, delivered_at_ms, state FROM (
+            "SELECT outgoing, seq, msg_id, body, sent_at_ms, received_at_ms, delivered_at_ms,
+                    CASE WHEN outgoing = 1 AND state != 'delivered' AND EXISTS (
+                        SELECT 1 FROM sealed_out s WHERE s.peer = m.peer AND s.device = m.device
+                          AND s.seq = m.seq AND s.deposited_ms IS NOT NULL
+                    ) THEN 'in_mailbox' ELSE state END
+             FROM (
                 SELECT * FROM messages WHERE peer = ?1 AND shown_idx IS NOT NULL ORDER BY shown_idx DESC LIMIT ?2
-             ) ORDER BY shown_idx ASC",
+             ) m ORDER BY shown_idx ASC",
         )?;
         let rows = stmt.query_map(params![peer.as_bytes(), limit as i64], |r| {
             let id: Vec<u8> = r.get(2)?;

@@ -49,6 +49,10 @@ const FETCH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Backoff after a failed deposit: first, and most.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Our own mailboxes are kept connected: one that cannot be reached is dialled again after this, doubling
+/// up to [`REDIAL_MAX`].
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub(super) struct MailState {
@@ -65,6 +69,20 @@ pub(super) struct MailState {
     fetching: Mutex<HashMap<AccountKey, bool>>,
     /// As a mailbox: owners who will be told shortly that something came.
     notify: Mutex<HashSet<AccountKey>>,
+    /// Wakes the keeper of our own mailboxes (one was named, a connection to one closed).
+    pub(super) keep: Notify,
+    /// Our mailboxes the keeper could not reach: when it dials again, and why the last dial failed.
+    unreached: Mutex<HashMap<AccountKey, Unreached>>,
+    /// Our mailboxes the keeper is dialling now.
+    dialling: Mutex<HashSet<AccountKey>>,
+}
+
+/// One of our mailboxes that the last dial did not reach.
+#[derive(Clone)]
+pub(super) struct Unreached {
+    pub(super) next: Instant,
+    pub(super) backoff: Duration,
+    pub(super) why: String,
 }
 
 /// One Olm session in use while a batch of mail is opened or sealed.
@@ -462,9 +480,19 @@ impl Node {
                 reasons.push(format!("mailbox {}: {r}", i + 1));
             }
             ok.sort_unstable();
-            if let Err(e) = lock(&self.store).mark_deposited(account, &self.device, &ok, unix_ms())
-            {
-                tracing::warn!(error = %e, "cannot record deposits");
+            let marked = lock(&self.store).mark_deposited(account, &self.device, &ok, unix_ms());
+            match marked {
+                Err(e) => tracing::warn!(error = %e, "cannot record deposits"),
+                Ok(()) => {
+                    let to = self.label(account);
+                    for seq in &ok {
+                        self.emit(Event::MessageState {
+                            to: to.clone(),
+                            seq: *seq,
+                            state: kith_store::MessageState::InMailbox,
+                        });
+                    }
+                }
             }
             items.retain(|(s, _)| ok.binary_search(s).is_err());
             done.extend(ok);
@@ -484,6 +512,96 @@ impl Node {
     }
 
     // ---- the owner's side ----
+
+    /// Keeps a connection to each of our mailboxes, for as long as the node runs: over it the mailbox says
+    /// when mail came, and we fetch at once. A mailbox that cannot be reached (asleep, offline, a network
+    /// that failed once) is dialled again after [`REDIAL_FIRST`], doubling up to [`REDIAL_MAX`], with its
+    /// record looked up afresh each time; so one failed dial at start never leaves mail waiting until a
+    /// restart.
+    pub(super) async fn mailbox_keeper(self: Arc<Self>) {
+        loop {
+            let mine = lock(&self.store).my_mailboxes().unwrap_or_default();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            {
+                let mut unreached = lock(&self.mail.unreached);
+                unreached.retain(|a, _| mine.contains(a));
+            }
+            for mailbox in mine {
+                if self.connected_to(&mailbox) {
+                    lock(&self.mail.unreached).remove(&mailbox);
+                    continue;
+                }
+                if lock(&self.mail.dialling).contains(&mailbox) {
+                    continue;
+                }
+                let due = lock(&self.mail.unreached).get(&mailbox).map(|u| u.next);
+                if let Some(due) = due
+                    && due > now
+                {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    continue;
+                }
+                lock(&self.mail.dialling).insert(mailbox);
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let hello = node.hello();
+                    let result = node.net().dial(mailbox, &hello, unix_now()).await;
+                    match result {
+                        Ok(session) => {
+                            lock(&node.mail.unreached).remove(&mailbox);
+                            node.register(session, Role::Contact);
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            // The hints may be stale: the next dial goes by a fresh record.
+                            node.discovery.lookup(mailbox, unix_now()).await;
+                            let mut unreached = lock(&node.mail.unreached);
+                            let backoff = unreached
+                                .get(&mailbox)
+                                .map_or(REDIAL_FIRST, |u| (u.backoff * 2).min(REDIAL_MAX));
+                            tracing::info!(reason = %why, retry_secs = backoff.as_secs(), "our mailbox is unreachable");
+                            unreached.insert(
+                                mailbox,
+                                Unreached {
+                                    next: Instant::now() + backoff,
+                                    backoff,
+                                    why,
+                                },
+                            );
+                        }
+                    }
+                    lock(&node.mail.dialling).remove(&mailbox);
+                    node.mail.keep.notify_one();
+                });
+            }
+            let sleep = next.map_or(Duration::from_secs(30), |n| {
+                n.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.mail.keep.notified() => {}
+            }
+        }
+    }
+
+    /// Whether we are connected to our mailbox `mailbox`, and if not, why the last dial failed and when the
+    /// next one goes (seconds from now).
+    pub(super) fn mailbox_reach(&self, mailbox: &AccountKey) -> serde_json::Value {
+        if self.connected_to(mailbox) {
+            return serde_json::json!({ "connected": true });
+        }
+        let dialling = lock(&self.mail.dialling).contains(mailbox);
+        match lock(&self.mail.unreached).get(mailbox) {
+            Some(u) => serde_json::json!({
+                "connected": false,
+                "dialling": dialling,
+                "error": u.why,
+                "retry_in_secs": u.next.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as u64,
+            }),
+            None => serde_json::json!({ "connected": false, "dialling": dialling }),
+        }
+    }
 
     /// Sends `request` to our mailbox `mailbox` over our connection to it and waits for the answer.
     async fn mailbox_call(&self, mailbox: AccountKey, request: Request) -> Option<Response> {
@@ -510,6 +628,8 @@ impl Node {
     /// of after [`ANSWER_TIMEOUT`].
     pub(super) fn connection_closed(&self, peer: &AccountKey) {
         lock(&self.mail.pending).retain(|_, (m, _)| m != peer);
+        // If it was one of our mailboxes, the keeper dials it again.
+        self.mail.keep.notify_one();
     }
 
     /// An answer (or an announcement) from a mailbox over its connection to us.
