@@ -49,6 +49,14 @@ enum Command {
     /// Set, change or remove the passphrase that encrypts your secret keys. The current one comes from
     /// KITH_PASSPHRASE or a prompt; the new one from KITH_NEW_PASSPHRASE or a prompt (empty: none).
     Passphrase,
+    /// Write a backup of this profile (keys, contacts, history, undelivered messages) to FILE, encrypted
+    /// with the profile's passphrase (or, for a profile without one, a passphrase for the backup). Works
+    /// while the daemon runs.
+    Backup { file: PathBuf },
+    /// Restore a backup into this profile's folder (a profile there is moved aside, not deleted). The
+    /// restored profile is a new device of the same account: contacts and history come back, and
+    /// messages flow both ways again.
+    Restore { file: PathBuf },
     /// Run the node in the foreground.
     Daemon {
         #[command(flatten)]
@@ -131,7 +139,13 @@ enum Command {
     /// Remove a contact (the message history stays).
     Remove { name: String },
     /// Show the safety number shared with a contact: compare it in person.
-    Verify { name: String },
+    Verify {
+        name: String,
+        /// You compared the numbers and every digit matched: mark the contact verified (and accept a new
+        /// device of theirs, if one appeared).
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Look a contact (by name) or any address up in the DHT now: what anyone with the address can see of
     /// the record, and whether you can read its contacts-only part.
     Lookup { who: String },
@@ -578,7 +592,15 @@ fn passphrase(prompt: &str, confirm: bool) -> anyhow::Result<Option<String>> {
 
 fn profile_error(e: kith_node::ProfileError) -> anyhow::Error {
     match e {
-        kith_node::ProfileError::Io { .. } => anyhow::Error::from(e),
+        // A file that is not there or not ours to read is the user's to fix; other I/O failures are not.
+        kith_node::ProfileError::Io { ref source, .. }
+            if !matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            anyhow::Error::from(e)
+        }
         other => user(other.to_string()),
     }
 }
@@ -841,6 +863,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
         }
+        Command::Backup { file } => {
+            let home = home()?;
+            let profile = Profile::new(&home);
+            if !profile.exists() {
+                return Err(profile_error(kith_node::ProfileError::Missing(home)));
+            }
+            let encrypted = profile.is_encrypted().map_err(profile_error)?;
+            let pass = if encrypted {
+                passphrase("Passphrase: ", false)?
+            } else {
+                passphrase("Passphrase for the backup: ", true)?
+            };
+            let Some(pass) = pass.filter(|p| !p.is_empty()) else {
+                return Err(user(
+                    "a backup holds your secret keys and your history: give it a passphrase (KITH_PASSPHRASE, or run in a terminal to be asked)",
+                ));
+            };
+            let summary = profile.backup(&file, &pass).map_err(profile_error)?;
+            out(json_mode, &serde_json::to_value(&summary)?, |_| {
+                crate::say!(
+                    "Backup written to {} ({} bytes, encrypted). Restore it with `kith restore {}`.",
+                    file.display(),
+                    summary.bytes,
+                    file.display()
+                );
+            });
+        }
+        Command::Restore { file } => {
+            let home = home()?;
+            let profile = Profile::new(&home);
+            let Some(pass) =
+                passphrase("Passphrase of the backup: ", false)?.filter(|p| !p.is_empty())
+            else {
+                return Err(user(
+                    "the backup is encrypted: give its passphrase (KITH_PASSPHRASE, or run in a terminal to be asked)",
+                ));
+            };
+            let summary = profile.restore(&file, &pass).map_err(profile_error)?;
+            out(json_mode, &serde_json::to_value(&summary)?, |_| {
+                crate::say!(
+                    "Restored {:?} ({}) from {} into {}, as a new device of the same account.",
+                    summary.name,
+                    summary.address,
+                    file.display(),
+                    home.display()
+                );
+                if summary.requeued > 0 {
+                    crate::say!(
+                        "{} undelivered message{} will go out again when the daemon runs.",
+                        summary.requeued,
+                        if summary.requeued == 1 { "" } else { "s" }
+                    );
+                }
+                if let Some(aside) = &summary.replaced {
+                    crate::say!("The profile that was there is kept in {}.", aside.display());
+                }
+                crate::say!("Start it with `kith --home {} daemon`.", home.display());
+            });
+        }
         Command::Passphrase => {
             let home = home()?;
             let profile = Profile::new(&home);
@@ -986,13 +1067,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     crate::say!("No contacts yet. Add one with `kith add CARD --name NAME`.");
                 }
                 for c in list {
+                    let trust = if c["key_changed"] == true {
+                        "NEW DEVICE"
+                    } else if c["verified"] == true {
+                        "verified"
+                    } else {
+                        "unverified"
+                    };
                     crate::say!(
-                        "{:<20} {:<18} last seen {:<10} {}",
+                        "{:<20} {:<10} {:<18} last seen {:<10} {}",
                         s(&c, "name"),
+                        trust,
                         s(&c, "reachability"),
                         fmt_ms(c["last_seen_ms"].as_i64()),
                         s(&c, "address")
                     );
+                    if c["key_changed"] == true {
+                        crate::say!(
+                            "{:<20} !! {} connected from a device you have not seen before: nothing is sent until you check with them and run `kith verify {} --confirm`",
+                            "",
+                            s(&c, "name"),
+                            s(&c, "name")
+                        );
+                    }
                     if let Some(why) = unreached(&c) {
                         crate::say!("{:<20} {why}", "");
                     }
@@ -1009,7 +1106,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::say!("Removed {name}. The message history stays.")
             });
         }
-        Command::Verify { name } => {
+        Command::Verify {
+            name,
+            confirm: true,
+        } => {
+            named("contact", &name)?;
+            let client = Client::for_profile(&home()?)?;
+            let v = client
+                .post(
+                    &format!("/v1/contacts/{}/verified", urlencode(&name)),
+                    json!({}),
+                )
+                .await?;
+            out(json_mode, &v, |v| {
+                crate::say!(
+                    "{} is verified. Messages held for a new device of theirs go out now.",
+                    s(v, "name")
+                );
+            });
+        }
+        Command::Verify { name, .. } => {
             named("contact", &name)?;
             let client = Client::for_profile(&home()?)?;
             let v = client
@@ -1025,7 +1141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     crate::say!("  {}", row.join(" "));
                 }
                 crate::say!(
-                    "Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between."
+                    "Compare it with what {name}'s kith shows for you. If every digit matches, no one is in between: then run `kith verify {name} --confirm`."
                 );
             });
         }
@@ -1598,6 +1714,34 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
             "kith daemon ready: {} (control API on {api})",
             node.address()
         );
+        // What a person at the daemon's terminal must hear about at once: who calls, and a contact's new
+        // device.
+        let mut events = node.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(kith_node::events::Event::CallIncoming {
+                        call,
+                        from,
+                        verified,
+                        ..
+                    }) => crate::say!(
+                        "incoming call from {} ({}), call {}: `kith answer` or `kith reject`",
+                        visible(&from),
+                        if verified { "verified" } else { "not verified" },
+                        &call[..8.min(call.len())]
+                    ),
+                    Ok(kith_node::events::Event::KeyChanged { name, .. }) => crate::say!(
+                        "WARNING: {} connected from a device you have not seen before; nothing is sent to them until you check with them and run `kith verify {} --confirm`",
+                        visible(&name),
+                        visible(&name)
+                    ),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
     })
     .await;
     match result {

@@ -36,7 +36,8 @@ impl From<NodeError> for ApiError {
             NodeError::Store(
                 kith_store::StoreError::NameTaken(_)
                 | kith_store::StoreError::AmbiguousContact { .. },
-            ) => StatusCode::CONFLICT,
+            )
+            | NodeError::KeyChanged(_) => StatusCode::CONFLICT,
             e if e.is_user_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -94,6 +95,7 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/contacts", get(contacts).post(add_contact))
         .route("/v1/contacts/{name}", delete(remove_contact))
         .route("/v1/contacts/{name}/safety-number", get(safety_number))
+        .route("/v1/contacts/{name}/verified", post(confirm_verified))
         .route("/v1/lookup/{who}", get(lookup))
         .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/answer", post(answer_call))
@@ -228,6 +230,10 @@ async fn hangup_call(State(c): State<Ctx>, Json(body): Json<CallAction>) -> ApiR
 
 async fn lookup(State(c): State<Ctx>, Path(who): Path<String>) -> ApiResult {
     ok(c.node.lookup_report(&who).await?)
+}
+
+async fn confirm_verified(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
+    ok(c.node.confirm_verified(&name)?)
 }
 
 async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {

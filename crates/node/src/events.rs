@@ -32,11 +32,22 @@ pub enum Event {
     EndpointRotated { period: u64 },
     /// The node started using a relay it found (DHT announcement or a contact's record).
     RelayAdded { url: String, rtt_ms: u64 },
-    /// Someone calls (a contact: strangers' calls are refused without ringing).
+    /// Someone calls (a contact: strangers' calls are refused without ringing). `verified`: the user
+    /// confirmed the safety number with them and no key changed since.
     CallIncoming {
         call: String,
         from: String,
         address: String,
+        verified: bool,
+    },
+    /// A contact connected from a device never seen before beside their others: a new phone, a restored
+    /// backup, or someone holding their account key. Sending to them is held until the user confirms
+    /// (`kith verify NAME --confirm`).
+    KeyChanged {
+        name: String,
+        address: String,
+        /// Whether the user had verified them before.
+        was_verified: bool,
     },
     /// The callee's phone rings.
     CallRinging { call: String, to: String },

@@ -100,6 +100,13 @@ pub enum NodeError {
     NoDht,
     #[error("{0}")]
     Call(String),
+    #[error(
+        "{0} connected from a device you have not seen before (a new phone, a restored backup, or \
+         someone who holds their key): nothing is sent to them until you confirm. Ask them, by another \
+         way, whether they set up a new device; compare safety numbers (`kith verify {0}`), then confirm \
+         with `kith verify {0} --confirm`"
+    )]
+    KeyChanged(String),
 }
 
 impl NodeError {
@@ -178,6 +185,8 @@ struct PeerRt {
     /// Why the last dial failed (cleared by a connection): what `contacts`, `chat` and `send` say when
     /// messages wait.
     last_dial_error: Option<String>,
+    /// A device of theirs appeared that the user has not confirmed: nothing is transmitted to them.
+    held: bool,
 }
 
 impl PeerRt {
@@ -189,6 +198,7 @@ impl PeerRt {
             upgrading: false,
             last_rx: None,
             last_dial_error: None,
+            held: false,
         }
     }
 }
@@ -323,6 +333,10 @@ pub struct ContactView {
     pub waiting: u64,
     /// While offline: why the last attempt to reach the contact failed.
     pub why_unreached: Option<String>,
+    /// The user confirmed the safety number, and no new device of theirs appeared since.
+    pub verified: bool,
+    /// A device of theirs appeared that the user has not confirmed: sending is held.
+    pub key_changed: bool,
     /// After `add`: "added", "renamed" (the address was a contact under `previous_name`) or
     /// "already a contact" (same address, same name: nothing changed but a newer card).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -485,6 +499,15 @@ impl Node {
                 .or_insert_with(|| PeerRt::new(&config.outbox))
                 .outbox
                 .enqueue(seq, t0);
+        }
+        // Contacts with an unconfirmed new device stay held across restarts.
+        for c in lock(&store).contacts()? {
+            if c.key_changed_ms.is_some() {
+                peers
+                    .entry(c.account)
+                    .or_insert_with(|| PeerRt::new(&config.outbox))
+                    .held = true;
+            }
         }
         let state = State {
             peers,
@@ -1391,10 +1414,18 @@ impl Node {
             _ => None,
         };
         let path = path_name(session.path_kind());
+        let mut key_changed = None;
         let known = {
             let store = lock(&self.store);
             let stored = store.peer(&account).ok().flatten();
             let known = stored.is_some();
+            if let Some(stored) = &stored
+                && stored.state == PeerState::Contact
+                && let Ok(kith_store::DeviceSeen::Changed) =
+                    store.record_device(&account, &peer.device(), unix_ms())
+            {
+                key_changed = Some(stored.verified_ms.is_some());
+            }
             if let Some(stored) = stored {
                 if let Some(card) = peer.card() {
                     let _ = store.update_card(card);
@@ -1452,6 +1483,20 @@ impl Node {
             id
         };
         tracing::info!(path, "peer connected");
+        if let Some(was_verified) = key_changed {
+            if let Some(p) = lock(&self.state).peers.get_mut(&account) {
+                p.held = true;
+            }
+            tracing::warn!(
+                was_verified,
+                "a contact connected from a device not seen before: sending to them is held until the user confirms (kith verify NAME --confirm)"
+            );
+            self.emit(Event::KeyChanged {
+                name: self.label(&account),
+                address: Address::new(account).to_string(),
+                was_verified,
+            });
+        }
         if matches!(lock(&self.store).my_mailboxes(), Ok(m) if m.contains(&account)) {
             // Tokens first (the frames go in order), then whatever it kept for us.
             self.push_mailbox_tokens(account);
@@ -1828,7 +1873,8 @@ impl Node {
                 sent_at_ms: m.sent_at_ms,
             })
             .collect();
-        store.store_incoming(&account, &device, &incoming, &show, now_ms)?;
+        // A message shown before (the same id, resent by a restored device) is acknowledged, not shown again.
+        let show = store.store_incoming(&account, &device, &incoming, &show, now_ms)?;
         *inbox = next;
         store.touch(&account, now_ms)?;
         let peer_row = store.peer(&account)?;
@@ -1881,7 +1927,7 @@ impl Node {
                     if p.outbox.poll_dial(now) {
                         dials.push(*account);
                     }
-                    if let Some(conn) = p.conns.last() {
+                    if let Some(conn) = p.conns.last().filter(|_| !p.held) {
                         let mut seqs = vec![];
                         let room = conn.tx.capacity().saturating_sub(8);
                         while seqs.len() < room {
@@ -2042,10 +2088,16 @@ impl Node {
                     return;
                 }
                 tracing::info!("incoming call");
+                let verified = lock(&self.store)
+                    .peer(&peer)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| p.verified_ms.is_some() && p.key_changed_ms.is_none());
                 self.emit(Event::CallIncoming {
                     call: hex::encode(call),
                     from: self.label(&peer),
                     address: Address::new(peer).to_string(),
+                    verified,
                 });
             }
             CallEvent::Ringing { call, peer } => self.emit(Event::CallRinging {
@@ -2523,6 +2575,8 @@ impl Node {
             card: p.card.as_ref().map(|c| c.to_link()),
             waiting,
             why_unreached: why,
+            verified: p.verified_ms.is_some() && p.key_changed_ms.is_none(),
+            key_changed: p.key_changed_ms.is_some(),
             outcome: None,
             previous_name: None,
         }
@@ -2828,6 +2882,22 @@ impl Node {
         Ok(())
     }
 
+    /// The user compared safety numbers with the contact `name` and confirms: it is shown as verified,
+    /// and a key change is accepted (sending resumes).
+    pub fn confirm_verified(&self, name: &str) -> Result<ContactView, NodeError> {
+        let peer = {
+            let store = lock(&self.store);
+            let peer = store.contact_by_name(name)?;
+            store.set_verified(&peer.account, unix_ms())?;
+            store.contact_by_name(name)?
+        };
+        if let Some(p) = lock(&self.state).peers.get_mut(&peer.account) {
+            p.held = false;
+        }
+        self.wake.notify_one();
+        Ok(self.contact_view(&peer))
+    }
+
     /// The safety number with a contact, their address, and their name as stored (`name` may differ
     /// in case).
     pub fn safety_number(&self, name: &str) -> Result<(String, String, String), NodeError> {
@@ -2854,6 +2924,9 @@ impl Node {
             let peer = store.contact_by_name(name)?;
             // The name as stored (events name the contact so; `name` may differ in case).
             let to = peer.petname.clone().unwrap_or_else(|| name.to_owned());
+            if peer.key_changed_ms.is_some() {
+                return Err(NodeError::KeyChanged(to));
+            }
             let seq = store.enqueue_outgoing(&peer.account, &self.device, id, text, unix_ms())?;
             let outbox_cfg = self.config.outbox.clone();
             st.peers

@@ -43,6 +43,11 @@ pub enum ProfileError {
     Locked,
     #[error("wrong passphrase for this profile")]
     WrongPassphrase,
+    #[error(
+        "cannot open the backup {0}: the passphrase is wrong, or the file is damaged (give the passphrase \
+         the profile had when the backup was made)"
+    )]
+    WrongPassphraseOrDamaged(PathBuf),
     #[error("the profile file {file} is damaged ({reason}); restore it from a backup")]
     Damaged { file: PathBuf, reason: String },
     #[error("the profile in {0} is in use by another kith daemon (pid {1}); stop it first")]
@@ -676,6 +681,230 @@ impl Profile {
             return Err(ProfileError::InUse(self.home.clone(), pid));
         }
         Ok(ProfileLock { _file: file })
+    }
+}
+
+/// The first bytes of a backup file.
+const BACKUP_MAGIC: &[u8] = b"kith backup v1\n";
+
+/// What a backup holds (encrypted as a whole, see [`Profile::backup`]).
+#[derive(Serialize, Deserialize)]
+struct BackupBody {
+    created_unix: u64,
+    /// identity.json as it was (its keys encrypted under the profile's passphrase, if it had one).
+    identity: String,
+    config: String,
+    /// A snapshot of kith.db: contacts, history, outbox, mailbox state.
+    store: Vec<u8>,
+}
+
+/// What `kith backup` wrote.
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub file: PathBuf,
+    pub bytes: u64,
+    pub store_bytes: u64,
+}
+
+/// What `kith restore` did.
+#[derive(Debug, Serialize)]
+pub struct RestoreSummary {
+    pub address: String,
+    pub name: String,
+    /// When the backup was made (Unix seconds).
+    pub backup_created_unix: u64,
+    /// Undelivered messages of the backup that go out again from the restored profile.
+    pub requeued: u64,
+    /// Where the files of the profile that was there before were moved (nothing is deleted).
+    pub replaced: Option<PathBuf>,
+}
+
+impl Profile {
+    /// Writes a backup of the whole profile to `file`: the identity (keys), the configuration and a
+    /// consistent snapshot of the store (also while the daemon runs), encrypted as one piece under
+    /// `passphrase` (Argon2id, XChaCha20-Poly1305). If the profile's keys are encrypted, `passphrase`
+    /// must be the profile's. The file is written in one rename, mode 0600.
+    pub fn backup(&self, file: &Path, passphrase: &str) -> Result<BackupSummary, ProfileError> {
+        if passphrase.is_empty() {
+            return Err(ProfileError::Locked);
+        }
+        let f = self.read_identity_file()?;
+        if matches!(f.secrets, SecretBlob::Argon2idXchacha20poly1305 { .. }) {
+            // The same passphrase for both: a restore needs one, not two.
+            self.secret_bytes(&f, Some(passphrase))?;
+        }
+        let identity =
+            fs::read_to_string(self.path(IDENTITY_FILE)).map_err(io(&self.path(IDENTITY_FILE)))?;
+        let config =
+            fs::read_to_string(self.path(CONFIG_FILE)).map_err(io(&self.path(CONFIG_FILE)))?;
+        let snapshot = self.path("kith.db.backup-snapshot");
+        let _ = fs::remove_file(&snapshot);
+        let taken = kith_store::Store::snapshot(&self.path(DB_FILE), &snapshot);
+        let store = taken.map_err(|e| ProfileError::Damaged {
+            file: self.path(DB_FILE),
+            reason: e.to_string(),
+        });
+        let store = store.and_then(|()| fs::read(&snapshot).map_err(io(&snapshot)));
+        let _ = fs::remove_file(&snapshot);
+        let store = store?;
+        let body = BackupBody {
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            identity,
+            config,
+            store,
+        };
+        let plain =
+            Zeroizing::new(
+                postcard::to_allocvec(&body).map_err(|e| ProfileError::Damaged {
+                    file: self.path(DB_FILE),
+                    reason: e.to_string(),
+                })?,
+            );
+        let mut rng = rand::rng();
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 24];
+        rng.fill_bytes(&mut salt);
+        rng.fill_bytes(&mut nonce);
+        let key = derive_key(passphrase, &salt, M_COST, T_COST, P_COST)?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&key[..])
+            .map_err(|_| ProfileError::WrongPassphrase)?;
+        let ct = cipher
+            .encrypt(&XNonce::from(nonce), &plain[..])
+            .map_err(|_| ProfileError::Damaged {
+                file: file.to_owned(),
+                reason: "encryption failed".into(),
+            })?;
+        let mut out = Vec::with_capacity(BACKUP_MAGIC.len() + 40 + ct.len());
+        out.extend_from_slice(BACKUP_MAGIC);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        write_private(file, &out)?;
+        Ok(BackupSummary {
+            file: file.to_owned(),
+            bytes: out.len() as u64,
+            store_bytes: body.store.len() as u64,
+        })
+    }
+
+    /// Restores the backup `file` into this profile's folder, as a new device of the same account: keys,
+    /// contacts, history and undelivered messages come back; the device key, its endpoints and its
+    /// ratchet state are new (see `Store::move_to_new_device`), so that contacts who saw the old device
+    /// after the backup take the restored one's messages as new, not as duplicates. A profile already in
+    /// the folder is moved aside into `replaced-by-restore-<time>/` (refused while its daemon runs).
+    pub fn restore(&self, file: &Path, passphrase: &str) -> Result<RestoreSummary, ProfileError> {
+        let bytes = fs::read(file).map_err(io(file))?;
+        let damaged = |reason: &str| ProfileError::Damaged {
+            file: file.to_owned(),
+            reason: reason.into(),
+        };
+        let rest = bytes
+            .strip_prefix(BACKUP_MAGIC)
+            .ok_or_else(|| damaged("not a kith backup"))?;
+        if rest.len() < 40 + 16 {
+            return Err(damaged("truncated"));
+        }
+        let (salt, rest) = rest.split_at(16);
+        let (nonce, ct) = rest.split_at(24);
+        let key = derive_key(passphrase, salt, M_COST, T_COST, P_COST)?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&key[..])
+            .map_err(|_| ProfileError::WrongPassphrase)?;
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| damaged("truncated"))?;
+        // A wrong passphrase and a damaged file look the same to an AEAD: say both.
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(&XNonce::from(nonce), ct)
+                .map_err(|_| ProfileError::WrongPassphraseOrDamaged(file.to_owned()))?,
+        );
+        let body: BackupBody =
+            postcard::from_bytes(&plain).map_err(|_| damaged("its contents do not parse"))?;
+        let mut f: IdentityFile = serde_json::from_str(&body.identity)
+            .map_err(|_| damaged("its identity does not parse"))?;
+        let encrypted = matches!(f.secrets, SecretBlob::Argon2idXchacha20poly1305 { .. });
+        let secrets = self.secret_bytes(&f, encrypted.then_some(passphrase))?;
+        let account = AccountSecret::from_bytes(&secrets[..32].try_into().unwrap_or([0; 32]));
+        let old_device = DeviceSecret::from_bytes(&secrets[32..64].try_into().unwrap_or([0; 32]));
+        if hex::encode(account.public().as_bytes()) != f.account {
+            return Err(damaged("its keys do not match its address"));
+        }
+
+        // Make room: the profile there now (if any) moves aside, whole.
+        fs::create_dir_all(&self.home).map_err(io(&self.home))?;
+        fs::set_permissions(&self.home, fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.home))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let present: Vec<&str> = [
+            IDENTITY_FILE,
+            CONFIG_FILE,
+            TOKEN_FILE,
+            DB_FILE,
+            "kith.db-wal",
+            "kith.db-shm",
+            DHT_NODES_FILE,
+            DAEMON_FILE,
+        ]
+        .into_iter()
+        .filter(|n| self.path(n).exists())
+        .collect();
+        let _lock = if self.exists() {
+            Some(self.lock()?)
+        } else {
+            None
+        };
+        let replaced = if present.is_empty() {
+            None
+        } else {
+            let aside = self.path(&format!("replaced-by-restore-{now}"));
+            fs::create_dir(&aside).map_err(io(&aside))?;
+            for n in &present {
+                fs::rename(self.path(n), aside.join(n)).map_err(io(&self.path(n)))?;
+            }
+            Some(aside)
+        };
+
+        // A new device of the same account.
+        let mut rng = rand::rng();
+        let device = DeviceSecret::generate(&mut rng);
+        let mut endpoint = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut endpoint[..]);
+        let cert = DeviceCert::issue(&account, device.public(), now);
+        let mut plain_keys = Zeroizing::new(Vec::with_capacity(96));
+        plain_keys.extend_from_slice(&account.to_bytes()[..]);
+        plain_keys.extend_from_slice(&device.to_bytes()[..]);
+        plain_keys.extend_from_slice(&endpoint[..]);
+        f.device = hex::encode(device.public().as_bytes());
+        f.endpoint = hex::encode(iroh::SecretKey::from_bytes(&endpoint).public().as_bytes());
+        f.device_cert = hex::encode(postcard::to_allocvec(&cert).unwrap_or_default());
+        f.secrets = seal_secrets(&plain_keys, encrypted.then_some(passphrase))?;
+
+        let db = self.path(DB_FILE);
+        write_private(&db, &body.store)?;
+        let requeued = kith_store::Store::open_existing(&db)
+            .and_then(|mut store| store.move_to_new_device(&old_device.public(), &device.public()))
+            .map_err(|e| ProfileError::Damaged {
+                file: file.to_owned(),
+                reason: format!("its store: {e}"),
+            })?;
+        write_private(&self.path(CONFIG_FILE), body.config.as_bytes())?;
+        let mut token = [0u8; 32];
+        rng.fill_bytes(&mut token);
+        write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
+        let json = serde_json::to_vec_pretty(&f).unwrap_or_default();
+        // Last, as at init: the identity file marks a complete profile.
+        write_private(&self.path(IDENTITY_FILE), &json)?;
+        Ok(RestoreSummary {
+            address: kith_core::Address::new(account.public()).to_string(),
+            name: f.name,
+            backup_created_unix: body.created_unix,
+            requeued,
+            replaced,
+        })
     }
 }
 

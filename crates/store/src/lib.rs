@@ -96,6 +96,22 @@ pub struct Peer {
     pub card: Option<ContactCard>,
     pub added_at_ms: i64,
     pub last_seen_ms: Option<i64>,
+    /// When the user confirmed the safety number (`kith verify NAME --confirm`).
+    pub verified_ms: Option<i64>,
+    /// When a device of theirs appeared that we had not seen before (a new phone, a restored backup, or
+    /// someone holding their account key): until the user confirms again, sending is held.
+    pub key_changed_ms: Option<i64>,
+}
+
+/// What [`Store::record_device`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSeen {
+    /// Seen before.
+    Known,
+    /// The first device of this peer.
+    First,
+    /// A device not seen before beside others: their key set changed.
+    Changed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -157,7 +173,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE peers (
@@ -417,6 +433,21 @@ impl Store {
                      keys BLOB NOT NULL
                  );
                  PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
+        if version < 5 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE peer_devices (
+                     peer BLOB NOT NULL,
+                     device BLOB NOT NULL,
+                     first_seen_ms INTEGER NOT NULL,
+                     PRIMARY KEY (peer, device)
+                 );
+                 ALTER TABLE peers ADD COLUMN verified_ms INTEGER;
+                 ALTER TABLE peers ADD COLUMN key_changed_ms INTEGER;
+                 PRAGMA user_version = 5;
                  COMMIT;",
             )?;
         }
@@ -963,11 +994,51 @@ impl Store {
             card: card.and_then(|c| ContactCard::from_bytes(&c).ok()),
             added_at_ms: row.get(5)?,
             last_seen_ms: row.get(6)?,
+            verified_ms: row.get(7)?,
+            key_changed_ms: row.get(8)?,
         })
     }
 
-    const PEER_COLS: &'static str =
-        "account, state, petname, display_name, card, added_at_ms, last_seen_ms";
+    const PEER_COLS: &'static str = "account, state, petname, display_name, card, added_at_ms, last_seen_ms, verified_ms, key_changed_ms";
+
+    /// Records that `peer` spoke through `device` (a device certified by their account key).
+    pub fn record_device(
+        &self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        now_ms: i64,
+    ) -> Result<DeviceSeen> {
+        let before: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM peer_devices WHERE peer = ?1",
+            params![peer.as_bytes()],
+            |r| r.get(0),
+        )?;
+        let added = self.conn.execute(
+            "INSERT INTO peer_devices (peer, device, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![peer.as_bytes(), device.as_bytes(), now_ms],
+        )?;
+        Ok(match (added, before) {
+            (0, _) => DeviceSeen::Known,
+            (_, 0) => DeviceSeen::First,
+            _ => {
+                self.conn.execute(
+                    "UPDATE peers SET key_changed_ms = ?2 WHERE account = ?1",
+                    params![peer.as_bytes(), now_ms],
+                )?;
+                DeviceSeen::Changed
+            }
+        })
+    }
+
+    /// The user compared safety numbers with the contact and confirms: verified, and a key change, if
+    /// any, is accepted.
+    pub fn set_verified(&self, peer: &AccountKey, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE peers SET verified_ms = ?2, key_changed_ms = NULL WHERE account = ?1",
+            params![peer.as_bytes(), now_ms],
+        )?;
+        Ok(())
+    }
 
     pub fn peer(&self, account: &AccountKey) -> Result<Option<Peer>> {
         let sql = format!("SELECT {} FROM peers WHERE account = ?1", Self::PEER_COLS);
@@ -1172,6 +1243,57 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the store at `src` into the new file `dest`: one consistent state, also while a daemon
+    /// writes to it (SQLite's `VACUUM INTO`, through a read-only connection that changes nothing).
+    pub fn snapshot(src: &Path, dest: &Path) -> Result<()> {
+        if !src.exists() {
+            return Err(StoreError::Missing(src.to_owned()));
+        }
+        let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let dest = dest.to_str().ok_or_else(|| StoreError::Io {
+            path: dest.to_owned(),
+            source: std::io::Error::other("the path is not UTF-8"),
+        })?;
+        conn.execute("VACUUM INTO ?1", [dest])?;
+        Ok(())
+    }
+
+    /// Makes a store restored from a backup the store of a new device `new` of the same account (the
+    /// device that wrote it was `old`). Its message numbers and ratchet state were `old`'s, and may be
+    /// behind what contacts saw from `old` after the backup: numbers they already have would be taken
+    /// for duplicates, and a ratchet behind theirs cannot read their next mail. So: the Olm account and
+    /// sessions are dropped (the new device makes its own, and tells contacts); messages not yet
+    /// delivered get numbers of the new device, in their order, and go out again (their sealed copies,
+    /// sealed by the old device, are dropped). History stays as it was. Returns the messages requeued.
+    pub fn move_to_new_device(&mut self, old: &DeviceKey, new: &DeviceKey) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM ratchet", [])?;
+        tx.execute("DELETE FROM olm_sessions", [])?;
+        tx.execute(
+            "DELETE FROM sealed_out WHERE device = ?1",
+            params![old.as_bytes()],
+        )?;
+        let pending: Vec<(i64, Vec<u8>)> = tx
+            .prepare(
+                "SELECT id, peer FROM messages WHERE outgoing = 1 AND device = ?1 AND state != 'delivered'
+                 ORDER BY peer, seq",
+            )?
+            .query_map(params![old.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut next: std::collections::HashMap<Vec<u8>, i64> = Default::default();
+        for (id, peer) in &pending {
+            let seq = next.entry(peer.clone()).or_insert(0);
+            *seq += 1;
+            tx.execute(
+                "UPDATE messages SET device = ?2, seq = ?3, state = 'queued' WHERE id = ?1",
+                params![id, new.as_bytes(), *seq],
+            )?;
+        }
+        tx.commit()?;
+        Ok(pending.len() as u64)
+    }
+
     /// Puts a new outgoing message in the outbox (durably) and returns its sequence number.
     pub fn enqueue_outgoing(
         &mut self,
@@ -1319,7 +1441,9 @@ impl Store {
     }
 
     /// Stores incoming messages (held) and marks `show` as shown, in that order, in one transaction.
-    /// Messages already stored are ignored, so a retransmission never creates a second copy.
+    /// Messages already stored are ignored, so a retransmission never creates a second copy. A message
+    /// whose id was already shown from this peer (sent again by a device restored from a backup, under a
+    /// new number) counts as received but is not shown a second time. Returns the seqs shown.
     pub fn store_incoming(
         &mut self,
         peer: &AccountKey,
@@ -1327,7 +1451,8 @@ impl Store {
         messages: &[Incoming<'_>],
         show: &[u64],
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<u64>> {
+        let mut shown_seqs = Vec::with_capacity(show.len());
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -1350,21 +1475,34 @@ impl Store {
                 [],
                 |r| r.get(0),
             )?;
+            let mut seen_before = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages o JOIN messages m
+                    ON o.peer = m.peer AND o.outgoing = 0 AND o.msg_id = m.msg_id AND o.shown_idx IS NOT NULL
+                 WHERE m.peer = ?1 AND m.outgoing = 0 AND m.device = ?2 AND m.seq = ?3)",
+            )?;
             let mut shown = tx.prepare_cached(
                 "UPDATE messages SET state = 'received', shown_idx = ?4
                  WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND seq = ?3 AND state = 'held'",
             )?;
             for seq in show {
-                idx += shown.execute(params![
+                let again: bool = seen_before.query_row(
+                    params![peer.as_bytes(), device.as_bytes(), *seq as i64],
+                    |r| r.get(0),
+                )?;
+                let n = shown.execute(params![
                     peer.as_bytes(),
                     device.as_bytes(),
                     *seq as i64,
-                    idx
+                    if again { None } else { Some(idx) }
                 ])? as i64;
+                if n > 0 && !again {
+                    idx += 1;
+                    shown_seqs.push(*seq);
+                }
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(shown_seqs)
     }
 
     /// What an inbox needs after a restart: the highest seq shown contiguously and the held seqs beyond.
@@ -1530,6 +1668,110 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("Bob, bob"), "{e}");
+    }
+
+    #[test]
+    fn a_restored_device_renumbers_what_waits_and_is_shown_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, old, peer) = keys();
+        let new = DeviceSecret::generate(&mut StdRng::seed_from_u64(9)).public();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        store.add_contact(&peer, "bob", None, 1).unwrap();
+        for (i, t) in ["a", "b", "c"].iter().enumerate() {
+            store
+                .enqueue_outgoing(&peer, &old, [i as u8; 16], t, 1)
+                .unwrap();
+        }
+        store.mark_delivered(&peer, &old, &[1], 2).unwrap();
+        store.save_ratchet("account", "pickle").unwrap();
+        assert_eq!(store.move_to_new_device(&old, &new).unwrap(), 2);
+        assert_eq!(
+            store.ratchet("account").unwrap(),
+            None,
+            "the new device makes its own"
+        );
+        // b and c wait under the new device's numbers 1 and 2, in their order; a stays as it was.
+        let mut waiting = store.undelivered(&new).unwrap();
+        waiting.sort();
+        assert_eq!(waiting, vec![(peer, 1), (peer, 2)]);
+        assert!(store.undelivered(&old).unwrap().is_empty());
+        let texts: Vec<String> = store
+            .chat(&peer, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["a", "b", "c"]);
+
+        // The receiving side: the same message id from a second device is received, not shown twice.
+        let m = |seq: u64, id: u8| Incoming {
+            seq,
+            id: [id; 16],
+            text: "hello",
+            sent_at_ms: 0,
+        };
+        assert_eq!(
+            store
+                .store_incoming(&peer, &old, &[m(1, 7)], &[1], 3)
+                .unwrap(),
+            vec![1]
+        );
+        assert_eq!(
+            store
+                .store_incoming(&peer, &new, &[m(1, 7)], &[1], 4)
+                .unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            store.inbox_state(&peer, &new).unwrap(),
+            (1, vec![]),
+            "counted as received"
+        );
+        assert_eq!(
+            store
+                .store_incoming(&peer, &new, &[m(2, 8)], &[2], 5)
+                .unwrap(),
+            vec![2]
+        );
+        let incoming = store
+            .chat(&peer, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|m| !m.outgoing)
+            .count();
+        assert_eq!(incoming, 2);
+    }
+
+    #[test]
+    fn a_new_device_beside_known_ones_is_a_key_change_until_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, first, peer) = keys();
+        let second = DeviceSecret::generate(&mut StdRng::seed_from_u64(9)).public();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.add_contact(&peer, "bob", None, 1).unwrap();
+        assert_eq!(
+            store.record_device(&peer, &first, 1).unwrap(),
+            DeviceSeen::First
+        );
+        assert_eq!(
+            store.record_device(&peer, &first, 2).unwrap(),
+            DeviceSeen::Known
+        );
+        assert_eq!(store.peer(&peer).unwrap().unwrap().key_changed_ms, None);
+        store.set_verified(&peer, 3).unwrap();
+        assert_eq!(
+            store.record_device(&peer, &second, 4).unwrap(),
+            DeviceSeen::Changed
+        );
+        let p = store.peer(&peer).unwrap().unwrap();
+        assert_eq!((p.verified_ms, p.key_changed_ms), (Some(3), Some(4)));
+        store.set_verified(&peer, 5).unwrap();
+        let p = store.peer(&peer).unwrap().unwrap();
+        assert_eq!((p.verified_ms, p.key_changed_ms), (Some(5), None));
+        assert_eq!(
+            store.record_device(&peer, &second, 6).unwrap(),
+            DeviceSeen::Known
+        );
     }
 
     #[test]
