@@ -198,7 +198,18 @@ enum Command {
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
     /// Calls in progress and the call log (duration, outcome, statistics).
-    Calls,
+    Calls {
+        /// Stay and show calls as they come, ring, are answered and end (Ctrl-C ends).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow what the daemon does, live: messages, deliveries, calls, contacts online, mail (Ctrl-C
+    /// ends). With --json, one JSON object a line.
+    Events {
+        /// Only these event types (comma-separated, e.g. message,call_incoming).
+        #[arg(long = "type", value_delimiter = ',', value_name = "TYPE")]
+        types: Vec<String>,
+    },
     /// List contact requests (messages from people who are not your contacts).
     Requests,
     /// Accept a contact request: the person becomes a contact and their messages a chat.
@@ -661,6 +672,132 @@ fn unreached(c: &Value) -> Option<String> {
             _ => String::new(),
         }
     ))
+}
+
+/// Prints the daemon's events as they come, those whose type `want` takes, until Ctrl-C or the daemon
+/// stops.
+async fn follow_events(
+    client: &Client,
+    json_mode: bool,
+    want: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let events = client.events().await?;
+    if !json_mode {
+        eprintln!("Following the daemon's events (Ctrl-C ends).");
+    }
+    print_events(events, json_mode, want).await;
+    Ok(())
+}
+
+async fn print_events(
+    events: impl futures_util::Stream<Item = Value>,
+    json_mode: bool,
+    want: impl Fn(&str) -> bool,
+) {
+    use futures_util::StreamExt;
+    let mut events = std::pin::pin!(events);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let e = tokio::select! {
+            e = events.next() => match e {
+                Some(e) => e,
+                None => {
+                    eprintln!("kith: the daemon closed the event stream (it stopped)");
+                    return;
+                }
+            },
+            _ = &mut ctrl_c => return,
+        };
+        let kind = e["type"].as_str().unwrap_or("");
+        if !want(kind) {
+            continue;
+        }
+        if json_mode {
+            crate::say!("{}", serde_json::to_string(&e).unwrap_or_default());
+        } else {
+            let at = chrono::Local::now().format("%H:%M:%S");
+            crate::say!("{at}  {}", describe_event(&e));
+        }
+    }
+}
+
+/// One event in words.
+fn describe_event(e: &Value) -> String {
+    let short = |k: &str| {
+        let id = s(e, k);
+        id.chars().take(8).collect::<String>()
+    };
+    match e["type"].as_str().unwrap_or("") {
+        "message" if e["request"] == true => format!(
+            "contact request from {}: {}",
+            s(e, "from"),
+            visible_lines(e["text"].as_str().unwrap_or("")).join(" / ")
+        ),
+        "message" => format!(
+            "{}: {}",
+            s(e, "from"),
+            visible_lines(e["text"].as_str().unwrap_or("")).join(" / ")
+        ),
+        "message_state" => format!(
+            "#{} to {}: {}",
+            e["seq"],
+            s(e, "to"),
+            s(e, "state").replace('_', " ")
+        ),
+        "peer" if e["online"] == true => format!("{} is online ({})", s(e, "name"), s(e, "path")),
+        "peer" => format!("{} went offline", s(e, "name")),
+        "call_incoming" => format!(
+            "incoming call from {} ({}), call {}: `kith answer` or `kith reject`",
+            s(e, "from"),
+            if e["verified"] == true {
+                "verified"
+            } else {
+                "not verified"
+            },
+            short("call")
+        ),
+        "call_ringing" => format!("ringing {} (call {})", s(e, "to"), short("call")),
+        "call_answered" => format!("in a call with {} (call {})", s(e, "with"), short("call")),
+        "call_ended" => format!(
+            "call with {} ended: {}{}",
+            s(e, "with"),
+            s(e, "outcome"),
+            e["talked_secs"]
+                .as_f64()
+                .map(|t| format!(", talked {t:.0} s"))
+                .unwrap_or_default()
+        ),
+        "key_changed" => format!(
+            "WARNING: {} connected from a device you have not seen before: nothing is sent until you run `kith verify {} --confirm`",
+            s(e, "name"),
+            s(e, "name")
+        ),
+        "request" => format!("new contact request from {}", s(e, "name")),
+        "mail_deposited" => format!(
+            "{} message(s) for {} left in their mailboxes",
+            e["messages"],
+            s(e, "to")
+        ),
+        "mail_deposit_failed" => format!(
+            "{} message(s) for {} wait: {}",
+            e["left"],
+            s(e, "to"),
+            s(e, "reason")
+        ),
+        "mail_fetched" => format!(
+            "{} message(s) fetched from mailbox {}",
+            e["messages"],
+            s(e, "mailbox")
+        ),
+        "relay_added" => format!("using relay {} ({} ms)", s(e, "url"), e["rtt_ms"]),
+        other => {
+            let mut rest = e.clone();
+            if let Some(o) = rest.as_object_mut() {
+                o.remove("type");
+            }
+            format!("{}: {}", visible(other), visible(&rest.to_string()))
+        }
+    }
 }
 
 /// What `kith chat` has shown: each message once, and again only when its state changed.
@@ -1436,8 +1573,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             });
         }
-        Command::Calls => {
+        Command::Events { types } => {
             let client = Client::for_profile(&home()?)?;
+            follow_events(&client, json_mode, |t| {
+                types.is_empty() || types.iter().any(|w| w == t)
+            })
+            .await?;
+        }
+        Command::Calls { watch } => {
+            let client = Client::for_profile(&home()?)?;
+            // Subscribed before the listing, so that nothing between the two is missed.
+            let events = match watch {
+                true => Some(client.events().await?),
+                false => None,
+            };
             let v = client.get("/v1/calls").await?;
             out(json_mode, &v, |v| {
                 let live = v["live"].as_array().cloned().unwrap_or_default();
@@ -1475,6 +1624,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             });
+            if let Some(events) = events {
+                print_events(events, json_mode, |t| t.starts_with("call_")).await;
+            }
         }
         Command::Requests => {
             let client = Client::for_profile(&home()?)?;

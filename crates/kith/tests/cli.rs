@@ -879,3 +879,159 @@ fn testnet_prints_its_bootstrap_list_as_bootstrap_takes_it() {
         assert!(n.parse::<std::net::SocketAddr>().is_ok(), "{line:?}");
     }
 }
+
+/// `--null` on both ends of a call touches no sound card, even where the profile names one that does not
+/// exist; the callee's daemon says who calls; `kith events` and `kith calls --watch` follow it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_call_touches_no_sound_card_and_is_followed_live() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_kith"));
+    let mut alice = Daemon::init(exe, &dir.path().join("alice"), "alice").unwrap();
+    let mut bob = Daemon::init(exe, &dir.path().join("bob"), "bob").unwrap();
+    for d in [&alice, &bob] {
+        let path = d.home.join("config.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let config = config
+            .replace(
+                "audio_input = \"default\"",
+                "audio_input = \"no-such-card\"",
+            )
+            .replace(
+                "audio_output = \"default\"",
+                "audio_output = \"no-such-card\"",
+            );
+        assert!(config.contains("no-such-card"), "{config}");
+        std::fs::write(&path, config).unwrap();
+    }
+    alice.start().await.unwrap();
+    bob.start().await.unwrap();
+    introduce(&alice, &bob).await.unwrap();
+    introduce(&bob, &alice).await.unwrap();
+    let follow = |args: &[&str]| {
+        let mut child = Command::new(exe)
+            .arg("--home")
+            .arg(&bob.home)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let (mut events, events_rx) =
+        follow(&["--json", "events", "--type", "call_incoming,call_ended"]);
+    let (mut watch, watch_rx) = follow(&["calls", "--watch"]);
+    // Both followers are subscribed once they print (the listing for `calls`); events prints nothing
+    // first, so give its subscription the time the listing took.
+    let first = watch_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    assert!(first.contains("No calls yet"), "{first}");
+
+    let wb = bob.watcher().await.unwrap();
+    let caller = Command::new(exe)
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["--json", "call", "bob", "--null", "--duration", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wb.wait_for(std::time::Duration::from_secs(30), |w| w
+            .call_event("call_incoming", None)
+            .is_some())
+            .await
+    );
+    let out = kith(&bob.home, &args(&["answer", "--null"]), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = caller.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ended["outcome"], "completed", "{ended}");
+    assert_eq!(ended["stats"]["input"], "silence", "{ended}");
+    assert!(
+        !ended["stats"]["output"].as_str().unwrap().contains("card"),
+        "no sound card on the caller's side: {ended}"
+    );
+    assert!(
+        wb.wait_for(std::time::Duration::from_secs(30), |w| w
+            .call_event("call_ended", None)
+            .is_some())
+            .await
+    );
+    let bob_end = wb.call_event("call_ended", None).unwrap();
+    assert_eq!(bob_end["stats"]["input"], "silence", "{bob_end}");
+    assert!(
+        !bob_end["stats"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("card"),
+        "{bob_end}"
+    );
+    for d in [&alice, &bob] {
+        let log = std::fs::read_to_string(d.home.join("daemon.log")).unwrap();
+        assert!(
+            !log.contains("audio device") && !log.contains("no-such-card"),
+            "{}: {log}",
+            d.name
+        );
+    }
+    // Bob's daemon said who called; the followers saw it live.
+    let out = std::fs::read_to_string(bob.home.join("daemon.out")).unwrap();
+    assert!(
+        out.contains("incoming call from alice (not verified)"),
+        "{out}"
+    );
+    let line = events_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["from"].as_str(),
+            e["verified"].as_bool()
+        ),
+        (Some("call_incoming"), Some("alice"), Some(false)),
+        "{e}"
+    );
+    let line = events_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    assert!(line.contains("call_ended"), "{line}");
+    let mut watched = vec![];
+    while let Ok(l) = watch_rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        let done = l.contains("ended");
+        watched.push(l);
+        if done {
+            break;
+        }
+    }
+    let watched = watched.join("\n");
+    assert!(
+        watched.contains("incoming call from alice (not verified)")
+            && watched.contains("call with alice ended: completed"),
+        "{watched}"
+    );
+    let _ = events.kill();
+    let _ = watch.kill();
+    let _ = events.wait();
+    let _ = watch.wait();
+}
