@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod hello;
 pub mod identity;
 pub mod mailbox;
+pub mod message;
 pub mod record;
 pub mod safety;
 pub mod seal;

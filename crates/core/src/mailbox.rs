@@ -184,7 +184,7 @@ impl MailboxAddr {
 /// per-device sequence), or its receipts for ours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Letter {
-    Messages(Vec<crate::wire::MessageFrame>),
+    Messages(Vec<crate::message::MessageFrame>),
     Receipts(Vec<u64>),
 }
 

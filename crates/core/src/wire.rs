@@ -19,16 +19,8 @@ pub const MAX_TEXT_BYTES: usize = 32 * 1024;
 /// The most sequence numbers one receipt may carry.
 pub const MAX_RECEIPT_SEQS: usize = 1024;
 
-/// A chat message on the wire. `seq` orders messages per (sender device, recipient) conversation;
-/// `id` is the sender's globally unique message id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageFrame {
-    pub seq: u64,
-    pub id: [u8; 16],
-    /// Sender's clock, Unix milliseconds (for display only; order comes from `seq`).
-    pub sent_at_ms: u64,
-    pub text: String,
-}
+/// A chat message: the same frame goes directly (in [`Frame::Message`]) and sealed through mailboxes.
+pub use crate::message::MessageFrame;
 
 /// "I have stored these messages of yours" (the delivered receipt).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -595,7 +595,7 @@ fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
 impl Discovery for NodeDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
         Box::pin(async move {
-            let now = crate::node::unix_now();
+            let now = crate::clock::unix_now();
             let stored = lock(&self.store).peer(&account).ok().flatten();
             let contact_key = stored
                 .as_ref()

@@ -100,7 +100,7 @@ pub async fn run(
                     tracing::info!(added, "DHT nodes learned on the local network");
                     if dhts.rejoin_if_alone().await > 0 {
                         // Start the fresh client now, with the new nodes.
-                        let now = crate::node::unix_now();
+                        let now = crate::clock::unix_now();
                         let p = kith_core::blind::period_at(now, discovery.config.period_minutes);
                         if let Ok(c) = dhts.client(p, p) {
                             c.routing_table().await;

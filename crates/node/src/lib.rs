@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audio;
+pub mod clock;
 pub mod discovery;
 pub mod events;
 pub mod lan;

@@ -1029,6 +1029,248 @@ struct Opened {
     acks: Vec<(AccountKey, Vec<u64>)>,
 }
 
+// ---- mailboxes: who keeps whose mail, and what contacts learn of ours ----
+
+impl Node {
+    /// Keep mail for the contact `name` while it is away (it then lists us with `kith mailbox use`).
+    pub fn mailbox_host(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?;
+        lock(&self.store).mailbox_add_owner(&peer.account, unix_ms())?;
+        tracing::info!("keeping mail for a contact");
+        Ok(Address::new(peer.account).to_string())
+    }
+
+    /// Use the contact `name` as one of our mailboxes (it runs `kith mailbox host` for us). It gets our
+    /// contacts' deposit tokens now if connected, and at every connection and period from then on.
+    pub fn mailbox_use(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?;
+        lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
+        self.mail.keep.notify_one();
+        self.push_mailbox_tokens(peer.account);
+        // Our records name it from now on (contacts who are offline now read it there)...
+        self.republish.notify_one();
+        // ...and contacts online now learn where to deposit for us.
+        self.send_mail_info_to_online(Some(peer.account));
+        Ok(Address::new(peer.account).to_string())
+    }
+
+    /// Who we keep mail for, and who keeps ours (names as we call them).
+    pub fn mailbox_view(&self) -> Result<serde_json::Value, NodeError> {
+        // Whether each of ours is reachable now, and if not why and when the next try goes (before the
+        // store is locked: the connection state is locked before the store elsewhere).
+        let my = lock(&self.store).my_mailboxes()?;
+        let reach: Vec<serde_json::Value> = my.iter().map(|m| self.mailbox_reach(m)).collect();
+        let store = lock(&self.store);
+        let name = |a: &AccountKey| -> String {
+            store
+                .peer(a)
+                .ok()
+                .flatten()
+                .and_then(|p| p.petname)
+                .unwrap_or_else(|| Address::new(*a).to_string())
+        };
+        let hosted: Vec<String> = store.mailbox_owners()?.iter().map(name).collect();
+        let mine: Vec<String> = my.iter().map(name).collect();
+        let reach: serde_json::Map<String, serde_json::Value> =
+            mine.iter().cloned().zip(reach).collect();
+        // For each contact: how many mailboxes it told us of (absent: it has told us nothing yet).
+        let mut theirs = serde_json::Map::new();
+        for c in store.contacts()? {
+            if let Some(info) = store
+                .mail_info(&c.account)?
+                .and_then(|b| kith_core::mailbox::decode::<kith_core::mailbox::MailInfo>(&b))
+            {
+                theirs.insert(name(&c.account), serde_json::json!(info.mailboxes.len()));
+            }
+        }
+        Ok(
+            serde_json::json!({ "keeping_mail_for": hosted, "my_mailboxes": mine, "my_mailboxes_reach": reach, "contacts_mailboxes": theirs }),
+        )
+    }
+
+    /// What contacts need to seal and deposit for us later: our device's Olm keys (the fallback key; no
+    /// one-time keys yet) and where our mailboxes are (their cards' endpoint hints).
+    pub(super) fn mail_info(&self) -> Result<kith_core::mailbox::MailInfo, NodeError> {
+        // The bundle (fallback key only) is made, and the account stored, once per run: every later
+        // connection sends the same one.
+        let bundle = {
+            let mut cached = lock(&self.bundle);
+            match cached.as_ref() {
+                Some(b) => b.clone(),
+                None => {
+                    let mut olm = lock(&self.olm);
+                    let b = olm.bundle(&self.id.device, 0);
+                    lock(&self.store).save_ratchet("account", &olm.pickle(&self.olm_key))?;
+                    *cached = Some(b.clone());
+                    b
+                }
+            }
+        };
+        Ok(kith_core::mailbox::MailInfo {
+            bundle,
+            mailboxes: self.my_mailbox_addrs(),
+        })
+    }
+
+    /// Where our mailboxes are, in the order we named them: their cards' hints, with the endpoint keys
+    /// they told us for the coming periods.
+    pub(super) fn my_mailbox_addrs(&self) -> Vec<kith_core::mailbox::MailboxAddr> {
+        let store = lock(&self.store);
+        store
+            .my_mailboxes()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| {
+                let card = store.peer(m).ok().flatten()?.card?;
+                let (first_period, keys) = store
+                    .my_mailbox_keys(m)
+                    .ok()
+                    .flatten()
+                    .map(|(first, bytes)| {
+                        let keys = bytes
+                            .chunks_exact(32)
+                            .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                            .filter_map(|k| kith_core::EndpointKey::from_bytes(k).ok())
+                            .collect();
+                        (first, keys)
+                    })
+                    .unwrap_or((0, vec![]));
+                Some(kith_core::mailbox::MailboxAddr {
+                    hints: kith_core::Hints {
+                        dht: vec![],
+                        contact_key: None,
+                        ..card.hints().clone()
+                    },
+                    first_period,
+                    keys,
+                })
+            })
+            .take(kith_core::mailbox::MAX_MAILBOXES)
+            .collect()
+    }
+
+    /// Our mailboxes as a record of `period` names them.
+    pub(super) fn my_mailbox_entries(
+        addrs: &[kith_core::mailbox::MailboxAddr],
+        period: u64,
+    ) -> Vec<kith_core::record::ContactEntry> {
+        addrs
+            .iter()
+            .map(|a| a.for_period(period))
+            .filter_map(|h| {
+                h.endpoint.map(|endpoint| kith_core::record::ContactEntry {
+                    endpoint,
+                    relays: h.relays,
+                    direct: h.direct,
+                })
+            })
+            .collect()
+    }
+
+    /// As a mailbox: tells the owner `account` (connected now) our endpoint keys for the coming periods.
+    pub(super) fn send_mailbox_endpoints(&self, account: AccountKey) {
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        let keys = (period..period + kith_core::mailbox::ENDPOINT_PERIODS as u64)
+            .map(|p| kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(p)))
+            .collect();
+        self.send_frames(
+            account,
+            vec![Frame::MailboxResponse {
+                id: 0,
+                response: kith_core::mailbox::Response::Endpoints {
+                    first_period: period,
+                    keys,
+                },
+            }],
+        );
+    }
+
+    /// Tells every contact connected now (but `except`) our Olm keys and mailboxes.
+    pub(super) fn send_mail_info_to_online(self: &Arc<Self>, except: Option<AccountKey>) {
+        let online: Vec<AccountKey> = lock(&self.state)
+            .peers
+            .iter()
+            .filter(|(a, p)| Some(**a) != except && !p.conns.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for a in online {
+            if self.is_contact(&a) {
+                self.send_mail_info(a);
+            }
+        }
+    }
+
+    /// Tells the contact `account` (if connected) our Olm keys and mailboxes.
+    pub(super) fn send_mail_info(self: &Arc<Self>, account: AccountKey) {
+        let info = match self.mail_info() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the mail info for a contact");
+                return;
+            }
+        };
+        self.send_frames(account, vec![Frame::MailInfo(Box::new(info))]);
+    }
+
+    /// A contact's Olm keys and mailboxes arrived: kept if its bundle is signed by the device this
+    /// connection proved.
+    pub(super) fn on_mail_info(&self, peer: &VerifiedPeer, info: kith_core::mailbox::MailInfo) {
+        let account = peer.account();
+        if !self.is_contact(&account) {
+            return;
+        }
+        if info.bundle.device != peer.device() || info.bundle.verify().is_err() {
+            tracing::info!("mail info with keys of another device, or a bad signature: ignored");
+            return;
+        }
+        let bytes = kith_core::mailbox::encode(&info);
+        if let Err(e) = lock(&self.store).save_mail_info(&account, &bytes, unix_ms()) {
+            tracing::warn!(error = %e, "cannot store a contact's mail info");
+            return;
+        }
+        self.emit(Event::MailInfo {
+            from: self.label(&account),
+            mailboxes: info.mailboxes.len(),
+            keyed: info.mailboxes.iter().filter(|m| !m.keys.is_empty()).count(),
+        });
+        self.mail.wake.notify_one();
+    }
+
+    /// Gives the mailbox `mailbox` the deposit tokens of all our contacts for the previous, current and
+    /// next period (so clocks a little apart still agree), over our connection to it if there is one.
+    pub(super) fn push_mailbox_tokens(self: &Arc<Self>, mailbox: AccountKey) {
+        let period =
+            kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
+        let contacts = match lock(&self.store).contacts() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read contacts for mailbox tokens");
+                return;
+            }
+        };
+        let pairs: Vec<kith_core::seal::PairKey> = contacts
+            .iter()
+            .filter(|c| c.account != mailbox)
+            .filter_map(|c| kith_core::seal::PairKey::derive(&self.id.account, &c.account).ok())
+            .collect();
+        let frames: Vec<Frame> = [period.saturating_sub(1), period, period + 1]
+            .into_iter()
+            .map(|p| Frame::MailboxRequest {
+                id: p,
+                request: kith_core::mailbox::Request::Tokens {
+                    period: p,
+                    tokens: pairs
+                        .iter()
+                        .map(|k| k.deposit_token(&self.account, p))
+                        .collect(),
+                },
+            })
+            .collect();
+        self.send_frames(mailbox, frames);
+    }
+}
+
 /// Groups `(key, item)` pairs by key, keeping the order of the items (the input is sorted by key or not;
 /// each key's items keep their relative order).
 fn group<T>(rows: Vec<(AccountKey, T)>) -> Vec<(AccountKey, Vec<T>)> {

@@ -1,0 +1,366 @@
+//! Being found and finding others: the card, the discovery records published in the DHT every period,
+//! lookups, and relays found in the network.
+
+use super::*;
+
+/// What a DHT lookup of someone found (`kith lookup`).
+#[derive(Debug, Serialize)]
+pub struct LookupView {
+    pub address: String,
+    pub found: bool,
+    /// The record's sequence number (changes only when its content does).
+    pub seq: Option<i64>,
+    /// Endpoints anyone with the address may dial (request endpoints).
+    pub public_endpoints: usize,
+    pub public_relays: Vec<String>,
+    /// IP addresses in the public part (only with `publish_direct`).
+    pub public_direct: usize,
+    pub contact_part: String,
+    pub contact_endpoints: usize,
+    /// Mailboxes the contacts-only part names.
+    pub contact_mailboxes: usize,
+}
+
+/// How often the node republishes its discovery records (BEP44 items expire after about two hours).
+pub(super) const REPUBLISH: Duration = Duration::from_secs(20 * 60);
+
+impl Node {
+    pub(super) fn make_card(
+        id: &Identity,
+        net: &Net,
+        discovery: &NodeDiscovery,
+        contact_key: [u8; 32],
+        now: u64,
+    ) -> Result<ContactCard, NodeError> {
+        let direct: Vec<SocketAddr> = net
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .take(8)
+            .collect();
+        let hints = Hints {
+            endpoint: Some(net.endpoint_key()),
+            direct,
+            relays: net.relays().into_iter().take(4).collect(),
+            dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
+            contact_key: Some(contact_key),
+        };
+        Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+    }
+
+    /// Offers the DHT nodes a contact's card names as bootstrap nodes; if our DHT has no node yet, it
+    /// starts again from them.
+    pub(super) fn offer_card_dht_hints(&self, card: &ContactCard) {
+        let Some(dhts) = &self.discovery.dht else {
+            return;
+        };
+        if dhts.add_bootstrap(
+            crate::discovery::BootstrapSource::ContactCards,
+            &card.hints().dht,
+        ) > 0
+        {
+            let discovery = self.discovery.clone();
+            tokio::spawn(async move {
+                if let Some(d) = &discovery.dht {
+                    d.rejoin_if_alone().await;
+                }
+            });
+        }
+    }
+
+    /// Our current contact key.
+    pub(super) fn contact_key(&self) -> [u8; 32] {
+        self.id.contact_key(lock(&self.state).contact_key_gen)
+    }
+
+    /// Finds relays announced in the DHT (and in contacts' records) when none is configured, probes them and
+    /// uses the ones that answer fastest. Repeats while no relay is connected.
+    pub(super) async fn relay_finder(self: Arc<Self>) {
+        if !self.config.net.relays.is_empty() || self.discovery.dht.is_none() {
+            return;
+        }
+        let mut finder_wait = Duration::from_secs(2);
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let mut candidates: Vec<String> = vec![];
+            let now = unix_now();
+            let period = kith_core::blind::period_at(now, self.config.discovery.period_minutes);
+            if let Some(dhts) = &self.discovery.dht
+                && let Ok(client) = dhts.client(period, period)
+            {
+                for peer in client
+                    .get_peers(kith_net::dht::RELAY_INFOHASH, 16, Duration::from_secs(3))
+                    .await
+                {
+                    candidates.push(format!("http://{peer}/"));
+                }
+            }
+            candidates.extend(self.discovery.contact_relays());
+            candidates.sort();
+            candidates.dedup();
+            let mut timed = vec![];
+            for url in candidates {
+                if let Some(rtt) = crate::discovery::probe_relay(&url).await {
+                    timed.push((rtt, url));
+                }
+            }
+            timed.sort();
+            let mut added = 0;
+            for (rtt, url) in timed.into_iter().take(2) {
+                if self.net().add_relay(&url).await.is_ok() {
+                    tracing::info!(
+                        rtt_ms = rtt.as_millis() as u64,
+                        "using a relay found in the network"
+                    );
+                    self.emit(Event::RelayAdded {
+                        url: url.clone(),
+                        rtt_ms: rtt.as_millis() as u64,
+                    });
+                    added += 1;
+                }
+            }
+            if added > 0 {
+                // Peers that could not be reached without a relay may be reachable now: dial at once
+                // rather than after the backoff of the failures before.
+                {
+                    let now = Instant::now();
+                    let mut st = lock(&self.state);
+                    for p in st.peers.values_mut() {
+                        p.outbox.route_changed(now);
+                    }
+                }
+                self.wake.notify_one();
+                if let Ok(card) = Self::make_card(
+                    &self.id,
+                    &self.net(),
+                    &self.discovery,
+                    self.contact_key(),
+                    unix_now(),
+                ) {
+                    lock(&self.state).card = card;
+                }
+                if let Some(r) = self.request_net() {
+                    for url in self.net().relays() {
+                        let _ = r.add_relay(&url).await;
+                    }
+                    if let Ok(card) = Self::make_public_card(&self.id, &r, unix_now())
+                        && let Some((_, c)) = lock(&self.state).request.as_mut()
+                    {
+                        *c = card;
+                    }
+                } else {
+                    self.ensure_request_endpoint().await;
+                }
+                self.republish.notify_one();
+            }
+            // Without a relay, look again soon (2, 4, 8 ... 30 s): a relay that appears is used within
+            // seconds, not half a minute later.
+            let wait = if self.net().relays().is_empty() {
+                let w = finder_wait;
+                finder_wait = (finder_wait * 2).min(Duration::from_secs(30));
+                w
+            } else {
+                finder_wait = Duration::from_secs(2);
+                Duration::from_secs(30 * 60)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Publishes the discovery records now and then every [`REPUBLISH`].
+    pub(super) async fn publisher(self: Arc<Self>) {
+        if self.discovery.dht.is_none() {
+            return;
+        }
+        // A fresh DHT client may fail its first publish (it has not joined yet): retry quickly, then back off.
+        let mut retry = Duration::from_millis(300);
+        loop {
+            // Each period's record names that period's endpoints (the next ones are bound at the boundary).
+            // Contacts read the contact endpoint and its addresses in the part sealed under our contact key.
+            // Strangers get the relay-only request endpoint; the contact endpoint only if we have no relay
+            // (then with addresses only if the user chose to publish them); nothing if we take no requests.
+            let relays: Vec<String> = self.net().relays().into_iter().take(4).collect();
+            let direct: Vec<SocketAddr> = self.net().direct_addrs().into_iter().take(8).collect();
+            let has_request_endpoint = self.request_net().is_some();
+            let publish_direct = self.config.discovery.publish_direct;
+            // Our mailboxes, as their cards name them: for contacts to deposit while we are away.
+            let mailboxes = self.my_mailbox_addrs();
+            let entries = |period: kith_core::blind::PeriodNum| {
+                let contact_endpoint =
+                    kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(period.0));
+                let public = if !self.config.accept_requests {
+                    vec![]
+                } else if has_request_endpoint && !publish_direct {
+                    vec![DeviceEntry {
+                        cert: self.id.device_cert.clone(),
+                        endpoint: kith_core::EndpointKey::from_seed(
+                            &self.id.device.request_endpoint_seed(period.0),
+                        ),
+                        relays: relays.clone(),
+                        direct: vec![],
+                    }]
+                } else {
+                    vec![DeviceEntry {
+                        cert: self.id.device_cert.clone(),
+                        endpoint: contact_endpoint,
+                        relays: relays.clone(),
+                        direct: direct.clone(),
+                    }]
+                };
+                let contact = kith_core::record::ContactEntry {
+                    endpoint: contact_endpoint,
+                    relays: relays.clone(),
+                    direct: if self.config.net.relay_only {
+                        vec![]
+                    } else {
+                        direct.clone()
+                    },
+                };
+                (
+                    public,
+                    kith_core::record::ContactPart {
+                        entries: vec![contact],
+                        mailboxes: Self::my_mailbox_entries(&mailboxes, period.0),
+                    },
+                )
+            };
+            let contact_key = self.contact_key();
+            let delay = match self
+                .discovery
+                .publish(&self.id, entries, &contact_key, unix_now())
+                .await
+            {
+                Ok(done) => {
+                    // Keep the nodes we name in our card fresh.
+                    if let Some(d) = &self.discovery.dht {
+                        d.routing_table().await;
+                    }
+                    for (period, seq) in done {
+                        self.emit(Event::RecordPublished {
+                            period: period.0,
+                            seq,
+                        });
+                    }
+                    retry = Duration::from_millis(300);
+                    REPUBLISH
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "publishing the discovery record failed; retrying soon");
+                    let delay = retry;
+                    retry = (retry * 2).min(Duration::from_secs(60));
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.republish.notified() => {}
+            }
+        }
+    }
+
+    /// The DHT clients' routing tables, to save for the next start.
+    pub async fn dht_routing_table(&self) -> Vec<String> {
+        match &self.discovery.dht {
+            Some(d) => d.routing_table().await,
+            None => vec![],
+        }
+    }
+
+    /// Looks an account up in the DHT now (bypassing cached card hints); true if a valid record came back.
+    pub async fn lookup(&self, account: AccountKey) -> bool {
+        self.discovery.lookup(account, unix_now()).await.is_some()
+    }
+
+    /// Looks a contact (by name) or any address up in the DHT now and says what its record tells us: what
+    /// anyone with the address sees, and whether we can read the contacts-only part.
+    pub async fn lookup_report(&self, who: &str) -> Result<LookupView, NodeError> {
+        let account = match lock(&self.store).contact_by_name(who.trim()) {
+            Ok(p) => p.account,
+            Err(StoreError::UnknownContact(_)) => {
+                kith_core::ParsedContact::parse(who)?.address().account()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.discovery.dht.is_none() {
+            return Err(NodeError::NoDht);
+        }
+        let record = self.discovery.lookup_newest(account, unix_now()).await;
+        let key = lock(&self.store)
+            .peer(&account)?
+            .filter(|p| p.state == PeerState::Contact)
+            .and_then(|p| p.card)
+            .and_then(|c| c.hints().contact_key);
+        Ok(match record {
+            None => LookupView {
+                address: Address::new(account).to_string(),
+                found: false,
+                seq: None,
+                public_endpoints: 0,
+                public_relays: vec![],
+                public_direct: 0,
+                contact_part: "absent".into(),
+                contact_endpoints: 0,
+                contact_mailboxes: 0,
+            },
+            Some(rec) => {
+                let body = rec.body();
+                let (contact_part, contact_endpoints, contact_mailboxes) =
+                    match (&body.contacts, key) {
+                        (None, _) => ("absent", 0, 0),
+                        (Some(_), None) => ("sealed: only the person's contacts can read it", 0, 0),
+                        (Some(_), Some(k)) => match rec.contact_part(&k) {
+                            Ok(p) => ("readable", p.entries.len(), p.mailboxes.len()),
+                            Err(_) => ("sealed under a key we do not hold (a newer card?)", 0, 0),
+                        },
+                    };
+                LookupView {
+                    address: Address::new(account).to_string(),
+                    found: true,
+                    seq: Some(rec.seq()),
+                    public_endpoints: body.devices.len(),
+                    public_relays: body.devices.iter().flat_map(|d| d.relays.clone()).collect(),
+                    public_direct: body.devices.iter().map(|d| d.direct.len()).sum(),
+                    contact_part: contact_part.into(),
+                    contact_endpoints,
+                    contact_mailboxes,
+                }
+            }
+        })
+    }
+
+    pub async fn dht_status(&self) -> serde_json::Value {
+        let stats = self
+            .discovery
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        match &self.discovery.dht {
+            None => serde_json::json!({ "enabled": false, "sources": stats }),
+            Some(d) => {
+                let clients = d.clients();
+                let mut size_estimate = 0;
+                let mut firewalled = true;
+                for c in &clients {
+                    let info: DhtInfo = c.info().await;
+                    size_estimate = size_estimate.max(info.size_estimate);
+                    firewalled &= info.firewalled;
+                }
+                let nodes = d.routing_table().await.len();
+                let bootstrap = d.source_report().await;
+                serde_json::json!({
+                    "enabled": true,
+                    "bootstrap": bootstrap,
+                    "joined": nodes > 0,
+                    "period_clients": clients.len(),
+                    "routing_table_nodes": nodes,
+                    "size_estimate": size_estimate,
+                    "firewalled": firewalled,
+                    "sources": stats,
+                })
+            }
+        }
+    }
+}
