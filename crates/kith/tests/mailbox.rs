@@ -465,6 +465,70 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
     assert_eq!(received(&bob).await, want, "the replay is not shown");
 }
 
+/// No DHT at all, and the steps in the order a person may well take them: bob names his mailbox before
+/// it agreed, alice adds bob before bob adds her (her first connection reaches him while she is still a
+/// stranger to him). Alice must still learn bob's mailbox, and the mailbox must take her deposits: all
+/// 30 messages written while bob is away reach him.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = || vec!["--mailbox-after=1".to_string()];
+    let mut alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, fast())
+        .await
+        .unwrap();
+    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, fast())
+        .await
+        .unwrap();
+    let mailbox = Daemon::spawn(exe(), &dir.path().join("box"), "box", None, vec![])
+        .await
+        .unwrap();
+    introduce(&bob, &mailbox).await.unwrap();
+    introduce(&mailbox, &bob).await.unwrap();
+    // bob names the box before the box agreed...
+    bob.client()
+        .post("/v1/mailbox/use", json!({ "name": "box" }))
+        .await
+        .unwrap();
+    mailbox
+        .client()
+        .post("/v1/mailbox/host", json!({ "name": "bob" }))
+        .await
+        .unwrap();
+    // ...and alice adds bob first: her connection reaches bob while she is a stranger to him.
+    let wb = bob.watcher().await.unwrap();
+    introduce(&alice, &bob).await.unwrap();
+    assert!(
+        wb.wait_for(Duration::from_secs(30), |w| w.last("peer").is_some_and(
+            |e| e["online"] == true
+                && e["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("kith:"))
+                && e["name"] != "box"
+        ))
+        .await,
+        "alice's first connection did not reach bob"
+    );
+    introduce(&bob, &alice).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    alice.client().send("bob", "hello").await.unwrap();
+    assert!(wa.delivered_within("bob", 1, 30).await);
+    // Alice learns bob's mailbox over their connection (there is no DHT record to read it from).
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w
+            .last("mail_info")
+            .is_some_and(|e| e["mailboxes"] == 1))
+            .await,
+        "alice never learned bob's mailbox: {:?}",
+        wa.last("mail_info")
+    );
+    bob.stop().await;
+    let mut want = vec!["hello".to_string()];
+    want.extend(write_while_bob_is_away(&alice, &wa, "no dht", 30).await);
+    alice.stop().await;
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+}
+
 /// A mailbox that cannot be reached when its owner starts (asleep: its process is stopped, so it neither
 /// answers nor notices anything) is reached later without a restart of either: the owner dials it again
 /// until it answers, and fetches what it keeps.

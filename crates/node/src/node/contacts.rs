@@ -91,6 +91,7 @@ impl Node {
         }
         // Messages queued for this account before it was removed go out again now that it is back.
         self.requeue(account)?;
+        self.contacts_changed(Some(account));
         let mut view = self.contact_view(&lock(&self.store).contact_by_name(&name)?);
         view.outcome = Some(outcome);
         view.previous_name = before.filter(|_| outcome == "renamed");
@@ -168,6 +169,7 @@ impl Node {
         )?;
         lock(&self.state).card = card;
         self.republish.notify_one();
+        self.contacts_changed(None);
         // Connections up now carried the old card: a new connection to every contact carries the new one
         // (the older connection is then closed as surplus).
         let contacts = lock(&self.store).contacts()?;
@@ -250,6 +252,7 @@ impl Node {
             }
         }
         self.say_hello(p.account);
+        self.contacts_changed(None);
         Ok(self.contact_view(&p))
     }
 }

@@ -299,6 +299,9 @@ impl Node {
                 continue;
             }
             let Some(info) = self.mail_info_of(&account) else {
+                tracing::debug!(
+                    "messages wait for a contact who has not told us its mail keys yet"
+                );
                 continue;
             };
             if self.mailboxes_of(&account, &info).is_empty() {
@@ -663,6 +666,10 @@ impl Node {
                         // Contacts learn the new keys: the records at once, connected contacts now.
                         self.republish.notify_one();
                         self.send_mail_info_to_online(Some(from));
+                        // New keys from a mailbox: it has just agreed to keep our mail (or a new period
+                        // began), and our tokens may have been refused before it agreed. (It answers tokens
+                        // with the same keys, so this does not repeat.)
+                        self.push_mailbox_tokens(from);
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot store a mailbox's endpoint keys"),
@@ -1037,6 +1044,9 @@ impl Node {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).mailbox_add_owner(&peer.account, unix_ms())?;
         tracing::info!("keeping mail for a contact");
+        // If the owner is connected (and named us its mailbox before we agreed, so its tokens were
+        // refused), tell it now: where we will be, which is also its cue to hand us its tokens again.
+        self.send_mailbox_endpoints(peer.account);
         Ok(Address::new(peer.account).to_string())
     }
 
@@ -1215,11 +1225,18 @@ impl Node {
 
     /// A contact's Olm keys and mailboxes arrived: kept if its bundle is signed by the device this
     /// connection proved.
-    pub(super) fn on_mail_info(&self, peer: &VerifiedPeer, info: kith_core::mailbox::MailInfo) {
+    pub(super) fn on_mail_info(
+        self: &Arc<Self>,
+        peer: &VerifiedPeer,
+        info: kith_core::mailbox::MailInfo,
+    ) {
         let account = peer.account();
         if !self.is_contact(&account) {
             return;
         }
+        // The first from this contact: ours may have gone to them before they had added us, and been
+        // dropped; send it (again) once.
+        let first = matches!(lock(&self.store).mail_info(&account), Ok(None));
         if info.bundle.device != peer.device() || info.bundle.verify().is_err() {
             tracing::info!("mail info with keys of another device, or a bad signature: ignored");
             return;
@@ -1234,7 +1251,28 @@ impl Node {
             mailboxes: info.mailboxes.len(),
             keyed: info.mailboxes.iter().filter(|m| !m.keys.is_empty()).count(),
         });
+        if first {
+            self.send_mail_info(account);
+        }
         self.mail.wake.notify_one();
+    }
+
+    /// Our contacts changed (one added, accepted or removed): our mailboxes need the new set of deposit
+    /// tokens, and a contact `added` while a connection to it already stands (it dialled us first, when we
+    /// were not yet its contact) learns our mail info on that connection now.
+    pub(super) fn contacts_changed(self: &Arc<Self>, added: Option<AccountKey>) {
+        // Collected first: the store's guard must not live through the loop (pushing locks it again).
+        let mine = lock(&self.store).my_mailboxes().unwrap_or_default();
+        for m in mine {
+            if self.connected_to(&m) {
+                self.push_mailbox_tokens(m);
+            }
+        }
+        if let Some(a) = added
+            && self.connected_to(&a)
+        {
+            self.send_mail_info(a);
+        }
     }
 
     /// Gives the mailbox `mailbox` the deposit tokens of all our contacts for the previous, current and
