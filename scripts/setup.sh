@@ -8,6 +8,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 # libopus is built from its bundled source (one pinned version for every user): that needs cmake.
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# The store is encrypted at rest by SQLCipher (bundled), which takes its AES and HMAC from OpenSSL's
+# libcrypto (only the crypto library: kith's TLS is rustls).
+pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
 # Sound cards through cpal use ALSA's headers and library.
 pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev)
 if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then

@@ -135,7 +135,7 @@ async fn run_n(n: usize) -> anyhow::Result<Run> {
     carol.stop().await;
     let carol_db_after = db_bytes(&dir.path().join("carol"));
     let envelope_total: u64 = {
-        let store = kith_store::Store::open(&dir.path().join("carol").join("kith.db"))?;
+        let store = kith_node::Profile::new(dir.path().join("carol")).open_store(None)?;
         let owner = account_of(&bob)?;
         let (items, _) = store.mailbox_fetch(
             &owner,
@@ -211,12 +211,12 @@ async fn deposit_rate(n: usize, in_flight: usize) -> anyhow::Result<f64> {
     let token = pair.deposit_token(&owner_key, period);
     // The owner gives its mailbox the token, as its node does for its contacts.
     {
-        let store = kith_store::Store::open(&dir.path().join("box").join("kith.db"))?;
+        let store = kith_node::Profile::new(dir.path().join("box")).open_store(None)?;
         store.mailbox_add_owner(&owner_key, 0)?;
     }
     mailbox.stop().await;
     {
-        let mut store = kith_store::Store::open(&dir.path().join("box").join("kith.db"))?;
+        let mut store = kith_node::Profile::new(dir.path().join("box")).open_store(None)?;
         store.mailbox_set_tokens(&owner_key, period, &[token], period.saturating_sub(1))?;
     }
     mailbox.start().await?;

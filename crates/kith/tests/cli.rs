@@ -836,6 +836,33 @@ async fn peers_text_names_and_state_are_shown_safely_and_clearly() {
         "{v}"
     );
 
+    // The store is encrypted at rest: neither a message nor a name can be read from the files.
+    me.stop().await;
+    for f in ["kith.db", "kith.db-wal"] {
+        if let Ok(bytes) = std::fs::read(home.join(f)) {
+            for needle in [
+                &b"SQLite format 3"[..],
+                b"line one",
+                b"from a file",
+                b"robert",
+            ] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{f} holds {:?}",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+    me.start().await.unwrap();
+    let out = kith(&home, &args(&["--json", "chat", "robert"]), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        3,
+        "all there after a restart: {v}"
+    );
+
     // The daemon's log file carries no colour codes.
     let log = std::fs::read(home.join("daemon.log")).unwrap();
     assert!(

@@ -155,8 +155,9 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
     );
 
     // What bob's disk holds: the envelope under its token, and neither the text nor alice's account key.
-    let store =
-        kith_store::Store::open(&dir.path().join("bob").join(kith_node::profile::DB_FILE)).unwrap();
+    let store = kith_node::Profile::new(dir.path().join("bob"))
+        .open_store(None)
+        .unwrap();
     let (held, _) = store
         .mailbox_fetch(&carol_key, 0, 10, kith_node::node::unix_now() as i64 * 1000)
         .unwrap();
@@ -380,10 +381,12 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
         alice.client().send("bob", &t).await.unwrap();
     }
     // Kill carol once she holds some of them (read from her database beside her, as WAL allows).
-    let db = dir.path().join("carol").join(kith_node::profile::DB_FILE);
+    let carol_home = dir.path().join("carol");
     let owner = account_of(&bob);
     let held = || {
-        let store = kith_store::Store::open(&db).unwrap();
+        let store = kith_node::Profile::new(&carol_home)
+            .open_store(None)
+            .unwrap();
         store
             .mailbox_fetch(&owner, 0, 10_000, kith_node::node::unix_now() as i64 * 1000)
             .map(|(items, _)| items.len())
@@ -416,7 +419,9 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
     assert_eq!(held(), N, "one envelope per message");
     // Someone captures a held deposit (to replay it later).
     let captured = {
-        let store = kith_store::Store::open(&db).unwrap();
+        let store = kith_node::Profile::new(&carol_home)
+            .open_store(None)
+            .unwrap();
         let (items, _) = store
             .mailbox_fetch(&owner, 0, 1, kith_node::node::unix_now() as i64 * 1000)
             .unwrap();
@@ -833,9 +838,11 @@ async fn receipts_come_back_through_the_senders_mailbox_which_reads_nothing() {
         .chain(write_while_bob_is_away(&alice, &wa, "secret words", N).await)
         .collect();
     alice.stop().await;
-    let db = dir.path().join("carol").join(kith_node::profile::DB_FILE);
+    let carol_home = dir.path().join("carol");
     let held = |owner: &AccountKey| {
-        let store = kith_store::Store::open(&db).unwrap();
+        let store = kith_node::Profile::new(&carol_home)
+            .open_store(None)
+            .unwrap();
         store
             .mailbox_fetch(owner, 0, 10_000, kith_node::node::unix_now() as i64 * 1000)
             .map(|(items, _)| items)

@@ -77,7 +77,11 @@ pub async fn run_daemon(
     let identity = profile.unlock(passphrase)?;
     let config = profile.config()?;
     let token = profile.token()?;
-    let store = kith_store::Store::open_existing(&profile.path(profile::DB_FILE))?;
+    let store = kith_store::Store::open_with(
+        &profile.path(profile::DB_FILE),
+        Some(&identity.store_key()),
+        false,
+    )?;
     let bootstrap: Vec<String> = options
         .bootstrap
         .clone()

@@ -227,7 +227,23 @@ pub struct Identity {
     pub endpoint_secret: Zeroizing<[u8; 32]>,
 }
 
+/// The key the store of the profile whose account secret is `account` is encrypted under.
+fn store_key_of(account: &AccountSecret) -> kith_store::StoreKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kith store key v1");
+    h.update(&account.to_bytes()[..]);
+    kith_store::StoreKey::new(h.finalize().into())
+}
+
 impl Identity {
+    /// The key the profile's store is encrypted under: derived from the account secret, so the store is
+    /// as well protected as the keys (by the passphrase, when the profile has one), a restored backup
+    /// opens under it on a new device, and a new passphrase needs no re-encryption.
+    pub fn store_key(&self) -> kith_store::StoreKey {
+        store_key_of(&self.account)
+    }
+
     /// The contact key of `generation`: it opens the contacts-only part of our discovery records and
     /// travels in the card we give contacts. Derived, so only the generation is stored; removing a contact
     /// moves to the next generation, so the removed one can no longer read where we are.
@@ -449,10 +465,11 @@ impl Profile {
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
         // The store is made now, so that a daemon never takes a missing store for a new profile.
-        kith_store::Store::open(&self.path(DB_FILE)).map_err(|e| ProfileError::Damaged {
-            file: self.path(DB_FILE),
-            reason: e.to_string(),
-        })?;
+        kith_store::Store::open_with(&self.path(DB_FILE), Some(&store_key_of(&account)), true)
+            .map_err(|e| ProfileError::Damaged {
+                file: self.path(DB_FILE),
+                reason: e.to_string(),
+            })?;
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
         // The identity file is written last: its presence is what marks a complete profile.
         write_private(&self.path(IDENTITY_FILE), &json)?;
@@ -497,6 +514,18 @@ impl Profile {
             device: DeviceKey::from_bytes(key(&f.device)?)
                 .map_err(|_| damaged("bad device key"))?,
         })
+    }
+
+    /// Opens this profile's store (for tools beside a running daemon, tests and benchmarks), unlocking the
+    /// keys with `passphrase` to derive the store's key.
+    pub fn open_store(&self, passphrase: Option<&str>) -> Result<kith_store::Store, ProfileError> {
+        let id = self.unlock(passphrase)?;
+        kith_store::Store::open_with(&self.path(DB_FILE), Some(&id.store_key()), false).map_err(
+            |e| ProfileError::Damaged {
+                file: self.path(DB_FILE),
+                reason: e.to_string(),
+            },
+        )
     }
 
     /// Whether the secret keys need a passphrase.
@@ -739,7 +768,13 @@ impl Profile {
             fs::read_to_string(self.path(CONFIG_FILE)).map_err(io(&self.path(CONFIG_FILE)))?;
         let snapshot = self.path("kith.db.backup-snapshot");
         let _ = fs::remove_file(&snapshot);
-        let taken = kith_store::Store::snapshot(&self.path(DB_FILE), &snapshot);
+        let plain_keys = self.secret_bytes(&f, Some(passphrase))?;
+        let account = AccountSecret::from_bytes(&plain_keys[..32].try_into().unwrap_or([0; 32]));
+        let taken = kith_store::Store::snapshot(
+            &self.path(DB_FILE),
+            &snapshot,
+            Some(&store_key_of(&account)),
+        );
         let store = taken.map_err(|e| ProfileError::Damaged {
             file: self.path(DB_FILE),
             reason: e.to_string(),
@@ -885,7 +920,7 @@ impl Profile {
 
         let db = self.path(DB_FILE);
         write_private(&db, &body.store)?;
-        let requeued = kith_store::Store::open_existing(&db)
+        let requeued = kith_store::Store::open_with(&db, Some(&store_key_of(&account)), false)
             .and_then(|mut store| store.move_to_new_device(&old_device.public(), &device.public()))
             .map_err(|e| ProfileError::Damaged {
                 file: file.to_owned(),

@@ -11,7 +11,7 @@ use kith_core::record::{DeviceEntry, RECORD_VALUE_LEN};
 use kith_net::dht::{DhtConfig, KithDht, RequestFilter, RequestSpecific};
 use kith_net::testnet::Testnet;
 use kith_node::discovery::{DiscoveryConfig, NodeDiscovery};
-use kith_node::profile::{DB_FILE, Identity, Profile};
+use kith_node::profile::{Identity, Profile};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
@@ -102,7 +102,7 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         let profile = Profile::new(dir.path().join(name));
         profile.init(name, None, 0, true).unwrap();
         let id = profile.unlock(None).unwrap();
-        let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
+        let store = profile.open_store(None).unwrap();
         let dht = DhtConfig {
             bootstrap: bootstrap.clone(),
             bind: Ipv4Addr::LOCALHOST,

@@ -6,7 +6,7 @@ use kith_core::record::DeviceEntry;
 use kith_net::dht::DhtConfig;
 use kith_net::testnet::Testnet;
 use kith_node::discovery::{DiscoveryConfig, NodeDiscovery, lookup_periods};
-use kith_node::profile::{DB_FILE, Identity, Profile};
+use kith_node::profile::{Identity, Profile};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ fn user(dir: &std::path::Path, name: &str, bootstrap: &[String]) -> (Identity, N
     let profile = Profile::new(dir.join(name));
     profile.init(name, None, 0, true).unwrap();
     let id = profile.unlock(None).unwrap();
-    let store = kith_store::Store::open(&profile.path(DB_FILE)).unwrap();
+    let store = profile.open_store(None).unwrap();
     let dht = DhtConfig {
         bootstrap: bootstrap.to_vec(),
         bind: Ipv4Addr::LOCALHOST,

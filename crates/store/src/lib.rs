@@ -70,6 +70,89 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The key a profile's store is encrypted under (32 bytes, derived by the caller from the profile's
+/// secret keys, so it is as well protected as they are: by the passphrase, when there is one).
+pub struct StoreKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl StoreKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// `PRAGMA key` with the raw key (64 hex digits in `x'...'`: SQLCipher then uses it as it is, with
+    /// the random salt in the file's first bytes, instead of running its own KDF).
+    fn apply(&self, conn: &Connection) -> Result<()> {
+        // SQLCipher logs failed HMAC checks to stderr by default; a wrong key is reported as an error here.
+        let _ = conn.pragma_update(None, "cipher_log_level", "NONE");
+        let hex: zeroize::Zeroizing<String> =
+            zeroize::Zeroizing::new(self.0.iter().map(|b| format!("{b:02x}")).collect());
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex.as_str()))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(..)")
+    }
+}
+
+/// Whether `path` is an unencrypted SQLite database (its header says so in clear).
+fn is_plain_sqlite(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(n == 16 && &head == b"SQLite format 3\0")
+}
+
+/// Encrypts the unencrypted store at `path` under `key`: exported (SQLCipher's `sqlcipher_export`) into a
+/// new file beside it, which then takes its place in one rename. A crash leaves the old file or the new
+/// one, never half of either.
+fn encrypt_in_place(path: &Path, key: &StoreKey) -> Result<()> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("db.encrypting");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let conn = Connection::open(path)?;
+        // Everything in the WAL into the main file first, so the export reads it all.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let hex: zeroize::Zeroizing<String> =
+            zeroize::Zeroizing::new(key.0.iter().map(|b| format!("{b:02x}")).collect());
+        let tmp_str = tmp
+            .to_str()
+            .ok_or_else(|| io(std::io::Error::other("the path is not UTF-8")))?;
+        conn.execute(
+            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+            params![tmp_str, format!("x'{}'", hex.as_str())],
+        )?;
+        conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
+        // The export copies the schema and the rows, not the schema version.
+        conn.execute_batch(&format!("PRAGMA encrypted.user_version = {version};"))?;
+        conn.execute_batch("DETACH DATABASE encrypted;")?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(path.with_extension(ext));
+    }
+    Ok(())
+}
+
 /// Whether two contact names are the same name: they may differ in case (`bob` finds "Bob").
 fn same_name(a: &str, b: &str) -> bool {
     a.to_lowercase() == b.to_lowercase()
@@ -276,9 +359,31 @@ pub struct PublishedItem {
 
 impl Store {
     /// Opens (creating if needed) the database and brings its schema up to date.
-    /// Opens the store at `path`, creating it (mode 0600) if there is none. A file that is there but
-    /// empty or not a sound database is refused, never opened over.
+    /// Opens the store at `path` unencrypted, creating it (mode 0600) if there is none. A file that is
+    /// there but empty or not a sound database is refused, never opened over.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, None, true)
+    }
+
+    /// Opens the store at `path`, which must exist: a profile's store is made by `kith init`, so a missing
+    /// one is a lost one, and a new empty store in its place would hide that.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        Self::open_with(path, None, false)
+    }
+
+    /// Opens (and with `create`, makes) the store at `path`, encrypted at rest under `key` (SQLCipher 4:
+    /// AES-256 pages with an HMAC each; the raw key, no KDF inside, since the caller derives it). A store
+    /// still unencrypted from before is encrypted now, in a new file put in its place in one rename.
+    pub fn open_with(path: &Path, key: Option<&StoreKey>, create: bool) -> Result<Self> {
+        if !create && !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        if let Some(key) = key
+            && path.exists()
+            && is_plain_sqlite(path)?
+        {
+            encrypt_in_place(path, key)?;
+        }
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -290,21 +395,12 @@ impl Store {
                     path: path.to_owned(),
                     source,
                 })?;
-            return Self::open_checked(path, true);
+            return Self::open_checked(path, key, true);
         }
-        Self::open_checked(path, false)
+        Self::open_checked(path, key, false)
     }
 
-    /// Opens the store at `path`, which must exist: a profile's store is made by `kith init`, so a missing
-    /// one is a lost one, and a new empty store in its place would hide that.
-    pub fn open_existing(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_owned()));
-        }
-        Self::open_checked(path, false)
-    }
-
-    fn open_checked(path: &Path, new: bool) -> Result<Self> {
+    fn open_checked(path: &Path, key: Option<&StoreKey>, new: bool) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path).map_err(|source| StoreError::Io {
             path: path.to_owned(),
@@ -329,9 +425,13 @@ impl Store {
             reason,
         };
         let conn = Connection::open(path)?;
+        // The key goes first: any other statement would read (or, on a new file, write) page 1 without it.
+        if let Some(key) = key {
+            key.apply(&conn)?;
+        }
         if !new {
             // Reading the header and the pages' structure finds a file that is not a database (or was
-            // overwritten) before anything is written.
+            // overwritten, or is encrypted under another key) before anything is written.
             let check: std::result::Result<String, _> =
                 conn.pragma_query_value(None, "quick_check", |r| r.get(0));
             match check {
@@ -1244,12 +1344,16 @@ impl Store {
     }
 
     /// Copies the store at `src` into the new file `dest`: one consistent state, also while a daemon
-    /// writes to it (SQLite's `VACUUM INTO`, through a read-only connection that changes nothing).
-    pub fn snapshot(src: &Path, dest: &Path) -> Result<()> {
+    /// writes to it (SQLite's `VACUUM INTO`, through a read-only connection that changes nothing). The
+    /// copy is encrypted under the same key as the store.
+    pub fn snapshot(src: &Path, dest: &Path, key: Option<&StoreKey>) -> Result<()> {
         if !src.exists() {
             return Err(StoreError::Missing(src.to_owned()));
         }
         let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        if let Some(key) = key {
+            key.apply(&conn)?;
+        }
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let dest = dest.to_str().ok_or_else(|| StoreError::Io {
             path: dest.to_owned(),
@@ -1668,6 +1772,77 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("Bob, bob"), "{e}");
+    }
+
+    #[test]
+    fn the_store_is_encrypted_at_rest_and_an_old_plain_one_is_encrypted_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, dev, peer) = keys();
+        let key = || StoreKey::new([7; 32]);
+        let contains = |path: &Path, needle: &[u8]| {
+            ["", "-wal"].iter().any(|ext| {
+                let p = format!("{}{ext}", path.display());
+                std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            })
+        };
+        // New, encrypted.
+        let path = dir.path().join("kith.db");
+        {
+            let mut store = Store::open_with(&path, Some(&key()), true).unwrap();
+            store.add_contact(&peer, "bob", None, 1).unwrap();
+            store
+                .enqueue_outgoing(&peer, &dev, [1; 16], "attack at dawn", 2)
+                .unwrap();
+        }
+        assert!(!contains(&path, b"SQLite format 3"), "no clear header");
+        assert!(
+            !contains(&path, b"attack at dawn") && !contains(&path, b"bob"),
+            "nothing readable"
+        );
+        let store = Store::open_with(&path, Some(&key()), false).unwrap();
+        assert_eq!(store.chat(&peer, 10).unwrap()[0].text, "attack at dawn");
+        drop(store);
+        // Without the key, or with another: refused as not a sound store, and not written over.
+        let before = std::fs::read(&path).unwrap();
+        for other in [None, Some(StoreKey::new([8; 32]))] {
+            let Err(e) = Store::open_with(&path, other.as_ref(), false) else {
+                panic!("opened without the right key");
+            };
+            assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // A snapshot is encrypted under the same key.
+        let copy = dir.path().join("copy.db");
+        Store::snapshot(&path, &copy, Some(&key())).unwrap();
+        assert!(!contains(&copy, b"attack at dawn"));
+        assert_eq!(
+            Store::open_with(&copy, Some(&key()), false)
+                .unwrap()
+                .chat(&peer, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // A store from before encryption: encrypted in place at the first keyed open, rows and schema
+        // version kept.
+        let old = dir.path().join("old.db");
+        {
+            let mut store = Store::open(&old).unwrap();
+            store.add_contact(&peer, "bob", None, 1).unwrap();
+            store
+                .enqueue_outgoing(&peer, &dev, [2; 16], "plain words", 2)
+                .unwrap();
+        }
+        assert!(contains(&old, b"plain words"));
+        let store = Store::open_with(&old, Some(&key()), false).unwrap();
+        assert_eq!(store.chat(&peer, 10).unwrap()[0].text, "plain words");
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        assert!(!contains(&old, b"plain words") && !contains(&old, b"SQLite format 3"));
     }
 
     #[test]
