@@ -574,6 +574,20 @@ impl Drop for Pulse {
     }
 }
 
+/// The `kith --json audio devices` listing, which must name PulseAudio as the audio system, and the ids of
+/// its devices.
+fn pulseaudio_devices(stdout: &[u8]) -> (Value, Vec<String>) {
+    let list: Value = serde_json::from_slice(stdout).unwrap();
+    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
+    let ids = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str().map(str::to_owned))
+        .collect();
+    (list, ids)
+}
+
 fn start_pulse() -> Option<Pulse> {
     let found = std::process::Command::new("pulseaudio")
         .arg("--version")
@@ -699,14 +713,7 @@ async fn a_call_through_sound_cards() {
         }
         c.args(["audio", "devices"]).output().unwrap().stdout
     };
-    let list: Value = serde_json::from_slice(&devices(true)).unwrap();
-    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
-    let ids: Vec<&str> = list["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["id"].as_str())
-        .collect();
+    let (list, ids) = pulseaudio_devices(&devices(true));
     let has = |suffix: &str| ids.iter().any(|i| i.ends_with(suffix));
     assert!(
         has("mic.monitor") && has(":spk"),
@@ -848,15 +855,8 @@ fn a_slow_pulseaudio_server_is_waited_for() {
         1,
         "the first connection was not held"
     );
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
+    let (list, ids) = pulseaudio_devices(&out.stdout);
     assert!(list["system"]["why_not_pulseaudio"].is_null(), "{list}");
-    let ids: Vec<&str> = list["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["id"].as_str())
-        .collect();
     assert!(
         ids.iter().any(|i| i.ends_with("mic.monitor")) && ids.iter().any(|i| i.ends_with(":spk")),
         "{list}"
@@ -886,14 +886,7 @@ fn pulseaudio_is_used_by_an_account_that_has_no_cookie_yet() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list["system"]["name"], "PulseAudio", "{list}");
-    let ids: Vec<&str> = list["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["id"].as_str())
-        .collect();
+    let (list, ids) = pulseaudio_devices(&out.stdout);
     assert!(ids.iter().any(|i| i.ends_with("mic.monitor")), "{list}");
     let cookie = home.path().join(".config/pulse/cookie");
     assert_eq!(std::fs::metadata(&cookie).map(|m| m.len()).ok(), Some(256));

@@ -176,7 +176,12 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
         }
     }
     let contains = |needle: &[u8]| disk.windows(needle.len()).any(|w| w == needle);
-    assert!(contains(&envelope[..64]), "the envelope is on bob's disk");
+    // The store is encrypted at rest: not even the (sealed) envelope can be found in its files.
+    assert!(!disk.is_empty());
+    assert!(
+        !contains(&envelope[..64]),
+        "the envelope in clear on bob's disk"
+    );
     assert!(!contains(secret_text), "plaintext on the mailbox's disk");
     assert!(
         !contains(account_of(&alice).as_bytes()),
