@@ -290,6 +290,12 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     let killed = nodes * 3 / 10;
     net.kill(killed, 42);
     let after = lookup_all(&publishers, &net.bootstrap(), now).await?;
+    // Half of the nodes left go silent: they stay in routing tables and are handed out as contacts, but
+    // answer nothing (as kith's read-only clients look to DHT nodes that ignore the read-only flag).
+    let silenced = net.nodes().len() / 2;
+    net.silence(silenced, 7);
+    let silent = lookup_all(&publishers, &net.bootstrap(), now).await?;
+    let (silent_cold, _) = pair_runs(&net, runs.min(5)).await?;
 
     let c = stats(cold.clone());
     let w = stats(warm.clone());
@@ -329,6 +335,20 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
     };
     line("full testnet", &before);
     line(&format!("{killed} of {nodes} nodes killed"), &after);
+    line(
+        &format!(
+            "and {silenced} of the other {} silent (in routing tables, never answering)",
+            nodes - killed
+        ),
+        &silent,
+    );
+    let sc = stats(silent_cold.clone());
+    crate::say!(
+        "| cold start -> first delivered message, with those silent nodes | median {:.0} ms, p90 {:.0} ms ({} runs) | - |",
+        sc["median_ms"].as_f64().unwrap_or(f64::NAN),
+        sc["p90_ms"].as_f64().unwrap_or(f64::NAN),
+        silent_cold.len()
+    );
     let mut pb = pub_blinded.clone();
     let mut pr = pub_raw.clone();
     pb.sort_by(f64::total_cmp);
@@ -346,6 +366,8 @@ pub async fn run(nodes: usize, runs: usize, out: Option<PathBuf>) -> anyhow::Res
         "cold_first_message": c, "warm_first_message": w, "cold_private_first_message": pc,
         "lookup_full": { "kith_found": before[0].0, "kith": stats(before[0].1.clone()), "raw_found": before[1].0, "raw": stats(before[1].1.clone()) },
         "lookup_after_kill": { "killed": killed, "kith_found": after[0].0, "kith": stats(after[0].1.clone()), "raw_found": after[1].0, "raw": stats(after[1].1.clone()) },
+        "lookup_with_silent_nodes": { "silent": silenced, "kith_found": silent[0].0, "kith": stats(silent[0].1.clone()), "raw_found": silent[1].0, "raw": stats(silent[1].1.clone()) },
+        "cold_first_message_with_silent_nodes": sc,
         "record_value_bytes": RECORD_VALUE_LEN,
         "publish": { "kith": stats(pub_blinded), "raw": stats(pub_raw), "stored_at": acks },
     });

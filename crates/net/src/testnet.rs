@@ -3,11 +3,29 @@
 //! Nothing here reaches the public DHT: the first node starts with no bootstrap and the others join it.
 
 use crate::dht::{DhtConfig, DhtError, KithDht};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct Testnet {
     nodes: Vec<KithDht>,
-    bootstrap: Vec<String>,
+    /// Per node: its `host:port`, and whether it has gone silent (see [`Testnet::silence`]).
+    addrs: Vec<String>,
+    silent: Vec<Arc<AtomicBool>>,
+    /// Nodes outside the testnet its first nodes joined through.
+    seeds: Vec<String>,
+}
+
+/// Drops every request while its flag is set: a node that stays in others' routing tables (it keeps
+/// querying them itself) and is handed out as a contact, but never answers. As kith's read-only clients look
+/// to DHT implementations that ignore BEP 43's read-only flag.
+#[derive(Debug, Clone)]
+struct Silence(Arc<AtomicBool>);
+
+impl mainline::RequestFilter for Silence {
+    fn allow_request(&self, _request: &mainline::RequestSpecific, _from: SocketAddrV4) -> bool {
+        !self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The loopback address of node `i`.
@@ -33,7 +51,9 @@ impl Testnet {
         seeds: Vec<String>,
     ) -> Result<Self, DhtError> {
         let mut nodes = Vec::with_capacity(count);
-        let mut bootstrap: Vec<String> = seeds;
+        let mut silent = Vec::with_capacity(count);
+        let mut addrs = Vec::with_capacity(count);
+        let mut bootstrap: Vec<String> = seeds.clone();
         for i in 0..count {
             let config = DhtConfig {
                 bootstrap: bootstrap.iter().take(8).cloned().collect(),
@@ -41,16 +61,31 @@ impl Testnet {
                 port: None,
                 server: true,
             };
-            let node = KithDht::start(&config)?;
-            bootstrap.push(node.local_addr().await);
+            let flag = Arc::new(AtomicBool::new(false));
+            let node = KithDht::start_observed(&config, Box::new(Silence(flag.clone())))?;
+            let addr = node.local_addr().await;
+            bootstrap.push(addr.clone());
+            addrs.push(addr);
             nodes.push(node);
+            silent.push(flag);
         }
-        Ok(Self { nodes, bootstrap })
+        Ok(Self {
+            nodes,
+            addrs,
+            silent,
+            seeds,
+        })
     }
 
     /// `host:port` of every node.
     pub fn bootstrap(&self) -> Vec<String> {
-        self.bootstrap.clone()
+        let answering = self
+            .addrs
+            .iter()
+            .zip(&self.silent)
+            .filter(|(_, s)| !s.load(Ordering::Relaxed))
+            .map(|(a, _)| a.clone());
+        self.seeds.iter().cloned().chain(answering).collect()
     }
 
     pub fn nodes(&self) -> &[KithDht] {
@@ -67,7 +102,23 @@ impl Testnet {
         doomed.sort_unstable_by(|a, b| b.cmp(a));
         for i in doomed {
             self.nodes.remove(i);
-            self.bootstrap.remove(i);
+            self.addrs.remove(i);
+            self.silent.remove(i);
+        }
+    }
+
+    /// Makes `count` nodes chosen by `seed` silent: they keep running and stay in the others' routing
+    /// tables, so lookups are handed them as contacts, but they answer nothing. They leave the bootstrap list
+    /// (a client joins through nodes that answer, as in the real network).
+    pub fn silence(&mut self, count: usize, seed: u64) {
+        use rand::{SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut idx: Vec<usize> = (0..self.nodes.len()).collect();
+        idx.shuffle(&mut rng);
+        let mut chosen: Vec<usize> = idx.into_iter().take(count).collect();
+        chosen.sort_unstable_by(|a, b| b.cmp(a));
+        for i in chosen {
+            self.silent[i].store(true, Ordering::Relaxed);
         }
     }
 }
