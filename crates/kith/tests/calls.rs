@@ -281,9 +281,11 @@ async fn a_call_carries_speech_both_ways() {
         // While the peer pauses, playout rides on the capture clock (one wake-up a frame, not two).
         assert!(n(r, "frames_played_on_capture_clock") > 20, "{r}");
         assert!(n(s, "sent") > 150, "{s}");
-        // (Up to a few sent as the call ended may not be taken in.)
+        // (Up to a few sent as the call ended may not be taken in, and on a loaded machine a datagram now
+        // and then misses the receiver's queue: QUIC datagrams are not retransmitted. Seen: 4 of 165 under
+        // a parallel build. 2 % more is allowed for that; loss as such is checked above.)
         assert!(
-            n(r, "received") + n(r, "late") + 3 >= n(s, "sent"),
+            n(r, "received") + n(r, "late") + 3 + n(s, "sent") / 50 >= n(s, "sent"),
             "{s}\n{r}"
         );
     }

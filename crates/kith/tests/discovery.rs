@@ -350,3 +350,74 @@ async fn endpoint_keys_rotate_every_period_and_contacts_follow() {
         "bob -> alice after rotation"
     );
 }
+
+/// A stranger added by address alone, with no relay known anywhere: the message waits, and `contacts`,
+/// `chat` and `send --wait` say why (and what to do), instead of "queued" and "not delivered".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_that_needs_a_relay_says_why_it_waits() {
+    let net = Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Default privacy: no address published, requests only through a relay, and no relay anywhere.
+    let alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let bob = Daemon::spawn(
+        exe(),
+        &dir.path().join("bob"),
+        "bob",
+        Some(net.bootstrap()),
+        vec![],
+    )
+    .await
+    .unwrap();
+    alice.add_by_address(&bob).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    alice.client().send("bob", "hello?").await.unwrap();
+    // Wait for the first failed attempt, event-driven on the record lookup and the dial.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let contact = loop {
+        let list = alice.client().get("/v1/contacts").await.unwrap();
+        let c = list[0].clone();
+        if c["why_unreached"].is_string() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reason given: {c}");
+        let seen = wa.count("record_published") + wa.count("peer");
+        wa.wait_for(Duration::from_millis(500), |w| {
+            w.count("record_published") + w.count("peer") > seen
+        })
+        .await;
+    };
+    let why = contact["why_unreached"].as_str().unwrap();
+    assert!(
+        why.contains("only through a relay") && why.contains("kith relay"),
+        "{why}"
+    );
+    assert_eq!(contact["waiting"], 1, "{contact}");
+    let run = |args: &[&str]| {
+        std::process::Command::new(exe())
+            .arg("--home")
+            .arg(&alice.home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [&["contacts"][..], &["chat", "bob"]] {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("bob is not reachable now: they take connections only through a relay"),
+            "{args:?}: {text}"
+        );
+    }
+    let out = run(&["send", "bob", "still there?", "--wait", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not delivered within 2 s (bob is not reachable now: they take connections only through a relay"), "{err}");
+}

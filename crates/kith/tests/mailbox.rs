@@ -534,6 +534,21 @@ async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set
     bob.stop().await;
     let mut want = vec!["hello".to_string()];
     want.extend(write_while_bob_is_away(&alice, &wa, "no dht", 30).await);
+    // Alice's side says where they are: in bob's mailbox, not just "queued".
+    let states: Vec<String> = chat(&alice, "bob")
+        .await
+        .iter()
+        .filter(|m| {
+            m["outgoing"] == true && m["text"].as_str().is_some_and(|t| t.starts_with("no dht"))
+        })
+        .map(|m| m["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states.len(), 30);
+    assert!(states.iter().all(|s| s == "in_mailbox"), "{states:?}");
+    assert!(
+        wa.last("message_state")
+            .is_some_and(|e| e["state"] == "in_mailbox")
+    );
     alice.stop().await;
     bob.start().await.unwrap();
     bob_has(&bob, &want, 60).await;

@@ -453,7 +453,16 @@ fn nat_traversal_in_network_namespaces() {
     // a <-> c behind the same NAT.
     send(&lab, 0, "c", "hello, neighbour");
     send(&lab, 2, "a", "hi");
-    let sa = status(&lab, "a", &homes[0].2);
+    // The path between a and c starts relayed and moves to direct once a hole is punched, which on a loaded
+    // machine takes a while: wait for that (bounded), reading a's status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sa = loop {
+        let sa = status(&lab, "a", &homes[0].2);
+        if connection(&sa, "c")["path"] == "direct" || std::time::Instant::now() > deadline {
+            break sa;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let (ab, ac) = (connection(&sa, "b"), connection(&sa, "c"));
     println!(
         "NAT lab: a (EIM NAT) <-> b (symmetric NAT): {} ({} IP paths)",
