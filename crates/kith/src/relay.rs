@@ -367,6 +367,45 @@ mod tests {
         assert!(e.contains("damaged") && e.contains("remove both"), "{e}");
     }
 
+    /// An operator's PEM files (a chain from a private authority): the URL has no pin, and a node that
+    /// trusts the authority reaches the relay.
+    #[tokio::test]
+    async fn certificate_files_serve_tls_without_a_pin() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, leaf.pem() + &ca.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        let files = RelayTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let r = start_with("127.0.0.1:0".parse().unwrap(), &files, None)
+            .await
+            .unwrap();
+        assert_eq!(r.url, format!("https://127.0.0.1:{}/", r.port));
+        kith_net::relay_tls::probe(&r.url, &[ca.der().to_vec()])
+            .await
+            .unwrap();
+        // A key file that holds no key: refused with the file's name.
+        std::fs::write(&key, "nothing").unwrap();
+        let e = start_with("127.0.0.1:0".parse().unwrap(), &files, None)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("key.pem"), "{e}");
+    }
+
     #[tokio::test]
     async fn every_interface_needs_a_host_for_the_url() {
         let e = start_with("0.0.0.0:0".parse().unwrap(), &RelayTls::Ephemeral, None)
