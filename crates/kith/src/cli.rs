@@ -62,11 +62,34 @@ enum Command {
         #[command(flatten)]
         args: DaemonArgs,
     },
-    /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs.
+    /// Run a relay server that kith nodes (anyone's) can use to reach each other through NATs. It serves
+    /// TLS: by default with a self-signed certificate kept in --state, pinned by the URL it prints.
     Relay {
-        /// TCP address to serve on (plain HTTP; put it behind TLS, or use --tls-cert/--tls-key, in public).
+        /// TCP address to serve HTTPS on.
         #[arg(long, default_value = "127.0.0.1:3340")]
         listen: std::net::SocketAddr,
+        /// The name or IP address nodes reach the relay at, for the printed URL (default: the --listen
+        /// address; needed with an unspecified one such as 0.0.0.0).
+        #[arg(long)]
+        host: Option<String>,
+        /// Certificate chain (PEM, the relay's certificate first), e.g. from an ACME client; the URL then
+        /// needs no pin. With --tls-key.
+        #[arg(long, requires = "tls_key", conflicts_with_all = ["self_signed", "plain_http"])]
+        tls_cert: Option<PathBuf>,
+        /// Private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A self-signed certificate, made at the first start and kept in --state (the default).
+        #[arg(long, conflicts_with = "plain_http")]
+        self_signed: bool,
+        /// Folder for the self-signed certificate and its key (default: kith-relay in the data folder,
+        /// e.g. ~/.local/share/kith-relay). Keep it: the pin, and the URL, change with a new certificate.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Serve plain HTTP: endpoint ids then pass in the clear between the relay and every node. For
+        /// tests on loopback only.
+        #[arg(long)]
+        plain_http: bool,
         /// Announce this relay in the DHT (BEP5, well-known infohash) through these bootstrap nodes.
         #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
         announce_via: Option<Vec<String>>,
@@ -1129,8 +1152,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Relay {
             listen,
+            host,
+            tls_cert,
+            tls_key,
+            self_signed: _,
+            state,
+            plain_http,
             announce_via,
-        } => crate::relay::run(listen, announce_via).await?,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => crate::relay::RelayTls::Files { cert, key },
+                _ if plain_http => crate::relay::RelayTls::PlainHttp,
+                _ => crate::relay::RelayTls::SelfSigned {
+                    state: match state {
+                        Some(s) => s,
+                        None => crate::relay::default_state()?,
+                    },
+                },
+            };
+            crate::relay::run(listen, tls, host, announce_via).await?
+        }
         Command::Daemon { args } => run_daemon(home()?, daemon_options(args, false)?).await?,
         Command::Id { qr } => {
             let home = home()?;
@@ -1704,7 +1745,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let state = match (r["reachable"].as_bool(), r["rtt_ms"].as_f64()) {
                         (Some(true), Some(ms)) => format!("reachable, {ms:.1} ms"),
                         (Some(true), None) => "reachable".into(),
-                        _ => "NOT reachable".into(),
+                        _ => match r["error"].as_str() {
+                            Some(why) => format!("NOT reachable: {why}"),
+                            None => "NOT reachable".into(),
+                        },
                     };
                     let home = if r["home"] == true { " (home)" } else { "" };
                     crate::say!("  {}  {state}{home}", s(&r, "url"));

@@ -273,7 +273,10 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
         "  local Mainline DHT testnet: 20 nodes on 127.0.1.x (the public DHT is never contacted)"
     );
     let (_relay, relay_url) = crate::relay::start("127.0.0.1:0".parse()?).await?;
-    crate::say!("  local relay: {relay_url} (records carry only the relay, never an IP address)");
+    crate::say!(
+        "  local relay over TLS, its self-signed certificate pinned by the URL: {relay_url} (records \
+         carry only the relay, never an IP address)"
+    );
     let mut nodes = vec![];
     for name in ["alice", "bob", "carol"] {
         // Mail goes to a mailbox after 2 s without a direct delivery (10 s by default).

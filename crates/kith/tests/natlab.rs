@@ -352,15 +352,27 @@ fn nat_traversal_in_network_namespaces() {
         &[exe(), "testnet", "--nodes", "4", "--bind", "198.18.0.10"],
         &d.join("testnet.log"),
     );
+    // A relay as it runs in public: TLS with a self-signed certificate (kept in its state folder), pinned
+    // by the URL it prints.
+    let relay_state = d.join("relay-state");
     let relay_out = lab.spawn(
         "pub",
-        &[exe(), "relay", "--listen", "198.18.0.10:3340"],
+        &[
+            exe(),
+            "relay",
+            "--listen",
+            "198.18.0.10:3340",
+            "--state",
+            relay_state.to_str().unwrap(),
+        ],
         &d.join("relay.log"),
     );
     // `kith testnet` prints its nodes in one line as --bootstrap takes them, `kith relay` its URL.
     let boot = Lab::expect_line(&testnet, "the testnet", |l| l.contains(':'));
     assert_eq!(boot.split(',').count(), 4, "{boot}");
-    let relay = Lab::expect_line(&relay_out, "the relay URL", |l| l.starts_with("http://"));
+    let relay = Lab::expect_line(&relay_out, "the relay URL", |l| {
+        l.starts_with("https://198.18.0.10:3340/?pin=")
+    });
     let homes: Vec<(&str, &str, PathBuf)> = vec![
         ("a", "10.201.1.2", d.join("a")),
         ("b", "10.201.2.2", d.join("b")),
@@ -508,6 +520,10 @@ fn nat_traversal_in_network_namespaces() {
         "a's endpoint saw no IP path to b"
     );
     assert_eq!(connection(&sa, "b")["path"], "relayed");
+    // The relayed path runs over TLS to the pinned relay, which b (behind its NAT) probes as reachable.
+    let report = &sb["relay_report"][0];
+    assert_eq!(report["url"], serde_json::json!(relay), "{report}");
+    assert_eq!(report["reachable"], true, "{report}");
 
     // l joins with no bootstrap node and no saved table: it asks its LAN, where a and c answer with the
     // DHT nodes they know, and then finds a by address alone.

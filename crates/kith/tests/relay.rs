@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kith"))
@@ -96,7 +97,7 @@ async fn relays_are_found_in_the_dht_without_configuration() {
         server: false,
     })
     .unwrap();
-    let port = relay.http_addr().unwrap().port();
+    let port = relay.https_addr().expect("the relay serves TLS").port();
     announcer.announce(RELAY_INFOHASH, port).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let alice = Daemon::spawn(
@@ -120,12 +121,14 @@ async fn relays_are_found_in_the_dht_without_configuration() {
         wa.wait_for(Duration::from_secs(5), |w| w.count("relay_added") > seen)
             .await;
     }
-    // The announcement carries only a port: the relay is reached at the announcer's address.
-    let expected = format!("http://127.0.0.1:{port}/");
+    // The announcement carries only a port: the relay is reached at the announcer's address, over TLS,
+    // and the certificate seen at first contact is pinned in the URL used and published.
+    let expected = url.clone();
+    assert!(expected.starts_with(&format!("https://127.0.0.1:{port}/?pin=")));
     assert_eq!(
         relays,
         json!([expected]),
-        "the announced relay ({url}) was found and is used"
+        "the announced relay was found, pinned and is used"
     );
     let card = alice.client().get("/v1/card").await.unwrap();
     let parsed: kith_core::ContactCard = card["card"].as_str().unwrap().parse().unwrap();
@@ -315,4 +318,129 @@ async fn contacts_move_from_the_request_endpoint_to_a_direct_path() {
         c["path"] == "direct" && c["ip_paths"].as_u64() > Some(0)
     })
     .await;
+}
+
+/// A `kith relay` process (self-signed certificate kept in `state`) and the URL it printed.
+async fn relay_process(state: &Path) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(exe())
+        .args(["relay", "--listen", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the relay prints its URL")
+        .unwrap()
+        .expect("a line");
+    (child, url)
+}
+
+/// Two relay-only daemons reach each other only through a `kith relay` process serving TLS with its
+/// self-signed certificate, pinned by the URL it printed; a restart keeps the certificate and the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_daemons_talk_through_a_tls_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("relay-state");
+    let (first, url) = relay_process(&state).await;
+    drop(first);
+    let (_relay, again) = relay_process(&state).await;
+    let parsed = kith_net::relay_tls::parse_relay_url(&url).unwrap();
+    assert!(
+        parsed.tls && parsed.pin.is_some(),
+        "an https URL with a pin: {url}"
+    );
+    assert_eq!(
+        parsed.pin,
+        kith_net::relay_tls::parse_relay_url(&again).unwrap().pin,
+        "a restarted relay keeps its certificate"
+    );
+    let url = again;
+    let net = Testnet::start(12).await.unwrap();
+    let nodes = kith::process::spawn_all(
+        exe(),
+        dir.path(),
+        &["alice", "bob"],
+        Some(net.bootstrap()),
+        vec![format!("--relay={url}"), "--relay-only".into()],
+    )
+    .await
+    .unwrap();
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    alice.add_by_address(bob).await.unwrap();
+    bob.add_by_address(alice).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
+    let s1 = alice.client().send("bob", "over tls").await.unwrap();
+    let s2 = bob.client().send("alice", "and back").await.unwrap();
+    assert!(wa.delivered_within("bob", s1, 60).await, "alice -> bob");
+    assert!(wb.delivered_within("alice", s2, 60).await, "bob -> alice");
+    for (d, peer) in [(alice, "bob"), (bob, "alice")] {
+        let st = d.client().get("/v1/status").await.unwrap();
+        assert_eq!(st["listen"], json!([]), "no IP socket at all");
+        assert_eq!(connection(&st, peer)["path"], json!("relayed"));
+        assert_eq!(connection(&st, peer)["ip_paths"], json!(0));
+        let report = st["relay_report"].as_array().unwrap();
+        assert_eq!(report.len(), 1);
+        assert_eq!(report[0]["url"], json!(url));
+        assert_eq!(
+            report[0]["reachable"],
+            json!(true),
+            "the TLS relay answers the probe: {report:?}"
+        );
+        assert!(report[0]["rtt_ms"].as_f64().is_some(), "{report:?}");
+    }
+    let card = bob.client().get("/v1/card").await.unwrap();
+    let parsed: kith_core::ContactCard = card["card"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        parsed.hints().relays,
+        vec![url.clone()],
+        "the card carries the pinned URL to contacts"
+    );
+}
+
+/// A daemon given the relay's URL with a wrong pin cannot use the relay, and its status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_keeps_the_relay_out_and_status_says_why() {
+    let (_relay, url) = kith::relay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (base, pin) = url.split_once("?pin=").unwrap();
+    let flipped = if pin.starts_with('0') { "1" } else { "0" };
+    let wrong = format!("{base}?pin={flipped}{}", &pin[1..]);
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("alice");
+    let alice = Daemon::spawn(
+        exe(),
+        &home,
+        "alice",
+        None,
+        vec![format!("--relay={wrong}"), "--relay-only".into()],
+    )
+    .await
+    .unwrap();
+    let st = alice.client().get("/v1/status").await.unwrap();
+    assert_eq!(st["relay_connected"], json!(false));
+    let report = &st["relay_report"][0];
+    assert_eq!(report["reachable"], json!(false), "{report}");
+    let why = report["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("does not match the pin") && why.contains("operator"),
+        "the reason names the pin and what to do: {report}"
+    );
+    let out = std::process::Command::new(exe())
+        .arg("--home")
+        .arg(&home)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NOT reachable: the relay's certificate"),
+        "`kith status` says why: {text}"
+    );
+    drop(alice);
 }

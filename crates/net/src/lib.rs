@@ -16,6 +16,7 @@
 
 pub mod dht;
 mod discovery;
+pub mod relay_tls;
 mod session;
 pub mod testnet;
 
@@ -25,11 +26,10 @@ pub use session::{
 };
 
 use iroh::endpoint::{AckFrequencyConfig, PortmapperConfig, QuicTransportConfig, VarInt, presets};
-use iroh::{
-    Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr,
-};
+use iroh::{Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, SecretKey, TransportAddr};
 use kith_core::hello::{Hello, VerifiedPeer};
 use kith_core::{AccountKey, EndpointKey, Hints};
+use relay_tls::RelayTrust;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,14 +69,16 @@ pub enum BindError {
         "cannot open the network endpoint: {0} (is the port already in use by another program?)"
     )]
     Endpoint(String),
-    #[error("relay URL {url:?} is invalid ({reason}): use the form https://relay.example.org/")]
-    BadRelay { url: String, reason: String },
+    #[error(transparent)]
+    BadRelay(#[from] relay_tls::RelayUrlError),
     #[error("relay-only mode needs at least one relay: pass --relay URL")]
     RelayOnlyWithoutRelay,
 }
 
-/// Where `hint` says an endpoint is: its key, direct addresses and relays.
-fn endpoint_addr(hint: &Hints) -> Result<EndpointAddr, DialError> {
+/// Where `hint` says an endpoint is: its key, direct addresses and relays. The pins of its relays are
+/// registered with `trust` first: the peer's relay may be one this endpoint never used, and its
+/// certificate is checked against the pin the peer's card or record carries.
+fn endpoint_addr(hint: &Hints, trust: &RelayTrust) -> Result<EndpointAddr, DialError> {
     let endpoint = hint.endpoint.ok_or(DialError::NoRoute)?;
     let id = iroh::EndpointId::from_bytes(endpoint.as_bytes())
         .map_err(|e| DialError::Connect(e.to_string()))?;
@@ -84,8 +86,12 @@ fn endpoint_addr(hint: &Hints) -> Result<EndpointAddr, DialError> {
     let relays = hint
         .relays
         .iter()
-        .filter_map(|r| r.parse().ok())
-        .map(TransportAddr::Relay);
+        .filter_map(|r| relay_tls::parse_relay_url(r).ok())
+        .map(|r| {
+            trust.register(&r);
+            TransportAddr::Relay(r.url)
+        })
+        .collect::<Vec<_>>();
     Ok(EndpointAddr::from_parts(id, addrs.chain(relays)))
 }
 
@@ -214,13 +220,18 @@ pub struct Net {
     endpoint: Endpoint,
     discovery: Arc<dyn Discovery>,
     relays: Arc<std::sync::RwLock<Vec<String>>>,
+    trust: RelayTrust,
 }
 
 /// Relays and IP policy of an endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct NetOptions {
-    /// Relay URLs (e.g. `https://relay.example.org./`, or `http://127.0.0.1:3340/` for a local one).
+    /// Relay URLs: `https://relay.example.org/` (a certificate from an authority), or
+    /// `https://HOST:PORT/?pin=HEX` (a self-signed one, as `kith relay` prints it), or `http://...` for a
+    /// test relay on loopback. See [`relay_tls`].
     pub relays: Vec<String>,
+    /// Root certificates (DER) trusted for relays beside the Mozilla roots (e.g. a private CA).
+    pub extra_roots: Vec<Vec<u8>>,
     /// Use no IP transport at all: every packet goes through a relay, so no peer ever learns this
     /// machine's IP address.
     pub relay_only: bool,
@@ -243,18 +254,20 @@ impl Net {
         discovery: Arc<dyn Discovery>,
         options: &NetOptions,
     ) -> Result<Self, BindError> {
-        let relays: Vec<RelayConfig> = options
+        let trust = RelayTrust::new(&options.extra_roots);
+        let parsed = options
             .relays
             .iter()
-            .map(|u| {
-                u.parse::<RelayUrl>()
-                    .map(|url| RelayConfig::new(url, None))
-                    .map_err(|e| BindError::BadRelay {
-                        url: u.clone(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+            .map(|u| relay_tls::parse_relay_url(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in &parsed {
+            trust.register(r);
+        }
+        let relay_texts: Vec<String> = parsed.iter().map(|r| r.as_text()).collect();
+        let relays: Vec<RelayConfig> = parsed
+            .into_iter()
+            .map(|r| RelayConfig::new(r.url, None))
+            .collect();
         // Always a custom map (possibly empty), never n0's defaults; relays found later are inserted into it.
         let relay_mode = RelayMode::Custom(relays.into_iter().collect::<RelayMap>());
         let mut ack = AckFrequencyConfig::default();
@@ -268,6 +281,7 @@ impl Net {
             .secret_key(SecretKey::from_bytes(&secret))
             .alpns(vec![ALPN.to_vec(), MAILBOX_ALPN.to_vec()])
             .relay_mode(relay_mode)
+            .ca_tls_config(trust.ca_tls_config())
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
             .clear_ip_transports();
@@ -288,7 +302,8 @@ impl Net {
         Ok(Self {
             endpoint,
             discovery,
-            relays: Arc::new(std::sync::RwLock::new(options.relays.clone())),
+            relays: Arc::new(std::sync::RwLock::new(relay_texts)),
+            trust,
         })
     }
 
@@ -300,22 +315,36 @@ impl Net {
             .clone()
     }
 
-    /// Starts using another relay (e.g. one found in the DHT).
+    /// Starts using another relay (e.g. one found in the DHT). Its pin, if the URL has one, is
+    /// registered before the endpoint first connects to it.
     pub async fn add_relay(&self, url: &str) -> Result<(), BindError> {
-        let parsed: RelayUrl =
-            url.parse()
-                .map_err(|e: iroh::RelayUrlParseError| BindError::BadRelay {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let parsed = relay_tls::parse_relay_url(url)?;
+        self.trust.register(&parsed);
+        let text = parsed.as_text();
         self.endpoint
-            .insert_relay(parsed.clone(), Arc::new(RelayConfig::new(parsed, None)))
+            .insert_relay(
+                parsed.url.clone(),
+                Arc::new(RelayConfig::new(parsed.url, None)),
+            )
             .await;
         let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
-        if !relays.iter().any(|r| r == url) {
-            relays.push(url.to_owned());
+        if !relays.contains(&text) {
+            relays.push(text);
         }
         Ok(())
+    }
+
+    /// Relays this endpoint failed to use, with iroh's last error for each (e.g. a certificate that does
+    /// not match the URL's pin).
+    pub fn relay_errors(&self) -> Vec<(String, String)> {
+        use iroh::Watcher;
+        self.endpoint
+            .home_relay_status()
+            .get()
+            .iter()
+            .filter(|s| !s.is_connected())
+            .filter_map(|s| Some((s.url().to_string(), s.last_error()?.to_string())))
+            .collect()
     }
 
     /// Whether the endpoint is connected to at least one relay.
@@ -326,6 +355,40 @@ impl Net {
             .get()
             .iter()
             .any(|s| s.is_connected())
+    }
+
+    /// Waits until the relays' state satisfies `done` (given, per relay, its URL, whether it is connected
+    /// and its last error), or `within` passes; returns whether it did. Driven by the endpoint's own
+    /// notifications, not by polling.
+    pub async fn wait_relays(
+        &self,
+        within: Duration,
+        done: impl Fn(&[(String, bool, Option<String>)]) -> bool,
+    ) -> bool {
+        use iroh::Watcher;
+        let mut watcher = self.endpoint.home_relay_status();
+        let wait = async {
+            loop {
+                let now: Vec<(String, bool, Option<String>)> = watcher
+                    .get()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.url().to_string(),
+                            s.is_connected(),
+                            s.last_error().map(|e| e.to_string()),
+                        )
+                    })
+                    .collect();
+                if done(&now) {
+                    return true;
+                }
+                if watcher.updated().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.unwrap_or(false)
     }
 
     /// The relays this endpoint is connected to as its home (URLs as iroh prints them).
@@ -427,7 +490,7 @@ impl Net {
         hello: &Hello,
         now_unix: u64,
     ) -> Result<Session, DialError> {
-        let addr = endpoint_addr(hint)?;
+        let addr = endpoint_addr(hint, &self.trust)?;
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await
         {
             Ok(Ok(conn)) => conn,
@@ -510,7 +573,7 @@ impl Net {
     /// A connection to the mailbox at `hint` over [`MAILBOX_ALPN`], for many requests (each on a stream
     /// of its own, so they may run at once).
     pub async fn mailbox_connect(&self, hint: &Hints) -> Result<MailboxConn, DialError> {
-        let addr = endpoint_addr(hint)?;
+        let addr = endpoint_addr(hint, &self.trust)?;
         let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, MAILBOX_ALPN))
             .await
             .map_err(|_| DialError::Timeout)?

@@ -553,31 +553,11 @@ impl NodeDiscovery {
     }
 }
 
-/// Measures a relay's round trip with an HTTP probe of its `/ping` path; `None` if it does not answer
-/// with 200 within two seconds. Plain HTTP relays only (https ones are probed by iroh itself once used).
-pub async fn probe_relay(url: &str) -> Option<Duration> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let host = rest.split('/').next()?;
-    let t0 = std::time::Instant::now();
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-        s.write_all(
-            format!("GET /ping HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        std::str::from_utf8(&buf[..n])
-            .ok()?
-            .starts_with("HTTP/1.1 200")
-            .then_some(())
-    };
-    tokio::time::timeout(Duration::from_secs(2), fut)
-        .await
-        .ok()??;
-    Some(t0.elapsed())
+/// Measures a relay's round trip with a probe of its `/ping` path (over TLS for https relays, with the
+/// URL's pin or the roots); the error names why it failed (no answer, a certificate that does not match
+/// the pin, ...).
+pub async fn probe_relay(url: &str) -> Result<Duration, kith_net::relay_tls::ProbeError> {
+    kith_net::relay_tls::probe(url, &[]).await
 }
 
 /// A per-period offset in [0, 2^32) derived from the blinded secret: constant within a period (so sequence

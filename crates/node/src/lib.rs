@@ -120,6 +120,7 @@ pub async fn run_daemon(
                 .filter(|r| !r.trim().is_empty())
                 .collect(),
             relay_only: options.relay_only || config.relay_only,
+            extra_roots: vec![],
         },
         accept_requests: !options.no_requests && config.accept_requests,
         impair: options.impair.clone(),

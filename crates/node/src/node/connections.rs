@@ -119,6 +119,7 @@ impl Node {
         let options = kith_net::NetOptions {
             relays: relays.to_vec(),
             relay_only: true,
+            ..Default::default()
         };
         let unused: SocketAddr = ([127, 0, 0, 1], 0).into();
         let net = Net::bind_with(
@@ -266,6 +267,7 @@ impl Node {
             let options = kith_net::NetOptions {
                 relays,
                 relay_only: self.config.net.relay_only,
+                extra_roots: self.config.net.extra_roots.clone(),
             };
             // The same port, so cards, mailbox hints and NAT mappings stay valid. Its socket is free once
             // every handle of the old endpoint is gone (connections draining, a dial in flight, our own

@@ -84,25 +84,42 @@ impl Node {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            let mut candidates: Vec<String> = vec![];
             let now = unix_now();
             let period = kith_core::blind::period_at(now, self.config.discovery.period_minutes);
+            let mut timed = vec![];
             if let Some(dhts) = &self.discovery.dht
                 && let Ok(client) = dhts.client(period, period)
             {
-                for peer in client
+                let mut announced = client
                     .get_peers(kith_net::dht::RELAY_INFOHASH, 16, Duration::from_secs(3))
-                    .await
-                {
-                    candidates.push(format!("http://{peer}/"));
+                    .await;
+                announced.sort();
+                announced.dedup();
+                for peer in announced {
+                    // An announcement is an address and a port, no pin: trust the certificate seen at
+                    // first contact and pin it in the URL used and published from now on (DESIGN.md,
+                    // "Relays").
+                    let first = format!("https://{peer}/");
+                    match kith_net::relay_tls::probe_first_use(&first).await {
+                        Ok((rtt, pin)) => timed.push((
+                            rtt,
+                            kith_net::relay_tls::pinned_url(
+                                &peer.ip().to_string(),
+                                peer.port(),
+                                &pin,
+                            ),
+                        )),
+                        Err(e) => {
+                            tracing::debug!(reason = %e, "a relay announced in the DHT does not answer over TLS")
+                        }
+                    }
                 }
             }
-            candidates.extend(self.discovery.contact_relays());
-            candidates.sort();
-            candidates.dedup();
-            let mut timed = vec![];
-            for url in candidates {
-                if let Some(rtt) = crate::discovery::probe_relay(&url).await {
+            let mut named = self.discovery.contact_relays();
+            named.sort();
+            named.dedup();
+            for url in named {
+                if let Ok(rtt) = crate::discovery::probe_relay(&url).await {
                     timed.push((rtt, url));
                 }
             }

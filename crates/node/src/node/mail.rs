@@ -412,6 +412,7 @@ impl Node {
         let options = kith_net::NetOptions {
             relays: self.net().relays(),
             relay_only: self.config.net.relay_only,
+            extra_roots: self.config.net.extra_roots.clone(),
         };
         let bind = SocketAddr::new(self.config.listen.ip(), 0);
         Net::bind_with(seed, bind, self.discovery.clone(), &options)

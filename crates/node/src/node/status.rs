@@ -36,10 +36,15 @@ pub struct StatusView {
 #[derive(Debug, Serialize)]
 pub struct RelayView {
     pub url: String,
-    /// Answered an HTTP probe just now (plain-HTTP relays), or is the endpoint's connected home relay.
+    /// Answered a probe of `/ping` just now (over TLS for https relays, checked as the endpoint checks
+    /// it), or is the endpoint's connected home relay.
     pub reachable: bool,
     pub rtt_ms: Option<f64>,
     pub home: bool,
+    /// Why the relay is not reachable: the probe's error, or the endpoint's own (e.g. a certificate that
+    /// does not match the pin in the URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Node {
@@ -98,14 +103,25 @@ impl Node {
     pub async fn relay_report(&self) -> Vec<RelayView> {
         let net = self.net();
         let home = net.home_relays();
+        let endpoint_errors = net.relay_errors();
         let probes = net.relays().into_iter().map(|url| {
             let home = home.contains(&url);
+            let endpoint_error = endpoint_errors
+                .iter()
+                .find(|(u, _)| *u == url)
+                .map(|(_, e)| e.clone());
             async move {
-                let rtt = crate::discovery::probe_relay(&url).await;
+                let probe = crate::discovery::probe_relay(&url).await;
+                let reachable = probe.is_ok() || home;
                 RelayView {
-                    reachable: rtt.is_some() || home,
-                    rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    reachable,
+                    rtt_ms: probe.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
                     home,
+                    error: match probe {
+                        Err(e) if !reachable => Some(e.to_string()),
+                        _ if !reachable => endpoint_error,
+                        _ => None,
+                    },
                     url,
                 }
             }
