@@ -407,6 +407,30 @@ fn the_demo_runs_messages_a_crash_and_a_call() {
     assert!(stdout.contains("kith demo: OK"), "{stdout}");
 }
 
+/// Starts `kith --home HOME ARGS` and hands its standard output over line by line, as it comes.
+fn follow_lines(
+    home: &Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 /// Runs kith with `input` on standard input.
 fn kith_stdin(home: &Path, a: &[&str], env: &[(&str, &str)], input: &[u8]) -> Output {
     use std::io::Write;
@@ -911,7 +935,6 @@ fn testnet_prints_its_bootstrap_list_as_bootstrap_takes_it() {
 /// exist; the callee's daemon says who calls; `kith events` and `kith calls --watch` follow it live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_null_call_touches_no_sound_card_and_is_followed_live() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_kith"));
     let mut alice = Daemon::init(exe, &dir.path().join("alice"), "alice").unwrap();
@@ -935,24 +958,7 @@ async fn a_null_call_touches_no_sound_card_and_is_followed_live() {
     bob.start().await.unwrap();
     introduce(&alice, &bob).await.unwrap();
     introduce(&bob, &alice).await.unwrap();
-    let follow = |args: &[&str]| {
-        let mut child = Command::new(exe)
-            .arg("--home")
-            .arg(&bob.home)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (child, rx)
-    };
+    let follow = |args: &[&str]| follow_lines(&bob.home, args);
     let (mut events, events_rx) =
         follow(&["--json", "events", "--type", "call_incoming,call_ended"]);
     let (mut watch, watch_rx) = follow(&["calls", "--watch"]);
@@ -1061,4 +1067,80 @@ async fn a_null_call_touches_no_sound_card_and_is_followed_live() {
     let _ = watch.kill();
     let _ = events.wait();
     let _ = watch.wait();
+}
+
+/// `kith chat NAME --follow` shows what comes in and what changes state, as it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_follow_shows_new_messages_and_deliveries_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_kith"));
+    let mut alice = Daemon::init(exe, &dir.path().join("alice"), "alice").unwrap();
+    let mut bob = Daemon::init(exe, &dir.path().join("bob"), "bob").unwrap();
+    alice.start().await.unwrap();
+    bob.start().await.unwrap();
+    introduce(&alice, &bob).await.unwrap();
+    introduce(&bob, &alice).await.unwrap();
+    let follow = |json: bool| {
+        let args: &[&str] = if json {
+            &["--json", "chat", "bob", "--follow"]
+        } else {
+            &["chat", "bob", "--follow"]
+        };
+        follow_lines(&alice.home, args)
+    };
+    // The JSON follower prints the (empty) history as one array first: from then on it is subscribed.
+    let (mut json_child, json_rx) = follow(true);
+    let mut first = String::new();
+    while !first.trim_end().ends_with(']') {
+        first.push_str(
+            &json_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap(),
+        );
+    }
+    let (mut text_child, text_rx) = follow(false);
+    let wa = alice.watcher().await.unwrap();
+    bob.client().send("alice", "live one").await.unwrap();
+    assert!(
+        wa.wait_for(std::time::Duration::from_secs(30), |w| !w
+            .received("bob")
+            .is_empty())
+            .await
+    );
+    let seq = alice.client().send("bob", "and back").await.unwrap();
+    assert!(wa.delivered_within("bob", seq, 30).await);
+    let mut json_lines = vec![];
+    while !json_lines
+        .iter()
+        .any(|l: &String| l.contains("and back") && l.contains("\"delivered\""))
+    {
+        json_lines.push(
+            json_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{json_lines:?}")),
+        );
+    }
+    let incoming: serde_json::Value =
+        serde_json::from_str(json_lines.iter().find(|l| l.contains("live one")).unwrap()).unwrap();
+    assert_eq!(
+        (incoming["outgoing"].as_bool(), incoming["text"].as_str()),
+        (Some(false), Some("live one"))
+    );
+    let mut text_lines = vec![];
+    while !text_lines.iter().any(|l: &String| l.contains("delivered")) {
+        text_lines.push(
+            text_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{text_lines:?}")),
+        );
+    }
+    let text = text_lines.join("\n");
+    assert!(
+        text.contains("bob: live one") && text.contains("me: and back"),
+        "{text}"
+    );
+    for c in [&mut json_child, &mut text_child] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
