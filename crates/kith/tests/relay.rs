@@ -444,3 +444,53 @@ async fn a_wrong_pin_keeps_the_relay_out_and_status_says_why() {
     );
     drop(alice);
 }
+
+/// Pinned relay URLs are long: a node that names four still publishes its record (with as many relays as
+/// it has room for, at least one), and is found by address through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_four_pinned_relays_still_publishes_and_is_found() {
+    let mut relays = vec![];
+    let mut urls = vec![];
+    for _ in 0..4 {
+        let (r, url) = kith::relay::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(url.contains("?pin="), "{url}");
+        relays.push(r);
+        urls.push(url);
+    }
+    let net = kith::testnet::Testnet::start(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = Daemon::spawn(
+        exe(),
+        &dir.path().join("bob"),
+        "bob",
+        Some(net.bootstrap()),
+        vec![format!("--relay={}", urls.join(","))],
+    )
+    .await
+    .unwrap();
+    let alice = Daemon::spawn(
+        exe(),
+        &dir.path().join("alice"),
+        "alice",
+        Some(net.bootstrap()),
+        vec![format!("--relay={}", urls[0])],
+    )
+    .await
+    .unwrap();
+    let wb = bob.watcher().await.unwrap();
+    assert!(
+        wb.wait_for(Duration::from_secs(60), |w| w.count("record_published") > 0)
+            .await,
+        "bob's record was never published: {:?}",
+        bob.client().get("/v1/status").await.unwrap()["dht"]
+    );
+    alice.add_by_address(&bob).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let seq = alice.client().send("bob", "found you").await.unwrap();
+    assert!(
+        wa.delivered_within("bob", seq, 60).await,
+        "not delivered by address"
+    );
+}

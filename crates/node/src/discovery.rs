@@ -495,8 +495,10 @@ impl NodeDiscovery {
                     }
                 }
             }
-            // As many mailboxes as the record has room for, the first ones first.
+            // As many mailboxes as the record has room for, the first ones first; then, if it still does
+            // not fit, fewer relays (pinned relay URLs are long: two fit in each part, three do not).
             let mut part = contact.clone();
+            let mut devices = devices.clone();
             let value = loop {
                 let contacts =
                     record::seal_contacts(contact_key, &secret.public(), &part, &mut rand::rng())
@@ -516,6 +518,18 @@ impl NodeDiscovery {
                         tracing::info!(
                             kept = part.mailboxes.len(),
                             "the discovery record has no room for every mailbox"
+                        );
+                    }
+                    Err(record::RecordError::TooLarge { .. })
+                        if drop_a_relay(
+                            part.entries
+                                .iter_mut()
+                                .map(|e| &mut e.relays)
+                                .chain(devices.iter_mut().map(|d| &mut d.relays)),
+                        ) =>
+                    {
+                        tracing::info!(
+                            "the discovery record has no room for every relay: the first ones are kept"
                         );
                     }
                     Err(e) => return Err(kith_net::dht::DhtError::Publish(e.to_string())),
@@ -550,6 +564,18 @@ impl NodeDiscovery {
             }
         }
         Ok(done)
+    }
+}
+
+/// Drops the last relay of the list that has the most, as long as one has more than one: a record that is
+/// too large keeps at least one relay per entry (without one, a request endpoint cannot be reached).
+fn drop_a_relay<'a>(lists: impl Iterator<Item = &'a mut Vec<String>>) -> bool {
+    match lists.filter(|l| l.len() > 1).max_by_key(|l| l.len()) {
+        Some(longest) => {
+            longest.pop();
+            true
+        }
+        None => false,
     }
 }
 
@@ -649,5 +675,26 @@ impl Discovery for NodeDiscovery {
             }
             out
         })
+    }
+}
+
+#[cfg(test)]
+mod record_room_tests {
+    use super::drop_a_relay;
+
+    #[test]
+    fn relays_are_dropped_from_the_longest_list_down_to_one_each() {
+        let mut a = vec!["r1".to_string(), "r2".into(), "r3".into()];
+        let mut b = vec!["s1".to_string(), "s2".into()];
+        assert!(drop_a_relay([&mut a, &mut b].into_iter()));
+        assert_eq!(a, ["r1", "r2"]);
+        assert!(drop_a_relay([&mut a, &mut b].into_iter()));
+        assert!(drop_a_relay([&mut a, &mut b].into_iter()));
+        assert_eq!((a.len(), b.len()), (1, 1));
+        assert!(
+            !drop_a_relay([&mut a, &mut b].into_iter()),
+            "one relay each is kept"
+        );
+        assert_eq!((a, b), (vec!["r1".to_string()], vec!["s1".to_string()]));
     }
 }
