@@ -196,6 +196,9 @@ struct Seen {
     calls: Vec<Value>,
     /// The last event of each type.
     last: HashMap<String, Value>,
+    /// Every event of each type, in order (a wait for one particular event must not miss it because
+    /// another of the same type came right after).
+    all: HashMap<String, Vec<Value>>,
     /// "type.field" -> sum of that numeric field over the events of that type.
     sums: HashMap<String, u64>,
 }
@@ -214,6 +217,10 @@ impl Watcher {
                 let mut seen = w2.inner.lock().unwrap_or_else(|e| e.into_inner());
                 *seen.counts.entry(kind.to_owned()).or_default() += 1;
                 seen.last.insert(kind.to_owned(), ev.clone());
+                seen.all
+                    .entry(kind.to_owned())
+                    .or_default()
+                    .push(ev.clone());
                 if let Some(fields) = ev.as_object() {
                     for (k, v) in fields {
                         if let Some(n) = v.as_u64() {
@@ -309,6 +316,16 @@ impl Watcher {
             .last
             .get(kind)
             .cloned()
+    }
+
+    /// Whether any event of type `kind` seen so far satisfies `pred`.
+    pub fn any(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .get(kind)
+            .is_some_and(|evs| evs.iter().any(&pred))
     }
 
     /// The call events seen so far (`call_incoming`, `call_ringing`, `call_answered`, `call_ended`).
