@@ -436,7 +436,7 @@ impl NodeDiscovery {
     }
 
     /// Seals and publishes this node's record for the current and the next period.
-    /// Returns the (period, seq) pairs stored.
+    /// Returns what was published, per period.
     /// `entries(period)` gives the public device entries (request endpoints; none when strangers may not
     /// send requests) and the contacts-only entry, sealed under `contact_key`.
     pub async fn publish(
@@ -445,7 +445,7 @@ impl NodeDiscovery {
         entries: impl Fn(PeriodNum) -> (Vec<DeviceEntry>, ContactPart),
         contact_key: &[u8; 32],
         now: u64,
-    ) -> Result<Vec<(PeriodNum, i64)>, kith_net::dht::DhtError> {
+    ) -> Result<Vec<Published>, kith_net::dht::DhtError> {
         let Some(dhts) = &self.dht else {
             return Ok(vec![]);
         };
@@ -484,9 +484,13 @@ impl NodeDiscovery {
                     )
                     .await
                 {
-                    Ok(_) => {
+                    Ok(stored_at) => {
                         lock(&self.stats).published += 1;
-                        done.push((period, item.seq));
+                        done.push(Published {
+                            period,
+                            seq: item.seq,
+                            stored_at,
+                        });
                         continue;
                     }
                     Err(e) => {
@@ -544,7 +548,7 @@ impl NodeDiscovery {
                 .publish_item(*secret.public().as_bytes(), signature, seq, &value)
                 .await
             {
-                Ok(_stored_at) => {
+                Ok(stored_at) => {
                     let item = kith_store::PublishedItem {
                         inputs,
                         seq,
@@ -555,7 +559,11 @@ impl NodeDiscovery {
                         tracing::warn!(error = %e, "cannot remember the published record");
                     }
                     lock(&self.stats).published += 1;
-                    done.push((period, seq));
+                    done.push(Published {
+                        period,
+                        seq,
+                        stored_at,
+                    });
                 }
                 Err(e) => {
                     lock(&self.stats).publish_failures += 1;
@@ -565,6 +573,14 @@ impl NodeDiscovery {
         }
         Ok(done)
     }
+}
+
+/// One record published: for which period, its BEP44 sequence number, and how many DHT nodes stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub period: PeriodNum,
+    pub seq: i64,
+    pub stored_at: u32,
 }
 
 /// Drops the last relay of the list that has the most, as long as one has more than one: a record that is

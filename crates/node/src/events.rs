@@ -27,7 +27,12 @@ pub enum Event {
     /// A non-contact connected while requests are off, and was refused.
     RequestRefused { address: String },
     /// This node's discovery record for `period` was stored in the DHT.
-    RecordPublished { period: u64, seq: i64 },
+    RecordPublished {
+        period: u64,
+        seq: i64,
+        /// How many DHT nodes stored it (fewer than 8: published again soon).
+        stored_at: u32,
+    },
     /// A new discovery period began and the node now listens with that period's endpoint key.
     EndpointRotated { period: u64 },
     /// The node started using a relay it found (DHT announcement or a contact's record).

@@ -254,14 +254,29 @@ impl Node {
                     if let Some(d) = &self.discovery.dht {
                         d.routing_table().await;
                     }
-                    for (period, seq) in done {
+                    let thin = done
+                        .iter()
+                        .any(|p| p.stored_at < kith_net::dht::WELL_STORED);
+                    for p in done {
                         self.emit(Event::RecordPublished {
-                            period: period.0,
-                            seq,
+                            period: p.period.0,
+                            seq: p.seq,
+                            stored_at: p.stored_at,
                         });
                     }
-                    retry = Duration::from_millis(300);
-                    REPUBLISH
+                    if thin {
+                        // Stored by a few nodes only (the client had barely joined): again soon, by then
+                        // at the closest nodes.
+                        tracing::info!(
+                            "the discovery record was stored by few DHT nodes; publishing again soon"
+                        );
+                        let delay = retry;
+                        retry = (retry * 2).min(Duration::from_secs(60));
+                        delay
+                    } else {
+                        retry = Duration::from_millis(300);
+                        REPUBLISH
+                    }
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "publishing the discovery record failed; retrying soon");
