@@ -315,6 +315,33 @@ impl Net {
             .clone()
     }
 
+    /// [`Self::relays`] with those this endpoint is connected to as its home first: what a record or card
+    /// names first must be where the endpoint can be reached now (iroh picks the home relay by latency,
+    /// not by the order configured), since a record too small for every relay keeps the first ones.
+    pub fn relays_home_first(&self) -> Vec<String> {
+        let home = self.home_relays();
+        let mut list = self.relays();
+        // A stable sort: otherwise the configured order.
+        list.sort_by_key(|r| !home.contains(r));
+        list
+    }
+
+    /// Waits until the set of relays this endpoint is connected to as its home changes.
+    pub async fn home_relays_changed(&self) {
+        use iroh::Watcher;
+        let mut watcher = self.endpoint.home_relay_status();
+        let before = self.home_relays();
+        loop {
+            if watcher.updated().await.is_err() {
+                // The endpoint is closed: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+            if self.home_relays() != before {
+                return;
+            }
+        }
+    }
+
     /// Starts using another relay (e.g. one found in the DHT). Its pin, if the URL has one, is
     /// registered before the endpoint first connects to it.
     pub async fn add_relay(&self, url: &str) -> Result<(), BindError> {

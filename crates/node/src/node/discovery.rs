@@ -198,7 +198,15 @@ impl Node {
             // Contacts read the contact endpoint and its addresses in the part sealed under our contact key.
             // Strangers get the relay-only request endpoint; the contact endpoint only if we have no relay
             // (then with addresses only if the user chose to publish them); nothing if we take no requests.
-            let relays: Vec<String> = self.net().relays().into_iter().take(4).collect();
+            // Each endpoint's home relay first: a record without room for every relay keeps the first.
+            let relays: Vec<String> = self.net().relays_home_first().into_iter().take(4).collect();
+            let request_relays: Vec<String> = self
+                .request_net()
+                .map(|r| r.relays_home_first())
+                .unwrap_or_else(|| relays.clone())
+                .into_iter()
+                .take(4)
+                .collect();
             let direct: Vec<SocketAddr> = self.net().direct_addrs().into_iter().take(8).collect();
             let has_request_endpoint = self.request_net().is_some();
             let publish_direct = self.config.discovery.publish_direct;
@@ -215,7 +223,7 @@ impl Node {
                         endpoint: kith_core::EndpointKey::from_seed(
                             &self.id.device.request_endpoint_seed(period.0),
                         ),
-                        relays: relays.clone(),
+                        relays: request_relays.clone(),
                         direct: vec![],
                     }]
                 } else {
@@ -285,9 +293,18 @@ impl Node {
                     delay
                 }
             };
+            let (net, request_net) = (self.net(), self.request_net());
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.republish.notified() => {}
+                // A new home relay goes first in the record (contacts and strangers dial through it).
+                _ = net.home_relays_changed() => {}
+                _ = async {
+                    match &request_net {
+                        Some(r) => r.home_relays_changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }
