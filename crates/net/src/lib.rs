@@ -326,18 +326,18 @@ impl Net {
         list
     }
 
-    /// Waits until the set of relays this endpoint is connected to as its home changes.
-    pub async fn home_relays_changed(&self) {
+    /// Waits until the relays this endpoint is connected to as its home differ from `from` (what
+    /// [`Self::home_relays`] said when the caller last used them); returns at once if they already do.
+    pub async fn home_relays_changed(&self, from: &[String]) {
         use iroh::Watcher;
         let mut watcher = self.endpoint.home_relay_status();
-        let before = self.home_relays();
         loop {
+            if self.home_relays() != from {
+                return;
+            }
             if watcher.updated().await.is_err() {
                 // The endpoint is closed: nothing will change any more.
                 std::future::pending::<()>().await;
-            }
-            if self.home_relays() != before {
-                return;
             }
         }
     }

@@ -199,6 +199,16 @@ impl Node {
             // Strangers get the relay-only request endpoint; the contact endpoint only if we have no relay
             // (then with addresses only if the user chose to publish them); nothing if we take no requests.
             // Each endpoint's home relay first: a record without room for every relay keeps the first.
+            // The home relays as they are now: the record is published again when they change (also
+            // while this publish runs).
+            let (net, request_net) = (self.net(), self.request_net());
+            let homes = (
+                net.home_relays(),
+                request_net
+                    .as_ref()
+                    .map(|r| r.home_relays())
+                    .unwrap_or_default(),
+            );
             let relays: Vec<String> = self.net().relays_home_first().into_iter().take(4).collect();
             let request_relays: Vec<String> = self
                 .request_net()
@@ -293,15 +303,14 @@ impl Node {
                     delay
                 }
             };
-            let (net, request_net) = (self.net(), self.request_net());
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.republish.notified() => {}
                 // A new home relay goes first in the record (contacts and strangers dial through it).
-                _ = net.home_relays_changed() => {}
+                _ = net.home_relays_changed(&homes.0) => {}
                 _ = async {
                     match &request_net {
-                        Some(r) => r.home_relays_changed().await,
+                        Some(r) => r.home_relays_changed(&homes.1).await,
                         None => std::future::pending().await,
                     }
                 } => {}
