@@ -35,6 +35,9 @@ pub struct KrpcSocket {
     // poll_interval: Duration,
 }
 
+/// kith: the receive and send buffer asked of the kernel for the DHT socket.
+const SOCKET_BUFFER: usize = 2 << 20;
+
 impl KrpcSocket {
     pub(crate) fn new(config: &Config) -> Result<Self, std::io::Error> {
         let request_timeout = config.request_timeout;
@@ -56,6 +59,15 @@ impl KrpcSocket {
         };
 
         socket.set_read_timeout(Some(READ_TIMEOUT))?;
+
+        // kith: room for a burst of answers. A query asks every bootstrap node while the routing table is
+        // small, and a node joining runs several at once (its own find_node, a publish, a lookup): with
+        // the kernel's default buffer (208 KiB here) hundreds of answers were dropped before the actor
+        // read them, a whole query heard nothing and ended empty (a publish failing with "Failed to find
+        // any nodes close"). The kernel caps the size at net.core.rmem_max / wmem_max.
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
 
         Ok(Self {
             socket,
