@@ -358,24 +358,17 @@ async fn a_first_message_that_needs_a_relay_says_why_it_waits() {
     let net = Testnet::start(12).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Default privacy: no address published, requests only through a relay, and no relay anywhere.
-    let alice = Daemon::spawn(
+    let [alice, bob]: [Daemon; 2] = kith::process::spawn_all(
         exe(),
-        &dir.path().join("alice"),
-        "alice",
+        dir.path(),
+        &["alice", "bob"],
         Some(net.bootstrap()),
         vec![],
     )
     .await
-    .unwrap();
-    let bob = Daemon::spawn(
-        exe(),
-        &dir.path().join("bob"),
-        "bob",
-        Some(net.bootstrap()),
-        vec![],
-    )
-    .await
-    .unwrap();
+    .unwrap()
+    .try_into()
+    .unwrap_or_else(|_| unreachable!("two names, two daemons"));
     alice.add_by_address(&bob).await.unwrap();
     let wa = alice.watcher().await.unwrap();
     alice.client().send("bob", "hello?").await.unwrap();
