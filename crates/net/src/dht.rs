@@ -107,6 +107,10 @@ impl KithDht {
             b.server_mode();
         }
         if let Some(filter) = filter {
+            // Observed server nodes play the existing network (other people's nodes, testnets): their own
+            // queries (routing-table refreshes) run as mainline published them, so that kith's change to
+            // queries does not shape the network it is measured in.
+            b.adaptive_queries(false);
             b.server_mode().server_settings(mainline::ServerSettings {
                 filter,
                 ..Default::default()

@@ -109,6 +109,13 @@ impl DhtBuilder {
         self
     }
 
+    /// kith: whether this node's queries are adaptive (vendor/README.md), whatever the process-wide switch.
+    pub fn adaptive_queries(&mut self, on: bool) -> &mut Self {
+        self.0.adaptive_queries = Some(on);
+
+        self
+    }
+
     /// Set the address to bind to.
     ///
     /// Defaults to 0.0.0.0 (all interfaces).

@@ -382,6 +382,8 @@ impl Rpc {
         }
 
         let mut query = IterativeQuery::new(*self.id(), target, request);
+        // kith: as this node is set.
+        query.adaptive = self.socket.adaptive_setting();
 
         // Seed the query either with the closest nodes from the routing table, or the
         // bootstrapping nodes if the closest nodes are not enough.
@@ -585,7 +587,7 @@ impl Rpc {
         {
             let is_query_response = query.is_inflight_query_request(message.transaction_id);
             // kith: answered, so this node stays among the closest.
-            query.answered(message.transaction_id, from);
+            query.answered(message.transaction_id, from, author_id);
             let is_mutable_get_query_response = is_query_response
                 && matches!(
                     &query.request.request_type,

@@ -39,6 +39,10 @@ pub struct Config {
     ///
     /// Defaults to 0.0.0.0 (all interfaces)
     pub bind_address: Option<Ipv4Addr>,
+    /// kith: whether this node's queries give up on slow nodes early and end once the closest answering
+    /// nodes answered (vendor/README.md). None: as the process-wide switch says
+    /// ([`crate::set_adaptive_queries`], on unless turned off).
+    pub adaptive_queries: Option<bool>,
 }
 
 impl Default for Config {
@@ -51,6 +55,7 @@ impl Default for Config {
             server_mode: false,
             public_ip: None,
             bind_address: None,
+            adaptive_queries: None,
         }
     }
 }

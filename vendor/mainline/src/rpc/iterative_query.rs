@@ -78,6 +78,9 @@ impl GetMutableOutcome {
     }
 }
 
+/// kith: how many of the closest nodes not overdue a query asks at once (as published: the K closest).
+const VISIT_AHEAD: usize = 2 * MAX_BUCKET_SIZE_K;
+
 /// An iterative process of concurrently sending a request to the closest known nodes to
 /// the target, updating the routing table with closer nodes discovered in the responses, and
 /// repeating this process until no closer nodes (that aren't already queried) are found.
@@ -94,6 +97,13 @@ pub(crate) struct IterativeQuery {
     slow: HashSet<SocketAddrV4>,
     // kith: nodes that answered the query request.
     answered: HashSet<SocketAddrV4>,
+    // kith: the nodes that answered the query request, with their ids: among the closest known as
+    // Kademlia's shortlist has them. A query seeded with bootstrap nodes asks them directly, and no other
+    // node may name them, so without them fewer than K answering nodes were known and the query could not
+    // end on "the K closest answered" (it waited out every request to a silent node instead).
+    heard: ClosestNodes,
+    // kith: this node's setting for adaptive queries (None: the process-wide switch).
+    pub(crate) adaptive: Option<bool>,
     visited: HashSet<SocketAddrV4>,
     responses: Vec<Response>,
     mutable_outcome: GetMutableOutcome,
@@ -141,6 +151,8 @@ impl IterativeQuery {
             unanswered: HashMap::new(),
             slow: HashSet::new(),
             answered: HashSet::new(),
+            heard: ClosestNodes::new(target),
+            adaptive: None,
             visited: HashSet::new(),
 
             responses: Vec::new(),
@@ -163,7 +175,7 @@ impl IterativeQuery {
 
     /// kith: the closest nodes according to other nodes, leaving out those that did not answer in time.
     pub fn closest_answering(&self) -> Vec<Node> {
-        self.closest_not_overdue().cloned().collect()
+        self.closest_not_overdue()
     }
 
     /// Return the closest responding nodes after the query is done.
@@ -246,12 +258,15 @@ impl IterativeQuery {
         self.query_requests.contains(&tid)
     }
 
-    /// kith: the node asked in `tid` answered (late or not).
-    pub fn answered(&mut self, tid: u32, from: SocketAddrV4) {
+    /// kith: the node asked in `tid` answered (late or not); `id` is the id it gave.
+    pub fn answered(&mut self, tid: u32, from: SocketAddrV4, id: Option<Id>) {
         self.unanswered.remove(&tid);
         if self.query_requests.contains(&tid) {
             self.slow.remove(&from);
             self.answered.insert(from);
+            if let Some(id) = id {
+                self.heard.add(Node::new(id, from));
+            }
         }
     }
 
@@ -336,24 +351,47 @@ impl IterativeQuery {
 
     // === Private Methods ===
 
-    /// kith: the K closest nodes known, leaving out those whose request is overdue.
-    fn closest_not_overdue(&self) -> impl Iterator<Item = &Node> {
-        self.closest
+    /// kith: the K closest nodes known (named by others, or answering), leaving out those whose request
+    /// is overdue.
+    fn closest_not_overdue(&self) -> Vec<Node> {
+        self.closest_not_overdue_n(MAX_BUCKET_SIZE_K)
+    }
+
+    /// kith: the `n` closest nodes known (named by others, or answering), leaving out those whose request
+    /// is overdue (as published: the K closest that others named).
+    fn closest_not_overdue_n(&self, n: usize) -> Vec<Node> {
+        if !super::socket::inflight_requests::adaptive(self.adaptive) {
+            // As published (the reference): the K closest that others named.
+            return self.closest.nodes().iter().take(MAX_BUCKET_SIZE_K).cloned().collect();
+        }
+        let target = self.target();
+        let mut nodes: Vec<&Node> = self
+            .closest
             .nodes()
             .iter()
+            .chain(self.heard.nodes())
             .filter(|node| !self.slow.contains(&node.address()))
-            .take(MAX_BUCKET_SIZE_K)
+            .collect();
+        // As `ClosestNodes` orders them: nodes with a secure id (BEP 42) first, then by distance.
+        nodes.sort_by_key(|node| (!node.is_secure(), node.id().xor(&target)));
+        let mut seen = HashSet::new();
+        nodes
+            .into_iter()
+            .filter(|node| seen.insert(node.address()))
+            .take(n)
+            .cloned()
+            .collect()
     }
 
     /// kith: whether the K closest nodes not overdue have all answered (K of them: in a network of fewer
     /// nodes, or where most answer late, the query ends as before, when no request is left open; ending
     /// it on the few that answered first would publish at those few).
     fn closest_answered(&self) -> bool {
-        if !super::socket::inflight_requests::adaptive_queries() {
+        if !super::socket::inflight_requests::adaptive(self.adaptive) {
             return false;
         }
         let mut count = 0;
-        for node in self.closest_not_overdue() {
+        for node in &self.closest_not_overdue() {
             if !self.answered.contains(&node.address()) {
                 return false;
             }
@@ -364,9 +402,12 @@ impl IterativeQuery {
 
     /// Visit the closest candidates and remove them as candidates
     fn visit_closest(&mut self, socket: &mut KrpcSocket) {
-        // kith: overdue nodes give their place to the next closest.
+        // kith: overdue nodes give their place to the next closest, and the K after the K closest are
+        // asked too: where many nodes never answer, the next closest are then under way when one goes
+        // overdue, instead of one give-up time per generation of silent nodes that comes into the K.
         let to_visit = self
-            .closest_not_overdue()
+            .closest_not_overdue_n(VISIT_AHEAD)
+            .into_iter()
             .filter(|node| !self.visited.contains(&node.address()))
             .map(|node| node.address())
             .collect::<Vec<_>>();

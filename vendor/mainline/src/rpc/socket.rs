@@ -73,7 +73,7 @@ impl KrpcSocket {
             socket,
             next_tid: 0,
             server_mode: config.server_mode,
-            inflight_requests: InflightRequests::new(request_timeout),
+            inflight_requests: InflightRequests::new(request_timeout, config.adaptive_queries),
             last_cleanup: Instant::now(),
             local_addr,
         })
@@ -109,6 +109,11 @@ impl KrpcSocket {
     /// Returns true if this message's transaction_id is still inflight
     pub fn inflight(&self, transaction_id: u32) -> bool {
         self.inflight_requests.contains(transaction_id)
+    }
+
+    /// kith: this node's setting for adaptive queries (None: the process-wide switch).
+    pub fn adaptive_setting(&self) -> Option<bool> {
+        self.inflight_requests.adaptive_setting()
     }
 
     /// kith: true if this request is still waited for but has gone unanswered for longer than a few of

@@ -31,6 +31,8 @@ pub struct InflightRequests {
     // is given up on after a few round trips of this network instead of the whole `timeout`.
     srtt: Option<Duration>,
     rttvar: Duration,
+    // kith: this node's setting; None follows the process-wide switch.
+    adaptive: Option<bool>,
 }
 
 /// kith: the least time a request is waited for, whatever the round trips heard: answers on a loaded
@@ -46,19 +48,30 @@ pub fn set_adaptive_queries(on: bool) {
     ADAPTIVE_QUERIES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// kith: whether the adaptive queries are on.
+/// kith: whether the adaptive queries are on in the whole process.
 pub fn adaptive_queries() -> bool {
     ADAPTIVE_QUERIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// kith: whether a node with this setting runs adaptive queries (None: the process-wide switch).
+pub fn adaptive(setting: Option<bool>) -> bool {
+    setting.unwrap_or_else(adaptive_queries)
+}
+
 impl InflightRequests {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, adaptive: Option<bool>) -> Self {
         Self {
             requests: BTreeMap::new(),
             timeout,
             srtt: None,
             rttvar: Duration::ZERO,
+            adaptive,
         }
+    }
+
+    /// kith: this node's setting for adaptive queries (None: the process-wide switch).
+    pub fn adaptive_setting(&self) -> Option<bool> {
+        self.adaptive
     }
 
     /// kith: how long a request is waited for before a query also asks the next closest node: SRTT +
@@ -66,7 +79,7 @@ impl InflightRequests {
     /// later is still taken until the timeout, and queries end only when every request is answered or
     /// timed out, as before.
     pub fn give_up_after(&self) -> Duration {
-        if !adaptive_queries() {
+        if !adaptive(self.adaptive) {
             return self.timeout;
         }
         match self.srtt {
