@@ -8,13 +8,18 @@
 //! `Discovery` seam of the networking layer, so they stay one source among several later.
 
 use crate::address::{Address, AddressError, strip_scheme};
-use crate::identity::{AccountKey, AccountSecret, EndpointKey, Signature, domain_signed_bytes};
+pub use crate::hints::Hints;
+use crate::identity::{AccountKey, AccountSecret, Signature, domain_signed_bytes};
+use crate::mailbox::MailInfo;
 use crate::zbase32;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 
-/// Card format version carried in the body.
-pub const CARD_VERSION: u8 = 2;
+/// Card format version carried in the body (3: with the owner's mail info).
+pub const CARD_VERSION: u8 = 3;
+/// The oldest card version still read (2: without mail info).
+pub const OLDEST_CARD_VERSION: u8 = 2;
+/// Mailboxes a card names at most (more would not leave room for their endpoint keys).
+pub const MAX_CARD_MAILBOXES: usize = 2;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DIRECT_ADDRS: usize = 8;
@@ -24,23 +29,6 @@ pub const MAX_RELAY_URL_LEN: usize = 256;
 pub const MAX_DHT_HINTS: usize = 8;
 /// Longest encoded card body in bytes; keeps the link inside one QR code.
 pub const MAX_CARD_BYTES: usize = 1200;
-
-/// Where the card's owner may be reached. All optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hints {
-    /// The QUIC endpoint the owner's device listens on.
-    pub endpoint: Option<EndpointKey>,
-    /// Direct UDP addresses of that endpoint.
-    pub direct: Vec<SocketAddr>,
-    /// Relay URLs through which the endpoint is reachable.
-    pub relays: Vec<String>,
-    /// Mainline DHT nodes the owner knew when issuing the card (not the owner's own): a way into the
-    /// DHT for someone whose bootstrap hosts are blocked or unknown.
-    pub dht: Vec<SocketAddr>,
-    /// The owner's contact key: opens the contacts-only part of their discovery records (their contact
-    /// endpoint and addresses). In the card given to contacts only; absent from what strangers get.
-    pub contact_key: Option<[u8; 32]>,
-}
 
 /// A verified contact card. Constructed only by [`ContactCard::issue`] or by parsing, which checks the
 /// signature, so holding one means the account really said this.
@@ -56,6 +44,19 @@ struct CardBody {
     name: String,
     hints: Hints,
     /// Unix seconds; a newer card replaces an older one.
+    issued: u64,
+    /// Version 3: what a contact needs to leave mail while the owner is away (the device's Olm keys and
+    /// where its mailboxes are), so that a contact who has only the card can write from the first day.
+    mail: Option<MailInfo>,
+    signature: Signature,
+}
+
+/// A version-2 body, as it was encoded and signed (no mail info).
+#[derive(Serialize, Deserialize)]
+struct CardBodyV2 {
+    version: u8,
+    name: String,
+    hints: Hints,
     issued: u64,
     signature: Signature,
 }
@@ -87,6 +88,8 @@ pub enum CardError {
     InvalidName(&'static str),
     #[error("the card has too many hints")]
     TooManyHints,
+    #[error("the card's mail keys are not signed by the device they name: it was altered, ask for it again")]
+    BadMailInfo,
 }
 
 /// Either a bare address or a full card, as a user may paste either to `kith add`.
@@ -149,6 +152,21 @@ fn check_hints(h: &Hints) -> Result<(), CardError> {
     Ok(())
 }
 
+fn check_mail(mail: &MailInfo) -> Result<(), CardError> {
+    if mail.mailboxes.len() > MAX_CARD_MAILBOXES
+        || mail
+            .mailboxes
+            .iter()
+            .any(|m| m.keys.len() > crate::mailbox::ENDPOINT_PERIODS)
+    {
+        return Err(CardError::TooManyHints);
+    }
+    for m in &mail.mailboxes {
+        check_hints(&m.hints)?;
+    }
+    mail.bundle.verify().map_err(|_| CardError::BadMailInfo)
+}
+
 impl ContactCard {
     const DOMAIN: &'static str = "kith contact-card v1";
 
@@ -158,8 +176,13 @@ impl ContactCard {
         name: &str,
         hints: &Hints,
         issued: u64,
+        mail: Option<&MailInfo>,
     ) -> Vec<u8> {
-        domain_signed_bytes(Self::DOMAIN, &(account, version, name, hints, issued))
+        if version == 2 {
+            domain_signed_bytes(Self::DOMAIN, &(account, version, name, hints, issued))
+        } else {
+            domain_signed_bytes(Self::DOMAIN, &(account, version, name, hints, issued, mail))
+        }
     }
 
     /// Makes and signs a card.
@@ -169,10 +192,62 @@ impl ContactCard {
         hints: Hints,
         issued: u64,
     ) -> Result<Self, CardError> {
+        Self::sign(account, name, hints, None, issued)
+    }
+
+    /// Makes and signs a card that also carries `mail` (the owner's Olm keys and mailboxes), with as much
+    /// of it as fits: at most [`MAX_CARD_MAILBOXES`] mailboxes, then fewer of their endpoint keys for
+    /// later periods, then fewer mailboxes, and without mail info if even that does not fit.
+    pub fn issue_with_mail(
+        account: &AccountSecret,
+        name: &str,
+        hints: Hints,
+        mail: MailInfo,
+        issued: u64,
+    ) -> Result<Self, CardError> {
+        let mut mail = mail;
+        mail.mailboxes.truncate(MAX_CARD_MAILBOXES);
+        loop {
+            match Self::sign(account, name, hints.clone(), Some(mail.clone()), issued) {
+                Err(CardError::TooLarge { .. }) => {}
+                other => return other,
+            }
+            // The mailbox with the most keys gives up its last one; once none has any, the last mailbox
+            // goes; once none is left, the card goes without mail info.
+            if let Some(m) = mail
+                .mailboxes
+                .iter_mut()
+                .filter(|m| !m.keys.is_empty())
+                .max_by_key(|m| m.keys.len())
+            {
+                m.keys.pop();
+            } else if mail.mailboxes.pop().is_none() {
+                return Self::sign(account, name, hints, None, issued);
+            }
+        }
+    }
+
+    fn sign(
+        account: &AccountSecret,
+        name: &str,
+        hints: Hints,
+        mail: Option<MailInfo>,
+        issued: u64,
+    ) -> Result<Self, CardError> {
         check_name(name)?;
         check_hints(&hints)?;
+        if let Some(m) = &mail {
+            check_mail(m)?;
+        }
         let key = account.public();
-        let signature = account.sign(&Self::signed_part(&key, CARD_VERSION, name, &hints, issued));
+        let signature = account.sign(&Self::signed_part(
+            &key,
+            CARD_VERSION,
+            name,
+            &hints,
+            issued,
+            mail.as_ref(),
+        ));
         let card = Self {
             account: key,
             body: CardBody {
@@ -180,6 +255,7 @@ impl ContactCard {
                 name: name.to_owned(),
                 hints,
                 issued,
+                mail,
                 signature,
             },
         };
@@ -208,9 +284,27 @@ impl ContactCard {
     pub fn issued(&self) -> u64 {
         self.body.issued
     }
+    /// The owner's Olm keys and mailboxes as the card gave them (signed by the account with the card;
+    /// the keys also by the device they name). None in cards before version 3.
+    pub fn mail(&self) -> Option<&MailInfo> {
+        self.body.mail.as_ref()
+    }
 
     fn encode_body(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.body).unwrap_or_default()
+        // Each version in the layout it was signed in.
+        if self.body.version == 2 {
+            let b = &self.body;
+            postcard::to_allocvec(&CardBodyV2 {
+                version: b.version,
+                name: b.name.clone(),
+                hints: b.hints.clone(),
+                issued: b.issued,
+                signature: b.signature,
+            })
+            .unwrap_or_default()
+        } else {
+            postcard::to_allocvec(&self.body).unwrap_or_default()
+        }
     }
 
     /// The card as bytes (for storage and the wire): key followed by the body.
@@ -239,19 +333,36 @@ impl ContactCard {
             });
         }
         // The version is the first byte of the postcard body (a u8 is encoded as itself).
-        match bytes.first() {
+        let body: CardBody = match bytes.first() {
             None => return Err(CardError::Malformed),
-            Some(&v) if v != CARD_VERSION => return Err(CardError::UnsupportedVersion(v)),
-            _ => {}
-        }
-        let body: CardBody = match postcard::take_from_bytes(bytes) {
-            Ok((body, [])) => body,
-            _ => return Err(CardError::Malformed),
+            Some(&v) if v > CARD_VERSION => return Err(CardError::UnsupportedVersion(v)),
+            Some(&v) if v < OLDEST_CARD_VERSION => return Err(CardError::Malformed),
+            Some(2) => match postcard::take_from_bytes::<CardBodyV2>(bytes) {
+                Ok((b, [])) => CardBody {
+                    version: b.version,
+                    name: b.name,
+                    hints: b.hints,
+                    issued: b.issued,
+                    mail: None,
+                    signature: b.signature,
+                },
+                _ => return Err(CardError::Malformed),
+            },
+            Some(_) => match postcard::take_from_bytes(bytes) {
+                Ok((body, [])) => body,
+                _ => return Err(CardError::Malformed),
+            },
         };
         check_name(&body.name)?;
         check_hints(&body.hints)?;
-        let signed =
-            Self::signed_part(&account, body.version, &body.name, &body.hints, body.issued);
+        let signed = Self::signed_part(
+            &account,
+            body.version,
+            &body.name,
+            &body.hints,
+            body.issued,
+            body.mail.as_ref(),
+        );
         account
             .verify(&signed, &body.signature)
             .map_err(|_| CardError::BadSignature)?;
@@ -305,8 +416,12 @@ impl std::str::FromStr for ContactCard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{DeviceSecret, EndpointKey};
+    use crate::mailbox::MailboxAddr;
+    use crate::seal::RatchetAccount;
     use proptest::prelude::*;
     use rand::{SeedableRng, rngs::StdRng};
+    use std::net::SocketAddr;
 
     fn secret(seed: u64) -> AccountSecret {
         AccountSecret::generate(&mut StdRng::seed_from_u64(seed))
@@ -454,5 +569,102 @@ mod tests {
             let lossy = String::from_utf8_lossy(&bytes);
             let _ = ParsedContact::parse(&lossy);
         }
+    }
+
+    fn mail(mailboxes: usize, keys: usize) -> MailInfo {
+        let mut rng = StdRng::seed_from_u64(3);
+        let device = DeviceSecret::generate(&mut rng);
+        let bundle = RatchetAccount::new().bundle(&device, 0);
+        let key = |b: u64| EndpointKey::from_bytes(*secret(b).public().as_bytes()).unwrap();
+        MailInfo {
+            bundle,
+            mailboxes: (0..mailboxes as u64)
+                .map(|i| MailboxAddr {
+                    hints: Hints {
+                        endpoint: Some(key(100 + i)),
+                        direct: vec!["192.0.2.9:4433".parse().unwrap()],
+                        relays: vec![format!("https://relay-{i}.example/#sha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")],
+                        dht: vec![],
+                        contact_key: None,
+                    },
+                    first_period: 20_000,
+                    keys: (0..keys as u64).map(|k| key(200 + 40 * i + k)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_card_carries_its_owners_mail_info_signed() {
+        let m = mail(1, 3);
+        let card = ContactCard::issue_with_mail(&secret(1), "Bob", hints(), m.clone(), 7).unwrap();
+        let back: ContactCard = card.to_link().parse().unwrap();
+        assert_eq!(back.mail(), Some(&m));
+        assert_eq!(ContactCard::from_bytes(&card.to_bytes()).unwrap(), card);
+        // The mail info is covered by the account's signature: another mailbox key is refused.
+        let mut forged = card.clone();
+        forged.body.mail.as_mut().unwrap().mailboxes[0].keys[0] = hints().endpoint.unwrap();
+        assert_eq!(
+            ContactCard::from_bytes(&forged.to_bytes()),
+            Err(CardError::BadSignature)
+        );
+        // And the Olm keys by the device they name: a bundle whose signature does not hold is refused
+        // even when the account signed it.
+        let mut bad = m.clone();
+        bad.bundle.fallback[0] ^= 1;
+        assert_eq!(
+            ContactCard::issue_with_mail(&secret(1), "Bob", hints(), bad, 7),
+            Err(CardError::BadMailInfo)
+        );
+    }
+
+    #[test]
+    fn a_card_keeps_as_much_mail_info_as_fits() {
+        // Four mailboxes with 32 periods of keys each: far more than a card holds.
+        let card =
+            ContactCard::issue_with_mail(&secret(1), "Bob", hints(), mail(4, 32), 7).unwrap();
+        assert!(card.encode_body().len() <= MAX_CARD_BYTES);
+        let kept = card.mail().expect("mail info kept");
+        assert_eq!(kept.mailboxes.len(), MAX_CARD_MAILBOXES);
+        // Keys given up evenly, the first ones (the current periods) kept.
+        let counts: Vec<usize> = kept.mailboxes.iter().map(|m| m.keys.len()).collect();
+        assert!(counts.iter().all(|&c| c >= 3), "{counts:?}");
+        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+        assert_eq!(kept.mailboxes[0].keys[..], mail(1, 32).mailboxes[0].keys[..counts[0]]);
+        // Hints so long that no mailbox fits: the card goes without mail info rather than failing.
+        let mut long = hints();
+        long.relays = (0..4).map(|i| format!("https://{}{i}/", "r".repeat(240))).collect();
+        let card = ContactCard::issue_with_mail(&secret(1), "Bob", long, mail(2, 4), 7).unwrap();
+        assert_eq!(card.mail(), None);
+    }
+
+    #[test]
+    fn a_version_2_card_is_still_read() {
+        // Made as kith made cards before version 3: another layout, signed without mail info.
+        let account = secret(1);
+        let key = account.public();
+        let h = hints();
+        let signed = domain_signed_bytes(ContactCard::DOMAIN, &(&key, 2u8, "Old", &h, 5u64));
+        let body = CardBodyV2 {
+            version: 2,
+            name: "Old".into(),
+            hints: h.clone(),
+            issued: 5,
+            signature: account.sign(&signed),
+        };
+        let mut bytes = key.as_bytes().to_vec();
+        bytes.extend(postcard::to_allocvec(&body).unwrap());
+        let card = ContactCard::from_bytes(&bytes).unwrap();
+        assert_eq!((card.name(), card.hints(), card.mail()), ("Old", &h, None));
+        // Written back in its own layout, so its signature still holds (stored cards, cards passed on).
+        assert_eq!(card.to_bytes(), bytes);
+        assert_eq!(card.to_link().parse::<ContactCard>().unwrap(), card);
+        // A card of a version after this one names the update needed.
+        let mut newer = bytes.clone();
+        newer[32] = CARD_VERSION + 1;
+        assert_eq!(
+            ContactCard::from_bytes(&newer),
+            Err(CardError::UnsupportedVersion(CARD_VERSION + 1))
+        );
     }
 }

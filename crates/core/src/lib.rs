@@ -21,6 +21,7 @@ pub mod call;
 pub mod card;
 pub mod delivery;
 pub mod hello;
+pub mod hints;
 pub mod identity;
 pub mod mailbox;
 pub mod message;
@@ -31,7 +32,8 @@ pub mod wire;
 pub mod zbase32;
 
 pub use address::{Address, AddressError};
-pub use card::{CardError, ContactCard, Hints, ParsedContact};
+pub use card::{CardError, ContactCard, ParsedContact};
+pub use hints::Hints;
 pub use identity::{
     AccountKey, AccountSecret, DeviceCert, DeviceKey, DeviceSecret, EndpointCert, EndpointKey,
     Signature,

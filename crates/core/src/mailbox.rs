@@ -161,14 +161,14 @@ pub const ENDPOINT_PERIODS: usize = 32;
 /// them (so a depositor holding this reaches it in later periods too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxAddr {
-    pub hints: crate::Hints,
+    pub hints: crate::hints::Hints,
     pub first_period: u64,
     pub keys: Vec<crate::EndpointKey>,
 }
 
 impl MailboxAddr {
     /// The hints to use in `period`: with that period's endpoint key if known.
-    pub fn for_period(&self, period: u64) -> crate::Hints {
+    pub fn for_period(&self, period: u64) -> crate::hints::Hints {
         let mut h = self.hints.clone();
         if let Some(k) = period
             .checked_sub(self.first_period)
@@ -281,7 +281,7 @@ mod tests {
         // A mailbox's per-period keys: the one of the period asked for, else the card's.
         let k = |b: u8| crate::EndpointKey::from_seed(&[b; 32]);
         let addr = MailboxAddr {
-            hints: crate::Hints {
+            hints: crate::hints::Hints {
                 endpoint: Some(k(1)),
                 direct: vec![],
                 relays: vec![],

@@ -552,6 +552,96 @@ async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set
     bob_has(&bob, &want, 60).await;
 }
 
+/// Bob's card carries his Olm keys and his mailbox: alice, who has only the card (handed over while bob is
+/// away: no connection between them ever, no DHT), leaves mail in his mailbox, and he reads it when he is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_alone_is_enough_to_leave_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = || vec!["--mailbox-after=1".to_string()];
+    let mut alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, fast())
+        .await
+        .unwrap();
+    let alice_card = alice.client().get("/v1/card").await.unwrap()["card"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.stop().await;
+    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, fast())
+        .await
+        .unwrap();
+    let mailbox = Daemon::spawn(exe(), &dir.path().join("box"), "box", None, vec![])
+        .await
+        .unwrap();
+    introduce(&bob, &mailbox).await.unwrap();
+    introduce(&mailbox, &bob).await.unwrap();
+    let wbox = mailbox.watcher().await.unwrap();
+    bob.client()
+        .post("/v1/mailbox/use", json!({ "name": "box" }))
+        .await
+        .unwrap();
+    mailbox
+        .client()
+        .post("/v1/mailbox/host", json!({ "name": "bob" }))
+        .await
+        .unwrap();
+    // Bob adds alice while she is away: the box gets a deposit token for her (one per contact but the box
+    // itself).
+    bob.client()
+        .post("/v1/contacts", json!({ "contact": alice_card, "name": "alice" }))
+        .await
+        .unwrap();
+    assert!(
+        wbox.wait_for(Duration::from_secs(30), |w| w
+            .any("mailbox_tokens", |e| e["tokens"] == 1))
+            .await,
+        "the box has no token for alice: {:?}",
+        wbox.last("mailbox_tokens")
+    );
+    // Once the box told bob its endpoint keys, his card names it with them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let bob_card = loop {
+        let link = bob.client().get("/v1/card").await.unwrap()["card"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let Ok(ParsedContact::Card(card)) = ParsedContact::parse(&link) else {
+            panic!("bob's card does not parse: {link}");
+        };
+        if card
+            .mail()
+            .is_some_and(|m| m.mailboxes.len() == 1 && !m.mailboxes[0].keys.is_empty())
+        {
+            break link;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's card never named his mailbox with its keys: {:?}",
+            card.mail().map(|m| m.mailboxes.len())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bob.stop().await;
+    alice.start().await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    alice
+        .client()
+        .post("/v1/contacts", json!({ "contact": bob_card, "name": "bob" }))
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(10), |w| w
+            .any("mail_info", |e| e["mailboxes"] == 1 && e["keyed"] == 1))
+            .await,
+        "alice did not take bob's mailbox from his card: {:?}",
+        wa.last("mail_info")
+    );
+    let want = write_while_bob_is_away(&alice, &wa, "card only", 10).await;
+    alice.stop().await;
+    bob.start().await.unwrap();
+    bob_has(&bob, &want, 60).await;
+}
+
 /// A mailbox that cannot be reached when its owner starts (asleep: its process is stopped, so it neither
 /// answers nor notices anything) is reached later without a restart of either: the owner dials it again
 /// until it answers, and fetches what it keeps.

@@ -228,7 +228,15 @@ impl Node {
             config.discovery.period_minutes,
         );
         let contact_key_gen = lock(&store).setting(CONTACT_KEY_GEN)?.unwrap_or(0).max(0) as u64;
-        let card = Self::make_card(&id, &net, &discovery, id.contact_key(contact_key_gen), now)?;
+        // Without mail info until the Olm account is open (below): issued again then.
+        let card = Self::make_card(
+            &id,
+            &net,
+            &discovery,
+            id.contact_key(contact_key_gen),
+            None,
+            now,
+        )?;
         let (request_net, request) = match Self::bind_request(
             &id,
             &discovery,
@@ -320,6 +328,7 @@ impl Node {
             bundle: Mutex::new(None),
             mail: Default::default(),
         });
+        node.refresh_card();
         tokio::spawn(node.clone().accept_loop(Role::Contact));
         tokio::spawn(node.clone().accept_loop(Role::Request));
         tokio::spawn(node.clone().pump());

@@ -833,13 +833,35 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps `info` only if it is newer than what is stored (`at_ms`: when it was current, e.g. when the
+    /// card that carried it was issued). Returns whether it was kept.
+    pub fn save_mail_info_if_newer(
+        &self,
+        account: &AccountKey,
+        info: &[u8],
+        at_ms: i64,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO mail_info (account, info, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET info = excluded.info, at_ms = excluded.at_ms
+             WHERE excluded.at_ms > mail_info.at_ms",
+            params![account.as_bytes().as_slice(), info, at_ms],
+        )?;
+        Ok(n > 0)
+    }
+
     pub fn mail_info(&self, account: &AccountKey) -> Result<Option<Vec<u8>>> {
+        Ok(self.mail_info_at(account)?.map(|(info, _)| info))
+    }
+
+    /// The mail info with when it was current (milliseconds).
+    pub fn mail_info_at(&self, account: &AccountKey) -> Result<Option<(Vec<u8>, i64)>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT info FROM mail_info WHERE account = ?1",
+                "SELECT info, at_ms FROM mail_info WHERE account = ?1",
                 [account.as_bytes().as_slice()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
     }
@@ -2087,6 +2109,13 @@ mod tests {
         s.save_mail_info(&owner, b"one", 1).unwrap();
         s.save_mail_info(&owner, b"two", 2).unwrap();
         assert_eq!(s.mail_info(&owner).unwrap().as_deref(), Some(&b"two"[..]));
+        // What a card carried is kept only if newer than what is stored.
+        assert!(!s.save_mail_info_if_newer(&owner, b"older card", 1).unwrap());
+        assert_eq!(s.mail_info_at(&owner).unwrap(), Some((b"two".to_vec(), 2)));
+        assert!(s.save_mail_info_if_newer(&owner, b"newer card", 3).unwrap());
+        assert_eq!(s.mail_info_at(&owner).unwrap(), Some((b"newer card".to_vec(), 3)));
+        let other = AccountSecret::generate(&mut rand::rng()).public();
+        assert!(s.save_mail_info_if_newer(&other, b"first", 1).unwrap());
         // Ratchet state is kept by key.
         assert_eq!(s.ratchet("account").unwrap(), None);
         s.save_ratchet("account", "p1").unwrap();

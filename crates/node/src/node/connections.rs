@@ -366,6 +366,7 @@ impl Node {
             &new,
             &self.discovery,
             self.contact_key(),
+            self.card_mail(),
             unix_now(),
         ) {
             Ok(c) => c,
@@ -569,6 +570,8 @@ impl Node {
         };
         let path = path_name(session.path_kind());
         let mut key_changed = None;
+        // A contact's card with mail info, taken once the store is unlocked (taking it locks it).
+        let mut card_mail = None;
         let known = {
             let store = lock(&self.store);
             let stored = store.peer(&account).ok().flatten();
@@ -585,12 +588,16 @@ impl Node {
                     let _ = store.update_card(card);
                     if stored.state == PeerState::Contact {
                         self.offer_card_dht_hints(card);
+                        card_mail = Some(card.clone());
                     }
                 }
                 let _ = store.touch(&account, unix_ms());
             }
             known
         };
+        if let Some(card) = card_mail {
+            self.take_card_mail(&card);
+        }
         let (tx, rx) = mpsc::channel(CONN_QUEUE);
         let conn = session.conn.clone();
         let id = {

@@ -88,6 +88,7 @@ impl Node {
         lock(&self.store).add_contact(&account, &name, card, unix_ms())?;
         if let Some(card) = card {
             self.offer_card_dht_hints(card);
+            self.take_card_mail(card);
         }
         // Messages queued for this account before it was removed go out again now that it is back.
         self.requeue(account)?;
@@ -165,6 +166,7 @@ impl Node {
             &self.net(),
             &self.discovery,
             self.contact_key(),
+            self.card_mail(),
             unix_now(),
         )?;
         lock(&self.state).card = card;

@@ -25,11 +25,14 @@ pub struct LookupView {
 pub(super) const REPUBLISH: Duration = Duration::from_secs(20 * 60);
 
 impl Node {
+    /// Our card for contacts: where our device is now, the contact key and, with `mail`, our Olm keys and
+    /// mailboxes (so that a contact who has only the card can leave mail while we are away).
     pub(super) fn make_card(
         id: &Identity,
         net: &Net,
         discovery: &NodeDiscovery,
         contact_key: [u8; 32],
+        mail: Option<kith_core::mailbox::MailInfo>,
         now: u64,
     ) -> Result<ContactCard, NodeError> {
         let direct: Vec<SocketAddr> = net
@@ -45,7 +48,25 @@ impl Node {
             dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
             contact_key: Some(contact_key),
         };
-        Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+        Ok(match mail {
+            Some(mail) => ContactCard::issue_with_mail(&id.account, &id.name, hints, mail, now)?,
+            None => ContactCard::issue(&id.account, &id.name, hints, now)?,
+        })
+    }
+
+    /// Issues our card again from what is current (relays, contact key, Olm keys, mailboxes).
+    pub(super) fn refresh_card(&self) {
+        match Self::make_card(
+            &self.id,
+            &self.net(),
+            &self.discovery,
+            self.contact_key(),
+            self.card_mail(),
+            unix_now(),
+        ) {
+            Ok(card) => lock(&self.state).card = card,
+            Err(e) => tracing::warn!(error = %e, "cannot issue our card again"),
+        }
     }
 
     /// Offers the DHT nodes a contact's card names as bootstrap nodes; if our DHT has no node yet, it
@@ -149,15 +170,7 @@ impl Node {
                     }
                 }
                 self.wake.notify_one();
-                if let Ok(card) = Self::make_card(
-                    &self.id,
-                    &self.net(),
-                    &self.discovery,
-                    self.contact_key(),
-                    unix_now(),
-                ) {
-                    lock(&self.state).card = card;
-                }
+                self.refresh_card();
                 if let Some(r) = self.request_net() {
                     for url in self.net().relays() {
                         let _ = r.add_relay(&url).await;

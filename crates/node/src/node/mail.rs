@@ -104,13 +104,49 @@ impl Slot {
 }
 
 impl Node {
-    /// A contact's mail info (its Olm bundle and mailboxes), if it told us.
+    /// A contact's mail info (its Olm bundle and mailboxes), if it told us (or its card did). Olm keys
+    /// older than a fallback rotation may name a key its owner has forgotten since, and a session started
+    /// on it could never be opened: unless a session with that device exists already, they are not
+    /// used, and mail waits for fresher keys (the contact's next connection, card or record).
     fn mail_info_of(&self, account: &AccountKey) -> Option<MailInfo> {
-        lock(&self.store)
-            .mail_info(account)
-            .ok()
-            .flatten()
-            .and_then(|b| mailbox::decode::<MailInfo>(&b))
+        let (bytes, at_ms) = lock(&self.store).mail_info_at(account).ok().flatten()?;
+        let info = mailbox::decode::<MailInfo>(&bytes)?;
+        let stale = unix_ms() - at_ms > FALLBACK_ROTATE.as_millis() as i64;
+        if stale
+            && !lock(&self.store)
+                .olm_sessions(account)
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r.device == info.bundle.device)
+        {
+            return None;
+        }
+        Some(info)
+    }
+
+    /// A contact's card arrived (added by the user, or in its hello): the Olm keys and mailboxes it
+    /// carries are kept if newer than what we have, so that mail can be left for a contact we have never
+    /// been connected to.
+    pub(super) fn take_card_mail(self: &Arc<Self>, card: &kith_core::ContactCard) {
+        let Some(info) = card.mail() else {
+            return;
+        };
+        let account = card.account();
+        let at_ms = (card.issued() as i64).saturating_mul(1000);
+        let kept =
+            lock(&self.store).save_mail_info_if_newer(&account, &mailbox::encode(info), at_ms);
+        match kept {
+            Ok(true) => {
+                self.emit(Event::MailInfo {
+                    from: self.label(&account),
+                    mailboxes: info.mailboxes.len(),
+                    keyed: info.mailboxes.iter().filter(|m| !m.keys.is_empty()).count(),
+                });
+                self.mail.wake.notify_one();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot store the mail info of a card"),
+        }
     }
 
     /// Where to deposit for `account`: the mailboxes its current discovery record names (the freshest
@@ -272,6 +308,9 @@ impl Node {
         }
         *lock(&self.bundle) = None;
         tracing::info!("Olm fallback key rotated");
+        // Cards given out from now on carry the new key (those given before name the previous one,
+        // which stays usable until the next rotation).
+        self.refresh_card();
         self.send_mail_info_to_online(None);
     }
 
@@ -664,7 +703,9 @@ impl Node {
                 let saved = lock(&self.store).save_my_mailbox_keys(&from, first_period, &bytes);
                 match saved {
                     Ok(true) => {
-                        // Contacts learn the new keys: the records at once, connected contacts now.
+                        // Contacts learn the new keys: the records and our card at once, connected
+                        // contacts now.
+                        self.refresh_card();
                         self.republish.notify_one();
                         self.send_mail_info_to_online(Some(from));
                         // New keys from a mailbox: it has just agreed to keep our mail (or a new period
@@ -1056,6 +1097,8 @@ impl Node {
     pub fn mailbox_use(self: &Arc<Self>, name: &str) -> Result<String, NodeError> {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
+        // Our card names it from now on...
+        self.refresh_card();
         self.mail.keep.notify_one();
         self.push_mailbox_tokens(peer.account);
         // Our records name it from now on (contacts who are offline now read it there)...
@@ -1121,6 +1164,16 @@ impl Node {
             bundle,
             mailboxes: self.my_mailbox_addrs(),
         })
+    }
+
+    /// What our card carries for contacts to leave mail while we are away: our Olm keys and mailboxes
+    /// (nothing while we have no mailbox: no one could deposit).
+    pub(super) fn card_mail(&self) -> Option<kith_core::mailbox::MailInfo> {
+        let info = self
+            .mail_info()
+            .map_err(|e| tracing::warn!(error = %e, "cannot put our mail info in our card"))
+            .ok()?;
+        (!info.mailboxes.is_empty()).then_some(info)
     }
 
     /// Where our mailboxes are, in the order we named them: their cards' hints, with the endpoint keys
