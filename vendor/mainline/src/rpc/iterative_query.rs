@@ -78,9 +78,6 @@ impl GetMutableOutcome {
     }
 }
 
-/// kith: how many of the closest nodes not overdue a query asks at once (as published: the K closest).
-const VISIT_AHEAD: usize = 2 * MAX_BUCKET_SIZE_K;
-
 /// An iterative process of concurrently sending a request to the closest known nodes to
 /// the target, updating the routing table with closer nodes discovered in the responses, and
 /// repeating this process until no closer nodes (that aren't already queried) are found.
@@ -402,11 +399,13 @@ impl IterativeQuery {
 
     /// Visit the closest candidates and remove them as candidates
     fn visit_closest(&mut self, socket: &mut KrpcSocket) {
-        // kith: overdue nodes give their place to the next closest, and the K after the K closest are
-        // asked too: where many nodes never answer, the next closest are then under way when one goes
-        // overdue, instead of one give-up time per generation of silent nodes that comes into the K.
+        // kith: overdue nodes give their place to the next closest, and as many nodes after the K closest
+        // are asked too as have gone overdue (at most K): where many nodes never answer, the next closest
+        // are then under way when one goes overdue, instead of one give-up time per generation of silent
+        // nodes that comes into the K; where all answer, the query asks as many as before.
+        let ahead = MAX_BUCKET_SIZE_K + self.slow.len().min(MAX_BUCKET_SIZE_K);
         let to_visit = self
-            .closest_not_overdue_n(VISIT_AHEAD)
+            .closest_not_overdue_n(ahead)
             .into_iter()
             .filter(|node| !self.visited.contains(&node.address()))
             .map(|node| node.address())
