@@ -150,7 +150,7 @@ pub enum Response {
     /// after a rotation without asking anyone.
     Endpoints {
         first_period: u64,
-        keys: Vec<crate::EndpointKey>,
+        keys: Vec<crate::identity::EndpointKey>,
     },
 }
 
@@ -163,7 +163,7 @@ pub const ENDPOINT_PERIODS: usize = 32;
 pub struct MailboxAddr {
     pub hints: crate::hints::Hints,
     pub first_period: u64,
-    pub keys: Vec<crate::EndpointKey>,
+    pub keys: Vec<crate::identity::EndpointKey>,
 }
 
 impl MailboxAddr {
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(decode::<Response>(&encode(&a)), Some(a));
         assert_eq!(decode::<Request>(&[0xff, 0xff, 0xff]), None);
         // A mailbox's per-period keys: the one of the period asked for, else the card's.
-        let k = |b: u8| crate::EndpointKey::from_seed(&[b; 32]);
+        let k = |b: u8| crate::identity::EndpointKey::from_seed(&[b; 32]);
         let addr = MailboxAddr {
             hints: crate::hints::Hints {
                 endpoint: Some(k(1)),

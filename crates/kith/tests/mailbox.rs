@@ -336,6 +336,30 @@ async fn write_while_bob_is_away(
     sent
 }
 
+/// `owner` and `mailbox` become contacts; the owner names it as its mailbox, then the mailbox agrees to
+/// keep the owner's mail (in that order).
+async fn keeps_mail_of(mailbox: &Daemon, owner: &Daemon) {
+    introduce(owner, mailbox).await.unwrap();
+    introduce(mailbox, owner).await.unwrap();
+    owner
+        .client()
+        .post("/v1/mailbox/use", json!({ "name": mailbox.name }))
+        .await
+        .unwrap();
+    mailbox
+        .client()
+        .post("/v1/mailbox/host", json!({ "name": owner.name }))
+        .await
+        .unwrap();
+}
+
+/// A daemon named `name` in `dir`, with no DHT at all.
+async fn no_dht(dir: &Path, name: &str, args: Vec<String>) -> Daemon {
+    Daemon::spawn(exe(), &dir.join(name), name, None, args)
+        .await
+        .unwrap()
+}
+
 fn texts(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i:03}")).collect()
 }
@@ -481,27 +505,11 @@ async fn a_mailbox_killed_during_deposits_loses_and_doubles_nothing() {
 async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set_up() {
     let dir = tempfile::tempdir().unwrap();
     let fast = || vec!["--mailbox-after=1".to_string()];
-    let mut alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, fast())
-        .await
-        .unwrap();
-    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, fast())
-        .await
-        .unwrap();
-    let mailbox = Daemon::spawn(exe(), &dir.path().join("box"), "box", None, vec![])
-        .await
-        .unwrap();
-    introduce(&bob, &mailbox).await.unwrap();
-    introduce(&mailbox, &bob).await.unwrap();
+    let mut alice = no_dht(dir.path(), "alice", fast()).await;
+    let mut bob = no_dht(dir.path(), "bob", fast()).await;
+    let mailbox = no_dht(dir.path(), "box", vec![]).await;
     // bob names the box before the box agreed...
-    bob.client()
-        .post("/v1/mailbox/use", json!({ "name": "box" }))
-        .await
-        .unwrap();
-    mailbox
-        .client()
-        .post("/v1/mailbox/host", json!({ "name": "bob" }))
-        .await
-        .unwrap();
+    keeps_mail_of(&mailbox, &bob).await;
     // ...and alice adds bob first: her connection reaches bob while she is a stranger to him.
     let wb = bob.watcher().await.unwrap();
     introduce(&alice, &bob).await.unwrap();
@@ -515,8 +523,9 @@ async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set
             .await,
         "alice's first connection did not reach bob"
     );
-    introduce(&bob, &alice).await.unwrap();
+    // (Alice's events from here on: bob's mail info may come as soon as he adds her.)
     let wa = alice.watcher().await.unwrap();
+    introduce(&bob, &alice).await.unwrap();
     alice.client().send("bob", "hello").await.unwrap();
     assert!(wa.delivered_within("bob", 1, 30).await);
     // Alice learns bob's mailbox over their connection (there is no DHT record to read it from).
@@ -559,32 +568,16 @@ async fn mail_reaches_an_offline_contact_without_a_dht_whatever_the_order_of_set
 async fn a_card_alone_is_enough_to_leave_mail() {
     let dir = tempfile::tempdir().unwrap();
     let fast = || vec!["--mailbox-after=1".to_string()];
-    let mut alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, fast())
-        .await
-        .unwrap();
+    let mut alice = no_dht(dir.path(), "alice", fast()).await;
     let alice_card = alice.client().get("/v1/card").await.unwrap()["card"]
         .as_str()
         .unwrap()
         .to_owned();
     alice.stop().await;
-    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, fast())
-        .await
-        .unwrap();
-    let mailbox = Daemon::spawn(exe(), &dir.path().join("box"), "box", None, vec![])
-        .await
-        .unwrap();
-    introduce(&bob, &mailbox).await.unwrap();
-    introduce(&mailbox, &bob).await.unwrap();
+    let mut bob = no_dht(dir.path(), "bob", fast()).await;
+    let mailbox = no_dht(dir.path(), "box", vec![]).await;
     let wbox = mailbox.watcher().await.unwrap();
-    bob.client()
-        .post("/v1/mailbox/use", json!({ "name": "box" }))
-        .await
-        .unwrap();
-    mailbox
-        .client()
-        .post("/v1/mailbox/host", json!({ "name": "bob" }))
-        .await
-        .unwrap();
+    keeps_mail_of(&mailbox, &bob).await;
     // Bob adds alice while she is away: the box gets a deposit token for her (one per contact but the box
     // itself).
     bob.client()
@@ -910,19 +903,8 @@ async fn receipts_come_back_through_the_senders_mailbox_which_reads_nothing() {
         mut carol,
         wa,
     } = trio(dir.path(), vec![]).await;
-    introduce(&alice, &carol).await.unwrap();
-    introduce(&carol, &alice).await.unwrap();
     let wb = bob.watcher().await.unwrap();
-    carol
-        .client()
-        .post("/v1/mailbox/host", json!({ "name": "alice" }))
-        .await
-        .unwrap();
-    alice
-        .client()
-        .post("/v1/mailbox/use", json!({ "name": "carol" }))
-        .await
-        .unwrap();
+    keeps_mail_of(&carol, &alice).await;
     assert!(
         wb.wait_for(Duration::from_secs(20), |w| w
             .any("mail_info", |e| e["from"] == "alice" && e["mailboxes"] == 1))

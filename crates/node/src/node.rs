@@ -328,7 +328,7 @@ impl Node {
             bundle: Mutex::new(None),
             mail: Default::default(),
         });
-        node.refresh_card();
+        node.refresh_card_or_log();
         tokio::spawn(node.clone().accept_loop(Role::Contact));
         tokio::spawn(node.clone().accept_loop(Role::Request));
         tokio::spawn(node.clone().pump());

@@ -161,15 +161,7 @@ impl Node {
         let generation = lock(&self.state).contact_key_gen + 1;
         lock(&self.store).set_setting(CONTACT_KEY_GEN, generation as i64)?;
         lock(&self.state).contact_key_gen = generation;
-        let card = Self::make_card(
-            &self.id,
-            &self.net(),
-            &self.discovery,
-            self.contact_key(),
-            self.card_mail(),
-            unix_now(),
-        )?;
-        lock(&self.state).card = card;
+        self.refresh_card()?;
         self.republish.notify_one();
         self.contacts_changed(None);
         // Connections up now carried the old card: a new connection to every contact carries the new one

@@ -55,17 +55,24 @@ impl Node {
     }
 
     /// Issues our card again from what is current (relays, contact key, Olm keys, mailboxes).
-    pub(super) fn refresh_card(&self) {
-        match Self::make_card(
+    pub(super) fn refresh_card(&self) -> Result<(), NodeError> {
+        let card = Self::make_card(
             &self.id,
             &self.net(),
             &self.discovery,
             self.contact_key(),
             self.card_mail(),
             unix_now(),
-        ) {
-            Ok(card) => lock(&self.state).card = card,
-            Err(e) => tracing::warn!(error = %e, "cannot issue our card again"),
+        )?;
+        lock(&self.state).card = card;
+        Ok(())
+    }
+
+    /// [`Self::refresh_card`] where a card that cannot be issued must not stop what goes on: the card
+    /// before stays, and the log says why.
+    pub(super) fn refresh_card_or_log(&self) {
+        if let Err(e) = self.refresh_card() {
+            tracing::warn!(error = %e, "cannot issue our card again");
         }
     }
 
@@ -170,7 +177,7 @@ impl Node {
                     }
                 }
                 self.wake.notify_one();
-                self.refresh_card();
+                self.refresh_card_or_log();
                 if let Some(r) = self.request_net() {
                     for url in self.net().relays() {
                         let _ = r.add_relay(&url).await;

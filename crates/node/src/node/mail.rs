@@ -63,6 +63,8 @@ pub(super) struct MailState {
     next_id: AtomicU64,
     /// Contacts with a deposit under way.
     depositing: Mutex<HashSet<AccountKey>>,
+    /// Contacts whose mail info came over a connection in this run (the first one is answered with ours).
+    heard_from: Mutex<HashSet<AccountKey>>,
     /// When a contact's failed deposit may be tried again, and the backoff after that.
     retry: Mutex<HashMap<AccountKey, (Instant, Duration)>>,
     /// Mailboxes we are fetching from, and whether new mail was announced meanwhile.
@@ -310,7 +312,7 @@ impl Node {
         tracing::info!("Olm fallback key rotated");
         // Cards given out from now on carry the new key (those given before name the previous one,
         // which stays usable until the next rotation).
-        self.refresh_card();
+        self.refresh_card_or_log();
         self.send_mail_info_to_online(None);
     }
 
@@ -705,7 +707,7 @@ impl Node {
                     Ok(true) => {
                         // Contacts learn the new keys: the records and our card at once, connected
                         // contacts now.
-                        self.refresh_card();
+                        self.refresh_card_or_log();
                         self.republish.notify_one();
                         self.send_mail_info_to_online(Some(from));
                         // New keys from a mailbox: it has just agreed to keep our mail (or a new period
@@ -1098,7 +1100,7 @@ impl Node {
         let peer = lock(&self.store).contact_by_name(name)?;
         lock(&self.store).add_my_mailbox(&peer.account, unix_ms())?;
         // Our card names it from now on...
-        self.refresh_card();
+        self.refresh_card_or_log();
         self.mail.keep.notify_one();
         self.push_mailbox_tokens(peer.account);
         // Our records name it from now on (contacts who are offline now read it there)...
@@ -1288,13 +1290,13 @@ impl Node {
         if !self.is_contact(&account) {
             return;
         }
-        // The first from this contact: ours may have gone to them before they had added us, and been
-        // dropped; send it (again) once.
-        let first = matches!(lock(&self.store).mail_info(&account), Ok(None));
         if info.bundle.device != peer.device() || info.bundle.verify().is_err() {
             tracing::info!("mail info with keys of another device, or a bad signature: ignored");
             return;
         }
+        // The first from this contact in this run: ours may have gone to them before they had added us,
+        // and been dropped; send it (again) once. (Not "nothing stored": what a card carried may be.)
+        let first = lock(&self.mail.heard_from).insert(account);
         let bytes = kith_core::mailbox::encode(&info);
         if let Err(e) = lock(&self.store).save_mail_info(&account, &bytes, unix_ms()) {
             tracing::warn!(error = %e, "cannot store a contact's mail info");
