@@ -1170,11 +1170,24 @@ impl Node {
 
     /// What our card carries for contacts to leave mail while we are away: our Olm keys and mailboxes
     /// (nothing while we have no mailbox: no one could deposit).
+    /// A card's Olm keys are used for at most a fallback rotation (a week), so it names each mailbox's
+    /// endpoint keys from the current period through that week only (a smaller card, a smaller QR code).
     pub(super) fn card_mail(&self) -> Option<kith_core::mailbox::MailInfo> {
-        let info = self
+        let mut info = self
             .mail_info()
             .map_err(|e| tracing::warn!(error = %e, "cannot put our mail info in our card"))
             .ok()?;
+        let minutes = self.config.discovery.period_minutes.max(1);
+        let period = kith_core::blind::period_at(unix_now(), minutes).0;
+        let periods = (FALLBACK_ROTATE.as_secs() / 60).div_ceil(minutes) as usize + 1;
+        for m in &mut info.mailboxes {
+            let past = period.saturating_sub(m.first_period) as usize;
+            if past > 0 && !m.keys.is_empty() {
+                m.keys.drain(..past.min(m.keys.len()));
+                m.first_period = period;
+            }
+            m.keys.truncate(periods);
+        }
         (!info.mailboxes.is_empty()).then_some(info)
     }
 
