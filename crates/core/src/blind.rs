@@ -108,9 +108,26 @@ impl BlindedSecret {
         BlindedKey(self.public.to_bytes())
     }
 
-    /// A standard Ed25519 signature under [`Self::public`].
+    /// A standard Ed25519 signature under [`Self::public`]. Never sign one message in two periods: the
+    /// nonce comes from `RH'`, which is the same in every period (rend-spec A.2), so two signatures of one
+    /// message under two periods' keys share their nonce and together give away the account secret. For
+    /// values that must differ per period, [`Self::derive`].
     pub fn sign(&self, msg: &[u8]) -> Signature {
         Signature(raw_sign::<Sha512>(&self.esk, msg, &self.public).to_bytes())
+    }
+
+    /// 32 bytes for `label`, derived from this period's blinded secret (HKDF-SHA256 over the blinded
+    /// scalar `a'`, which differs per period, salted with the blinded public key): unrelated across
+    /// periods and labels, and telling nothing of the secret.
+    pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(self.public.as_bytes()),
+            self.esk.scalar.as_bytes(),
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        hk.expand(label, out.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
     }
 
     /// `a' (32 bytes, reduced mod l) || RH'`: Tor's expanded-secret-key layout, for tests only.
@@ -215,6 +232,26 @@ mod tests {
     use super::*;
     use crate::identity::{BadSignature, InvalidKey};
     use proptest::prelude::*;
+
+    #[test]
+    fn one_message_signed_in_two_periods_repeats_its_nonce_point_and_derive_does_not() {
+        // Why nothing may sign a constant message per period: the nonce point R is the same.
+        let account = AccountSecret::from_bytes(&[9; 32]);
+        let (p1, p2) = (
+            blind_secret(&account, PeriodNum(10), 1440),
+            blind_secret(&account, PeriodNum(11), 1440),
+        );
+        let msg = b"the same words";
+        assert_eq!(p1.sign(msg).0[..32], p2.sign(msg).0[..32]);
+        // Derived values differ per period and per label, and are stable.
+        let label = b"kith record sequence offset v1";
+        assert_ne!(*p1.derive(label), *p2.derive(label));
+        assert_ne!(*p1.derive(label), *p1.derive(b"another label"));
+        assert_eq!(
+            *p1.derive(label),
+            *blind_secret(&account, PeriodNum(10), 1440).derive(label)
+        );
+    }
 
     fn hex32(s: &str) -> [u8; 32] {
         hex::decode(s).unwrap().try_into().unwrap()

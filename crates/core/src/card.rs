@@ -88,7 +88,9 @@ pub enum CardError {
     InvalidName(&'static str),
     #[error("the card has too many hints")]
     TooManyHints,
-    #[error("the card's mail keys are not signed by the device they name: it was altered, ask for it again")]
+    #[error(
+        "the card's mail keys are not signed by the device they name: it was altered, ask for it again"
+    )]
     BadMailInfo,
 }
 
@@ -630,10 +632,15 @@ mod tests {
         let counts: Vec<usize> = kept.mailboxes.iter().map(|m| m.keys.len()).collect();
         assert!(counts.iter().all(|&c| c >= 3), "{counts:?}");
         assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
-        assert_eq!(kept.mailboxes[0].keys[..], mail(1, 32).mailboxes[0].keys[..counts[0]]);
+        assert_eq!(
+            kept.mailboxes[0].keys[..],
+            mail(1, 32).mailboxes[0].keys[..counts[0]]
+        );
         // Hints so long that no mailbox fits: the card goes without mail info rather than failing.
         let mut long = hints();
-        long.relays = (0..4).map(|i| format!("https://{}{i}/", "r".repeat(240))).collect();
+        long.relays = (0..4)
+            .map(|i| format!("https://{}{i}/", "r".repeat(240)))
+            .collect();
         let card = ContactCard::issue_with_mail(&secret(1), "Bob", long, mail(2, 4), 7).unwrap();
         assert_eq!(card.mail(), None);
     }

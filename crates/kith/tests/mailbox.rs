@@ -581,7 +581,10 @@ async fn a_card_alone_is_enough_to_leave_mail() {
     // Bob adds alice while she is away: the box gets a deposit token for her (one per contact but the box
     // itself).
     bob.client()
-        .post("/v1/contacts", json!({ "contact": alice_card, "name": "alice" }))
+        .post(
+            "/v1/contacts",
+            json!({ "contact": alice_card, "name": "alice" }),
+        )
         .await
         .unwrap();
     assert!(
@@ -619,7 +622,10 @@ async fn a_card_alone_is_enough_to_leave_mail() {
     let wa = alice.watcher().await.unwrap();
     alice
         .client()
-        .post("/v1/contacts", json!({ "contact": bob_card, "name": "bob" }))
+        .post(
+            "/v1/contacts",
+            json!({ "contact": bob_card, "name": "bob" }),
+        )
         .await
         .unwrap();
     assert!(

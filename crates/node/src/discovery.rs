@@ -603,15 +603,11 @@ pub async fn probe_relay(url: &str) -> Result<Duration, kith_net::relay_tls::Pro
 }
 
 /// A per-period offset in [0, 2^32) derived from the blinded secret: constant within a period (so sequence
-/// numbers still increase with time) and unrelated across periods.
+/// numbers still increase with time) and unrelated across periods. Derived, not signed: a signature of one
+/// constant message under every period's key would repeat its nonce (see `BlindedSecret::sign`).
 fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
-    // Hash the whole signature: its first half (R) comes from the blinded key's hash prefix, which is the
-    // same in every period (rend-spec A.2), so R alone would give every period the same offset.
-    let sig = secret.sign(b"kith record sequence offset v1");
-    let digest = sha2::Sha256::digest(sig.0);
-    i64::from(u32::from_be_bytes([
-        digest[0], digest[1], digest[2], digest[3],
-    ]))
+    let d = secret.derive(b"kith record sequence offset v1");
+    i64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
 }
 
 impl Discovery for NodeDiscovery {
@@ -712,5 +708,37 @@ mod record_room_tests {
             "one relay each is kept"
         );
         assert_eq!((a, b), (vec!["r1".to_string()], vec!["s1".to_string()]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequence_offset_is_derived_not_signed() {
+        let account = kith_core::AccountSecret::from_bytes(&[9; 32]);
+        let label = b"kith record sequence offset v1";
+        let offsets: Vec<i64> = [10, 11]
+            .into_iter()
+            .map(|p| {
+                let secret = blind::blind_secret(&account, PeriodNum(p), 24 * 60);
+                let offset = seq_offset(&secret);
+                // Not from a signature of the label (the nonce of which repeats across periods)...
+                let signed = sha2::Sha256::digest(secret.sign(label).0);
+                let from_signature = i64::from(u32::from_be_bytes([
+                    signed[0], signed[1], signed[2], signed[3],
+                ]));
+                assert_ne!(offset, from_signature);
+                // ...but the derived value.
+                let d = secret.derive(label);
+                assert_eq!(
+                    offset,
+                    i64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+                );
+                offset
+            })
+            .collect();
+        assert_ne!(offsets[0], offsets[1], "one offset for two periods");
     }
 }

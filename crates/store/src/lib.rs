@@ -2113,7 +2113,10 @@ mod tests {
         assert!(!s.save_mail_info_if_newer(&owner, b"older card", 1).unwrap());
         assert_eq!(s.mail_info_at(&owner).unwrap(), Some((b"two".to_vec(), 2)));
         assert!(s.save_mail_info_if_newer(&owner, b"newer card", 3).unwrap());
-        assert_eq!(s.mail_info_at(&owner).unwrap(), Some((b"newer card".to_vec(), 3)));
+        assert_eq!(
+            s.mail_info_at(&owner).unwrap(),
+            Some((b"newer card".to_vec(), 3))
+        );
         let other = AccountSecret::generate(&mut rand::rng()).public();
         assert!(s.save_mail_info_if_newer(&other, b"first", 1).unwrap());
         // Ratchet state is kept by key.
