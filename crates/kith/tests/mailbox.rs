@@ -577,6 +577,7 @@ async fn a_card_alone_is_enough_to_leave_mail() {
     let mut bob = no_dht(dir.path(), "bob", fast()).await;
     let mailbox = no_dht(dir.path(), "box", vec![]).await;
     let wbox = mailbox.watcher().await.unwrap();
+    let wb = bob.watcher().await.unwrap();
     keeps_mail_of(&mailbox, &bob).await;
     // Bob adds alice while she is away: the box gets a deposit token for her (one per contact but the box
     // itself).
@@ -595,28 +596,25 @@ async fn a_card_alone_is_enough_to_leave_mail() {
         wbox.last("mailbox_tokens")
     );
     // Once the box told bob its endpoint keys, his card names it with them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let bob_card = loop {
-        let link = bob.client().get("/v1/card").await.unwrap()["card"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let Ok(ParsedContact::Card(card)) = ParsedContact::parse(&link) else {
-            panic!("bob's card does not parse: {link}");
-        };
-        if card
-            .mail()
-            .is_some_and(|m| m.mailboxes.len() == 1 && !m.mailboxes[0].keys.is_empty())
-        {
-            break link;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bob's card never named his mailbox with its keys: {:?}",
-            card.mail().map(|m| m.mailboxes.len())
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        wb.wait_for(Duration::from_secs(30), |w| w
+            .any("card_changed", |e| e["mailboxes"] == 1 && e["keyed"] == 1))
+            .await,
+        "bob's card never named his mailbox with its keys: {:?}",
+        wb.last("card_changed")
+    );
+    let bob_card = bob.client().get("/v1/card").await.unwrap()["card"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let Ok(ParsedContact::Card(card)) = ParsedContact::parse(&bob_card) else {
+        panic!("bob's card does not parse: {bob_card}");
     };
+    assert!(
+        card.mail()
+            .is_some_and(|m| m.mailboxes.len() == 1 && !m.mailboxes[0].keys.is_empty()),
+        "bob's card as served does not name his mailbox with its keys"
+    );
     bob.stop().await;
     alice.start().await.unwrap();
     let wa = alice.watcher().await.unwrap();

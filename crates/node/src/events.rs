@@ -33,6 +33,10 @@ pub enum Event {
         /// How many DHT nodes stored it (fewer than 8: published again soon).
         stored_at: u32,
     },
+    /// Our card was issued again (relays, contact key, Olm keys or mailboxes changed): `GET /v1/card` gives
+    /// the new one. `mailboxes`: how many it names; `keyed`: of those, how many with endpoint keys for the
+    /// coming periods.
+    CardChanged { mailboxes: usize, keyed: usize },
     /// A new discovery period began and the node now listens with that period's endpoint key.
     EndpointRotated { period: u64 },
     /// The node started using a relay it found (DHT announcement or a contact's record).

@@ -64,7 +64,12 @@ impl Node {
             self.card_mail(),
             unix_now(),
         )?;
+        let (mailboxes, keyed) = card.mail().map_or((0, 0), |m| {
+            let keyed = m.mailboxes.iter().filter(|b| !b.keys.is_empty()).count();
+            (m.mailboxes.len(), keyed)
+        });
         lock(&self.state).card = card;
+        self.emit(Event::CardChanged { mailboxes, keyed });
         Ok(())
     }
 

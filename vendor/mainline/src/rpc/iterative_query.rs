@@ -208,7 +208,8 @@ impl IterativeQuery {
 
     /// Force start query traversal by visiting closest nodes.
     pub fn start(&mut self, socket: &mut KrpcSocket) {
-        self.visit_closest(socket);
+        let closest = self.closest_to_visit();
+        self.visit_closest(socket, &closest);
     }
 
     /// Add a candidate node to query on next tick if it is among the closest nodes.
@@ -325,7 +326,10 @@ impl IterativeQuery {
         });
 
         // Visit closest nodes
-        self.visit_closest(socket);
+        // kith: the closest nodes are worked out once a tick, for the visits and for the end (visiting
+        // changes neither the nodes known nor which are overdue).
+        let closest = self.closest_to_visit();
+        self.visit_closest(socket, &closest);
 
         // If no more inflight_requests are inflight in the socket (not timed out),
         // then the query is done.
@@ -337,7 +341,7 @@ impl IterativeQuery {
             // lookup): requests still out to overdue or farther nodes cannot bring anything closer that
             // those K did not name, and waiting for their timeout cost every query with one unanswering
             // node in it a whole request timeout.
-            || self.closest_answered();
+            || self.closest_answered(&closest);
 
         if done {
             debug!(id=?self.target(), closest = ?self.closest.len(), visited = ?self.visited.len(), responders = ?self.responders.len(), "Done query");
@@ -383,12 +387,13 @@ impl IterativeQuery {
     /// kith: whether the K closest nodes not overdue have all answered (K of them: in a network of fewer
     /// nodes, or where most answer late, the query ends as before, when no request is left open; ending
     /// it on the few that answered first would publish at those few).
-    fn closest_answered(&self) -> bool {
+    /// `closest`: [`Self::closest_to_visit`], whose first K are the K closest not overdue.
+    fn closest_answered(&self, closest: &[Node]) -> bool {
         if !super::socket::inflight_requests::adaptive(self.adaptive) {
             return false;
         }
         let mut count = 0;
-        for node in &self.closest_not_overdue() {
+        for node in closest.iter().take(MAX_BUCKET_SIZE_K) {
             if !self.answered.contains(&node.address()) {
                 return false;
             }
@@ -397,16 +402,19 @@ impl IterativeQuery {
         count == MAX_BUCKET_SIZE_K
     }
 
+    /// kith: the nodes a query asks: overdue nodes give their place to the next closest, and as many
+    /// nodes after the K closest are asked too as have gone overdue (at most K): where many nodes never
+    /// answer, the next closest are then under way when one goes overdue, instead of one give-up time per
+    /// generation of silent nodes that comes into the K; where all answer, the query asks as many as before.
+    fn closest_to_visit(&self) -> Vec<Node> {
+        self.closest_not_overdue_n(MAX_BUCKET_SIZE_K + self.slow.len().min(MAX_BUCKET_SIZE_K))
+    }
+
     /// Visit the closest candidates and remove them as candidates
-    fn visit_closest(&mut self, socket: &mut KrpcSocket) {
-        // kith: overdue nodes give their place to the next closest, and as many nodes after the K closest
-        // are asked too as have gone overdue (at most K): where many nodes never answer, the next closest
-        // are then under way when one goes overdue, instead of one give-up time per generation of silent
-        // nodes that comes into the K; where all answer, the query asks as many as before.
-        let ahead = MAX_BUCKET_SIZE_K + self.slow.len().min(MAX_BUCKET_SIZE_K);
-        let to_visit = self
-            .closest_not_overdue_n(ahead)
-            .into_iter()
+    /// (kith: `closest` from [`Self::closest_to_visit`]).
+    fn visit_closest(&mut self, socket: &mut KrpcSocket, closest: &[Node]) {
+        let to_visit = closest
+            .iter()
             .filter(|node| !self.visited.contains(&node.address()))
             .map(|node| node.address())
             .collect::<Vec<_>>();
