@@ -216,18 +216,25 @@ impl FrameDecoder {
             return Ok(None);
         };
         let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        if len + 4 > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge {
-                len: len.saturating_add(4),
-                max: MAX_FRAME_LEN,
-            });
-        }
-        if self.buf.len() < len + 4 {
+        let whole = whole_frame_len(len)?;
+        if self.buf.len() < whole {
             return Ok(None);
         }
-        let frame = Frame::decode_body(&self.buf[4..4 + len]);
-        self.buf.drain(..4 + len);
+        let frame = Frame::decode_body(&self.buf[4..whole]);
+        self.buf.drain(..whole);
         frame.map(Some)
+    }
+}
+
+/// The length of a frame whose prefix says `len`, prefix included, if it is within [`MAX_FRAME_LEN`].
+/// Checked: on a 32-bit target a prefix near `u32::MAX` would wrap `len + 4` round to a small number.
+fn whole_frame_len(len: usize) -> Result<usize, FrameError> {
+    match len.checked_add(4) {
+        Some(whole) if whole <= MAX_FRAME_LEN => Ok(whole),
+        _ => Err(FrameError::TooLarge {
+            len: len.saturating_add(4),
+            max: MAX_FRAME_LEN,
+        }),
     }
 }
 
@@ -235,6 +242,28 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 21, point 7: the length a prefix declares is added to in checked arithmetic. On a 32-bit
+    /// target `usize` is `u32`, so a prefix near `u32::MAX` is a `usize` near its maximum there: this
+    /// overflowed (a panic in debug builds, a wrapped length in release) before the check.
+    #[test]
+    fn a_prefix_at_the_top_of_usize_is_too_large_not_an_overflow() {
+        for len in [
+            usize::MAX,
+            usize::MAX - 3,
+            u32::MAX as usize,
+            MAX_FRAME_LEN - 3,
+        ] {
+            assert!(
+                matches!(whole_frame_len(len), Err(FrameError::TooLarge { .. })),
+                "{len}"
+            );
+        }
+        assert_eq!(whole_frame_len(MAX_FRAME_LEN - 4).unwrap(), MAX_FRAME_LEN);
+        let mut d = FrameDecoder::new();
+        d.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
+    }
 
     #[test]
     fn round_trip_split_anywhere() {
