@@ -177,11 +177,15 @@ impl DeviceSecret {
 
     fn derive_seed(&self, label: &[u8], period: u64) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest;
+        // Every copy of the device secret and of the digest is wiped when dropped, and so is the hasher's
+        // state (sha2's `zeroize` feature).
+        let secret = zeroize::Zeroizing::new(self.0.to_bytes());
         let mut h = sha2::Sha512::new();
         h.update(label);
-        h.update(self.0.to_bytes());
+        h.update(&secret[..]);
         h.update(period.to_be_bytes());
-        let digest = h.finalize();
+        let mut digest = zeroize::Zeroizing::new([0u8; 64]);
+        h.finalize_into((&mut *digest).into());
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         seed.copy_from_slice(&digest[..32]);
         seed
@@ -292,6 +296,22 @@ pub(crate) fn domain_signed_bytes<T: Serialize>(domain: &str, fields: &T) -> Vec
 mod tests {
     use super::*;
     use rand::{SeedableRng, rngs::StdRng};
+
+    /// Issue 21, point 8: what derives an endpoint seed wipes the device secret's copy, the digest and
+    /// the hasher's state (sha2's `zeroize` feature: without it `Sha512` is not `ZeroizeOnDrop`), and the
+    /// seed itself is wiped when dropped.
+    #[test]
+    fn endpoint_seeds_and_their_hasher_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        use sha2::Digest;
+        wiped(&sha2::Sha512::new());
+        wiped(&sha2::Sha256::new());
+        let device = DeviceSecret::generate(&mut StdRng::seed_from_u64(8));
+        let seed = device.endpoint_seed(5);
+        wiped(&seed);
+        assert_ne!(*seed, *device.endpoint_seed(6));
+        assert_ne!(*seed, *device.request_endpoint_seed(5));
+    }
 
     #[test]
     fn certs_verify_and_detect_tampering() {

@@ -168,13 +168,15 @@ fn record_key(account: &AccountKey, blinded: &BlindedKey) -> [u8; 32] {
         .into()
 }
 
-fn contacts_key(contact_key: &[u8; 32], blinded: &BlindedKey) -> [u8; 32] {
+/// The key of the contacts-only part of the record of `blinded`: a secret, wiped when dropped.
+fn contacts_key(contact_key: &[u8; 32], blinded: &BlindedKey) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
     Sha256::new()
         .chain_update(b"kith record contacts key v1")
         .chain_update(contact_key)
         .chain_update(blinded.as_bytes())
-        .finalize()
-        .into()
+        .finalize_into((&mut *key).into());
+    key
 }
 
 /// Seals the contacts-only part for the record of `blinded` under the owner's contact key.
@@ -415,6 +417,21 @@ mod tests {
     use rand::{SeedableRng, rngs::StdRng};
 
     const LEN_MIN: u64 = 60;
+
+    /// Issue 21, point 8: the key of the contacts-only part is wiped when dropped (a plain array before).
+    #[test]
+    fn the_contacts_part_key_is_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let blinded = blind_secret(
+            &AccountSecret::generate(&mut StdRng::seed_from_u64(2)),
+            period_at(0, LEN_MIN),
+            LEN_MIN,
+        )
+        .public();
+        let key = contacts_key(&[7; 32], &blinded);
+        wiped(&key);
+        assert_ne!(*key, *contacts_key(&[8; 32], &blinded));
+    }
 
     struct Fixture {
         account: AccountSecret,

@@ -233,7 +233,7 @@ impl Node {
             &id,
             &net,
             &discovery,
-            id.contact_key(contact_key_gen),
+            &id.contact_key(contact_key_gen),
             None,
             now,
         )?;

@@ -247,14 +247,16 @@ impl Identity {
     /// The contact key of `generation`: it opens the contacts-only part of our discovery records and
     /// travels in the card we give contacts. Derived, so only the generation is stored; removing a contact
     /// moves to the next generation, so the removed one can no longer read where we are.
-    pub fn contact_key(&self, generation: u64) -> [u8; 32] {
+    pub fn contact_key(&self, generation: u64) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest;
+        let secret = self.account.to_bytes();
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
         sha2::Sha256::new()
             .chain_update(b"kith contact key v1")
-            .chain_update(self.account.to_bytes())
+            .chain_update(&secret[..])
             .chain_update(generation.to_be_bytes())
-            .finalize()
-            .into()
+            .finalize_into((&mut *key).into());
+        key
     }
 }
 
@@ -951,6 +953,20 @@ pub struct ProfileLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21, point 8: the contact key is a secret shared with contacts only; every copy the profile
+    /// derives is wiped when dropped (a plain array before).
+    #[test]
+    fn the_contact_key_is_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path().join("a"));
+        p.init("Alice", None, 4000, true).unwrap();
+        let id = p.unlock(None).unwrap();
+        let key = id.contact_key(3);
+        wiped(&key);
+        assert_ne!(*key, *id.contact_key(4), "each generation has its own key");
+    }
 
     #[test]
     fn init_unlock_and_refuse_overwrite() {

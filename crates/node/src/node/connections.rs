@@ -365,7 +365,7 @@ impl Node {
             &self.id,
             &new,
             &self.discovery,
-            self.contact_key(),
+            &self.contact_key(),
             self.card_mail(),
             unix_now(),
         ) {

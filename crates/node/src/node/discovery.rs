@@ -31,7 +31,7 @@ impl Node {
         id: &Identity,
         net: &Net,
         discovery: &NodeDiscovery,
-        contact_key: [u8; 32],
+        contact_key: &[u8; 32],
         mail: Option<kith_core::mailbox::MailInfo>,
         now: u64,
     ) -> Result<ContactCard, NodeError> {
@@ -46,7 +46,7 @@ impl Node {
             direct,
             relays: net.relays().into_iter().take(4).collect(),
             dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
-            contact_key: Some(contact_key),
+            contact_key: Some(*contact_key),
         };
         Ok(match mail {
             Some(mail) => ContactCard::issue_with_mail(&id.account, &id.name, hints, mail, now)?,
@@ -60,7 +60,7 @@ impl Node {
             &self.id,
             &self.net(),
             &self.discovery,
-            self.contact_key(),
+            &self.contact_key(),
             self.card_mail(),
             unix_now(),
         )?;
@@ -102,7 +102,7 @@ impl Node {
     }
 
     /// Our current contact key.
-    pub(super) fn contact_key(&self) -> [u8; 32] {
+    pub(super) fn contact_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
         self.id.contact_key(lock(&self.state).contact_key_gen)
     }
 
