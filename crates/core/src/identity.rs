@@ -161,10 +161,16 @@ impl AccountSecret {
 }
 
 impl DeviceSecret {
-    /// The seed of this device's QUIC endpoint key for one discovery period. Derived, not stored: it
-    /// rotates every period, and without the device secret the keys of two periods cannot be linked.
-    pub fn endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
-        self.derive_seed(b"kith endpoint key v1", period)
+    /// The seed of this device's QUIC endpoint key (the contact endpoint) for one discovery period and
+    /// contact-key `generation`. Derived, not stored: it rotates every period and whenever a contact is
+    /// removed (the generation moves on, so the removed one no longer knows an endpoint that leads here),
+    /// and without the device secret the keys of two periods or generations cannot be linked. Generation
+    /// 0 is the derivation without a generation.
+    pub fn endpoint_seed(&self, period: u64, generation: u64) -> zeroize::Zeroizing<[u8; 32]> {
+        match generation {
+            0 => self.derive_seed(b"kith endpoint key v1", period, None),
+            g => self.derive_seed(b"kith endpoint key v1", period, Some(g)),
+        }
     }
 
     /// The seed of this device's *request endpoint* for one period: the relay-only endpoint named in the
@@ -172,10 +178,15 @@ impl DeviceSecret {
     /// who dials it learns this machine's IP address; contacts are told the other endpoint
     /// ([`Self::endpoint_seed`]) in the card they receive.
     pub fn request_endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
-        self.derive_seed(b"kith request endpoint key v1", period)
+        self.derive_seed(b"kith request endpoint key v1", period, None)
     }
 
-    fn derive_seed(&self, label: &[u8], period: u64) -> zeroize::Zeroizing<[u8; 32]> {
+    fn derive_seed(
+        &self,
+        label: &[u8],
+        period: u64,
+        generation: Option<u64>,
+    ) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest;
         // Every copy of the device secret and of the digest is wiped when dropped, and so is the hasher's
         // state (sha2's `zeroize` feature).
@@ -184,6 +195,9 @@ impl DeviceSecret {
         h.update(label);
         h.update(&secret[..]);
         h.update(period.to_be_bytes());
+        if let Some(g) = generation {
+            h.update(g.to_be_bytes());
+        }
         let mut digest = zeroize::Zeroizing::new([0u8; 64]);
         h.finalize_into((&mut *digest).into());
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
@@ -307,9 +321,11 @@ mod tests {
         wiped(&sha2::Sha512::new());
         wiped(&sha2::Sha256::new());
         let device = DeviceSecret::generate(&mut StdRng::seed_from_u64(8));
-        let seed = device.endpoint_seed(5);
+        let seed = device.endpoint_seed(5, 0);
         wiped(&seed);
-        assert_ne!(*seed, *device.endpoint_seed(6));
+        assert_ne!(*seed, *device.endpoint_seed(6, 0));
+        assert_ne!(*seed, *device.endpoint_seed(5, 1));
+        assert_ne!(*device.endpoint_seed(5, 1), *device.endpoint_seed(5, 2));
         assert_ne!(*seed, *device.request_endpoint_seed(5));
     }
 
@@ -334,15 +350,15 @@ mod tests {
     #[test]
     fn endpoint_keys_rotate_per_period() {
         let d = DeviceSecret::generate(&mut StdRng::seed_from_u64(3));
-        assert_eq!(*d.endpoint_seed(5), *d.endpoint_seed(5));
-        assert_ne!(*d.endpoint_seed(5), *d.endpoint_seed(6));
+        assert_eq!(*d.endpoint_seed(5, 0), *d.endpoint_seed(5, 0));
+        assert_ne!(*d.endpoint_seed(5, 0), *d.endpoint_seed(6, 0));
         let other = DeviceSecret::generate(&mut StdRng::seed_from_u64(4));
-        assert_ne!(*d.endpoint_seed(5), *other.endpoint_seed(5));
-        assert_ne!(*d.endpoint_seed(5), *d.request_endpoint_seed(5));
+        assert_ne!(*d.endpoint_seed(5, 0), *other.endpoint_seed(5, 0));
+        assert_ne!(*d.endpoint_seed(5, 0), *d.request_endpoint_seed(5));
         assert_ne!(*d.request_endpoint_seed(5), *d.request_endpoint_seed(6));
         assert_ne!(
-            EndpointKey::from_seed(&d.endpoint_seed(5)),
-            EndpointKey::from_seed(&d.endpoint_seed(6))
+            EndpointKey::from_seed(&d.endpoint_seed(5, 0)),
+            EndpointKey::from_seed(&d.endpoint_seed(6, 0))
         );
     }
 

@@ -709,9 +709,8 @@ async fn follow_events(
     want: impl Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
     let events = client.events().await?;
-    if !json_mode {
-        eprintln!("Following the daemon's events (Ctrl-C ends).");
-    }
+    // On standard error also with --json: whoever reads the JSON lines knows the subscription stands.
+    eprintln!("Following the daemon's events (Ctrl-C ends).");
     print_events(events, json_mode, want).await;
     Ok(())
 }

@@ -412,23 +412,40 @@ fn follow_lines(
     home: &Path,
     args: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let (child, out, _) = follow_lines_and_errors(home, args);
+    (child, out)
+}
+
+/// Like [`follow_lines`], with the lines of standard error on a channel of their own.
+fn follow_lines_and_errors(
+    home: &Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
         .arg("--home")
         .arg(home)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
+    let lines = |from: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let out = lines(Box::new(child.stdout.take().unwrap()));
+    let err = lines(Box::new(child.stderr.take().unwrap()));
+    (child, out, err)
 }
 
 /// Runs kith with `input` on standard input.
@@ -959,11 +976,17 @@ async fn a_null_call_touches_no_sound_card_and_is_followed_live() {
     introduce(&alice, &bob).await.unwrap();
     introduce(&bob, &alice).await.unwrap();
     let follow = |args: &[&str]| follow_lines(&bob.home, args);
-    let (mut events, events_rx) =
-        follow(&["--json", "events", "--type", "call_incoming,call_ended"]);
+    let (mut events, events_rx, events_err) = follow_lines_and_errors(
+        &bob.home,
+        &["--json", "events", "--type", "call_incoming,call_ended"],
+    );
     let (mut watch, watch_rx) = follow(&["calls", "--watch"]);
-    // Both followers are subscribed once they print (the listing for `calls`); events prints nothing
-    // first, so give its subscription the time the listing took.
+    // Both followers are subscribed once they print: the listing for `calls`, a line on standard error
+    // for `events`.
+    let subscribed = events_err
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    assert!(subscribed.starts_with("Following"), "{subscribed}");
     let first = watch_rx
         .recv_timeout(std::time::Duration::from_secs(20))
         .unwrap();

@@ -534,15 +534,19 @@ impl Net {
         hello: &Hello,
         now_unix: impl Fn() -> u64,
     ) -> Option<Result<Session, SessionError>> {
-        self.accept_with(|_| hello.clone(), now_unix).await
+        self.accept_with(|_| Ok(hello.clone()), now_unix).await
     }
 
     /// Like [`Net::accept`], but the hello sent back is chosen after the dialer proved who it is: e.g. a
-    /// contact gets a card naming more than a stranger's does. A mailbox connection is refused here (see
-    /// [`Net::accept_any`]).
+    /// contact gets a card naming more than a stranger's does, or `Err(reason)` refuses the dialer. A
+    /// mailbox connection is refused here (see [`Net::accept_any`]).
+    ///
+    /// One connection at a time: a dialer that stops half-way holds the next one up to [`HELLO_TIMEOUT`].
+    /// A server that meets strangers takes [`Net::next_incoming`] and runs each [`Pending::handshake`] in a
+    /// task of its own.
     pub async fn accept_with(
         &self,
-        hello_for: impl Fn(&VerifiedPeer) -> Hello,
+        hello_for: impl FnOnce(&VerifiedPeer) -> Result<Hello, &'static str>,
         now_unix: impl Fn() -> u64,
     ) -> Option<Result<Session, SessionError>> {
         Some(match self.accept_any(hello_for, now_unix).await? {
@@ -557,30 +561,22 @@ impl Net {
         })
     }
 
-    /// The next incoming connection: a kith session (after the hello exchange), or a mailbox connection
-    /// (no hello: serve it with [`serve_mailbox`]).
+    /// The next incoming connection, handshaken: a kith session (after the hello exchange), or a mailbox
+    /// connection (no hello: serve it with [`serve_mailbox`]). One at a time (see [`Net::accept_with`]).
     pub async fn accept_any(
         &self,
-        hello_for: impl Fn(&VerifiedPeer) -> Hello,
+        hello_for: impl FnOnce(&VerifiedPeer) -> Result<Hello, &'static str>,
         now_unix: impl Fn() -> u64,
     ) -> Option<Result<Incoming, SessionError>> {
-        let incoming = self.endpoint.accept().await?;
-        let conn = match incoming.accept() {
-            Ok(accepting) => match tokio::time::timeout(HELLO_TIMEOUT, accepting).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Some(Err(SessionError::Connection(e.to_string()))),
-                Err(_) => return Some(Err(SessionError::Timeout)),
-            },
-            Err(e) => return Some(Err(SessionError::Connection(e.to_string()))),
-        };
-        if conn.alpn() == MAILBOX_ALPN {
-            return Some(Ok(Incoming::Mailbox(conn)));
-        }
-        Some(
-            Session::handshake_acceptor(conn, hello_for, now_unix())
-                .await
-                .map(|s| Incoming::Session(Box::new(s))),
-        )
+        let pending = self.next_incoming().await?;
+        Some(pending.handshake(hello_for, now_unix()).await)
+    }
+
+    /// The next connection that reaches this endpoint, before any handshake (`None` once the endpoint is
+    /// closed). Cheap: nothing is awaited from the dialer, so a dialer that stops half-way holds up only
+    /// its own [`Pending::handshake`].
+    pub async fn next_incoming(&self) -> Option<Pending> {
+        self.endpoint.accept().await.map(Pending)
     }
 
     /// One request to the mailbox at `hint` over [`MAILBOX_ALPN`]; returns the response's bytes. The
@@ -600,16 +596,82 @@ impl Net {
     /// A connection to the mailbox at `hint` over [`MAILBOX_ALPN`], for many requests (each on a stream
     /// of its own, so they may run at once).
     pub async fn mailbox_connect(&self, hint: &Hints) -> Result<MailboxConn, DialError> {
+        self.connect_raw(hint, MAILBOX_ALPN).await.map(MailboxConn)
+    }
+
+    /// A bare QUIC connection to the endpoint at `hint` under `alpn`, with nothing sent on it: the
+    /// caller speaks (or, as a test's adversary, stays silent).
+    pub async fn connect_raw(
+        &self,
+        hint: &Hints,
+        alpn: &[u8],
+    ) -> Result<iroh::endpoint::Connection, DialError> {
         let addr = endpoint_addr(hint, &self.trust)?;
-        let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, MAILBOX_ALPN))
+        tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, alpn))
             .await
             .map_err(|_| DialError::Timeout)?
-            .map_err(|e| DialError::Connect(e.to_string()))?;
-        Ok(MailboxConn(conn))
+            .map_err(|e| DialError::Connect(e.to_string()))
     }
 
     /// Closes the endpoint and every connection on it.
     pub async fn close(&self) {
         self.endpoint.close().await;
+    }
+}
+
+/// Where a pending connection comes from, for per-source caps on handshakes: the dialer's IP address, or,
+/// through a relay (which shows no address), its endpoint id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    Ip(std::net::IpAddr),
+    Relayed([u8; 32]),
+    Other,
+}
+
+/// A connection that reached an endpoint, before any handshake: see [`Net::next_incoming`].
+pub struct Pending(iroh::endpoint::Incoming);
+
+impl Pending {
+    /// Where it comes from.
+    pub fn source(&self) -> Source {
+        match self.0.remote_addr() {
+            iroh::endpoint::IncomingAddr::Ip(a) => Source::Ip(a.ip().to_canonical()),
+            iroh::endpoint::IncomingAddr::Relay { endpoint_id, .. } => {
+                Source::Relayed(*endpoint_id.as_bytes())
+            }
+            _ => Source::Other,
+        }
+    }
+
+    /// Turns it away before the handshake (a QUIC refusal: no state is kept for it).
+    pub fn refuse(self) {
+        self.0.refuse();
+    }
+
+    /// The QUIC handshake and, for a kith session, the hello exchange (see [`Net::accept_with`] for
+    /// `hello_for`), all within [`HELLO_TIMEOUT`].
+    pub async fn handshake(
+        self,
+        hello_for: impl FnOnce(&VerifiedPeer) -> Result<Hello, &'static str>,
+        now_unix: u64,
+    ) -> Result<Incoming, SessionError> {
+        let steps = async {
+            let accepting = self
+                .0
+                .accept()
+                .map_err(|e| SessionError::Connection(e.to_string()))?;
+            let conn = accepting
+                .await
+                .map_err(|e| SessionError::Connection(e.to_string()))?;
+            if conn.alpn() == MAILBOX_ALPN {
+                return Ok(Incoming::Mailbox(conn));
+            }
+            Session::handshake_acceptor(conn, hello_for, now_unix)
+                .await
+                .map(|s| Incoming::Session(Box::new(s)))
+        };
+        tokio::time::timeout(HELLO_TIMEOUT, steps)
+            .await
+            .map_err(|_| SessionError::Timeout)?
     }
 }

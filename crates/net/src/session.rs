@@ -8,6 +8,7 @@ use kith_core::{AccountKey, EndpointKey};
 /// QUIC application close codes kith uses.
 const CLOSE_HELLO_REJECTED: u32 = 1;
 const CLOSE_PROTOCOL: u32 = 2;
+const CLOSE_REFUSED: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -23,6 +24,8 @@ pub enum SessionError {
     Timeout,
     #[error("the peer closed the stream")]
     Closed,
+    #[error("refused: {0}")]
+    Refused(&'static str),
 }
 
 /// Whether a connection currently runs directly over IP or through a relay.
@@ -64,10 +67,11 @@ impl Session {
     }
 
     /// The acceptor reads and verifies the dialer's hello before it sends its own, so a peer that cannot
-    /// prove itself learns nothing about who runs this endpoint.
+    /// prove itself learns nothing about who runs this endpoint. `hello_for` chooses the answer by who
+    /// the peer proved to be; `None` refuses it (the connection is closed with the reason, no hello sent).
     pub(crate) async fn handshake_acceptor(
         conn: Connection,
-        hello_for: impl Fn(&VerifiedPeer) -> Hello,
+        hello_for: impl FnOnce(&VerifiedPeer) -> Result<Hello, &'static str>,
         now: u64,
     ) -> Result<Self, SessionError> {
         let (send, recv) = tokio::time::timeout(crate::HELLO_TIMEOUT, conn.accept_bi())
@@ -75,7 +79,15 @@ impl Session {
             .map_err(|_| SessionError::Timeout)?
             .map_err(|e| SessionError::Connection(e.to_string()))?;
         let mut session = Self::finish(conn, send, recv, None, now).await?;
-        let hello = hello_for(&session.peer);
+        let hello = match hello_for(&session.peer) {
+            Ok(hello) => hello,
+            Err(reason) => {
+                session
+                    .conn
+                    .close(VarInt::from_u32(CLOSE_REFUSED), reason.as_bytes());
+                return Err(SessionError::Refused(reason));
+            }
+        };
         write_frame(&mut session.send, &Frame::Hello(Box::new(hello))).await?;
         Ok(session)
     }

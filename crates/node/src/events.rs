@@ -33,7 +33,7 @@ pub enum Event {
         /// How many DHT nodes stored it (fewer than 8: published again soon).
         stored_at: u32,
     },
-    /// Our card was issued again (relays, contact key, Olm keys or mailboxes changed): `GET /v1/card` gives
+    /// Our card was issued again (endpoint, relays, contact key, Olm keys or mailboxes changed): `GET /v1/card` gives
     /// the new one. `mailboxes`: how many it names; `keyed`: of those, how many with endpoint keys for the
     /// coming periods.
     CardChanged { mailboxes: usize, keyed: usize },

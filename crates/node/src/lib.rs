@@ -5,6 +5,7 @@
 //! binary does that.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod audio;
 pub mod clock;

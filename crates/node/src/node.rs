@@ -173,6 +173,9 @@ pub struct Node {
     republish: Notify,
     /// Bumped whenever an endpoint is replaced or added, so the accept loops pick it up.
     endpoints: tokio::sync::watch::Sender<u64>,
+    /// Held while the contact endpoint is replaced (at a period boundary, after a contact's removal, when
+    /// a stand-in moves back to its port), so those never interleave.
+    rotating: tokio::sync::Mutex<()>,
     /// Wakes the call timer (signalling retransmissions and timeouts).
     calls_changed: Notify,
     config: NodeConfig,
@@ -211,8 +214,9 @@ impl Node {
         }
         let now = unix_now();
         let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
+        let contact_key_gen = lock(&store).setting(CONTACT_KEY_GEN)?.unwrap_or(0).max(0) as u64;
         let net = Net::bind_with(
-            *id.device.endpoint_seed(period.0),
+            *id.device.endpoint_seed(period.0, contact_key_gen),
             config.listen,
             discovery.clone(),
             &config.net,
@@ -227,7 +231,6 @@ impl Node {
             period,
             config.discovery.period_minutes,
         );
-        let contact_key_gen = lock(&store).setting(CONTACT_KEY_GEN)?.unwrap_or(0).max(0) as u64;
         // Without mail info until the Olm account is open (below): issued again then.
         let card = Self::make_card(
             &id,
@@ -320,6 +323,7 @@ impl Node {
             wake: Notify::new(),
             republish: Notify::new(),
             endpoints: tokio::sync::watch::Sender::new(0),
+            rotating: tokio::sync::Mutex::new(()),
             calls_changed: Notify::new(),
             config,
             started: t0,

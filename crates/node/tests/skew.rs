@@ -66,7 +66,7 @@ async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
         let (pid, pdisc) = user(dir.path(), &format!("p{n}"), &bootstrap);
         let (_lid, ldisc) = user(dir.path(), &format!("l{n}"), &bootstrap);
         let entry = |p: blind::PeriodNum| {
-            let endpoint = kith_core::EndpointKey::from_seed(&pid.device.endpoint_seed(p.0));
+            let endpoint = kith_core::EndpointKey::from_seed(&pid.device.endpoint_seed(p.0, 0));
             (
                 vec![DeviceEntry {
                     cert: pid.device_cert.clone(),

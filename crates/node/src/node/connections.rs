@@ -2,6 +2,7 @@
 //! accepting, the hello each side sends, and one reader and one writer task per connection.
 
 use super::*;
+use crate::admission::{Admission, Admit, HANDSHAKES_PER_SOURCE, HANDSHAKES_TOTAL};
 
 /// Frames queued for one connection's writer.
 pub(super) const CONN_QUEUE: usize = 512;
@@ -40,6 +41,23 @@ pub(super) fn endpoint_cert_for(
         start.saturating_sub(ENDPOINT_CERT_MARGIN_SECS),
         end + ENDPOINT_CERT_MARGIN_SECS,
     )
+}
+
+/// An endpoint's handshakes in flight: who may start one, and how to drop one.
+pub(super) struct Handshakes {
+    admission: Admission<kith_net::Source>,
+    tasks: HashMap<u64, tokio::task::AbortHandle>,
+}
+
+/// Frees a handshake's slot when its task ends, or is dropped (evicted, or the node stopping).
+struct HandshakeDone(Arc<Mutex<Handshakes>>, u64);
+
+impl Drop for HandshakeDone {
+    fn drop(&mut self) {
+        let mut h = lock(&self.0);
+        h.admission.done(self.1);
+        h.tasks.remove(&self.1);
+    }
 }
 
 pub(super) struct ConnHandle {
@@ -200,24 +218,42 @@ impl Node {
         )
     }
 
-    /// The hello an endpoint answers a verified dialer with. The request endpoint tells contacts our full
-    /// card (contact endpoint, addresses) and strangers only the public one.
-    pub(super) fn hello_for(&self, role: Role, peer: &VerifiedPeer) -> Option<Hello> {
-        match role {
-            Role::Contact => Some(self.hello()),
-            Role::Request => {
-                let contact = self.is_contact(&peer.account());
-                let st = lock(&self.state);
-                let (cert, public_card) = st.request.as_ref()?;
-                let card = if contact { &st.card } else { public_card };
-                Some(Hello {
-                    account: self.account,
-                    device_cert: self.id.device_cert.clone(),
-                    endpoint_cert: cert.clone(),
-                    card: Some(card.to_bytes()),
-                })
-            }
+    /// The hello an endpoint answers a verified dialer with, chosen by who the dialer is on both
+    /// endpoints: a contact gets our full card (contact endpoint, addresses, contact key, mailboxes),
+    /// anyone else the public card (the request endpoint and its relays; without one, no card). So a
+    /// removed contact or a relay operator who dials an endpoint it knows learns nothing the public record
+    /// does not say. `Err` refuses the dialer: anyone but a contact while requests are off, or anyone on a
+    /// request endpoint whose state is gone. Never the full card by default.
+    pub(super) fn hello_for(&self, role: Role, peer: &VerifiedPeer) -> Result<Hello, &'static str> {
+        let contact = self.is_contact(&peer.account());
+        if !contact && !self.config.accept_requests {
+            tracing::info!("connection from a non-contact refused: requests are off");
+            self.emit(Event::RequestRefused {
+                address: Address::new(peer.account()).to_string(),
+            });
+            return Err("this person takes no contact requests");
         }
+        let st = lock(&self.state);
+        let endpoint_cert = match role {
+            Role::Contact => st.endpoint_cert.clone(),
+            Role::Request => st
+                .request
+                .as_ref()
+                .ok_or("no request endpoint here now")?
+                .0
+                .clone(),
+        };
+        let card = if contact {
+            Some(st.card.to_bytes())
+        } else {
+            st.request.as_ref().map(|(_, public)| public.to_bytes())
+        };
+        Ok(Hello {
+            account: self.account,
+            device_cert: self.id.device_cert.clone(),
+            endpoint_cert,
+            card,
+        })
     }
 
     pub(super) fn hello(&self) -> Hello {
@@ -251,65 +287,10 @@ impl Node {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
+            let _rotating = self.rotating.lock().await;
             let period = kith_core::blind::period_at(unix_now(), minutes);
-            let (listen, relays) = {
-                let old = self.net();
-                let listen = old
-                    .local_addrs()
-                    .into_iter()
-                    .next()
-                    .unwrap_or(self.config.listen);
-                let relays = old.relays();
-                old.close().await;
-                (listen, relays)
-            };
-            let seed = self.id.device.endpoint_seed(period.0);
-            let options = kith_net::NetOptions {
-                relays,
-                relay_only: self.config.net.relay_only,
-                extra_roots: self.config.net.extra_roots.clone(),
-            };
-            // The same port, so cards, mailbox hints and NAT mappings stay valid. Its socket is free once
-            // every handle of the old endpoint is gone (connections draining, a dial in flight, our own
-            // slot): if it is not yet, a stand-in on another port serves until it is.
-            let mut new = None;
-            for _ in 0..3 {
-                match Net::bind_with(*seed, listen, self.discovery.clone(), &options).await {
-                    Ok(n) => {
-                        new = Some(n);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-            let rehome = new.is_none();
-            if new.is_none() {
-                for addr in [
-                    self.config.listen,
-                    SocketAddr::new(self.config.listen.ip(), 0),
-                ] {
-                    match Net::bind_with(*seed, addr, self.discovery.clone(), &options).await {
-                        Ok(n) => {
-                            new = Some(n);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot bind the new period's endpoint; trying another port")
-                        }
-                    }
-                }
-            }
-            let Some(new) = new else {
-                tracing::error!(
-                    "no endpoint for the new period; the node is offline until restarted"
-                );
+            if !self.replace_contact_endpoint(period).await {
                 return;
-            };
-            if !self.install_endpoint(new, period) {
-                return;
-            }
-            if rehome {
-                tokio::spawn(self.clone().rehome(seed, listen, options, period));
             }
             // The request endpoint rotates with it (relay-only: no address to keep).
             let mut request = None;
@@ -347,12 +328,101 @@ impl Node {
                 }
             }
             tracing::info!(period = period.0, "endpoint key rotated for the new period");
-            self.emit(Event::EndpointRotated { period: period.0 });
-            self.republish.notify_one();
-            self.endpoints.send_modify(|g| *g += 1);
-            tokio::spawn(self.clone().announce());
-            self.wake.notify_one();
+            self.endpoint_replaced(period);
         }
+    }
+
+    /// After a contact was removed: the contact endpoint moves to a key of the new generation now, not at
+    /// the end of the period, so the removed one (who knows the old key, and may reach it through a relay
+    /// wherever we go) has no endpoint that leads here any more. Contacts follow through the new card,
+    /// which every contact is sent on the reconnection that follows.
+    pub(super) async fn rotate_after_removal(self: Arc<Self>) {
+        let _rotating = self.rotating.lock().await;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let period = kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes);
+        if self.replace_contact_endpoint(period).await {
+            tracing::info!("contact endpoint moved to a new key after a contact was removed");
+            self.endpoint_replaced(period);
+        }
+    }
+
+    /// Tells everything that follows the endpoint that it changed: the accept loops, the records, the
+    /// contacts (dialled again), the outboxes, and the user.
+    fn endpoint_replaced(self: &Arc<Self>, period: kith_core::blind::PeriodNum) {
+        self.emit(Event::EndpointRotated { period: period.0 });
+        self.republish.notify_one();
+        self.endpoints.send_modify(|g| *g += 1);
+        tokio::spawn(self.clone().announce());
+        self.wake.notify_one();
+    }
+
+    /// Closes the contact endpoint and binds the key of `period` (and the current contact-key generation)
+    /// in its place, certified, with a new card. False if no endpoint could be bound: the node is then
+    /// offline until restarted.
+    async fn replace_contact_endpoint(
+        self: &Arc<Self>,
+        period: kith_core::blind::PeriodNum,
+    ) -> bool {
+        let (listen, relays) = {
+            let old = self.net();
+            let listen = old
+                .local_addrs()
+                .into_iter()
+                .next()
+                .unwrap_or(self.config.listen);
+            let relays = old.relays();
+            old.close().await;
+            (listen, relays)
+        };
+        let seed = self.contact_endpoint_seed(period.0);
+        let options = kith_net::NetOptions {
+            relays,
+            relay_only: self.config.net.relay_only,
+            extra_roots: self.config.net.extra_roots.clone(),
+        };
+        // The same port, so cards, mailbox hints and NAT mappings stay valid. Its socket is free once
+        // every handle of the old endpoint is gone (connections draining, a dial in flight, our own
+        // slot): if it is not yet, a stand-in on another port serves until it is.
+        let mut new = None;
+        for _ in 0..3 {
+            match Net::bind_with(*seed, listen, self.discovery.clone(), &options).await {
+                Ok(n) => {
+                    new = Some(n);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let rehome = new.is_none();
+        if new.is_none() {
+            for addr in [
+                self.config.listen,
+                SocketAddr::new(self.config.listen.ip(), 0),
+            ] {
+                match Net::bind_with(*seed, addr, self.discovery.clone(), &options).await {
+                    Ok(n) => {
+                        new = Some(n);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot bind the new endpoint; trying another port")
+                    }
+                }
+            }
+        }
+        let Some(new) = new else {
+            tracing::error!("no endpoint for the new key; the node is offline until restarted");
+            return false;
+        };
+        if !self.install_endpoint(new, period) {
+            return false;
+        }
+        if rehome {
+            tokio::spawn(self.clone().rehome(seed, listen, options, period));
+        }
+        true
     }
 
     /// Puts `new` in place as the contact endpoint of `period`: certifies it, re-issues the card, and
@@ -376,9 +446,8 @@ impl Node {
             }
         };
         *lock(&self.net_slot) = new;
-        let mut st = lock(&self.state);
-        st.endpoint_cert = cert;
-        st.card = card;
+        lock(&self.state).endpoint_cert = cert;
+        self.set_card(card);
         true
     }
 
@@ -397,6 +466,11 @@ impl Node {
                 || kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes)
                     != period
             {
+                return;
+            }
+            let _rotating = self.rotating.lock().await;
+            // A later rotation (a contact removed meanwhile) has replaced the stand-in: nothing to do.
+            if self.net().endpoint_key() != kith_core::EndpointKey::from_seed(&seed) {
                 return;
             }
             if let Ok(n) = Net::bind_with(*seed, listen, self.discovery.clone(), &options).await {
@@ -418,8 +492,13 @@ impl Node {
         );
     }
 
-    /// Accepts on one of the two endpoints, following it across rotations.
+    /// Accepts on one of the two endpoints, following it across rotations. Each connection's handshake
+    /// runs apart ([`Node::handshake_apart`]).
     pub(super) async fn accept_loop(self: Arc<Self>, role: Role) {
+        let handshakes = Arc::new(Mutex::new(Handshakes {
+            admission: Admission::new(HANDSHAKES_TOTAL, HANDSHAKES_PER_SOURCE),
+            tasks: HashMap::new(),
+        }));
         let mut changed = self.endpoints.subscribe();
         loop {
             changed.borrow_and_update();
@@ -437,36 +516,73 @@ impl Node {
                 }
                 continue;
             };
-            let node = self.clone();
-            let hello_for = move |peer: &VerifiedPeer| {
-                node.hello_for(role, peer).unwrap_or_else(|| node.hello())
-            };
             let next = tokio::select! {
-                n = net.accept_any(hello_for, unix_now) => n,
+                n = net.next_incoming() => n,
                 // A new endpoint is in place: accept on it.
                 _ = changed.changed() => continue,
             };
             // Not held while waiting: a closed endpoint's socket is freed once every handle is gone.
             drop(net);
-            match next {
-                None if self.stopping.load(std::sync::atomic::Ordering::SeqCst) => return,
-                None => {
-                    // The endpoint closed for a rotation: wait for its successor.
-                    if changed.changed().await.is_err() {
-                        return;
-                    }
-                    continue;
+            let Some(pending) = next else {
+                if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
                 }
-                Some(Ok(kith_net::Incoming::Session(session))) => self.register(*session, role),
-                Some(Ok(kith_net::Incoming::Mailbox(conn))) => {
-                    let node = self.clone();
+                // The endpoint closed for a rotation: wait for its successor.
+                if changed.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            self.handshake_apart(&handshakes, pending, role);
+        }
+    }
+
+    /// Runs the handshake of `pending` in a task of its own, within the caps of [`crate::admission`]:
+    /// a dialer that stops half-way holds up nobody else.
+    fn handshake_apart(
+        self: &Arc<Self>,
+        handshakes: &Arc<Mutex<Handshakes>>,
+        pending: kith_net::Pending,
+        role: Role,
+    ) {
+        let source = pending.source();
+        // Held until the task's abort handle is in place, so the task cannot end (and look for it) first.
+        let mut h = lock(handshakes);
+        let ticket = match h.admission.admit(source) {
+            Admit::Refuse => {
+                drop(h);
+                tracing::debug!(
+                    "incoming connection refused: its source has too many handshakes open"
+                );
+                pending.refuse();
+                return;
+            }
+            Admit::Go { ticket, evict } => {
+                if let Some(task) = evict.and_then(|t| h.tasks.remove(&t)) {
+                    tracing::debug!("oldest handshake dropped to make room for a new connection");
+                    task.abort();
+                }
+                ticket
+            }
+        };
+        let node = self.clone();
+        let done = HandshakeDone(handshakes.clone(), ticket);
+        let task = tokio::spawn(async move {
+            let hello_for = |peer: &VerifiedPeer| node.hello_for(role, peer);
+            let result = pending.handshake(hello_for, unix_now()).await;
+            drop(done);
+            match result {
+                Ok(kith_net::Incoming::Session(session)) => node.register(*session, role),
+                Ok(kith_net::Incoming::Mailbox(conn)) => {
+                    let node = node.clone();
                     tokio::spawn(kith_net::serve_mailbox(conn, move |request| {
                         node.clone().serve_deposit(request)
                     }));
                 }
-                Some(Err(e)) => tracing::info!(reason = %e, "incoming connection refused"),
+                Err(e) => tracing::info!(reason = %e, "incoming connection refused"),
             }
-        }
+        });
+        h.tasks.insert(ticket, task.abort_handle());
     }
 
     /// Dials every contact once at start, so peers learn we are back (and our current card) at once.
@@ -584,7 +700,16 @@ impl Node {
                 key_changed = Some(stored.verified_ms.is_some());
             }
             if let Some(stored) = stored {
-                if let Some(card) = peer.card() {
+                // A public card (a peer that has not added us, or no longer has us) does not replace
+                // the full card we were given: it names less, and the full one still opens their records.
+                let downgrade = |card: &ContactCard| {
+                    card.hints().contact_key.is_none()
+                        && stored
+                            .card
+                            .as_ref()
+                            .is_some_and(|c| c.hints().contact_key.is_some())
+                };
+                if let Some(card) = peer.card().filter(|c| !downgrade(c)) {
                     let _ = store.update_card(card);
                     if stored.state == PeerState::Contact {
                         self.offer_card_dht_hints(card);

@@ -146,8 +146,9 @@ impl Node {
     }
 
     /// Removes a contact. Our contact key moves to its next generation, so the removed person can no longer
-    /// read where we are from our records; the remaining contacts get the new key in our card the next time
-    /// we connect (we dial them all now).
+    /// read where we are from our records, and our contact endpoint moves to a new key at once (the removed
+    /// person knew the old one); the remaining contacts get the new key and endpoint in our card on the
+    /// reconnection that follows (we dial them all).
     pub fn remove_contact(self: &Arc<Self>, name: &str) -> Result<(), NodeError> {
         let account = lock(&self.store).remove_contact(name)?;
         {
@@ -162,20 +163,10 @@ impl Node {
         lock(&self.store).set_setting(CONTACT_KEY_GEN, generation as i64)?;
         lock(&self.state).contact_key_gen = generation;
         self.refresh_card()?;
-        self.republish.notify_one();
         self.contacts_changed(None);
-        // Connections up now carried the old card: a new connection to every contact carries the new one
-        // (the older connection is then closed as surplus).
-        let contacts = lock(&self.store).contacts()?;
-        for c in contacts {
-            let node = self.clone();
-            tokio::spawn(async move {
-                let hello = node.hello();
-                if let Ok(s) = node.net().dial(c.account, &hello, unix_now()).await {
-                    node.register(s, Role::Contact);
-                }
-            });
-        }
+        // The new endpoint closes every connection of the old one; then the records are published again
+        // and every contact is dialled, and so gets the new card.
+        tokio::spawn(self.clone().rotate_after_removal());
         Ok(())
     }
 

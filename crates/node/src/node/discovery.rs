@@ -64,13 +64,18 @@ impl Node {
             self.card_mail(),
             unix_now(),
         )?;
+        self.set_card(card);
+        Ok(())
+    }
+
+    /// Puts `card` in place as our card and tells the user (`card_changed`).
+    pub(super) fn set_card(&self, card: ContactCard) {
         let (mailboxes, keyed) = card.mail().map_or((0, 0), |m| {
             let keyed = m.mailboxes.iter().filter(|b| !b.keys.is_empty()).count();
             (m.mailboxes.len(), keyed)
         });
         lock(&self.state).card = card;
         self.emit(Event::CardChanged { mailboxes, keyed });
-        Ok(())
     }
 
     /// [`Self::refresh_card`] where a card that cannot be issued must not stop what goes on: the card
@@ -99,6 +104,13 @@ impl Node {
                 }
             });
         }
+    }
+
+    /// The seed of our contact endpoint in `period`, of the current contact-key generation (it moves on
+    /// when a contact is removed, and the endpoint with it).
+    pub(super) fn contact_endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
+        let generation = lock(&self.state).contact_key_gen;
+        self.id.device.endpoint_seed(period, generation)
     }
 
     /// Our current contact key.
@@ -249,7 +261,7 @@ impl Node {
             let mailboxes = self.my_mailbox_addrs();
             let entries = |period: kith_core::blind::PeriodNum| {
                 let contact_endpoint =
-                    kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(period.0));
+                    kith_core::EndpointKey::from_seed(&self.contact_endpoint_seed(period.0));
                 let public = if !self.config.accept_requests {
                     vec![]
                 } else if has_request_endpoint && !publish_direct {

@@ -1251,7 +1251,7 @@ impl Node {
         let period =
             kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
         let keys = (period..period + kith_core::mailbox::ENDPOINT_PERIODS as u64)
-            .map(|p| kith_core::EndpointKey::from_seed(&self.id.device.endpoint_seed(p)))
+            .map(|p| kith_core::EndpointKey::from_seed(&self.contact_endpoint_seed(p)))
             .collect();
         self.send_frames(
             account,
