@@ -14,10 +14,18 @@
 use serde::{Deserialize, Serialize};
 
 /// Limits of one mailbox.
+///
+/// The per-contact limit holds across periods although the mailbox cannot tell which tokens are one
+/// contact's (tokens of two periods are unlinkable, and their order says nothing: see
+/// [`crate::seal::PairKey::tokens_for_period`]). What it can rely on: mail stays at the mailbox only until
+/// its owner next connects (the owner fetches and deletes all of it then), and between two connections
+/// the owner has handed over the tokens of [`ACCEPTED_PERIODS`] periods, one per contact each, all the
+/// mailbox accepts. So each token gets an equal share of the contact's limit ([`Quotas::per_token`]),
+/// and one contact never holds more than its limit, however long the owner stays away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quotas {
-    pub per_token_bytes: u64,
-    pub per_token_messages: u64,
+    pub per_contact_bytes: u64,
+    pub per_contact_messages: u64,
     pub total_bytes: u64,
     pub total_messages: u64,
     pub expiry_secs: u64,
@@ -26,8 +34,8 @@ pub struct Quotas {
 impl Default for Quotas {
     fn default() -> Self {
         Self {
-            per_token_bytes: 64 << 20,
-            per_token_messages: 20_000,
+            per_contact_bytes: 64 << 20,
+            per_contact_messages: 20_000,
             total_bytes: 1 << 30,
             total_messages: 200_000,
             expiry_secs: 30 * 24 * 3600,
@@ -49,7 +57,10 @@ pub enum Refusal {
         "this mailbox knows no such deposit token (not a contact of its owner, or a token of a past period)"
     )]
     UnknownToken,
-    #[error("this contact's share of the mailbox is full ({held} of {limit} {what})")]
+    #[error(
+        "this contact's share of the mailbox is full for this period ({held} of {limit} {what}; the \
+         owner empties it when next online)"
+    )]
     ContactFull { what: String, held: u64, limit: u64 },
     #[error("the mailbox is full ({held} of {limit} {what})")]
     MailboxFull { what: String, held: u64, limit: u64 },
@@ -63,7 +74,19 @@ pub enum Refusal {
     Malformed,
 }
 
+/// How many periods' tokens a mailbox accepts at once (see [`accepted_periods`]).
+pub const ACCEPTED_PERIODS: u64 = 3;
+
 impl Quotas {
+    /// What one token may hold: an equal share of a contact's limit among the tokens of the
+    /// [`ACCEPTED_PERIODS`] periods it may deposit under between two visits of the owner.
+    pub fn per_token(&self) -> Usage {
+        Usage {
+            bytes: self.per_contact_bytes / ACCEPTED_PERIODS,
+            messages: self.per_contact_messages / ACCEPTED_PERIODS,
+        }
+    }
+
     /// Whether a new envelope of `size` bytes may be stored, given what its token and the whole mailbox
     /// hold now.
     pub fn admit(&self, size: usize, token: Usage, total: Usage) -> Result<(), Refusal> {
@@ -83,8 +106,9 @@ impl Quotas {
                 Ok(())
             }
         };
-        check(token.bytes, size, self.per_token_bytes, "bytes", true)?;
-        check(token.messages, 1, self.per_token_messages, "messages", true)?;
+        let share = self.per_token();
+        check(token.bytes, size, share.bytes, "bytes", true)?;
+        check(token.messages, 1, share.messages, "messages", true)?;
         check(total.bytes, size, self.total_bytes, "bytes", false)?;
         check(total.messages, 1, self.total_messages, "messages", false)?;
         Ok(())
@@ -94,7 +118,7 @@ impl Quotas {
 /// The periods whose tokens a mailbox accepts at `now_period`: the current one and the one before (a
 /// sender's clock may lag, and a deposit may have been sealed just before the boundary), and the next (a
 /// clock ahead).
-pub fn accepted_periods(now_period: u64) -> [u64; 3] {
+pub fn accepted_periods(now_period: u64) -> [u64; ACCEPTED_PERIODS as usize] {
     [now_period.saturating_sub(1), now_period, now_period + 1]
 }
 
@@ -214,8 +238,9 @@ mod tests {
     #[test]
     fn quotas_refuse_with_the_reason_and_the_numbers() {
         let q = Quotas {
-            per_token_bytes: 2048,
-            per_token_messages: 3,
+            // A token's share: a third of these.
+            per_contact_bytes: 3 * 2048,
+            per_contact_messages: 9,
             total_bytes: 4096,
             total_messages: 5,
             expiry_secs: 60,

@@ -116,6 +116,18 @@ impl PairKey {
         )
     }
 
+    /// The deposit tokens of `pairs` (the owner's contacts) for `period`, as the owner hands them to its
+    /// mailboxes: sorted by value, so their order says nothing. In the order of the contacts (by name),
+    /// the i-th token of two periods was one contact's, and the order told the names' alphabetical rank.
+    pub fn tokens_for_period(pairs: &[PairKey], owner: &AccountKey, period: u64) -> Vec<[u8; 32]> {
+        let mut tokens: Vec<[u8; 32]> = pairs
+            .iter()
+            .map(|k| k.deposit_token(owner, period))
+            .collect();
+        tokens.sort_unstable();
+        tokens
+    }
+
     fn envelope_key(&self, owner: &AccountKey) -> Zeroizing<[u8; 32]> {
         hkdf32(&self.0[..], &[b"envelope", owner.as_bytes()])
     }

@@ -707,10 +707,15 @@ async fn full_unreachable_and_gone_mailboxes_lose_nothing() {
         mut bob,
         mut carol,
         wa,
-    } = trio(dir.path(), vec!["--mailbox-per-contact-messages=50".into()]).await;
+    } = trio(
+        dir.path(),
+        vec!["--mailbox-per-contact-messages=150".into()],
+    )
+    .await;
     let mut want = vec!["hello".to_string()];
 
-    // Full: carol takes 50 of 80 and says why she refuses the rest.
+    // Full: carol takes 50 of 80 (a third of the contact's 150: one period's token) and says why she
+    // refuses the rest.
     bob.stop().await;
     for t in texts("full", 80) {
         alice.client().send("bob", &t).await.unwrap();

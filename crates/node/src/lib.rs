@@ -135,7 +135,7 @@ pub async fn run_daemon(
         ),
         headless_mailbox: options.headless_mailbox,
         mailbox_quotas: kith_core::mailbox::Quotas {
-            per_token_messages: options
+            per_contact_messages: options
                 .mailbox_per_contact_messages
                 .unwrap_or(config.mailbox_per_contact_messages),
             ..config.mailbox_quotas()

@@ -157,8 +157,8 @@ impl Config {
     /// The mailbox limits this configuration sets.
     pub fn mailbox_quotas(&self) -> kith_core::mailbox::Quotas {
         kith_core::mailbox::Quotas {
-            per_token_bytes: self.mailbox_per_contact_mb << 20,
-            per_token_messages: self.mailbox_per_contact_messages,
+            per_contact_bytes: self.mailbox_per_contact_mb << 20,
+            per_contact_messages: self.mailbox_per_contact_messages,
             total_bytes: self.mailbox_total_mb << 20,
             total_messages: self.mailbox_total_messages,
             expiry_secs: self.mailbox_expiry_days * 24 * 3600,
@@ -171,11 +171,11 @@ fn default_mailbox_after() -> f64 {
 }
 
 fn default_per_contact_messages() -> u64 {
-    kith_core::mailbox::Quotas::default().per_token_messages
+    kith_core::mailbox::Quotas::default().per_contact_messages
 }
 
 fn default_per_contact_mb() -> u64 {
-    kith_core::mailbox::Quotas::default().per_token_bytes >> 20
+    kith_core::mailbox::Quotas::default().per_contact_bytes >> 20
 }
 
 fn default_total_messages() -> u64 {

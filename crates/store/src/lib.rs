@@ -2011,6 +2011,50 @@ mod tests {
         assert_eq!(store.queue_sizes().unwrap(), (1, 1));
     }
 
+    /// Issue 21, point 5: one contact's deposits under its tokens of all the periods a mailbox accepts
+    /// together stay within the contact's limit. Before, the limit held per token, and tokens change every
+    /// period: three periods' tokens held three times it.
+    #[test]
+    fn one_contact_holds_at_most_its_limit_across_periods() {
+        use kith_core::mailbox::{Quotas, Refusal, accepted_periods};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db")).unwrap();
+        let owner = AccountSecret::generate(&mut StdRng::seed_from_u64(5)).public();
+        let q = Quotas {
+            per_contact_bytes: 1 << 20,
+            per_contact_messages: 6,
+            total_bytes: 1 << 30,
+            total_messages: 1000,
+            expiry_secs: 3600,
+        };
+        s.mailbox_add_owner(&owner, 0).unwrap();
+        // One contact's token in each of periods 9, 10, 11 (as the owner hands them over at period 10).
+        let token = |p: u8| [p; 32];
+        for p in 9..=11u8 {
+            s.mailbox_set_tokens(&owner, p as u64, &[token(p)], 9)
+                .unwrap();
+        }
+        let mut held = 0;
+        let mut n = 0u8;
+        for p in 9..=11u8 {
+            loop {
+                n += 1;
+                match s
+                    .mailbox_deposit(&token(p), &[n; 512], &accepted_periods(10), &q, 1000)
+                    .unwrap()
+                {
+                    Ok(_) => held += 1,
+                    Err(Refusal::ContactFull { .. }) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert_eq!(
+            held, q.per_contact_messages,
+            "one contact's mail in all periods"
+        );
+    }
+
     #[test]
     fn deposits_are_admitted_by_token_and_quota_once_each_and_expire() {
         use kith_core::mailbox::{Quotas, Refusal};
@@ -2019,8 +2063,9 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let owner = AccountSecret::generate(&mut rng).public();
         let q = Quotas {
-            per_token_bytes: 2048,
-            per_token_messages: 3,
+            // A token's share: a third of these.
+            per_contact_bytes: 3 * 2048,
+            per_contact_messages: 9,
             total_bytes: 1 << 20,
             total_messages: 4,
             expiry_secs: 60,

@@ -21,6 +21,36 @@ fn who(rng: &mut StdRng) -> Who {
     }
 }
 
+/// Issue 21, point 3: what a mailbox is told of two periods gives no positional link: each period's
+/// tokens come sorted by value, whatever the order of the contacts, so one contact's place differs from
+/// one period to the next (and says nothing of its name).
+#[test]
+fn a_mailbox_cannot_link_tokens_across_periods_by_their_place() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let owner = who(&mut rng);
+    let me = owner.account.public();
+    let pairs: Vec<PairKey> = (0..8)
+        .map(|_| PairKey::derive(&owner.account, &who(&mut rng).account.public()).unwrap())
+        .collect();
+    let (p, q) = (
+        PairKey::tokens_for_period(&pairs, &me, 40),
+        PairKey::tokens_for_period(&pairs, &me, 41),
+    );
+    let place = |list: &[[u8; 32]], t: [u8; 32]| list.iter().position(|x| *x == t).unwrap();
+    let moved = pairs
+        .iter()
+        .filter(|k| place(&p, k.deposit_token(&me, 40)) != place(&q, k.deposit_token(&me, 41)))
+        .count();
+    assert!(moved >= 4, "only {moved} of 8 contacts changed place");
+    for list in [&p, &q] {
+        assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted by value");
+    }
+    // The order of the contacts given changes nothing.
+    let mut reversed: Vec<PairKey> = pairs.iter().map(|k| PairKey(k.0.clone())).collect();
+    reversed.reverse();
+    assert_eq!(PairKey::tokens_for_period(&reversed, &me, 40), p);
+}
+
 #[test]
 fn both_accounts_derive_one_pair_key_and_tokens_rotate() {
     let mut rng = StdRng::seed_from_u64(1);

@@ -1367,10 +1367,7 @@ impl Node {
                 id: p,
                 request: kith_core::mailbox::Request::Tokens {
                     period: p,
-                    tokens: pairs
-                        .iter()
-                        .map(|k| k.deposit_token(&self.account, p))
-                        .collect(),
+                    tokens: kith_core::seal::PairKey::tokens_for_period(&pairs, &self.account, p),
                 },
             })
             .collect();
