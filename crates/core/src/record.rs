@@ -179,19 +179,65 @@ fn contacts_key(contact_key: &[u8; 32], blinded: &BlindedKey) -> zeroize::Zeroiz
     key
 }
 
-/// Seals the contacts-only part for the record of `blinded` under the owner's contact key.
+/// Seals the contacts-only part for the record of `blinded` under the owner's contact key, padded with
+/// zeros to `pad_to` bytes of plaintext (at least its own length).
 pub fn seal_contacts<R: rand::CryptoRng + ?Sized>(
     contact_key: &[u8; 32],
     blinded: &BlindedKey,
     part: &ContactPart,
+    pad_to: usize,
     rng: &mut R,
 ) -> Result<Vec<u8>, RecordError> {
     if part.entries.len() > MAX_DEVICES || part.mailboxes.len() > crate::mailbox::MAX_MAILBOXES {
         return Err(RecordError::Malformed);
     }
-    let plain =
+    let mut plain =
         zeroize::Zeroizing::new(postcard::to_allocvec(part).map_err(|_| RecordError::Malformed)?);
+    if plain.len() < pad_to {
+        plain.resize(pad_to, 0);
+    }
     seal_with(&contacts_key(contact_key, blinded), blinded, &plain, rng)
+}
+
+/// Seals a record whose contacts-only part `part` fills all the room the rest of `body` leaves (its
+/// `contacts` is replaced). Anyone with the address sees the public part and the contacts part's length;
+/// filled, that length follows from the public part alone, so it tells nothing of how many endpoints,
+/// addresses or mailboxes the owner's contacts may read. [`RecordError::TooLarge`] if `part` does not fit.
+pub fn seal_filled<R: rand::CryptoRng + ?Sized>(
+    account: &AccountSecret,
+    blinded: &BlindedKey,
+    mut body: RecordBody,
+    contact_key: &[u8; 32],
+    part: &ContactPart,
+    rng: &mut R,
+) -> Result<Vec<u8>, RecordError> {
+    body.contacts = Some(vec![]);
+    let without = postcard::to_allocvec(&SignedRecord {
+        body: body.clone(),
+        signature: Signature([0; 64]),
+    })
+    .map_err(|_| RecordError::Malformed)?
+    .len();
+    // Room for the blob: what the plaintext holds beyond the length prefix and the rest of the record,
+    // less one byte for its own length prefix growing from one byte (empty) to two (128 to 16383 bytes).
+    let too_large = |need: usize| RecordError::TooLarge {
+        len: need,
+        max: PLAINTEXT_LEN,
+    };
+    let blob = PLAINTEXT_LEN
+        .checked_sub(2 + without + 1)
+        .ok_or(too_large(2 + without + 1))?;
+    let room = blob
+        .checked_sub(NONCE_LEN + TAG_LEN)
+        .ok_or(too_large(2 + without + 1 + NONCE_LEN + TAG_LEN))?;
+    let need = postcard::to_allocvec(part)
+        .map_err(|_| RecordError::Malformed)?
+        .len();
+    if need > room {
+        return Err(too_large(PLAINTEXT_LEN + need - room));
+    }
+    body.contacts = Some(seal_contacts(contact_key, blinded, part, room, rng)?);
+    seal(account, blinded, body, rng)
 }
 
 /// `nonce | XChaCha20-Poly1305(key, aad = blinded key)`.
@@ -250,8 +296,9 @@ pub fn open_contacts(
 ) -> Result<ContactPart, RecordError> {
     let plain = open_with(&contacts_key(contact_key, blinded), blinded, blob)?;
     match postcard::take_from_bytes::<ContactPart>(&plain) {
-        Ok((part, []))
-            if part.entries.len() <= MAX_DEVICES
+        Ok((part, padding))
+            if padding.iter().all(|b| *b == 0)
+                && part.entries.len() <= MAX_DEVICES
                 && part.mailboxes.len() <= crate::mailbox::MAX_MAILBOXES =>
         {
             Ok(part)
@@ -494,6 +541,7 @@ mod tests {
                     entries: vec![entry.clone()],
                     mailboxes: vec![],
                 },
+                0,
                 &mut StdRng::seed_from_u64(3),
             )
             .unwrap(),
@@ -518,6 +566,84 @@ mod tests {
     }
 
     /// Seals and signs like a publisher: returns (blinded public key, seq, value, item signature).
+    /// Issue 21, point 6: the contacts-only part fills the room the public part leaves, so its length
+    /// (visible to anyone with the address) is the same whatever it holds: one endpoint with nothing, or
+    /// every address, relay and mailbox that fits. Unpadded, the lengths differed by hundreds of bytes.
+    #[test]
+    fn the_contacts_part_has_one_length_whatever_it_holds() {
+        let f = fixture(6);
+        let p = period_at(1_000_000, LEN_MIN);
+        let secret = blind_secret(&f.account, p, LEN_MIN);
+        let contact_key = [9u8; 32];
+        let entry = |addrs: u8, relays: usize| ContactEntry {
+            endpoint: f.endpoint,
+            relays: (0..relays)
+                .map(|i| format!("https://relay-{i}.example.org./"))
+                .collect(),
+            direct: (0..addrs)
+                .map(|i| SocketAddr::from(([203, 0, 113, i], 40_000)))
+                .collect(),
+        };
+        let small = ContactPart {
+            entries: vec![entry(0, 0)],
+            mailboxes: vec![],
+        };
+        let large = ContactPart {
+            entries: vec![entry(4, 2), entry(2, 1)],
+            mailboxes: vec![entry(1, 1), entry(1, 1)],
+        };
+        let mut blobs = vec![];
+        for part in [&small, &large] {
+            let value = seal_filled(
+                &f.account,
+                &secret.public(),
+                body(&f, p.0, 1),
+                &contact_key,
+                part,
+                &mut StdRng::seed_from_u64(3),
+            )
+            .unwrap();
+            let sig = secret.sign(&bep44_signable(5, &value));
+            let rec = open(
+                &f.account.public(),
+                &secret.public(),
+                p,
+                5,
+                &value,
+                &sig,
+                1_000_000,
+            )
+            .unwrap();
+            assert_eq!(&rec.contact_part(&contact_key).unwrap(), part);
+            blobs.push(rec.body().contacts.clone().unwrap().len());
+        }
+        assert_eq!(
+            blobs[0], blobs[1],
+            "the contacts part's length shows what it holds"
+        );
+        // It fills the record: nothing but the outer padding's few bytes is left.
+        let unpadded = seal_contacts(&contact_key, &secret.public(), &small, 0, &mut rand::rng())
+            .unwrap()
+            .len();
+        assert!(blobs[0] > unpadded + 300, "{} vs {unpadded}", blobs[0]);
+        // More than fits is refused as too large (the caller then drops mailboxes or relays).
+        let huge = ContactPart {
+            entries: (0..4).map(|_| entry(8, 4)).collect(),
+            mailboxes: vec![],
+        };
+        assert!(matches!(
+            seal_filled(
+                &f.account,
+                &secret.public(),
+                body(&f, p.0, 1),
+                &contact_key,
+                &huge,
+                &mut rand::rng(),
+            ),
+            Err(RecordError::TooLarge { .. })
+        ));
+    }
+
     fn publish(
         f: &Fixture,
         period: PeriodNum,
@@ -562,6 +688,7 @@ mod tests {
                 &contact_key,
                 &secret.public(),
                 &part,
+                0,
                 &mut StdRng::seed_from_u64(3),
             )
             .unwrap(),
@@ -580,6 +707,7 @@ mod tests {
                 &contact_key,
                 &secret.public(),
                 &too_many,
+                0,
                 &mut StdRng::seed_from_u64(3)
             )
             .is_err()

@@ -504,18 +504,23 @@ impl NodeDiscovery {
             let mut part = contact.clone();
             let mut devices = devices.clone();
             let value = loop {
-                let contacts =
-                    record::seal_contacts(contact_key, &secret.public(), &part, &mut rand::rng())
-                        .map_err(|e| kith_net::dht::DhtError::Publish(e.to_string()))?;
                 let body = RecordBody {
                     version: record::RECORD_VERSION,
                     period: period.0,
                     // Valid through the end of its period plus the skew margin.
                     expires: (period.0 + 1) * period_secs + SKEW_SECS,
                     devices: devices.clone(),
-                    contacts: Some(contacts),
+                    contacts: None,
                 };
-                match record::seal(&id.account, &secret.public(), body, &mut rand::rng()) {
+                // The contacts-only part fills the record, so its length tells nothing.
+                match record::seal_filled(
+                    &id.account,
+                    &secret.public(),
+                    body,
+                    contact_key,
+                    &part,
+                    &mut rand::rng(),
+                ) {
                     Ok(v) => break v,
                     Err(record::RecordError::TooLarge { .. }) if !part.mailboxes.is_empty() => {
                         part.mailboxes.pop();
