@@ -4,7 +4,7 @@
 //! unknown contact, wrong passphrase), 1 for internal failures. Errors go to stderr as one sentence that
 //! names the cause and what to do.
 
-use crate::client::{Client, UserError, user};
+use crate::client::{Client, user};
 use crate::text::{visible, visible_lines};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -12,7 +12,7 @@ use kith_core::ParsedContact;
 use kith_node::Profile;
 use serde_json::{Value, json};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -183,6 +183,11 @@ enum Command {
         /// Wait until the message is delivered (the recipient stored it), up to this many seconds.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// Send at most once under this key (1-128 letters, digits, `-` or `_`): the same command again
+        /// with it, after the daemon stopped before answering, does not send a second message. Without
+        /// it, each run makes a key of its own (and retries with it for a while if no answer comes).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Show the history with a contact: when each message was sent, its state, and when it was delivered.
     Chat {
@@ -559,8 +564,8 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let (message, user) = match e.downcast_ref::<UserError>() {
-                Some(u) => (u.to_string(), true),
+            let (message, user) = match crate::client::user_message(&e) {
+                Some(u) => (u, true),
                 None => (error_text(&e), false),
             };
             if json_mode {
@@ -703,6 +708,48 @@ fn unreached(c: &Value) -> Option<String> {
 
 /// Prints the daemon's events as they come, those whose type `want` takes, until Ctrl-C or the daemon
 /// stops.
+/// How long `kith send` keeps trying when the daemon stopped before it answered.
+const UNANSWERED_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Posts `body`, which carries the idempotency key `key`, and if the daemon stops before it answers
+/// (so whether it was carried out is unknown) posts it again, to the daemon as it comes back, for up to
+/// [`UNANSWERED_RETRY`]: the key makes the repeat harmless. A daemon that was not running at the first
+/// try received nothing, and is reported at once.
+async fn post_at_most_once(
+    home: &Path,
+    path: &str,
+    body: Value,
+    key: &str,
+) -> anyhow::Result<Value> {
+    use crate::client::{NotRunning, Unanswered};
+    let deadline = std::time::Instant::now() + UNANSWERED_RETRY;
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let attempt = match Client::for_profile(home) {
+            Ok(client) => client.post(path, body.clone()).await,
+            Err(e) => Err(e),
+        };
+        let unknown = match attempt {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is::<Unanswered>() => e,
+            // Gone after an unanswered try: it may be restarting.
+            Err(e) if !first && e.is::<NotRunning>() => e,
+            Err(e) => return Err(e),
+        };
+        first = false;
+        if std::time::Instant::now() + wait > deadline {
+            return Err(user(format!(
+                "{unknown}: the daemon stopped before it answered, so whether the message was queued \
+                 is unknown. Once the daemon runs, send again with `--idempotency-key {key}`: if it \
+                 was queued, it is not sent a second time"
+            )));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
 async fn follow_events(
     client: &Client,
     json_mode: bool,
@@ -1359,18 +1406,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             file,
             wait,
+            idempotency_key,
         } => {
             named("contact", &name)?;
             let text = message_text(text, file)?;
-            let client = Client::for_profile(&home()?)?;
+            let home = home()?;
+            let client = Client::for_profile(&home)?;
             // Subscribe before sending, so the delivered event cannot be missed.
             let watcher = match wait {
                 Some(_) => Some(crate::client::Watcher::start(&client).await?),
                 None => None,
             };
-            let mut v = client
-                .post("/v1/messages", json!({ "to": name, "text": text }))
-                .await?;
+            let key = idempotency_key.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+            let body = json!({ "to": name, "text": text, "idempotency_key": key });
+            let mut v = post_at_most_once(&home, "/v1/messages", body, &key).await?;
             if let (Some(w), Some(secs)) = (watcher, wait) {
                 let seq = v["seq"].as_u64().unwrap_or(0);
                 // The contact's name as stored, which the events use (`name` may differ in case).
@@ -1396,6 +1445,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             out(json_mode, &v, |v| match v["delivered_after_ms"].as_u64() {
                 Some(ms) => crate::say!("delivered #{} to {} ({ms} ms)", v["seq"], s(v, "to")),
+                None if v["repeated"] == true => crate::say!(
+                    "already sent under this key: #{} to {} ({}), not sent again",
+                    v["seq"],
+                    s(v, "to"),
+                    s(v, "state")
+                ),
                 None => crate::say!("queued #{} to {}", v["seq"], s(v, "to")),
             });
         }

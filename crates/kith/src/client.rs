@@ -24,6 +24,37 @@ pub fn user(msg: impl Into<String>) -> anyhow::Error {
     UserError(msg.into()).into()
 }
 
+/// No daemon answers for the profile (none started, or it stopped): nothing was sent to it. A user
+/// error (exit status 2) like [`UserError`].
+#[derive(Debug, Clone)]
+pub struct NotRunning(pub String);
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for NotRunning {}
+
+/// The request reached the daemon but no answer came back (the connection broke: the daemon stopped or
+/// crashed meanwhile), so whether it was carried out is unknown.
+#[derive(Debug, Clone)]
+pub struct Unanswered(pub String);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Unanswered {}
+
+/// The message of an error meant for a person ([`UserError`] or [`NotRunning`]), if it is one.
+pub fn user_message(e: &anyhow::Error) -> Option<String> {
+    e.downcast_ref::<UserError>()
+        .map(ToString::to_string)
+        .or_else(|| e.downcast_ref::<NotRunning>().map(ToString::to_string))
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -33,11 +64,12 @@ pub struct Client {
 }
 
 fn not_running(home: &Path) -> anyhow::Error {
-    user(format!(
+    NotRunning(format!(
         "the kith daemon is not running for the profile in {}: start it with `kith --home {} daemon`",
         home.display(),
         home.display()
     ))
+    .into()
 }
 
 impl Client {
@@ -75,11 +107,14 @@ impl Client {
             if e.is_connect() {
                 not_running(Path::new(&self.home))
             } else {
-                anyhow::anyhow!("control API: {e}")
+                Unanswered(format!("control API: {e}")).into()
             }
         })?;
         let status = resp.status();
-        let body = resp.bytes().await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Unanswered(format!("control API: {e}")))?;
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(value);
@@ -122,10 +157,16 @@ impl Client {
 
     /// Sends a message; returns its sequence number in the conversation.
     pub async fn send(&self, to: &str, text: &str) -> anyhow::Result<u64> {
+        self.send_once(to, text, None).await
+    }
+
+    /// Sends a message under an idempotency key: sending again with the same key (after an answer that
+    /// never came) gives the same message, not a second one.
+    pub async fn send_once(&self, to: &str, text: &str, key: Option<&str>) -> anyhow::Result<u64> {
         let v = self
             .post(
                 "/v1/messages",
-                serde_json::json!({ "to": to, "text": text }),
+                serde_json::json!({ "to": to, "text": text, "idempotency_key": key }),
             )
             .await?;
         v.get("seq")

@@ -1167,3 +1167,147 @@ async fn chat_follow_shows_new_messages_and_deliveries_live() {
         let _ = c.wait();
     }
 }
+
+/// Issue 21, point 9: a send repeated under its idempotency key (the first answer never came: here the
+/// daemon was SIGKILLed after it) gives the message queued the first time, across the restart, and the
+/// contact gets it once. The key with another text is refused; a malformed key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_repeated_under_its_key_is_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_kith"));
+    let mut alice = Daemon::spawn(exe, &dir.path().join("alice"), "alice", None, vec![])
+        .await
+        .unwrap();
+    let bob = Daemon::spawn(exe, &dir.path().join("bob"), "bob", None, vec![])
+        .await
+        .unwrap();
+    introduce(&alice, &bob).await.unwrap();
+    introduce(&bob, &alice).await.unwrap();
+    let home = alice.home.clone();
+    let send = |text: &str| {
+        kith(
+            &home,
+            &args(&["send", "bob", text, "--idempotency-key", "note-7"]),
+            &[],
+        )
+    };
+    let first = send("only once");
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("queued #1 to bob"));
+    alice.kill();
+    alice.start().await.unwrap();
+    let again = send("only once");
+    assert!(again.status.success(), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("already sent under this key: #1 to bob"),
+        "{said}"
+    );
+    assert_user_error(&send("something else"), "used for another message");
+    assert_user_error(
+        &kith(
+            &alice.home,
+            &args(&["send", "bob", "x", "--idempotency-key", "no spaces"]),
+            &[],
+        ),
+        "idempotency_key must be",
+    );
+    // Sent once more without the key: a message of its own. Both arrive, the keyed one once.
+    let wa = alice.watcher().await.unwrap();
+    let seq = alice.client().send("bob", "another").await.unwrap();
+    assert_eq!(seq, 2);
+    assert!(wa.delivered_within("bob", 2, 60).await);
+    let chat = bob.client().get("/v1/chat/alice").await.unwrap();
+    let texts: Vec<&str> = chat
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["only once", "another"]);
+}
+
+/// Issue 21, point 9: `kith send` whose request gets no answer (the connection drops: the daemon stopped
+/// or crashed mid-request) sends it again under the same key until an answer comes; when none comes, it
+/// says the outcome is unknown and how to retry safely. A stand-in for the daemon's API drops the first
+/// two requests here.
+#[test]
+fn kith_send_retries_an_unanswered_request_under_the_same_key() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("alice");
+    init(&home, "alice");
+    let serve = |drop_first: usize, answer: bool| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        kith_node::Profile::new(&home)
+            .write_daemon_info(&kith_node::profile::DaemonInfo {
+                pid: std::process::id(),
+                api: listener.local_addr().unwrap(),
+            })
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut bodies = vec![];
+            for (i, conn) in listener.incoming().enumerate() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                bodies.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+                if i < drop_first || !answer {
+                    drop(conn);
+                    continue;
+                }
+                let reply = br#"{"to":"bob","seq":4,"id":"00","state":"sent","repeated":true}"#;
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    reply.len()
+                )
+                .unwrap();
+                conn.write_all(reply).unwrap();
+                return bodies;
+            }
+            bodies
+        })
+    };
+    let server = serve(2, true);
+    let out = kith(&home, &args(&["send", "bob", "hello"]), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("already sent under this key: #4 to bob (sent)"),
+        "{said}"
+    );
+    let bodies = server.join().unwrap();
+    assert_eq!(bodies.len(), 3, "two dropped, the third answered");
+    let key = &bodies[0]["idempotency_key"];
+    assert!(key.as_str().is_some_and(|k| k.len() == 32), "{key}");
+    assert!(
+        bodies
+            .iter()
+            .all(|b| &b["idempotency_key"] == key && b["text"] == "hello")
+    );
+
+    // No answer ever: the outcome is unknown, and the message says how to retry without doubling.
+    let _never = serve(0, false);
+    let out = kith(
+        &home,
+        &args(&["send", "bob", "hello", "--idempotency-key", "mine-1"]),
+        &[],
+    );
+    assert_user_error(&out, "whether the message was queued is unknown");
+    assert_user_error(&out, "--idempotency-key mine-1");
+}

@@ -35,7 +35,8 @@ impl From<NodeError> for ApiError {
             ) => StatusCode::NOT_FOUND,
             NodeError::Store(
                 kith_store::StoreError::NameTaken(_)
-                | kith_store::StoreError::AmbiguousContact { .. },
+                | kith_store::StoreError::AmbiguousContact { .. }
+                | kith_store::StoreError::KeyReused,
             )
             | NodeError::KeyChanged(_) => StatusCode::CONFLICT,
             e if e.is_user_error() => StatusCode::BAD_REQUEST,
@@ -245,10 +246,33 @@ async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiRes
 struct Send {
     to: String,
     text: String,
+    /// Sending again with the same key gives the message queued the first time, not a second one.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// An idempotency key: 1 to 128 ASCII letters, digits, `-` or `_`.
+fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty()
+        || key.len() > 128
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key must be 1 to 128 ASCII letters, digits, '-' or '_'".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn send(State(c): State<Ctx>, Json(body): Json<Send>) -> ApiResult {
-    ok(c.node.send(&body.to, &body.text)?)
+    if let Some(key) = &body.idempotency_key {
+        check_idempotency_key(key)?;
+    }
+    ok(c.node
+        .send_once(&body.to, &body.text, body.idempotency_key.as_deref())?)
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,11 @@ pub enum StoreError {
     #[error("the profile database was made by a newer kith (schema {0}): update kith")]
     TooNew(i64),
     #[error(
+        "this idempotency key was used for another message (another recipient or text): give each \
+         message a key of its own"
+    )]
+    KeyReused,
+    #[error(
         "the store {0} is missing: this profile's contacts, history and message state are not there. \
          Restore the profile from a backup (`kith restore FILE`); nothing was created in its place"
     )]
@@ -256,7 +261,21 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
+
+/// How long an idempotency key of a send is remembered.
+pub const SEND_KEY_DAYS: i64 = 7;
+
+/// A message queued by [`Store::enqueue_outgoing_once`]: its sequence number and id, and whether it had
+/// been queued before under the same key (nothing was queued now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub seq: u64,
+    pub id: [u8; 16],
+    /// `queued`, or for a repeat the state the message is in now (`sent`, `delivered`, ...).
+    pub state: String,
+    pub repeated: bool,
+}
 
 const SCHEMA_V1: &str = "
 CREATE TABLE peers (
@@ -548,6 +567,21 @@ impl Store {
                  ALTER TABLE peers ADD COLUMN verified_ms INTEGER;
                  ALTER TABLE peers ADD COLUMN key_changed_ms INTEGER;
                  PRAGMA user_version = 5;
+                 COMMIT;",
+            )?;
+        }
+        if version < 6 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE send_keys (
+                     key TEXT PRIMARY KEY,
+                     peer BLOB NOT NULL,
+                     device BLOB NOT NULL,
+                     seq INTEGER NOT NULL,
+                     at_ms INTEGER NOT NULL
+                 );
+                 CREATE INDEX send_keys_by_time ON send_keys (at_ms);
+                 PRAGMA user_version = 6;
                  COMMIT;",
             )?;
         }
@@ -1429,7 +1463,56 @@ impl Store {
         text: &str,
         now_ms: i64,
     ) -> Result<u64> {
+        Ok(self
+            .enqueue_outgoing_once(peer, device, id, text, now_ms, None)?
+            .seq)
+    }
+
+    /// Like [`Store::enqueue_outgoing`], under an idempotency `key`: if a message was queued under it
+    /// (kept [`SEND_KEY_DAYS`] days), that message is the answer and nothing is queued again; the key
+    /// with another recipient or text is refused. Looked up and recorded in the message's transaction,
+    /// so a crash leaves both or neither.
+    pub fn enqueue_outgoing_once(
+        &mut self,
+        peer: &AccountKey,
+        device: &DeviceKey,
+        id: [u8; 16],
+        text: &str,
+        now_ms: i64,
+        key: Option<&str>,
+    ) -> Result<Enqueued> {
         let tx = self.conn.transaction()?;
+        if let Some(key) = key {
+            let earlier = tx
+                .query_row(
+                    "SELECT k.peer, k.seq, m.msg_id, m.body, m.state FROM send_keys k
+                     JOIN messages m ON m.peer = k.peer AND m.outgoing = 1 AND m.device = k.device
+                         AND m.seq = k.seq
+                     WHERE k.key = ?1",
+                    [key],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            if let Some((to, seq, msg_id, body, state)) = earlier {
+                if to != peer.as_bytes() || body != text {
+                    return Err(StoreError::KeyReused);
+                }
+                return Ok(Enqueued {
+                    seq: seq as u64,
+                    id: msg_id.try_into().unwrap_or_default(),
+                    state,
+                    repeated: true,
+                });
+            }
+        }
         let seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE peer = ?1 AND outgoing = 1 AND device = ?2",
             params![peer.as_bytes(), device.as_bytes()],
@@ -1445,8 +1528,23 @@ impl Store {
              VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
             params![peer.as_bytes(), device.as_bytes(), seq, &id[..], text, now_ms, idx],
         )?;
+        if let Some(key) = key {
+            tx.execute(
+                "DELETE FROM send_keys WHERE at_ms < ?1",
+                [now_ms - SEND_KEY_DAYS * 24 * 3600 * 1000],
+            )?;
+            tx.execute(
+                "INSERT INTO send_keys (key, peer, device, seq, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, peer.as_bytes(), device.as_bytes(), seq, now_ms],
+            )?;
+        }
         tx.commit()?;
-        Ok(seq as u64)
+        Ok(Enqueued {
+            seq: seq as u64,
+            id,
+            state: "queued".into(),
+            repeated: false,
+        })
     }
 
     /// An outgoing message by sequence number.
@@ -1865,6 +1963,55 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         drop(store);
         assert!(!contains(&old, b"plain words") && !contains(&old, b"SQLite format 3"));
+    }
+
+    /// Issue 21, point 9: a send under an idempotency key is queued once, however often it is repeated
+    /// (also after reopening: a crashed daemon); the key with another text or recipient is refused;
+    /// keys older than [`SEND_KEY_DAYS`] are forgotten.
+    #[test]
+    fn a_send_under_one_key_is_queued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (_, dev, peer) = keys();
+        let other = AccountSecret::generate(&mut StdRng::seed_from_u64(77)).public();
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.add_contact(&peer, "bob", None, 1).unwrap();
+            s.add_contact(&other, "carol", None, 1).unwrap();
+            let first = s
+                .enqueue_outgoing_once(&peer, &dev, [1; 16], "hi", 10, Some("k"))
+                .unwrap();
+            assert_eq!((first.seq, first.repeated), (1, false));
+            let again = s
+                .enqueue_outgoing_once(&peer, &dev, [2; 16], "hi", 11, Some("k"))
+                .unwrap();
+            assert_eq!((again.seq, again.id, again.repeated), (1, [1; 16], true));
+            assert_eq!(again.state, "queued");
+        }
+        let mut s = Store::open(&path).unwrap();
+        s.mark_delivered(&peer, &dev, &[1], 20).unwrap();
+        let after = s
+            .enqueue_outgoing_once(&peer, &dev, [3; 16], "hi", 30, Some("k"))
+            .unwrap();
+        assert_eq!((after.seq, after.repeated), (1, true));
+        assert_eq!(after.state, "delivered");
+        assert!(matches!(
+            s.enqueue_outgoing_once(&peer, &dev, [4; 16], "other text", 31, Some("k")),
+            Err(StoreError::KeyReused)
+        ));
+        assert!(matches!(
+            s.enqueue_outgoing_once(&other, &dev, [4; 16], "hi", 31, Some("k")),
+            Err(StoreError::KeyReused)
+        ));
+        assert_eq!(s.chat(&peer, 10).unwrap().len(), 1);
+        // A week later another send (with another key) forgets the old key.
+        let week = SEND_KEY_DAYS * 24 * 3600 * 1000;
+        s.enqueue_outgoing_once(&peer, &dev, [5; 16], "later", 40 + week, Some("j"))
+            .unwrap();
+        let reused = s
+            .enqueue_outgoing_once(&peer, &dev, [6; 16], "hi", 41 + week, Some("k"))
+            .unwrap();
+        assert_eq!((reused.seq, reused.repeated), (3, false));
     }
 
     #[test]

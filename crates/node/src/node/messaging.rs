@@ -37,7 +37,10 @@ pub struct SentView {
     pub to: String,
     pub seq: u64,
     pub id: String,
-    pub state: &'static str,
+    /// `queued` for a new message; for a repeat, the state the message is in now.
+    pub state: String,
+    /// Queued before under the same idempotency key: nothing was queued now.
+    pub repeated: bool,
 }
 
 impl Node {
@@ -309,6 +312,17 @@ impl Node {
     // ---- calls ----
 
     pub fn send(self: &Arc<Self>, name: &str, text: &str) -> Result<SentView, NodeError> {
+        self.send_once(name, text, None)
+    }
+
+    /// Queues a message to the contact `name`, at most once per idempotency `key`: a send repeated with
+    /// the key (the caller never got the first answer) answers with the message queued the first time.
+    pub fn send_once(
+        self: &Arc<Self>,
+        name: &str,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<SentView, NodeError> {
         if text.trim().is_empty() {
             return Err(NodeError::EmptyMessage);
         }
@@ -326,14 +340,30 @@ impl Node {
             if peer.key_changed_ms.is_some() {
                 return Err(NodeError::KeyChanged(to));
             }
-            let seq = store.enqueue_outgoing(&peer.account, &self.device, id, text, unix_ms())?;
+            let queued = store.enqueue_outgoing_once(
+                &peer.account,
+                &self.device,
+                id,
+                text,
+                unix_ms(),
+                key,
+            )?;
+            if queued.repeated {
+                return Ok(SentView {
+                    to,
+                    seq: queued.seq,
+                    id: hex::encode(queued.id),
+                    state: queued.state,
+                    repeated: true,
+                });
+            }
             let outbox_cfg = self.config.outbox.clone();
             st.peers
                 .entry(peer.account)
                 .or_insert_with(|| PeerRt::new(&outbox_cfg))
                 .outbox
-                .enqueue(seq, Instant::now());
-            (seq, to)
+                .enqueue(queued.seq, Instant::now());
+            (queued.seq, to)
         };
         self.wake.notify_one();
         self.mail.wake.notify_one();
@@ -341,7 +371,8 @@ impl Node {
             to,
             seq,
             id: hex::encode(id),
-            state: "queued",
+            state: "queued".into(),
+            repeated: false,
         })
     }
 
