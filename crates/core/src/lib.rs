@@ -25,6 +25,7 @@ pub mod hints;
 pub mod identity;
 pub mod mailbox;
 pub mod message;
+pub mod org;
 pub mod record;
 pub mod safety;
 pub mod seal;
