@@ -128,8 +128,9 @@ impl fmt::Display for Channel {
     }
 }
 
-/// How looking in one channel went.
+/// How looking in one channel went. (One per lookup: the size of the variants does not matter.)
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     /// Found, and the channel's own check passed.
     Found(OrgStatement),
@@ -473,8 +474,9 @@ struct DocumentJson {
     delegate: Option<String>,
 }
 
-/// What an HTTPS document says.
+/// What an HTTPS document says. (One per lookup: the size of the variants does not matter.)
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Document {
     Statement(OrgStatement),
     /// Fetch this `https://` URL instead (a hosted gateway); its document must name the same domain and
