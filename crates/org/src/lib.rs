@@ -298,5 +298,7 @@ fn http_error(url: &str, e: &reqwest::Error) -> Lookup {
     Lookup::Unreachable(format!("{url}: {e}"))
 }
 
+pub mod lab;
+
 #[cfg(test)]
 mod tests;
