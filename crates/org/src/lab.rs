@@ -153,7 +153,8 @@ impl Zone {
 
     /// Replaces the `_kith` TXT records (the zone is signed again with the same key).
     pub async fn publish(&self, txt: &[String]) -> std::io::Result<()> {
-        if let Some(old) = self.server.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let old = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(old) = old {
             old.abort();
             let _ = old.await;
         }
