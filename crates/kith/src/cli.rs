@@ -223,6 +223,12 @@ enum Command {
         #[command(subcommand)]
         command: Option<MailboxCommand>,
     },
+    /// Organizations: check which kith account speaks for a domain (its DNSSEC record and its HTTPS
+    /// document must agree), and the key pinned for it.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
     /// Calls in progress and the call log (duration, outcome, statistics).
@@ -324,6 +330,16 @@ struct DaemonArgs {
     /// Most messages the mailboxes this node keeps take from one contact (default from config.toml).
     #[arg(long, value_name = "N")]
     mailbox_per_contact_messages: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Look the domain up (DNSSEC-validated `_kith` TXT record and https://DOMAIN/.well-known/kith.json),
+    /// show whether it is verified and the fingerprint to compare out of band, and pin its key.
+    Verify { domain: String },
+    /// Forget the key pinned for the domain: only after checking the new fingerprint with the
+    /// organization by another way.
+    Forget { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -1555,6 +1571,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mailbox {
             command: Some(MailboxCommand::Serve { args }),
         } => run_daemon(home()?, daemon_options(args, true)?).await?,
+        Command::Org { command } => {
+            let client = Client::for_profile(&home()?)?;
+            match command {
+                OrgCommand::Verify { domain } => {
+                    let v = client
+                        .get(&format!("/v1/org/{}", urlencode(&domain)))
+                        .await?;
+                    out(json_mode, &v, |v| {
+                        crate::say!("{}", s(v, "label"));
+                        crate::say!("  fingerprint {}", s(v, "fingerprint"));
+                        crate::say!("  address     {}", s(v, "address"));
+                        if let Some(m) = v["missing"].as_str() {
+                            crate::say!("  missing     {m}");
+                        }
+                        let services: Vec<&str> = v["services"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        crate::say!("  services    {}", services.join(", "));
+                        crate::say!(
+                            "  pin         {}",
+                            match v["pin"].as_str() {
+                                Some("new") => "first seen: this key is pinned for the domain now",
+                                Some("rotated") =>
+                                    "the key changed, signed by the pinned key: the new one is pinned",
+                                _ => "the key pinned before",
+                            }
+                        );
+                    });
+                }
+                OrgCommand::Forget { domain } => {
+                    let v = client
+                        .delete(&format!("/v1/org/{}", urlencode(&domain)))
+                        .await?;
+                    out(json_mode, &v, |v| {
+                        if v["forgotten"] == true {
+                            crate::say!("forgot the key pinned for {}", s(v, "domain"));
+                        } else {
+                            crate::say!("no key was pinned for {}", s(v, "domain"));
+                        }
+                    });
+                }
+            }
+        }
         Command::Mailbox { command } => {
             let client = Client::for_profile(&home()?)?;
             match command.unwrap_or(MailboxCommand::List) {

@@ -98,6 +98,7 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/contacts/{name}/safety-number", get(safety_number))
         .route("/v1/contacts/{name}/verified", post(confirm_verified))
         .route("/v1/lookup/{who}", get(lookup))
+        .route("/v1/org/{domain}", get(org_verify).delete(org_forget))
         .route("/v1/calls", get(calls).post(place_call))
         .route("/v1/calls/answer", post(answer_call))
         .route("/v1/calls/reject", post(reject_call))
@@ -235,6 +236,15 @@ async fn lookup(State(c): State<Ctx>, Path(who): Path<String>) -> ApiResult {
 
 async fn confirm_verified(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {
     ok(c.node.confirm_verified(&name)?)
+}
+
+async fn org_verify(State(c): State<Ctx>, Path(domain): Path<String>) -> ApiResult {
+    ok(c.node.org_verify(&domain).await?)
+}
+
+async fn org_forget(State(c): State<Ctx>, Path(domain): Path<String>) -> ApiResult {
+    let forgotten = c.node.org_forget(&domain)?;
+    ok(json!({ "domain": kith_core::org::normalize_domain(&domain), "forgotten": forgotten }))
 }
 
 async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiResult {

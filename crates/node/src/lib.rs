@@ -134,6 +134,7 @@ pub async fn run_daemon(
                 .max(0.0),
         ),
         headless_mailbox: options.headless_mailbox,
+        org: config.org.resolver_config().map_err(NodeError::from)?,
         mailbox_quotas: kith_core::mailbox::Quotas {
             per_contact_messages: options
                 .mailbox_per_contact_messages

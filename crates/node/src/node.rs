@@ -47,6 +47,7 @@ mod contacts;
 mod discovery;
 mod mail;
 mod messaging;
+mod org;
 mod status;
 
 pub use crate::clock::{unix_ms, unix_now};
@@ -56,6 +57,7 @@ pub use contacts::{ContactView, RequestView};
 pub use discovery::LookupView;
 pub use messaging::SentView;
 use messaging::*;
+pub use org::OrgView;
 pub use status::{ConnectionView, RelayView, StatusView};
 
 /// Errors of node operations, each naming what the user can do.
@@ -79,6 +81,14 @@ pub enum NodeError {
     NoDht,
     #[error("{0}")]
     Call(String),
+    #[error("{0}")]
+    Org(#[from] kith_core::org::Refused),
+    #[error("{0}")]
+    OrgSetup(#[from] kith_org::SetupError),
+    #[error(
+        "{0:?} is not a domain name (letters, digits and '-' in labels joined by dots, like example.org)"
+    )]
+    NotADomain(String),
     #[error(
         "{0} connected from a device you have not seen before (a new phone, a restored backup, or \
          someone who holds their key): nothing is sent to them until you confirm. Ask them, by another \
@@ -145,6 +155,8 @@ pub struct NodeConfig {
     pub mailbox_quotas: kith_core::mailbox::Quotas,
     /// A headless mailbox (`kith mailbox`): keeps mail for every contact that names it, declines calls.
     pub headless_mailbox: bool,
+    /// How organizations' keys are looked up.
+    pub org: kith_org::OrgConfig,
 }
 
 /// Store setting: generation of the contact key.
@@ -176,6 +188,8 @@ pub struct Node {
     /// Held while the contact endpoint is replaced (at a period boundary, after a contact's removal, when
     /// a stand-in moves back to its port), so those never interleave.
     rotating: tokio::sync::Mutex<()>,
+    /// The organization resolver, made at its first use.
+    org: tokio::sync::OnceCell<Arc<kith_org::OrgResolver>>,
     /// Wakes the call timer (signalling retransmissions and timeouts).
     calls_changed: Notify,
     config: NodeConfig,
@@ -324,6 +338,7 @@ impl Node {
             republish: Notify::new(),
             endpoints: tokio::sync::watch::Sender::new(0),
             rotating: tokio::sync::Mutex::new(()),
+            org: tokio::sync::OnceCell::new(),
             calls_changed: Notify::new(),
             config,
             started: t0,

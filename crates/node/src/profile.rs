@@ -151,6 +151,60 @@ pub struct Config {
     pub mailbox_total_mb: u64,
     #[serde(default = "default_expiry_days")]
     pub mailbox_expiry_days: u64,
+    /// Where organizations' keys are looked up (`kith org verify`).
+    #[serde(default, skip_serializing_if = "OrgSettings::is_default")]
+    pub org: OrgSettings,
+}
+
+/// `[org]` in config.toml: how organizations' keys are looked up. The defaults are the real world's: the
+/// system's DNS servers, the root zone's DNSSEC keys, the Mozilla roots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSettings {
+    /// DNS servers (`ip:port`) to ask; empty: those of /etc/resolv.conf. Answers are validated here.
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
+    /// A file of DNSKEY records (zone-file form) trusted in place of the root zone's keys.
+    #[serde(default)]
+    pub trust_anchor_file: Option<PathBuf>,
+    /// PEM files of certificate authorities trusted in place of the Mozilla roots.
+    #[serde(default)]
+    pub https_roots: Vec<PathBuf>,
+    /// `"host" = "ip:port"`: where to reach a host's HTTPS instead of where its DNS points (tests).
+    #[serde(default)]
+    pub https_addrs: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+impl OrgSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The lookups these settings ask for (files read now).
+    pub fn resolver_config(&self) -> Result<kith_org::OrgConfig, kith_org::SetupError> {
+        let trust_anchor = match &self.trust_anchor_file {
+            Some(path) => Some(
+                fs::read_to_string(path)
+                    .map_err(|e| kith_org::SetupError::AnchorFile(path.clone(), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let https_roots = match self.https_roots.is_empty() {
+            true => None,
+            false => Some(kith_org::roots_from_pem_files(&self.https_roots)?),
+        };
+        Ok(kith_org::OrgConfig {
+            dns_servers: self.dns_servers.clone(),
+            trust_anchor,
+            https_roots,
+            https_addrs: self
+                .https_addrs
+                .iter()
+                .map(|(h, a)| (h.clone(), *a))
+                .collect(),
+            ..Default::default()
+        })
+    }
 }
 
 impl Config {
@@ -444,6 +498,7 @@ impl Profile {
             mailbox_total_messages: default_total_messages(),
             mailbox_total_mb: default_total_mb(),
             mailbox_expiry_days: default_expiry_days(),
+            org: OrgSettings::default(),
         };
         write_private(&self.path(TOKEN_FILE), hex::encode(token).as_bytes())?;
         let config_text = format!(

@@ -60,10 +60,32 @@ pub enum SetupError {
     TrustAnchor(String),
     #[error("no DNS server: none configured and none in /etc/resolv.conf ({0})")]
     NoDns(String),
-    #[error("a root certificate for HTTPS is not DER: {0}")]
+    #[error("a root certificate for HTTPS cannot be read: {0}")]
     Root(String),
+    #[error("the DNSSEC trust anchor file {0} cannot be read: {1}")]
+    AnchorFile(std::path::PathBuf, String),
     #[error("cannot set up HTTPS: {0}")]
     Https(String),
+}
+
+/// Reads certificate authorities (PEM, one or more certificates a file) for [`OrgConfig::https_roots`].
+pub fn roots_from_pem_files(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, SetupError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut out = vec![];
+    for path in paths {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect())
+            .map_err(|e| SetupError::Root(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(SetupError::Root(format!(
+                "{}: no certificate in it",
+                path.display()
+            )));
+        }
+        out.extend(certs.into_iter().map(|c| c.to_vec()));
+    }
+    Ok(out)
 }
 
 /// Looks domains up.

@@ -261,7 +261,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// How long an idempotency key of a send is remembered.
 pub const SEND_KEY_DAYS: i64 = 7;
@@ -582,6 +582,18 @@ impl Store {
                  );
                  CREATE INDEX send_keys_by_time ON send_keys (at_ms);
                  PRAGMA user_version = 6;
+                 COMMIT;",
+            )?;
+        }
+        if version < 7 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE org_pins (
+                     domain TEXT PRIMARY KEY,
+                     account BLOB NOT NULL,
+                     pinned_ms INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 7;
                  COMMIT;",
             )?;
         }
@@ -1466,6 +1478,38 @@ impl Store {
         Ok(self
             .enqueue_outgoing_once(peer, device, id, text, now_ms, None)?
             .seq)
+    }
+
+    /// The key pinned for an organization's domain (the first verified, or the last signed change).
+    pub fn org_pin(&self, domain: &str) -> Result<Option<AccountKey>> {
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT account FROM org_pins WHERE domain = ?1",
+                [domain],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(key
+            .and_then(|k| key_of(k).ok())
+            .and_then(|k| AccountKey::from_bytes(k).ok()))
+    }
+
+    pub fn set_org_pin(&self, domain: &str, account: &AccountKey, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO org_pins (domain, account, pinned_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (domain) DO UPDATE SET account = ?2, pinned_ms = ?3",
+            params![domain, account.as_bytes(), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a domain's pin; false if there was none.
+    pub fn forget_org_pin(&self, domain: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM org_pins WHERE domain = ?1", [domain])?
+            > 0)
     }
 
     /// Like [`Store::enqueue_outgoing`], under an idempotency `key`: if a message was queued under it

@@ -1,0 +1,96 @@
+//! Organizations: which kith account speaks for a domain (`kith org verify`), with its key pinned per
+//! domain ([`kith_org`] looks it up, [`kith_core::org`] judges).
+
+use super::*;
+use kith_core::org::{Pin, check_pin, fingerprint};
+
+/// What `kith org verify` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrgView {
+    pub domain: String,
+    pub address: String,
+    /// `Verified: example.org (DNSSEC + HTTPS)`, or `Verified (DNSSEC only): ...`.
+    pub label: String,
+    /// To compare out of band.
+    pub fingerprint: String,
+    pub channels: Vec<String>,
+    /// Why one channel is missing, when one is.
+    pub missing: Option<String>,
+    pub services: Vec<String>,
+    pub expires: u64,
+    /// `new` (first seen: pinned now), `same` (the pinned key), `rotated` (a change signed by the pinned
+    /// key: pinned now).
+    pub pin: &'static str,
+}
+
+/// Whether `domain` is a domain name as DNS writes it.
+fn check_domain(domain: &str) -> Result<String, NodeError> {
+    let d = kith_core::org::normalize_domain(domain);
+    let ok = d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(NodeError::NotADomain(domain.to_owned()))
+    }
+}
+
+impl Node {
+    async fn org_resolver(&self) -> Result<Arc<kith_org::OrgResolver>, NodeError> {
+        self.org
+            .get_or_try_init(|| async {
+                kith_org::OrgResolver::new(self.config.org.clone())
+                    .map(Arc::new)
+                    .map_err(NodeError::from)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Looks `domain` up in both channels, judges, and checks the key against the domain's pin (pinning
+    /// a first key, or a change the pinned key signed).
+    pub async fn org_verify(&self, domain: &str) -> Result<OrgView, NodeError> {
+        let domain = check_domain(domain)?;
+        let resolver = self.org_resolver().await?;
+        let verified = resolver.verify(&domain, unix_now()).await?;
+        let pinned = lock(&self.store).org_pin(&verified.domain)?;
+        let pin = match check_pin(&verified, pinned)? {
+            Pin::Same => "same",
+            Pin::New(account) => {
+                lock(&self.store).set_org_pin(&verified.domain, &account, unix_ms())?;
+                tracing::info!(domain = %verified.domain, "organization key pinned");
+                "new"
+            }
+            Pin::Rotated { to, .. } => {
+                lock(&self.store).set_org_pin(&verified.domain, &to, unix_ms())?;
+                tracing::info!(domain = %verified.domain, "organization key changed, signed by the pinned key");
+                "rotated"
+            }
+        };
+        Ok(OrgView {
+            address: Address::new(verified.account).to_string(),
+            label: verified.label(),
+            fingerprint: fingerprint(&verified.account),
+            channels: verified.channels.iter().map(|c| c.to_string()).collect(),
+            missing: verified.missing.clone(),
+            services: verified.services.clone(),
+            expires: verified.expires,
+            domain: verified.domain,
+            pin,
+        })
+    }
+
+    /// Forgets the key pinned for `domain` (the organization changed it and the user checked the new
+    /// fingerprint with it). False if none was pinned.
+    pub fn org_forget(&self, domain: &str) -> Result<bool, NodeError> {
+        let domain = check_domain(domain)?;
+        Ok(lock(&self.store).forget_org_pin(&domain)?)
+    }
+}
