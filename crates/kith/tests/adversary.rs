@@ -1,7 +1,7 @@
 //! Adversarial peers against real daemons (issue 21): what a removed contact, a stranger who knows an
 //! endpoint, or a peer that connects and says nothing can learn or hold up.
 
-use kith::process::{Daemon, introduce};
+use kith::process::{Daemon, introduce, spawn_all};
 use kith_core::hello::Hello;
 use kith_core::{AccountKey, Address, ContactCard, EndpointCert, Hints};
 use kith_net::{Net, Session, StaticDiscovery};
@@ -127,15 +127,12 @@ async fn a_stranger_at_the_contact_endpoint_learns_nothing_a_contact_would() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_contact_learns_no_new_key_endpoint_or_address() {
     let dir = tempfile::tempdir().unwrap();
-    let alice = Daemon::spawn(exe(), &dir.path().join("alice"), "alice", None, vec![])
+    let mut all = spawn_all(exe(), dir.path(), &["alice", "bob", "carol"], None, vec![])
         .await
         .unwrap();
-    let mut bob = Daemon::spawn(exe(), &dir.path().join("bob"), "bob", None, vec![])
-        .await
-        .unwrap();
-    let carol = Daemon::spawn(exe(), &dir.path().join("carol"), "carol", None, vec![])
-        .await
-        .unwrap();
+    let carol = all.pop().unwrap();
+    let mut bob = all.pop().unwrap();
+    let alice = all.pop().unwrap();
     for (x, y) in [
         (&alice, &bob),
         (&bob, &alice),
