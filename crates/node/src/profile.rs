@@ -630,6 +630,16 @@ impl Profile {
                 reason: "device certificate does not match the keys".into(),
             });
         }
+        // The public keys the file shows (what `public` reads without the passphrase) are the keys'.
+        let shown = |s: &str| unhex(&path, s).ok();
+        if shown(&f.account).as_deref() != Some(&account.public().as_bytes()[..])
+            || shown(&f.device).as_deref() != Some(&device.public().as_bytes()[..])
+        {
+            return Err(ProfileError::Damaged {
+                file: path,
+                reason: "the public keys it shows do not match its secret keys".into(),
+            });
+        }
         Ok(Identity {
             name: f.name,
             account,
@@ -1079,6 +1089,50 @@ mod tests {
         assert_eq!(q.expiry_secs, u64::MAX);
         assert_eq!(q.per_token_bytes, u64::MAX);
         assert_eq!(q.total_bytes, u64::MAX);
+    }
+
+    /// Found by the `profile_files` fuzz target: an identity file whose public keys had been changed
+    /// unlocked with its secret keys, so the daemon ran as one account while `public` (the CLI without
+    /// the passphrase) showed another.
+    #[test]
+    fn an_identity_showing_other_public_keys_does_not_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        let public = p.init("Bob", None, 0, true).unwrap();
+        let text = fs::read_to_string(p.path(IDENTITY_FILE)).unwrap();
+        let other = AccountSecret::from_bytes(&[5; 32]).public();
+        // Only the field, not the same bytes inside the device certificate.
+        let field = |name: &str, key: &[u8; 32]| format!("\"{name}\": \"{}\"", hex::encode(key));
+        for (shown, by) in [
+            (
+                field("account", public.account.as_bytes()),
+                field("account", other.as_bytes()),
+            ),
+            (
+                field("device", public.device.as_bytes()),
+                field("device", other.as_bytes()),
+            ),
+        ] {
+            assert!(text.contains(&shown), "{text}");
+            fs::write(p.path(IDENTITY_FILE), text.replace(&shown, &by)).unwrap();
+            assert!(
+                matches!(p.unlock(None), Err(ProfileError::Damaged { .. })),
+                "{shown} shown as {by}"
+            );
+        }
+        // Upper-case hex is the same key.
+        fs::write(
+            p.path(IDENTITY_FILE),
+            text.replace(
+                &field("account", public.account.as_bytes()),
+                &format!(
+                    "\"account\": \"{}\"",
+                    hex::encode_upper(public.account.as_bytes())
+                ),
+            ),
+        )
+        .unwrap();
+        assert!(p.unlock(None).is_ok());
     }
 
     #[test]
