@@ -1,7 +1,7 @@
 //! Fixtures shared by the fuzz targets: fixed keys (a layer that needs a key gets one), valid values to
 //! seed the corpus with, and the seed writer.
 //!
-//! Seeds: `KITH_FUZZ_WRITE_SEEDS=<dir> cargo fuzz run <target> -- -runs=0` writes the target's seeds to
+//! Seeds: `KITH_FUZZ_WRITE_SEEDS=<dir> cargo +nightly fuzz run <target> -- -runs=0` writes the target's seeds to
 //! `<dir>/<target>/` (see docs/FUZZING.md); they are committed in `fuzz/seeds/`.
 
 use kith_core::blind::{BlindedKey, BlindedSecret, PeriodNum, blind_secret};
