@@ -164,7 +164,7 @@ async fn contacts(State(c): State<Ctx>) -> ApiResult {
     ok(c.node.contacts()?)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct AddContact {
     contact: String,
     name: Option<String>,
@@ -174,7 +174,7 @@ async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiR
     ok(c.node.add_contact(&body.contact, body.name.as_deref())?)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Named {
     name: String,
 }
@@ -196,14 +196,14 @@ async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiRe
     ok(json!({ "removed": name }))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct CallRequest {
     to: String,
     #[serde(flatten)]
     audio: crate::media::AudioOptions,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct CallAction {
     call: Option<String>,
     #[serde(flatten)]
@@ -252,7 +252,7 @@ async fn safety_number(State(c): State<Ctx>, Path(name): Path<String>) -> ApiRes
     ok(json!({ "name": name, "address": address, "safety_number": number }))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Send {
     to: String,
     text: String,
@@ -285,7 +285,7 @@ async fn send(State(c): State<Ctx>, Json(body): Json<Send>) -> ApiResult {
         .send_once(&body.to, &body.text, body.idempotency_key.as_deref())?)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ChatQuery {
     limit: Option<usize>,
 }
@@ -302,7 +302,7 @@ async fn requests(State(c): State<Ctx>) -> ApiResult {
     ok(c.node.requests()?)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Accept {
     request: String,
     name: Option<String>,
@@ -344,4 +344,55 @@ async fn events(State(c): State<Ctx>) -> Response {
 async fn shutdown(State(c): State<Ctx>) -> ApiResult {
     let _ = c.shutdown.send(true);
     ok(json!({ "stopping": true }))
+}
+
+/// The routes that take a JSON body (and `/v1/chat/{name}`, which takes a query string), for
+/// [`parse_body`].
+#[doc(hidden)]
+pub const BODY_ROUTES: [&str; 10] = [
+    "/v1/contacts",
+    "/v1/mailbox/host",
+    "/v1/mailbox/use",
+    "/v1/calls",
+    "/v1/calls/answer",
+    "/v1/calls/reject",
+    "/v1/calls/hangup",
+    "/v1/messages",
+    "/v1/requests/accept",
+    "/v1/chat/{name}",
+];
+
+/// Parses a request body for `route` (one of [`BODY_ROUTES`]) as the server's extractors do (`Json`, and
+/// `Query` for the chat's query string), without a node: for the fuzz targets (`fuzz/`). Returns the
+/// parsed body's `Debug` text, or the rejection's; None for a route that takes no body.
+#[doc(hidden)]
+pub fn parse_body(route: &str, body: &[u8]) -> Option<Result<String, String>> {
+    fn json<T: serde::de::DeserializeOwned + std::fmt::Debug>(b: &[u8]) -> Result<String, String> {
+        Json::<T>::from_bytes(b)
+            .map(|Json(v)| format!("{v:?}"))
+            .map_err(|e| e.body_text())
+    }
+    Some(match route {
+        "/v1/contacts" => json::<AddContact>(body),
+        "/v1/mailbox/host" | "/v1/mailbox/use" => json::<Named>(body),
+        "/v1/calls" => json::<CallRequest>(body),
+        "/v1/calls/answer" | "/v1/calls/reject" | "/v1/calls/hangup" => json::<CallAction>(body),
+        "/v1/messages" => json::<Send>(body),
+        "/v1/requests/accept" => json::<Accept>(body),
+        "/v1/chat/{name}" => {
+            let uri = std::str::from_utf8(body)
+                .map_err(|e| e.to_string())
+                .and_then(|q| {
+                    format!("/v1/chat/x?{q}")
+                        .parse::<axum::http::Uri>()
+                        .map_err(|e| e.to_string())
+                });
+            uri.and_then(|u| {
+                Query::<ChatQuery>::try_from_uri(&u)
+                    .map(|Query(q)| format!("{q:?}"))
+                    .map_err(|e| e.body_text())
+            })
+        }
+        _ => return None,
+    })
 }

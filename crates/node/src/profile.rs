@@ -210,12 +210,14 @@ impl OrgSettings {
 impl Config {
     /// The mailbox limits this configuration sets.
     pub fn mailbox_quotas(&self) -> kith_core::mailbox::Quotas {
+        // Saturating: a limit too large to count in bytes or seconds is no limit, not a small one (a
+        // shift would drop its high bits) nor an overflow.
         kith_core::mailbox::Quotas {
-            per_contact_bytes: self.mailbox_per_contact_mb << 20,
+            per_contact_bytes: self.mailbox_per_contact_mb.saturating_mul(1 << 20),
             per_contact_messages: self.mailbox_per_contact_messages,
-            total_bytes: self.mailbox_total_mb << 20,
+            total_bytes: self.mailbox_total_mb.saturating_mul(1 << 20),
             total_messages: self.mailbox_total_messages,
-            expiry_secs: self.mailbox_expiry_days * 24 * 3600,
+            expiry_secs: self.mailbox_expiry_days.saturating_mul(24 * 3600),
         }
     }
 }
@@ -264,6 +266,9 @@ fn default_dht_bind() -> std::net::Ipv4Addr {
 fn default_period() -> u64 {
     24 * 60
 }
+
+/// The longest discovery period a configuration may set: a year, in minutes.
+pub const MAX_PERIOD_MINUTES: u64 = 366 * 24 * 60;
 
 /// What a running daemon leaves for the CLI.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -682,6 +687,16 @@ impl Profile {
                 reason: "device certificate does not match the keys".into(),
             });
         }
+        // The public keys the file shows (what `public` reads without the passphrase) are the keys'.
+        let shown = |s: &str| unhex(&path, s).ok();
+        if shown(&f.account).as_deref() != Some(&account.public().as_bytes()[..])
+            || shown(&f.device).as_deref() != Some(&device.public().as_bytes()[..])
+        {
+            return Err(ProfileError::Damaged {
+                file: path,
+                reason: "the public keys it shows do not match its secret keys".into(),
+            });
+        }
         Ok(Identity {
             name: f.name,
             account,
@@ -697,10 +712,29 @@ impl Profile {
             return Err(ProfileError::Missing(self.home.clone()));
         }
         let text = fs::read_to_string(&path).map_err(io(&path))?;
-        toml::from_str(&text).map_err(|e| ProfileError::Damaged {
-            file: path,
+        let config: Config = toml::from_str(&text).map_err(|e| ProfileError::Damaged {
+            file: path.clone(),
             reason: e.to_string(),
-        })
+        })?;
+        // Values the daemon cannot use are refused here, with their name, rather than panicking later
+        // (a wait that is no duration, a period whose length in seconds overflows).
+        let invalid = |reason: String| ProfileError::Damaged {
+            file: path.clone(),
+            reason,
+        };
+        if std::time::Duration::try_from_secs_f64(config.mailbox_after_secs.max(0.0)).is_err() {
+            return Err(invalid(format!(
+                "mailbox_after_secs = {}: give a number of seconds",
+                config.mailbox_after_secs
+            )));
+        }
+        if config.period_minutes > MAX_PERIOD_MINUTES {
+            return Err(invalid(format!(
+                "period_minutes = {}: at most {MAX_PERIOD_MINUTES} (a year)",
+                config.period_minutes
+            )));
+        }
+        Ok(config)
     }
 
     pub fn token(&self) -> Result<String, ProfileError> {
@@ -1049,6 +1083,127 @@ mod tests {
         // The secret keys are not in the file in clear.
         let text = fs::read_to_string(p.path(IDENTITY_FILE)).unwrap();
         assert!(!text.contains(&hex::encode(&id.account.to_bytes()[..])));
+    }
+
+    /// Caught by the `config` fuzz target (its check that the daemon can use what is accepted):
+    /// `run_daemon` turns `mailbox_after_secs` into a `Duration`, which panics for infinity or seconds
+    /// beyond its range; such a file is refused when read.
+    #[test]
+    fn a_config_whose_mailbox_wait_is_no_duration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        p.init("Bob", None, 0, true).unwrap();
+        let text = fs::read_to_string(p.path(CONFIG_FILE)).unwrap();
+        for bad in ["inf", "1e300"] {
+            let changed = text.replace(
+                "mailbox_after_secs = 10.0",
+                &format!("mailbox_after_secs = {bad}"),
+            );
+            assert_ne!(changed, text);
+            fs::write(p.path(CONFIG_FILE), changed).unwrap();
+            match p.config() {
+                Err(ProfileError::Damaged { reason, .. }) => {
+                    assert!(reason.contains("mailbox_after_secs"), "{reason}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Negative and NaN mean no wait, as before.
+        for fine in ["-1.0", "nan"] {
+            fs::write(
+                p.path(CONFIG_FILE),
+                text.replace(
+                    "mailbox_after_secs = 10.0",
+                    &format!("mailbox_after_secs = {fine}"),
+                ),
+            )
+            .unwrap();
+            assert!(p.config().is_ok(), "{fine}");
+        }
+    }
+
+    /// Caught by the `config` fuzz target: the node counts a period in seconds (`period_minutes * 60`),
+    /// which overflowed for a huge `period_minutes`.
+    #[test]
+    fn a_config_with_a_period_beyond_a_year_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        p.init("Bob", None, 0, true).unwrap();
+        let text = fs::read_to_string(p.path(CONFIG_FILE)).unwrap();
+        for (minutes, ok) in [
+            (MAX_PERIOD_MINUTES, true),
+            (MAX_PERIOD_MINUTES + 1, false),
+            (i64::MAX as u64, false),
+        ] {
+            let changed = text.replace(
+                "period_minutes = 1440",
+                &format!("period_minutes = {minutes}"),
+            );
+            assert_ne!(changed, text);
+            fs::write(p.path(CONFIG_FILE), changed).unwrap();
+            assert_eq!(p.config().is_ok(), ok, "{minutes}");
+        }
+    }
+
+    /// Caught by the `config` fuzz target: `mailbox_expiry_days * 24 * 3600` overflowed (a panic in a
+    /// debug build), and `mb << 20` dropped the high bits of a huge limit, making it a small one.
+    #[test]
+    fn huge_mailbox_limits_saturate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        p.init("Bob", None, 0, true).unwrap();
+        let mut c = p.config().unwrap();
+        c.mailbox_expiry_days = i64::MAX as u64;
+        c.mailbox_per_contact_mb = 1 << 44;
+        c.mailbox_total_mb = i64::MAX as u64;
+        let q = c.mailbox_quotas();
+        assert_eq!(q.expiry_secs, u64::MAX);
+        assert_eq!(q.per_contact_bytes, u64::MAX);
+        assert_eq!(q.total_bytes, u64::MAX);
+    }
+
+    /// Found by the `profile_files` fuzz target: an identity file whose public keys had been changed
+    /// unlocked with its secret keys, so the daemon ran as one account while `public` (the CLI without
+    /// the passphrase) showed another.
+    #[test]
+    fn an_identity_showing_other_public_keys_does_not_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(dir.path());
+        let public = p.init("Bob", None, 0, true).unwrap();
+        let text = fs::read_to_string(p.path(IDENTITY_FILE)).unwrap();
+        let other = AccountSecret::from_bytes(&[5; 32]).public();
+        // Only the field, not the same bytes inside the device certificate.
+        let field = |name: &str, key: &[u8; 32]| format!("\"{name}\": \"{}\"", hex::encode(key));
+        for (shown, by) in [
+            (
+                field("account", public.account.as_bytes()),
+                field("account", other.as_bytes()),
+            ),
+            (
+                field("device", public.device.as_bytes()),
+                field("device", other.as_bytes()),
+            ),
+        ] {
+            assert!(text.contains(&shown), "{text}");
+            fs::write(p.path(IDENTITY_FILE), text.replace(&shown, &by)).unwrap();
+            assert!(
+                matches!(p.unlock(None), Err(ProfileError::Damaged { .. })),
+                "{shown} shown as {by}"
+            );
+        }
+        // Upper-case hex is the same key.
+        fs::write(
+            p.path(IDENTITY_FILE),
+            text.replace(
+                &field("account", public.account.as_bytes()),
+                &format!(
+                    "\"account\": \"{}\"",
+                    hex::encode_upper(public.account.as_bytes())
+                ),
+            ),
+        )
+        .unwrap();
+        assert!(p.unlock(None).is_ok());
     }
 
     #[test]
