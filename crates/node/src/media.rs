@@ -268,6 +268,9 @@ fn load_wav(path: &PathBuf) -> Result<Vec<i16>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The longest call duration a caller may set (a year, in seconds): beyond it a timer cannot be armed.
+pub const MAX_CALL_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Checks the options before a call starts (a missing or wrong input file is the user's error, said now).
 pub fn check(options: &AudioOptions) -> Result<(), String> {
     if let Some(f) = options.frame_ms
@@ -277,10 +280,11 @@ pub fn check(options: &AudioOptions) -> Result<(), String> {
         return Err(format!("frame length {f} ms: use 10 or 20"));
     }
     if let Some(d) = options.duration_secs
-        && !(d.is_finite() && d > 0.0)
+        && !(d.is_finite() && d > 0.0 && d <= MAX_CALL_SECS)
     {
         return Err(format!(
-            "duration {d} s: give a number of seconds above 0 (or no --duration to talk until hang-up)"
+            "duration {d} s: give a number of seconds above 0 and at most {MAX_CALL_SECS} (a year), or \
+             no --duration to talk until hang-up"
         ));
     }
     if let Some(AudioInput::Tone(hz)) = &options.input
@@ -822,6 +826,24 @@ fn pct(part: u64, total: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A duration too large for a timer (found by the api_json fuzz target's author: 1e300 s passed the
+    /// check and then panicked the task that hangs the call up) is refused with the reason.
+    #[test]
+    fn a_call_duration_beyond_a_year_is_refused() {
+        for d in [1e300, MAX_CALL_SECS * 2.0, f64::INFINITY, 0.0, -1.0] {
+            let options = AudioOptions {
+                duration_secs: Some(d),
+                ..Default::default()
+            };
+            assert!(check(&options).unwrap_err().contains("at most"), "{d}");
+        }
+        let fine = AudioOptions {
+            duration_secs: Some(MAX_CALL_SECS),
+            ..Default::default()
+        };
+        assert!(check(&fine).is_ok());
+    }
 
     #[test]
     fn impairment_specs_parse_and_bad_ones_say_why() {

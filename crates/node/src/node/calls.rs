@@ -210,7 +210,11 @@ impl Node {
                 if let Some(secs) = options.duration_secs {
                     let node = self.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
+                        // `media::check` bounds it; a value past that (an older caller) is no limit.
+                        let Ok(after) = Duration::try_from_secs_f64(secs.max(0.0)) else {
+                            return;
+                        };
+                        tokio::time::sleep(after).await;
                         let _ = node.hangup_call(Some(&hex::encode(call)));
                     });
                 }
