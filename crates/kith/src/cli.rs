@@ -1483,6 +1483,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 true => Some(crate::client::Watcher::start(&client).await?),
                 false => None,
             };
+            // What the watcher has counted before each read of the chat: an event that comes in while
+            // a read is under way wakes the next one.
+            let count = |w: &crate::client::Watcher| w.count("message") + w.count("message_state");
+            let mut seen = watcher.as_ref().map(count).unwrap_or(0);
             let v = client.get(&path).await?;
             let mut shown = ChatShown::default();
             if json_mode {
@@ -1506,11 +1510,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(w) = watcher {
                 let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
                 loop {
-                    let seen = w.count("message") + w.count("message_state");
                     tokio::select! {
-                        _ = w.wait_for(Duration::from_secs(3600), |w| w.count("message") + w.count("message_state") > seen) => {}
+                        _ = w.wait_for(Duration::from_secs(3600), |w| count(w) > seen) => {}
                         _ = &mut ctrl_c => return Ok(()),
                     }
+                    seen = count(&w);
                     let v = client.get(&path).await?;
                     if json_mode {
                         // One JSON object a line for each new or changed message.
