@@ -20,13 +20,34 @@ if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # A call through (virtual) sound cards runs against a PulseAudio server with null sinks.
   command -v pulseaudio >/dev/null 2>&1 || need_apt+=(pulseaudio)
   command -v parecord >/dev/null 2>&1 || need_apt+=(pulseaudio-utils)
+  # The gateway tests run against real SIP peers: Kamailio (registrar and proxy) and baresip (the
+  # organization's phones), each started by the test in a network namespace of its own, on loopback.
+  command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+  command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
+  command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  # Servers among them (Kamailio) must not start as system services listening on every interface:
+  # a policy-rc.d refuses their start during the installation (one already there is left alone).
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  if [ -n "$policy" ]; then
+    $SUDO rm -f "$policy"
+  fi
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    for unit in kamailio; do
+      $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    done
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -64,6 +64,9 @@ pub enum CallMsg {
     Invite {
         call: CallId,
         media: MediaParams,
+        /// The service called at an organization's gateway (`support` of `support@example.org`); none for
+        /// a person. At most [`MAX_SERVICE_LEN`] bytes.
+        service: Option<String>,
     },
     Ringing {
         call: CallId,
@@ -91,6 +94,39 @@ pub enum CallMsg {
     HangupAck {
         call: CallId,
     },
+    /// A key pressed during the call (an IVR's menu): `event` as RFC 4733 numbers it (0-9, 10 = `*`,
+    /// 11 = `#`, 12-15 = A-D), held `duration_ms`. It rides the reliable control stream, so a lost
+    /// datagram never loses a digit.
+    Dtmf {
+        call: CallId,
+        event: u8,
+        duration_ms: u16,
+    },
+}
+
+/// The longest service name an invite may carry (bytes).
+pub const MAX_SERVICE_LEN: usize = 64;
+
+/// The DTMF events of the keys `0-9 * # A-D` (RFC 4733 section 3.2), or None for another character.
+pub fn dtmf_event(key: char) -> Option<u8> {
+    match key.to_ascii_uppercase() {
+        d @ '0'..='9' => Some(d as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        k @ 'A'..='D' => Some(k as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// The key of a DTMF event (the inverse of [`dtmf_event`]).
+pub fn dtmf_key(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
+    }
 }
 
 impl CallMsg {
@@ -103,7 +139,8 @@ impl CallMsg {
             | Self::Reject { call, .. }
             | Self::Cancel { call }
             | Self::Hangup { call }
-            | Self::HangupAck { call } => *call,
+            | Self::HangupAck { call }
+            | Self::Dtmf { call, .. } => *call,
         }
     }
 }
@@ -159,8 +196,12 @@ pub enum CallOutput<P> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent<P> {
-    /// Someone calls: ring.
-    Incoming { call: CallId, peer: P },
+    /// Someone calls (`service`: the gateway service they called): ring.
+    Incoming {
+        call: CallId,
+        peer: P,
+        service: Option<String>,
+    },
     /// The callee's phone rings.
     Ringing { call: CallId, peer: P },
     /// Both sides agreed: start the media. `replaces` names our own call dropped in favour of this one
@@ -171,6 +212,13 @@ pub enum CallEvent<P> {
         direction: Direction,
         media: MediaParams,
         replaces: Option<CallId>,
+    },
+    /// The peer pressed a key (see [`CallMsg::Dtmf`]).
+    Dtmf {
+        call: CallId,
+        peer: P,
+        event: u8,
+        duration_ms: u16,
     },
     /// The call is over: stop the media, log it. `talked` is the time since the answer, if there was one.
     Ended {
@@ -187,6 +235,10 @@ pub enum CallEvent<P> {
 pub enum CallError {
     #[error("already in a call: hang up first")]
     InCall,
+    #[error("the call is not in progress: keys can be sent only once it is answered")]
+    NotActive,
+    #[error("service name longer than {MAX_SERVICE_LEN} bytes")]
+    ServiceTooLong,
     #[error("no such call")]
     NoSuchCall,
     #[error("the call is not ringing here: nothing to answer or reject")]
@@ -213,6 +265,9 @@ pub struct CallConfig {
     pub remember_ended: Duration,
     /// Our media proposal.
     pub media: MediaParams,
+    /// Calls at once (1 for a phone; a gateway takes many, each with another peer). A peer never has two
+    /// calls with us at once.
+    pub max_calls: usize,
 }
 
 impl Default for CallConfig {
@@ -226,6 +281,7 @@ impl Default for CallConfig {
             media_timeout: Duration::from_secs(10),
             remember_ended: Duration::from_secs(120),
             media: MediaParams::default(),
+            max_calls: 1,
         }
     }
 }
@@ -243,6 +299,8 @@ struct Live<P> {
     deadline: Option<Instant>,
     last_heard: Instant,
     media: Option<MediaParams>,
+    /// The service an outgoing call asks for (repeated with the invite).
+    service: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -326,19 +384,23 @@ impl<P: Copy + Eq + Hash> Calls<P> {
     /// Places a call. `call` must be fresh and random.
     pub fn dial(&mut self, peer: P, call: CallId, now: Instant) -> Result<(), CallError> {
         let media = self.config.media;
-        self.dial_with(peer, call, media, now)
+        self.dial_with(peer, call, media, None, now)
     }
 
-    /// Places a call proposing `media` (e.g. 10 ms frames for this call only).
+    /// Places a call proposing `media` (e.g. 10 ms frames for this call only), to `service` at a gateway.
     pub fn dial_with(
         &mut self,
         peer: P,
         call: CallId,
         media: MediaParams,
+        service: Option<String>,
         now: Instant,
     ) -> Result<(), CallError> {
-        if !self.live.is_empty() {
+        if self.live.len() >= self.config.max_calls || self.live.values().any(|c| c.peer == peer) {
             return Err(CallError::InCall);
+        }
+        if service.as_ref().is_some_and(|s| s.len() > MAX_SERVICE_LEN) {
+            return Err(CallError::ServiceTooLong);
         }
         if self.ended.contains_key(&call) {
             return Err(CallError::DuplicateId);
@@ -355,9 +417,17 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                 deadline: Some(now + self.config.unreachable_after),
                 last_heard: now,
                 media: Some(media),
+                service: service.clone(),
             },
         );
-        self.send(peer, CallMsg::Invite { call, media });
+        self.send(
+            peer,
+            CallMsg::Invite {
+                call,
+                media,
+                service,
+            },
+        );
         Ok(())
     }
 
@@ -437,6 +507,24 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         }
     }
 
+    /// Sends a key press in an answered call (see [`CallMsg::Dtmf`]).
+    pub fn dtmf(&mut self, call: CallId, event: u8, duration_ms: u16) -> Result<(), CallError> {
+        let c = self.live.get(&call).ok_or(CallError::NoSuchCall)?;
+        if c.state != CallState::Active {
+            return Err(CallError::NotActive);
+        }
+        let peer = c.peer;
+        self.send(
+            peer,
+            CallMsg::Dtmf {
+                call,
+                event: event.min(15),
+                duration_ms,
+            },
+        );
+        Ok(())
+    }
+
     /// Media arrived for `call`: the peer is alive (and, for a callee, the caller saw the accept).
     pub fn media_received(&mut self, call: CallId, now: Instant) {
         if let Some(c) = self.live.get_mut(&call)
@@ -462,9 +550,9 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         }
     }
 
-    /// A signalling message from `peer`. `is_contact`: whether the user has `peer` as a contact (strangers'
-    /// calls are refused without ringing).
-    pub fn handle(&mut self, peer: P, msg: CallMsg, is_contact: bool, now: Instant) {
+    /// A signalling message from `peer`. `admitted`: whether `peer` may ring this node (a contact; at a
+    /// gateway, anyone calling one of its services): other callers are refused without ringing.
+    pub fn handle(&mut self, peer: P, msg: CallMsg, admitted: bool, now: Instant) {
         let call = msg.call();
         // Messages about a call of another peer are ignored (call ids are random; this is a forgery or a bug).
         if let Some(c) = self.live.get(&call)
@@ -481,7 +569,33 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             c.last_heard = now;
         }
         match msg {
-            CallMsg::Invite { call, media } => self.on_invite(peer, call, media, is_contact, now),
+            CallMsg::Invite {
+                call,
+                media,
+                service,
+            } => {
+                let service = service.filter(|s| s.len() <= MAX_SERVICE_LEN);
+                self.on_invite(peer, call, media, service, admitted, now)
+            }
+            CallMsg::Dtmf {
+                call,
+                event,
+                duration_ms,
+            } => {
+                if self
+                    .live
+                    .get(&call)
+                    .is_some_and(|c| c.state == CallState::Active)
+                    && event <= 15
+                {
+                    self.emit(CallEvent::Dtmf {
+                        call,
+                        peer,
+                        event,
+                        duration_ms,
+                    });
+                }
+            }
             CallMsg::Ringing { call } => {
                 if let Some(c) = self.live.get_mut(&call)
                     && c.direction == Direction::Outgoing
@@ -575,7 +689,8 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         peer: P,
         call: CallId,
         media: MediaParams,
-        is_contact: bool,
+        service: Option<String>,
+        admitted: bool,
         now: Instant,
     ) {
         // A repeated invite of a live call: answer it again.
@@ -596,7 +711,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             self.send(peer, word);
             return;
         }
-        if !is_contact {
+        if !admitted {
             self.refuse(
                 peer,
                 call,
@@ -637,6 +752,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                     deadline: None,
                     last_heard: now,
                     media: Some(negotiate(media, ours_media)),
+                    service: service.clone(),
                 },
             );
             self.send(
@@ -655,7 +771,7 @@ impl<P: Copy + Eq + Hash> Calls<P> {
             });
             return;
         }
-        if !self.live.is_empty() {
+        if self.live.len() >= self.config.max_calls || self.live.values().any(|c| c.peer == peer) {
             self.refuse(peer, call, RejectReason::Busy, EndReason::Busy, now);
             return;
         }
@@ -671,10 +787,15 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                 deadline: Some(now + self.config.ring_timeout),
                 last_heard: now,
                 media: Some(media),
+                service: service.clone(),
             },
         );
         self.send(peer, CallMsg::Ringing { call });
-        self.emit(CallEvent::Incoming { call, peer });
+        self.emit(CallEvent::Incoming {
+            call,
+            peer,
+            service,
+        });
     }
 
     /// Refuses an incoming call without ringing, and logs it as ended.
@@ -796,7 +917,14 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                             l.retry_interval = interval;
                         }
                         let media = c.media.unwrap_or(self.config.media);
-                        self.send(c.peer, CallMsg::Invite { call: id, media });
+                        self.send(
+                            c.peer,
+                            CallMsg::Invite {
+                                call: id,
+                                media,
+                                service: c.service.clone(),
+                            },
+                        );
                     }
                 }
                 CallState::RingingIn => {

@@ -2000,6 +2000,7 @@ fn daemon_options(
         mailbox_after_secs: a.mailbox_after,
         mailbox_per_contact_messages: a.mailbox_per_contact_messages,
         headless_mailbox,
+        ..Default::default()
     })
 }
 

@@ -550,6 +550,11 @@ impl Queue {
         }
     }
 
+    /// Whether both are the same queue.
+    pub fn same(&self, other: &Queue) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn len(&self) -> usize {
         self.0.lock().map(|i| i.q.len()).unwrap_or(0)
     }

@@ -48,6 +48,15 @@ pub enum Event {
         from: String,
         address: String,
         verified: bool,
+        /// At a gateway: the service called.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
+    /// The peer pressed a key in the call (`0-9 * # A-D`).
+    CallDtmf {
+        call: String,
+        key: String,
+        duration_ms: u16,
     },
     /// A contact connected from a device never seen before beside their others: a new phone, a restored
     /// backup, or someone holding their account key. Sending to them is held until the user confirms

@@ -64,6 +64,10 @@ pub struct DaemonOptions {
     pub mailbox_per_contact_messages: Option<u64>,
     /// Run as a headless mailbox: keep mail for every contact that asks, decline calls.
     pub headless_mailbox: bool,
+    /// Run as an organization's gateway: these services take calls from anyone, up to `max_calls` at
+    /// once (0: one, as a person's phone).
+    pub services: Vec<String>,
+    pub max_calls: usize,
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
@@ -72,7 +76,7 @@ pub async fn run_daemon(
     profile: &Profile,
     passphrase: Option<&str>,
     options: DaemonOptions,
-    ready: impl FnOnce(&Node, SocketAddr),
+    ready: impl FnOnce(&Arc<Node>, SocketAddr),
 ) -> Result<(), DaemonError> {
     let _lock = profile.lock()?;
     let identity = profile.unlock(passphrase)?;
@@ -134,6 +138,8 @@ pub async fn run_daemon(
                 .max(0.0),
         ),
         headless_mailbox: options.headless_mailbox,
+        services: options.services.clone(),
+        max_calls: options.max_calls.max(1),
         org: config.org.resolver_config().map_err(NodeError::from)?,
         mailbox_quotas: kith_core::mailbox::Quotas {
             per_contact_messages: options

@@ -33,6 +33,31 @@ pub enum AudioInput {
     Null,
     /// A sound card's input, by name ("default" for the system's; see `kith audio devices`).
     Device(String),
+    /// Another part of this process (a gateway's SIP leg): in-process only, never through the API.
+    #[serde(skip)]
+    Bridge(Bridge),
+}
+
+/// A call's audio exchanged in-process instead of with a sound card: the other side puts 48 kHz mono
+/// samples into `to_call` on its own clock, the call takes them on its media clock (as from a microphone),
+/// and every frame the call plays goes into `from_call` for the other side to take (as a loudspeaker
+/// would). A gateway bridges its SIP leg to a kith call this way.
+#[derive(Clone, Default)]
+pub struct Bridge {
+    pub to_call: Queue,
+    pub from_call: Queue,
+}
+
+impl PartialEq for Bridge {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_call.same(&other.to_call) && self.from_call.same(&other.from_call)
+    }
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bridge")
+    }
 }
 
 /// What happens to the received audio.
@@ -369,7 +394,12 @@ pub fn start(
         Some(AudioInput::Wav(p)) => format!("file {}", p.display()),
         Some(AudioInput::Tone(f)) => format!("tone {f} Hz"),
         Some(AudioInput::Device(_)) => String::new(),
+        Some(AudioInput::Bridge(_)) => "bridged".into(),
         Some(AudioInput::Null) | None => "silence".into(),
+    };
+    let bridge = match &input {
+        Some(AudioInput::Bridge(b)) => Some(b.clone()),
+        _ => None,
     };
     let done = tokio::spawn(async move {
         // Sound cards open beside the call (a PulseAudio capture stream can take seconds to start): until
@@ -383,6 +413,7 @@ pub fn start(
         let (opened_tx, mut opened) = tokio::sync::oneshot::channel();
         let headless_desc = headless.clone();
         let recording_desc = recording.clone();
+        let bridged = bridge.is_some();
         // Detached: its result arrives through `opened` (or is dropped with the devices if the call ended).
         drop(tokio::task::spawn_blocking(move || {
             let (headless, recording) = (headless_desc, recording_desc);
@@ -417,6 +448,9 @@ pub fn start(
             if let Some(p) = &recording {
                 outs.push(format!("recording {}", p.display()));
             }
+            if bridged {
+                outs.push("bridged".into());
+            }
             if outs.is_empty() {
                 outs.push("nothing (no output device, no recording)".into());
             }
@@ -424,8 +458,8 @@ pub fn start(
         }));
         let mut devices: Vec<crate::audio::Devices> = Vec::new();
         let mut devices_pending = true;
-        let mut capture = None;
-        let mut playback = None;
+        let mut capture = bridge.as_ref().map(|b| b.to_call.clone());
+        let mut playback = bridge.as_ref().map(|b| b.from_call.clone());
         let start = Instant::now();
         // KITH_MEDIA_TRACE=FILE: write "frame arrival_us" per received audio datagram (to record network
         // traces that the jitter buffer's tests replay).
@@ -514,8 +548,12 @@ pub fn start(
                     devices_pending = false;
                     if let Ok((devs, input_desc, output_desc)) = r {
                         devices = devs;
-                        capture = devices.iter().find_map(|d| d.capture.clone());
-                        playback = devices.iter().find_map(|d| d.playback.clone());
+                        if let Some(c) = devices.iter().find_map(|d| d.capture.clone()) {
+                            capture = Some(c);
+                        }
+                        if let Some(p) = devices.iter().find_map(|d| d.playback.clone()) {
+                            playback = Some(p);
+                        }
                         if let Ok(mut s) = st.lock() {
                             s.input = input_desc;
                             s.output = output_desc;
@@ -543,7 +581,7 @@ pub fn start(
                                 pos += 1;
                             }
                         }
-                        Some(AudioInput::Device(_)) => match &capture {
+                        Some(AudioInput::Device(_) | AudioInput::Bridge(_)) => match &capture {
                             Some(q) => q.take_frame(&mut pcm),
                             None => pcm.fill(0),
                         },

@@ -157,6 +157,11 @@ pub struct NodeConfig {
     pub headless_mailbox: bool,
     /// How organizations' keys are looked up.
     pub org: kith_org::OrgConfig,
+    /// At an organization's gateway: the services anyone may call (`support` of `support@example.org`),
+    /// contact or not. Empty for a person's node.
+    pub services: Vec<String>,
+    /// Calls at once (1 for a person; a gateway's limit of calls in progress).
+    pub max_calls: usize,
 }
 
 /// Store setting: generation of the contact key.
@@ -301,7 +306,7 @@ impl Node {
             card,
             request,
             contact_key_gen,
-            call: CallState::new(),
+            call: CallState::new(config.max_calls),
         };
         let (events, _) = broadcast::channel(4096);
         // The Olm account: stored encrypted under a key derived from the device secret.

@@ -256,7 +256,7 @@ fn both_sides_use_the_callers_frame_length() {
         frame_ms: 10,
         max_bitrate: 32_000,
     };
-    s.nodes[0].dial_with(1, id, ten, now).unwrap();
+    s.nodes[0].dial_with(1, id, ten, None, now).unwrap();
     s.run(Duration::from_secs(3));
     let now = s.now;
     s.nodes[1].answer(id, now).unwrap();
@@ -581,4 +581,80 @@ fn a_new_connection_sends_what_waits_at_once() {
     c.handle_timeout(t0 + 500 * MS);
     assert_eq!(sent(&mut c), 0);
     assert!(c.poll_timeout().unwrap() > t0 + 500 * MS);
+}
+
+/// A gateway (max_calls 3) takes calls from three callers at once, each with the service it asked for; a
+/// fourth caller, and a second call from a caller already in one, are refused as busy. Key presses reach
+/// the other side once the call is answered, and not before.
+#[test]
+fn a_gateway_takes_several_callers_each_once_and_their_keys() {
+    let mut s = Sim::new(5, 7);
+    s.nodes[0] = Calls::new(CallConfig {
+        max_calls: 3,
+        ..CallConfig::default()
+    });
+    let ids: Vec<CallId> = (0..4).map(|_| s.id()).collect();
+    for (caller, id) in (1..=4u8).zip(&ids) {
+        let now = s.now;
+        s.nodes[caller as usize]
+            .dial_with(0, *id, MediaParams::default(), Some("support".into()), now)
+            .unwrap();
+        s.run(Duration::from_millis(200));
+    }
+    let services: Vec<Option<String>> = s.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Incoming { service, .. } => Some(service.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(services, vec![Some("support".to_string()); 3]);
+    assert_eq!(s.ended(4), vec![EndReason::Busy]);
+    // Caller 1 dials again while its first call rings: refused by its own machine (one call per peer
+    // there too), and a forged second invite from it is refused as busy by the gateway.
+    let again = s.id();
+    let now = s.now;
+    assert_eq!(
+        s.nodes[1].dial_with(0, again, MediaParams::default(), None, now),
+        Err(CallError::InCall)
+    );
+    s.nodes[0].handle(
+        1,
+        CallMsg::Invite {
+            call: again,
+            media: MediaParams::default(),
+            service: None,
+        },
+        true,
+        now,
+    );
+    s.drain();
+    assert!(s.nodes[0].state(&again).is_none());
+    assert_eq!(s.nodes[0].live().len(), 3);
+    // Keys: refused before the answer, delivered after it.
+    assert_eq!(s.nodes[1].dtmf(ids[0], 11, 100), Err(CallError::NotActive));
+    s.nodes[0].answer(ids[0], now).unwrap();
+    s.run(Duration::from_millis(500));
+    let now = s.now;
+    s.nodes[1].dtmf(ids[0], 11, 100).unwrap();
+    s.run(Duration::from_millis(500));
+    let keys: Vec<(CallId, u8, u16)> = s.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Dtmf {
+                call,
+                event,
+                duration_ms,
+                ..
+            } => Some((*call, *event, *duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, vec![(ids[0], 11, 100)]);
+    assert_eq!(dtmf_key(11), Some('#'));
+    assert_eq!(
+        "0123456789*#ABCD".chars().map(dtmf_event).collect::<Vec<_>>(),
+        (0..16).map(Some).collect::<Vec<_>>()
+    );
+    assert_eq!(dtmf_event('x'), None);
 }

@@ -14,9 +14,12 @@ pub(super) struct CallState {
 }
 
 impl CallState {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(max_calls: usize) -> Self {
         Self {
-            signalling: Calls::new(CallConfig::default()),
+            signalling: Calls::new(CallConfig {
+                max_calls: max_calls.max(1),
+                ..CallConfig::default()
+            }),
             meta: HashMap::new(),
             media: HashMap::new(),
         }
@@ -127,7 +130,11 @@ impl Node {
 
     pub(super) fn on_call_event(self: &Arc<Self>, e: CallEvent<AccountKey>) {
         match e {
-            CallEvent::Incoming { call, peer } => {
+            CallEvent::Incoming {
+                call,
+                peer,
+                service,
+            } => {
                 lock(&self.state).call.meta.insert(
                     call,
                     CallMeta {
@@ -157,7 +164,22 @@ impl Node {
                     from: self.label(&peer),
                     address: Address::new(peer).to_string(),
                     verified,
+                    service,
                 });
+            }
+            CallEvent::Dtmf {
+                call,
+                event,
+                duration_ms,
+                ..
+            } => {
+                if let Some(key) = kith_core::call::dtmf_key(event) {
+                    self.emit(Event::CallDtmf {
+                        call: hex::encode(call),
+                        key: key.to_string(),
+                        duration_ms,
+                    });
+                }
             }
             CallEvent::Ringing { call, peer } => self.emit(Event::CallRinging {
                 call: hex::encode(call),
@@ -277,9 +299,19 @@ impl Node {
         name: &str,
         options: crate::media::AudioOptions,
     ) -> Result<String, NodeError> {
+        let peer = lock(&self.store).contact_by_name(name)?.account;
+        self.place_call_to(peer, None, options)
+    }
+
+    /// Calls `peer` (a contact, or an organization's gateway for `service`). Returns the call id.
+    pub fn place_call_to(
+        self: &Arc<Self>,
+        peer: AccountKey,
+        service: Option<String>,
+        options: crate::media::AudioOptions,
+    ) -> Result<String, NodeError> {
         crate::media::check(&options).map_err(NodeError::Call)?;
         let options = self.audio_defaults(options);
-        let peer = lock(&self.store).contact_by_name(name)?.account;
         let mut id = [0u8; 16];
         rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
         {
@@ -290,7 +322,7 @@ impl Node {
             }
             st.call
                 .signalling
-                .dial_with(peer, id, media, Instant::now())
+                .dial_with(peer, id, media, service, Instant::now())
                 .map_err(|e| NodeError::Call(e.to_string()))?;
             st.call.meta.insert(
                 id,
@@ -315,7 +347,7 @@ impl Node {
         use crate::media::AudioInput;
         let device =
             |d: &str| (!d.eq_ignore_ascii_case("none") && !d.is_empty()).then(|| d.to_string());
-        let headless = o.input == Some(AudioInput::Null);
+        let headless = matches!(o.input, Some(AudioInput::Null | AudioInput::Bridge(_)));
         if o.input.is_none() {
             o.input = device(&self.config.audio_input)
                 .map(AudioInput::Device)
@@ -376,6 +408,40 @@ impl Node {
                 .signalling
                 .answer(id, Instant::now())
                 .map_err(|e| NodeError::Call(e.to_string()))?;
+        }
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    /// Sends key presses (`0-9 * # A-D`) in the answered call meant by `call`, `duration_ms` each.
+    pub fn send_dtmf(
+        self: &Arc<Self>,
+        call: Option<&str>,
+        keys: &str,
+        duration_ms: u16,
+    ) -> Result<String, NodeError> {
+        let events: Vec<u8> = keys
+            .chars()
+            .map(|k| {
+                kith_core::call::dtmf_event(k).ok_or_else(|| {
+                    NodeError::Call(format!(
+                        "{k:?} is not a phone key: use 0-9, *, #, or A-D"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if events.is_empty() {
+            return Err(NodeError::Call("no keys given: use 0-9, *, #, or A-D".into()));
+        }
+        let id = self.find_call(call)?;
+        {
+            let mut st = lock(&self.state);
+            for e in events {
+                st.call
+                    .signalling
+                    .dtmf(id, e, duration_ms)
+                    .map_err(|e| NodeError::Call(e.to_string()))?;
+            }
         }
         self.process_calls();
         Ok(hex::encode(id))

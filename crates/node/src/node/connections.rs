@@ -947,7 +947,11 @@ impl Node {
                 {
                     let mut st = lock(&self.state);
                     for msg in signalling {
-                        st.call.signalling.handle(account, msg, contact, now);
+                        // A contact may ring; at a gateway, so may anyone who calls one of its services.
+                        let admitted = contact
+                            || matches!(&msg, kith_core::call::CallMsg::Invite { service: Some(s), .. }
+                                if self.config.services.iter().any(|x| x == s));
+                        st.call.signalling.handle(account, msg, admitted, now);
                     }
                 }
                 self.process_calls();
