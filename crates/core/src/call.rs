@@ -458,17 +458,31 @@ impl<P: Copy + Eq + Hash> Calls<P> {
 
     /// Declines a ringing incoming call.
     pub fn reject(&mut self, call: CallId, now: Instant) -> Result<(), CallError> {
+        self.reject_with(call, RejectReason::Declined, now)
+    }
+
+    /// Refuses a ringing incoming call for `reason` (a gateway passes on what the phones behind it said:
+    /// busy, no answer).
+    pub fn reject_with(
+        &mut self,
+        call: CallId,
+        reason: RejectReason,
+        now: Instant,
+    ) -> Result<(), CallError> {
         let c = self.live.get(&call).ok_or(CallError::NoSuchCall)?;
         if c.state != CallState::RingingIn {
             return Err(CallError::NotRinging);
         }
         let peer = c.peer;
-        let msg = CallMsg::Reject {
-            call,
-            reason: RejectReason::Declined,
-        };
+        let msg = CallMsg::Reject { call, reason };
         self.send(peer, msg.clone());
-        self.end(call, EndReason::Declined { by_us: true }, Some(msg), 0, now);
+        let ended = match reason {
+            RejectReason::Declined => EndReason::Declined { by_us: true },
+            RejectReason::Busy => EndReason::Busy,
+            RejectReason::NotAccepted => EndReason::Refused,
+            RejectReason::NoAnswer => EndReason::NoAnswer,
+        };
+        self.end(call, ended, Some(msg), 0, now);
         Ok(())
     }
 

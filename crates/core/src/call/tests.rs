@@ -653,7 +653,10 @@ fn a_gateway_takes_several_callers_each_once_and_their_keys() {
     assert_eq!(keys, vec![(ids[0], 11, 100)]);
     assert_eq!(dtmf_key(11), Some('#'));
     assert_eq!(
-        "0123456789*#ABCD".chars().map(dtmf_event).collect::<Vec<_>>(),
+        "0123456789*#ABCD"
+            .chars()
+            .map(dtmf_event)
+            .collect::<Vec<_>>(),
         (0..16).map(Some).collect::<Vec<_>>()
     );
     assert_eq!(dtmf_event('x'), None);

@@ -424,14 +424,14 @@ impl Node {
             .chars()
             .map(|k| {
                 kith_core::call::dtmf_event(k).ok_or_else(|| {
-                    NodeError::Call(format!(
-                        "{k:?} is not a phone key: use 0-9, *, #, or A-D"
-                    ))
+                    NodeError::Call(format!("{k:?} is not a phone key: use 0-9, *, #, or A-D"))
                 })
             })
             .collect::<Result<_, _>>()?;
         if events.is_empty() {
-            return Err(NodeError::Call("no keys given: use 0-9, *, #, or A-D".into()));
+            return Err(NodeError::Call(
+                "no keys given: use 0-9, *, #, or A-D".into(),
+            ));
         }
         let id = self.find_call(call)?;
         {
@@ -449,6 +449,22 @@ impl Node {
 
     pub fn reject_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {
         self.act_on_call(call, Calls::reject)
+    }
+
+    /// Refuses a ringing call for `reason` (a gateway: the phones behind it were busy, did not answer).
+    pub fn reject_call_with(
+        self: &Arc<Self>,
+        call: &str,
+        reason: kith_core::call::RejectReason,
+    ) -> Result<String, NodeError> {
+        let id = self.find_call(Some(call))?;
+        lock(&self.state)
+            .call
+            .signalling
+            .reject_with(id, reason, Instant::now())
+            .map_err(|e| NodeError::Call(e.to_string()))?;
+        self.process_calls();
+        Ok(hex::encode(id))
     }
 
     pub fn hangup_call(self: &Arc<Self>, call: Option<&str>) -> Result<String, NodeError> {

@@ -51,6 +51,11 @@ impl Node {
         }
     }
 
+    /// The account of the contact called `name`.
+    pub fn contact_account(&self, name: &str) -> Result<AccountKey, NodeError> {
+        Ok(lock(&self.store).contact_by_name(name)?.account)
+    }
+
     pub fn add_contact(
         self: &Arc<Self>,
         text: &str,

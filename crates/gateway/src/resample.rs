@@ -1,0 +1,164 @@
+//! 48 kHz (the kith side, Opus) to and from 8 kHz (G.711): a windowed-sinc low-pass at 3.7 kHz, decimating
+//! by 6 on the way down and interpolating by 6 on the way up (polyphase: only the taps that meet a real
+//! sample are computed). Each keeps the samples it still needs across frames, so frame edges are seamless.
+
+/// The filter's length (odd: linear phase, delay (TAPS - 1) / 2 samples at 48 kHz = 1.25 ms).
+const TAPS: usize = 121;
+const FACTOR: usize = 6;
+
+fn design() -> Vec<f32> {
+    let fc = 3700.0 / 48_000.0;
+    let m = (TAPS - 1) as f64;
+    let mut h: Vec<f64> = (0..TAPS)
+        .map(|n| {
+            let x = n as f64 - m / 2.0;
+            let sinc = if x == 0.0 {
+                2.0 * fc
+            } else {
+                (2.0 * std::f64::consts::PI * fc * x).sin() / (std::f64::consts::PI * x)
+            };
+            // Blackman window: about 74 dB of stop-band attenuation.
+            let w = 0.42 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / m).cos()
+                + 0.08 * (4.0 * std::f64::consts::PI * n as f64 / m).cos();
+            sinc * w
+        })
+        .collect();
+    let sum: f64 = h.iter().sum();
+    for v in &mut h {
+        *v /= sum;
+    }
+    h.into_iter().map(|v| v as f32).collect()
+}
+
+fn clip(v: f32) -> i16 {
+    v.round().clamp(-32768.0, 32767.0) as i16
+}
+
+/// 48 kHz -> 8 kHz.
+pub struct Down {
+    taps: Vec<f32>,
+    /// The last TAPS - 1 input samples.
+    history: Vec<f32>,
+}
+
+impl Default for Down {
+    fn default() -> Self {
+        Self {
+            taps: design(),
+            history: vec![0.0; TAPS - 1],
+        }
+    }
+}
+
+impl Down {
+    /// `input.len()` must be a multiple of 6; appends `input.len() / 6` samples to `out`.
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        let mut buf = std::mem::take(&mut self.history);
+        buf.extend(input.iter().map(|&s| f32::from(s)));
+        let produced = input.len() / FACTOR;
+        for k in 0..produced {
+            // The output sample at the input position (TAPS - 1) + k * 6 (the newest sample it covers).
+            let end = (TAPS - 1) + k * FACTOR;
+            let window = &buf[end + 1 - TAPS..=end];
+            let acc: f32 = window
+                .iter()
+                .zip(self.taps.iter().rev())
+                .map(|(x, h)| x * h)
+                .sum();
+            out.push(clip(acc));
+        }
+        self.history = buf[buf.len() - (TAPS - 1)..].to_vec();
+    }
+}
+
+/// 8 kHz -> 48 kHz.
+pub struct Up {
+    /// The filter split into 6 phases of TAPS / 6 (rounded up) taps each, times 6 (the gain lost to the
+    /// zeros stuffed in between).
+    phases: Vec<Vec<f32>>,
+    history: Vec<f32>,
+}
+
+impl Default for Up {
+    fn default() -> Self {
+        let h = design();
+        let per = TAPS.div_ceil(FACTOR);
+        let phases = (0..FACTOR)
+            .map(|p| {
+                (0..per)
+                    .map(|j| h.get(p + j * FACTOR).copied().unwrap_or(0.0) * FACTOR as f32)
+                    .collect()
+            })
+            .collect();
+        Self {
+            phases,
+            history: vec![0.0; per - 1],
+        }
+    }
+}
+
+impl Up {
+    /// Appends `input.len() * 6` samples to `out`.
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        let per = self.phases[0].len();
+        let mut buf = std::mem::take(&mut self.history);
+        buf.extend(input.iter().map(|&s| f32::from(s)));
+        for k in 0..input.len() {
+            let newest = per - 1 + k;
+            for phase in &self.phases {
+                let acc: f32 = (0..per).map(|j| buf[newest - j] * phase[j]).sum();
+                out.push(clip(acc));
+            }
+        }
+        self.history = buf[buf.len() - (per - 1)..].to_vec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(hz: f64, rate: f64, n: usize, amp: f64) -> Vec<i16> {
+        (0..n)
+            .map(|i| (amp * (2.0 * std::f64::consts::PI * hz * i as f64 / rate).sin()) as i16)
+            .collect()
+    }
+
+    fn rms(x: &[i16]) -> f64 {
+        (x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+    }
+
+    /// Speech-band tones pass both ways at their level; a tone above 4 kHz does not fold back into the
+    /// 8 kHz band. Frame by frame (20 ms) as the gateway runs it.
+    #[test]
+    fn speech_passes_and_what_8_khz_cannot_hold_is_removed() {
+        for hz in [300.0, 1000.0, 3000.0] {
+            let input = tone(hz, 48_000.0, 48_000, 10_000.0);
+            let mut down = Down::default();
+            let mut low = vec![];
+            for frame in input.chunks(960) {
+                down.process(frame, &mut low);
+            }
+            assert_eq!(low.len(), 8000);
+            let r = rms(&low[400..]) / rms(&input);
+            assert!((0.95..1.05).contains(&r), "{hz} Hz down: gain {r}");
+            let mut up = Up::default();
+            let mut high = vec![];
+            for frame in low.chunks(160) {
+                up.process(frame, &mut high);
+            }
+            assert_eq!(high.len(), 48_000);
+            let r = rms(&high[2400..]) / rms(&input);
+            assert!((0.9..1.1).contains(&r), "{hz} Hz up: gain {r}");
+        }
+        let alias = tone(6000.0, 48_000.0, 48_000, 10_000.0);
+        let mut down = Down::default();
+        let mut low = vec![];
+        down.process(&alias, &mut low);
+        assert!(
+            rms(&low[400..]) < 10_000.0 * 0.01,
+            "6 kHz leaked: {}",
+            rms(&low)
+        );
+    }
+}
