@@ -229,6 +229,15 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Run an organization's gateway: this profile's daemon, taking kith calls to the services of
+    /// gateway.toml and bridging them to the organization's SIP phones, and SIP calls to kith users.
+    Gateway {
+        /// The gateway's configuration (PBX, services, dial plan): see README, "Running a gateway".
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: DaemonArgs,
+    },
     /// End a call (or stop calling).
     Hangup { call: Option<String> },
     /// Calls in progress and the call log (duration, outcome, statistics).
@@ -1537,6 +1546,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             body["to"] = json!(name);
             let v = client.post("/v1/calls", body).await?;
             let id = s(&v, "call").into_owned();
+            if !json_mode && v["org"].is_object() {
+                crate::say!("{}", s(&v["org"], "label"));
+                crate::say!("  fingerprint {}", s(&v["org"], "fingerprint"));
+            }
             if !json_mode {
                 crate::say!("calling {name} (call {})", &id[..8.min(id.len())]);
             }
@@ -1575,6 +1588,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mailbox {
             command: Some(MailboxCommand::Serve { args }),
         } => run_daemon(home()?, daemon_options(args, true)?).await?,
+        Command::Gateway { config, args } => {
+            let gw = kith_gateway::GatewayConfig::load(&config).map_err(|e| user(e.to_string()))?;
+            let mut options = daemon_options(args, false)?;
+            options.services = gw.services.keys().cloned().collect();
+            options.max_calls = gw.limits.max_calls;
+            run_daemon_with(home()?, options, Some(gw)).await?
+        }
         Command::Org { command } => {
             let client = Client::for_profile(&home()?)?;
             match command {
@@ -2006,6 +2026,15 @@ fn daemon_options(
 
 /// Runs the daemon of the profile in the foreground until it is stopped.
 async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow::Result<()> {
+    run_daemon_with(home, options, None).await
+}
+
+/// Runs the daemon, and with `gateway` the organization's gateway on it.
+async fn run_daemon_with(
+    home: PathBuf,
+    options: kith_node::DaemonOptions,
+    gateway: Option<kith_gateway::GatewayConfig>,
+) -> anyhow::Result<()> {
     let profile = Profile::new(&home);
     if !profile.exists() {
         return Err(profile_error(kith_node::ProfileError::Missing(home)));
@@ -2017,7 +2046,39 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
     };
     init_logging();
     let headless = options.headless_mailbox;
-    let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api| {
+    // A gateway that cannot start (its SIP port taken, the PBX refusing it) stops the daemon with the reason.
+    let gateway_failed: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let failed = gateway_failed.clone();
+    let result = kith_node::run_daemon(&profile, pass.as_deref(), options, |node, api, stop| {
+        let ready = format!(
+            "kith daemon ready: {} (control API on {api})",
+            node.address()
+        );
+        // A gateway's daemon is ready once its SIP side is (registered with the PBX).
+        let gatewayed = gateway.is_some();
+        if let Some(config) = gateway {
+            let node = node.clone();
+            let services: Vec<String> = config.services.keys().cloned().collect();
+            let listen = config.sip.listen;
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                match kith_gateway::Gateway::start(node, config).await {
+                    Ok(gw) => {
+                        crate::say!(
+                            "kith gateway ready: SIP on {listen}, services {}",
+                            services.join(", ")
+                        );
+                        crate::say!("{ready}");
+                        // Runs as long as the daemon.
+                        std::mem::forget(gw);
+                    }
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                        let _ = stop.send(true);
+                    }
+                }
+            });
+        }
         if headless {
             crate::say!(
                 "kith mailbox ready: {} keeps sealed mail for each of its contacts that names it \
@@ -2029,10 +2090,9 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
                 node.card().to_link()
             );
         }
-        crate::say!(
-            "kith daemon ready: {} (control API on {api})",
-            node.address()
-        );
+        if !gatewayed {
+            crate::say!("{ready}");
+        }
         // What a person at the daemon's terminal must hear about at once: who calls, and a contact's new
         // device.
         let mut events = node.subscribe();
@@ -2063,6 +2123,15 @@ async fn run_daemon(home: PathBuf, options: kith_node::DaemonOptions) -> anyhow:
         });
     })
     .await;
+    if let Some(why) = gateway_failed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        return Err(user(format!(
+            "the gateway cannot start: {why}; check [sip] in the gateway's configuration"
+        )));
+    }
     match result {
         Ok(()) => Ok(()),
         Err(kith_node::DaemonError::Profile(e)) => Err(profile_error(e)),

@@ -215,6 +215,11 @@ async fn calls(State(c): State<Ctx>) -> ApiResult {
 }
 
 async fn place_call(State(c): State<Ctx>, Json(body): Json<CallRequest>) -> ApiResult {
+    // `service@domain`: an organization's service, verified before the call (a contact's name has no `@`).
+    if body.to.contains('@') && c.node.contact_account(&body.to).is_err() {
+        let (call, org) = c.node.place_org_call(&body.to, body.audio).await?;
+        return ok(json!({ "call": call, "org": org }));
+    }
     ok(json!({ "call": c.node.place_call(&body.to, body.audio)? }))
 }
 

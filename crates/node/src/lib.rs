@@ -71,12 +71,12 @@ pub struct DaemonOptions {
 }
 
 /// Runs a daemon for `profile` until Ctrl-C, SIGTERM or `POST /v1/shutdown`. `ready` is called once the
-/// node and the API are up, with the API address.
+/// node and the API are up, with the API address and a switch that stops the daemon (set it to true).
 pub async fn run_daemon(
     profile: &Profile,
     passphrase: Option<&str>,
     options: DaemonOptions,
-    ready: impl FnOnce(&Arc<Node>, SocketAddr),
+    ready: impl FnOnce(&Arc<Node>, SocketAddr, watch::Sender<bool>),
 ) -> Result<(), DaemonError> {
     let _lock = profile.lock()?;
     let identity = profile.unlock(passphrase)?;
@@ -169,7 +169,7 @@ pub async fn run_daemon(
         pid: std::process::id(),
         api: api_addr,
     })?;
-    ready(&node, api_addr);
+    ready(&node, api_addr, stop_tx.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

@@ -195,6 +195,9 @@ pub struct Node {
     rotating: tokio::sync::Mutex<()>,
     /// The organization resolver, made at its first use.
     org: tokio::sync::OnceCell<Arc<kith_org::OrgResolver>>,
+    /// How calls and events name an organization's account once it was verified:
+    /// `support@example.org (Verified: example.org (DNSSEC + HTTPS))`.
+    org_labels: Mutex<HashMap<AccountKey, String>>,
     /// Wakes the call timer (signalling retransmissions and timeouts).
     calls_changed: Notify,
     config: NodeConfig,
@@ -344,6 +347,7 @@ impl Node {
             endpoints: tokio::sync::watch::Sender::new(0),
             rotating: tokio::sync::Mutex::new(()),
             org: tokio::sync::OnceCell::new(),
+            org_labels: Mutex::new(HashMap::new()),
             calls_changed: Notify::new(),
             config,
             started: t0,

@@ -42,6 +42,9 @@ pub struct RequestView {
 impl Node {
     /// The name the user knows a peer by: petname, else the name on its card, else its address.
     pub(super) fn label(&self, account: &AccountKey) -> String {
+        if let Some(l) = lock(&self.org_labels).get(account) {
+            return l.clone();
+        }
         match lock(&self.store).peer(account) {
             Ok(Some(p)) => p
                 .petname

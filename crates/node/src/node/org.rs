@@ -87,6 +87,36 @@ impl Node {
         })
     }
 
+    /// Calls `service@domain`: verifies the organization (both channels, the pin), checks that it offers
+    /// the service, and calls its account for it. The kith handshake then proves that the gateway that
+    /// answers holds a device of that very account. Returns the call id and what was verified.
+    pub async fn place_org_call(
+        self: &Arc<Self>,
+        who: &str,
+        options: crate::media::AudioOptions,
+    ) -> Result<(String, OrgView), NodeError> {
+        let (service, domain) = who.rsplit_once('@').ok_or_else(|| {
+            NodeError::Call(format!("{who}: write an organization's service as service@domain"))
+        })?;
+        let view = self.org_verify(domain).await?;
+        if !view.services.iter().any(|s| s == service) {
+            return Err(NodeError::Call(format!(
+                "{} offers no service {service:?}; it offers: {} ({})",
+                view.domain,
+                if view.services.is_empty() { "none".to_string() } else { view.services.join(", ") },
+                view.label
+            )));
+        }
+        let account = view
+            .address
+            .parse::<Address>()
+            .map_err(|e| NodeError::Call(e.to_string()))?
+            .account();
+        lock(&self.org_labels).insert(account, format!("{service}@{} ({})", view.domain, view.label));
+        let call = self.place_call_to(account, Some(service.to_owned()), options)?;
+        Ok((call, view))
+    }
+
     /// Forgets the key pinned for `domain` (the organization changed it and the user checked the new
     /// fingerprint with it). False if none was pinned.
     pub fn org_forget(&self, domain: &str) -> Result<bool, NodeError> {
