@@ -200,9 +200,22 @@ enum Command {
     },
     /// Call a contact; stays until the call ends (Ctrl-C hangs up).
     Call {
+        /// A contact's name, or an organization's service as `service@domain` (verified first).
         name: String,
+        /// The service to ask for when NAME is an organization's gateway added as a contact.
+        #[arg(long)]
+        service: Option<String>,
+        /// Keys to press once the call is answered (an IVR's menu): 0-9, *, #, A-D.
+        #[arg(long, value_name = "KEYS")]
+        dtmf: Option<String>,
         #[command(flatten)]
         audio: AudioArgs,
+    },
+    /// Press keys in the call in progress (an IVR's menu): 0-9, *, #, A-D.
+    Dtmf {
+        keys: String,
+        #[arg(long)]
+        call: Option<String>,
     },
     /// Answer a ringing call (the only one, or the one named); stays until it ends.
     Answer {
@@ -1538,12 +1551,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Call { name, audio } => {
+        Command::Call {
+            name,
+            service,
+            dtmf,
+            audio,
+        } => {
             named("contact", &name)?;
+            if let Some(k) = &dtmf
+                && let Some(bad) = k
+                    .chars()
+                    .find(|c| kith_core::call::dtmf_event(*c).is_none())
+            {
+                return Err(user(format!(
+                    "--dtmf {k}: {bad:?} is not a phone key; use 0-9, *, #, A-D"
+                )));
+            }
             let client = Client::for_profile(&home()?)?;
             let watcher = crate::client::Watcher::start(&client).await?;
             let mut body = audio.body();
             body["to"] = json!(name);
+            body["service"] = json!(service);
             let v = client.post("/v1/calls", body).await?;
             let id = s(&v, "call").into_owned();
             if !json_mode && v["org"].is_object() {
@@ -1552,6 +1580,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !json_mode {
                 crate::say!("calling {name} (call {})", &id[..8.min(id.len())]);
+            }
+            if let Some(keys) = dtmf {
+                let (client, watcher, id) = (client.clone(), watcher.clone(), id.clone());
+                tokio::spawn(async move {
+                    let answered = |w: &crate::client::Watcher| {
+                        w.call_event("call_answered", Some(&id)).is_some()
+                    };
+                    if watcher.wait_for(Duration::from_secs(3600), answered).await {
+                        let body = json!({ "call": id, "keys": keys });
+                        if let Err(e) = client.post("/v1/calls/dtmf", body).await {
+                            eprintln!("kith: the keys were not sent: {e}");
+                        }
+                    }
+                });
             }
             follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
         }
@@ -1566,6 +1608,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::say!("answered (call {})", &id[..8.min(id.len())]);
             }
             follow_call(&client, &watcher, &id, audio.stats, json_mode).await?;
+        }
+        Command::Dtmf { keys, call } => {
+            let client = Client::for_profile(&home()?)?;
+            let v = client
+                .post("/v1/calls/dtmf", json!({ "call": call, "keys": keys }))
+                .await?;
+            out(json_mode, &v, |v| {
+                crate::say!(
+                    "pressed {keys} in call {}",
+                    &s(v, "call")[..8.min(s(v, "call").len())]
+                )
+            });
         }
         Command::Reject { call } => {
             let client = Client::for_profile(&home()?)?;

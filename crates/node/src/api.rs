@@ -103,6 +103,7 @@ pub fn router(node: Arc<Node>, token: String, stop: watch::Sender<bool>) -> Rout
         .route("/v1/calls/answer", post(answer_call))
         .route("/v1/calls/reject", post(reject_call))
         .route("/v1/calls/hangup", post(hangup_call))
+        .route("/v1/calls/dtmf", post(send_dtmf))
         .route("/v1/messages", post(send))
         .route("/v1/chat/{name}", get(chat))
         .route("/v1/requests", get(requests))
@@ -199,6 +200,9 @@ async fn remove_contact(State(c): State<Ctx>, Path(name): Path<String>) -> ApiRe
 #[derive(Debug, Deserialize)]
 struct CallRequest {
     to: String,
+    /// A service of the organization whose gateway `to` is (`service@domain` in `to` says it too).
+    #[serde(default)]
+    service: Option<String>,
     #[serde(flatten)]
     audio: crate::media::AudioOptions,
 }
@@ -220,7 +224,26 @@ async fn place_call(State(c): State<Ctx>, Json(body): Json<CallRequest>) -> ApiR
         let (call, org) = c.node.place_org_call(&body.to, body.audio).await?;
         return ok(json!({ "call": call, "org": org }));
     }
-    ok(json!({ "call": c.node.place_call(&body.to, body.audio)? }))
+    let peer = c.node.contact_account(&body.to)?;
+    ok(json!({ "call": c.node.place_call_to(peer, body.service, body.audio)? }))
+}
+
+#[derive(Debug, Deserialize)]
+struct DtmfRequest {
+    call: Option<String>,
+    keys: String,
+    #[serde(default = "key_ms")]
+    duration_ms: u16,
+}
+
+fn key_ms() -> u16 {
+    100
+}
+
+async fn send_dtmf(State(c): State<Ctx>, Json(body): Json<DtmfRequest>) -> ApiResult {
+    ok(
+        json!({ "call": c.node.send_dtmf(body.call.as_deref(), &body.keys, body.duration_ms.clamp(40, 2000))? }),
+    )
 }
 
 async fn answer_call(State(c): State<Ctx>, Json(body): Json<CallAction>) -> ApiResult {

@@ -96,14 +96,20 @@ impl Node {
         options: crate::media::AudioOptions,
     ) -> Result<(String, OrgView), NodeError> {
         let (service, domain) = who.rsplit_once('@').ok_or_else(|| {
-            NodeError::Call(format!("{who}: write an organization's service as service@domain"))
+            NodeError::Call(format!(
+                "{who}: write an organization's service as service@domain"
+            ))
         })?;
         let view = self.org_verify(domain).await?;
         if !view.services.iter().any(|s| s == service) {
             return Err(NodeError::Call(format!(
                 "{} offers no service {service:?}; it offers: {} ({})",
                 view.domain,
-                if view.services.is_empty() { "none".to_string() } else { view.services.join(", ") },
+                if view.services.is_empty() {
+                    "none".to_string()
+                } else {
+                    view.services.join(", ")
+                },
                 view.label
             )));
         }
@@ -112,7 +118,10 @@ impl Node {
             .parse::<Address>()
             .map_err(|e| NodeError::Call(e.to_string()))?
             .account();
-        lock(&self.org_labels).insert(account, format!("{service}@{} ({})", view.domain, view.label));
+        lock(&self.org_labels).insert(
+            account,
+            format!("{service}@{} ({})", view.domain, view.label),
+        );
         let call = self.place_call_to(account, Some(service.to_owned()), options)?;
         Ok((call, view))
     }
