@@ -635,7 +635,6 @@ fn a_gateway_takes_several_callers_each_once_and_their_keys() {
     assert_eq!(s.nodes[1].dtmf(ids[0], 11, 100), Err(CallError::NotActive));
     s.nodes[0].answer(ids[0], now).unwrap();
     s.run(Duration::from_millis(500));
-    let now = s.now;
     s.nodes[1].dtmf(ids[0], 11, 100).unwrap();
     s.run(Duration::from_millis(500));
     let keys: Vec<(CallId, u8, u16)> = s.events[0]
