@@ -293,6 +293,26 @@ async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> V
     w.call_event(kind, call).unwrap()
 }
 
+/// Points the profile's `[org]` settings at the lab (its zone key as the trust anchor, its authority as
+/// the only root).
+fn configure_org(home: &Path, lab: &kith_org::lab::Lab) {
+    let anchor = home.join("org-anchor.txt");
+    std::fs::write(&anchor, lab.zone.anchor()).unwrap();
+    let ca = home.join("org-ca.pem");
+    std::fs::write(&ca, lab.authority.pem()).unwrap();
+    let config = home.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!(
+        "\n[org]\ndns_servers = [\"{}\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n[org.https_addrs]\n\"{}\" = \"{}\"\n",
+        lab.zone.addr(),
+        anchor.display(),
+        ca.display(),
+        lab.domain,
+        lab.web.addr()
+    );
+    std::fs::write(&config, text).unwrap();
+}
+
 fn gateway_toml(dir: &Path) -> PathBuf {
     let p = dir.join("gateway.toml");
     std::fs::write(
@@ -345,9 +365,27 @@ async fn both_ways() {
     ];
     gw.extra_args = loss.clone();
     gw.start().await.unwrap();
-    let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, loss)
-        .await
-        .unwrap();
+    // The organization publishes the gateway profile's account for example.org (a signed zone and an
+    // HTTPS document on this machine), with the support service; alice's kith looks there.
+    let org = kith_node::Profile::new(&gw.home).public().unwrap().account;
+    let statement = kith_core::org::OrgStatement {
+        account: org,
+        services: vec!["support".into()],
+        expires: kith_node::node::unix_now() + 86_400,
+        alone: false,
+        rotation: None,
+    };
+    let lab = kith_org::lab::Lab::start(
+        "example.org",
+        &[kith_core::org::format_txt(&statement)],
+        Some(kith_core::org::format_document(&statement, "example.org")),
+    )
+    .await
+    .unwrap();
+    let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
+    configure_org(&alice.home, &lab);
+    alice.extra_args = loss;
+    alice.start().await.unwrap();
     introduce(&alice, &gw).await.unwrap();
     introduce(&gw, &alice).await.unwrap();
 
@@ -386,6 +424,38 @@ async fn both_ways() {
     assert!(
         asserted.contains(&format!("<sip:{}@", alice_addr.trim_start_matches("kith:"))),
         "the gateway did not assert alice's address: {asserted}"
+    );
+
+    // The same service by the organization's name: verified (both channels) before the call, and named
+    // so in the call's events; a service the organization does not list is refused before any call.
+    let placed = alice
+        .client()
+        .post(
+            "/v1/calls",
+            json!({ "to": "support@example.org", "input": { "wav": a48 }, "record_wav": d.join("alice-heard-org.wav") }),
+        )
+        .await
+        .unwrap();
+    let label = placed["org"]["label"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(label, "Verified: example.org (DNSSEC + HTTPS)", "{placed}");
+    let by_name = placed["call"].as_str().unwrap().to_owned();
+    let answered = wait_event(&wa, "call_answered", Some(&by_name), 30).await;
+    assert_eq!(
+        answered["with"],
+        format!("support@example.org ({label})"),
+        "{answered}"
+    );
+    let end = wait_event(&wa, "call_ended", Some(&by_name), 30).await;
+    assert_eq!(end["outcome"], "completed", "{end}");
+    let refused = alice
+        .client()
+        .post("/v1/calls", json!({ "to": "sales@example.org", "input": "null" }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("example.org offers no service \"sales\"; it offers: support"),
+        "{refused}"
     );
 
     // SIP -> kith: a phone dials 200, which the gateway's dial plan gives to alice; she answers.
