@@ -79,19 +79,33 @@ fn inside_a_namespace(test: &str) -> bool {
         ));
         return false;
     }
+    // The run inside reports that it ran the test to its end (a filter that matched nothing also exits 0).
+    let marker = tempfile::NamedTempFile::new().unwrap();
     let me = std::env::current_exe().unwrap();
     let status = unshare()
         .args(["--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(me)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
+        .env(INSIDE, marker.path())
         .status()
         .unwrap();
     assert!(
         status.success(),
         "{test} failed inside its network namespace"
     );
+    assert_eq!(
+        std::fs::read_to_string(marker.path()).unwrap(),
+        "done",
+        "{test} did not run to its end inside its network namespace"
+    );
     false
+}
+
+/// Inside the namespace: says the test ran to its end (see [`inside_a_namespace`]).
+fn done() {
+    if let Some(marker) = std::env::var_os(INSIDE) {
+        std::fs::write(marker, "done").unwrap();
+    }
 }
 
 fn nix_uid() -> u32 {
@@ -148,11 +162,17 @@ impl Peer {
 
     /// Waits for a line containing `text`.
     fn wait_for(&self, text: &str, within: Duration) {
+        self.wait_for_any(&[text], within)
+    }
+
+    /// Waits for a line containing one of `texts`.
+    fn wait_for_any(&self, texts: &[&str], within: Duration) {
+        let text = texts.join(" or ");
         let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(text) => return,
+                Ok(l) if texts.iter().any(|t| l.contains(t)) => return,
                 Ok(_) => {}
                 Err(_) => panic!(
                     "{} did not say {text:?} within {within:?}; log: {}",
@@ -195,6 +215,18 @@ fn kamailio(dir: &Path) -> Peer {
 /// A baresip phone registered as `user` (password `pw-<user>`), answering at once, saying `wav` (8 kHz),
 /// recording what it hears into `dir/<user>/rec`. `dial`: a number it calls once started.
 fn phone(dir: &Path, user: &str, port: u16, wav: &Path, dial: Option<&str>) -> (Peer, PathBuf) {
+    phone_answering(dir, user, port, wav, dial, "auto")
+}
+
+/// [`phone`] with baresip's answer mode: `auto`, or `manual` (it rings until the caller gives up).
+fn phone_answering(
+    dir: &Path,
+    user: &str,
+    port: u16,
+    wav: &Path,
+    dial: Option<&str>,
+    answer: &str,
+) -> (Peer, PathBuf) {
     let home = dir.join(user);
     let rec = home.join("rec");
     std::fs::create_dir_all(&rec).unwrap();
@@ -223,7 +255,7 @@ fn phone(dir: &Path, user: &str, port: u16, wav: &Path, dial: Option<&str>) -> (
     .unwrap();
     std::fs::write(
         home.join("accounts"),
-        format!("<sip:{user}@{KAMAILIO}>;auth_pass=pw-{user};answermode=auto;regint=600\n"),
+        format!("<sip:{user}@{KAMAILIO}>;auth_pass=pw-{user};answermode={answer};regint=600\n"),
     )
     .unwrap();
     std::fs::write(home.join("contacts"), "").unwrap();
@@ -320,7 +352,7 @@ fn gateway_toml(dir: &Path) -> PathBuf {
         format!(
             "[sip]\nlisten = \"{GATEWAY}\"\nregistrar = \"sip:{KAMAILIO}\"\nuser = \"kithgw\"\n\
              password = \"pw-kithgw\"\npbx = [\"127.0.0.1\"]\n\n[services]\n\
-             support = [\"sip:support@{KAMAILIO}\"]\n\n[dialplan]\n\"200\" = \"alice\"\n"
+             support = [\"sip:support@{KAMAILIO}\"]\ndesk = [\"sip:desk@{KAMAILIO}\"]\n             gone = [\"sip:nobody@{KAMAILIO}\"]\n\n[dialplan]\n\"200\" = \"alice\"\n"
         ),
     )
     .unwrap();
@@ -436,7 +468,10 @@ async fn both_ways() {
         )
         .await
         .unwrap();
-    let label = placed["org"]["label"].as_str().unwrap_or_default().to_owned();
+    let label = placed["org"]["label"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(label, "Verified: example.org (DNSSEC + HTTPS)", "{placed}");
     let by_name = placed["call"].as_str().unwrap().to_owned();
     let answered = wait_event(&wa, "call_answered", Some(&by_name), 30).await;
@@ -449,7 +484,10 @@ async fn both_ways() {
     assert_eq!(end["outcome"], "completed", "{end}");
     let refused = alice
         .client()
-        .post("/v1/calls", json!({ "to": "sales@example.org", "input": "null" }))
+        .post(
+            "/v1/calls",
+            json!({ "to": "sales@example.org", "input": "null" }),
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -485,4 +523,118 @@ async fn both_ways() {
         "alice heard the calling phone at {to_kith:.3}"
     );
     drop((caller, support, kam));
+    done();
+}
+
+/// Keys, hang-ups and refusals cross the gateway as a SIP phone and a kith user expect: keys a kith caller
+/// presses reach the phone as RFC 4733 events; a kith caller who hangs up ends the phone's call (BYE), and
+/// one who gives up while the phone rings cancels it (CANCEL); a service whose phone is not registered ends
+/// as "no answer"; a kith user who refuses a phone's call refuses it on the SIP side (603).
+#[test]
+fn keys_hangups_and_refusals_cross_the_gateway() {
+    const TEST: &str = "keys_hangups_and_refusals_cross_the_gateway";
+    if !inside_a_namespace(TEST) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(keys_hangups_and_refusals());
+}
+
+async fn keys_hangups_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The phones talk for a while: ten seconds of speech and silence, so a call ends only when hung up.
+    let long = d.join("long-8k.wav");
+    let mut speech = read_wav(&data("speech-b.wav"));
+    speech.resize(48_000 * 10, 0);
+    let long48 = d.join("long.wav");
+    write_wav(&long48, 48_000, &speech);
+    to_8k(&long48, &long);
+    let kam = kamailio(d);
+    let (support, _) = phone(d, "support", 5080, &long, None);
+    support.wait_for("[1 binding]", Duration::from_secs(30));
+    let (desk, _) = phone_answering(d, "desk", 5082, &long, None, "manual");
+    desk.wait_for("[1 binding]", Duration::from_secs(30));
+    let mut gw = Daemon::init(exe(), &d.join("gw"), "example").unwrap();
+    gw.command = vec![
+        "gateway".into(),
+        "--config".into(),
+        gateway_toml(d).to_string_lossy().into_owned(),
+    ];
+    gw.start().await.unwrap();
+    let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
+        .await
+        .unwrap();
+    introduce(&alice, &gw).await.unwrap();
+    introduce(&gw, &alice).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let call = |service: &str| {
+        let c = alice.client();
+        let body = json!({ "to": "example", "service": service, "input": "null" });
+        async move {
+            c.post("/v1/calls", body).await.unwrap()["call"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+
+    // Keys, then alice hangs up: the phone hears the keys and gets a BYE.
+    let id = call("support").await;
+    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    alice
+        .client()
+        .post("/v1/calls/dtmf", json!({ "call": id, "keys": "1#" }))
+        .await
+        .unwrap();
+    support.wait_for("received event: '1' (end=1)", Duration::from_secs(10));
+    support.wait_for("received event: '#' (end=1)", Duration::from_secs(10));
+    alice
+        .client()
+        .post("/v1/calls/hangup", json!({ "call": id }))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 10).await["outcome"],
+        "completed"
+    );
+    // baresip reports a BYE from the other side as the session closed by the peer ("Connection reset").
+    support.wait_for_any(&["session closed", "terminated"], Duration::from_secs(10));
+
+    // Alice gives up while the desk phone rings: the phone's call is cancelled.
+    let id = call("desk").await;
+    desk.wait_for("Incoming call", Duration::from_secs(30));
+    alice
+        .client()
+        .post("/v1/calls/hangup", json!({ "call": id }))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 10).await["outcome"],
+        "cancelled"
+    );
+    kam.wait_for("kith-test: CANCEL sip:desk@", Duration::from_secs(10));
+
+    // A service whose phone is not registered (Kamailio: 404): no answer.
+    let id = call("gone").await;
+    assert_eq!(
+        wait_event(&wa, "call_ended", Some(&id), 30).await["outcome"],
+        "no answer"
+    );
+
+    // A phone calls alice (200), who refuses: the phone is told 603 Decline.
+    let (caller, _) = phone(d, "101", 5090, &long, Some("200"));
+    let incoming = wait_event(&wa, "call_incoming", None, 30).await;
+    alice
+        .client()
+        .post("/v1/calls/reject", json!({ "call": incoming["call"] }))
+        .await
+        .unwrap();
+    caller.wait_for("603", Duration::from_secs(10));
+    drop((caller, desk, support, kam));
+    done();
 }
