@@ -11,6 +11,8 @@ pub mod client;
 pub mod demo;
 pub mod process;
 pub mod relay;
+pub mod sip_peers;
+pub mod speech;
 pub mod text;
 
 /// `println!` for a command whose reader may go away: `kith chat bob | head` closes the pipe after ten

@@ -1,0 +1,297 @@
+//! Third-party SIP peers run as child processes, for the gateway's tests and `kith demo`: Kamailio as an
+//! organization's registrar and proxy, baresip as its phones. Each runs on loopback inside a network
+//! namespace the caller made (baresip binds every interface), with ports the caller names.
+
+use crate::speech::read_wav;
+use anyhow::Context;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The proxy's configuration (kith fills in `@SIP@` and `@GATEWAY@`).
+pub const KAMAILIO_CFG: &str = include_str!("sip_peers/kamailio.cfg");
+
+/// Whether `tool` is on the PATH.
+pub fn has(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `unshare --net` (with `--map-root-user` when not root), ready for the command to run in a new network
+/// namespace, or why none can be made here.
+pub fn namespace() -> Result<Command, String> {
+    for tool in ["unshare", "ip"] {
+        if !has(tool) {
+            return Err(format!(
+                "`{tool}` is not installed (scripts/setup.sh installs it)"
+            ));
+        }
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let unshare = || {
+        let mut cmd = Command::new("unshare");
+        cmd.arg("--net");
+        if !root {
+            cmd.arg("--map-root-user");
+        }
+        cmd
+    };
+    match unshare().arg("true").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Err(format!(
+                "cannot make a network namespace (not root, and user namespaces are off): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Err(e) => return Err(format!("cannot run unshare: {e}")),
+    }
+    let mut cmd = unshare();
+    // Loopback is down in a new namespace: bring it up, then run the command.
+    cmd.args(["--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
+    Ok(cmd)
+}
+
+/// A third-party process whose output lines are kept in a log file and handed to the caller as they come.
+pub struct Peer {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: PathBuf,
+}
+
+impl Peer {
+    pub fn start(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Peer> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let (tx, lines) = mpsc::channel();
+        let outs: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        ];
+        for out in outs.into_iter().flatten() {
+            let (tx, log) = (tx.clone(), log.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .ok();
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(f) = file.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Ok(Peer {
+            name,
+            child,
+            lines,
+            log,
+        })
+    }
+
+    /// Waits for a line containing `text`.
+    pub fn wait_for(&self, text: &str, within: Duration) -> anyhow::Result<()> {
+        self.wait_for_any(&[text], within)
+    }
+
+    /// Waits for a line containing one of `texts`.
+    pub fn wait_for_any(&self, texts: &[&str], within: Duration) -> anyhow::Result<()> {
+        let text = texts.join(" or ");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if texts.iter().any(|t| l.contains(t)) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!(
+                    "{} did not say {text:?} within {within:?}; log: {}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kamailio on `sip`, routing the gateway's numbers to `gateway`, its files under `dir`.
+pub fn kamailio(dir: &Path, sip: &str, gateway: &str) -> anyhow::Result<Peer> {
+    let cfg = KAMAILIO_CFG
+        .replace("@SIP@", sip)
+        .replace("@GATEWAY@", gateway);
+    let run = dir.join("kamailio");
+    std::fs::create_dir_all(&run)?;
+    std::fs::write(run.join("kamailio.cfg"), cfg)?;
+    Peer::start(
+        "kamailio",
+        Command::new("kamailio")
+            .arg("-f")
+            .arg(run.join("kamailio.cfg"))
+            .args(["-DD", "-E", "-Y"])
+            .arg(&run)
+            .arg("-w")
+            .arg(&run),
+        dir.join("kamailio.log"),
+    )
+}
+
+/// A baresip phone registered as `user` (password `pw-<user>`), answering at once, saying `wav` (8 kHz),
+/// recording what it hears into `dir/<user>/rec`. `dial`: a number it calls once started.
+pub fn phone(
+    dir: &Path,
+    registrar: &str,
+    user: &str,
+    port: u16,
+    wav: &Path,
+    dial: Option<&str>,
+) -> anyhow::Result<(Peer, PathBuf)> {
+    phone_answering(dir, registrar, user, port, wav, dial, "auto")
+}
+
+/// [`phone`] with baresip's answer mode: `auto`, or `manual` (it rings until the caller gives up).
+pub fn phone_answering(
+    dir: &Path,
+    registrar: &str,
+    user: &str,
+    port: u16,
+    wav: &Path,
+    dial: Option<&str>,
+    answer: &str,
+) -> anyhow::Result<(Peer, PathBuf)> {
+    let home = dir.join(user);
+    let rec = home.join("rec");
+    std::fs::create_dir_all(&rec)?;
+    let modules = [
+        "/usr/lib/baresip/modules",
+        "/usr/lib/x86_64-linux-gnu/baresip/modules",
+    ]
+    .into_iter()
+    .find(|d| Path::new(d).join("g711.so").exists())
+    .context(
+        "baresip's modules (g711.so) are not installed (scripts/setup.sh installs baresip-core)",
+    )?;
+    std::fs::write(
+        home.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+             dns_server 127.0.0.1:53\naudio_player alsa,null\naudio_alert alsa,null\n\
+             audio_source aufile,{}\nausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\n\
+             auplay_channels 1\nrtp_ports {}-{}\nmodule_path {modules}\nmodule g711.so\n\
+             module aufile.so\nmodule alsa.so\nmodule sndfile.so\nmodule_tmp uuid.so\n\
+             module_tmp account.so\nmodule_app menu.so\nsnd_path {}\n",
+            wav.display(),
+            port + 100,
+            port + 109,
+            rec.display()
+        ),
+    )?;
+    std::fs::write(
+        home.join("accounts"),
+        format!("<sip:{user}@{registrar}>;auth_pass=pw-{user};answermode={answer};regint=600\n"),
+    )?;
+    std::fs::write(home.join("contacts"), "")?;
+    let mut cmd = Command::new("baresip");
+    cmd.arg("-f").arg(&home);
+    if let Some(n) = dial {
+        cmd.args(["-e", &format!("/dial sip:{n}@{registrar}")]);
+    }
+    let p = Peer::start("baresip", &mut cmd, dir.join(format!("{user}.log")))?;
+    Ok((p, rec))
+}
+
+/// A 48 kHz mono WAV resampled to 8 kHz (for the phones), through the gateway's own filter.
+pub fn to_8k(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let samples = read_wav(from)?;
+    let mut down = kith_gateway::resample::Down::default();
+    let mut out = vec![];
+    let whole = samples.len() / 6 * 6;
+    down.process(&samples[..whole], &mut out);
+    write_wav(to, 8000, &out)
+}
+
+pub fn to_48k(samples: &[i16]) -> Vec<i16> {
+    let mut up = kith_gateway::resample::Up::default();
+    let mut out = vec![];
+    up.process(samples, &mut out);
+    out
+}
+
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) -> anyhow::Result<()> {
+    let mut w = hound::WavWriter::create(
+        path,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    for s in samples {
+        w.write_sample(*s)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// What the phone heard in its last call (baresip's sndfile dump of the decoded audio), at 48 kHz.
+pub fn phone_heard(rec: &Path) -> anyhow::Result<Vec<i16>> {
+    let dump = std::fs::read_dir(rec)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .max()
+        .context("the phone recorded nothing")?;
+    Ok(to_48k(&read_wav(&dump)?))
+}
+
+/// Points the profile's `[org]` settings at the lab (its zone key as the trust anchor, its authority as
+/// the only root).
+pub fn configure_org(home: &Path, lab: &kith_org::lab::Lab) -> anyhow::Result<()> {
+    let anchor = home.join("org-anchor.txt");
+    std::fs::write(&anchor, lab.zone.anchor())?;
+    let ca = home.join("org-ca.pem");
+    std::fs::write(&ca, lab.authority.pem())?;
+    let config = home.join("config.toml");
+    let mut text = std::fs::read_to_string(&config)?;
+    text += &format!(
+        "\n[org]\ndns_servers = [\"{}\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n[org.https_addrs]\n\"{}\" = \"{}\"\n",
+        lab.zone.addr(),
+        anchor.display(),
+        ca.display(),
+        lab.domain,
+        lab.web.addr()
+    );
+    std::fs::write(&config, text)?;
+    Ok(())
+}
