@@ -2,6 +2,6 @@
 # Builds kith (release) and runs `kith demo`: three nodes on loopback, real cards, messages and a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+KITH_WITH_SIP=1 scripts/setup.sh
 cargo build --release --locked -p kith
 exec target/release/kith demo "$@"

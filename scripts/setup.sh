@@ -20,11 +20,14 @@ if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # A call through (virtual) sound cards runs against a PulseAudio server with null sinks.
   command -v pulseaudio >/dev/null 2>&1 || need_apt+=(pulseaudio)
   command -v parecord >/dev/null 2>&1 || need_apt+=(pulseaudio-utils)
-  # The gateway tests run against real SIP peers: Kamailio (registrar and proxy) and baresip (the
-  # organization's phones), each started by the test in a network namespace of its own, on loopback.
+fi
+if [ "${KITH_NEED_NEXTEST:-0}" = 1 ] || [ "${KITH_WITH_SIP:-0}" = 1 ]; then
+  # The gateway's tests and `kith demo`'s organization run against real SIP peers: Kamailio (registrar
+  # and proxy) and baresip (the organization's phones), in a network namespace of their own, on loopback.
   command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
   command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
   command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+  command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"

@@ -287,6 +287,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// The organization part of `kith demo`, inside its own network namespace (run by `kith demo`).
+    #[command(hide = true)]
+    DemoOrg {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Measure offline delivery through a mailbox (time to show a backlog, deposits per second, bytes per
     /// message, ratchet cost) beside the direct path; print and save numbers.
     BenchMailbox {
@@ -2014,6 +2020,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_calls::run(material, clips, what, out).await?
         }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
+        Command::DemoOrg { dir } => crate::demo_org::inside(&dir).await?,
         Command::BenchMailbox { messages, out } => crate::bench_mailbox::run(messages, out).await?,
         Command::Bench {
             latency_messages,

@@ -477,6 +477,11 @@ pub async fn run(messages: usize, keep: bool) -> anyhow::Result<()> {
     for n in [&mut *alice, &mut *bob, &mut *carol] {
         n.stop().await;
     }
+
+    crate::say!(
+        "kith demo, an organization: example.org's key published twice, its kith gateway to a SIP PBX and phone"
+    );
+    crate::demo_org::run(&dir.path().join("org"))?;
     if keep {
         let path = dir.keep();
         crate::say!("  profiles and logs kept in {}", path.display());

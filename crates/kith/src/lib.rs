@@ -9,6 +9,7 @@ pub mod bench_mailbox;
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod demo_org;
 pub mod process;
 pub mod relay;
 pub mod sip_peers;
