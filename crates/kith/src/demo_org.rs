@@ -165,8 +165,10 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
         account: impostor,
         ..statement
     };
-    lab.web
-        .set(Some(kith_core::org::format_document(&forged, "example.org")));
+    lab.web.set(Some(kith_core::org::format_document(
+        &forged,
+        "example.org",
+    )));
     let refused = customer
         .client()
         .post(

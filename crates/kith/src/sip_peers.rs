@@ -37,9 +37,11 @@ pub fn namespace() -> Result<Command, String> {
         .output()
         .ok()
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    // A PID namespace too, whose init is the command: when it ends, however it ends, every process it
+    // started (Kamailio's workers included) ends with it.
     let unshare = || {
         let mut cmd = Command::new("unshare");
-        cmd.arg("--net");
+        cmd.args(["--net", "--pid", "--fork", "--kill-child"]);
         if !root {
             cmd.arg("--map-root-user");
         }
@@ -71,7 +73,10 @@ pub struct Peer {
 
 impl Peer {
     pub fn start(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Peer> {
+        use std::os::unix::process::CommandExt;
         let mut child = cmd
+            // A process group of its own: stopping it stops the processes it forked (Kamailio's workers).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -138,8 +143,23 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// SIGTERM to the peer's process group, SIGKILL to what is left after 3 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use rustix::process::{Pid, Signal, kill_process_group};
+        let group = Pid::from_raw(self.child.id() as i32);
+        if let Some(g) = group {
+            let _ = kill_process_group(g, Signal::TERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(g) = group {
+            let _ = kill_process_group(g, Signal::KILL);
+        }
         let _ = self.child.wait();
     }
 }

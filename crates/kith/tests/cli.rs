@@ -412,8 +412,9 @@ fn the_demo_runs_messages_a_crash_and_a_call() {
         println!("the demo's organization part was skipped here: {stdout}");
     } else {
         assert!(
-            stdout.contains("answered by support@example.org (Verified: example.org (DNSSEC + HTTPS))")
-                && stdout.contains("possible compromise")
+            stdout.contains(
+                "answered by support@example.org (Verified: example.org (DNSSEC + HTTPS))"
+            ) && stdout.contains("possible compromise")
                 && stdout.contains("organization part: OK"),
             "{stdout}"
         );
