@@ -29,6 +29,10 @@ if [ "${KITH_NEED_NEXTEST:-0}" = 1 ] || [ "${KITH_WITH_SIP:-0}" = 1 ]; then
   command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 fi
+if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
+  # A second SIP implementation for the gateway's tests: linphonec (liblinphone's console client).
+  command -v linphonec >/dev/null 2>&1 || need_apt+=(linphone-cli)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""

@@ -73,15 +73,39 @@ pub struct Peer {
 
 impl Peer {
     pub fn start(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Peer> {
+        Self::driven(name, cmd, log, vec![], |_| vec![])
+    }
+
+    /// [`Peer::start`] for a peer driven on its standard input: `first` is written at once, and each
+    /// line the peer prints is handed to `react`, whose answer is written back.
+    pub fn driven(
+        name: &'static str,
+        cmd: &mut Command,
+        log: PathBuf,
+        first: Vec<String>,
+        react: impl FnMut(&str) -> Vec<String> + Send + Clone + 'static,
+    ) -> anyhow::Result<Peer> {
         use std::os::unix::process::CommandExt;
         let mut child = cmd
             // A process group of its own: stopping it stops the processes it forked (Kamailio's workers).
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        let stdin = std::sync::Arc::new(std::sync::Mutex::new(child.stdin.take()));
+        let write = |stdin: &std::sync::Mutex<Option<std::process::ChildStdin>>,
+                     cmds: Vec<String>| {
+            use std::io::Write;
+            if let Some(i) = stdin.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                for c in cmds {
+                    let _ = writeln!(i, "{c}");
+                }
+                let _ = i.flush();
+            }
+        };
+        write(&stdin, first);
         let (tx, lines) = mpsc::channel();
         let outs: [Option<Box<dyn std::io::Read + Send>>; 2] = [
             child
@@ -94,7 +118,8 @@ impl Peer {
                 .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
         ];
         for out in outs.into_iter().flatten() {
-            let (tx, log) = (tx.clone(), log.clone());
+            let (tx, log, stdin, mut react) =
+                (tx.clone(), log.clone(), stdin.clone(), react.clone());
             std::thread::spawn(move || {
                 use std::io::Write;
                 let mut file = std::fs::OpenOptions::new()
@@ -106,6 +131,7 @@ impl Peer {
                     if let Some(f) = file.as_mut() {
                         let _ = writeln!(f, "{line}");
                     }
+                    write(&stdin, react(&line));
                     let _ = tx.send(line);
                 }
             });
@@ -138,6 +164,24 @@ impl Peer {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 ),
             }
+        }
+    }
+}
+
+impl Peer {
+    /// Waits until the peer has exited by itself (its files written).
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -314,4 +358,51 @@ pub fn configure_org(home: &Path, lab: &kith_org::lab::Lab) -> anyhow::Result<()
     );
     std::fs::write(&config, text)?;
     Ok(())
+}
+
+/// linphonec (liblinphone's console client), a second SIP implementation beside baresip: listens on
+/// `port` (UDP, loopback), answers every call at once, plays `wav` into it, records what it hears into
+/// `record`, and quits when the call has ended.
+pub fn linphone(dir: &Path, port: u16, wav: &Path, record: &Path) -> anyhow::Result<Peer> {
+    let home = dir.join("linphone");
+    // linphonec keeps a database under $HOME/.local/share/linphone.
+    std::fs::create_dir_all(home.join(".local/share/linphone"))?;
+    let rc = home.join("linphonerc");
+    std::fs::write(
+        &rc,
+        format!(
+            "[sip]\nsip_port={port}\nsip_tcp_port=0\nsip_tls_port=0\nbind_address=127.0.0.1\n\
+             guess_hostname=0\ncontact=sip:linphone@127.0.0.1\nregister_only_when_network_is_up=0\n\
+             auto_send_ringing=1\nmedia_encryption=none\ninc_timeout=30\n[net]\nipv6=0\n\
+             auto_net_state_mon=0\n[rtp]\nbind_address=127.0.0.1\naudio_rtp_port={}\nvideo_rtp_port={}\n\
+             text_rtp_port={}\n[sound]\nechocancellation=0\n[misc]\nmax_calls=2\n[video]\ndisplay=0\n\
+             capture=0\nshow_local=0\n",
+            port + 100,
+            port + 102,
+            port + 104
+        ),
+    )?;
+    let (wav, record) = (wav.display().to_string(), record.display().to_string());
+    let mut connected = false;
+    let react = move |line: &str| -> Vec<String> {
+        if line.contains(" connected.") && !connected {
+            connected = true;
+            return vec![format!("record {record}"), format!("play {wav}")];
+        }
+        if line.contains(" ended ") && connected {
+            return vec!["quit".into()];
+        }
+        vec![]
+    };
+    Peer::driven(
+        "linphonec",
+        Command::new("linphonec")
+            .arg("-c")
+            .arg(&rc)
+            .args(["-a", "-d", "4"])
+            .env("HOME", &home),
+        dir.join("linphonec.log"),
+        vec!["soundcard use files".into()],
+        react,
+    )
 }

@@ -10,7 +10,8 @@ mod speech;
 use kith::client::Watcher;
 use kith::process::{Daemon, introduce};
 use kith::sip_peers::{
-    configure_org, kamailio, phone, phone_answering, phone_heard, to_8k, write_wav,
+    configure_org, kamailio, linphone, phone, phone_answering, phone_heard, to_8k, to_48k,
+    write_wav,
 };
 use serde_json::{Value, json};
 use speech::{read_wav, windowed_ncc};
@@ -104,7 +105,7 @@ fn gateway_toml(dir: &Path) -> PathBuf {
         format!(
             "[sip]\nlisten = \"{GATEWAY}\"\nregistrar = \"sip:{KAMAILIO}\"\nuser = \"kithgw\"\n\
              password = \"pw-kithgw\"\npbx = [\"127.0.0.1\"]\n\n[services]\n\
-             support = [\"sip:support@{KAMAILIO}\"]\ndesk = [\"sip:desk@{KAMAILIO}\"]\n             gone = [\"sip:nobody@{KAMAILIO}\"]\n\n[dialplan]\n\"200\" = \"alice\"\n"
+             support = [\"sip:support@{KAMAILIO}\"]\ndesk = [\"sip:desk@{KAMAILIO}\"]\n             gone = [\"sip:nobody@{KAMAILIO}\"]\nlinphone = [\"sip:linphone@127.0.0.1:5084\"]\n\n[dialplan]\n\"200\" = \"alice\"\n"
         ),
     )
     .unwrap();
@@ -402,4 +403,126 @@ async fn keys_hangups_and_refusals() {
     caller.wait_for("603", Duration::from_secs(10)).unwrap();
     drop((caller, desk, support, kam));
     done();
+}
+
+/// A second SIP implementation: linphonec (liblinphone) takes a kith caller's call through the gateway,
+/// speech both ways.
+#[test]
+fn linphonec_takes_a_kith_call_through_the_gateway() {
+    const TEST: &str = "linphonec_takes_a_kith_call_through_the_gateway";
+    if !inside_a_namespace(TEST) {
+        return;
+    }
+    if !kith::sip_peers::has("linphonec") {
+        if std::env::var_os("CI").is_some() {
+            panic!("linphonec must be installed in CI (scripts/setup.sh installs linphone-cli)");
+        }
+        println!(
+            "SKIPPED {TEST}: linphonec is not installed (scripts/setup.sh installs linphone-cli)"
+        );
+        done();
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(linphonec_call());
+}
+
+async fn linphonec_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a48, b48) = (data("speech-a.wav"), data("speech-b.wav"));
+    let b8 = d.join("speech-b-8k.wav");
+    to_8k(&b48, &b8).unwrap();
+    let kam = kamailio(d, KAMAILIO, GATEWAY).unwrap();
+    let heard_by_linphone = d.join("linphone-heard.wav");
+    let lp = linphone(d, 5084, &b8, &heard_by_linphone).unwrap();
+    lp.wait_for("Creating listening point", Duration::from_secs(30))
+        .unwrap();
+    let mut gw = Daemon::init(exe(), &d.join("gw"), "example").unwrap();
+    gw.command = vec![
+        "gateway".into(),
+        "--config".into(),
+        gateway_toml(d).to_string_lossy().into_owned(),
+    ];
+    gw.start().await.unwrap();
+    let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
+        .await
+        .unwrap();
+    introduce(&alice, &gw).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let heard = d.join("alice-heard.wav");
+    // Alice waits a second before she speaks: linphonec records only from its `record` command, sent
+    // when it reports the call connected.
+    let mut late = vec![0i16; 48_000];
+    late.extend(read_wav(&a48));
+    let a48 = d.join("speech-a-late.wav");
+    write_wav(&a48, 48_000, &late).unwrap();
+    let id = alice
+        .client()
+        .post(
+            "/v1/calls",
+            json!({ "to": "example", "service": "linphone", "input": { "wav": a48 }, "record_wav": heard, "duration_secs": 6.0 }),
+        )
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(&wa, "call_answered", Some(&id), 30).await;
+    let end = wait_event(&wa, "call_ended", Some(&id), 30).await;
+    assert_eq!(end["outcome"], "completed", "{end}");
+    // linphonec quits once the call has ended, and its recording is complete then.
+    let mut lp = lp;
+    lp.wait_exit(Duration::from_secs(10)).unwrap();
+    let (rate, samples) = read_wav_lenient(&heard_by_linphone);
+    let linphone_heard = match rate {
+        8000 => to_48k(&samples),
+        48_000 => samples,
+        r => panic!("linphonec recorded at {r} Hz"),
+    };
+    let (to_linphone, _) = windowed_ncc(&read_wav(&a48), &linphone_heard);
+    let (to_kith, _) = windowed_ncc(&read_wav(&b48), &read_wav(&heard));
+    println!("kith -> linphonec: {to_linphone:.3}; linphonec -> kith: {to_kith:.3}");
+    assert!(
+        to_linphone >= 0.9,
+        "linphonec heard alice at {to_linphone:.3}"
+    );
+    assert!(to_kith >= 0.9, "alice heard linphonec at {to_kith:.3}");
+    drop((lp, kam));
+    done();
+}
+
+/// A 16-bit mono WAV file whose header may overstate its data (linphonec's recordings claim 44 bytes more
+/// than they hold): the rate from the format chunk, the samples from the data chunk to the end of the file.
+fn read_wav_lenient(path: &Path) -> (u32, Vec<i16>) {
+    let b = std::fs::read(path).unwrap();
+    assert!(
+        b.len() > 44 && &b[..4] == b"RIFF" && &b[8..12] == b"WAVE",
+        "{} is not a WAV file",
+        path.display()
+    );
+    let (mut at, mut rate, mut data) = (12usize, 0u32, None);
+    while at + 8 <= b.len() {
+        let size = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
+        match &b[at..at + 4] {
+            b"fmt " => rate = u32::from_le_bytes(b[at + 12..at + 16].try_into().unwrap()),
+            b"data" => {
+                data = Some(&b[at + 8..]);
+                break;
+            }
+            _ => {}
+        }
+        at += 8 + size;
+    }
+    let data = data.expect("a data chunk");
+    (
+        rate,
+        data.chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+    )
 }
