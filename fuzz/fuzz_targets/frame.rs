@@ -32,6 +32,12 @@ fn seeds() -> Vec<Vec<u8>> {
         Frame::Call(CallMsg::Invite {
             call: [6; 16],
             media: MediaParams::default(),
+            service: Some("support".into()),
+        }),
+        Frame::Call(CallMsg::Dtmf {
+            call: [6; 16],
+            event: 11,
+            duration_ms: 100,
         }),
         Frame::MailboxRequest {
             id: 3,
