@@ -32,12 +32,16 @@ fi
 if [ "${KITH_NEED_NEXTEST:-0}" = 1 ]; then
   # A second SIP implementation for the gateway's tests: linphonec (liblinphone's console client).
   command -v linphonec >/dev/null 2>&1 || need_apt+=(linphone-cli)
+  # Independent DNS implementations for one identity test: Knot DNS signs, Unbound validates.
+  command -v knotd >/dev/null 2>&1 || need_apt+=(knot)
+  command -v kdig >/dev/null 2>&1 || need_apt+=(knot-dnsutils)
+  command -v unbound >/dev/null 2>&1 || need_apt+=(unbound)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  # Servers among them (Kamailio) must not start as system services listening on every interface:
+  # Servers among them (Kamailio, Knot, Unbound) must not start as system services listening on every interface:
   # a policy-rc.d refuses their start during the installation (one already there is left alone).
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -51,7 +55,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO rm -f "$policy"
   fi
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    for unit in kamailio; do
+    for unit in kamailio knot unbound; do
       $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
   fi
