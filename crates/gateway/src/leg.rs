@@ -79,7 +79,20 @@ impl ezk_sip_ua::MediaBackend for SipMedia {
         &mut self,
         offer: SessionDescription,
     ) -> Result<SessionDescription, MediaError> {
-        let n = sdp::negotiate(&offer)?;
+        self.answer(&offer)
+    }
+
+    async fn run(&mut self) -> Result<(), MediaError> {
+        // The media runs in its own task; the INVITE session has nothing to wait for here.
+        std::future::pending().await
+    }
+}
+
+impl SipMedia {
+    /// The answer to an offer; what it agrees goes to the media task (also for a leg set up without SIP:
+    /// the gateway benchmark).
+    pub fn answer(&mut self, offer: &SessionDescription) -> Result<SessionDescription, MediaError> {
+        let n = sdp::negotiate(offer)?;
         self.version += 1;
         // Held by the peer (it only sends, or nothing): we only receive, or nothing either.
         let direction = if n.on_hold { "recvonly" } else { "sendrecv" };
@@ -98,11 +111,6 @@ impl ezk_sip_ua::MediaBackend for SipMedia {
         );
         self.agreed.send_replace(Some(n));
         Ok(sdp::parse(&text)?)
-    }
-
-    async fn run(&mut self) -> Result<(), MediaError> {
-        // The media runs in its own task; the INVITE session has nothing to wait for here.
-        std::future::pending().await
     }
 }
 

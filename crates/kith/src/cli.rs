@@ -287,6 +287,23 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Measure how many bridged calls (Opus over QUIC <-> PCMU over RTP) the gateway's media path carries
+    /// with every frame on time, and its CPU per call beside the codecs alone; print and save numbers.
+    BenchGateway {
+        /// Calls at once, step by step (stops at the first step with late frames).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10,25,50,75,100,125,150,200"
+        )]
+        steps: Vec<usize>,
+        /// Seconds measured per step.
+        #[arg(long, default_value_t = 8.0)]
+        secs: f64,
+        /// Where the numbers are saved (JSON).
+        #[arg(long, default_value = "bench-gateway.json")]
+        out: PathBuf,
+    },
     /// The organization part of `kith demo`, inside its own network namespace (run by `kith demo`).
     #[command(hide = true)]
     DemoOrg {
@@ -2020,6 +2037,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_calls::run(material, clips, what, out).await?
         }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
+        Command::BenchGateway { steps, secs, out } => {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+                return Err(user(format!(
+                    "--secs {secs}: give seconds above 0, at most 3600"
+                )));
+            }
+            if steps.is_empty() || steps.contains(&0) {
+                return Err(user(
+                    "--steps: give numbers of calls above 0, e.g. 10,50,100",
+                ));
+            }
+            tokio::task::spawn_blocking(move || crate::bench_gateway::run(steps, secs, out))
+                .await??
+        }
         Command::DemoOrg { dir } => crate::demo_org::inside(&dir).await?,
         Command::BenchMailbox { messages, out } => crate::bench_mailbox::run(messages, out).await?,
         Command::Bench {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_calls;
 pub mod bench_discovery;
+pub mod bench_gateway;
 pub mod bench_mailbox;
 pub mod cli;
 pub mod client;

@@ -1,0 +1,442 @@
+//! `kith bench-gateway`: how many bridged calls the gateway's media path carries on this machine with every
+//! frame on time, and what a call costs beside the codecs alone.
+//!
+//! Each call is what the gateway runs for one call: the kith call's media loop (Opus over QUIC datagrams,
+//! jitter buffer, the call's clocks; `kith_node::media`) bridged to the SIP leg (`kith_gateway::leg`: RTP,
+//! 48 <-> 8 kHz, G.711 mu-law, its jitter buffer and clock). The far ends run in the same process on a
+//! runtime of their own and send what callers and phones send: a kith caller's Opus datagrams (speech,
+//! encoded once beforehand and replayed) on a QUIC connection of its own per call, and a phone's PCMU RTP
+//! packets (speech) to the leg. The gateway's CPU is its own threads' (the scheduler's count per thread,
+//! `/proc/self/task/*/schedstat`); the far ends' is reported beside it.
+//!
+//! A frame is late when it reaches the far end more than one frame (20 ms) after its place in the
+//! stream's schedule (the stream's own timestamps, anchored at its earliest frame), in either direction.
+//! Steps go up until a step has late frames; the answer is the last step without.
+
+use anyhow::Context;
+use kith_gateway::{g711, leg, resample, sdp};
+use kith_media::codec::{OpusDecoder, OpusEncoder};
+use kith_media::packet::{self, AudioPacket, Datagram};
+use kith_node::media::{AudioInput, AudioOptions, Bridge};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SPEECH: &[u8] = include_bytes!("../tests/data/speech-a.wav");
+const ALPN: &[u8] = b"kith-bench-gateway";
+const FRAME: Duration = Duration::from_millis(20);
+
+/// The speech both far ends say: 48 kHz samples.
+fn speech() -> anyhow::Result<Vec<i16>> {
+    Ok(hound::WavReader::new(std::io::Cursor::new(SPEECH))?
+        .samples::<i16>()
+        .collect::<Result<_, _>>()?)
+}
+
+/// CPU nanoseconds so far of this process's threads whose name starts with `prefix`.
+fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Arrivals of one stream at a far end: (frame number, when).
+#[derive(Default)]
+struct Arrivals(Vec<(u64, Instant)>);
+
+impl Arrivals {
+    /// Frames in all, and those more than a frame behind their place in the schedule (anchored at the
+    /// stream's earliest frame: the smallest arrival minus its place).
+    fn late(&self, frame: Duration) -> (u64, u64, f64) {
+        let Some(&(f0, t0)) = self.0.first() else {
+            return (0, 0, 0.0);
+        };
+        let offset = |&(f, t): &(u64, Instant)| {
+            let place = frame * (f.saturating_sub(f0)) as u32;
+            t.duration_since(t0).as_secs_f64() - place.as_secs_f64()
+        };
+        let anchor = self.0.iter().map(offset).fold(f64::MAX, f64::min);
+        let mut worst = 0.0f64;
+        let late = self
+            .0
+            .iter()
+            .map(|a| offset(a) - anchor)
+            .inspect(|l| worst = worst.max(*l))
+            .filter(|l| *l > frame.as_secs_f64())
+            .count();
+        (self.0.len() as u64, late as u64, worst * 1000.0)
+    }
+}
+
+/// Extends a wrapping counter (RTP's 32-bit timestamp) past its wrap.
+fn unwrap32(prev: &mut Option<u64>, v: u32) -> u64 {
+    let x = match *prev {
+        None => u64::from(v) + (1 << 32),
+        Some(p) => {
+            let base = p & !0xFFFF_FFFF;
+            [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
+                .into_iter()
+                .map(|b| b + u64::from(v))
+                .min_by_key(|c| c.abs_diff(p))
+                .unwrap_or(p)
+        }
+    };
+    *prev = Some(x);
+    x
+}
+
+/// The codecs alone, per call: what one call's transcoding costs per second on one core (Opus encode and
+/// decode at 48 kHz, resampling both ways, mu-law both ways), in a tight loop. Percent of a core.
+fn codecs_alone(speech: &[i16]) -> anyhow::Result<f64> {
+    let mut enc = OpusEncoder::new(
+        20,
+        kith_media::rate::EncoderSettings {
+            bitrate: 32_000,
+            fec: false,
+            loss_hint_pct: 0,
+            redundancy: 0,
+        },
+    )?;
+    let mut dec = OpusDecoder::new(20)?;
+    let (mut down, mut up) = (resample::Down::default(), resample::Up::default());
+    let frames: Vec<&[i16]> = speech.chunks_exact(960).collect();
+    let n = 500;
+    let (mut narrow, mut wide) = (Vec::with_capacity(160), Vec::with_capacity(960));
+    let started = Instant::now();
+    for i in 0..n {
+        let pcm = frames[i % frames.len()];
+        // Phone -> kith: mu-law decode, upsample, Opus encode.
+        narrow.clear();
+        down.process(pcm, &mut narrow);
+        let mu: Vec<u8> = narrow.iter().map(|&s| g711::ulaw_encode(s)).collect();
+        let back: Vec<i16> = mu.iter().map(|&b| g711::ulaw_decode(b)).collect();
+        wide.clear();
+        up.process(&back, &mut wide);
+        let opus = enc.encode(&wide)?;
+        // kith -> phone: Opus decode (and the resampling and mu-law above stand for this direction's).
+        std::hint::black_box(dec.decode(&opus)?);
+    }
+    let per_frame = started.elapsed() / n as u32;
+    Ok(per_frame.as_secs_f64() / FRAME.as_secs_f64() * 100.0)
+}
+
+struct Step {
+    calls: usize,
+    frames_kith: u64,
+    late_kith: u64,
+    worst_kith_ms: f64,
+    frames_sip: u64,
+    late_sip: u64,
+    worst_sip_ms: f64,
+    gateway_cpu_pct: f64,
+    far_cpu_pct: f64,
+}
+
+async fn endpoint() -> anyhow::Result<iroh::Endpoint> {
+    use iroh::endpoint::{PortmapperConfig, presets};
+    iroh::Endpoint::builder(presets::Minimal)
+        .alpns(vec![ALPN.to_vec()])
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0".parse::<SocketAddr>()?)?
+        .bind()
+        .await
+        .context("binding a QUIC endpoint on 127.0.0.1")
+}
+
+/// One step: `calls` calls for `secs` seconds after a second of warm-up.
+fn step(
+    gw: &tokio::runtime::Runtime,
+    far: &tokio::runtime::Runtime,
+    calls: usize,
+    secs: f64,
+    opus_frames: Arc<Vec<Vec<u8>>>,
+    pcmu_frames: Arc<Vec<Vec<u8>>>,
+) -> anyhow::Result<Step> {
+    let gw_ep = gw.block_on(endpoint())?;
+    let far_ep = far.block_on(endpoint())?;
+    let gw_addr = gw_ep.addr();
+    let arrivals_kith: Arc<Mutex<HashMap<usize, Arrivals>>> = Default::default();
+    let arrivals_sip: Arc<Mutex<HashMap<usize, Arrivals>>> = Default::default();
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut keep = vec![];
+    let mut far_tasks = vec![];
+    for i in 0..calls {
+        let mut id = [0u8; 16];
+        rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
+        // The caller's QUIC connection, and the gateway's end of it.
+        let (gw_ep2, addr) = (gw_ep.clone(), gw_addr.clone());
+        let accept = gw.spawn(async move {
+            let incoming = gw_ep2.accept().await.context("no connection")?;
+            anyhow::Ok(incoming.await?)
+        });
+        let caller = far.block_on(far_ep.connect(addr, ALPN))?;
+        let gw_conn = gw.block_on(accept)??;
+        // The phone's RTP socket.
+        let phone = far.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))?;
+        let phone_addr = phone.local_addr()?;
+        // The gateway's side of the call: the kith media loop bridged to the SIP leg.
+        let bridge = Bridge::default();
+        let (keys_tx, _keys_rx) = tokio::sync::mpsc::channel(4);
+        let conn = gw_conn.clone();
+        let (media, leg, leg_addr) = gw.block_on(async {
+            let conn_of: kith_node::media::ConnOf = Arc::new(move || Some(conn.clone()));
+            let media = kith_node::media::start(
+                id,
+                kith_core::call::MediaParams::default(),
+                AudioOptions {
+                    input: Some(AudioInput::Bridge(bridge.clone())),
+                    ..Default::default()
+                },
+                conn_of,
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let incoming = media.incoming.clone();
+            let reader = gw_conn.clone();
+            tokio::spawn(async move {
+                while let Ok(d) = reader.read_datagram().await {
+                    let _ = incoming.try_send(d);
+                }
+            });
+            let mut leg = leg::start("127.0.0.1".parse()?, None, bridge, keys_tx).await?;
+            let mut sip = leg.media.take().context("the leg's SDP side")?;
+            let offer = sdp::describe(
+                phone_addr.ip(),
+                phone_addr.port(),
+                &[sdp::Codec::Pcmu],
+                1,
+                1,
+                "sendrecv",
+            );
+            let answer = sip.answer(&sdp::parse(&offer)?)?;
+            let leg_addr = sdp::negotiate(&answer)?.remote;
+            anyhow::Ok((media, (leg, sip), leg_addr))
+        })?;
+        keep.push((media, leg, gw_conn));
+        // The far ends: the caller sends Opus and records the gateway's; the phone sends PCMU and records
+        // the gateway's.
+        let tag = packet::call_tag(&id);
+        let (opus, pcmu) = (opus_frames.clone(), pcmu_frames.clone());
+        let (ak, asip, on) = (
+            arrivals_kith.clone(),
+            arrivals_sip.clone(),
+            measuring.clone(),
+        );
+        far_tasks.push(far.spawn(async move {
+            let phone = Arc::new(phone);
+            let (rx_conn, rx_phone) = (caller.clone(), phone.clone());
+            let (ak2, on2) = (ak.clone(), on.clone());
+            let from_gateway = tokio::spawn(async move {
+                let mut ts = None;
+                while let Ok(d) = rx_conn.read_datagram().await {
+                    if let Ok(Datagram::Audio(a)) = Datagram::decode(&d)
+                        && on2.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let f = unwrap32(&mut ts, a.timestamp) / 960;
+                        ak2.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(i)
+                            .or_default()
+                            .0
+                            .push((f, Instant::now()));
+                    }
+                }
+            });
+            let from_leg = tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let mut ts = None;
+                while let Ok((n, _)) = rx_phone.recv_from(&mut buf).await {
+                    if let Ok(p) = kith_gateway::rtp::Packet::parse(&buf[..n])
+                        && on.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let f = unwrap32(&mut ts, p.timestamp) / 160;
+                        asip.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(i)
+                            .or_default()
+                            .0
+                            .push((f, Instant::now()));
+                    }
+                }
+            });
+            let mut tick = tokio::time::interval(FRAME);
+            let ssrc: u32 = rand::random();
+            for n in 0u32.. {
+                tick.tick().await;
+                let k = n as usize;
+                let a = AudioPacket {
+                    tag,
+                    seq: n,
+                    timestamp: n.wrapping_mul(960),
+                    flags: 0,
+                    payload: opus[k % opus.len()].clone(),
+                    redundant: vec![],
+                };
+                if caller.send_datagram(a.encode().into()).is_err() {
+                    break;
+                }
+                let p = kith_gateway::rtp::Packet {
+                    marker: n == 0,
+                    payload_type: 0,
+                    seq: n as u16,
+                    timestamp: n.wrapping_mul(160),
+                    ssrc,
+                    payload: &pcmu[k % pcmu.len()],
+                };
+                let _ = phone.send_to(&p.encode(), leg_addr).await;
+            }
+            from_gateway.abort();
+            from_leg.abort();
+        }));
+    }
+    // A second of warm-up (jitter buffers fill, encoders settle), then the measurement.
+    std::thread::sleep(Duration::from_secs(1));
+    let (gw0, far0, t0) = (
+        threads_cpu_ns("kith-gw"),
+        threads_cpu_ns("kith-far"),
+        Instant::now(),
+    );
+    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    let wall = t0.elapsed().as_secs_f64();
+    let gw_cpu = (threads_cpu_ns("kith-gw") - gw0) as f64 / 1e9 / wall * 100.0;
+    let far_cpu = (threads_cpu_ns("kith-far") - far0) as f64 / 1e9 / wall * 100.0;
+    for t in far_tasks {
+        t.abort();
+    }
+    for (media, _leg, conn) in keep {
+        conn.close(iroh::endpoint::VarInt::from_u32(0), b"done");
+        gw.block_on(media.stop());
+    }
+    gw.block_on(gw_ep.close());
+    far.block_on(far_ep.close());
+    let sum = |m: &Arc<Mutex<HashMap<usize, Arrivals>>>| {
+        let m = m.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().fold((0u64, 0u64, 0.0f64), |acc, a| {
+            let (f, l, w) = a.late(FRAME);
+            (acc.0 + f, acc.1 + l, acc.2.max(w))
+        })
+    };
+    let (fk, lk, wk) = sum(&arrivals_kith);
+    let (fs, ls, ws) = sum(&arrivals_sip);
+    Ok(Step {
+        calls,
+        frames_kith: fk,
+        late_kith: lk,
+        worst_kith_ms: wk,
+        frames_sip: fs,
+        late_sip: ls,
+        worst_sip_ms: ws,
+        gateway_cpu_pct: gw_cpu,
+        far_cpu_pct: far_cpu,
+    })
+}
+
+/// Runs the steps; prints a row each and saves them all to `out` (JSON).
+pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
+    let speech = speech()?;
+    let alone = codecs_alone(&speech)?;
+    // What the far ends send: the speech, encoded once.
+    let mut enc = OpusEncoder::new(
+        20,
+        kith_media::rate::EncoderSettings {
+            bitrate: 32_000,
+            fec: false,
+            loss_hint_pct: 0,
+            redundancy: 0,
+        },
+    )?;
+    let opus: Vec<Vec<u8>> = speech
+        .chunks_exact(960)
+        .map(|f| enc.encode(f))
+        .collect::<Result<_, _>>()?;
+    let mut down = resample::Down::default();
+    let mut narrow = vec![];
+    down.process(&speech[..speech.len() / 960 * 960], &mut narrow);
+    let pcmu: Vec<Vec<u8>> = narrow
+        .chunks_exact(160)
+        .map(|f| f.iter().map(|&s| g711::ulaw_encode(s)).collect())
+        .collect();
+    let (opus, pcmu) = (Arc::new(opus), Arc::new(pcmu));
+    let runtime = |name: &'static str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    let (gw, far) = (runtime("kith-gw")?, runtime("kith-far")?);
+    crate::say!(
+        "kith bench-gateway: bridged calls (Opus over QUIC <-> PCMU over RTP) through the gateway's media path, \
+         {secs:.0} s a step, on {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    crate::say!(
+        "  the codecs alone, per call: {alone:.2} % of a core (Opus encode + decode, 48 <-> 8 kHz, mu-law both ways)"
+    );
+    crate::say!(
+        "  calls | late frames kith / SIP side | worst lateness kith / SIP | gateway CPU (per call) | far ends' CPU"
+    );
+    let mut rows = vec![];
+    let mut best = 0;
+    for n in steps {
+        let s = step(&gw, &far, n, secs, opus.clone(), pcmu.clone())?;
+        crate::say!(
+            "  {:>5} | {} of {} / {} of {} | {:.1} / {:.1} ms | {:.1} % ({:.2} %) | {:.1} %",
+            s.calls,
+            s.late_kith,
+            s.frames_kith,
+            s.late_sip,
+            s.frames_sip,
+            s.worst_kith_ms,
+            s.worst_sip_ms,
+            s.gateway_cpu_pct,
+            s.gateway_cpu_pct / s.calls as f64,
+            s.far_cpu_pct
+        );
+        let on_time = s.late_kith == 0 && s.late_sip == 0 && s.frames_kith > 0 && s.frames_sip > 0;
+        rows.push(json!({
+            "calls": s.calls, "frames_kith": s.frames_kith, "late_kith": s.late_kith,
+            "worst_kith_ms": s.worst_kith_ms, "frames_sip": s.frames_sip, "late_sip": s.late_sip,
+            "worst_sip_ms": s.worst_sip_ms, "gateway_cpu_pct": s.gateway_cpu_pct,
+            "gateway_cpu_pct_per_call": s.gateway_cpu_pct / s.calls as f64, "far_cpu_pct": s.far_cpu_pct,
+            "every_frame_on_time": on_time,
+        }));
+        if !on_time {
+            break;
+        }
+        best = s.calls;
+    }
+    crate::say!(
+        "  most calls with every frame on time: {best} (the codecs alone would allow about {:.0} on this machine's cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 * 100.0 / alone
+    );
+    let report: Value = json!({ "codecs_alone_pct_per_call": alone, "steps": rows, "max_calls_on_time": best, "secs": secs });
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    crate::say!("  saved to {}", out.display());
+    drop(gw);
+    drop(far);
+    Ok(())
+}
