@@ -103,18 +103,20 @@ fn unwrap32(prev: &mut Option<u64>, v: u32) -> u64 {
     x
 }
 
+/// A call's encoder settings on a clean path (32 kbit/s, no FEC, no copies).
+fn clean_path() -> kith_media::rate::EncoderSettings {
+    kith_media::rate::EncoderSettings {
+        bitrate: 32_000,
+        fec: false,
+        loss_hint_pct: 0,
+        redundancy: 0,
+    }
+}
+
 /// The codecs alone, per call: what one call's transcoding costs per second on one core (Opus encode and
 /// decode at 48 kHz, resampling both ways, mu-law both ways), in a tight loop. Percent of a core.
 fn codecs_alone(speech: &[i16]) -> anyhow::Result<f64> {
-    let mut enc = OpusEncoder::new(
-        20,
-        kith_media::rate::EncoderSettings {
-            bitrate: 32_000,
-            fec: false,
-            loss_hint_pct: 0,
-            redundancy: 0,
-        },
-    )?;
+    let mut enc = OpusEncoder::new(20, clean_path())?;
     let mut dec = OpusDecoder::new(20)?;
     let (mut down, mut up) = (resample::Down::default(), resample::Up::default());
     let frames: Vec<&[i16]> = speech.chunks_exact(960).collect();
@@ -359,15 +361,7 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
     let speech = speech()?;
     let alone = codecs_alone(&speech)?;
     // What the far ends send: the speech, encoded once.
-    let mut enc = OpusEncoder::new(
-        20,
-        kith_media::rate::EncoderSettings {
-            bitrate: 32_000,
-            fec: false,
-            loss_hint_pct: 0,
-            redundancy: 0,
-        },
-    )?;
+    let mut enc = OpusEncoder::new(20, clean_path())?;
     let opus: Vec<Vec<u8>> = speech
         .chunks_exact(960)
         .map(|f| enc.encode(f))

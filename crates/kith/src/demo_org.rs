@@ -79,12 +79,7 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
              support = [\"sip:support@{KAMAILIO}\"]\n"
         ),
     )?;
-    let mut gw = Daemon::init(&exe, &dir.join("gateway"), "example.org")?;
-    gw.command = vec![
-        "gateway".into(),
-        "--config".into(),
-        gw_config.to_string_lossy().into_owned(),
-    ];
+    let mut gw = Daemon::init_gateway(&exe, &dir.join("gateway"), "example.org", &gw_config)?;
     gw.start().await?;
     let org = kith_node::Profile::new(&gw.home).public()?.account;
     crate::say!(

@@ -205,6 +205,23 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Creates a fresh profile whose node runs as an organization's gateway (`kith gateway --config
+    /// CONFIG`); start it with [`Daemon::start`].
+    pub fn init_gateway(
+        exe: &Path,
+        home: &Path,
+        name: &str,
+        config: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut d = Self::init(exe, home, name)?;
+        d.command = vec![
+            "gateway".into(),
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+        ];
+        Ok(d)
+    }
+
     /// This profile's `kith:` address (read from the profile, no daemon needed).
     pub fn address(&self) -> anyhow::Result<String> {
         Ok(

@@ -346,15 +346,33 @@ pub fn configure_org(home: &Path, lab: &kith_org::lab::Lab) -> anyhow::Result<()
     std::fs::write(&anchor, lab.zone.anchor())?;
     let ca = home.join("org-ca.pem");
     std::fs::write(&ca, lab.authority.pem())?;
+    org_config(
+        home,
+        lab.zone.addr(),
+        &anchor,
+        &ca,
+        &lab.domain,
+        lab.web.addr(),
+    )
+}
+
+/// Appends `[org]` to the profile's config.toml: ask `dns` (validating from the DNSKEY records in
+/// `anchor`), trust HTTPS certificates from the authority in `ca`, and reach `domain`'s web server at `web`.
+pub fn org_config(
+    home: &Path,
+    dns: std::net::SocketAddr,
+    anchor: &Path,
+    ca: &Path,
+    domain: &str,
+    web: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let config = home.join("config.toml");
     let mut text = std::fs::read_to_string(&config)?;
     text += &format!(
-        "\n[org]\ndns_servers = [\"{}\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n[org.https_addrs]\n\"{}\" = \"{}\"\n",
-        lab.zone.addr(),
+        "\n[org]\ndns_servers = [\"{dns}\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n\
+         [org.https_addrs]\n\"{domain}\" = \"{web}\"\n",
         anchor.display(),
         ca.display(),
-        lab.domain,
-        lab.web.addr()
     );
     std::fs::write(&config, text)?;
     Ok(())

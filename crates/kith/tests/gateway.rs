@@ -144,12 +144,7 @@ async fn both_ways() {
         .wait_for("[1 binding]", Duration::from_secs(30))
         .unwrap();
     let loss = vec!["--impair".to_string(), "loss=5,seed=7".into()];
-    let mut gw = Daemon::init(exe(), &d.join("gw"), "example").unwrap();
-    gw.command = vec![
-        "gateway".into(),
-        "--config".into(),
-        gateway_toml(d).to_string_lossy().into_owned(),
-    ];
+    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.extra_args = loss.clone();
     gw.start().await.unwrap();
     // The organization publishes the gateway profile's account for example.org (a signed zone and an
@@ -317,12 +312,7 @@ async fn keys_hangups_and_refusals() {
     let (desk, _) = phone_answering(d, KAMAILIO, "desk", 5082, &long, None, "manual").unwrap();
     desk.wait_for("[1 binding]", Duration::from_secs(30))
         .unwrap();
-    let mut gw = Daemon::init(exe(), &d.join("gw"), "example").unwrap();
-    gw.command = vec![
-        "gateway".into(),
-        "--config".into(),
-        gateway_toml(d).to_string_lossy().into_owned(),
-    ];
+    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.start().await.unwrap();
     let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
         .await
@@ -442,12 +432,7 @@ async fn linphonec_call() {
     let lp = linphone(d, 5084, &b8, &heard_by_linphone).unwrap();
     lp.wait_for("Creating listening point", Duration::from_secs(30))
         .unwrap();
-    let mut gw = Daemon::init(exe(), &d.join("gw"), "example").unwrap();
-    gw.command = vec![
-        "gateway".into(),
-        "--config".into(),
-        gateway_toml(d).to_string_lossy().into_owned(),
-    ];
+    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.start().await.unwrap();
     let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
         .await
@@ -697,18 +682,9 @@ stub-zone:
     let ca = d.join("ca.pem");
     std::fs::write(&ca, authority.pem()).unwrap();
     let profile = |name: &str, anchor: &Path| {
-        let mut p = Daemon::init(exe(), &d.join(name), name).unwrap();
-        let config = p.home.join("config.toml");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text += &format!(
-            "\n[org]\ndns_servers = [\"127.0.0.1:5301\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n\
-             [org.https_addrs]\n\"example.org\" = \"{}\"\n",
-            anchor.display(),
-            ca.display(),
-            web.addr()
-        );
-        std::fs::write(&config, text).unwrap();
-        p.extra_args = vec![];
+        let p = Daemon::init(exe(), &d.join(name), name).unwrap();
+        let dns = "127.0.0.1:5301".parse().unwrap();
+        kith::sip_peers::org_config(&p.home, dns, anchor, &ca, "example.org", web.addr()).unwrap();
         p
     };
     let mut alice = profile("alice", &anchor);

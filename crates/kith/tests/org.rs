@@ -47,21 +47,7 @@ fn said(out: &Output) -> (String, String) {
 /// Points the profile's `[org]` settings at the lab (its zone key as the trust anchor, its authority as
 /// the only root).
 fn configure(home: &Path, lab: &Lab) {
-    let anchor = home.join("org-anchor.txt");
-    std::fs::write(&anchor, lab.zone.anchor()).unwrap();
-    let ca = home.join("org-ca.pem");
-    std::fs::write(&ca, lab.authority.pem()).unwrap();
-    let config = home.join("config.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text += &format!(
-        "\n[org]\ndns_servers = [\"{}\"]\ntrust_anchor_file = \"{}\"\nhttps_roots = [\"{}\"]\n\n[org.https_addrs]\n\"{}\" = \"{}\"\n",
-        lab.zone.addr(),
-        anchor.display(),
-        ca.display(),
-        lab.domain,
-        lab.web.addr()
-    );
-    std::fs::write(&config, text).unwrap();
+    kith::sip_peers::configure_org(home, lab).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
