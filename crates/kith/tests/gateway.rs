@@ -87,6 +87,16 @@ fn done() {
     }
 }
 
+/// Runs a test's body on a runtime of its own (inside the namespace).
+fn block_on(body: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
 async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> Value {
     assert!(
         w.wait_for(Duration::from_secs(secs), |w| w
@@ -124,12 +134,7 @@ fn calls_cross_the_gateway_both_ways_with_speech_through_kamailio_and_baresip() 
     if !inside_a_namespace(TEST) {
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(both_ways());
+    block_on(both_ways());
 }
 
 async fn both_ways() {
@@ -286,12 +291,7 @@ fn keys_hangups_and_refusals_cross_the_gateway() {
     if !inside_a_namespace(TEST) {
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(keys_hangups_and_refusals());
+    block_on(keys_hangups_and_refusals());
 }
 
 async fn keys_hangups_and_refusals() {
@@ -413,12 +413,7 @@ fn linphonec_takes_a_kith_call_through_the_gateway() {
         done();
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(linphonec_call());
+    block_on(linphonec_call());
 }
 
 async fn linphonec_call() {
@@ -534,12 +529,7 @@ fn the_organization_is_verified_through_knot_and_unbound() {
             return;
         }
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(knot_and_unbound());
+    block_on(knot_and_unbound());
 }
 
 async fn knot_and_unbound() {
