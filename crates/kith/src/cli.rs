@@ -2192,6 +2192,18 @@ async fn run_daemon_with(
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 match events.recv().await {
+                    // A gateway answers its calls itself (bridged to the SIP side): one line per call.
+                    Ok(kith_node::events::Event::CallIncoming {
+                        call,
+                        from,
+                        service: Some(service),
+                        ..
+                    }) if gatewayed => crate::say!(
+                        "call {} from {} for {}",
+                        &call[..8.min(call.len())],
+                        visible(&from),
+                        visible(&service)
+                    ),
                     Ok(kith_node::events::Event::CallIncoming {
                         call,
                         from,
