@@ -58,6 +58,30 @@ fn threads_cpu_ns(prefix: &str) -> u64 {
         .sum()
 }
 
+/// Context switches so far of this process's threads whose name starts with `prefix` (voluntary: a thread
+/// went to sleep and was woken; each is a wake-up).
+fn threads_switches(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Arrivals of one stream at a far end: (frame number, when).
 #[derive(Default)]
 struct Arrivals(Vec<(u64, Instant)>);
@@ -149,6 +173,8 @@ struct Step {
     late_sip: u64,
     worst_sip_ms: f64,
     gateway_cpu_pct: f64,
+    /// The gateway threads' wake-ups a second.
+    gateway_wakeups: f64,
     far_cpu_pct: f64,
 }
 
@@ -319,12 +345,14 @@ fn step(
         threads_cpu_ns("kith-far"),
         Instant::now(),
     );
+    let switches0 = threads_switches("kith-gw");
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs_f64(secs));
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
     let gw_cpu = (threads_cpu_ns("kith-gw") - gw0) as f64 / 1e9 / wall * 100.0;
     let far_cpu = (threads_cpu_ns("kith-far") - far0) as f64 / 1e9 / wall * 100.0;
+    let wakeups = threads_switches("kith-gw").saturating_sub(switches0) as f64 / wall;
     for t in far_tasks {
         t.abort();
     }
@@ -352,6 +380,7 @@ fn step(
         late_sip: ls,
         worst_sip_ms: ws,
         gateway_cpu_pct: gw_cpu,
+        gateway_wakeups: wakeups,
         far_cpu_pct: far_cpu,
     })
 }
@@ -391,14 +420,14 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
         "  the codecs alone, per call: {alone:.2} % of a core (Opus encode + decode, 48 <-> 8 kHz, mu-law both ways)"
     );
     crate::say!(
-        "  calls | late frames kith / SIP side | worst lateness kith / SIP | gateway CPU (per call) | far ends' CPU"
+        "  calls | late frames kith / SIP side | worst lateness kith / SIP | gateway CPU (per call) | gateway wake-ups/s (per call) | far ends' CPU"
     );
     let mut rows = vec![];
     let mut best = 0;
     for n in steps {
         let s = step(&gw, &far, n, secs, opus.clone(), pcmu.clone())?;
         crate::say!(
-            "  {:>5} | {} of {} / {} of {} | {:.1} / {:.1} ms | {:.1} % ({:.2} %) | {:.1} %",
+            "  {:>5} | {} of {} / {} of {} | {:.1} / {:.1} ms | {:.1} % ({:.2} %) | {:.0} ({:.0}) | {:.1} %",
             s.calls,
             s.late_kith,
             s.frames_kith,
@@ -408,6 +437,8 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
             s.worst_sip_ms,
             s.gateway_cpu_pct,
             s.gateway_cpu_pct / s.calls as f64,
+            s.gateway_wakeups,
+            s.gateway_wakeups / s.calls as f64,
             s.far_cpu_pct
         );
         let on_time = s.late_kith == 0 && s.late_sip == 0 && s.frames_kith > 0 && s.frames_sip > 0;
@@ -416,6 +447,7 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
             "worst_kith_ms": s.worst_kith_ms, "frames_sip": s.frames_sip, "late_sip": s.late_sip,
             "worst_sip_ms": s.worst_sip_ms, "gateway_cpu_pct": s.gateway_cpu_pct,
             "gateway_cpu_pct_per_call": s.gateway_cpu_pct / s.calls as f64, "far_cpu_pct": s.far_cpu_pct,
+            "gateway_wakeups_per_sec": s.gateway_wakeups,
             "every_frame_on_time": on_time,
         }));
         if !on_time {
