@@ -1309,14 +1309,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             card_or_address,
             name,
         } => {
-            // Parse here first, so a typo is reported even when the daemon is down, and nothing is written.
-            let parsed = ParsedContact::parse(&card_or_address).map_err(|e| user(e.to_string()))?;
+            // An organization's service (`support@example.org`) is verified by the daemon; anything else is
+            // parsed here first, so a typo is reported even when the daemon is down, and nothing is written.
+            let org = kith_node::node::org_service(&card_or_address).is_some();
             if let Some(n) = &name {
                 kith_core::card::check_name(n).map_err(|e| user(format!("--name: {e}")))?;
-            } else if matches!(parsed, ParsedContact::Address(_)) {
-                return Err(user(
-                    "an address carries no name: give the contact one with --name NAME",
-                ));
+            }
+            if !org {
+                let parsed =
+                    ParsedContact::parse(&card_or_address).map_err(|e| user(e.to_string()))?;
+                if name.is_none() && matches!(parsed, ParsedContact::Address(_)) {
+                    return Err(user(
+                        "an address carries no name: give the contact one with --name NAME",
+                    ));
+                }
             }
             let client = Client::for_profile(&home()?)?;
             let v = client
@@ -1339,6 +1345,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         s(v, "address")
                     ),
                     _ => crate::say!("Added {} ({})", s(v, "name"), s(v, "address")),
+                }
+                if v["org"].is_object() {
+                    crate::say!(
+                        "{}  fingerprint {}",
+                        s(&v["org"], "label"),
+                        s(&v["org"], "fingerprint")
+                    );
                 }
                 if v.get("has_route") == Some(&Value::Bool(false)) {
                     crate::say!(

@@ -83,6 +83,41 @@ async fn kith_org_verify_shows_the_verified_organization_and_pins_its_key() {
     let again = said(&kith(&home, &["org", "verify", "Example.Org."])).0;
     assert!(again.contains("the key pinned before"), "{again}");
 
+    // `kith send service@domain` verifies first and writes to the organization's account, added as a
+    // contact under that name; sales@example.org is the same account, so it goes to that contact; `kith
+    // add` says so, with what was verified; a service not offered is refused.
+    let address = kith_core::Address::new(org.public()).to_string();
+    let sent = kith(&home, &["send", "support@example.org", "hello support"]);
+    assert!(sent.status.success(), "{:?}", said(&sent));
+    assert!(
+        said(&sent).0.contains("to support@example.org"),
+        "{:?}",
+        said(&sent)
+    );
+    let sent = kith(&home, &["send", "sales@example.org", "hello sales"]);
+    assert!(sent.status.success(), "{:?}", said(&sent));
+    assert!(
+        said(&sent).0.contains("to support@example.org"),
+        "{:?}",
+        said(&sent)
+    );
+    let added = said(&kith(&home, &["add", "support@example.org"])).0;
+    assert!(
+        added.contains(&format!(
+            "support@example.org is already a contact ({address})"
+        )) && added.contains("Verified: example.org (DNSSEC + HTTPS)"),
+        "{added}"
+    );
+    let nope = kith(&home, &["add", "billing@example.org"]);
+    assert_eq!(nope.status.code(), Some(2), "{:?}", said(&nope));
+    assert!(
+        said(&nope)
+            .1
+            .contains("example.org offers no service \"billing\"; it offers: support, sales"),
+        "{:?}",
+        said(&nope)
+    );
+
     // Another key with no signature from the pinned one: refused loudly, nothing pinned.
     let impostor = AccountSecret::generate(&mut StdRng::seed_from_u64(2));
     lab.publish(&statement(&impostor)).await.unwrap();

@@ -172,6 +172,16 @@ struct AddContact {
 }
 
 async fn add_contact(State(c): State<Ctx>, Json(body): Json<AddContact>) -> ApiResult {
+    // `service@domain`: an organization's service, verified before it is added.
+    if crate::node::org_service(&body.contact).is_some() {
+        let (contact, org) = c
+            .node
+            .add_org_contact(&body.contact, body.name.as_deref())
+            .await?;
+        let mut v = serde_json::to_value(contact).unwrap_or_default();
+        v["org"] = serde_json::to_value(org).unwrap_or_default();
+        return ok(v);
+    }
     ok(c.node.add_contact(&body.contact, body.name.as_deref())?)
 }
 
@@ -219,8 +229,8 @@ async fn calls(State(c): State<Ctx>) -> ApiResult {
 }
 
 async fn place_call(State(c): State<Ctx>, Json(body): Json<CallRequest>) -> ApiResult {
-    // `service@domain`: an organization's service, verified before the call (a contact's name has no `@`).
-    if body.to.contains('@') && c.node.contact_account(&body.to).is_err() {
+    // `service@domain`: an organization's service, verified before every call (also when it is a contact).
+    if crate::node::org_service(&body.to).is_some() {
         let (call, org) = c.node.place_org_call(&body.to, body.audio).await?;
         return ok(json!({ "call": call, "org": org }));
     }
@@ -309,8 +319,17 @@ async fn send(State(c): State<Ctx>, Json(body): Json<Send>) -> ApiResult {
     if let Some(key) = &body.idempotency_key {
         check_idempotency_key(key)?;
     }
+    // `service@domain` that is not a contact's name: verified, and sent to the organization's account (added
+    // as a contact if it is not one yet).
+    let to = if crate::node::org_service(&body.to).is_some()
+        && c.node.contact_account(&body.to).is_err()
+    {
+        c.node.org_contact_name(&body.to).await?
+    } else {
+        body.to.clone()
+    };
     ok(c.node
-        .send_once(&body.to, &body.text, body.idempotency_key.as_deref())?)
+        .send_once(&to, &body.text, body.idempotency_key.as_deref())?)
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,7 +57,7 @@ pub use contacts::{ContactView, RequestView};
 pub use discovery::LookupView;
 pub use messaging::SentView;
 use messaging::*;
-pub use org::OrgView;
+pub use org::{OrgView, org_service};
 pub use status::{ConnectionView, RelayView, StatusView};
 
 /// Errors of node operations, each naming what the user can do.

@@ -42,6 +42,14 @@ fn check_domain(domain: &str) -> Result<String, NodeError> {
     }
 }
 
+/// `service@domain` split in two, if `who` is written so (a domain with a dot after the last `@`, and not a
+/// kith address or card).
+pub fn org_service(who: &str) -> Option<(&str, &str)> {
+    let (service, domain) = who.rsplit_once('@')?;
+    (!service.is_empty() && domain.contains('.') && !who.starts_with("kith:"))
+        .then_some((service, domain))
+}
+
 impl Node {
     async fn org_resolver(&self) -> Result<Arc<kith_org::OrgResolver>, NodeError> {
         self.org
@@ -95,7 +103,15 @@ impl Node {
         who: &str,
         options: crate::media::AudioOptions,
     ) -> Result<(String, OrgView), NodeError> {
-        let (service, domain) = who.rsplit_once('@').ok_or_else(|| {
+        let (account, service, view) = self.org_account(who).await?;
+        let call = self.place_call_to(account, Some(service), options)?;
+        Ok((call, view))
+    }
+
+    /// Verifies `service@domain` (both channels, the pin, the service listed) and returns the account that
+    /// speaks for it, remembered so that calls and events name it with what was verified.
+    async fn org_account(&self, who: &str) -> Result<(AccountKey, String, OrgView), NodeError> {
+        let (service, domain) = org_service(who).ok_or_else(|| {
             NodeError::Call(format!(
                 "{who}: write an organization's service as service@domain"
             ))
@@ -122,8 +138,33 @@ impl Node {
             account,
             format!("{service}@{} ({})", view.domain, view.label),
         );
-        let call = self.place_call_to(account, Some(service.to_owned()), options)?;
-        Ok((call, view))
+        Ok((account, service.to_owned(), view))
+    }
+
+    /// Adds an organization's service as a contact (named `service@domain` unless `name` is given), once
+    /// the organization is verified: `kith add support@example.org`, and `kith send` to it.
+    pub async fn add_org_contact(
+        self: &Arc<Self>,
+        who: &str,
+        name: Option<&str>,
+    ) -> Result<(ContactView, OrgView), NodeError> {
+        let (_, _, view) = self.org_account(who).await?;
+        let contact = self.add_contact(&view.address, Some(name.unwrap_or(who)))?;
+        Ok((contact, view))
+    }
+
+    /// The contact to write to for `service@domain`: verified first; the organization's account under the
+    /// name it already has as a contact, or added under `service@domain`.
+    pub async fn org_contact_name(self: &Arc<Self>, who: &str) -> Result<String, NodeError> {
+        let (account, _, _) = self.org_account(who).await?;
+        let known = lock(&self.store)
+            .peer(&account)?
+            .filter(|p| p.state == kith_store::PeerState::Contact)
+            .and_then(|p| p.petname);
+        match known {
+            Some(name) => Ok(name),
+            None => Ok(self.add_org_contact(who, None).await?.0.name),
+        }
     }
 
     /// Forgets the key pinned for `domain` (the organization changed it and the user checked the new
