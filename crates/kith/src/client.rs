@@ -359,6 +359,16 @@ impl Watcher {
             .cloned()
     }
 
+    /// The last event of type `kind` seen so far that satisfies `pred`.
+    pub fn last_where(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .get(kind)
+            .and_then(|evs| evs.iter().rev().find(|e| pred(e)).cloned())
+    }
+
     /// Whether any event of type `kind` seen so far satisfies `pred`.
     pub fn any(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> bool {
         self.inner

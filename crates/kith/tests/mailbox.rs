@@ -319,6 +319,16 @@ async fn write_while_bob_is_away(
     prefix: &str,
     n: usize,
 ) -> Vec<String> {
+    // Bob is away once alice knows it: a stopped daemon closes its connections at once, but one that had
+    // to be killed (a loaded machine: `Daemon::stop` kills after 10 s) is noticed only at the connection's
+    // idle timeout, and until then alice's messages rightly wait for the direct path, not the mailbox.
+    assert!(
+        wa.wait_for(Duration::from_secs(120), |w| w
+            .last_where("peer", |e| e["name"] == "bob")
+            .is_none_or(|e| e["online"] == false))
+            .await,
+        "alice still sees bob online"
+    );
     let before = wa.sum("mail_deposited", "messages");
     let sent = texts(prefix, n);
     for t in &sent {
