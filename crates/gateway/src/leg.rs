@@ -214,15 +214,9 @@ impl JitterBuffer {
     /// Extends a 16-bit sequence number past its wrap, near the highest seen.
     fn extend(&self, seq: u16) -> u64 {
         match self.highest {
+            // Room below the first, for packets that arrive before it.
             None => u64::from(seq) + (1 << 16),
-            Some(h) => {
-                let base = h & !0xFFFF;
-                [base.wrapping_sub(1 << 16), base, base + (1 << 16)]
-                    .into_iter()
-                    .map(|b| b + u64::from(seq))
-                    .min_by_key(|c| c.abs_diff(h))
-                    .unwrap_or(h)
-            }
+            Some(h) => h.saturating_add_signed(i64::from(seq.wrapping_sub(h as u16) as i16)),
         }
     }
 

@@ -36,10 +36,12 @@ fn speech() -> anyhow::Result<Vec<i16>> {
         .collect::<Result<_, _>>()?)
 }
 
-/// CPU nanoseconds so far of this process's threads whose name starts with `prefix`.
-fn threads_cpu_ns(prefix: &str) -> u64 {
+/// What this process's threads whose name starts with `prefix` used so far: CPU nanoseconds (the
+/// scheduler's count, `schedstat`) and voluntary context switches (a thread went to sleep and was woken:
+/// each is a wake-up).
+fn threads(prefix: &str) -> (u64, u64) {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return (0, 0);
     };
     tasks
         .filter_map(Result::ok)
@@ -47,39 +49,24 @@ fn threads_cpu_ns(prefix: &str) -> u64 {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|c| c.trim_end().starts_with(prefix))
         })
-        .filter_map(|t| {
-            std::fs::read_to_string(t.path().join("schedstat"))
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
+        .map(|t| {
+            let cpu = std::fs::read_to_string(t.path().join("schedstat"))
                 .ok()
-        })
-        .sum()
-}
-
-/// Context switches so far of this process's threads whose name starts with `prefix` (voluntary: a thread
-/// went to sleep and was woken; each is a wake-up).
-fn threads_switches(prefix: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim_end().starts_with(prefix))
-        })
-        .filter_map(|t| {
-            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
-                .trim()
-                .parse::<u64>()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let switches = std::fs::read_to_string(t.path().join("status"))
                 .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0);
+            (cpu, switches)
         })
-        .sum()
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Arrivals of one stream at a far end: (frame number, when).
@@ -108,23 +95,6 @@ impl Arrivals {
             .count();
         (self.0.len() as u64, late as u64, worst * 1000.0)
     }
-}
-
-/// Extends a wrapping counter (RTP's 32-bit timestamp) past its wrap.
-fn unwrap32(prev: &mut Option<u64>, v: u32) -> u64 {
-    let x = match *prev {
-        None => u64::from(v) + (1 << 32),
-        Some(p) => {
-            let base = p & !0xFFFF_FFFF;
-            [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
-                .into_iter()
-                .map(|b| b + u64::from(v))
-                .min_by_key(|c| c.abs_diff(p))
-                .unwrap_or(p)
-        }
-    };
-    *prev = Some(x);
-    x
 }
 
 /// A call's encoder settings on a clean path (32 kbit/s, no FEC, no copies).
@@ -276,12 +246,12 @@ fn step(
             let (rx_conn, rx_phone) = (caller.clone(), phone.clone());
             let (ak2, on2) = (ak.clone(), on.clone());
             let from_gateway = tokio::spawn(async move {
-                let mut ts = None;
+                let mut ts = packet::Unwrap::default();
                 while let Ok(d) = rx_conn.read_datagram().await {
                     if let Ok(Datagram::Audio(a)) = Datagram::decode(&d)
                         && on2.load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        let f = unwrap32(&mut ts, a.timestamp) / 960;
+                        let f = ts.extend(a.timestamp) / 960;
                         ak2.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .entry(i)
@@ -293,12 +263,12 @@ fn step(
             });
             let from_leg = tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
-                let mut ts = None;
+                let mut ts = packet::Unwrap::default();
                 while let Ok((n, _)) = rx_phone.recv_from(&mut buf).await {
                     if let Ok(p) = kith_gateway::rtp::Packet::parse(&buf[..n])
                         && on.load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        let f = unwrap32(&mut ts, p.timestamp) / 160;
+                        let f = ts.extend(p.timestamp) / 160;
                         asip.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .entry(i)
@@ -340,19 +310,17 @@ fn step(
     }
     // A second of warm-up (jitter buffers fill, encoders settle), then the measurement.
     std::thread::sleep(Duration::from_secs(1));
-    let (gw0, far0, t0) = (
-        threads_cpu_ns("kith-gw"),
-        threads_cpu_ns("kith-far"),
-        Instant::now(),
-    );
-    let switches0 = threads_switches("kith-gw");
+    // The measurement window is wall-clock time by design: it is what the CPU shares are shares of.
+    let ((gw_cpu0, gw_sw0), (far_cpu0, _), t0) =
+        (threads("kith-gw"), threads("kith-far"), Instant::now());
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs_f64(secs));
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
-    let gw_cpu = (threads_cpu_ns("kith-gw") - gw0) as f64 / 1e9 / wall * 100.0;
-    let far_cpu = (threads_cpu_ns("kith-far") - far0) as f64 / 1e9 / wall * 100.0;
-    let wakeups = threads_switches("kith-gw").saturating_sub(switches0) as f64 / wall;
+    let ((gw_cpu1, gw_sw1), (far_cpu1, _)) = (threads("kith-gw"), threads("kith-far"));
+    let gw_cpu = gw_cpu1.saturating_sub(gw_cpu0) as f64 / 1e9 / wall * 100.0;
+    let far_cpu = far_cpu1.saturating_sub(far_cpu0) as f64 / 1e9 / wall * 100.0;
+    let wakeups = gw_sw1.saturating_sub(gw_sw0) as f64 / wall;
     for t in far_tasks {
         t.abort();
     }

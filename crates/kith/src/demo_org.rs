@@ -70,15 +70,9 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
     crate::say!(
         "  example.org's PBX: Kamailio on {KAMAILIO} (digest authentication), its support phone: baresip, registered"
     );
-    let gw_config = dir.join("gateway.toml");
-    std::fs::write(
-        &gw_config,
-        format!(
-            "[sip]\nlisten = \"{GATEWAY}\"\nregistrar = \"sip:{KAMAILIO}\"\nuser = \"kithgw\"\n\
-             password = \"pw-kithgw\"\npbx = [\"127.0.0.1\"]\n\n[services]\n\
-             support = [\"sip:support@{KAMAILIO}\"]\n"
-        ),
-    )?;
+    let support_uri = format!("sip:support@{KAMAILIO}");
+    let gw_config =
+        crate::sip_peers::gateway_toml(dir, KAMAILIO, GATEWAY, &[("support", &support_uri)], &[])?;
     let mut gw = Daemon::init_gateway(&exe, &dir.join("gateway"), "example.org", &gw_config)?;
     gw.start().await?;
     let org = kith_node::Profile::new(&gw.home).public()?.account;

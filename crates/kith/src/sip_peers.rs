@@ -6,7 +6,7 @@ use crate::speech::read_wav;
 use anyhow::Context;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -66,7 +66,10 @@ pub fn namespace() -> Result<Command, String> {
 /// A third-party process whose output lines are kept in a log file and handed to the caller as they come.
 pub struct Peer {
     name: &'static str,
-    child: Child,
+    /// The process group (the peer's pid).
+    group: Option<rustix::process::Pid>,
+    /// Its exit, reported by a thread that waits for it.
+    exited: mpsc::Receiver<std::io::Result<std::process::ExitStatus>>,
     lines: mpsc::Receiver<String>,
     pub log: PathBuf,
 }
@@ -136,9 +139,15 @@ impl Peer {
                 }
             });
         }
+        let group = rustix::process::Pid::from_raw(child.id() as i32);
+        let (exit_tx, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exit_tx.send(child.wait());
+        });
         Ok(Peer {
             name,
-            child,
+            group,
+            exited,
             lines,
             log,
         })
@@ -171,17 +180,9 @@ impl Peer {
 impl Peer {
     /// Waits until the peer has exited by itself (its files written).
     pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{} did not exit within {within:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match self.exited.recv_timeout(within) {
+            Ok(status) => Ok(status?),
+            Err(_) => anyhow::bail!("{} did not exit within {within:?}", self.name),
         }
     }
 }
@@ -189,22 +190,12 @@ impl Peer {
 impl Drop for Peer {
     /// SIGTERM to the peer's process group, SIGKILL to what is left after 3 s.
     fn drop(&mut self) {
-        use rustix::process::{Pid, Signal, kill_process_group};
-        let group = Pid::from_raw(self.child.id() as i32);
-        if let Some(g) = group {
-            let _ = kill_process_group(g, Signal::TERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(g) = group {
-            let _ = kill_process_group(g, Signal::KILL);
-        }
-        let _ = self.child.wait();
+        use rustix::process::{Signal, kill_process_group};
+        let Some(group) = self.group else { return };
+        let _ = kill_process_group(group, Signal::TERM);
+        // What the peer forked is in its group too: whatever is left after its 3 s of grace is killed.
+        let _ = self.exited.recv_timeout(Duration::from_secs(3));
+        let _ = kill_process_group(group, Signal::KILL);
     }
 }
 
@@ -423,4 +414,30 @@ pub fn linphone(dir: &Path, port: u16, wav: &Path, record: &Path) -> anyhow::Res
         vec!["soundcard use files".into()],
         react,
     )
+}
+
+/// Writes `dir/gateway.toml` for a gateway on `gateway` (UDP) that registers with `registrar` as
+/// `kithgw` (password `pw-kithgw`), takes SIP only from 127.0.0.1, and has these services (name, SIP
+/// address) and dial plan (number, contact name).
+pub fn gateway_toml(
+    dir: &Path,
+    registrar: &str,
+    gateway: &str,
+    services: &[(&str, &str)],
+    dialplan: &[(&str, &str)],
+) -> anyhow::Result<PathBuf> {
+    let mut text = format!(
+        "[sip]\nlisten = \"{gateway}\"\nregistrar = \"sip:{registrar}\"\nuser = \"kithgw\"\n\
+         password = \"pw-kithgw\"\npbx = [\"127.0.0.1\"]\n\n[services]\n"
+    );
+    for (name, uri) in services {
+        text += &format!("{name} = [\"{uri}\"]\n");
+    }
+    text += "\n[dialplan]\n";
+    for (number, contact) in dialplan {
+        text += &format!("\"{number}\" = \"{contact}\"\n");
+    }
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
 }

@@ -109,17 +109,19 @@ async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> V
 }
 
 fn gateway_toml(dir: &Path) -> PathBuf {
-    let p = dir.join("gateway.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[sip]\nlisten = \"{GATEWAY}\"\nregistrar = \"sip:{KAMAILIO}\"\nuser = \"kithgw\"\n\
-             password = \"pw-kithgw\"\npbx = [\"127.0.0.1\"]\n\n[services]\n\
-             support = [\"sip:support@{KAMAILIO}\"]\ndesk = [\"sip:desk@{KAMAILIO}\"]\n             gone = [\"sip:nobody@{KAMAILIO}\"]\nlinphone = [\"sip:linphone@127.0.0.1:5084\"]\n\n[dialplan]\n\"200\" = \"alice\"\n"
-        ),
+    kith::sip_peers::gateway_toml(
+        dir,
+        KAMAILIO,
+        GATEWAY,
+        &[
+            ("support", &format!("sip:support@{KAMAILIO}")),
+            ("desk", &format!("sip:desk@{KAMAILIO}")),
+            ("gone", &format!("sip:nobody@{KAMAILIO}")),
+            ("linphone", "sip:linphone@127.0.0.1:5084"),
+        ],
+        &[("200", "alice")],
     )
-    .unwrap();
-    p
+    .unwrap()
 }
 
 /// Speech comes through both ways, through Kamailio and a baresip phone, in both directions of calling:
