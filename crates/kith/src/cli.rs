@@ -500,6 +500,9 @@ async fn follow_call(
                             .map(|t| format!(", talked {t:.1} s"))
                             .unwrap_or_default();
                         crate::say!("call ended: {}{talked}", s(&e, "outcome"));
+                        if let Some(why) = e["reason"].as_str() {
+                            crate::say!("  {}", crate::text::visible(why));
+                        }
                         if !e["stats"].is_null() {
                             crate::say!("  {}", stats_line(&e["stats"]));
                             crate::say!(
@@ -893,12 +896,16 @@ fn describe_event(e: &Value) -> String {
         "call_ringing" => format!("ringing {} (call {})", s(e, "to"), short("call")),
         "call_answered" => format!("in a call with {} (call {})", s(e, "with"), short("call")),
         "call_ended" => format!(
-            "call with {} ended: {}{}",
+            "call with {} ended: {}{}{}",
             s(e, "with"),
             s(e, "outcome"),
             e["talked_secs"]
                 .as_f64()
                 .map(|t| format!(", talked {t:.0} s"))
+                .unwrap_or_default(),
+            e["reason"]
+                .as_str()
+                .map(|r| format!(" ({})", crate::text::visible(r)))
                 .unwrap_or_default()
         ),
         "key_changed" => format!(

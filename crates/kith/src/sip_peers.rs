@@ -63,6 +63,63 @@ pub fn namespace() -> Result<Command, String> {
     Ok(cmd)
 }
 
+/// The variable that tells a test's run inside its namespace where to say that it ran to its end.
+const INSIDE: &str = "KITH_TEST_IN_NETNS";
+
+/// For a test that must run in a network namespace of its own (loopback only): whether this process
+/// already runs inside it. If not, runs `test` (of the current test binary) again inside a new one,
+/// asserts that it ran there to its end and passed, and returns false; without `tools` or the rights it
+/// prints why it skips, and panics under CI (`CI` set), where every test must run.
+pub fn rerun_in_namespace(test: &str, tools: &[&str]) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        return true;
+    }
+    let skip = |reason: String| {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test} must run in CI, but: {reason}");
+        }
+        println!("SKIPPED {test}: {reason}");
+    };
+    if let Some(tool) = tools.iter().find(|t| !has(t)) {
+        skip(format!(
+            "`{tool}` is not installed (scripts/setup.sh installs it)"
+        ));
+        return false;
+    }
+    let mut unshare = match namespace() {
+        Ok(c) => c,
+        Err(reason) => {
+            skip(reason);
+            return false;
+        }
+    };
+    // The run inside reports that it ran the test to its end (a filter that matched nothing also exits 0).
+    let marker = tempfile::NamedTempFile::new().expect("a temporary file");
+    let status = unshare
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, marker.path())
+        .status()
+        .expect("running the test again in its namespace");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marker.path()).unwrap_or_default(),
+        "done",
+        "{test} did not run to its end inside its network namespace"
+    );
+    false
+}
+
+/// Inside the namespace: says the test ran to its end (see [`rerun_in_namespace`]).
+pub fn namespace_done() {
+    if let Some(marker) = std::env::var_os(INSIDE) {
+        std::fs::write(marker, "done").expect("writing the marker");
+    }
+}
+
 /// A third-party process whose output lines are kept in a log file and handed to the caller as they come.
 pub struct Peer {
     name: &'static str,

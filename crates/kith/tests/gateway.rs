@@ -18,7 +18,6 @@ use speech::{read_wav, windowed_ncc};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const INSIDE: &str = "KITH_TEST_IN_NETNS";
 const KAMAILIO: &str = "127.0.0.1:5060";
 const GATEWAY: &str = "127.0.0.1:5070";
 
@@ -32,59 +31,13 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Whether this process runs inside the test's namespace. If not, runs `test` again inside a new one
-/// (asserting that it ran there to its end and passed) and returns false; without the tools or the rights
-/// it prints why it skips (and fails in CI).
+/// Whether this process runs inside the test's namespace (see [`kith::sip_peers::rerun_in_namespace`]).
 fn inside_a_namespace(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        return true;
-    }
-    let skip = |reason: String| {
-        if std::env::var_os("CI").is_some() {
-            panic!("the gateway test must run in CI, but: {reason}");
-        }
-        println!("SKIPPED {test}: {reason}");
-    };
-    for tool in ["kamailio", "baresip"] {
-        if !kith::sip_peers::has(tool) {
-            skip(format!(
-                "`{tool}` is not installed (scripts/setup.sh installs it)"
-            ));
-            return false;
-        }
-    }
-    let mut unshare = match kith::sip_peers::namespace() {
-        Ok(c) => c,
-        Err(reason) => {
-            skip(reason);
-            return false;
-        }
-    };
-    // The run inside reports that it ran the test to its end (a filter that matched nothing also exits 0).
-    let marker = tempfile::NamedTempFile::new().unwrap();
-    let status = unshare
-        .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, marker.path())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
-    );
-    assert_eq!(
-        std::fs::read_to_string(marker.path()).unwrap(),
-        "done",
-        "{test} did not run to its end inside its network namespace"
-    );
-    false
+    kith::sip_peers::rerun_in_namespace(test, &["kamailio", "baresip"])
 }
 
-/// Inside the namespace: says the test ran to its end (see [`inside_a_namespace`]).
 fn done() {
-    if let Some(marker) = std::env::var_os(INSIDE) {
-        std::fs::write(marker, "done").unwrap();
-    }
+    kith::sip_peers::namespace_done()
 }
 
 /// Runs a test's body on a runtime of its own (inside the namespace).

@@ -7,8 +7,10 @@ use kith_core::org::{OrgStatement, Rotation, format_document};
 use kith_org::lab::Lab;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kith"))
@@ -164,4 +166,223 @@ async fn kith_org_verify_shows_the_verified_organization_and_pins_its_key() {
         "{:?}",
         said(&bad)
     );
+}
+
+/// Runs a test's body on a runtime of its own (inside its namespace).
+fn block_on(body: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
+fn nft(rules: &str) {
+    let out = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 22's negative cases with real daemons: nodes whose keys example.org does not publish. Someone on
+/// the path between a customer and the organization (here a NAT rule in the test's own network namespace:
+/// what a router or a relay could do) sends the customer's packets to a node of its own; a node takes
+/// over the organization's address once the real one is gone; a node names itself
+/// "support@example.org" and writes to the customer. The customer's kith sends nothing to any of them,
+/// says why, and never shows them as the organization.
+#[test]
+fn impostors_of_the_organization_are_refused() {
+    if !kith::sip_peers::rerun_in_namespace("impostors_of_the_organization_are_refused", &["nft"]) {
+        return;
+    }
+    block_on(impostors());
+    kith::sip_peers::namespace_done();
+}
+
+async fn impostors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut org = Daemon::init(exe(), &d.join("org"), "example").unwrap();
+    org.start().await.unwrap();
+    let account = kith_node::Profile::new(&org.home).public().unwrap().account;
+    let s = OrgStatement {
+        account,
+        services: vec!["support".into()],
+        expires: now() + 86_400,
+        alone: false,
+        rotation: None,
+    };
+    let lab = Lab::start(
+        "example.org",
+        &[kith_core::org::format_txt(&s)],
+        Some(format_document(&s, "example.org")),
+    )
+    .await
+    .unwrap();
+    let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
+    configure(&alice.home, &lab);
+    alice.start().await.unwrap();
+    kith::process::introduce(&alice, &org).await.unwrap();
+    kith::process::introduce(&org, &alice).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let first = alice.client().send("example", "hello").await.unwrap();
+    assert!(wa.delivered_within("example", first, 30).await);
+    let org_port = kith_node::Profile::new(&org.home)
+        .config()
+        .unwrap()
+        .listen
+        .port();
+    let mut impostor = Daemon::init(exe(), &d.join("impostor"), "support@example.org").unwrap();
+    impostor.start().await.unwrap();
+    let impostor_port = kith_node::Profile::new(&impostor.home)
+        .config()
+        .unwrap()
+        .listen
+        .port();
+    let refusal = "could not prove it holds their key";
+
+    // 1. On the path: from now on the customer's packets for the organization's port go to the impostor's
+    // node. Alice starts again (so she dials afresh), writes and calls: nothing reaches the impostor, the
+    // call ends as unreachable with the reason, the message waits.
+    alice.kill();
+    nft(&format!(
+        "table ip onpath {{\n  chain out {{\n    type nat hook output priority -100;\n    \
+         udp dport {org_port} dnat to 127.0.0.1:{impostor_port}\n  }}\n}}\n"
+    ));
+    alice.start().await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let sent = kith(
+        &alice.home,
+        &["send", "support@example.org", "my card number is ..."],
+    );
+    assert!(sent.status.success(), "{:?}", said(&sent));
+    let call = kith(
+        &alice.home,
+        &["call", "support@example.org", "--null", "--duration", "2"],
+    );
+    let (out, err) = said(&call);
+    assert!(
+        out.contains("Verified: example.org (DNSSEC + HTTPS)"),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("call ended: unreachable") && out.contains(refusal),
+        "{out}{err}"
+    );
+    let contacts = said(&kith(&alice.home, &["contacts"])).0;
+    assert!(
+        contacts.contains(refusal) && contacts.contains("(1 message waiting)"),
+        "{contacts}"
+    );
+    let nothing = impostor.client().get("/v1/requests").await.unwrap();
+    assert_eq!(nothing, json!([]), "the impostor got something: {nothing}");
+    assert!(!wa.any("message_state", |e| e["state"] == "delivered"));
+
+    // The path is clean again: the message waiting goes to the real organization, once.
+    nft("delete table ip onpath\n");
+    alice.kill();
+    alice.start().await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w
+            .any("message_state", |e| e["state"] == "delivered"))
+            .await,
+        "the waiting message never reached the organization"
+    );
+    let chat = said(&kith(&org.home, &["chat", "alice"])).0;
+    assert_eq!(chat.matches("my card number is").count(), 1, "{chat}");
+
+    // 2. The organization's node is gone and another takes its address: the same refusal.
+    org.stop().await;
+    impostor.stop().await;
+    impostor.extra_args = vec!["--listen".into(), format!("127.0.0.1:{org_port}")];
+    impostor.start().await.unwrap();
+    let call = kith(
+        &alice.home,
+        &["call", "support@example.org", "--null", "--duration", "2"],
+    );
+    let (out, err) = said(&call);
+    assert!(
+        out.contains("call ended: unreachable") && out.contains(refusal),
+        "{out}{err}"
+    );
+    assert_eq!(
+        impostor.client().get("/v1/requests").await.unwrap(),
+        json!([])
+    );
+
+    // 3. The impostor calls itself "support@example.org" and writes to alice: she sees a name it gave
+    // itself, marked so, never the organization; kith gives no contact a name with @ unless the
+    // organization publishes its key.
+    kith::process::introduce(&impostor, &alice).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    impostor
+        .client()
+        .send("alice", "this is support: confirm your card number")
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w.last("request").is_some())
+            .await,
+        "no request from the impostor"
+    );
+    let shown = wa.last("request").unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        shown,
+        "\"support@example.org\" (a name they gave themselves, not verified)"
+    );
+    let requests = said(&kith(&alice.home, &["requests"])).0;
+    assert!(requests.contains("not verified"), "{requests}");
+    let impostor_address = impostor.address().unwrap();
+    let accept = kith(&alice.home, &["accept", &impostor_address]);
+    assert_eq!(accept.status.code(), Some(2), "{:?}", said(&accept));
+    assert!(
+        said(&accept)
+            .1
+            .contains("they call themselves \"support@example.org\", an organization's form"),
+        "{:?}",
+        said(&accept)
+    );
+    let card = impostor.client().get("/v1/card").await.unwrap()["card"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let add = kith(&alice.home, &["add", &card]);
+    assert_eq!(add.status.code(), Some(2), "{:?}", said(&add));
+    assert!(
+        said(&add)
+            .1
+            .contains("the card names itself \"support@example.org\""),
+        "{:?}",
+        said(&add)
+    );
+    let add = kith(&alice.home, &["add", &card, "--name", "sales@example.org"]);
+    assert_eq!(add.status.code(), Some(2), "{:?}", said(&add));
+    assert!(
+        said(&add).1.contains("kith add service@domain"),
+        "{:?}",
+        said(&add)
+    );
+    let ok = kith(
+        &alice.home,
+        &["accept", &impostor_address, "--name", "stranger"],
+    );
+    assert!(ok.status.success(), "{:?}", said(&ok));
 }

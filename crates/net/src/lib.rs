@@ -208,6 +208,14 @@ pub enum DialError {
     NeedRelay(&'static str),
     #[error("could not connect: {0}")]
     Connect(String),
+    /// The TLS handshake refused the certificate of whoever answered: it does not hold the endpoint key
+    /// the card or record names (an impostor at that address, or someone on the path sending the packets
+    /// to a node of its own). The hello was never sent.
+    #[error(
+        "the node that answered at {at} could not prove it holds their key (endpoint {endpoint}): an \
+         impostor, or someone on the path in between; nothing was sent to it"
+    )]
+    NotTheirKey { at: String, endpoint: String },
     #[error("connection attempt timed out")]
     Timeout,
     #[error("handshake failed: {0}")]
@@ -521,6 +529,14 @@ impl Net {
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, ALPN)).await
         {
             Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if refused_their_certificate(&e) => {
+                let mut at: Vec<String> = hint.direct.iter().map(ToString::to_string).collect();
+                at.extend(hint.relays.iter().map(|r| format!("relay {r}")));
+                return Err(DialError::NotTheirKey {
+                    at: at.join(", "),
+                    endpoint: hint.endpoint.map_or_else(|| "?".into(), |e| e.short()),
+                });
+            }
             Ok(Err(e)) => return Err(DialError::Connect(e.to_string())),
             Err(_) => return Err(DialError::Timeout),
         };
@@ -674,4 +690,21 @@ impl Pending {
             .await
             .map_err(|_| SessionError::Timeout)?
     }
+}
+
+/// Whether a connection attempt failed because this side's TLS refused the certificate it was shown (a
+/// locally raised certificate alert: bad_certificate (42) to unknown_ca (48), or decrypt_error (51)). In
+/// iroh the certificate is the endpoint key itself, so this is a peer without the key dialled.
+fn refused_their_certificate(e: &iroh::endpoint::ConnectError) -> bool {
+    use iroh::endpoint::{ConnectError, ConnectingError, ConnectionError, TransportErrorCode};
+    let conn = match e {
+        ConnectError::Connecting {
+            source: ConnectingError::ConnectionError { source, .. },
+            ..
+        }
+        | ConnectError::Connection { source, .. } => source,
+        _ => return false,
+    };
+    matches!(conn, ConnectionError::TransportError(t)
+        if (42..=48).chain([51]).any(|alert| t.code == TransportErrorCode::crypto(alert)))
 }

@@ -76,6 +76,10 @@ pub enum Event {
         call: String,
         with: String,
         outcome: String,
+        /// Why, when it says more than the outcome: for an unreachable peer, the last attempt's failure
+        /// (a node that could not prove the key dialled, no route, no answer).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         talked_secs: Option<f64>,
         stats: Option<serde_json::Value>,
     },

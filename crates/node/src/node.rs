@@ -69,6 +69,13 @@ pub enum NodeError {
     Contact(#[from] kith_core::CardError),
     #[error("that is your own address: you cannot add yourself as a contact")]
     SelfContact,
+    /// A contact name of an organization's form (`service@domain`) for an account not verified for it.
+    #[error(
+        "{0}: kith gives a name with @ (an organization's service@domain) only to the account the \
+         organization publishes; `kith add service@domain` (no card or address) verifies it and adds \
+         it under that name. For a person, choose a name without @ (--name)"
+    )]
+    OrgName(String),
     #[error("the message is empty")]
     EmptyMessage,
     #[error("the message is {0} bytes, more than the {MAX_TEXT_BYTES}-byte limit: split it")]

@@ -281,10 +281,19 @@ impl Node {
                         tracing::warn!(error = %e, "cannot log the call");
                     }
                     tracing::info!(outcome, "call ended");
+                    let reason = (outcome == "unreachable")
+                        .then(|| {
+                            lock(&node.state)
+                                .peers
+                                .get(&peer)
+                                .and_then(|p| p.last_dial_error.clone())
+                        })
+                        .flatten();
                     node.emit(Event::CallEnded {
                         call: hex::encode(call),
                         with: node.label(&peer),
                         outcome: outcome.into(),
+                        reason,
                         talked_secs: talked.map(|t| t.as_secs_f64()),
                         stats: stats.and_then(|s| serde_json::to_value(s).ok()),
                     });

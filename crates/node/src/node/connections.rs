@@ -1037,8 +1037,14 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let hello = node.hello();
-            if let Ok(s) = node.net().dial(account, &hello, unix_now()).await {
-                node.register(s, Role::Contact);
+            match node.net().dial(account, &hello, unix_now()).await {
+                Ok(s) => node.register(s, Role::Contact),
+                // Kept for what the user sees: `kith contacts`, and a call that ends unreachable.
+                Err(e) => {
+                    if let Some(p) = lock(&node.state).peers.get_mut(&account) {
+                        p.last_dial_error = Some(e.to_string());
+                    }
+                }
             }
         });
     }

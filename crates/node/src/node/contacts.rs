@@ -46,10 +46,7 @@ impl Node {
             return l.clone();
         }
         match lock(&self.store).peer(account) {
-            Ok(Some(p)) => p
-                .petname
-                .or(p.display_name)
-                .unwrap_or_else(|| Address::new(*account).to_string()),
+            Ok(Some(p)) => peer_name(&p).unwrap_or_else(|| Address::new(*account).to_string()),
             _ => Address::new(*account).to_string(),
         }
     }
@@ -64,6 +61,17 @@ impl Node {
         text: &str,
         name: Option<&str>,
     ) -> Result<ContactView, NodeError> {
+        self.add_contact_as(text, name, false)
+    }
+
+    /// Adds a contact; `verified_org`: the account is the one an organization publishes for the
+    /// `service@domain` name given (names with @ are kept for those).
+    pub(super) fn add_contact_as(
+        self: &Arc<Self>,
+        text: &str,
+        name: Option<&str>,
+        verified_org: bool,
+    ) -> Result<ContactView, NodeError> {
         let parsed = ParsedContact::parse(text)?;
         let account = parsed.address().account();
         if account == self.account {
@@ -73,6 +81,7 @@ impl Node {
             ParsedContact::Card(c) => Some(c.as_ref()),
             ParsedContact::Address(_) => None,
         };
+        let name_given = name.is_some();
         let name = match (name, card) {
             (Some(n), _) => n.trim().to_owned(),
             (None, Some(c)) => c.name().to_owned(),
@@ -83,6 +92,9 @@ impl Node {
             }
         };
         kith_core::card::check_name(&name)?;
+        if name.contains('@') && !verified_org {
+            return Err(org_form(&name, name_given, "the card names itself"));
+        }
         // The same address again: say what happened (renamed, or nothing new) rather than "added".
         let before = lock(&self.store)
             .peer(&account)?
@@ -210,10 +222,7 @@ impl Node {
         let mut out = vec![];
         for p in store.requests()? {
             out.push(RequestView {
-                name: p
-                    .display_name
-                    .clone()
-                    .unwrap_or_else(|| Address::new(p.account).to_string()),
+                name: peer_name(&p).unwrap_or_else(|| Address::new(p.account).to_string()),
                 address: Address::new(p.account).to_string(),
                 messages: store.chat(&p.account, 20)?,
                 first_seen_ms: p.added_at_ms,
@@ -229,11 +238,15 @@ impl Node {
     ) -> Result<ContactView, NodeError> {
         let store = lock(&self.store);
         let peer = store.find_request(request)?;
+        let name_given = name.is_some();
         let name = name
             .map(str::to_owned)
             .or(peer.display_name.clone())
             .unwrap_or_else(|| request.to_owned());
         kith_core::card::check_name(&name)?;
+        if name.contains('@') {
+            return Err(org_form(&name, name_given, "they call themselves"));
+        }
         store.add_contact(&peer.account, &name, None, unix_ms())?;
         let p = store.contact_by_name(&name)?;
         drop(store);
@@ -248,4 +261,31 @@ impl Node {
         self.contacts_changed(None);
         Ok(self.contact_view(&p))
     }
+}
+
+/// What to call a peer: the user's name for it, else the name its own card gives, marked as such when it
+/// looks like an organization's `service@domain` or a verification (a user's name with @ is given only to
+/// the account an organization publishes: see [`Node::add_contact_as`]).
+pub(super) fn peer_name(p: &Peer) -> Option<String> {
+    p.petname.clone().or_else(|| {
+        p.display_name.as_ref().map(|n| {
+            if n.contains('@') || n.to_lowercase().contains("verified") {
+                format!("{n:?} (a name they gave themselves, not verified)")
+            } else {
+                n.clone()
+            }
+        })
+    })
+}
+
+/// The refusal of a contact name with @ (kept for verified organizations): given by the user, or taken
+/// from what the peer calls itself (`theirs` says where).
+fn org_form(name: &str, given: bool, theirs: &str) -> NodeError {
+    NodeError::OrgName(if given {
+        format!("the name {name:?} has an organization's form")
+    } else {
+        format!(
+            "{theirs} {name:?}, an organization's form: give them a name of your own with --name"
+        )
+    })
 }

@@ -195,7 +195,7 @@ impl Node {
         drop(st);
         let from = peer_row
             .as_ref()
-            .and_then(|p| p.petname.clone().or(p.display_name.clone()))
+            .and_then(super::contacts::peer_name)
             .unwrap_or_else(|| Address::new(account).to_string());
         let address = Address::new(account).to_string();
         if new_request {

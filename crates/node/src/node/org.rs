@@ -149,7 +149,9 @@ impl Node {
         name: Option<&str>,
     ) -> Result<(ContactView, OrgView), NodeError> {
         let (_, _, view) = self.org_account(who).await?;
-        let contact = self.add_contact(&view.address, Some(name.unwrap_or(who)))?;
+        // A name with @ only for this very service@domain: another one could pose as another organization.
+        let name = name.unwrap_or(who);
+        let contact = self.add_contact_as(&view.address, Some(name), name == who)?;
         Ok((contact, view))
     }
 
