@@ -244,7 +244,11 @@ impl Gateway {
     }
 
     fn bridged() -> (Bridge, AudioOptions) {
-        let bridge = Bridge::default();
+        // The SIP side speaks G.711: telephone audio, nothing above 4 kHz.
+        let bridge = Bridge {
+            band_khz: Some(crate::g711::BAND_KHZ),
+            ..Default::default()
+        };
         let options = AudioOptions {
             input: Some(AudioInput::Bridge(bridge.clone())),
             ..Default::default()

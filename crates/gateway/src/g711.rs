@@ -1,6 +1,9 @@
 //! G.711 (ITU-T, 1972): 8 kHz samples companded to 8 bits, mu-law (PCMU, RTP payload type 0) and A-law
 //! (PCMA, 8). The classic segment arithmetic, as in the ITU's reference code.
 
+/// The audio band G.711 carries, in kHz (8 kHz sampling: telephone audio up to 4 kHz).
+pub const BAND_KHZ: u8 = 4;
+
 const BIAS: i32 = 0x84;
 const CLIP: i32 = 32635;
 

@@ -109,8 +109,12 @@ fn clean_path() -> kith_media::rate::EncoderSettings {
 
 /// The codecs alone, per call: what one call's transcoding costs per second on one core (Opus encode and
 /// decode at 48 kHz, resampling both ways, mu-law both ways), in a tight loop. Percent of a core.
-fn codecs_alone(speech: &[i16]) -> anyhow::Result<f64> {
+/// `band_khz`: the encoder's bandwidth cap (the gateway's: G.711's band), or none (fullband).
+fn codecs_alone(speech: &[i16], band_khz: Option<u8>) -> anyhow::Result<f64> {
     let mut enc = OpusEncoder::new(20, clean_path())?;
+    if let Some(khz) = band_khz {
+        enc.set_max_bandwidth_khz(khz)?;
+    }
     let mut dec = OpusDecoder::new(20)?;
     let (mut down, mut up) = (resample::Down::default(), resample::Up::default());
     let frames: Vec<&[i16]> = speech.chunks_exact(960).collect();
@@ -194,7 +198,10 @@ fn step(
         let phone = far.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))?;
         let phone_addr = phone.local_addr()?;
         // The gateway's side of the call: the kith media loop bridged to the SIP leg.
-        let bridge = Bridge::default();
+        let bridge = Bridge {
+            band_khz: Some(g711::BAND_KHZ),
+            ..Default::default()
+        };
         let (keys_tx, _keys_rx) = tokio::sync::mpsc::channel(4);
         let conn = gw_conn.clone();
         let (media, leg, leg_addr) = gw.block_on(async {
@@ -356,7 +363,8 @@ fn step(
 /// Runs the steps; prints a row each and saves them all to `out` (JSON).
 pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
     let speech = speech()?;
-    let alone = codecs_alone(&speech)?;
+    let alone = codecs_alone(&speech, Some(g711::BAND_KHZ))?;
+    let alone_fullband = codecs_alone(&speech, None)?;
     // What the far ends send: the speech, encoded once.
     let mut enc = OpusEncoder::new(20, clean_path())?;
     let opus: Vec<Vec<u8>> = speech
@@ -385,7 +393,8 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     crate::say!(
-        "  the codecs alone, per call: {alone:.2} % of a core (Opus encode + decode, 48 <-> 8 kHz, mu-law both ways)"
+        "  the codecs alone, per call: {alone:.2} % of a core (Opus encode capped at G.711's 4 kHz band, as the \
+         gateway does, + decode, 48 <-> 8 kHz, mu-law both ways); with a fullband encoder: {alone_fullband:.2} %"
     );
     crate::say!(
         "  calls | late frames kith / SIP side | worst lateness kith / SIP | gateway CPU (per call) | gateway wake-ups/s (per call) | far ends' CPU"
@@ -427,7 +436,7 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
         "  most calls with every frame on time: {best} (the codecs alone would allow about {:.0} on this machine's cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get()) as f64 * 100.0 / alone
     );
-    let report: Value = json!({ "codecs_alone_pct_per_call": alone, "steps": rows, "max_calls_on_time": best, "secs": secs });
+    let report: Value = json!({ "codecs_alone_pct_per_call": alone, "codecs_alone_fullband_pct_per_call": alone_fullband, "steps": rows, "max_calls_on_time": best, "secs": secs });
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     crate::say!("  saved to {}", out.display());
     drop(gw);

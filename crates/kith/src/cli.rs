@@ -300,8 +300,23 @@ enum Command {
         /// Seconds measured per step.
         #[arg(long, default_value_t = 8.0)]
         secs: f64,
-        /// Where the numbers are saved (JSON).
+        /// Where the numbers are saved (JSON; the set-up times beside it, in NAME-setup.json).
         #[arg(long, default_value = "bench-gateway.json")]
+        out: PathBuf,
+        /// Then this many calls each way through real SIP peers (Kamailio, baresip), timing how long
+        /// they take to ring (0: not measured).
+        #[arg(long, default_value_t = 10)]
+        setup_calls: usize,
+        /// Only the set-up times (no media steps).
+        #[arg(long)]
+        setup_only: bool,
+    },
+    /// The set-up part of `kith bench-gateway`, inside its own network namespace.
+    #[command(hide = true)]
+    BenchGatewaySetup {
+        #[arg(long)]
+        calls: usize,
+        #[arg(long)]
         out: PathBuf,
     },
     /// The organization part of `kith demo`, inside its own network namespace (run by `kith demo`).
@@ -2057,7 +2072,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_calls::run(material, clips, what, out).await?
         }
         Command::Demo { messages, keep } => crate::demo::run(messages, keep).await?,
-        Command::BenchGateway { steps, secs, out } => {
+        Command::BenchGateway {
+            steps,
+            secs,
+            out,
+            setup_calls,
+            setup_only,
+        } => {
             if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
                 return Err(user(format!(
                     "--secs {secs}: give seconds above 0, at most 3600"
@@ -2068,10 +2089,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "--steps: give numbers of calls above 0, e.g. 10,50,100",
                 ));
             }
-            tokio::task::spawn_blocking(move || crate::bench_gateway::run(steps, secs, out))
-                .await??
+            if setup_only && setup_calls == 0 {
+                return Err(user("--setup-only with --setup-calls 0 measures nothing"));
+            }
+            let setup_out = out.with_file_name(format!(
+                "{}-setup.json",
+                out.file_stem()
+                    .map_or("bench-gateway".into(), |s| s.to_string_lossy())
+            ));
+            if !setup_only {
+                tokio::task::spawn_blocking(move || crate::bench_gateway::run(steps, secs, out))
+                    .await??;
+            }
+            if setup_calls > 0 {
+                tokio::task::spawn_blocking(move || {
+                    crate::bench_setup::run(setup_calls, &setup_out)
+                })
+                .await??;
+            }
         }
         Command::DemoOrg { dir } => crate::demo_org::inside(&dir).await?,
+        Command::BenchGatewaySetup { calls, out } => {
+            crate::bench_setup::inside(calls, &out).await?
+        }
         Command::BenchMailbox { messages, out } => crate::bench_mailbox::run(messages, out).await?,
         Command::Bench {
             latency_messages,

@@ -7,6 +7,7 @@ pub mod bench_calls;
 pub mod bench_discovery;
 pub mod bench_gateway;
 pub mod bench_mailbox;
+pub mod bench_setup;
 pub mod cli;
 pub mod client;
 pub mod demo;

@@ -127,7 +127,8 @@ pub struct Peer {
     group: Option<rustix::process::Pid>,
     /// Its exit, reported by a thread that waits for it.
     exited: mpsc::Receiver<std::io::Result<std::process::ExitStatus>>,
-    lines: mpsc::Receiver<String>,
+    /// The peer's lines, each with when it was read.
+    lines: mpsc::Receiver<(String, std::time::Instant)>,
     pub log: PathBuf,
 }
 
@@ -188,11 +189,12 @@ impl Peer {
                     .open(log)
                     .ok();
                 for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let at = std::time::Instant::now();
                     if let Some(f) = file.as_mut() {
                         let _ = writeln!(f, "{line}");
                     }
                     write(&stdin, react(&line));
-                    let _ = tx.send(line);
+                    let _ = tx.send((line, at));
                 }
             });
         }
@@ -210,19 +212,23 @@ impl Peer {
         })
     }
 
-    /// Waits for a line containing `text`.
-    pub fn wait_for(&self, text: &str, within: Duration) -> anyhow::Result<()> {
+    /// Waits for a line containing `text`; returns when the peer printed it (when it was read).
+    pub fn wait_for(&self, text: &str, within: Duration) -> anyhow::Result<std::time::Instant> {
         self.wait_for_any(&[text], within)
     }
 
-    /// Waits for a line containing one of `texts`.
-    pub fn wait_for_any(&self, texts: &[&str], within: Duration) -> anyhow::Result<()> {
+    /// Waits for a line containing one of `texts`; returns when the peer printed it (when it was read).
+    pub fn wait_for_any(
+        &self,
+        texts: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<std::time::Instant> {
         let text = texts.join(" or ");
         let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if texts.iter().any(|t| l.contains(t)) => return Ok(()),
+                Ok((l, at)) if texts.iter().any(|t| l.contains(t)) => return Ok(at),
                 Ok(_) => {}
                 Err(_) => anyhow::bail!(
                     "{} did not say {text:?} within {within:?}; log: {}",

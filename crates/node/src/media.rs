@@ -46,6 +46,10 @@ pub enum AudioInput {
 pub struct Bridge {
     pub to_call: Queue,
     pub from_call: Queue,
+    /// The audio band the other side carries, in kHz (`None`: full band). The call's encoder is capped at
+    /// it: nothing above it is in the audio, and a narrower band costs the encoder less (narrowband Opus
+    /// about half of fullband's CPU here, BENCHMARKS.md).
+    pub band_khz: Option<u8>,
 }
 
 impl PartialEq for Bridge {
@@ -370,6 +374,13 @@ pub fn start(
     // Discontinuous transmission: in a pause only a frame every 400 ms goes out, for the peer's comfort
     // noise; the peer's jitter buffer tells frames not sent from lost ones by the sequence numbers.
     enc.set_dtx(true).map_err(|e| e.to_string())?;
+    if let Some(AudioInput::Bridge(Bridge {
+        band_khz: Some(khz),
+        ..
+    })) = &options.input
+    {
+        enc.set_max_bandwidth_khz(*khz).map_err(|e| e.to_string())?;
+    }
     let mut dec = OpusDecoder::new(frame_ms).map_err(|e| e.to_string())?;
     let frame = codec::frame_samples(frame_ms);
     let frame_dur = Duration::from_millis(u64::from(frame_ms));
