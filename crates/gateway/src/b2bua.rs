@@ -310,10 +310,20 @@ impl Gateway {
             };
             tracing::info!(%service, %target, "kith caller: ringing the SIP side");
             let auth = DigestAuthenticator::new(self.credentials.clone());
+            let ring = Duration::from_secs(self.config.limits.ring_secs);
+            let make = self
+                .registration
+                .make_call_to_uri_with(uri, auth, media, customize);
+            tokio::pin!(make);
             let made = tokio::select! {
-                r = self.registration.make_call_to_uri_with(uri, auth, media, customize) => r,
+                r = &mut make => r,
                 e = wait_end(&mut events) => {
                     tracing::info!(outcome = %e, "kith caller gave up before the SIP side answered");
+                    // The INVITE may already ring a phone whose answer has not come yet: wait for it and
+                    // cancel (dropping the attempt would leave the phone ringing).
+                    if let Ok(Ok(outbound)) = tokio::time::timeout(ring, make).await {
+                        let _ = outbound.cancel().await;
+                    }
                     return;
                 }
             };
@@ -328,7 +338,6 @@ impl Gateway {
                     continue;
                 }
             };
-            let ring = Duration::from_secs(self.config.limits.ring_secs);
             let answered = tokio::select! {
                 r = tokio::time::timeout(ring, outbound.wait_for_completion()) => r,
                 e = wait_end(&mut events) => {

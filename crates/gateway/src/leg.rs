@@ -115,7 +115,7 @@ impl SipMedia {
 }
 
 /// Statistics of one SIP leg.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LegStats {
     pub sent: u64,
     pub received: u64,
@@ -125,6 +125,8 @@ pub struct LegStats {
     pub dropped: u64,
     pub keys_sent: u64,
     pub keys_received: u64,
+    /// The phone's audio waiting in the jitter buffer after the last tick took its 20 ms, in ms.
+    pub buffered_ms: f64,
 }
 
 /// A running SIP leg. Dropping it stops the task.
@@ -233,6 +235,11 @@ impl JitterBuffer {
             self.next = self.packets.keys().next().copied();
         }
         true
+    }
+
+    /// Audio held: packets waiting and what is left of the one being played, in 8 kHz samples.
+    fn buffered_samples(&self) -> usize {
+        self.packets.values().map(Vec::len).sum::<usize>() + self.ready.len()
     }
 
     /// 20 ms of audio, or None when there is nothing to play (playout not started, or a gap).
@@ -369,7 +376,9 @@ async fn run(
                 }
                 timestamp = timestamp.wrapping_add(FRAME_8K as u32);
                 // What the phone said, to the kith caller.
-                if jb.pop(&mut played) {
+                let played_now = jb.pop(&mut played);
+                st.buffered_ms = jb.buffered_samples() as f64 / 8.0;
+                if played_now {
                     heard.clear();
                     up.process(&played, &mut heard);
                     bridge.to_call.put(&heard);

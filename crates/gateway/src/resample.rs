@@ -6,6 +6,9 @@
 const TAPS: usize = 121;
 const FACTOR: usize = 6;
 
+/// The delay each of [`Down`] and [`Up`] adds (the filter's group delay), in microseconds: 1250.
+pub const DELAY_US: u32 = ((TAPS - 1) / 2 * 1_000_000 / 48_000) as u32;
+
 fn design() -> Vec<f32> {
     let fc = 3700.0 / 48_000.0;
     let m = (TAPS - 1) as f64;

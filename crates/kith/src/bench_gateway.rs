@@ -150,6 +150,152 @@ struct Step {
     /// The gateway threads' wake-ups a second.
     gateway_wakeups: f64,
     far_cpu_pct: f64,
+    /// The first call's delays through the gateway (see [`Delays`]).
+    delays: Delays,
+}
+
+/// What the first call of a step heard at its far ends, for the delays through the gateway.
+#[derive(Default)]
+struct Probe {
+    /// When each of the far ends' frames left (both send on one tick).
+    sent_at: Vec<Instant>,
+    /// Packets that reached the phone: RTP timestamp (8 kHz), arrival, PCMU payload.
+    to_phone: Vec<(u32, Instant, Vec<u8>)>,
+    /// Datagrams that reached the kith caller: timestamp (48 kHz), arrival, Opus payload.
+    to_caller: Vec<(u32, Instant, Vec<u8>)>,
+}
+
+/// One call's delays through the gateway, each way, in ms: from the far end sending a frame to the
+/// packet that carries the last of its audio reaching the other far end (median), the gateway's jitter
+/// buffer on the way in, and what the gateway adds beyond that buffer (the bridge between the two media
+/// clocks, resampling, transcoding, its own encoder's lookahead); the caller's own encoder's lookahead is
+/// not the gateway's and is taken out.
+#[derive(Default, Clone, Copy)]
+struct Delays {
+    kith_to_sip: Option<f64>,
+    kith_buffer: f64,
+    sip_to_kith: Option<f64>,
+    sip_buffer: f64,
+}
+
+impl Delays {
+    fn added(&self, lookahead_ms: f64) -> (Option<f64>, Option<f64>) {
+        let filter = f64::from(resample::DELAY_US) / 1000.0;
+        (
+            // The reference went through the same down-sampling filter as the gateway's audio, which hides
+            // the gateway's filter delay: added back. The caller's encoder lookahead: taken out.
+            self.kith_to_sip
+                .map(|t| t - self.kith_buffer - lookahead_ms + filter),
+            // The analysis down-samples what the caller heard: its filter delay is the measurement's own.
+            self.sip_to_kith.map(|t| t - self.sip_buffer - filter),
+        )
+    }
+}
+
+/// The median delay of one direction: `timeline` is the received audio at 8 kHz placed by its
+/// timestamps, `packets` its packets (first sample on the timeline, samples, arrival), `sent(i)` the
+/// sender's sample `i` (8 kHz; frame `i / 160`), `sent_at[n]` when frame n left. The offset between the
+/// two timelines is where the audio matches best (normalised cross-correlation over delays of 0 to
+/// 300 ms); each packet's delay is its arrival minus the departure of the frame holding its last sample.
+fn transit(
+    timeline: &[f32],
+    packets: &[(usize, usize, Instant)],
+    sent: impl Fn(usize) -> f32,
+    sent_at: &[Instant],
+) -> Option<f64> {
+    let &(j0, _, a0) = packets.iter().min_by_key(|p| p.2)?;
+    // At no delay, the first packet would carry the frame that left just before it arrived.
+    let n0 = sent_at.partition_point(|t| *t <= a0) as i64;
+    let zero = n0 * 160 - j0 as i64;
+    let limit = sent_at.len() as i64 * 160;
+    let mut best = (f64::MIN, zero);
+    for d in -160..2400i64 {
+        let c = zero - d;
+        let (mut dot, mut energy) = (0.0f64, 0.0f64);
+        for (j, r) in timeline.iter().enumerate() {
+            let i = j as i64 + c;
+            if i < 0 || i >= limit {
+                continue;
+            }
+            let x = f64::from(sent(i as usize));
+            dot += f64::from(*r) * x;
+            energy += x * x;
+        }
+        if energy > 0.0 && dot / energy.sqrt() > best.0 {
+            best = (dot / energy.sqrt(), c);
+        }
+    }
+    let c = best.1;
+    let mut delays: Vec<f64> = packets
+        .iter()
+        .filter_map(|&(j, len, at)| {
+            let n = usize::try_from((j + len) as i64 - 1 + c).ok()? / 160;
+            let left = sent_at.get(n)?;
+            Some(at.checked_duration_since(*left)?.as_secs_f64() * 1000.0)
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    delays.get(delays.len() / 2).copied()
+}
+
+/// The first call's delays from what its far ends heard.
+fn delays(
+    probe: &Probe,
+    reference8: &[i16],
+    pcmu: &[Vec<u8>],
+    kith_buffer: f64,
+    sip_buffer: f64,
+) -> Delays {
+    let frames = reference8.len() / 160;
+    // kith -> SIP: what the phone got (mu-law, 8 kHz), against the speech the caller sent (the 8 kHz
+    // reference: the caller's frame n is the speech's frame n mod its length).
+    let kith_to_sip = (|| {
+        let t0 = probe.to_phone.iter().map(|p| p.0).min()?;
+        let mut timeline = vec![];
+        let mut packets = vec![];
+        for (ts, at, payload) in &probe.to_phone {
+            let j = ts.wrapping_sub(t0) as usize;
+            if j + payload.len() > timeline.len() {
+                timeline.resize(j + payload.len(), 0.0);
+            }
+            for (k, b) in payload.iter().enumerate() {
+                timeline[j + k] = f32::from(g711::ulaw_decode(*b));
+            }
+            packets.push((j, payload.len(), *at));
+        }
+        let sent = |i: usize| f32::from(reference8[(i / 160 % frames) * 160 + i % 160]);
+        transit(&timeline, &packets, sent, &probe.sent_at)
+    })();
+    // SIP -> kith: what the caller got (Opus), decoded and down-sampled to 8 kHz, against the phone's
+    // mu-law frames.
+    let sip_to_kith = (|| {
+        let t0 = probe.to_caller.iter().map(|p| p.0).min()?;
+        let mut dec = OpusDecoder::new(20).ok()?;
+        let mut wide: Vec<i16> = vec![];
+        let mut packets = vec![];
+        let mut sorted: Vec<&(u32, Instant, Vec<u8>)> = probe.to_caller.iter().collect();
+        sorted.sort_by_key(|p| p.0.wrapping_sub(t0));
+        for (ts, at, payload) in sorted {
+            let j = ts.wrapping_sub(t0) as usize;
+            let pcm = dec.decode(payload).ok()?;
+            if j + pcm.len() > wide.len() {
+                wide.resize(j + pcm.len(), 0);
+            }
+            wide[j..j + pcm.len()].copy_from_slice(&pcm);
+            packets.push((j / 6, pcm.len() / 6, *at));
+        }
+        let mut narrow = vec![];
+        resample::Down::default().process(&wide[..wide.len() / 6 * 6], &mut narrow);
+        let timeline: Vec<f32> = narrow.iter().map(|&x| f32::from(x)).collect();
+        let sent = |i: usize| f32::from(g711::ulaw_decode(pcmu[i / 160 % pcmu.len()][i % 160]));
+        transit(&timeline, &packets, sent, &probe.sent_at)
+    })();
+    Delays {
+        kith_to_sip,
+        kith_buffer,
+        sip_to_kith,
+        sip_buffer,
+    }
 }
 
 async fn endpoint() -> anyhow::Result<iroh::Endpoint> {
@@ -174,6 +320,7 @@ fn step(
     secs: f64,
     opus_frames: Arc<Vec<Vec<u8>>>,
     pcmu_frames: Arc<Vec<Vec<u8>>>,
+    reference8: &[i16],
 ) -> anyhow::Result<Step> {
     let gw_ep = gw.block_on(endpoint())?;
     let far_ep = far.block_on(endpoint())?;
@@ -181,6 +328,7 @@ fn step(
     let arrivals_kith: Arc<Mutex<HashMap<usize, Arrivals>>> = Default::default();
     let arrivals_sip: Arc<Mutex<HashMap<usize, Arrivals>>> = Default::default();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe: Arc<Mutex<Probe>> = Default::default();
     let mut keep = vec![];
     let mut far_tasks = vec![];
     for i in 0..calls {
@@ -248,16 +396,25 @@ fn step(
             arrivals_sip.clone(),
             measuring.clone(),
         );
+        let probe = (i == 0).then(|| probe.clone());
         far_tasks.push(far.spawn(async move {
             let phone = Arc::new(phone);
             let (rx_conn, rx_phone) = (caller.clone(), phone.clone());
             let (ak2, on2) = (ak.clone(), on.clone());
+            let (probe_kith, probe_sip) = (probe.clone(), probe.clone());
             let from_gateway = tokio::spawn(async move {
                 let mut ts = packet::Unwrap::default();
                 while let Ok(d) = rx_conn.read_datagram().await {
                     if let Ok(Datagram::Audio(a)) = Datagram::decode(&d)
                         && on2.load(std::sync::atomic::Ordering::Relaxed)
                     {
+                        if let Some(p) = &probe_kith {
+                            p.lock().unwrap_or_else(|e| e.into_inner()).to_caller.push((
+                                a.timestamp,
+                                Instant::now(),
+                                a.payload.to_vec(),
+                            ));
+                        }
                         let f = ts.extend(a.timestamp) / 960;
                         ak2.lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -275,6 +432,13 @@ fn step(
                     if let Ok(p) = kith_gateway::rtp::Packet::parse(&buf[..n])
                         && on.load(std::sync::atomic::Ordering::Relaxed)
                     {
+                        if let Some(pr) = &probe_sip {
+                            pr.lock().unwrap_or_else(|e| e.into_inner()).to_phone.push((
+                                p.timestamp,
+                                Instant::now(),
+                                p.payload.to_vec(),
+                            ));
+                        }
                         let f = ts.extend(p.timestamp) / 160;
                         asip.lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -288,7 +452,13 @@ fn step(
             let mut tick = tokio::time::interval(FRAME);
             let ssrc: u32 = rand::random();
             for n in 0u32.. {
-                tick.tick().await;
+                let now = tick.tick().await;
+                if let Some(p) = &probe {
+                    p.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sent_at
+                        .push(now.into_std());
+                }
                 let k = n as usize;
                 let a = AudioPacket {
                     tag,
@@ -325,6 +495,14 @@ fn step(
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
     let ((gw_cpu1, gw_sw1), (far_cpu1, _)) = (threads("kith-gw"), threads("kith-far"));
+    // The first call's buffers on the way in, as the measurement ends: the kith call's jitter buffer
+    // and the SIP leg's.
+    let (kith_buffer, sip_buffer) = keep.first().map_or((0.0, 0.0), |(media, leg, _)| {
+        (
+            media.stats.lock().map_or(0.0, |s| s.jitter_buffer_ms),
+            leg.0.stats.borrow().buffered_ms,
+        )
+    });
     let gw_cpu = gw_cpu1.saturating_sub(gw_cpu0) as f64 / 1e9 / wall * 100.0;
     let far_cpu = far_cpu1.saturating_sub(far_cpu0) as f64 / 1e9 / wall * 100.0;
     let wakeups = gw_sw1.saturating_sub(gw_sw0) as f64 / wall;
@@ -344,6 +522,13 @@ fn step(
             (acc.0 + f, acc.1 + l, acc.2.max(w))
         })
     };
+    let delays = delays(
+        &probe.lock().unwrap_or_else(|e| e.into_inner()),
+        reference8,
+        &pcmu_frames,
+        kith_buffer,
+        sip_buffer,
+    );
     let (fk, lk, wk) = sum(&arrivals_kith);
     let (fs, ls, ws) = sum(&arrivals_sip);
     Ok(Step {
@@ -357,6 +542,7 @@ fn step(
         gateway_cpu_pct: gw_cpu,
         gateway_wakeups: wakeups,
         far_cpu_pct: far_cpu,
+        delays,
     })
 }
 
@@ -367,6 +553,9 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
     let alone_fullband = codecs_alone(&speech, None)?;
     // What the far ends send: the speech, encoded once.
     let mut enc = OpusEncoder::new(20, clean_path())?;
+    // The far caller's encoder's lookahead: its audio comes out of any decoder that much later; not the
+    // gateway's doing.
+    let lookahead_ms = enc.lookahead() as f64 / 48.0;
     let opus: Vec<Vec<u8>> = speech
         .chunks_exact(960)
         .map(|f| enc.encode(f))
@@ -397,12 +586,17 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
          gateway does, + decode, 48 <-> 8 kHz, mu-law both ways); with a fullband encoder: {alone_fullband:.2} %"
     );
     crate::say!(
+        "  delays: from a far end's frame leaving to the packet with the last of its audio reaching the other \
+         far end (median, the first call of each step); added: beyond the gateway's jitter buffer on the way \
+         in (and without the far caller's Opus lookahead, {lookahead_ms:.1} ms)"
+    );
+    crate::say!(
         "  calls | late frames kith / SIP side | worst lateness kith / SIP | gateway CPU (per call) | gateway wake-ups/s (per call) | far ends' CPU"
     );
     let mut rows = vec![];
     let mut best = 0;
     for n in steps {
-        let s = step(&gw, &far, n, secs, opus.clone(), pcmu.clone())?;
+        let s = step(&gw, &far, n, secs, opus.clone(), pcmu.clone(), &narrow)?;
         crate::say!(
             "  {:>5} | {} of {} / {} of {} | {:.1} / {:.1} ms | {:.1} % ({:.2} %) | {:.0} ({:.0}) | {:.1} %",
             s.calls,
@@ -418,6 +612,19 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
             s.gateway_wakeups / s.calls as f64,
             s.far_cpu_pct
         );
+        let d = s.delays;
+        let (added_k2s, added_s2k) = d.added(lookahead_ms);
+        let shown = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1}"));
+        crate::say!(
+            "        first call: kith -> SIP {} ms (the gateway's kith jitter buffer {:.1}, added {}); \
+             SIP -> kith {} ms (the SIP leg's jitter buffer {:.1}, added {})",
+            shown(d.kith_to_sip),
+            d.kith_buffer,
+            shown(added_k2s),
+            shown(d.sip_to_kith),
+            d.sip_buffer,
+            shown(added_s2k)
+        );
         let on_time = s.late_kith == 0 && s.late_sip == 0 && s.frames_kith > 0 && s.frames_sip > 0;
         rows.push(json!({
             "calls": s.calls, "frames_kith": s.frames_kith, "late_kith": s.late_kith,
@@ -425,6 +632,8 @@ pub fn run(steps: Vec<usize>, secs: f64, out: PathBuf) -> anyhow::Result<()> {
             "worst_sip_ms": s.worst_sip_ms, "gateway_cpu_pct": s.gateway_cpu_pct,
             "gateway_cpu_pct_per_call": s.gateway_cpu_pct / s.calls as f64, "far_cpu_pct": s.far_cpu_pct,
             "gateway_wakeups_per_sec": s.gateway_wakeups,
+            "kith_to_sip_ms": d.kith_to_sip, "kith_buffer_ms": d.kith_buffer, "kith_to_sip_added_ms": added_k2s,
+            "sip_to_kith_ms": d.sip_to_kith, "sip_buffer_ms": d.sip_buffer, "sip_to_kith_added_ms": added_s2k,
             "every_frame_on_time": on_time,
         }));
         if !on_time {

@@ -329,6 +329,9 @@ async fn keys_hangups_and_refusals() {
     );
     kam.wait_for("kith-test: CANCEL sip:desk@", Duration::from_secs(10))
         .unwrap();
+    // Kamailio matched the CANCEL to the INVITE (its top Via) and passed it on: the phone stops ringing.
+    desk.wait_for("session closed", Duration::from_secs(10))
+        .unwrap();
 
     // A service whose phone is not registered (Kamailio: 404): no answer.
     let id = call("gone").await;

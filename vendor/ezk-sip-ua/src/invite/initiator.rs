@@ -12,7 +12,7 @@ use sip_core::transaction::{ClientInvTsx, TsxResponse};
 use sip_core::transport::OutgoingRequest;
 use sip_core::{Endpoint, Error, Request};
 use sip_types::header::HeaderError;
-use sip_types::header::typed::{CSeq, Contact, RSeq, Refresher, Supported};
+use sip_types::header::typed::{CSeq, Contact, RSeq, Refresher, Supported, Via};
 use sip_types::uri::{NameAddr, SipUri};
 use sip_types::{Method, Name, StatusCode};
 use std::collections::HashMap;
@@ -112,20 +112,38 @@ impl InviteInitiator {
             .expect("must send invite before calling cancel");
 
         let invite_cseq = transaction.request().msg.headers.get_named::<CSeq>()?;
+        // kith: the CANCEL carries the INVITE's own top Via (its branch), as RFC 3261 9.1 requires:
+        // proxies find the INVITE's transaction by it (Kamailio drops a CANCEL it cannot match). ezk sent it
+        // as a new transaction with a new branch.
+        let invite_via = transaction.request().msg.headers.get_named::<Via>()?;
 
         let request = self
             .dialog_builder
             .create_request(Method::CANCEL, Some(invite_cseq.cseq));
 
-        self.dialog_builder
+        let mut cancel = self
+            .dialog_builder
             .endpoint
-            .send_request(request, &mut self.dialog_builder.target_tp_info)
-            .await?
-            .receive_final()
+            .create_outgoing(request, &mut self.dialog_builder.target_tp_info)
             .await?;
+        cancel.msg.headers.insert_named_front(&invite_via);
+        let endpoint = self.dialog_builder.endpoint.clone();
+        endpoint.send_outgoing_request(&mut cancel).await?;
+        let mut resend = CancelResend::new();
 
         loop {
-            match self.receive().await? {
+            // kith: until the INVITE ends, the CANCEL is sent again on the non-INVITE schedule (T1
+            // doubling to T2, 64 T1 in all): it is outside any transaction, so nothing else repeats it.
+            let response = tokio::select! {
+                r = self.receive() => r?,
+                again = resend.wait() => {
+                    if again {
+                        endpoint.send_outgoing_request(&mut cancel).await?;
+                    }
+                    continue;
+                }
+            };
+            match response {
                 Response::Provisional(_) => {}
                 Response::Failure(..) => return Ok(()),
                 Response::Early(early, ..) => {
@@ -248,6 +266,10 @@ impl InviteInitiator {
             endpoint: self.dialog_builder.endpoint.clone(),
             dialog: Some(dialog),
             invite_cseq: response.base_headers.cseq.cseq,
+            invite_via: self
+                .transaction
+                .as_ref()
+                .and_then(|t| t.request().msg.headers.get_named::<Via>().ok()),
             response_rx,
             timer_config: self.timer_config,
         })
@@ -304,6 +326,8 @@ pub struct Early {
     dialog: Option<Dialog>,
 
     invite_cseq: u32,
+    /// kith: the INVITE's top Via, for the CANCEL.
+    invite_via: Option<Via>,
 
     response_rx: mpsc::Receiver<EarlyEvent>,
 
@@ -382,17 +406,29 @@ impl Early {
 
         let mut target_tp_info = dialog.target_tp_info.lock().await;
 
-        let mut tsx = self
+        // kith: the INVITE's top Via, as in `InviteInitiator::cancel`.
+        let mut cancel = self
             .endpoint
-            .send_request(request, &mut target_tp_info)
+            .create_outgoing(request, &mut target_tp_info)
             .await?;
-
         drop(target_tp_info);
-
-        tsx.receive_final().await?;
+        if let Some(via) = &self.invite_via {
+            cancel.msg.headers.insert_named_front(via);
+        }
+        self.endpoint.send_outgoing_request(&mut cancel).await?;
+        let mut resend = CancelResend::new();
 
         loop {
-            match self.response_rx.recv().await {
+            let event = tokio::select! {
+                e = self.response_rx.recv() => e,
+                again = resend.wait() => {
+                    if again {
+                        self.endpoint.send_outgoing_request(&mut cancel).await?;
+                    }
+                    continue;
+                }
+            };
+            match event {
                 Some(EarlyEvent::Response(response)) => {
                     if response.line.code == StatusCode::REQUEST_TERMINATED {
                         return Ok(());
@@ -402,5 +438,36 @@ impl Early {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+/// kith: when a CANCEL sent outside a transaction goes again (RFC 3261 17.1.2.2: T1 = 500 ms doubling up to
+/// T2 = 4 s, for 64 T1 = 32 s in all).
+struct CancelResend {
+    interval: std::time::Duration,
+    next: tokio::time::Instant,
+    end: tokio::time::Instant,
+}
+
+impl CancelResend {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        let t1 = std::time::Duration::from_millis(500);
+        Self {
+            interval: t1,
+            next: now + t1,
+            end: now + t1 * 64,
+        }
+    }
+
+    /// Waits for the next time; true: send again, false: the schedule is over (waits forever after).
+    async fn wait(&mut self) -> bool {
+        if self.next >= self.end {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.interval = (self.interval * 2).min(std::time::Duration::from_secs(4));
+        self.next += self.interval;
+        self.next < self.end
     }
 }
