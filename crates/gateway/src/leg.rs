@@ -1,9 +1,10 @@
 //! The SIP leg's media: RTP on a UDP socket, G.711 to and from the 48 kHz audio of the kith call (through a
 //! [`Bridge`]), a jitter buffer for what the PBX's phones send, and telephone events both ways.
 //!
-//! One task per call, on a 20 ms clock of its own: each tick takes 20 ms of the kith call's audio, sends it
-//! as one RTP packet (or a telephone-event packet while a key is pressed), and plays 20 ms out of the
-//! jitter buffer into the kith call. The SDP negotiation (see [`SipMedia`]) tells the task where to send
+//! One task per call, on a 20 ms clock of its own, which the kith call's media follows (see [`Bridge`]):
+//! each tick plays 20 ms out of the jitter buffer into the kith call; the call then encodes it and plays
+//! its next 20 ms back, which the task sends at once as one RTP packet (or a telephone-event packet while a
+//! key is pressed). The SDP negotiation (see [`SipMedia`]) tells the task where to send
 //! and in which codec; until then, and while the peer holds the call, it sends nothing.
 
 use crate::g711;
@@ -331,7 +332,24 @@ async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // What the kith caller said, to the phone.
+                // What the phone said, to the kith caller: a frame every tick (silence when nothing came),
+                // for the call's clock follows this one (see `Bridge`).
+                let played_now = jb.pop(&mut played);
+                st.buffered_ms = jb.buffered_samples() as f64 / 8.0;
+                if !played_now {
+                    played.fill(0);
+                    if n.is_some() {
+                        st.concealed += 1;
+                    }
+                }
+                heard.clear();
+                up.process(&played, &mut heard);
+                bridge.to_call.put(&heard);
+                bridge.frame_in.notify_one();
+                stats.send_replace(st.clone());
+            }
+            _ = bridge.frame_out.notified() => {
+                // What the kith caller said, to the phone: the frame the call just played, sent at once.
                 bridge.from_call.take(&mut wide);
                 narrow.clear();
                 down.process(&wide, &mut narrow);
@@ -375,16 +393,6 @@ async fn run(
                     seq = seq.wrapping_add(1);
                 }
                 timestamp = timestamp.wrapping_add(FRAME_8K as u32);
-                // What the phone said, to the kith caller.
-                let played_now = jb.pop(&mut played);
-                st.buffered_ms = jb.buffered_samples() as f64 / 8.0;
-                if played_now {
-                    heard.clear();
-                    up.process(&played, &mut heard);
-                    bridge.to_call.put(&heard);
-                } else if n.is_some() {
-                    st.concealed += 1;
-                }
                 stats.send_replace(st.clone());
             }
             r = socket.recv_from(&mut buf) => {

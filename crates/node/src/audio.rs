@@ -550,6 +550,16 @@ impl Queue {
         }
     }
 
+    /// Drops all but the newest `n` samples (counted as dropped): a bridged call's first frame, after
+    /// what the other side put before the call's media ran.
+    pub fn keep_last(&self, n: usize) {
+        if let Ok(mut i) = self.0.lock() {
+            let excess = i.q.len().saturating_sub(n);
+            i.q.drain(..excess);
+            i.dropped += excess as u64;
+        }
+    }
+
     /// Whether both are the same queue.
     pub fn same(&self, other: &Queue) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

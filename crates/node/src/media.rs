@@ -38,14 +38,20 @@ pub enum AudioInput {
     Bridge(Bridge),
 }
 
-/// A call's audio exchanged in-process instead of with a sound card: the other side puts 48 kHz mono
-/// samples into `to_call` on its own clock, the call takes them on its media clock (as from a microphone),
-/// and every frame the call plays goes into `from_call` for the other side to take (as a loudspeaker
-/// would). A gateway bridges its SIP leg to a kith call this way.
+/// A call's audio exchanged in-process instead of with a sound card. The other side's clock drives the
+/// call's: each time it puts a frame of 48 kHz mono samples into `to_call` it says so on `frame_in`; the
+/// call then takes that frame (as from a microphone), encodes and sends it, plays its next frame into
+/// `from_call` and says so on `frame_out`, for the other side to take and send on at once. So the two
+/// clocks are one, and no audio waits in the bridge for the other side's next tick (up to a frame each
+/// way with two clocks). A gateway bridges its SIP leg to a kith call this way.
 #[derive(Clone, Default)]
 pub struct Bridge {
     pub to_call: Queue,
     pub from_call: Queue,
+    /// The other side put a frame into `to_call`.
+    pub frame_in: Arc<tokio::sync::Notify>,
+    /// The call put a frame into `from_call`.
+    pub frame_out: Arc<tokio::sync::Notify>,
     /// The audio band the other side carries, in kHz (`None`: full band). The call's encoder is capped at
     /// it: nothing above it is in the audio, and a narrower band costs the encoder less (narrowband Opus
     /// about half of fullband's CPU here, BENCHMARKS.md).
@@ -571,8 +577,12 @@ pub fn start(
                         }
                     }
                 }
-                c = tick.tick() => {
+                c = next_capture(&mut tick, bridge.as_ref()) => {
                     last_capture = c;
+                    // Bridged: the other side's frame is also the moment to play one for it.
+                    if bridge.is_some() {
+                        due = Some(c);
+                    }
                     if let Some(d) = ride
                         && d <= c
                     {
@@ -592,7 +602,19 @@ pub fn start(
                                 pos += 1;
                             }
                         }
-                        Some(AudioInput::Device(_) | AudioInput::Bridge(_)) => match &capture {
+                        Some(AudioInput::Bridge(b)) => {
+                            // The frame the other side just put (no priming: its clock is ours); at the
+                            // start, not what it put before the call's media ran. One more waiting (it
+                            // ran ahead while this loop was busy): taken next, at once.
+                            if frame_no == 0 {
+                                b.to_call.keep_last(pcm.len());
+                            }
+                            b.to_call.take(&mut pcm);
+                            if b.to_call.len() >= pcm.len() {
+                                b.frame_in.notify_one();
+                            }
+                        }
+                        Some(AudioInput::Device(_)) => match &capture {
                             Some(q) => q.take_frame(&mut pcm),
                             None => pcm.fill(0),
                         },
@@ -639,7 +661,7 @@ pub fn start(
                         Err(e) => tracing::warn!(error = %e, "cannot encode a frame"),
                     }
                 }
-                at = play.tick(), if ride.is_none() => due = Some(at),
+                at = play.tick(), if ride.is_none() && bridge.is_none() => due = Some(at),
                 Some(d) = rx.recv() => {
                     match Datagram::decode(&d) {
                         Ok(Datagram::Audio(a)) if a.tag == tag => {
@@ -775,6 +797,9 @@ pub fn start(
                 }
                 if let Some(q) = &playback {
                     q.put_frame(&out, is_quiet);
+                }
+                if let Some(b) = &bridge {
+                    b.frame_out.notify_one();
                 }
                 if let Some(w) = writer.as_mut() {
                     if w.len() == 0
@@ -946,5 +971,19 @@ mod tests {
                 "{loss}/{burst}: {mean_burst}"
             );
         }
+    }
+}
+
+/// The capture clock's next tick: the media clock's, or, bridged, the other side's next frame.
+async fn next_capture(
+    tick: &mut tokio::time::Interval,
+    bridge: Option<&Bridge>,
+) -> tokio::time::Instant {
+    match bridge {
+        Some(b) => {
+            b.frame_in.notified().await;
+            tokio::time::Instant::now()
+        }
+        None => tick.tick().await,
     }
 }
