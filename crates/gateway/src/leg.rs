@@ -126,7 +126,8 @@ pub struct LegStats {
     pub dropped: u64,
     pub keys_sent: u64,
     pub keys_received: u64,
-    /// The phone's audio waiting in the jitter buffer after the last tick took its 20 ms, in ms.
+    /// How long the packet that waited least in the jitter buffer waited, over the last second of
+    /// packets played (its delay for a packet that came with the least transit), in ms.
     pub buffered_ms: f64,
 }
 
@@ -206,7 +207,17 @@ struct JitterBuffer {
     /// Audio taken from packets but not yet played.
     ready: std::collections::VecDeque<i16>,
     highest: Option<u64>,
+    /// When each packet held came.
+    arrived: BTreeMap<u64, std::time::Instant>,
+    /// The least wait of a packet played in the current window of [`WAIT_WINDOW`] packets, their count,
+    /// and the least of the last whole window.
+    wait_min: Option<Duration>,
+    waits: u32,
+    last_wait_min: Option<Duration>,
 }
+
+/// Packets played over which the least wait is taken (a second).
+const WAIT_WINDOW: u32 = 50;
 
 /// Packets held before playout starts (40 ms at 20 ms a packet), and the most held before the oldest
 /// are skipped (the peer's clock runs fast or a burst came after a stall).
@@ -231,6 +242,7 @@ impl JitterBuffer {
         }
         self.highest = Some(self.highest.map_or(s, |h| h.max(s)));
         self.packets.insert(s, audio);
+        self.arrived.insert(s, std::time::Instant::now());
         while self.packets.len() > MAX_DEPTH {
             self.packets.pop_first();
             self.next = self.packets.keys().next().copied();
@@ -238,9 +250,13 @@ impl JitterBuffer {
         true
     }
 
-    /// Audio held: packets waiting and what is left of the one being played, in 8 kHz samples.
-    fn buffered_samples(&self) -> usize {
-        self.packets.values().map(Vec::len).sum::<usize>() + self.ready.len()
+    /// The least wait of a packet played over the last whole window.
+    fn least_wait(&mut self) -> Option<Duration> {
+        // Packets skipped or lost are not waiting any more.
+        if let Some(next) = self.next {
+            self.arrived.retain(|&k, _| k >= next);
+        }
+        self.last_wait_min
     }
 
     /// 20 ms of audio, or None when there is nothing to play (playout not started, or a gap).
@@ -255,6 +271,15 @@ impl JitterBuffer {
             let Some(n) = self.next else { break };
             match self.packets.remove(&n) {
                 Some(a) => {
+                    if let Some(at) = self.arrived.remove(&n) {
+                        let w = at.elapsed();
+                        self.wait_min = Some(self.wait_min.map_or(w, |m| m.min(w)));
+                        self.waits += 1;
+                        if self.waits >= WAIT_WINDOW {
+                            self.last_wait_min = self.wait_min.take();
+                            self.waits = 0;
+                        }
+                    }
                     self.ready.extend(a);
                     self.next = Some(n + 1);
                 }
@@ -335,7 +360,7 @@ async fn run(
                 // What the phone said, to the kith caller: a frame every tick (silence when nothing came),
                 // for the call's clock follows this one (see `Bridge`).
                 let played_now = jb.pop(&mut played);
-                st.buffered_ms = jb.buffered_samples() as f64 / 8.0;
+                st.buffered_ms = jb.least_wait().map_or(0.0, |w| w.as_secs_f64() * 1000.0);
                 if !played_now {
                     played.fill(0);
                     if n.is_some() {

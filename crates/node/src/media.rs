@@ -505,6 +505,8 @@ pub fn start(
         let mut ride: Option<tokio::time::Instant> = None;
         let mut last_capture = tokio::time::Instant::now();
         let mut rode = 0u64;
+        // Bridged: the jitter buffer's cuts not yet taken out (see below).
+        let mut bridged_cut = Duration::ZERO;
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames taken from the input, and packets sent (fewer: in a pause, DTX sends a frame only every
@@ -774,12 +776,25 @@ pub fn start(
                 let riding = ride.is_some();
                 rode += u64::from(riding);
                 let mut next = at + frame_dur;
-                let advance = jb.advance();
+                let mut advance = jb.advance();
+                if let (Some(d), Some(_)) = (advance, &bridge) {
+                    // Bridged, the clock is the other side's and does not move: the cuts are taken out
+                    // once they add up to a whole frame, by dropping this quiet frame and playing the
+                    // next one in the same tick (the delay then really falls by a frame).
+                    bridged_cut += d;
+                    advance = (bridged_cut >= frame_dur).then(|| {
+                        bridged_cut -= frame_dur;
+                        frame_dur
+                    });
+                }
                 if let Some(d) = advance {
                     // A pause: play this frame shorter and the next ones that much sooner.
                     let cut = (d.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
                     out.truncate(out.len().saturating_sub(cut));
                     next -= d;
+                    if bridge.is_some() {
+                        due = Some(next);
+                    }
                 }
                 // Ride on the capture clock (or go on riding) while the peer pauses, without a sound card.
                 if playback.is_none() && jb.peer_paused() {
@@ -798,7 +813,10 @@ pub fn start(
                 if let Some(q) = &playback {
                     q.put_frame(&out, is_quiet);
                 }
-                if let Some(b) = &bridge {
+                // (A frame dropped whole, bridged, is not played: the next one is, in this tick.)
+                if let Some(b) = &bridge
+                    && !out.is_empty()
+                {
                     b.frame_out.notify_one();
                 }
                 if let Some(w) = writer.as_mut() {
@@ -897,6 +915,20 @@ fn pct(part: u64, total: u64) -> f64 {
     }
 }
 
+/// The capture clock's next tick: the media clock's, or, bridged, the other side's next frame.
+async fn next_capture(
+    tick: &mut tokio::time::Interval,
+    bridge: Option<&Bridge>,
+) -> tokio::time::Instant {
+    match bridge {
+        Some(b) => {
+            b.frame_in.notified().await;
+            tokio::time::Instant::now()
+        }
+        None => tick.tick().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -971,19 +1003,5 @@ mod tests {
                 "{loss}/{burst}: {mean_burst}"
             );
         }
-    }
-}
-
-/// The capture clock's next tick: the media clock's, or, bridged, the other side's next frame.
-async fn next_capture(
-    tick: &mut tokio::time::Interval,
-    bridge: Option<&Bridge>,
-) -> tokio::time::Instant {
-    match bridge {
-        Some(b) => {
-            b.frame_in.notified().await;
-            tokio::time::Instant::now()
-        }
-        None => tick.tick().await,
     }
 }
