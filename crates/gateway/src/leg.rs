@@ -375,49 +375,56 @@ async fn run(
             }
             _ = bridge.frame_out.notified() => {
                 // What the kith caller said, to the phone: the frame the call just played, sent at once.
-                bridge.from_call.take(&mut wide);
-                narrow.clear();
-                down.process(&wide, &mut narrow);
-                if let Some(neg) = n.as_ref().filter(|n| !n.on_hold) {
-                    if sending.is_none() && let Some(key) = queued_keys.pop_front() {
-                        sending = Some(Sending { key, timestamp, elapsed: 0, ends_sent: 0 });
-                    }
-                    let packet = match (&mut sending, neg.event_pt) {
-                        (Some(s), Some(pt)) => {
-                            let total = u32::from(s.key.duration_ms) * 8;
-                            s.elapsed = (s.elapsed + FRAME_8K as u32).min(total);
-                            let end = s.elapsed >= total;
-                            let e = rtp::Event { event: s.key.event, end, volume: 10, duration: s.elapsed.min(0xFFFF) as u16 };
-                            let marker = s.elapsed == FRAME_8K as u32;
-                            let payload = e.encode();
-                            let bytes = Packet { marker, payload_type: pt, seq, timestamp: s.timestamp, ssrc, payload: &payload }.encode();
-                            if end {
-                                // The end packet goes three times (RFC 4733 section 2.5.1.4).
-                                s.ends_sent += 1;
-                                if s.ends_sent >= 3 {
-                                    sending = None;
-                                    st.keys_sent += 1;
+                // Every frame it played since (two when this task ran late), so that none stands
+                // waiting in the bridge.
+                loop {
+                    bridge.from_call.take(&mut wide);
+                    narrow.clear();
+                    down.process(&wide, &mut narrow);
+                    if let Some(neg) = n.as_ref().filter(|n| !n.on_hold) {
+                        if sending.is_none() && let Some(key) = queued_keys.pop_front() {
+                            sending = Some(Sending { key, timestamp, elapsed: 0, ends_sent: 0 });
+                        }
+                        let packet = match (&mut sending, neg.event_pt) {
+                            (Some(s), Some(pt)) => {
+                                let total = u32::from(s.key.duration_ms) * 8;
+                                s.elapsed = (s.elapsed + FRAME_8K as u32).min(total);
+                                let end = s.elapsed >= total;
+                                let e = rtp::Event { event: s.key.event, end, volume: 10, duration: s.elapsed.min(0xFFFF) as u16 };
+                                let marker = s.elapsed == FRAME_8K as u32;
+                                let payload = e.encode();
+                                let bytes = Packet { marker, payload_type: pt, seq, timestamp: s.timestamp, ssrc, payload: &payload }.encode();
+                                if end {
+                                    // The end packet goes three times (RFC 4733 section 2.5.1.4).
+                                    s.ends_sent += 1;
+                                    if s.ends_sent >= 3 {
+                                        sending = None;
+                                        st.keys_sent += 1;
+                                    }
                                 }
+                                bytes
                             }
-                            bytes
-                        }
-                        _ => {
-                            // No events taken by the peer: keys cannot reach it.
-                            if let Some(s) = sending.take() {
-                                tracing::warn!(event = s.key.event, "the SIP side takes no telephone events: key dropped");
+                            _ => {
+                                // No events taken by the peer: keys cannot reach it.
+                                if let Some(s) = sending.take() {
+                                    tracing::warn!(event = s.key.event, "the SIP side takes no telephone events: key dropped");
+                                }
+                                let payload = encode(neg.codec, &narrow);
+                                let bytes = Packet { marker: first, payload_type: neg.payload_type, seq, timestamp, ssrc, payload: &payload }.encode();
+                                first = false;
+                                bytes
                             }
-                            let payload = encode(neg.codec, &narrow);
-                            let bytes = Packet { marker: first, payload_type: neg.payload_type, seq, timestamp, ssrc, payload: &payload }.encode();
-                            first = false;
-                            bytes
+                        };
+                        if socket.send_to(&packet, neg.remote).await.is_ok() {
+                            st.sent += 1;
                         }
-                    };
-                    if socket.send_to(&packet, neg.remote).await.is_ok() {
-                        st.sent += 1;
+                        seq = seq.wrapping_add(1);
                     }
-                    seq = seq.wrapping_add(1);
+                    timestamp = timestamp.wrapping_add(FRAME_8K as u32);
+                    if bridge.from_call.len() < FRAME_48K {
+                        break;
+                    }
                 }
-                timestamp = timestamp.wrapping_add(FRAME_8K as u32);
                 stats.send_replace(st.clone());
             }
             r = socket.recv_from(&mut buf) => {
