@@ -89,19 +89,8 @@ pub async fn inside(calls: usize, out: &Path) -> anyhow::Result<()> {
     )?;
     let mut gw = Daemon::init_gateway(&exe, &d.join("gw"), "example", &config)?;
     gw.start().await?;
-    let statement = kith_core::org::OrgStatement {
-        account: kith_node::Profile::new(&gw.home).public()?.account,
-        services: vec!["support".into()],
-        expires: kith_node::node::unix_now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
-    let lab = kith_org::lab::Lab::start(
-        "example.org",
-        &[kith_core::org::format_txt(&statement)],
-        Some(kith_core::org::format_document(&statement, "example.org")),
-    )
-    .await?;
+    let account = kith_node::Profile::new(&gw.home).public()?.account;
+    let lab = crate::sip_peers::publish_org(account, &["support"]).await?;
     let mut alice = Daemon::init(&exe, &d.join("alice"), "alice")?;
     configure_org(&alice.home, &lab)?;
     alice.start().await?;

@@ -393,6 +393,38 @@ pub fn phone_heard(rec: &Path) -> anyhow::Result<Vec<i16>> {
     Ok(to_48k(&read_wav(&dump)?))
 }
 
+/// example.org on this machine (a DNSSEC-signed zone and an HTTPS document, `kith_org::lab`) publishing
+/// `account` for `services`, valid for a day.
+pub async fn publish_org(
+    account: kith_core::AccountKey,
+    services: &[&str],
+) -> anyhow::Result<kith_org::lab::Lab> {
+    let statement = kith_core::org::OrgStatement {
+        account,
+        services: services.iter().map(|s| s.to_string()).collect(),
+        expires: kith_node::node::unix_now() + 86_400,
+        alone: false,
+        rotation: None,
+    };
+    Ok(kith_org::lab::Lab::start(
+        "example.org",
+        &[kith_core::org::format_txt(&statement)],
+        Some(kith_core::org::format_document(&statement, "example.org")),
+    )
+    .await?)
+}
+
+/// Runs a test's body on a runtime of its own (a test that runs itself again in a namespace: see
+/// [`rerun_in_namespace`]).
+pub fn block_on(body: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(body)
+}
+
 /// Points the profile's `[org]` settings at the lab (its zone key as the trust anchor, its authority as
 /// the only root).
 pub fn configure_org(home: &Path, lab: &kith_org::lab::Lab) -> anyhow::Result<()> {

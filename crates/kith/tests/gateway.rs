@@ -40,15 +40,7 @@ fn done() {
     kith::sip_peers::namespace_done()
 }
 
-/// Runs a test's body on a runtime of its own (inside the namespace).
-fn block_on(body: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body)
-}
+use kith::sip_peers::block_on;
 
 async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> Value {
     assert!(
@@ -110,20 +102,9 @@ async fn both_ways() {
     // The organization publishes the gateway profile's account for example.org (a signed zone and an
     // HTTPS document on this machine), with the support service; alice's kith looks there.
     let org = kith_node::Profile::new(&gw.home).public().unwrap().account;
-    let statement = kith_core::org::OrgStatement {
-        account: org,
-        services: vec!["support".into()],
-        expires: kith_node::node::unix_now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
-    let lab = kith_org::lab::Lab::start(
-        "example.org",
-        &[kith_core::org::format_txt(&statement)],
-        Some(kith_core::org::format_document(&statement, "example.org")),
-    )
-    .await
-    .unwrap();
+    let lab = kith::sip_peers::publish_org(org, &["support"])
+        .await
+        .unwrap();
     let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
     configure_org(&alice.home, &lab).unwrap();
     alice.extra_args = loss;

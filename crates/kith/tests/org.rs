@@ -39,6 +39,12 @@ fn kith(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A refused command: exit status 2, and `text` in what it said on standard error.
+fn assert_refused(out: &Output, text: &str) {
+    assert_eq!(out.status.code(), Some(2), "{:?}", said(out));
+    assert!(said(out).1.contains(text), "{:?}", said(out));
+}
+
 fn said(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -111,35 +117,21 @@ async fn kith_org_verify_shows_the_verified_organization_and_pins_its_key() {
         "{added}"
     );
     let nope = kith(&home, &["add", "billing@example.org"]);
-    assert_eq!(nope.status.code(), Some(2), "{:?}", said(&nope));
-    assert!(
-        said(&nope)
-            .1
-            .contains("example.org offers no service \"billing\"; it offers: support, sales"),
-        "{:?}",
-        said(&nope)
+    assert_refused(
+        &nope,
+        "example.org offers no service \"billing\"; it offers: support, sales",
     );
 
     // Another key with no signature from the pinned one: refused loudly, nothing pinned.
     let impostor = AccountSecret::generate(&mut StdRng::seed_from_u64(2));
     lab.publish(&statement(&impostor)).await.unwrap();
     let refused = kith(&home, &["org", "verify", "example.org"]);
-    assert_eq!(refused.status.code(), Some(2), "{:?}", said(&refused));
-    assert!(
-        said(&refused).1.contains("possible impostor"),
-        "{:?}",
-        said(&refused)
-    );
+    assert_refused(&refused, "possible impostor");
 
     // The two channels disagree: refused, "possible compromise".
     lab.web.set(Some(format_document(&s, "example.org")));
     let split = kith(&home, &["org", "verify", "example.org"]);
-    assert_eq!(split.status.code(), Some(2));
-    assert!(
-        said(&split).1.contains("possible compromise"),
-        "{:?}",
-        said(&split)
-    );
+    assert_refused(&split, "possible compromise");
 
     // A change the pinned key signed is taken, and pinned.
     let new = AccountSecret::generate(&mut StdRng::seed_from_u64(3));
@@ -160,23 +152,10 @@ async fn kith_org_verify_shows_the_verified_organization_and_pins_its_key() {
     assert!(fresh.contains("first seen"), "{fresh}");
 
     let bad = kith(&home, &["org", "verify", "not a domain"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        said(&bad).1.contains("is not a domain name"),
-        "{:?}",
-        said(&bad)
-    );
+    assert_refused(&bad, "is not a domain name");
 }
 
-/// Runs a test's body on a runtime of its own (inside its namespace).
-fn block_on(body: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body)
-}
+use kith::sip_peers::block_on;
 
 fn nft(rules: &str) {
     let out = Command::new("nft")
@@ -219,20 +198,9 @@ async fn impostors() {
     let mut org = Daemon::init(exe(), &d.join("org"), "example").unwrap();
     org.start().await.unwrap();
     let account = kith_node::Profile::new(&org.home).public().unwrap().account;
-    let s = OrgStatement {
-        account,
-        services: vec!["support".into()],
-        expires: now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
-    let lab = Lab::start(
-        "example.org",
-        &[kith_core::org::format_txt(&s)],
-        Some(format_document(&s, "example.org")),
-    )
-    .await
-    .unwrap();
+    let lab = kith::sip_peers::publish_org(account, &["support"])
+        .await
+        .unwrap();
     let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
     configure(&alice.home, &lab);
     alice.start().await.unwrap();
@@ -352,34 +320,18 @@ async fn impostors() {
     assert!(requests.contains("not verified"), "{requests}");
     let impostor_address = impostor.address().unwrap();
     let accept = kith(&alice.home, &["accept", &impostor_address]);
-    assert_eq!(accept.status.code(), Some(2), "{:?}", said(&accept));
-    assert!(
-        said(&accept)
-            .1
-            .contains("they call themselves \"support@example.org\", an organization's form"),
-        "{:?}",
-        said(&accept)
+    assert_refused(
+        &accept,
+        "they call themselves \"support@example.org\", an organization's form",
     );
     let card = impostor.client().get("/v1/card").await.unwrap()["card"]
         .as_str()
         .unwrap()
         .to_owned();
     let add = kith(&alice.home, &["add", &card]);
-    assert_eq!(add.status.code(), Some(2), "{:?}", said(&add));
-    assert!(
-        said(&add)
-            .1
-            .contains("the card names itself \"support@example.org\""),
-        "{:?}",
-        said(&add)
-    );
+    assert_refused(&add, "the card names itself \"support@example.org\"");
     let add = kith(&alice.home, &["add", &card, "--name", "sales@example.org"]);
-    assert_eq!(add.status.code(), Some(2), "{:?}", said(&add));
-    assert!(
-        said(&add).1.contains("kith add service@domain"),
-        "{:?}",
-        said(&add)
-    );
+    assert_refused(&add, "kith add service@domain");
     let ok = kith(
         &alice.home,
         &["accept", &impostor_address, "--name", "stranger"],
