@@ -408,10 +408,11 @@ fn step(
                     if let Ok(Datagram::Audio(a)) = Datagram::decode(&d)
                         && on2.load(std::sync::atomic::Ordering::Relaxed)
                     {
+                        let now = Instant::now();
                         if let Some(p) = &probe_kith {
                             p.lock().unwrap_or_else(|e| e.into_inner()).to_caller.push((
                                 a.timestamp,
-                                Instant::now(),
+                                now,
                                 a.payload.to_vec(),
                             ));
                         }
@@ -421,7 +422,7 @@ fn step(
                             .entry(i)
                             .or_default()
                             .0
-                            .push((f, Instant::now()));
+                            .push((f, now));
                     }
                 }
             });
@@ -432,10 +433,11 @@ fn step(
                     if let Ok(p) = kith_gateway::rtp::Packet::parse(&buf[..n])
                         && on.load(std::sync::atomic::Ordering::Relaxed)
                     {
+                        let now = Instant::now();
                         if let Some(pr) = &probe_sip {
                             pr.lock().unwrap_or_else(|e| e.into_inner()).to_phone.push((
                                 p.timestamp,
-                                Instant::now(),
+                                now,
                                 p.payload.to_vec(),
                             ));
                         }
@@ -445,7 +447,7 @@ fn step(
                             .entry(i)
                             .or_default()
                             .0
-                            .push((f, Instant::now()));
+                            .push((f, now));
                     }
                 }
             });

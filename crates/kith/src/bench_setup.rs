@@ -64,8 +64,10 @@ fn ms(d: Duration) -> f64 {
 fn summary(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let median = if s.is_empty() { 0.0 } else { s[s.len() / 2] };
-    (median, s.last().copied().unwrap_or(0.0))
+    (
+        crate::demo::percentile(&s, 0.5),
+        crate::demo::percentile(&s, 1.0),
+    )
 }
 
 /// The measurement itself (inside the namespace).

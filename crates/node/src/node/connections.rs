@@ -628,6 +628,14 @@ impl Node {
         }
     }
 
+    /// Keeps why the last dial to `account` failed, for what the user sees: `kith contacts`, and a call
+    /// that ends unreachable.
+    fn dial_error(&self, account: AccountKey, e: &kith_net::DialError) {
+        if let Some(p) = lock(&self.state).peers.get_mut(&account) {
+            p.last_dial_error = Some(e.to_string());
+        }
+    }
+
     pub(super) fn dial(self: &Arc<Self>, account: AccountKey) {
         let node = self.clone();
         tokio::spawn(async move {
@@ -640,8 +648,8 @@ impl Node {
                     node.discovery.lookup(account, unix_now()).await;
                     if let Some(p) = lock(&node.state).peers.get_mut(&account) {
                         p.outbox.dial_failed(Instant::now());
-                        p.last_dial_error = Some(e.to_string());
                     }
+                    node.dial_error(account, &e);
                     node.wake.notify_one();
                 }
             }
@@ -1039,12 +1047,7 @@ impl Node {
             let hello = node.hello();
             match node.net().dial(account, &hello, unix_now()).await {
                 Ok(s) => node.register(s, Role::Contact),
-                // Kept for what the user sees: `kith contacts`, and a call that ends unreachable.
-                Err(e) => {
-                    if let Some(p) = lock(&node.state).peers.get_mut(&account) {
-                        p.last_dial_error = Some(e.to_string());
-                    }
-                }
+                Err(e) => node.dial_error(account, &e),
             }
         });
     }
