@@ -181,6 +181,13 @@ impl DeviceSecret {
         self.derive_seed(b"kith request endpoint key v1", period, None)
     }
 
+    /// The seed of a gateway's endpoint: fixed, not rotating. An organization's gateways are public
+    /// servers that its published list of gateways names by endpoint key and address; there is no contact
+    /// to hide them from.
+    pub fn gateway_endpoint_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.derive_seed(b"kith gateway endpoint key v1", 0, None)
+    }
+
     fn derive_seed(
         &self,
         label: &[u8],

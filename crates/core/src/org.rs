@@ -17,6 +17,8 @@
 //! Then [`check_pin`]: the key first verified for a domain is pinned; a later key is taken only with a
 //! [`Rotation`] signed by the pinned key, carried by the statements.
 
+pub mod roster;
+
 use crate::address::Address;
 use crate::identity::{AccountKey, AccountSecret, Signature, domain_signed_bytes};
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,34 @@ pub struct OrgStatement {
     pub alone: bool,
     /// The key change that led to `account`, signed by the key before.
     pub rotation: Option<Rotation>,
+    /// Which gateway devices speak for the account ([`roster::Roster::digest`]): the TXT record's `dev=`,
+    /// or the digest of the document's roster.
+    pub roster_digest: Option<String>,
+    /// The signed list of gateways itself (the HTTPS document carries it; the TXT record only its digest).
+    pub roster: Option<roster::Roster>,
+}
+
+impl OrgStatement {
+    /// A statement of `account` with `services` until `expires`, one channel not enough alone, no key
+    /// change and no list of gateways (the account's own node answers).
+    pub fn new(account: AccountKey, services: Vec<String>, expires: u64) -> Self {
+        Self {
+            account,
+            services,
+            expires,
+            alone: false,
+            rotation: None,
+            roster_digest: None,
+            roster: None,
+        }
+    }
+
+    /// The same statement naming `roster` as the organization's gateways.
+    pub fn with_roster(mut self, roster: roster::Roster) -> Self {
+        self.roster_digest = Some(roster.digest());
+        self.roster = Some(roster);
+        self
+    }
 }
 
 /// A key change of the organization, signed by the key it replaces.
@@ -157,6 +187,9 @@ pub struct Verified {
     pub missing: Option<String>,
     /// The key changes the statements carry (to check a pinned key against).
     pub rotations: Vec<Rotation>,
+    /// The organization's gateway devices, when it publishes a list of them (checked: signed by the
+    /// account, for this domain, not expired, and the one both channels name).
+    pub roster: Option<roster::Roster>,
 }
 
 impl Verified {
@@ -221,6 +254,20 @@ pub enum Refused {
         expires: u64,
     },
     #[error(
+        "{domain}: DNSSEC names the list of gateways {dns} but HTTPS carries {https}: possible compromise \
+         of one of them, so neither is trusted. Ask the organization by another way before calling"
+    )]
+    GatewaysDisagree {
+        domain: String,
+        dns: String,
+        https: String,
+    },
+    #[error("{reason}")]
+    Gateways {
+        domain: String,
+        reason: roster::RosterError,
+    },
+    #[error(
         "{domain} now names key {now}, not the key {pinned} you reached before, and no key change signed \
          by that key comes with it: refused, possible impostor. If the organization really changed its \
          key, check the new fingerprint with it and remove the old pin (`kith org forget {domain}`)"
@@ -264,6 +311,7 @@ pub fn judge(domain: &str, dns: Lookup, https: Lookup, now: u64) -> Result<Verif
         .iter()
         .filter_map(|(_, s)| s.rotation.clone())
         .collect();
+    let roster = gateways_of(&domain, &found, now)?;
     match found.as_slice() {
         [] => Err(Refused::NotPublished { domain }),
         [(_, a), (_, b)] if a.account != b.account => Err(Refused::Disagree {
@@ -285,6 +333,7 @@ pub fn judge(domain: &str, dns: Lookup, https: Lookup, now: u64) -> Result<Verif
             channels: vec![Channel::Dns, Channel::Https],
             missing: None,
             rotations,
+            roster,
         }),
         [(channel, s)] => {
             let why = missing
@@ -307,10 +356,42 @@ pub fn judge(domain: &str, dns: Lookup, https: Lookup, now: u64) -> Result<Verif
                 channels: vec![*channel],
                 missing: Some(why),
                 rotations,
+                roster,
             })
         }
         _ => unreachable!("two channels at most"),
     }
+}
+
+/// The list of gateways the statements name: the same one in both (by digest), signed by the account
+/// they name, for this domain, not expired. None when the organization publishes none (its account then
+/// speaks for itself through the DHT), or when only the TXT record's digest was found.
+fn gateways_of(
+    domain: &str,
+    found: &[(Channel, OrgStatement)],
+    now: u64,
+) -> Result<Option<roster::Roster>, Refused> {
+    if let [(_, a), (_, b)] = found
+        && a.roster_digest != b.roster_digest
+    {
+        let name = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".into());
+        return Err(Refused::GatewaysDisagree {
+            domain: domain.to_owned(),
+            dns: name(&a.roster_digest),
+            https: name(&b.roster_digest),
+        });
+    }
+    let Some((_, s)) = found.iter().find(|(_, s)| s.roster.is_some()) else {
+        return Ok(None);
+    };
+    let roster = s.roster.clone().expect("found by is_some");
+    roster
+        .verify(domain, &s.account, now)
+        .map_err(|reason| Refused::Gateways {
+            domain: domain.to_owned(),
+            reason,
+        })?;
+    Ok(Some(roster))
 }
 
 /// What to do with the domain's pin.
@@ -401,8 +482,8 @@ pub fn parse_txt(records: &[String]) -> Result<Option<OrgStatement>, String> {
         [one] => one,
         _ => return Err("more than one v=kith1 TXT record".into()),
     };
-    let (mut account, mut expires, mut services, mut alone, mut rotation) =
-        (None, None, vec![], false, None);
+    let (mut account, mut expires, mut services, mut alone, mut rotation, mut roster_digest) =
+        (None, None, vec![], false, None, None);
     for field in record.split([' ', ';']).filter(|f| !f.is_empty()) {
         let (k, v) = field
             .split_once('=')
@@ -425,6 +506,7 @@ pub fn parse_txt(records: &[String]) -> Result<Option<OrgStatement>, String> {
             "svc" => services = v.split(',').map(str::to_owned).collect(),
             "alone" => alone = v == "1",
             "rot" => rotation = Some(Rotation::decode(v)?),
+            "dev" => roster_digest = Some(v.to_ascii_lowercase()),
             _ => {}
         }
     }
@@ -435,6 +517,8 @@ pub fn parse_txt(records: &[String]) -> Result<Option<OrgStatement>, String> {
         services,
         alone,
         rotation,
+        roster_digest,
+        roster: None,
     }))
 }
 
@@ -449,6 +533,9 @@ pub fn format_txt(s: &OrgStatement) -> String {
     }
     if let Some(r) = &s.rotation {
         out += &format!(" rot={}", r.encode());
+    }
+    if let Some(d) = &s.roster_digest {
+        out += &format!(" dev={d}");
     }
     out
 }
@@ -469,6 +556,9 @@ struct DocumentJson {
     alone: bool,
     #[serde(default)]
     rotation: Option<String>,
+    /// The signed list of the organization's gateways ([`roster::Roster::encode`]).
+    #[serde(default)]
+    gateways: Option<String>,
     /// A hoster's HTTPS URL that serves the document instead (one level).
     #[serde(default)]
     delegate: Option<String>,
@@ -513,12 +603,20 @@ pub fn parse_document(bytes: &[u8], domain: &str) -> Result<Document, String> {
         .parse::<Address>()
         .map_err(|e| format!("\"account\" is not a kith address: {e}"))?
         .account();
+    let roster = doc
+        .gateways
+        .as_deref()
+        .map(roster::Roster::decode)
+        .transpose()
+        .map_err(|e| format!("\"gateways\": {e}"))?;
     Ok(Document::Statement(OrgStatement {
         account,
         services: doc.services,
         expires: doc.expires.ok_or("no \"expires\" (Unix seconds)")?,
         alone: doc.alone,
         rotation: doc.rotation.as_deref().map(Rotation::decode).transpose()?,
+        roster_digest: roster.as_ref().map(roster::Roster::digest),
+        roster,
     }))
 }
 
@@ -532,6 +630,7 @@ pub fn format_document(s: &OrgStatement, domain: &str) -> String {
         expires: Some(s.expires),
         alone: s.alone,
         rotation: s.rotation.as_ref().map(Rotation::encode),
+        gateways: s.roster.as_ref().map(roster::Roster::encode),
         delegate: None,
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()

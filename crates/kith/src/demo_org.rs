@@ -79,13 +79,11 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
     crate::say!(
         "  example.org's kith gateway: registered with the PBX, service support -> sip:support@{KAMAILIO}"
     );
-    let statement = kith_core::org::OrgStatement {
-        account: org,
-        services: vec!["support".into()],
-        expires: kith_node::node::unix_now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
+    let statement = kith_core::org::OrgStatement::new(
+        org,
+        vec!["support".into()],
+        kith_node::node::unix_now() + 86_400,
+    );
     let txt = kith_core::org::format_txt(&statement);
     let lab = kith_org::lab::Lab::start(
         "example.org",

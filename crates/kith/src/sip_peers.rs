@@ -399,13 +399,11 @@ pub async fn publish_org(
     account: kith_core::AccountKey,
     services: &[&str],
 ) -> anyhow::Result<kith_org::lab::Lab> {
-    let statement = kith_core::org::OrgStatement {
+    let statement = kith_core::org::OrgStatement::new(
         account,
-        services: services.iter().map(|s| s.to_string()).collect(),
-        expires: kith_node::node::unix_now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
+        services.iter().map(|s| s.to_string()).collect(),
+        kith_node::node::unix_now() + 86_400,
+    );
     Ok(kith_org::lab::Lab::start(
         "example.org",
         &[kith_core::org::format_txt(&statement)],

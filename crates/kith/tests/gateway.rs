@@ -476,13 +476,11 @@ async fn knot_and_unbound() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let org = kith_core::AccountSecret::generate(&mut rand::rng()).public();
-    let statement = kith_core::org::OrgStatement {
-        account: org,
-        services: vec!["support".into()],
-        expires: kith_node::node::unix_now() + 86_400,
-        alone: false,
-        rotation: None,
-    };
+    let statement = kith_core::org::OrgStatement::new(
+        org,
+        vec!["support".into()],
+        kith_node::node::unix_now() + 86_400,
+    );
     // Knot: the zone, signed by Knot with keys it makes (automatic DNSSEC signing).
     let knot = d.join("knot");
     std::fs::create_dir_all(knot.join("db")).unwrap();

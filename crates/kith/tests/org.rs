@@ -21,13 +21,11 @@ fn now() -> u64 {
 }
 
 fn statement(account: &AccountSecret) -> OrgStatement {
-    OrgStatement {
-        account: account.public(),
-        services: vec!["support".into(), "sales".into()],
-        expires: now() + 86_400,
-        alone: false,
-        rotation: None,
-    }
+    OrgStatement::new(
+        account.public(),
+        vec!["support".into(), "sales".into()],
+        now() + 86_400,
+    )
 }
 
 fn kith(home: &Path, args: &[&str]) -> Output {

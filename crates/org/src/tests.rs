@@ -18,13 +18,11 @@ fn now() -> u64 {
 }
 
 fn statement(account: &AccountSecret) -> OrgStatement {
-    OrgStatement {
-        account: account.public(),
-        services: vec!["support".into()],
-        expires: now() + 86_400,
-        alone: false,
-        rotation: None,
-    }
+    OrgStatement::new(
+        account.public(),
+        vec!["support".into()],
+        now() + 86_400,
+    )
 }
 
 fn key(seed: u64) -> AccountSecret {

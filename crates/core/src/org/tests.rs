@@ -9,13 +9,11 @@ fn key(seed: u64) -> AccountSecret {
 }
 
 fn statement(account: &AccountSecret) -> OrgStatement {
-    OrgStatement {
-        account: account.public(),
-        services: vec!["support".into(), "sales".into()],
-        expires: NOW + 86_400,
-        alone: false,
-        rotation: None,
-    }
+    OrgStatement::new(
+        account.public(),
+        vec!["support".into(), "sales".into()],
+        NOW + 86_400,
+    )
 }
 
 #[test]
@@ -274,4 +272,83 @@ fn documents_round_trip_delegate_once_and_must_name_the_domain() {
             .unwrap_err()
             .contains("16 KiB")
     );
+}
+
+fn roster_of(org: &AccountSecret, seq: u64, expires: u64) -> roster::Roster {
+    let device = crate::DeviceSecret::generate(&mut StdRng::seed_from_u64(seq + 100));
+    let gateway = roster::Gateway {
+        name: "gw1".into(),
+        device: device.public(),
+        endpoint: crate::EndpointKey::from_seed(&device.gateway_endpoint_seed()),
+        direct: vec!["192.0.2.10:7000".parse().unwrap()],
+        relays: vec![],
+    };
+    roster::Roster::issue(org, "example.org", seq, NOW, expires, vec![gateway]).unwrap()
+}
+
+/// The list of gateways travels whole in the HTTPS document and as a digest in the TXT record; the
+/// verdict carries it only when both name the same one, it is the account's, and it is current.
+#[test]
+fn the_gateways_both_channels_name_are_the_verified_ones() {
+    let org = key(1);
+    let roster = roster_of(&org, 2, NOW + 3600);
+    // Through the two formats, as a client reads them.
+    let published = statement(&org).with_roster(roster.clone());
+    let txt = format_txt(&published);
+    assert!(txt.contains(&format!("dev={}", roster.digest())), "{txt}");
+    let dns = parse_txt(&[txt]).unwrap().unwrap();
+    assert_eq!(dns.roster, None, "the TXT record holds only the digest");
+    let Document::Statement(https) =
+        parse_document(format_document(&published, "example.org").as_bytes(), "example.org")
+            .unwrap()
+    else {
+        panic!("a statement")
+    };
+    let v = judge(
+        "example.org",
+        Lookup::Found(dns.clone()),
+        Lookup::Found(https.clone()),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(v.roster, Some(roster.clone()));
+
+    // Another list in HTTPS than DNSSEC names (a newer one DNS does not vouch for, or none).
+    let newer = statement(&org).with_roster(roster_of(&org, 3, NOW + 3600));
+    for other in [newer, statement(&org)] {
+        let refused = judge(
+            "example.org",
+            Lookup::Found(dns.clone()),
+            Lookup::Found(other),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, Refused::GatewaysDisagree { .. }), "{refused}");
+        assert!(refused.to_string().contains("possible compromise"), "{refused}");
+    }
+
+    // A list signed by another key than the account both name, and an expired one.
+    let impostor = key(9);
+    let mut foreign = roster_of(&impostor, 2, NOW + 3600);
+    foreign.account = org.public();
+    for (bad, cause) in [
+        (foreign, "not signed by its account key"),
+        (roster_of(&org, 2, NOW), "expired"),
+    ] {
+        let both = statement(&org).with_roster(bad);
+        let refused = judge(
+            "example.org",
+            Lookup::Found(both.clone()),
+            Lookup::Found(both),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, Refused::Gateways { .. }), "{refused}");
+        assert!(refused.to_string().contains(cause), "{refused}");
+    }
+
+    // A document whose list does not decode is the channel's failure, with the field named.
+    let broken = format_document(&published, "example.org").replace(&roster.encode(), "yyyy");
+    let err = parse_document(broken.as_bytes(), "example.org").unwrap_err();
+    assert!(err.contains("\"gateways\""), "{err}");
 }
