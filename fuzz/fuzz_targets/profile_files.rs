@@ -57,11 +57,11 @@ fuzz_target!(
             let encrypted = p.is_encrypted();
             if let Ok(id) = p.unlock(None) {
                 let public = public.expect("an identity that unlocks has public keys");
-                assert_eq!(public.account, id.account.public());
+                assert_eq!(public.account, id.account_key);
                 assert_eq!(public.device, id.device.public());
                 assert_eq!(public.name, id.name);
                 assert_eq!(encrypted.ok(), Some(false));
-                assert_eq!(id.device_cert.account, id.account.public());
+                assert_eq!(id.device_cert.account, id.account_key);
                 assert!(id.device_cert.verify().is_ok());
             }
         }

@@ -55,7 +55,7 @@ async fn dial_as(
     .unwrap();
     let now = kith_node::node::unix_now();
     let hello = Hello {
-        account: id.account.public(),
+        account: id.account_key,
         device_cert: id.device_cert.clone(),
         endpoint_cert: EndpointCert::issue(&id.device, net.endpoint_key(), now - 60, now + 3600),
         card: None,

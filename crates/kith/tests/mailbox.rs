@@ -101,7 +101,7 @@ async fn deposits_need_a_current_token_and_the_mailbox_holds_nothing_readable() 
         .unlock(None)
         .unwrap();
     let carol_key = account_of(&carol);
-    let pair = PairKey::derive(&alice_id.account, &carol_key).unwrap();
+    let pair = PairKey::derive(alice_id.account.as_ref().unwrap(), &carol_key).unwrap();
     let period = kith_core::blind::period_at(kith_node::node::unix_now(), 1440).0;
     // Bob's endpoint, from his card; the depositor's endpoint is a fresh key that names nobody.
     let card = bob.client().get("/v1/card").await.unwrap();

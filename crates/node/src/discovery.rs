@@ -15,6 +15,7 @@
 
 use futures_util::StreamExt;
 use kith_core::blind::{self, PeriodNum};
+use kith_core::org::roster::Roster;
 use kith_core::record::{self, ContactPart, DeviceEntry, RecordBody, RecordCache, VerifiedRecord};
 use kith_core::{AccountKey, Hints};
 use kith_net::dht::{DhtConfig, KithDht};
@@ -247,6 +248,9 @@ pub struct NodeDiscovery {
     pub(crate) cache: Mutex<RecordCache>,
     pub(crate) config: DiscoveryConfig,
     pub(crate) stats: Mutex<SourceStats>,
+    /// Which of an organization's gateways is dialled first next time: the calls of one client take
+    /// them in turn (and clients start at random places), so the gateways share the load.
+    gateway_turn: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -292,7 +296,35 @@ impl NodeDiscovery {
             cache: Mutex::new(RecordCache::default()),
             config,
             stats: Mutex::new(SourceStats::default()),
+            gateway_turn: std::sync::atomic::AtomicUsize::new(rand::random::<u16>() as usize),
         }
+    }
+
+    /// The list of gateway devices kept for the organization whose account is `account` (see
+    /// [`kith_core::org::roster`]), with its domain.
+    pub fn gateways(&self, account: &AccountKey) -> Option<(String, Roster)> {
+        let (domain, bytes) = lock(&self.store).org_roster_of(account).ok().flatten()?;
+        match Roster::from_bytes(&bytes) {
+            Ok(r) => Some((domain, r)),
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "the kept list of gateways does not read");
+                None
+            }
+        }
+    }
+
+    /// Where an organization's gateways are, the next one in turn first; None if `account` lists none.
+    fn gateway_hints(&self, account: &AccountKey) -> Option<Vec<Hints>> {
+        let (_, roster) = self.gateways(account)?;
+        let mut hints: Vec<Hints> = roster.gateways.iter().map(|g| g.hints()).collect();
+        if !hints.is_empty() {
+            let turn = self
+                .gateway_turn
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = hints.len();
+            hints.rotate_left(turn % n);
+        }
+        Some(hints)
     }
 
     /// Looks `account` up in the DHT; returns the first valid record found for any candidate period.
@@ -449,11 +481,16 @@ impl NodeDiscovery {
         let Some(dhts) = &self.dht else {
             return Ok(vec![]);
         };
+        // A gateway device holds no account secret: its organization's list of gateways says where
+        // it is, not a record.
+        let Some(account) = &id.account else {
+            return Ok(vec![]);
+        };
         let mut done = vec![];
         let current = blind::period_at(now, self.config.period_minutes);
         let period_secs = self.config.period_minutes * 60;
         for period in [current, PeriodNum(current.0 + 1)] {
-            let secret = blind::blind_secret(&id.account, period, self.config.period_minutes);
+            let secret = blind::blind_secret(account, period, self.config.period_minutes);
             let (mut devices, contact) = entries(period);
             if !self.config.publish_direct {
                 for d in &mut devices {
@@ -514,7 +551,7 @@ impl NodeDiscovery {
                 };
                 // The contacts-only part fills the record, so its length tells nothing.
                 match record::seal_filled(
-                    &id.account,
+                    account,
                     &secret.public(),
                     body,
                     contact_key,
@@ -618,6 +655,11 @@ fn seq_offset(secret: &blind::BlindedSecret) -> i64 {
 impl Discovery for NodeDiscovery {
     fn resolve(&self, account: AccountKey) -> BoxFuture<'_, Vec<Hints>> {
         Box::pin(async move {
+            // An organization that lists its gateways is reached at them, and nowhere else: not at an
+            // address an old card named (perhaps a gateway since revoked).
+            if let Some(hints) = self.gateway_hints(&account) {
+                return hints;
+            }
             let now = crate::clock::unix_now();
             let stored = lock(&self.store).peer(&account).ok().flatten();
             let contact_key = stored

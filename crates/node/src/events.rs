@@ -26,6 +26,13 @@ pub enum Event {
     Request { name: String, address: String },
     /// A non-contact connected while requests are off, and was refused.
     RequestRefused { address: String },
+    /// A device that speaks for an organization's account but is not on the organization's list of
+    /// gateways (revoked) connected or answered, and was refused.
+    GatewayRefused {
+        domain: String,
+        device: String,
+        reason: String,
+    },
     /// This node's discovery record for `period` was stored in the DHT.
     RecordPublished {
         period: u64,

@@ -16,6 +16,7 @@ pub mod limiter;
 pub mod mailbox;
 pub mod media;
 pub mod node;
+pub mod org_admin;
 pub mod profile;
 
 pub use node::{Node, NodeConfig, NodeError};

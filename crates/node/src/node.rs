@@ -60,6 +60,10 @@ use messaging::*;
 pub use org::{OrgView, org_service};
 pub use status::{ConnectionView, RelayView, StatusView};
 
+/// Why a gateway device without its grant cannot run.
+pub(crate) const NOT_ENROLLED: &str = "this gateway device is not enrolled yet: install the grant its \
+     organization's admin made (`kith device grant <grant>`)";
+
 /// Errors of node operations, each naming what the user can do.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -90,6 +94,9 @@ pub enum NodeError {
     Call(String),
     #[error("{0}")]
     Org(#[from] kith_core::org::Refused),
+    /// What an organization's gateway device cannot do (it holds no account secret).
+    #[error("{0}")]
+    Gateway(String),
     #[error("{0}")]
     OrgSetup(#[from] kith_org::SetupError),
     #[error(
@@ -245,14 +252,14 @@ impl Node {
         let period = kith_core::blind::period_at(now, config.discovery.period_minutes);
         let contact_key_gen = lock(&store).setting(CONTACT_KEY_GEN)?.unwrap_or(0).max(0) as u64;
         let net = Net::bind_with(
-            *id.device.endpoint_seed(period.0, contact_key_gen),
+            *discovery::endpoint_seed(&id, period.0, contact_key_gen),
             config.listen,
             discovery.clone(),
             &config.net,
         )
         .await
         .map_err(|e| NodeError::Net(e.to_string()))?;
-        let account = id.account.public();
+        let account = id.account_key;
         let device = id.device.public();
         let endpoint_cert = endpoint_cert_for(
             &id,

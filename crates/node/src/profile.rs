@@ -59,6 +59,14 @@ pub enum ProfileError {
     },
     #[error("invalid display name: {0}")]
     Name(String),
+    #[error(
+        "the profile in {0} is an organization's gateway device, not enrolled yet: print its enrollment \
+         with `kith device request`, have the organization's admin run `kith org enroll DOMAIN \
+         <enrollment>` with the account, and install the grant it prints with `kith device grant <grant>`"
+    )]
+    NotEnrolled(PathBuf),
+    #[error("{0}")]
+    Gateway(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {
@@ -77,6 +85,17 @@ struct IdentityFile {
     endpoint: String,
     device_cert: String,
     secrets: SecretBlob,
+    /// Set on an organization's gateway device: it holds no account secret (its secrets are the device's
+    /// and the endpoint's); `account` and `device_cert` are empty until its grant is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<GatewayFile>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct GatewayFile {
+    /// The grant the organization's admin made for this device (`kith-grant:...`), once installed.
+    #[serde(default)]
+    grant: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -280,9 +299,14 @@ pub struct DaemonInfo {
 /// The unlocked identity of a profile.
 pub struct Identity {
     pub name: String,
-    pub account: AccountSecret,
+    /// The account's secret key; None on an organization's gateway device, whose account key stays
+    /// offline (the device holds only its own key and the certificate the account gave it).
+    pub account: Option<AccountSecret>,
+    pub account_key: AccountKey,
     pub device: DeviceSecret,
     pub device_cert: DeviceCert,
+    /// A gateway device's card, signed by the account when the device was enrolled (it cannot sign one).
+    pub gateway_card: Option<kith_core::ContactCard>,
     pub endpoint_secret: Zeroizing<[u8; 32]>,
 }
 
@@ -295,12 +319,37 @@ fn store_key_of(account: &AccountSecret) -> kith_store::StoreKey {
     kith_store::StoreKey::new(h.finalize().into())
 }
 
+/// The store key of a gateway device's profile: from its device secret (it holds no account secret).
+fn gateway_store_key_of(device: &DeviceSecret) -> kith_store::StoreKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kith gateway store key v1");
+    h.update(&device.to_bytes()[..]);
+    kith_store::StoreKey::new(h.finalize().into())
+}
+
 impl Identity {
     /// The key the profile's store is encrypted under: derived from the account secret, so the store is
     /// as well protected as the keys (by the passphrase, when the profile has one), a restored backup
     /// opens under it on a new device, and a new passphrase needs no re-encryption.
     pub fn store_key(&self) -> kith_store::StoreKey {
-        store_key_of(&self.account)
+        match &self.account {
+            Some(account) => store_key_of(account),
+            None => gateway_store_key_of(&self.device),
+        }
+    }
+
+    /// Whether this is an organization's gateway device (no account secret here).
+    pub fn is_gateway_device(&self) -> bool {
+        self.account.is_none()
+    }
+
+    /// The secret whose derivations are this profile's own: the account's, or a gateway device's.
+    fn root_secret(&self) -> Zeroizing<[u8; 32]> {
+        match &self.account {
+            Some(a) => a.to_bytes(),
+            None => self.device.to_bytes(),
+        }
     }
 
     /// The contact key of `generation`: it opens the contacts-only part of our discovery records and
@@ -308,7 +357,7 @@ impl Identity {
     /// moves to the next generation, so the removed one can no longer read where we are.
     pub fn contact_key(&self, generation: u64) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest;
-        let secret = self.account.to_bytes();
+        let secret = self.root_secret();
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         sha2::Sha256::new()
             .chain_update(b"kith contact key v1")
@@ -441,6 +490,39 @@ impl Profile {
         listen_port: u16,
         local: bool,
     ) -> Result<PublicIdentity, ProfileError> {
+        let account = AccountSecret::generate(&mut rand::rng());
+        let public = account.public();
+        let device = self.create(name, passphrase, listen_port, local, Some(account))?;
+        Ok(PublicIdentity {
+            name: name.to_owned(),
+            account: public,
+            device,
+        })
+    }
+
+    /// Creates the profile of an organization's gateway device: a device key and nothing of the
+    /// account's. It runs once its enrollment (`kith device request`, [`Profile::enrollment`]) has been
+    /// granted by the account ([`Profile::install_grant`]). Returns the device key.
+    pub fn init_gateway(
+        &self,
+        name: &str,
+        passphrase: Option<&str>,
+        listen_port: u16,
+        local: bool,
+    ) -> Result<DeviceKey, ProfileError> {
+        kith_core::org::roster::check_gateway_name(name)
+            .map_err(|e| ProfileError::Name(e.to_string()))?;
+        self.create(name, passphrase, listen_port, local, None)
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        passphrase: Option<&str>,
+        listen_port: u16,
+        local: bool,
+        account: Option<AccountSecret>,
+    ) -> Result<DeviceKey, ProfileError> {
         kith_core::card::check_name(name).map_err(|e| ProfileError::Name(e.to_string()))?;
         if self.exists() {
             return Err(ProfileError::Exists(self.home.clone()));
@@ -449,7 +531,6 @@ impl Profile {
         fs::set_permissions(&self.home, fs::Permissions::from_mode(0o700))
             .map_err(io(&self.home))?;
         let mut rng = rand::rng();
-        let account = AccountSecret::generate(&mut rng);
         let device = DeviceSecret::generate(&mut rng);
         let mut endpoint = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut endpoint[..]);
@@ -458,21 +539,32 @@ impl Profile {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let cert = DeviceCert::issue(&account, device.public(), created);
 
         let mut plain = Zeroizing::new(Vec::with_capacity(96));
-        plain.extend_from_slice(&account.to_bytes()[..]);
+        if let Some(account) = &account {
+            plain.extend_from_slice(&account.to_bytes()[..]);
+        }
         plain.extend_from_slice(&device.to_bytes()[..]);
         plain.extend_from_slice(&endpoint[..]);
         let secrets = seal_secrets(&plain, passphrase)?;
         let file = IdentityFile {
             version: 1,
             name: name.to_owned(),
-            account: hex::encode(account.public().as_bytes()),
+            account: account
+                .as_ref()
+                .map(|a| hex::encode(a.public().as_bytes()))
+                .unwrap_or_default(),
             device: hex::encode(device.public().as_bytes()),
             endpoint: hex::encode(endpoint_public.as_bytes()),
-            device_cert: hex::encode(postcard::to_allocvec(&cert).unwrap_or_default()),
+            device_cert: account
+                .as_ref()
+                .map(|a| {
+                    let cert = DeviceCert::issue(a, device.public(), created);
+                    hex::encode(postcard::to_allocvec(&cert).unwrap_or_default())
+                })
+                .unwrap_or_default(),
             secrets,
+            gateway: account.is_none().then(|| GatewayFile { grant: None }),
         };
         let mut token = [0u8; 32];
         rng.fill_bytes(&mut token);
@@ -527,19 +619,87 @@ impl Profile {
         );
         write_private(&self.path(CONFIG_FILE), config_text.as_bytes())?;
         // The store is made now, so that a daemon never takes a missing store for a new profile.
-        kith_store::Store::open_with(&self.path(DB_FILE), Some(&store_key_of(&account)), true)
-            .map_err(|e| ProfileError::Damaged {
+        let store_key = match &account {
+            Some(a) => store_key_of(a),
+            None => gateway_store_key_of(&device),
+        };
+        kith_store::Store::open_with(&self.path(DB_FILE), Some(&store_key), true).map_err(|e| {
+            ProfileError::Damaged {
                 file: self.path(DB_FILE),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
         // The identity file is written last: its presence is what marks a complete profile.
         write_private(&self.path(IDENTITY_FILE), &json)?;
-        Ok(PublicIdentity {
-            name: name.to_owned(),
-            account: account.public(),
+        Ok(device.public())
+    }
+
+    /// What a gateway device sends the organization's admin to be enrolled: its device key, its fixed
+    /// endpoint, and where it is reached (`direct`: the addresses customers dial; `relays`).
+    pub fn enrollment(
+        &self,
+        passphrase: Option<&str>,
+        direct: Vec<SocketAddr>,
+        relays: Vec<String>,
+    ) -> Result<kith_core::org::roster::Enrollment, ProfileError> {
+        let f = self.read_identity_file()?;
+        if f.gateway.is_none() {
+            return Err(ProfileError::Gateway(
+                "this profile is a person's, not a gateway device's (make one with `kith init --gateway`)"
+                    .into(),
+            ));
+        }
+        let plain = self.secret_bytes(&f, passphrase)?;
+        let device = DeviceSecret::from_bytes(&plain[..32].try_into().unwrap_or([0; 32]));
+        let gateway = kith_core::org::roster::Gateway {
+            name: f.name.clone(),
             device: device.public(),
-        })
+            endpoint: kith_core::EndpointKey::from_seed(&device.gateway_endpoint_seed()),
+            direct,
+            relays,
+        };
+        kith_core::org::roster::Enrollment::issue(&device, gateway)
+            .map_err(|e| ProfileError::Gateway(e.to_string()))
+    }
+
+    /// Installs the grant the organization's admin made from this device's enrollment: the device
+    /// certificate and the account's card. Returns the domain and the account. A later grant (the same
+    /// device enrolled again) replaces the earlier one.
+    pub fn install_grant(&self, text: &str) -> Result<(String, AccountKey), ProfileError> {
+        let mut f = self.read_identity_file()?;
+        let path = self.path(IDENTITY_FILE);
+        let Some(gateway) = f.gateway.as_mut() else {
+            return Err(ProfileError::Gateway(
+                "this profile is a person's, not a gateway device's: a grant is for a gateway device"
+                    .into(),
+            ));
+        };
+        let device = DeviceKey::from_bytes(unhex(&path, &f.device)?.try_into().map_err(|_| {
+            ProfileError::Damaged {
+                file: path.clone(),
+                reason: "bad device key".into(),
+            }
+        })?)
+        .map_err(|_| ProfileError::Damaged {
+            file: path.clone(),
+            reason: "bad device key".into(),
+        })?;
+        let (grant, _) = kith_core::org::roster::Grant::decode(text, &device)
+            .map_err(|e| ProfileError::Gateway(format!("the grant is refused: {e}")))?;
+        if !f.account.is_empty() && f.account != hex::encode(grant.cert.account.as_bytes()) {
+            return Err(ProfileError::Gateway(
+                "this grant is another organization's account than the one this device was enrolled \
+                 with: make a new gateway profile for it"
+                    .into(),
+            ));
+        }
+        gateway.grant = Some(text.trim().to_owned());
+        f.account = hex::encode(grant.cert.account.as_bytes());
+        f.device_cert = hex::encode(postcard::to_allocvec(&grant.cert).unwrap_or_default());
+        let json = serde_json::to_vec_pretty(&f).unwrap_or_default();
+        write_private(&path, &json)?;
+        Ok((grant.domain, grant.cert.account))
     }
 
     fn read_identity_file(&self) -> Result<IdentityFile, ProfileError> {
@@ -556,6 +716,9 @@ impl Profile {
 
     pub fn public(&self) -> Result<PublicIdentity, ProfileError> {
         let f = self.read_identity_file()?;
+        if f.account.is_empty() && f.gateway.is_some() {
+            return Err(ProfileError::NotEnrolled(self.home.clone()));
+        }
         let path = self.path(IDENTITY_FILE);
         let key = |s: &str| -> Result<[u8; 32], ProfileError> {
             unhex(&path, s)?
@@ -654,7 +817,8 @@ impl Profile {
                 )
             }
         };
-        if plain.len() != 96 {
+        let expected = if f.gateway.is_some() { 64 } else { 96 };
+        if plain.len() != expected {
             return Err(ProfileError::Damaged {
                 file: path,
                 reason: "wrong secret length".into(),
@@ -670,39 +834,54 @@ impl Profile {
         let plain = self.secret_bytes(&f, passphrase)?;
         let part =
             |i: usize| -> [u8; 32] { plain[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
-        let account = AccountSecret::from_bytes(&part(0));
-        let device = DeviceSecret::from_bytes(&part(1));
+        let damaged = |reason: &str| ProfileError::Damaged {
+            file: path.clone(),
+            reason: reason.into(),
+        };
+        if f.gateway.is_some() && f.account.is_empty() {
+            return Err(ProfileError::NotEnrolled(self.home.clone()));
+        }
+        // A gateway device's secrets are its device's and endpoint's; a person's start with the account's.
+        let (account, first) = match f.gateway {
+            Some(_) => (None, 0),
+            None => (Some(AccountSecret::from_bytes(&part(0))), 1),
+        };
+        let device = DeviceSecret::from_bytes(&part(first));
         let cert_bytes = unhex(&path, &f.device_cert)?;
         let device_cert: DeviceCert =
-            postcard::from_bytes(&cert_bytes).map_err(|_| ProfileError::Damaged {
-                file: path.clone(),
-                reason: "bad device certificate".into(),
-            })?;
-        if device_cert.account != account.public()
+            postcard::from_bytes(&cert_bytes).map_err(|_| damaged("bad device certificate"))?;
+        let account_key = device_cert.account;
+        if account.as_ref().is_some_and(|a| a.public() != account_key)
             || device_cert.device != device.public()
             || device_cert.verify().is_err()
         {
-            return Err(ProfileError::Damaged {
-                file: path,
-                reason: "device certificate does not match the keys".into(),
-            });
+            return Err(damaged("device certificate does not match the keys"));
         }
         // The public keys the file shows (what `public` reads without the passphrase) are the keys'.
         let shown = |s: &str| unhex(&path, s).ok();
-        if shown(&f.account).as_deref() != Some(&account.public().as_bytes()[..])
+        if shown(&f.account).as_deref() != Some(&account_key.as_bytes()[..])
             || shown(&f.device).as_deref() != Some(&device.public().as_bytes()[..])
         {
-            return Err(ProfileError::Damaged {
-                file: path,
-                reason: "the public keys it shows do not match its secret keys".into(),
-            });
+            return Err(damaged(
+                "the public keys it shows do not match its secret keys",
+            ));
         }
+        let gateway_card = match f.gateway.as_ref().and_then(|g| g.grant.as_deref()) {
+            Some(grant) => Some(
+                kith_core::org::roster::Grant::decode(grant, &device.public())
+                    .map_err(|e| damaged(&format!("its grant: {e}")))?
+                    .1,
+            ),
+            None => None,
+        };
         Ok(Identity {
             name: f.name,
             account,
+            account_key,
             device,
             device_cert,
-            endpoint_secret: Zeroizing::new(part(2)),
+            gateway_card,
+            endpoint_secret: Zeroizing::new(part(first + 1)),
         })
     }
 
@@ -949,6 +1128,14 @@ impl Profile {
             postcard::from_bytes(&plain).map_err(|_| damaged("its contents do not parse"))?;
         let mut f: IdentityFile = serde_json::from_str(&body.identity)
             .map_err(|_| damaged("its identity does not parse"))?;
+        if f.gateway.is_some() {
+            return Err(ProfileError::Gateway(
+                "this is the backup of an organization's gateway device: a gateway is not restored \
+                 but made anew (`kith init --gateway`) and enrolled, and the lost one revoked \
+                 (`kith org revoke`)"
+                    .into(),
+            ));
+        }
         let encrypted = matches!(f.secrets, SecretBlob::Argon2idXchacha20poly1305 { .. });
         let secrets = self.secret_bytes(&f, encrypted.then_some(passphrase))?;
         let account = AccountSecret::from_bytes(&secrets[..32].try_into().unwrap_or([0; 32]));
@@ -1072,7 +1259,7 @@ mod tests {
             Err(ProfileError::WrongPassphrase)
         ));
         let id = p.unlock(Some("correct horse")).unwrap();
-        assert_eq!(id.account.public(), public.account);
+        assert_eq!(id.account.as_ref().unwrap().public(), public.account);
         let mode = fs::metadata(p.path(IDENTITY_FILE))
             .unwrap()
             .permissions()
@@ -1082,7 +1269,7 @@ mod tests {
         assert_eq!(p.config().unwrap().listen.port(), 4000);
         // The secret keys are not in the file in clear.
         let text = fs::read_to_string(p.path(IDENTITY_FILE)).unwrap();
-        assert!(!text.contains(&hex::encode(&id.account.to_bytes()[..])));
+        assert!(!text.contains(&hex::encode(&id.account.as_ref().unwrap().to_bytes()[..])));
     }
 
     /// Caught by the `config` fuzz target (its check that the daemon can use what is accepted):

@@ -156,8 +156,8 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         }
         for a in &users {
             for b in &users {
-                if a.id.account.public() != b.id.account.public() {
-                    let rec = a.disc.lookup(b.id.account.public(), now).await;
+                if a.id.account_key != b.id.account_key {
+                    let rec = a.disc.lookup(b.id.account_key, now).await;
                     assert!(
                         rec.is_some(),
                         "lookup at {now} must succeed, or the test would prove nothing"
@@ -197,7 +197,7 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         .join("\n");
     for u in &users {
         let keys: [[u8; 32]; 3] = [
-            *u.id.account.public().as_bytes(),
+            *u.id.account_key.as_bytes(),
             *u.id.device.public().as_bytes(),
             *endpoint(u).as_bytes(),
         ];
@@ -233,12 +233,8 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
         // Only the test knows the addresses: map a blinded key back to (user, period).
         for (i, u) in users.iter().enumerate() {
             for d in 0..3 {
-                let b = blind::blind_public(
-                    &u.id.account.public(),
-                    PeriodNum(p0.0 + d),
-                    PERIOD_MINUTES,
-                )
-                .unwrap();
+                let b = blind::blind_public(&u.id.account_key, PeriodNum(p0.0 + d), PERIOD_MINUTES)
+                    .unwrap();
                 if b.as_bytes()[..] == *k {
                     return Some((i, p0.0 + d));
                 }
@@ -292,12 +288,8 @@ async fn a_curious_dht_node_learns_nothing_it_can_link() {
     for u in &users {
         let targets: Vec<String> = (0..2)
             .map(|d| {
-                let b = blind::blind_public(
-                    &u.id.account.public(),
-                    PeriodNum(p0.0 + d),
-                    PERIOD_MINUTES,
-                )
-                .unwrap();
+                let b = blind::blind_public(&u.id.account_key, PeriodNum(p0.0 + d), PERIOD_MINUTES)
+                    .unwrap();
                 mainline_target(b.as_bytes())
             })
             .collect();

@@ -88,7 +88,7 @@ async fn lookups_across_a_boundary_with_five_minutes_of_skew() {
             .publish(&pid, entry, &pid.contact_key(0), publisher_now)
             .await
             .unwrap();
-        let found = ldisc.lookup(pid.account.public(), looker_now).await;
+        let found = ldisc.lookup(pid.account_key, looker_now).await;
         assert!(
             found.is_some(),
             "case {n}: published at {publisher_now}, looked up at {looker_now}"

@@ -18,11 +18,7 @@ fn now() -> u64 {
 }
 
 fn statement(account: &AccountSecret) -> OrgStatement {
-    OrgStatement::new(
-        account.public(),
-        vec!["support".into()],
-        now() + 86_400,
-    )
+    OrgStatement::new(account.public(), vec!["support".into()], now() + 86_400)
 }
 
 fn key(seed: u64) -> AccountSecret {

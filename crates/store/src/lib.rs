@@ -261,7 +261,7 @@ pub struct Incoming<'a> {
     pub sent_at_ms: u64,
 }
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// How long an idempotency key of a send is remembered.
 pub const SEND_KEY_DAYS: i64 = 7;
@@ -594,6 +594,17 @@ impl Store {
                      pinned_ms INTEGER NOT NULL
                  );
                  PRAGMA user_version = 7;
+                 COMMIT;",
+            )?;
+        }
+        if version < 8 {
+            // The organization's list of gateway devices (kith_core::org::roster), kept with the pin: the
+            // newest seen, so an older one is refused as a replay, and calls dial its gateways.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE org_pins ADD COLUMN roster_seq INTEGER;
+                 ALTER TABLE org_pins ADD COLUMN roster BLOB;
+                 PRAGMA user_version = 8;
                  COMMIT;",
             )?;
         }
@@ -1504,6 +1515,48 @@ impl Store {
         Ok(())
     }
 
+    /// The number of the newest list of gateways seen for `domain` (kept even when the organization no
+    /// longer publishes one, so an old one cannot come back).
+    pub fn org_roster_seq(&self, domain: &str) -> Result<Option<u64>> {
+        let seq: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT roster_seq FROM org_pins WHERE domain = ?1",
+                [domain],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.flatten().map(|s| s.max(0) as u64))
+    }
+
+    /// Keeps the list of gateways the organization of `domain` (pinned) publishes now: `None` when it
+    /// publishes none any more (its number stays).
+    pub fn set_org_roster(&self, domain: &str, roster: Option<(u64, &[u8])>) -> Result<()> {
+        match roster {
+            Some((seq, bytes)) => self.conn.execute(
+                "UPDATE org_pins SET roster_seq = ?2, roster = ?3 WHERE domain = ?1",
+                params![domain, seq as i64, bytes],
+            )?,
+            None => self.conn.execute(
+                "UPDATE org_pins SET roster = NULL WHERE domain = ?1",
+                [domain],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// The domain and list of gateways kept for the organization whose account is `account`, if any.
+    pub fn org_roster_of(&self, account: &AccountKey) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT domain, roster FROM org_pins WHERE account = ?1 AND roster IS NOT NULL",
+                [account.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// Forgets a domain's pin; false if there was none.
     pub fn forget_org_pin(&self, domain: &str) -> Result<bool> {
         Ok(self
@@ -2007,6 +2060,34 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         drop(store);
         assert!(!contains(&old, b"plain words") && !contains(&old, b"SQLite format 3"));
+    }
+
+    /// An organization's list of gateways is kept with its pin, found by its account, survives a reopen,
+    /// and its number stays when the organization stops publishing one (so an older cannot come back).
+    #[test]
+    fn an_organizations_gateways_are_kept_with_its_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (_, _, org) = keys();
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.org_roster_of(&org).unwrap(), None);
+            s.set_org_pin("example.org", &org, 1).unwrap();
+            assert_eq!(s.org_roster_seq("example.org").unwrap(), None);
+            s.set_org_roster("example.org", Some((4, b"list four")))
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.org_roster_of(&org).unwrap(),
+            Some(("example.org".to_string(), b"list four".to_vec()))
+        );
+        assert_eq!(s.org_roster_seq("example.org").unwrap(), Some(4));
+        s.set_org_roster("example.org", None).unwrap();
+        assert_eq!(s.org_roster_of(&org).unwrap(), None);
+        assert_eq!(s.org_roster_seq("example.org").unwrap(), Some(4));
+        assert!(s.forget_org_pin("example.org").unwrap());
+        assert_eq!(s.org_roster_seq("example.org").unwrap(), None);
     }
 
     /// Issue 21, point 9: a send under an idempotency key is queued once, however often it is repeated

@@ -120,7 +120,9 @@ pub enum RosterError {
     BadSignature { domain: String },
     #[error("the list of gateways is for {theirs}, not {domain}")]
     OtherDomain { domain: String, theirs: String },
-    #[error("the list of {domain}'s gateways is signed by another account than the one {domain} names")]
+    #[error(
+        "the list of {domain}'s gateways is signed by another account than the one {domain} names"
+    )]
     OtherAccount { domain: String },
     #[error(
         "the list of {domain}'s gateways expired (at Unix time {expires}): the organization has not \
@@ -242,6 +244,14 @@ impl Roster {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
+    /// Reads [`Roster::to_bytes`] (not checked: [`Roster::verify`] does that).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RosterError> {
+        match postcard::take_from_bytes::<Self>(bytes) {
+            Ok((r, [])) => Ok(r),
+            _ => Err(RosterError::Malformed("damaged".into())),
+        }
+    }
+
     /// The form in the HTTPS document: z-base-32 of its postcard encoding.
     pub fn encode(&self) -> String {
         crate::zbase32::encode(&self.to_bytes())
@@ -308,7 +318,8 @@ impl Enrollment {
             )
             .map_err(|_| {
                 RosterError::Malformed(
-                    "the enrollment is not signed by the device it names: damaged in transit".into(),
+                    "the enrollment is not signed by the device it names: damaged in transit"
+                        .into(),
                 )
             })?;
         Ok(e)
@@ -426,7 +437,11 @@ mod tests {
         assert!(r.check_newer(None).is_ok());
         assert!(matches!(
             r.check_newer(Some(4)),
-            Err(RosterError::Older { seq: 3, seen: 4, .. })
+            Err(RosterError::Older {
+                seq: 3,
+                seen: 4,
+                ..
+            })
         ));
         assert!(Roster::decode("not zbase32 !").is_err());
     }

@@ -298,10 +298,11 @@ fn the_gateways_both_channels_name_are_the_verified_ones() {
     assert!(txt.contains(&format!("dev={}", roster.digest())), "{txt}");
     let dns = parse_txt(&[txt]).unwrap().unwrap();
     assert_eq!(dns.roster, None, "the TXT record holds only the digest");
-    let Document::Statement(https) =
-        parse_document(format_document(&published, "example.org").as_bytes(), "example.org")
-            .unwrap()
-    else {
+    let Document::Statement(https) = parse_document(
+        format_document(&published, "example.org").as_bytes(),
+        "example.org",
+    )
+    .unwrap() else {
         panic!("a statement")
     };
     let v = judge(
@@ -323,8 +324,14 @@ fn the_gateways_both_channels_name_are_the_verified_ones() {
             NOW,
         )
         .unwrap_err();
-        assert!(matches!(refused, Refused::GatewaysDisagree { .. }), "{refused}");
-        assert!(refused.to_string().contains("possible compromise"), "{refused}");
+        assert!(
+            matches!(refused, Refused::GatewaysDisagree { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("possible compromise"),
+            "{refused}"
+        );
     }
 
     // A list signed by another key than the account both name, and an expired one.

@@ -131,7 +131,8 @@ impl Node {
         relays: &[String],
         accept_requests: bool,
     ) -> Result<Option<Net>, NodeError> {
-        if relays.is_empty() || !accept_requests {
+        // A gateway device is a public server: it takes requests on its one endpoint.
+        if relays.is_empty() || !accept_requests || id.is_gateway_device() {
             return Ok(None);
         }
         let options = kith_net::NetOptions {
@@ -164,7 +165,11 @@ impl Node {
             dht: vec![],
             contact_key: None,
         };
-        Ok(ContactCard::issue(&id.account, &id.name, hints, now)?)
+        match (&id.account, &id.gateway_card) {
+            (Some(account), _) => Ok(ContactCard::issue(account, &id.name, hints, now)?),
+            (None, Some(card)) => Ok(card.clone()),
+            (None, None) => Err(NodeError::Gateway(NOT_ENROLLED.into())),
+        }
     }
 
     /// Starts the request endpoint once the node has a relay (e.g. one found in the DHT after start).
@@ -225,6 +230,9 @@ impl Node {
     /// does not say. `Err` refuses the dialer: anyone but a contact while requests are off, or anyone on a
     /// request endpoint whose state is gone. Never the full card by default.
     pub(super) fn hello_for(&self, role: Role, peer: &VerifiedPeer) -> Result<Hello, &'static str> {
+        if self.check_gateway(peer).is_err() {
+            return Err("this device is not on its organization's list of gateways");
+        }
         let contact = self.is_contact(&peer.account());
         if !contact && !self.config.accept_requests {
             tracing::info!("connection from a non-contact refused: requests are off");
@@ -289,6 +297,13 @@ impl Node {
             }
             let _rotating = self.rotating.lock().await;
             let period = kith_core::blind::period_at(unix_now(), minutes);
+            // A gateway device keeps its endpoint (its organization lists it): only its certificate,
+            // which is valid for one period, is made again. Its connections carry on.
+            if self.id.is_gateway_device() {
+                let cert = endpoint_cert_for(&self.id, self.net().endpoint_key(), period, minutes);
+                lock(&self.state).endpoint_cert = cert;
+                continue;
+            }
             if !self.replace_contact_endpoint(period).await {
                 return;
             }
@@ -338,7 +353,7 @@ impl Node {
     /// which every contact is sent on the reconnection that follows.
     pub(super) async fn rotate_after_removal(self: Arc<Self>) {
         let _rotating = self.rotating.lock().await;
-        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) || self.id.is_gateway_device() {
             return;
         }
         let period = kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes);
@@ -667,6 +682,17 @@ impl Node {
         let account = peer.account();
         if account == self.account {
             session.conn.close(0u32.into(), b"connected to self");
+            return;
+        }
+        // Dials go only to the gateways an organization lists, but a path could still lead elsewhere.
+        if let Err(why) = self.check_gateway(&peer) {
+            if let Some(p) = lock(&self.state).peers.get_mut(&account) {
+                p.last_dial_error = Some(why);
+            }
+            session.conn.close(
+                0u32.into(),
+                b"this device is not on its organization's list of gateways",
+            );
             return;
         }
         if !self.config.accept_requests && !self.is_contact(&account) {

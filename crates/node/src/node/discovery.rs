@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// The seed of the contact endpoint of `period` and contact-key `generation`. A gateway device's is
+/// fixed: its organization's list of gateways names it, and there is no contact to hide it from.
+pub(super) fn endpoint_seed(
+    id: &Identity,
+    period: u64,
+    generation: u64,
+) -> zeroize::Zeroizing<[u8; 32]> {
+    if id.is_gateway_device() {
+        id.device.gateway_endpoint_seed()
+    } else {
+        id.device.endpoint_seed(period, generation)
+    }
+}
+
 /// What a DHT lookup of someone found (`kith lookup`).
 #[derive(Debug, Serialize)]
 pub struct LookupView {
@@ -48,9 +62,16 @@ impl Node {
             dht: discovery.dht_hints(kith_core::card::MAX_DHT_HINTS),
             contact_key: Some(*contact_key),
         };
+        // A gateway device shows the card its account signed when it was enrolled.
+        let Some(account) = &id.account else {
+            return id
+                .gateway_card
+                .clone()
+                .ok_or_else(|| NodeError::Gateway(NOT_ENROLLED.into()));
+        };
         Ok(match mail {
-            Some(mail) => ContactCard::issue_with_mail(&id.account, &id.name, hints, mail, now)?,
-            None => ContactCard::issue(&id.account, &id.name, hints, now)?,
+            Some(mail) => ContactCard::issue_with_mail(account, &id.name, hints, mail, now)?,
+            None => ContactCard::issue(account, &id.name, hints, now)?,
         })
     }
 
@@ -110,7 +131,14 @@ impl Node {
     /// when a contact is removed, and the endpoint with it).
     pub(super) fn contact_endpoint_seed(&self, period: u64) -> zeroize::Zeroizing<[u8; 32]> {
         let generation = lock(&self.state).contact_key_gen;
-        self.id.device.endpoint_seed(period, generation)
+        endpoint_seed(&self.id, period, generation)
+    }
+
+    /// The account's secret, which a gateway device does not hold: what needs it (sealed mail) says so.
+    pub(super) fn account_secret(&self) -> Result<&kith_core::AccountSecret, String> {
+        self.id.account.as_ref().ok_or_else(|| {
+            "an organization's gateway device holds no account key: it has no mailboxes".to_string()
+        })
     }
 
     /// Our current contact key.
@@ -225,7 +253,9 @@ impl Node {
 
     /// Publishes the discovery records now and then every [`REPUBLISH`].
     pub(super) async fn publisher(self: Arc<Self>) {
-        if self.discovery.dht.is_none() {
+        // A gateway device publishes no record (it has no account secret to sign one): its
+        // organization's list of gateways says where it is.
+        if self.discovery.dht.is_none() || self.id.is_gateway_device() {
             return;
         }
         // A fresh DHT client may fail its first publish (it has not joined yet): retry quickly, then back off.

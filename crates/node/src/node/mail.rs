@@ -214,7 +214,7 @@ impl Node {
         info: &MailInfo,
         letters: &[Letter],
     ) -> Result<(Vec<Vec<u8>>, OlmSessionRow), String> {
-        let pair = PairKey::derive(&self.id.account, account).map_err(|e| e.to_string())?;
+        let pair = PairKey::derive(self.account_secret()?, account).map_err(|e| e.to_string())?;
         let device = info.bundle.device;
         let mut slot = match self
             .load_slots(account)
@@ -472,8 +472,8 @@ impl Node {
             return Err((vec![], "the contact has not told us its mailboxes".into()));
         };
         let mailboxes = self.mailboxes_of(account, &info);
-        let pair =
-            PairKey::derive(&self.id.account, account).map_err(|e| (vec![], e.to_string()))?;
+        let pair = PairKey::derive(self.account_secret().map_err(|e| (vec![], e))?, account)
+            .map_err(|e| (vec![], e.to_string()))?;
         let period =
             kith_core::blind::period_at(unix_now(), self.config.discovery.period_minutes).0;
         let token = pair.deposit_token(account, period);
@@ -816,7 +816,7 @@ impl Node {
             .collect();
         let mut pairs: HashMap<AccountKey, PairKey> = HashMap::new();
         for c in &contacts {
-            if let Ok(p) = PairKey::derive(&self.id.account, c) {
+            if let Some(Ok(p)) = self.id.account.as_ref().map(|a| PairKey::derive(a, c)) {
                 pairs.insert(*c, p);
             }
         }
@@ -1359,7 +1359,9 @@ impl Node {
         let pairs: Vec<kith_core::seal::PairKey> = contacts
             .iter()
             .filter(|c| c.account != mailbox)
-            .filter_map(|c| kith_core::seal::PairKey::derive(&self.id.account, &c.account).ok())
+            .filter_map(|c| {
+                kith_core::seal::PairKey::derive(self.id.account.as_ref()?, &c.account).ok()
+            })
             .collect();
         let frames: Vec<Frame> = [period.saturating_sub(1), period, period + 1]
             .into_iter()

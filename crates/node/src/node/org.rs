@@ -21,6 +21,10 @@ pub struct OrgView {
     /// `new` (first seen: pinned now), `same` (the pinned key), `rotated` (a change signed by the pinned
     /// key: pinned now).
     pub pin: &'static str,
+    /// The gateway devices the organization lists (their names), and the list's number; empty when it
+    /// lists none (its account's own node answers).
+    pub gateways: Vec<String>,
+    pub gateways_seq: Option<u64>,
 }
 
 /// Whether `domain` is a domain name as DNS writes it.
@@ -51,6 +55,31 @@ pub fn org_service(who: &str) -> Option<(&str, &str)> {
 }
 
 impl Node {
+    /// Whether `peer` may speak for its account here: for an organization that lists its gateways, only
+    /// a device on the list (one taken off it, revoked, still holds a valid certificate). `Err` says why
+    /// not, for the log, the event and the refused side.
+    pub(super) fn check_gateway(&self, peer: &VerifiedPeer) -> Result<(), String> {
+        let Some((domain, roster)) = self.discovery.gateways(&peer.account()) else {
+            return Ok(());
+        };
+        if roster.gateway(&peer.device()).is_some() {
+            return Ok(());
+        }
+        let why = format!(
+            "device {} speaks for {domain}'s account but is not on its list of gateways (number {}): \
+             revoked by the organization, or a stolen old certificate; refused",
+            peer.device().short(),
+            roster.seq
+        );
+        tracing::warn!("{why}");
+        self.emit(Event::GatewayRefused {
+            domain,
+            device: peer.device().short(),
+            reason: why.clone(),
+        });
+        Err(why)
+    }
+
     async fn org_resolver(&self) -> Result<Arc<kith_org::OrgResolver>, NodeError> {
         self.org
             .get_or_try_init(|| async {
@@ -69,6 +98,16 @@ impl Node {
         let resolver = self.org_resolver().await?;
         let verified = resolver.verify(&domain, unix_now()).await?;
         let pinned = lock(&self.store).org_pin(&verified.domain)?;
+        // Before anything is pinned: a list of gateways older than one seen is a replay.
+        if let Some(roster) = &verified.roster {
+            let seen = lock(&self.store).org_roster_seq(&verified.domain)?;
+            roster
+                .check_newer(seen)
+                .map_err(|reason| kith_core::org::Refused::Gateways {
+                    domain: verified.domain.clone(),
+                    reason,
+                })?;
+        }
         let pin = match check_pin(&verified, pinned)? {
             Pin::Same => "same",
             Pin::New(account) => {
@@ -82,7 +121,19 @@ impl Node {
                 "rotated"
             }
         };
+        let roster = verified.roster.as_ref();
+        lock(&self.store).set_org_roster(
+            &verified.domain,
+            roster
+                .map(|r| (r.seq, r.to_bytes()))
+                .as_ref()
+                .map(|(s, b)| (*s, &b[..])),
+        )?;
         Ok(OrgView {
+            gateways: roster
+                .map(|r| r.gateways.iter().map(|g| g.name.clone()).collect())
+                .unwrap_or_default(),
+            gateways_seq: roster.map(|r| r.seq),
             address: Address::new(verified.account).to_string(),
             label: verified.label(),
             fingerprint: fingerprint(&verified.account),
