@@ -45,6 +45,20 @@ enum Command {
         /// the public DHT. Without it the node stays on 127.0.0.1.
         #[arg(long)]
         all_interfaces: bool,
+        /// Make an organization's gateway device instead of a person's profile: it holds a device key
+        /// only (the organization's account key stays with its admin). --name is the gateway's name
+        /// (gw1). Next: `kith device request`, the admin's `kith org enroll`, `kith device grant`.
+        #[arg(long)]
+        gateway: bool,
+        /// The UDP port of the QUIC endpoint (default: a free one, kept from then on).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// An organization's gateway device: its enrollment, and the grant that makes it one of the
+    /// organization's gateways.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// Set, change or remove the passphrase that encrypts your secret keys. The current one comes from
     /// KITH_PASSPHRASE or a prompt; the new one from KITH_NEW_PASSPHRASE or a prompt (empty: none).
@@ -393,6 +407,24 @@ struct DaemonArgs {
 }
 
 #[derive(Subcommand)]
+enum DeviceCommand {
+    /// Print this gateway device's enrollment for the organization's admin (`kith org enroll DOMAIN
+    /// <enrollment>`): its device key, its fixed endpoint and where customers reach it.
+    Request {
+        /// An address customers dial (the gateway's public IP and its kith port); repeat for several.
+        /// Default: the profile's listen address, unless it is every interface.
+        #[arg(long = "addr", value_name = "IP:PORT")]
+        addrs: Vec<std::net::SocketAddr>,
+        /// A relay URL it is reachable through; repeat for several (default: the profile's relays).
+        #[arg(long = "relay", value_name = "URL")]
+        relays: Vec<String>,
+    },
+    /// Install the grant the admin printed (`kith-grant:...`): this device then speaks for the
+    /// organization's account.
+    Grant { grant: String },
+}
+
+#[derive(Subcommand)]
 enum OrgCommand {
     /// Look the domain up (DNSSEC-validated `_kith` TXT record and https://DOMAIN/.well-known/kith.json),
     /// show whether it is verified and the fingerprint to compare out of band, and pin its key.
@@ -400,6 +432,40 @@ enum OrgCommand {
     /// Forget the key pinned for the domain: only after checking the new fingerprint with the
     /// organization by another way.
     Forget { domain: String },
+    /// (Admin, with the organization's account profile; no daemon.) Enroll a gateway device from the
+    /// enrollment it printed (`kith device request`): prints the grant to install on it and what to
+    /// publish (the TXT record and kith.json, with the new list of gateways).
+    Enroll {
+        domain: String,
+        enrollment: String,
+        /// Also write the TXT record and kith.json to this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// (Admin.) Take the gateway NAME off the domain's list: once the new list is published, customers
+    /// refuse that device. Prints what to publish.
+    Revoke {
+        domain: String,
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// (Admin.) Sign the domain's list of gateways again and print what to publish: also what renews it
+    /// before it expires, and where the services and validity are set.
+    Publish {
+        domain: String,
+        /// The services customers may call (comma-separated; default: as before, or "support").
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<String>>,
+        /// How many days the statements and the list hold (default: as before, or 30).
+        #[arg(long)]
+        days: Option<u64>,
+        /// Whether clients may believe one channel when the other has nothing (default: as before, no).
+        #[arg(long)]
+        alone: Option<bool>,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -691,6 +757,109 @@ fn home_dir(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .map(|d| d.data_dir().to_owned())
             .ok_or_else(|| user("cannot find a home directory for the profile: pass --home DIR or set KITH_HOME")),
     }
+}
+
+/// A free UDP port on 127.0.0.1 (`local`) or every interface, for a new profile to keep.
+fn free_port(local: bool) -> u16 {
+    std::net::UdpSocket::bind((
+        if local {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED
+        },
+        0,
+    ))
+    .and_then(|s| s.local_addr())
+    .map(|a| a.port())
+    .unwrap_or(0)
+}
+
+/// Opens the profile in `home` and unlocks its keys (the passphrase from KITH_PASSPHRASE or a prompt).
+fn unlock_profile(
+    home: &std::path::Path,
+) -> anyhow::Result<(Profile, kith_node::profile::Identity)> {
+    let profile = Profile::new(home);
+    if !profile.exists() {
+        return Err(profile_error(kith_node::ProfileError::Missing(
+            home.to_owned(),
+        )));
+    }
+    let pass = if profile.is_encrypted().map_err(profile_error)? {
+        passphrase("Passphrase: ", false)?
+    } else {
+        None
+    };
+    let id = profile.unlock(pass.as_deref()).map_err(profile_error)?;
+    Ok((profile, id))
+}
+
+/// Prints what an organization publishes (and writes it to `dir`): the TXT record as a zone file line
+/// (split in strings of 255 bytes at most) and the HTTPS document.
+fn print_publication(
+    json_mode: bool,
+    p: &kith_node::org_admin::Publication,
+    dir: Option<&std::path::Path>,
+    grant: Option<&str>,
+) -> anyhow::Result<()> {
+    let zone_line = format!(
+        "_kith.{}. 300 IN TXT {}",
+        p.domain,
+        p.txt
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, text) in [
+            ("kith.txt", &p.txt),
+            ("kith.zone", &zone_line),
+            ("kith.json", &p.document),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, format!("{text}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    v["zone_line"] = json!(zone_line);
+    if let Some(g) = grant {
+        v["grant"] = json!(g);
+    }
+    out(json_mode, &v, |_| {
+        if let Some(g) = grant {
+            crate::say!("Grant for the gateway (install with `kith device grant <grant>` on it):");
+            crate::say!("{g}");
+            crate::say!("");
+        }
+        crate::say!(
+            "{}: list of gateways number {} ({}), services {}, valid until Unix time {} ({} days). Publish both:",
+            p.domain,
+            p.seq,
+            if p.gateways.is_empty() {
+                "none".to_string()
+            } else {
+                p.gateways.join(", ")
+            },
+            p.services.join(","),
+            p.expires,
+            (p.expires.saturating_sub(kith_node::node::unix_now()) + 43_199) / 86_400
+        );
+        crate::say!("In the DNSSEC-signed zone of {}:", p.domain);
+        crate::say!("{zone_line}");
+        crate::say!("At https://{}/.well-known/kith.json:", p.domain);
+        crate::say!("{}", p.document);
+        crate::say!("Fingerprint for customers to compare: {}", p.fingerprint);
+        if let Some(dir) = dir {
+            crate::say!(
+                "(also written to {}: kith.txt, kith.zone, kith.json)",
+                dir.display()
+            );
+        }
+    });
+    Ok(())
 }
 
 /// The passphrase: KITH_PASSPHRASE if set, else a prompt when a terminal is attached and `needed`.
@@ -1099,6 +1268,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init {
             name,
             all_interfaces,
+            gateway,
+            port,
         } => {
             let local = !all_interfaces;
             let home = home()?;
@@ -1113,6 +1284,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "kith user".into())
             });
             kith_core::card::check_name(&name).map_err(|e| user(e.to_string()))?;
+            if gateway {
+                kith_core::org::roster::check_gateway_name(&name)
+                    .map_err(|e| user(format!("--name: {e}")))?;
+            }
             let pass = passphrase("Passphrase to encrypt your keys (empty for none): ", true)?;
             if pass.as_deref().is_none_or(str::is_empty) {
                 // Said on stderr, so that a script that reads the address from stdout still sees it.
@@ -1128,17 +1303,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             // Pick the UDP port now, so the contact cards we hand out stay valid across restarts.
-            let port = std::net::UdpSocket::bind((
-                if local {
-                    std::net::Ipv4Addr::LOCALHOST
-                } else {
-                    std::net::Ipv4Addr::UNSPECIFIED
-                },
-                0,
-            ))
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
+            let port = port.unwrap_or_else(|| free_port(local));
+            if gateway {
+                let device = profile
+                    .init_gateway(&name, pass.as_deref(), port, local)
+                    .map_err(profile_error)?;
+                out(
+                    json_mode,
+                    &json!({ "gateway": name, "device": hex::encode(device.as_bytes()), "home": home, "port": port }),
+                    |_| {
+                        crate::say!(
+                            "Created gateway device {:?} in {} (kith port {port})",
+                            name,
+                            home.display(),
+                        );
+                        crate::say!(
+                            "Next: `kith --home {} device request --addr <public IP>:{port}`, give what it \
+                             prints to the organization's admin (`kith org enroll DOMAIN <enrollment>`), then \
+                             install the grant with `kith device grant <grant>` and run `kith gateway`.",
+                            home.display(),
+                        );
+                    },
+                );
+                return Ok(());
+            }
             let public = profile
                 .init(&name, pass.as_deref(), port, local)
                 .map_err(profile_error)?;
@@ -1707,6 +1895,126 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             options.max_calls = gw.limits.max_calls;
             run_daemon_with(home()?, options, Some(gw)).await?
         }
+        Command::Device { command } => {
+            let (profile, home) = (Profile::new(home()?), home()?);
+            match command {
+                DeviceCommand::Request { addrs, relays } => {
+                    let config = profile.config().map_err(profile_error)?;
+                    let addrs = if addrs.is_empty() {
+                        if config.listen.ip().is_unspecified() {
+                            return Err(user(
+                                "this gateway listens on every interface: name the address customers dial \
+                                 with --addr <public IP>:<port>",
+                            ));
+                        }
+                        vec![config.listen]
+                    } else {
+                        addrs
+                    };
+                    let relays = if relays.is_empty() {
+                        config.relays.clone()
+                    } else {
+                        relays
+                    };
+                    let pass = if profile.is_encrypted().map_err(profile_error)? {
+                        passphrase("Passphrase: ", false)?
+                    } else {
+                        None
+                    };
+                    let e = profile
+                        .enrollment(pass.as_deref(), addrs, relays)
+                        .map_err(profile_error)?;
+                    let text = e.encode();
+                    out(json_mode, &json!({ "enrollment": text }), |_| {
+                        crate::say!(
+                            "Give this to the organization's admin (`kith org enroll DOMAIN <enrollment>`):"
+                        );
+                        crate::say!("{text}");
+                    });
+                }
+                DeviceCommand::Grant { grant } => {
+                    let (domain, account) = profile.install_grant(&grant).map_err(profile_error)?;
+                    let address = kith_core::Address::new(account).to_string();
+                    out(
+                        json_mode,
+                        &json!({ "domain": domain, "address": address, "home": home }),
+                        |v| {
+                            crate::say!(
+                                "This device is now a gateway of {} (account {}). Next: `kith --home {} gateway \
+                                 --config gateway.toml`.",
+                                s(v, "domain"),
+                                s(v, "address"),
+                                home.display()
+                            );
+                        },
+                    );
+                }
+            }
+        }
+        Command::Org {
+            command:
+                OrgCommand::Enroll {
+                    domain,
+                    enrollment,
+                    out: dir,
+                },
+        } => {
+            let (profile, id) = unlock_profile(&home()?)?;
+            let (grant, p) = kith_node::org_admin::enroll(
+                &profile,
+                &id,
+                &domain,
+                &enrollment,
+                kith_node::node::unix_now(),
+            )
+            .map_err(profile_error)?;
+            print_publication(json_mode, &p, dir.as_deref(), Some(&grant))?;
+        }
+        Command::Org {
+            command:
+                OrgCommand::Revoke {
+                    domain,
+                    name,
+                    out: dir,
+                },
+        } => {
+            let (profile, id) = unlock_profile(&home()?)?;
+            let p = kith_node::org_admin::revoke(
+                &profile,
+                &id,
+                &domain,
+                &name,
+                kith_node::node::unix_now(),
+            )
+            .map_err(profile_error)?;
+            print_publication(json_mode, &p, dir.as_deref(), None)?;
+        }
+        Command::Org {
+            command:
+                OrgCommand::Publish {
+                    domain,
+                    services,
+                    days,
+                    alone,
+                    out: dir,
+                },
+        } => {
+            let (profile, id) = unlock_profile(&home()?)?;
+            let options = kith_node::org_admin::PublishOptions {
+                services,
+                days,
+                alone,
+            };
+            let p = kith_node::org_admin::publish(
+                &profile,
+                &id,
+                &domain,
+                &options,
+                kith_node::node::unix_now(),
+            )
+            .map_err(profile_error)?;
+            print_publication(json_mode, &p, dir.as_deref(), None)?;
+        }
         Command::Org { command } => {
             let client = Client::for_profile(&home()?)?;
             match command {
@@ -1726,6 +2034,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .map(|a| a.iter().filter_map(Value::as_str).collect())
                             .unwrap_or_default();
                         crate::say!("  services    {}", services.join(", "));
+                        if let Some(seq) = v["gateways_seq"].as_u64() {
+                            let names: Vec<&str> = v["gateways"]
+                                .as_array()
+                                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                                .unwrap_or_default();
+                            crate::say!(
+                                "  gateways    {} (list number {seq}, signed by the account)",
+                                if names.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    names.join(", ")
+                                }
+                            );
+                        }
                         crate::say!(
                             "  pin         {}",
                             match v["pin"].as_str() {
@@ -1736,6 +2058,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             }
                         );
                     });
+                }
+                OrgCommand::Enroll { .. }
+                | OrgCommand::Revoke { .. }
+                | OrgCommand::Publish { .. } => {
+                    unreachable!("run above, without a daemon")
                 }
                 OrgCommand::Forget { domain } => {
                     let v = client

@@ -222,6 +222,58 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Makes an organization's gateway device named `name` in `home` (`kith init --gateway`) and has the
+    /// admin profile in `admin` enroll it for `domain` (`kith device request`, `kith org enroll`, `kith
+    /// device grant`), as an organization does. Returns the device (start it with [`Daemon::start`]; set
+    /// `command` to run it as `kith gateway`) and what the admin printed to publish (`kith --json org
+    /// enroll`: `txt`, `document`, `gateways`, `seq`).
+    pub fn enroll_gateway(
+        exe: &Path,
+        admin: &Path,
+        domain: &str,
+        home: &Path,
+        name: &str,
+    ) -> anyhow::Result<(Self, serde_json::Value)> {
+        let run = |home: &Path, args: &[&str]| -> anyhow::Result<serde_json::Value> {
+            let out = Command::new(exe)
+                .arg("--home")
+                .arg(home)
+                .arg("--json")
+                .args(args)
+                .env_remove("KITH_PASSPHRASE")
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running kith {}", args[0]))?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "kith {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            serde_json::from_slice(&out.stdout).context("kith --json output")
+        };
+        run(home, &["init", "--gateway", "--name", name])?;
+        let request = run(home, &["device", "request"])?;
+        let enrollment = request["enrollment"].as_str().context("enrollment")?;
+        let published = run(admin, &["org", "enroll", domain, enrollment])?;
+        let grant = published["grant"].as_str().context("grant")?;
+        run(home, &["device", "grant", grant])?;
+        Ok((
+            Self {
+                name: name.to_owned(),
+                home: home.to_owned(),
+                exe: exe.to_owned(),
+                child: None,
+                client: None,
+                bootstrap: None,
+                extra_args: vec![],
+                env: vec![],
+                command: vec!["daemon".into()],
+            },
+            published,
+        ))
+    }
+
     /// This profile's `kith:` address (read from the profile, no daemon needed).
     pub fn address(&self) -> anyhow::Result<String> {
         Ok(

@@ -336,3 +336,159 @@ async fn impostors() {
     );
     assert!(ok.status.success(), "{:?}", said(&ok));
 }
+
+/// Whether `daemon` holds a contact request whose messages include `text`.
+async fn got(daemon: &Daemon, text: &str) -> bool {
+    let requests = daemon.client().get("/v1/requests").await.unwrap();
+    requests.to_string().contains(text)
+}
+
+/// Sends `text` to support@example.org from `alice` and waits until it is delivered.
+async fn send_delivered(alice: &Daemon, text: &str) {
+    let wa = alice.watcher().await.unwrap();
+    let sent = kith(
+        &alice.home,
+        &["--json", "send", "support@example.org", text],
+    );
+    assert!(sent.status.success(), "{:?}", said(&sent));
+    let sent: serde_json::Value = serde_json::from_slice(&sent.stdout).unwrap();
+    let seq = sent["seq"].as_u64().unwrap_or_else(|| panic!("{sent}"));
+    // Events name the organization with what was verified.
+    assert!(
+        wa.wait_for(Duration::from_secs(60), |w| w.any("message_state", |e| {
+            e["seq"] == seq
+                && e["state"] == "delivered"
+                && e["to"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("support@example.org (Verified"))
+        }))
+        .await,
+        "{text:?} was not delivered"
+    );
+}
+
+/// Issue 22: an organization's account key stays with its admin (never on a running node); each gateway
+/// is a device of that account, enrolled with a grant, and the account signs the list of gateways that
+/// both channels publish. A customer reaches a listed gateway and, when that one is down, the other; once
+/// the admin revokes a gateway, the customer refuses that device (its certificate still verifies) when it
+/// answers or calls, reaches the remaining one, and refuses the older list when it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_devices_share_the_organization_and_a_revoked_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The admin's profile holds the account key; no daemon of it ever runs.
+    let admin = Daemon::init(exe(), &d.join("admin"), "example.org").unwrap();
+    let (mut gw1, _) =
+        Daemon::enroll_gateway(exe(), &admin.home, "example.org", &d.join("gw1"), "gw1").unwrap();
+    let (mut gw2, two) =
+        Daemon::enroll_gateway(exe(), &admin.home, "example.org", &d.join("gw2"), "gw2").unwrap();
+    assert_eq!(two["gateways"], json!(["gw1", "gw2"]));
+    let publish = |p: &serde_json::Value| {
+        (
+            p["txt"].as_str().unwrap().to_owned(),
+            p["document"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (txt2, doc2) = publish(&two);
+    let lab = Lab::start(
+        "example.org",
+        std::slice::from_ref(&txt2),
+        Some(doc2.clone()),
+    )
+    .await
+    .unwrap();
+    let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
+    configure(&alice.home, &lab);
+    alice.start().await.unwrap();
+    gw1.start().await.unwrap();
+    gw2.start().await.unwrap();
+
+    let verify = said(&kith(&alice.home, &["org", "verify", "example.org"])).0;
+    assert!(
+        verify.contains("Verified: example.org (DNSSEC + HTTPS)")
+            && verify.contains("gateways    gw1, gw2 (list number 2, signed by the account)"),
+        "{verify}"
+    );
+    // The gateways speak for the account the admin holds.
+    let org_address = admin.address().unwrap();
+    assert!(verify.contains(&org_address), "{verify}");
+
+    // 1. The customer writes: one gateway takes it.
+    send_delivered(&alice, "first words").await;
+    let (first, second) = match (
+        got(&gw1, "first words").await,
+        got(&gw2, "first words").await,
+    ) {
+        (true, false) => (&mut gw1, &mut gw2),
+        (false, true) => (&mut gw2, &mut gw1),
+        other => panic!("first words reached (gw1, gw2) = {other:?}"),
+    };
+
+    // 2. That gateway goes down: the next message goes to the other one.
+    first.stop().await;
+    send_delivered(&alice, "second words").await;
+    assert!(got(second, "second words").await);
+    first.start().await.unwrap();
+
+    // 3. The admin revokes the gateway that took the second message, and publishes the new list.
+    let revoked_name = second.name.clone();
+    let out = Command::new(exe())
+        .arg("--home")
+        .arg(&admin.home)
+        .args(["--json", "org", "revoke", "example.org", &revoked_name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", said(&out));
+    let three: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(three["gateways"], json!([first.name]));
+    let (txt3, doc3) = publish(&three);
+    lab.publish_text(&txt3, &doc3).await.unwrap();
+    let verify = said(&kith(&alice.home, &["org", "verify", "example.org"])).0;
+    assert!(
+        verify.contains(&format!("gateways    {} (list number 3", first.name)),
+        "{verify}"
+    );
+    // Only the listed gateway takes the customer's words now.
+    send_delivered(&alice, "third words").await;
+    assert!(got(first, "third words").await);
+    assert!(!got(second, "third words").await);
+
+    // 4. The revoked gateway writes to the customer as the organization: refused before its hello is
+    // answered, and said so.
+    let wa = alice.watcher().await.unwrap();
+    kith::process::introduce(second, &alice).await.unwrap();
+    second
+        .client()
+        .send("alice", "this is example.org: your card number please")
+        .await
+        .unwrap();
+    assert!(
+        wa.wait_for(Duration::from_secs(30), |w| w.any("gateway_refused", |e| e
+            ["domain"]
+            == "example.org"
+            && e["reason"].as_str().is_some_and(
+                |r| r.contains("not on its list of gateways (number 3)")
+            )))
+        .await,
+        "the revoked gateway was not refused"
+    );
+    let chat = said(&kith(&alice.home, &["chat", "support@example.org"])).0;
+    assert!(!chat.contains("your card number"), "{chat}");
+    assert!(
+        !alice
+            .client()
+            .get("/v1/requests")
+            .await
+            .unwrap()
+            .to_string()
+            .contains("your card number")
+    );
+
+    // 5. The older list is served again (both channels, still unexpired): a replay, refused.
+    lab.publish_text(&txt2, &doc2).await.unwrap();
+    let replay = kith(&alice.home, &["org", "verify", "example.org"]);
+    assert_refused(
+        &replay,
+        "shows an older list of its gateways (number 2) than one seen before (number 3)",
+    );
+}

@@ -248,9 +248,10 @@ pub struct NodeDiscovery {
     pub(crate) cache: Mutex<RecordCache>,
     pub(crate) config: DiscoveryConfig,
     pub(crate) stats: Mutex<SourceStats>,
-    /// Which of an organization's gateways is dialled first next time: the calls of one client take
-    /// them in turn (and clients start at random places), so the gateways share the load.
-    gateway_turn: std::sync::atomic::AtomicUsize,
+    /// Which of an organization's gateways this node dials first (the others follow, in order, when it
+    /// does not answer): drawn at random once, so clients spread over the gateways while each one's
+    /// dials (a message and a call at once) go to the same gateway.
+    gateway_pick: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -296,7 +297,7 @@ impl NodeDiscovery {
             cache: Mutex::new(RecordCache::default()),
             config,
             stats: Mutex::new(SourceStats::default()),
-            gateway_turn: std::sync::atomic::AtomicUsize::new(rand::random::<u16>() as usize),
+            gateway_pick: rand::random::<u16>() as usize,
         }
     }
 
@@ -313,16 +314,13 @@ impl NodeDiscovery {
         }
     }
 
-    /// Where an organization's gateways are, the next one in turn first; None if `account` lists none.
+    /// Where an organization's gateways are, this node's pick first; None if `account` lists none.
     fn gateway_hints(&self, account: &AccountKey) -> Option<Vec<Hints>> {
         let (_, roster) = self.gateways(account)?;
         let mut hints: Vec<Hints> = roster.gateways.iter().map(|g| g.hints()).collect();
         if !hints.is_empty() {
-            let turn = self
-                .gateway_turn
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let n = hints.len();
-            hints.rotate_left(turn % n);
+            hints.rotate_left(self.gateway_pick % n);
         }
         Some(hints)
     }

@@ -331,7 +331,9 @@ mod tests {
             .to_string();
         assert!(err.contains("it has: gw2"), "{err}");
         // What is published reads as a client reads it, with the list both channels name.
-        let txt = org::parse_txt(&[third.txt.clone()]).unwrap().unwrap();
+        let txt = org::parse_txt(std::slice::from_ref(&third.txt))
+            .unwrap()
+            .unwrap();
         let Ok(org::Document::Statement(doc)) =
             org::parse_document(third.document.as_bytes(), "example.org")
         else {

@@ -564,7 +564,7 @@ impl Profile {
                 })
                 .unwrap_or_default(),
             secrets,
-            gateway: account.is_none().then(|| GatewayFile { grant: None }),
+            gateway: account.is_none().then_some(GatewayFile { grant: None }),
         };
         let mut token = [0u8; 32];
         rng.fill_bytes(&mut token);

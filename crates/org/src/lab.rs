@@ -390,6 +390,13 @@ impl Lab {
         }
     }
 
+    /// Publishes a TXT record and a document as an organization's admin printed them (`kith org publish`).
+    pub async fn publish_text(&self, txt: &str, document: &str) -> std::io::Result<()> {
+        self.zone.publish(&[txt.to_owned()]).await?;
+        self.web.set(Some(document.to_owned()));
+        Ok(())
+    }
+
     /// Publishes `statement` in both channels.
     pub async fn publish(&self, statement: &kith_core::org::OrgStatement) -> std::io::Result<()> {
         self.zone

@@ -1209,6 +1209,16 @@ impl Store {
         })
     }
 
+    /// Remembers `device` of `peer` without taking a first sight of it for a key change: a device the
+    /// peer vouches for otherwise (an organization's gateway on the list its account signed).
+    pub fn note_device(&self, peer: &AccountKey, device: &DeviceKey, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO peer_devices (peer, device, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![peer.as_bytes(), device.as_bytes(), now_ms],
+        )?;
+        Ok(())
+    }
+
     /// The user compared safety numbers with the contact and confirms: verified, and a key change, if
     /// any, is accepted.
     pub fn set_verified(&self, peer: &AccountKey, now_ms: i64) -> Result<()> {
@@ -1828,16 +1838,25 @@ impl Store {
 
     /// What an inbox needs after a restart: the highest seq shown contiguously and the held seqs beyond.
     pub fn inbox_state(&self, peer: &AccountKey, device: &DeviceKey) -> Result<(u64, Vec<u64>)> {
+        // The end of the run of shown messages that starts at 1. Shown messages are that run, except on
+        // an organization's gateway, which shows messages behind a gap too (the gap went to another
+        // gateway): those count as held here, so that the gap's messages are still taken if they come.
         let shown: i64 = self.conn.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND state = 'received'",
+            "SELECT COALESCE(MIN(m.seq), 0) FROM messages m
+             WHERE m.peer = ?1 AND m.outgoing = 0 AND m.device = ?2 AND m.state = 'received'
+               AND EXISTS (SELECT 1 FROM messages f WHERE f.peer = ?1 AND f.outgoing = 0 AND f.device = ?2
+                           AND f.seq = 1 AND f.state = 'received')
+               AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.peer = ?1 AND n.outgoing = 0
+                               AND n.device = ?2 AND n.seq = m.seq + 1 AND n.state = 'received')",
             params![peer.as_bytes(), device.as_bytes()],
             |r| r.get(0),
         )?;
         let mut stmt = self.conn.prepare(
-            "SELECT seq FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2 AND state = 'held' ORDER BY seq",
+            "SELECT seq FROM messages WHERE peer = ?1 AND outgoing = 0 AND device = ?2
+               AND (state = 'held' OR seq > ?3) ORDER BY seq",
         )?;
         let held = stmt
-            .query_map(params![peer.as_bytes(), device.as_bytes()], |r| {
+            .query_map(params![peer.as_bytes(), device.as_bytes(), shown], |r| {
                 r.get::<_, i64>(0)
             })?
             .map(|r| r.map(|s| s as u64))
@@ -2275,12 +2294,33 @@ mod tests {
             // A retransmission is not stored twice.
             store.store_incoming(&peer, &dev, &[m(1)], &[], 6).unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let mut store = Store::open(&path).unwrap();
         assert_eq!(store.undelivered(&dev).unwrap(), vec![(peer, 2)]);
         assert_eq!(store.inbox_state(&peer, &dev).unwrap(), (1, vec![3]));
         let chat = store.chat(&peer, 10).unwrap();
         assert_eq!(chat.len(), 3, "two outgoing and one shown incoming");
         assert_eq!(store.queue_sizes().unwrap(), (1, 1));
+
+        // An organization's gateway shows messages behind a gap (the gap went to another gateway): they
+        // still count as beyond the gap, so the gap's messages are taken if they come after all.
+        let gw_dev =
+            DeviceKey::from_bytes(*AccountSecret::from_bytes(&[7; 32]).public().as_bytes())
+                .unwrap();
+        let m = |seq| Incoming {
+            seq,
+            id: [100 + seq as u8; 16],
+            text: "y",
+            sent_at_ms: 0,
+        };
+        assert_eq!(store.inbox_state(&peer, &gw_dev).unwrap(), (0, vec![]));
+        store
+            .store_incoming(&peer, &gw_dev, &[m(2), m(3)], &[2, 3], 7)
+            .unwrap();
+        assert_eq!(store.inbox_state(&peer, &gw_dev).unwrap(), (0, vec![2, 3]));
+        store
+            .store_incoming(&peer, &gw_dev, &[m(1)], &[1], 8)
+            .unwrap();
+        assert_eq!(store.inbox_state(&peer, &gw_dev).unwrap(), (3, vec![]));
     }
 
     /// Issue 21, point 5: one contact's deposits under its tokens of all the periods a mailbox accepts

@@ -67,6 +67,8 @@ pub(super) struct ConnHandle {
     pub(super) since_ms: i64,
     /// Both sides use their contact endpoints (not a request endpoint): the path may go direct.
     pub(super) contact_grade: bool,
+    /// The peer's device on this connection.
+    pub(super) device: kith_core::DeviceKey,
 }
 
 /// The connection a call's media goes over: the one the peer last sent a frame on (so it is alive at the
@@ -722,11 +724,16 @@ impl Node {
         let mut key_changed = None;
         // A contact's card with mail info, taken once the store is unlocked (taking it locks it).
         let mut card_mail = None;
+        // An organization's gateways are its account's devices by the list the account signed (checked
+        // above): another of them answering is no new device to confirm.
+        let listed_gateway = self.discovery.gateways(&account).is_some();
         let known = {
             let store = lock(&self.store);
             let stored = store.peer(&account).ok().flatten();
             let known = stored.is_some();
-            if let Some(stored) = &stored
+            if listed_gateway {
+                let _ = store.note_device(&account, &peer.device(), unix_ms());
+            } else if let Some(stored) = &stored
                 && stored.state == PeerState::Contact
                 && let Ok(kith_store::DeviceSeen::Changed) =
                     store.record_device(&account, &peer.device(), unix_ms())
@@ -792,6 +799,7 @@ impl Node {
                 conn: conn.clone(),
                 since_ms: unix_ms(),
                 contact_grade,
+                device: peer.device(),
             });
             if p.conns.len() > MAX_CONNS_PER_PEER {
                 let old = p.conns.remove(0);

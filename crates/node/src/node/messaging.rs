@@ -167,11 +167,17 @@ impl Node {
         let mut acks = vec![];
         let mut fresh: Vec<&MessageFrame> = vec![];
         let mut show = restored_shows;
+        // An organization's gateway shows each message as it comes: a customer's earlier ones may have
+        // gone to another of the organization's gateways, so a gap here may never fill.
+        let unordered = self.id.is_gateway_device();
         for m in &messages {
             match next.offer(m.seq) {
                 Offer::New if !fresh.iter().any(|f| f.seq == m.seq) => {
                     fresh.push(m);
                     show.extend(next.stored(m.seq));
+                    if unordered && !show.contains(&m.seq) {
+                        show.push(m.seq);
+                    }
                     acks.push(m.seq);
                 }
                 Offer::New | Offer::Duplicate => acks.push(m.seq),

@@ -80,6 +80,29 @@ impl Node {
         Err(why)
     }
 
+    /// Closes the connections with devices of `account` that `roster` does not list (a gateway the
+    /// organization revoked since they were made); what they carried goes again to a listed one.
+    fn close_unlisted(&self, account: &AccountKey, roster: &kith_core::org::roster::Roster) {
+        let mut st = lock(&self.state);
+        let Some(p) = st.peers.get_mut(account) else {
+            return;
+        };
+        for c in p
+            .conns
+            .iter()
+            .filter(|c| roster.gateway(&c.device).is_none())
+        {
+            tracing::info!(
+                device = %c.device.short(),
+                "closing a connection to a gateway no longer on its organization's list"
+            );
+            c.conn.close(
+                0u32.into(),
+                b"this device is not on its organization's list of gateways",
+            );
+        }
+    }
+
     async fn org_resolver(&self) -> Result<Arc<kith_org::OrgResolver>, NodeError> {
         self.org
             .get_or_try_init(|| async {
@@ -129,6 +152,9 @@ impl Node {
                 .as_ref()
                 .map(|(s, b)| (*s, &b[..])),
         )?;
+        if let Some(r) = roster {
+            self.close_unlisted(&verified.account, r);
+        }
         Ok(OrgView {
             gateways: roster
                 .map(|r| r.gateways.iter().map(|g| g.name.clone()).collect())
