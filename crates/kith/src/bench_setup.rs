@@ -89,10 +89,9 @@ pub async fn inside(calls: usize, out: &Path) -> anyhow::Result<()> {
         &[("support", &format!("sip:support@{KAMAILIO}"))],
         &[("200", "alice")],
     )?;
-    let mut gw = Daemon::init_gateway(&exe, &d.join("gw"), "example", &config)?;
+    let (mut gw, published) = Daemon::init_gateway(&exe, &d.join("gw"), "example", &config)?;
     gw.start().await?;
-    let account = kith_node::Profile::new(&gw.home).public()?.account;
-    let lab = crate::sip_peers::publish_org(account, &["support"]).await?;
+    let lab = crate::sip_peers::publish_enrolled(&published).await?;
     let mut alice = Daemon::init(&exe, &d.join("alice"), "alice")?;
     configure_org(&alice.home, &lab)?;
     alice.start().await?;

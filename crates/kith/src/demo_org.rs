@@ -7,7 +7,7 @@
 //! interface), so this part runs as `kith demo-org` inside `unshare --net`; without the peers or the rights
 //! it is skipped with the reason.
 
-use crate::process::{Daemon, introduce, kith_exe};
+use crate::process::{Daemon, kith_exe};
 use crate::sip_peers::{configure_org, has, kamailio, namespace, phone, phone_heard, to_8k};
 use crate::speech::{read_wav, windowed_ncc};
 use anyhow::Context;
@@ -73,35 +73,28 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
     let support_uri = format!("sip:support@{KAMAILIO}");
     let gw_config =
         crate::sip_peers::gateway_toml(dir, KAMAILIO, GATEWAY, &[("support", &support_uri)], &[])?;
-    let mut gw = Daemon::init_gateway(&exe, &dir.join("gateway"), "example.org", &gw_config)?;
+    // example.org's account key stays with its admin (no node of it runs); the gateway is a device of
+    // that account, enrolled with a grant.
+    let (mut gw, published) = Daemon::init_gateway(&exe, &dir.join("gateway"), "gw1", &gw_config)?;
     gw.start().await?;
-    let org = kith_node::Profile::new(&gw.home).public()?.account;
     crate::say!(
-        "  example.org's kith gateway: registered with the PBX, service support -> sip:support@{KAMAILIO}"
+        "  example.org's kith gateway gw1: a device of example.org's account (the account key stays with the \
+         admin: `kith org enroll` signed gw1's certificate and the list of gateways), registered with the PBX, \
+         service support -> sip:support@{KAMAILIO}"
     );
-    let statement = kith_core::org::OrgStatement::new(
-        org,
-        vec!["support".into()],
-        kith_node::node::unix_now() + 86_400,
-    );
-    let txt = kith_core::org::format_txt(&statement);
-    let lab = kith_org::lab::Lab::start(
-        "example.org",
-        std::slice::from_ref(&txt),
-        Some(kith_core::org::format_document(&statement, "example.org")),
-    )
-    .await?;
+    let txt = published["txt"].as_str().context("txt")?.to_owned();
+    let lab = crate::sip_peers::publish_enrolled(&published).await?;
     crate::say!(
-        "  example.org publishes the gateway's account: _kith.example.org TXT \"{txt}\" in a DNSSEC-signed zone \
-         ({}), and https://example.org/.well-known/kith.json ({}, certificate from a test authority)",
+        "  example.org publishes its account and its list of gateways: _kith.example.org TXT \"{txt}\" in a \
+         DNSSEC-signed zone ({}), and https://example.org/.well-known/kith.json with the signed list ({}, \
+         certificate from a test authority)",
         lab.zone.addr(),
         lab.web.addr()
     );
     let mut customer = Daemon::init(&exe, &dir.join("customer"), "customer")?;
     configure_org(&customer.home, &lab)?;
     customer.start().await?;
-    // The customer's kith knows how to reach the gateway's address from its card (no DHT in this part).
-    introduce(&customer, &gw).await?;
+    // The customer's kith reaches the gateway at the address the signed list names (no DHT, no card).
 
     let wc = customer.watcher().await?;
     let heard = dir.join("customer-heard.wav");
@@ -148,10 +141,11 @@ pub async fn inside(dir: &Path) -> anyhow::Result<()> {
 
     // An impostor takes over the web server and publishes its own key there: DNS and HTTPS disagree.
     let impostor = kith_core::AccountSecret::generate(&mut rand::rng()).public();
-    let forged = kith_core::org::OrgStatement {
-        account: impostor,
-        ..statement
-    };
+    let forged = kith_core::org::OrgStatement::new(
+        impostor,
+        vec!["support".into()],
+        kith_node::node::unix_now() + 86_400,
+    );
     lab.web.set(Some(kith_core::org::format_document(
         &forged,
         "example.org",

@@ -205,21 +205,31 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Creates a fresh profile whose node runs as an organization's gateway (`kith gateway --config
-    /// CONFIG`); start it with [`Daemon::start`].
+    /// Creates an organization as it runs a gateway: an admin profile holding example.org's account key
+    /// (in `<home>-admin`; no daemon of it runs), and in `home` a gateway device it enrolls (see
+    /// [`Daemon::enroll_gateway`]) whose node runs as the gateway (`kith gateway --config CONFIG`). Start
+    /// it with [`Daemon::start`]; publish what the admin printed (the second value) with
+    /// [`crate::sip_peers::publish_enrolled`].
     pub fn init_gateway(
         exe: &Path,
         home: &Path,
         name: &str,
         config: &Path,
-    ) -> anyhow::Result<Self> {
-        let mut d = Self::init(exe, home, name)?;
+    ) -> anyhow::Result<(Self, serde_json::Value)> {
+        let admin_home = home.with_file_name(format!(
+            "{}-admin",
+            home.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        Self::init(exe, &admin_home, "example.org")?;
+        let (mut d, published) = Self::enroll_gateway(exe, &admin_home, "example.org", home, name)?;
         d.command = vec![
             "gateway".into(),
             "--config".into(),
             config.to_string_lossy().into_owned(),
         ];
-        Ok(d)
+        Ok((d, published))
     }
 
     /// Makes an organization's gateway device named `name` in `home` (`kith init --gateway`) and has the

@@ -412,6 +412,17 @@ pub async fn publish_org(
     .await?)
 }
 
+/// example.org on this machine publishing what its admin printed when enrolling its gateway (`kith
+/// --json org enroll`: the TXT record and the document with the list of gateways).
+pub async fn publish_enrolled(published: &serde_json::Value) -> anyhow::Result<kith_org::lab::Lab> {
+    let txt = published["txt"].as_str().context("txt")?;
+    let document = published["document"].as_str().context("document")?;
+    Ok(
+        kith_org::lab::Lab::start("example.org", &[txt.to_owned()], Some(document.to_owned()))
+            .await?,
+    )
+}
+
 /// Runs a test's body on a runtime of its own (a test that runs itself again in a namespace: see
 /// [`rerun_in_namespace`]).
 pub fn block_on(body: impl std::future::Future<Output = ()>) {

@@ -96,15 +96,14 @@ async fn both_ways() {
         .wait_for("[1 binding]", Duration::from_secs(30))
         .unwrap();
     let loss = vec!["--impair".to_string(), "loss=5,seed=7".into()];
-    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
+    // The gateway is a device of example.org's account, whose key stays with its admin; the admin
+    // publishes the account and its list of gateways (a signed zone and an HTTPS document on this
+    // machine), with the support service; alice's kith looks there.
+    let (mut gw, published) =
+        Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.extra_args = loss.clone();
     gw.start().await.unwrap();
-    // The organization publishes the gateway profile's account for example.org (a signed zone and an
-    // HTTPS document on this machine), with the support service; alice's kith looks there.
-    let org = kith_node::Profile::new(&gw.home).public().unwrap().account;
-    let lab = kith::sip_peers::publish_org(org, &["support"])
-        .await
-        .unwrap();
+    let lab = kith::sip_peers::publish_enrolled(&published).await.unwrap();
     let mut alice = Daemon::init(exe(), &d.join("alice"), "alice").unwrap();
     configure_org(&alice.home, &lab).unwrap();
     alice.extra_args = loss;
@@ -248,7 +247,8 @@ async fn keys_hangups_and_refusals() {
     let (desk, _) = phone_answering(d, KAMAILIO, "desk", 5082, &long, None, "manual").unwrap();
     desk.wait_for("[1 binding]", Duration::from_secs(30))
         .unwrap();
-    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
+    let (mut gw, _) =
+        Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.start().await.unwrap();
     let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
         .await
@@ -366,7 +366,8 @@ async fn linphonec_call() {
     let lp = linphone(d, 5084, &b8, &heard_by_linphone).unwrap();
     lp.wait_for("Creating listening point", Duration::from_secs(30))
         .unwrap();
-    let mut gw = Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
+    let (mut gw, _) =
+        Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
     gw.start().await.unwrap();
     let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
         .await
