@@ -102,6 +102,13 @@ pub enum CallMsg {
         event: u8,
         duration_ms: u16,
     },
+    /// The sender put the answered call on hold (`held`), or took it off: an organization's phone did
+    /// (a SIP re-INVITE to send only, or nothing), and its gateway says so. While held, the sender sends
+    /// no speech of its own side's phone (perhaps music).
+    Hold {
+        call: CallId,
+        held: bool,
+    },
 }
 
 /// The longest service name an invite may carry (bytes).
@@ -140,7 +147,8 @@ impl CallMsg {
             | Self::Cancel { call }
             | Self::Hangup { call }
             | Self::HangupAck { call }
-            | Self::Dtmf { call, .. } => *call,
+            | Self::Dtmf { call, .. }
+            | Self::Hold { call, .. } => *call,
         }
     }
 }
@@ -220,6 +228,8 @@ pub enum CallEvent<P> {
         event: u8,
         duration_ms: u16,
     },
+    /// The peer put the call on hold, or took it off (see [`CallMsg::Hold`]).
+    Held { call: CallId, peer: P, held: bool },
     /// The call is over: stop the media, log it. `talked` is the time since the answer, if there was one.
     Ended {
         call: CallId,
@@ -539,6 +549,17 @@ impl<P: Copy + Eq + Hash> Calls<P> {
         Ok(())
     }
 
+    /// Tells the peer that this side put the answered call on hold, or took it off (see [`CallMsg::Hold`]).
+    pub fn hold(&mut self, call: CallId, held: bool) -> Result<(), CallError> {
+        let c = self.live.get(&call).ok_or(CallError::NoSuchCall)?;
+        if c.state != CallState::Active {
+            return Err(CallError::NotActive);
+        }
+        let peer = c.peer;
+        self.send(peer, CallMsg::Hold { call, held });
+        Ok(())
+    }
+
     /// Media arrived for `call`: the peer is alive (and, for a callee, the caller saw the accept).
     pub fn media_received(&mut self, call: CallId, now: Instant) {
         if let Some(c) = self.live.get_mut(&call)
@@ -608,6 +629,15 @@ impl<P: Copy + Eq + Hash> Calls<P> {
                         event,
                         duration_ms,
                     });
+                }
+            }
+            CallMsg::Hold { call, held } => {
+                if self
+                    .live
+                    .get(&call)
+                    .is_some_and(|c| c.state == CallState::Active)
+                {
+                    self.emit(CallEvent::Held { call, peer, held });
                 }
             }
             CallMsg::Ringing { call } => {

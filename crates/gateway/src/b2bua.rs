@@ -487,8 +487,16 @@ impl Gateway {
         keys_from_sip: &mut mpsc::Receiver<Key>,
     ) {
         tracing::info!("call bridged");
+        let mut held = leg.held.clone();
         loop {
             tokio::select! {
+                Ok(()) = held.changed() => {
+                    // The phone put the call on hold (a re-INVITE to send only, or nothing) or took it
+                    // off: the kith caller is told; the leg stops or resumes sending.
+                    let on_hold = *held.borrow_and_update();
+                    tracing::info!(on_hold, "the SIP side changed hold");
+                    let _ = self.node.hold_call(Some(call), on_hold);
+                }
                 r = sip.run() => match r {
                     Ok(CallEvent::Internal(e)) => {
                         if let Err(e) = sip.handle_internal_event(e).await {

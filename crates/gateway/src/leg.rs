@@ -38,6 +38,8 @@ pub struct SipMedia {
     session: u64,
     version: u64,
     agreed: watch::Sender<Option<Negotiated>>,
+    /// Whether the phone holds the call now (its last offer or answer only sends, or sends nothing).
+    held: watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,7 @@ impl ezk_sip_ua::MediaBackend for SipMedia {
             hold = n.on_hold,
             "SIP leg: answer taken"
         );
-        self.agreed.send_replace(Some(n));
+        self.agree(n);
         Ok(())
     }
 
@@ -110,8 +112,18 @@ impl SipMedia {
             hold = n.on_hold,
             "SIP leg: offer taken"
         );
-        self.agreed.send_replace(Some(n));
+        self.agree(n);
         Ok(sdp::parse(&text)?)
+    }
+
+    /// What the two sides agreed goes to the media task, and a change of hold to whoever watches it.
+    fn agree(&mut self, n: Negotiated) {
+        self.held.send_if_modified(|h| {
+            let changed = *h != n.on_hold;
+            *h = n.on_hold;
+            changed
+        });
+        self.agreed.send_replace(Some(n));
     }
 }
 
@@ -136,6 +148,8 @@ pub struct Leg {
     pub media: Option<SipMedia>,
     pub keys: mpsc::Sender<Key>,
     pub stats: watch::Receiver<LegStats>,
+    /// Whether the phone holds the call (changes when a re-INVITE puts it on hold or takes it off).
+    pub held: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -158,6 +172,7 @@ pub async fn start(
     let (agreed, agreed_rx) = watch::channel(None);
     let (keys, keys_rx) = mpsc::channel(64);
     let (stats_tx, stats) = watch::channel(LegStats::default());
+    let (held_tx, held) = watch::channel(false);
     let task = tokio::spawn(run(
         Arc::new(socket),
         agreed_rx,
@@ -172,9 +187,11 @@ pub async fn start(
             session: rand::random::<u32>().into(),
             version: 0,
             agreed,
+            held: held_tx,
         }),
         keys,
         stats,
+        held,
         task,
     })
 }

@@ -566,6 +566,14 @@ async fn follow_call(
                 continue;
             }
             let kind = e["type"].as_str().unwrap_or("").to_owned();
+            if kind == "call_held" && !json_mode {
+                if e["held"] == true {
+                    crate::say!("{} put the call on hold", s(&e, "with"));
+                } else {
+                    crate::say!("{} took the call off hold", s(&e, "with"));
+                }
+                continue;
+            }
             if !printed.insert(kind.clone()) {
                 continue;
             }
@@ -1078,6 +1086,16 @@ fn describe_event(e: &Value) -> String {
             short("call")
         ),
         "call_ringing" => format!("ringing {} (call {})", s(e, "to"), short("call")),
+        "call_held" => format!(
+            "{} {} (call {})",
+            s(e, "with"),
+            if e["held"] == true {
+                "put the call on hold"
+            } else {
+                "took the call off hold"
+            },
+            short("call")
+        ),
         "call_answered" => format!("in a call with {} (call {})", s(e, "with"), short("call")),
         "call_ended" => format!(
             "call with {} ended: {}{}{}",

@@ -129,6 +129,8 @@ pub struct Peer {
     exited: mpsc::Receiver<std::io::Result<std::process::ExitStatus>>,
     /// The peer's lines, each with when it was read.
     lines: mpsc::Receiver<(String, std::time::Instant)>,
+    /// Its standard input (what [`Peer::say`] writes to).
+    stdin: std::sync::Arc<std::sync::Mutex<Option<std::process::ChildStdin>>>,
     pub log: PathBuf,
 }
 
@@ -208,8 +210,21 @@ impl Peer {
             group,
             exited,
             lines,
+            stdin,
             log,
         })
+    }
+
+    /// Writes `line` to the peer's standard input (a command to baresip: `/hold`, `/resume`).
+    pub fn say(&self, line: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let input = stdin
+            .as_mut()
+            .with_context(|| format!("{} takes no input", self.name))?;
+        writeln!(input, "{line}")?;
+        input.flush()?;
+        Ok(())
     }
 
     /// Waits for a line containing `text`; returns when the peer printed it (when it was read).
@@ -325,7 +340,7 @@ pub fn phone_answering(
              dns_server 127.0.0.1:53\naudio_player alsa,null\naudio_alert alsa,null\n\
              audio_source aufile,{}\nausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\n\
              auplay_channels 1\nrtp_ports {}-{}\nmodule_path {modules}\nmodule g711.so\n\
-             module aufile.so\nmodule alsa.so\nmodule sndfile.so\nmodule_tmp uuid.so\n\
+             module aufile.so\nmodule alsa.so\nmodule sndfile.so\nmodule stdio.so\nmodule_tmp uuid.so\n\
              module_tmp account.so\nmodule_app menu.so\nsnd_path {}\n",
             wav.display(),
             port + 100,

@@ -281,6 +281,29 @@ async fn keys_hangups_and_refusals() {
     support
         .wait_for("received event: '#' (end=1)", Duration::from_secs(10))
         .unwrap();
+    // The phone puts the call on hold, then takes it off (re-INVITEs: send only, then send and receive
+    // again): alice is told each time, the call goes on, and the phone hears her keys again after it.
+    for (command, held) in [("/hold", true), ("/resume", false)] {
+        support.say(command).unwrap();
+        assert!(
+            wa.wait_for(Duration::from_secs(10), |w| w.any(
+                "call_held",
+                |e| e["call"] == id.as_str()
+                    && e["held"] == held
+                    && e["with"].as_str().is_some_and(|w| w.starts_with("example"))
+            ))
+            .await,
+            "no call_held {held} after the phone's {command}"
+        );
+    }
+    alice
+        .client()
+        .post("/v1/calls/dtmf", json!({ "call": id, "keys": "2" }))
+        .await
+        .unwrap();
+    support
+        .wait_for("received event: '2' (end=1)", Duration::from_secs(10))
+        .unwrap();
     alice
         .client()
         .post("/v1/calls/hangup", json!({ "call": id }))

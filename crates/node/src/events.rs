@@ -65,6 +65,13 @@ pub enum Event {
         key: String,
         duration_ms: u16,
     },
+    /// The peer put the call on hold (`held`: an organization's phone did, through its gateway), or took
+    /// it off.
+    CallHeld {
+        call: String,
+        with: String,
+        held: bool,
+    },
     /// A contact connected from a device never seen before beside their others: a new phone, a restored
     /// backup, or someone holding their account key. Sending to them is held until the user confirms
     /// (`kith verify NAME --confirm`).

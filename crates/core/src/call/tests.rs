@@ -650,6 +650,20 @@ fn a_gateway_takes_several_callers_each_once_and_their_keys() {
         })
         .collect();
     assert_eq!(keys, vec![(ids[0], 11, 100)]);
+    // Hold: told to the peer once answered, and taken off again.
+    s.nodes[0].hold(ids[0], true).unwrap();
+    s.run(Duration::from_millis(500));
+    s.nodes[0].hold(ids[0], false).unwrap();
+    s.run(Duration::from_millis(500));
+    let holds: Vec<(CallId, bool)> = s.events[1]
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Held { call, held, .. } => Some((*call, *held)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(holds, vec![(ids[0], true), (ids[0], false)]);
+    assert_eq!(s.nodes[0].hold([9; 16], true), Err(CallError::NoSuchCall));
     assert_eq!(dtmf_key(11), Some('#'));
     assert_eq!(
         "0123456789*#ABCD"

@@ -181,6 +181,11 @@ impl Node {
                     });
                 }
             }
+            CallEvent::Held { call, peer, held } => self.emit(Event::CallHeld {
+                call: hex::encode(call),
+                with: self.label(&peer),
+                held,
+            }),
             CallEvent::Ringing { call, peer } => self.emit(Event::CallRinging {
                 call: hex::encode(call),
                 to: self.label(&peer),
@@ -452,6 +457,24 @@ impl Node {
                     .map_err(|e| NodeError::Call(e.to_string()))?;
             }
         }
+        self.process_calls();
+        Ok(hex::encode(id))
+    }
+
+    /// Tells the peer of an answered call that this side put it on hold, or took it off: what an
+    /// organization's gateway does when its phone holds the call (a person's hold, with its media
+    /// paused, is not offered yet).
+    pub fn hold_call(
+        self: &Arc<Self>,
+        call: Option<&str>,
+        held: bool,
+    ) -> Result<String, NodeError> {
+        let id = self.find_call(call)?;
+        lock(&self.state)
+            .call
+            .signalling
+            .hold(id, held)
+            .map_err(|e| NodeError::Call(e.to_string()))?;
         self.process_calls();
         Ok(hex::encode(id))
     }
