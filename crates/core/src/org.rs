@@ -142,6 +142,22 @@ pub fn normalize_domain(domain: &str) -> String {
     domain.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// `domain` normalized, if it is a domain name as DNS writes it (labels of letters, digits and '-', not
+/// at either end, joined by dots; at least two labels).
+pub fn valid_domain(domain: &str) -> Option<String> {
+    let d = normalize_domain(domain);
+    let ok = d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    ok.then_some(d)
+}
+
 /// The two places an organization publishes its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {

@@ -45,7 +45,12 @@ impl Daemon {
         if !out.status.success() {
             anyhow::bail!("kith init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(Self {
+        Ok(Self::of(exe, home, name))
+    }
+
+    /// The profile already in `home`, not started.
+    fn of(exe: &Path, home: &Path, name: &str) -> Self {
+        Self {
             name: name.to_owned(),
             home: home.to_owned(),
             exe: exe.to_owned(),
@@ -55,7 +60,7 @@ impl Daemon {
             extra_args: vec![],
             env: vec![],
             command: vec!["daemon".into()],
-        })
+        }
     }
 
     /// Starts the daemon and waits until its API answers.
@@ -268,20 +273,7 @@ impl Daemon {
         let published = run(admin, &["org", "enroll", domain, enrollment])?;
         let grant = published["grant"].as_str().context("grant")?;
         run(home, &["device", "grant", grant])?;
-        Ok((
-            Self {
-                name: name.to_owned(),
-                home: home.to_owned(),
-                exe: exe.to_owned(),
-                child: None,
-                client: None,
-                bootstrap: None,
-                extra_args: vec![],
-                env: vec![],
-                command: vec!["daemon".into()],
-            },
-            published,
-        ))
+        Ok((Self::of(exe, home, name), published))
     }
 
     /// This profile's `kith:` address (read from the profile, no daemon needed).

@@ -98,21 +98,11 @@ fn save(profile: &Profile, f: &OrgFile) -> Result<(), ProfileError> {
 }
 
 fn check_domain(domain: &str) -> Result<String, ProfileError> {
-    let d = org::normalize_domain(domain);
-    let ok = d.contains('.')
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if ok {
-        Ok(d)
-    } else {
-        Err(admin_error(format!(
+    org::valid_domain(domain).ok_or_else(|| {
+        admin_error(format!(
             "{domain:?} is not a domain name (like example.org)"
-        )))
-    }
+        ))
+    })
 }
 
 /// What the admin may change when publishing.

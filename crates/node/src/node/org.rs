@@ -29,21 +29,7 @@ pub struct OrgView {
 
 /// Whether `domain` is a domain name as DNS writes it.
 fn check_domain(domain: &str) -> Result<String, NodeError> {
-    let d = kith_core::org::normalize_domain(domain);
-    let ok = d.len() <= 253
-        && d.contains('.')
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if ok {
-        Ok(d)
-    } else {
-        Err(NodeError::NotADomain(domain.to_owned()))
-    }
+    kith_core::org::valid_domain(domain).ok_or_else(|| NodeError::NotADomain(domain.to_owned()))
 }
 
 /// `service@domain` split in two, if `who` is written so (a domain with a dot after the last `@`, and not a
