@@ -301,23 +301,37 @@ impl NodeDiscovery {
         }
     }
 
-    /// The list of gateway devices kept for the organization whose account is `account` (see
-    /// [`kith_core::org::roster`]), with its domain.
-    pub fn gateways(&self, account: &AccountKey) -> Option<(String, Roster)> {
-        let (domain, bytes) = lock(&self.store).org_roster_of(account).ok().flatten()?;
-        match Roster::from_bytes(&bytes) {
-            Ok(r) => Some((domain, r)),
-            Err(e) => {
-                tracing::warn!(%domain, error = %e, "the kept list of gateways does not read");
-                None
-            }
-        }
+    /// The lists of gateway devices kept for the organization whose account is `account` (see
+    /// [`kith_core::org::roster`]), one per domain it speaks for, with the domain; empty for an account
+    /// that lists none.
+    pub fn gateways(&self, account: &AccountKey) -> Vec<(String, Roster)> {
+        let kept = lock(&self.store)
+            .org_rosters_of(account)
+            .unwrap_or_default();
+        kept.into_iter()
+            .filter_map(|(domain, bytes)| match Roster::from_bytes(&bytes) {
+                Ok(r) => Some((domain, r)),
+                Err(e) => {
+                    tracing::warn!(%domain, error = %e, "the kept list of gateways does not read");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Where an organization's gateways are, this node's pick first; None if `account` lists none.
     fn gateway_hints(&self, account: &AccountKey) -> Option<Vec<Hints>> {
-        let (_, roster) = self.gateways(account)?;
-        let mut hints: Vec<Hints> = roster.gateways.iter().map(|g| g.hints()).collect();
+        let lists = self.gateways(account);
+        if lists.is_empty() {
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut hints: Vec<Hints> = lists
+            .iter()
+            .flat_map(|(_, r)| r.gateways.iter())
+            .filter(|g| seen.insert(g.device))
+            .map(|g| g.hints())
+            .collect();
         if !hints.is_empty() {
             let n = hints.len();
             hints.rotate_left(self.gateway_pick % n);

@@ -1555,16 +1555,17 @@ impl Store {
         Ok(())
     }
 
-    /// The domain and list of gateways kept for the organization whose account is `account`, if any.
-    pub fn org_roster_of(&self, account: &AccountKey) -> Result<Option<(String, Vec<u8>)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT domain, roster FROM org_pins WHERE account = ?1 AND roster IS NOT NULL",
-                [account.as_bytes().as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+    /// The domains and lists of gateways kept for the organization whose account is `account` (one per
+    /// domain it speaks for), by domain.
+    pub fn org_rosters_of(&self, account: &AccountKey) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT domain, roster FROM org_pins WHERE account = ?1 AND roster IS NOT NULL
+             ORDER BY domain",
+        )?;
+        let rows = st.query_map([account.as_bytes().as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Forgets a domain's pin; false if there was none.
@@ -2090,7 +2091,7 @@ mod tests {
         let (_, _, org) = keys();
         {
             let s = Store::open(&path).unwrap();
-            assert_eq!(s.org_roster_of(&org).unwrap(), None);
+            assert_eq!(s.org_rosters_of(&org).unwrap(), vec![]);
             s.set_org_pin("example.org", &org, 1).unwrap();
             assert_eq!(s.org_roster_seq("example.org").unwrap(), None);
             s.set_org_roster("example.org", Some((4, b"list four")))
@@ -2098,12 +2099,18 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(
-            s.org_roster_of(&org).unwrap(),
-            Some(("example.org".to_string(), b"list four".to_vec()))
+            s.org_rosters_of(&org).unwrap(),
+            vec![("example.org".to_string(), b"list four".to_vec())]
         );
+        // The same account speaking for a second domain, with a list of its own there.
+        s.set_org_pin("example.com", &org, 2).unwrap();
+        s.set_org_roster("example.com", Some((1, b"list one")))
+            .unwrap();
+        assert_eq!(s.org_rosters_of(&org).unwrap().len(), 2);
+        assert!(s.forget_org_pin("example.com").unwrap());
         assert_eq!(s.org_roster_seq("example.org").unwrap(), Some(4));
         s.set_org_roster("example.org", None).unwrap();
-        assert_eq!(s.org_roster_of(&org).unwrap(), None);
+        assert_eq!(s.org_rosters_of(&org).unwrap(), vec![]);
         assert_eq!(s.org_roster_seq("example.org").unwrap(), Some(4));
         assert!(s.forget_org_pin("example.org").unwrap());
         assert_eq!(s.org_roster_seq("example.org").unwrap(), None);

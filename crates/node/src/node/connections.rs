@@ -726,7 +726,7 @@ impl Node {
         let mut card_mail = None;
         // An organization's gateways are its account's devices by the list the account signed (checked
         // above): another of them answering is no new device to confirm.
-        let listed_gateway = self.discovery.gateways(&account).is_some();
+        let listed_gateway = !self.discovery.gateways(&account).is_empty();
         let known = {
             let store = lock(&self.store);
             let stored = store.peer(&account).ok().flatten();

@@ -45,10 +45,15 @@ impl Node {
     /// a device on the list (one taken off it, revoked, still holds a valid certificate). `Err` says why
     /// not, for the log, the event and the refused side.
     pub(super) fn check_gateway(&self, peer: &VerifiedPeer) -> Result<(), String> {
-        let Some((domain, roster)) = self.discovery.gateways(&peer.account()) else {
+        let lists = self.discovery.gateways(&peer.account());
+        let Some((domain, roster)) = lists.first() else {
             return Ok(());
         };
-        if roster.gateway(&peer.device()).is_some() {
+        // A device on the list of any domain the account speaks for.
+        if lists
+            .iter()
+            .any(|(_, r)| r.gateway(&peer.device()).is_some())
+        {
             return Ok(());
         }
         let why = format!(
@@ -59,25 +64,24 @@ impl Node {
         );
         tracing::warn!("{why}");
         self.emit(Event::GatewayRefused {
-            domain,
+            domain: domain.clone(),
             device: peer.device().short(),
             reason: why.clone(),
         });
         Err(why)
     }
 
-    /// Closes the connections with devices of `account` that `roster` does not list (a gateway the
-    /// organization revoked since they were made); what they carried goes again to a listed one.
-    fn close_unlisted(&self, account: &AccountKey, roster: &kith_core::org::roster::Roster) {
+    /// Closes the connections with devices of `account` that none of its lists of gateways names (a
+    /// gateway the organization revoked since they were made); what they carried goes again to a listed
+    /// one.
+    fn close_unlisted(&self, account: &AccountKey) {
+        let lists = self.discovery.gateways(account);
+        let listed = |d: &kith_core::DeviceKey| lists.iter().any(|(_, r)| r.gateway(d).is_some());
         let mut st = lock(&self.state);
         let Some(p) = st.peers.get_mut(account) else {
             return;
         };
-        for c in p
-            .conns
-            .iter()
-            .filter(|c| roster.gateway(&c.device).is_none())
-        {
+        for c in p.conns.iter().filter(|c| !listed(&c.device)) {
             tracing::info!(
                 device = %c.device.short(),
                 "closing a connection to a gateway no longer on its organization's list"
@@ -138,8 +142,8 @@ impl Node {
                 .as_ref()
                 .map(|(s, b)| (*s, &b[..])),
         )?;
-        if let Some(r) = roster {
-            self.close_unlisted(&verified.account, r);
+        if roster.is_some() {
+            self.close_unlisted(&verified.account);
         }
         Ok(OrgView {
             gateways: roster
