@@ -244,11 +244,9 @@ impl Gateway {
     }
 
     fn bridged() -> (Bridge, AudioOptions) {
-        // The SIP side speaks G.711: telephone audio, nothing above 4 kHz.
-        let bridge = Bridge {
-            band_khz: Some(crate::g711::BAND_KHZ),
-            ..Default::default()
-        };
+        // Telephone audio (G.711: nothing above 4 kHz) until the SIP side agrees on a codec; the leg sets
+        // the band then (8 kHz for G.722).
+        let bridge = Bridge::with_band(crate::g711::BAND_KHZ);
         let options = AudioOptions {
             input: Some(AudioInput::Bridge(bridge.clone())),
             ..Default::default()

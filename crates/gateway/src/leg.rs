@@ -1,5 +1,5 @@
-//! The SIP leg's media: RTP on a UDP socket, G.711 to and from the 48 kHz audio of the kith call (through a
-//! [`Bridge`]), a jitter buffer for what the PBX's phones send, and telephone events both ways.
+//! The SIP leg's media: RTP on a UDP socket, G.722 or G.711 to and from the 48 kHz audio of the kith call
+//! (through a [`Bridge`]), a jitter buffer for what the PBX's phones send, and telephone events both ways.
 //!
 //! One task per call, on a 20 ms clock of its own, which the kith call's media follows (see [`Bridge`]):
 //! each tick plays 20 ms out of the jitter buffer into the kith call; the call then encodes it and plays
@@ -8,7 +8,7 @@
 //! and in which codec; until then, and while the peer holds the call, it sends nothing.
 
 use crate::g711;
-use crate::resample::{Down, Up};
+use crate::resample::{Down, Up, factor_for};
 use crate::rtp::{self, Packet};
 use crate::sdp::{self, Codec, Negotiated};
 use ezk_sdp_types::SessionDescription;
@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-/// Samples of one 20 ms frame at 8 kHz and at 48 kHz.
+/// Samples of one 20 ms frame at 8 kHz and at 48 kHz. 20 ms is also 160 units of the RTP clock, which is
+/// 8 kHz for every codec of the leg (G.722's too).
 const FRAME_8K: usize = 160;
 const FRAME_48K: usize = 960;
 
@@ -59,7 +60,7 @@ impl ezk_sip_ua::MediaBackend for SipMedia {
         let text = sdp::describe(
             self.local.ip(),
             self.local.port(),
-            &[Codec::Pcmu, Codec::Pcma],
+            &sdp::OFFER,
             self.session,
             self.version,
             "sendrecv",
@@ -214,9 +215,10 @@ async fn bind(ip: IpAddr, ports: Option<(u16, u16)>) -> std::io::Result<UdpSocke
     ))
 }
 
-/// Reorders the peer's packets and hands out 20 ms of 8 kHz audio per tick.
-#[derive(Default)]
+/// Reorders the peer's packets and hands out 20 ms of audio per tick (at the codec's rate).
 struct JitterBuffer {
+    /// Samples of a frame (a lost packet's stand-in).
+    frame: usize,
     /// Decoded packets by extended sequence number.
     packets: BTreeMap<u64, Vec<i16>>,
     /// The next sequence number to play, once playout started.
@@ -233,6 +235,12 @@ struct JitterBuffer {
     last_wait_min: Option<Duration>,
 }
 
+impl Default for JitterBuffer {
+    fn default() -> Self {
+        Self::new(FRAME_8K)
+    }
+}
+
 /// Packets played over which the least wait is taken (a second).
 const WAIT_WINDOW: u32 = 50;
 
@@ -242,6 +250,20 @@ const START_DEPTH: usize = 2;
 const MAX_DEPTH: usize = 6;
 
 impl JitterBuffer {
+    fn new(frame: usize) -> Self {
+        Self {
+            frame,
+            packets: BTreeMap::new(),
+            next: None,
+            ready: Default::default(),
+            highest: None,
+            arrived: BTreeMap::new(),
+            wait_min: None,
+            waits: 0,
+            last_wait_min: None,
+        }
+    }
+
     /// Extends a 16-bit sequence number past its wrap, near the highest seen.
     fn extend(&self, seq: u16) -> u64 {
         match self.highest {
@@ -307,7 +329,7 @@ impl JitterBuffer {
                 }
                 None => {
                     // A gap with later packets waiting: that one is lost, a frame of silence stands in.
-                    self.ready.extend(std::iter::repeat_n(0, FRAME_8K));
+                    self.ready.extend(std::iter::repeat_n(0, self.frame));
                     self.next = Some(n + 1);
                 }
             }
@@ -322,17 +344,48 @@ impl JitterBuffer {
     }
 }
 
-fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
-    match codec {
-        Codec::Pcmu => payload.iter().map(|&b| g711::ulaw_decode(b)).collect(),
-        Codec::Pcma => payload.iter().map(|&b| g711::alaw_decode(b)).collect(),
-    }
+/// The leg's codec with its state: G.722 is ADPCM, each direction keeps its predictor (so a leg decodes
+/// its peer's packets in the order they came, and encodes its own in order).
+struct LegCodec {
+    codec: Codec,
+    g722: Option<(
+        ezk_g722::libg722::encoder::Encoder,
+        ezk_g722::libg722::decoder::Decoder,
+    )>,
 }
 
-fn encode(codec: Codec, pcm: &[i16]) -> Vec<u8> {
-    match codec {
-        Codec::Pcmu => pcm.iter().map(|&s| g711::ulaw_encode(s)).collect(),
-        Codec::Pcma => pcm.iter().map(|&s| g711::alaw_encode(s)).collect(),
+impl LegCodec {
+    fn new(codec: Codec) -> Self {
+        use ezk_g722::libg722::{Bitrate, decoder::Decoder, encoder::Encoder};
+        let g722 = (codec == Codec::G722).then(|| {
+            // 64 kbit/s, 16 kHz samples, one code word a byte (RFC 3551's G722/8000).
+            (
+                Encoder::new(Bitrate::Mode1_64000, false, false),
+                Decoder::new(Bitrate::Mode1_64000, false, false),
+            )
+        });
+        Self { codec, g722 }
+    }
+
+    /// Samples of 20 ms at the codec's rate.
+    fn frame(&self) -> usize {
+        (self.codec.sample_rate() / 50) as usize
+    }
+
+    fn decode(&mut self, payload: &[u8]) -> Vec<i16> {
+        match (self.codec, &mut self.g722) {
+            (_, Some((_, dec))) => dec.decode(payload),
+            (Codec::Pcma, _) => payload.iter().map(|&b| g711::alaw_decode(b)).collect(),
+            _ => payload.iter().map(|&b| g711::ulaw_decode(b)).collect(),
+        }
+    }
+
+    fn encode(&mut self, pcm: &[i16]) -> Vec<u8> {
+        match (self.codec, &mut self.g722) {
+            (_, Some((enc, _))) => enc.encode(pcm),
+            (Codec::Pcma, _) => pcm.iter().map(|&s| g711::alaw_encode(s)).collect(),
+            _ => pcm.iter().map(|&s| g711::ulaw_encode(s)).collect(),
+        }
     }
 }
 
@@ -356,6 +409,8 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut down, mut up) = (Down::default(), Up::default());
     let mut jb = JitterBuffer::default();
+    // G.711 until the SDP says otherwise.
+    let mut lc = LegCodec::new(Codec::Pcmu);
     let ssrc: u32 = rand::random();
     let mut seq: u16 = rand::random();
     let mut timestamp: u32 = rand::random();
@@ -426,7 +481,7 @@ async fn run(
                                 if let Some(s) = sending.take() {
                                     tracing::warn!(event = s.key.event, "the SIP side takes no telephone events: key dropped");
                                 }
-                                let payload = encode(neg.codec, &narrow);
+                                let payload = lc.encode(&narrow);
                                 let bytes = Packet { marker: first, payload_type: neg.payload_type, seq, timestamp, ssrc, payload: &payload }.encode();
                                 first = false;
                                 bytes
@@ -455,7 +510,7 @@ async fn run(
                 }
                 if p.payload_type == neg.payload_type {
                     st.received += 1;
-                    if !jb.push(p.seq, decode(neg.codec, p.payload)) {
+                    if !jb.push(p.seq, lc.decode(p.payload)) {
                         st.dropped += 1;
                     }
                 } else if Some(p.payload_type) == neg.event_pt
@@ -470,7 +525,22 @@ async fn run(
             }
             Some(k) = keys_out.recv() => queued_keys.push_back(k),
             r = agreed.changed(), if sdp_open => match r {
-                Ok(()) => n = agreed.borrow_and_update().clone(),
+                Ok(()) => {
+                    n = agreed.borrow_and_update().clone();
+                    // A codec of another rate: resamplers, frames and the jitter buffer follow, and the
+                    // kith side's encoder is capped at the new band.
+                    if let Some(neg) = &n
+                        && neg.codec != lc.codec
+                    {
+                        tracing::debug!(codec = neg.codec.name(), "SIP leg: codec");
+                        lc = LegCodec::new(neg.codec);
+                        let f = factor_for(neg.codec.sample_rate());
+                        (down, up) = (Down::new(f), Up::new(f));
+                        played = vec![0i16; lc.frame()];
+                        jb = JitterBuffer::new(lc.frame());
+                        bridge.set_band(neg.codec.band_khz());
+                    }
+                }
                 // The SIP session is gone; the media goes on as agreed until the call's owner stops it.
                 Err(_) => sdp_open = false,
             },

@@ -1,16 +1,24 @@
-//! 48 kHz (the kith side, Opus) to and from 8 kHz (G.711): a windowed-sinc low-pass at 3.7 kHz, decimating
-//! by 6 on the way down and interpolating by 6 on the way up (polyphase: only the taps that meet a real
-//! sample are computed). Each keeps the samples it still needs across frames, so frame edges are seamless.
+//! 48 kHz (the kith side, Opus) to and from 8 kHz (G.711) or 16 kHz (G.722): a windowed-sinc low-pass at
+//! 92.5 % of the lower rate's Nyquist frequency (3.7 or 7.4 kHz), decimating by 6 (or 3) on the way down
+//! and interpolating on the way up (polyphase: only the taps that meet a real sample are computed). Each
+//! keeps the samples it still needs across frames, so frame edges are seamless.
 
 /// The filter's length (odd: linear phase, delay (TAPS - 1) / 2 samples at 48 kHz = 1.25 ms).
 const TAPS: usize = 121;
+/// 48 kHz to 8 kHz.
 const FACTOR: usize = 6;
 
 /// The delay each of [`Down`] and [`Up`] adds (the filter's group delay), in microseconds: 1250.
 pub const DELAY_US: u32 = ((TAPS - 1) / 2 * 1_000_000 / 48_000) as u32;
 
-fn design() -> Vec<f32> {
-    let fc = 3700.0 / 48_000.0;
+/// The factor between 48 kHz and `rate` (8000 or 16000).
+pub fn factor_for(rate: u32) -> usize {
+    (48_000 / rate.max(1)) as usize
+}
+
+fn design(factor: usize) -> Vec<f32> {
+    // 92.5 % of the lower rate's Nyquist frequency: 3.7 kHz at 8 kHz, 7.4 kHz at 16 kHz.
+    let fc = 0.925 * 0.5 / factor as f64;
     let m = (TAPS - 1) as f64;
     let mut h: Vec<f64> = (0..TAPS)
         .map(|n| {
@@ -37,31 +45,38 @@ fn clip(v: f32) -> i16 {
     v.round().clamp(-32768.0, 32767.0) as i16
 }
 
-/// 48 kHz -> 8 kHz.
+/// 48 kHz -> 8 kHz (or another rate: [`Down::new`]).
 pub struct Down {
     taps: Vec<f32>,
+    factor: usize,
     /// The last TAPS - 1 input samples.
     history: Vec<f32>,
 }
 
 impl Default for Down {
     fn default() -> Self {
-        Self {
-            taps: design(),
-            history: vec![0.0; TAPS - 1],
-        }
+        Self::new(FACTOR)
     }
 }
 
 impl Down {
-    /// `input.len()` must be a multiple of 6; appends `input.len() / 6` samples to `out`.
+    /// 48 kHz -> 48 kHz / `factor`.
+    pub fn new(factor: usize) -> Self {
+        Self {
+            taps: design(factor),
+            factor,
+            history: vec![0.0; TAPS - 1],
+        }
+    }
+
+    /// `input.len()` must be a multiple of the factor; appends `input.len() / factor` samples to `out`.
     pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
         let mut buf = std::mem::take(&mut self.history);
         buf.extend(input.iter().map(|&s| f32::from(s)));
-        let produced = input.len() / FACTOR;
+        let produced = input.len() / self.factor;
         for k in 0..produced {
-            // The output sample at the input position (TAPS - 1) + k * 6 (the newest sample it covers).
-            let end = (TAPS - 1) + k * FACTOR;
+            // The output sample at the input position (TAPS - 1) + k * factor (the newest it covers).
+            let end = (TAPS - 1) + k * self.factor;
             let window = &buf[end + 1 - TAPS..=end];
             let acc: f32 = window
                 .iter()
@@ -74,22 +89,29 @@ impl Down {
     }
 }
 
-/// 8 kHz -> 48 kHz.
+/// 8 kHz -> 48 kHz (or another rate: [`Up::new`]).
 pub struct Up {
-    /// The filter split into 6 phases of TAPS / 6 (rounded up) taps each, times 6 (the gain lost to the
-    /// zeros stuffed in between).
+    /// The filter split into `factor` phases of TAPS / factor (rounded up) taps each, times the factor
+    /// (the gain lost to the zeros stuffed in between).
     phases: Vec<Vec<f32>>,
     history: Vec<f32>,
 }
 
 impl Default for Up {
     fn default() -> Self {
-        let h = design();
-        let per = TAPS.div_ceil(FACTOR);
-        let phases = (0..FACTOR)
+        Self::new(FACTOR)
+    }
+}
+
+impl Up {
+    /// 48 kHz / `factor` -> 48 kHz.
+    pub fn new(factor: usize) -> Self {
+        let h = design(factor);
+        let per = TAPS.div_ceil(factor);
+        let phases = (0..factor)
             .map(|p| {
                 (0..per)
-                    .map(|j| h.get(p + j * FACTOR).copied().unwrap_or(0.0) * FACTOR as f32)
+                    .map(|j| h.get(p + j * factor).copied().unwrap_or(0.0) * factor as f32)
                     .collect()
             })
             .collect();
@@ -98,10 +120,8 @@ impl Default for Up {
             history: vec![0.0; per - 1],
         }
     }
-}
 
-impl Up {
-    /// Appends `input.len() * 6` samples to `out`.
+    /// Appends `input.len() * factor` samples to `out`.
     pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
         let per = self.phases[0].len();
         let mut buf = std::mem::take(&mut self.history);
@@ -163,5 +183,32 @@ mod tests {
             "6 kHz leaked: {}",
             rms(&low)
         );
+    }
+
+    /// The same at 16 kHz (G.722): 6 kHz passes both ways, 10 kHz does not fold back.
+    #[test]
+    fn wideband_passes_to_7_khz() {
+        let f = factor_for(16_000);
+        assert_eq!(f, 3);
+        for hz in [300.0, 3000.0, 6000.0] {
+            let input = tone(hz, 48_000.0, 48_000, 10_000.0);
+            let (mut down, mut up) = (Down::new(f), Up::new(f));
+            let (mut low, mut high) = (vec![], vec![]);
+            for frame in input.chunks(960) {
+                down.process(frame, &mut low);
+            }
+            assert_eq!(low.len(), 16_000);
+            let r = rms(&low[800..]) / rms(&input);
+            assert!((0.95..1.05).contains(&r), "{hz} Hz down: gain {r}");
+            for frame in low.chunks(320) {
+                up.process(frame, &mut high);
+            }
+            assert_eq!(high.len(), 48_000);
+            let r = rms(&high[2400..]) / rms(&input);
+            assert!((0.9..1.1).contains(&r), "{hz} Hz up: gain {r}");
+        }
+        let mut low = vec![];
+        Down::new(f).process(&tone(10_000.0, 48_000.0, 48_000, 10_000.0), &mut low);
+        assert!(rms(&low[800..]) < 100.0, "10 kHz leaked: {}", rms(&low));
     }
 }

@@ -1,5 +1,5 @@
-//! The SDP of the SIP leg (RFC 3264 offer/answer): what the gateway offers (G.711 mu-law and A-law over RTP,
-//! telephone events), and what it takes from the PBX's offer or answer.
+//! The SDP of the SIP leg (RFC 3264 offer/answer): what the gateway offers (G.722, G.711 mu-law and A-law
+//! over RTP, telephone events), and what it takes from the PBX's offer or answer.
 
 use bytesstr::BytesStr;
 use ezk_sdp_types::{Direction, MediaType, SessionDescription, TaggedAddress, TransportProtocol};
@@ -12,13 +12,20 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law (payload type 8).
     Pcma,
+    /// G.722 (payload type 9): wideband, 16 kHz audio at 64 kbit/s. Its RTP clock is 8000 all the same
+    /// (RFC 3551, section 4.5.2).
+    G722,
 }
+
+/// What the gateway offers, best first: wideband where the phone has it, else telephone audio.
+pub const OFFER: [Codec; 3] = [Codec::G722, Codec::Pcmu, Codec::Pcma];
 
 impl Codec {
     pub fn payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
         }
     }
 
@@ -26,6 +33,24 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
+        }
+    }
+
+    /// The audio's sample rate (not the RTP clock: 8000 for all three).
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::G722 => 16_000,
+        }
+    }
+
+    /// The audio band it carries, in kHz: what the kith side's encoder is capped at.
+    pub fn band_khz(self) -> u8 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => crate::g711::BAND_KHZ,
+            // Opus's wideband (SILK at 16 kHz): G.722 carries up to 7 kHz.
+            Codec::G722 => 8,
         }
     }
 
@@ -33,6 +58,7 @@ impl Codec {
         match (name.to_ascii_uppercase().as_str(), clock) {
             ("PCMU", 8000) => Some(Codec::Pcmu),
             ("PCMA", 8000) => Some(Codec::Pcma),
+            ("G722", 8000) => Some(Codec::G722),
             _ => None,
         }
     }
@@ -41,6 +67,7 @@ impl Codec {
         match pt {
             0 => Some(Codec::Pcmu),
             8 => Some(Codec::Pcma),
+            9 => Some(Codec::G722),
             _ => None,
         }
     }
@@ -67,7 +94,7 @@ pub struct Negotiated {
 pub enum SdpError {
     #[error("the SDP has no audio stream over plain RTP (RTP/AVP)")]
     NoAudio,
-    #[error("no codec in common: the gateway speaks PCMU and PCMA")]
+    #[error("no codec in common: the gateway speaks G722, PCMU and PCMA")]
     NoCodec,
     #[error("the SDP gives no address for the audio")]
     NoAddress,
@@ -204,5 +231,29 @@ mod tests {
         assert_eq!(negotiate(&parse(video).unwrap()), Err(SdpError::NoAudio));
         let g729 = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\n";
         assert_eq!(negotiate(&parse(g729).unwrap()), Err(SdpError::NoCodec));
+        // A wideband phone: G.722 by its static number or by name, its RTP clock 8000.
+        for m in [
+            "m=audio 4000 RTP/AVP 9 0",
+            "m=audio 4000 RTP/AVP 9 0\r\na=rtpmap:9 G722/8000",
+        ] {
+            let g722 = format!(
+                "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n{m}\r\n"
+            );
+            let n = negotiate(&parse(&g722).unwrap()).unwrap();
+            assert_eq!((n.codec, n.payload_type), (Codec::G722, 9));
+            assert_eq!((n.codec.sample_rate(), n.codec.band_khz()), (16_000, 8));
+        }
+        let ours = describe(
+            "127.0.0.1".parse().unwrap(),
+            30000,
+            &OFFER,
+            1,
+            1,
+            "sendrecv",
+        );
+        assert!(
+            ours.contains("RTP/AVP 9 0 8 101") && ours.contains("a=rtpmap:9 G722/8000"),
+            "{ours}"
+        );
     }
 }

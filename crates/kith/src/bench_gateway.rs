@@ -346,10 +346,7 @@ fn step(
         let phone = far.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))?;
         let phone_addr = phone.local_addr()?;
         // The gateway's side of the call: the kith media loop bridged to the SIP leg.
-        let bridge = Bridge {
-            band_khz: Some(g711::BAND_KHZ),
-            ..Default::default()
-        };
+        let bridge = Bridge::with_band(g711::BAND_KHZ);
         let (keys_tx, _keys_rx) = tokio::sync::mpsc::channel(4);
         let conn = gw_conn.clone();
         let (media, leg, leg_addr) = gw.block_on(async {

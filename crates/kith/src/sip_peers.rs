@@ -321,6 +321,43 @@ pub fn phone_answering(
     dial: Option<&str>,
     answer: &str,
 ) -> anyhow::Result<(Peer, PathBuf)> {
+    baresip(dir, registrar, user, port, wav, dial, (answer, "g711.so"))
+}
+
+/// A wideband [`phone`]: it speaks G.722 first (then G.711), and says `wav` (16 kHz).
+pub fn wideband_phone(
+    dir: &Path,
+    registrar: &str,
+    user: &str,
+    port: u16,
+    wav: &Path,
+) -> anyhow::Result<(Peer, PathBuf)> {
+    baresip(
+        dir,
+        registrar,
+        user,
+        port,
+        wav,
+        None,
+        ("auto", "g722.so\nmodule g711.so"),
+    )
+}
+
+/// A baresip phone; `(answer, codecs)`: its answer mode and its codec modules in order of preference.
+fn baresip(
+    dir: &Path,
+    registrar: &str,
+    user: &str,
+    port: u16,
+    wav: &Path,
+    dial: Option<&str>,
+    (answer, codecs): (&str, &str),
+) -> anyhow::Result<(Peer, PathBuf)> {
+    let rate = if codecs.starts_with("g722") {
+        16_000
+    } else {
+        8000
+    };
     let home = dir.join(user);
     let rec = home.join("rec");
     std::fs::create_dir_all(&rec)?;
@@ -338,8 +375,8 @@ pub fn phone_answering(
         format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
              dns_server 127.0.0.1:53\naudio_player alsa,null\naudio_alert alsa,null\n\
-             audio_source aufile,{}\nausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\n\
-             auplay_channels 1\nrtp_ports {}-{}\nmodule_path {modules}\nmodule g711.so\n\
+             audio_source aufile,{}\nausrc_srate {rate}\nauplay_srate {rate}\nausrc_channels 1\n\
+             auplay_channels 1\nrtp_ports {}-{}\nmodule_path {modules}\nmodule {codecs}\n\
              module aufile.so\nmodule alsa.so\nmodule sndfile.so\nmodule stdio.so\nmodule_tmp uuid.so\n\
              module_tmp account.so\nmodule_app menu.so\nsnd_path {}\n",
             wav.display(),
@@ -364,12 +401,18 @@ pub fn phone_answering(
 
 /// A 48 kHz mono WAV resampled to 8 kHz (for the phones), through the gateway's own filter.
 pub fn to_8k(from: &Path, to: &Path) -> anyhow::Result<()> {
+    to_rate(from, to, 8000)
+}
+
+/// A 48 kHz mono WAV resampled to `rate` (8000 or 16000), through the gateway's own filter.
+pub fn to_rate(from: &Path, to: &Path, rate: u32) -> anyhow::Result<()> {
     let samples = read_wav(from)?;
-    let mut down = kith_gateway::resample::Down::default();
+    let f = kith_gateway::resample::factor_for(rate);
+    let mut down = kith_gateway::resample::Down::new(f);
     let mut out = vec![];
-    let whole = samples.len() / 6 * 6;
+    let whole = samples.len() / f * f;
     down.process(&samples[..whole], &mut out);
-    write_wav(to, 8000, &out)
+    write_wav(to, rate, &out)
 }
 
 pub fn to_48k(samples: &[i16]) -> Vec<i16> {
@@ -405,7 +448,11 @@ pub fn phone_heard(rec: &Path) -> anyhow::Result<Vec<i16>> {
         .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
         .max()
         .context("the phone recorded nothing")?;
-    Ok(to_48k(&read_wav(&dump)?))
+    let rate = hound::WavReader::open(&dump)?.spec().sample_rate;
+    let mut up = kith_gateway::resample::Up::new(kith_gateway::resample::factor_for(rate));
+    let mut out = vec![];
+    up.process(&read_wav(&dump)?, &mut out);
+    Ok(out)
 }
 
 /// example.org on this machine (a DNSSEC-signed zone and an HTTPS document, `kith_org::lab`) publishing

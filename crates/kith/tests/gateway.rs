@@ -10,8 +10,8 @@ mod speech;
 use kith::client::Watcher;
 use kith::process::{Daemon, introduce};
 use kith::sip_peers::{
-    configure_org, kamailio, linphone, phone, phone_answering, phone_heard, to_8k, to_48k,
-    write_wav,
+    configure_org, kamailio, linphone, phone, phone_answering, phone_heard, to_8k, to_48k, to_rate,
+    wideband_phone, write_wav,
 };
 use serde_json::{Value, json};
 use speech::{read_wav, windowed_ncc};
@@ -63,6 +63,7 @@ fn gateway_toml(dir: &Path) -> PathBuf {
             ("desk", &format!("sip:desk@{KAMAILIO}")),
             ("gone", &format!("sip:nobody@{KAMAILIO}")),
             ("linphone", "sip:linphone@127.0.0.1:5084"),
+            ("wide", &format!("sip:wide@{KAMAILIO}")),
         ],
         &[("200", "alice")],
     )
@@ -355,6 +356,66 @@ async fn keys_hangups_and_refusals() {
     caller.wait_for("603", Duration::from_secs(10)).unwrap();
     drop((caller, desk, support, kam));
     done();
+}
+
+/// A wideband phone: baresip speaking G.722 first. The gateway offers G.722, the phone takes it, and speech
+/// comes through both ways at 16 kHz on the SIP side (the kith side's encoder capped at wideband).
+#[test]
+fn a_wideband_phone_speaks_g722_through_the_gateway() {
+    const TEST: &str = "a_wideband_phone_speaks_g722_through_the_gateway";
+    if !inside_a_namespace(TEST) {
+        return;
+    }
+    block_on(wideband());
+    done();
+}
+
+async fn wideband() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a48, b48) = (data("speech-a.wav"), data("speech-b.wav"));
+    let b16 = d.join("speech-b-16k.wav");
+    to_rate(&b48, &b16, 16_000).unwrap();
+    let kam = kamailio(d, KAMAILIO, GATEWAY).unwrap();
+    let (wide, wide_rec) = wideband_phone(d, KAMAILIO, "wide", 5086, &b16).unwrap();
+    wide.wait_for("[1 binding]", Duration::from_secs(30))
+        .unwrap();
+    let (mut gw, _) =
+        Daemon::init_gateway(exe(), &d.join("gw"), "example", &gateway_toml(d)).unwrap();
+    gw.start().await.unwrap();
+    let alice = Daemon::spawn(exe(), &d.join("alice"), "alice", None, vec![])
+        .await
+        .unwrap();
+    introduce(&alice, &gw).await.unwrap();
+    let wa = alice.watcher().await.unwrap();
+    let heard = d.join("alice-heard.wav");
+    let call = alice
+        .client()
+        .post(
+            "/v1/calls",
+            json!({ "to": "example", "service": "wide", "input": { "wav": a48 }, "record_wav": heard }),
+        )
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(&wa, "call_answered", Some(&call), 30).await;
+    let end = wait_event(&wa, "call_ended", Some(&call), 30).await;
+    assert_eq!(end["outcome"], "completed", "{end}");
+    let (to_kith, _) = windowed_ncc(&read_wav(&b48), &read_wav(&heard));
+    let (to_phone, _) = windowed_ncc(&read_wav(&a48), &phone_heard(&wide_rec).unwrap());
+    println!("kith -> G.722 phone: {to_phone:.3}; G.722 phone -> kith: {to_kith:.3}");
+    let phone_log = std::fs::read_to_string(&wide.log).unwrap_or_default();
+    // baresip names the codec it set for each direction once the SDP was agreed.
+    assert!(
+        phone_log.contains("Set audio encoder: G722 16000Hz")
+            && phone_log.contains("Set audio decoder: G722 16000Hz"),
+        "the phone did not speak G.722:\n{phone_log}"
+    );
+    assert!(to_phone >= 0.9, "the phone heard alice at {to_phone:.3}");
+    assert!(to_kith >= 0.9, "alice heard the phone at {to_kith:.3}");
+    drop((wide, kam));
 }
 
 /// A second SIP implementation: linphonec (liblinphone) takes a kith caller's call through the gateway,

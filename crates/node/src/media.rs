@@ -52,10 +52,26 @@ pub struct Bridge {
     pub frame_in: Arc<tokio::sync::Notify>,
     /// The call put a frame into `from_call`.
     pub frame_out: Arc<tokio::sync::Notify>,
-    /// The audio band the other side carries, in kHz (`None`: full band). The call's encoder is capped at
-    /// it: nothing above it is in the audio, and a narrower band costs the encoder less (narrowband Opus
-    /// about half of fullband's CPU here, BENCHMARKS.md).
-    pub band_khz: Option<u8>,
+    /// The audio band the other side carries, in kHz (0: full band). The call's encoder is capped at it:
+    /// nothing above it is in the audio, and a narrower band costs the encoder less (narrowband Opus about
+    /// half of fullband's CPU here, BENCHMARKS.md). The other side may change it during the call (a SIP
+    /// phone's codec, agreed or changed after the call's media started): it is read every frame.
+    pub band_khz: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Bridge {
+    /// A bridge whose other side carries `khz` of audio band.
+    pub fn with_band(khz: u8) -> Self {
+        let b = Self::default();
+        b.set_band(khz);
+        b
+    }
+
+    /// The other side now carries `khz` (0: full band).
+    pub fn set_band(&self, khz: u8) {
+        self.band_khz
+            .store(khz, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl PartialEq for Bridge {
@@ -380,13 +396,12 @@ pub fn start(
     // Discontinuous transmission: in a pause only a frame every 400 ms goes out, for the peer's comfort
     // noise; the peer's jitter buffer tells frames not sent from lost ones by the sequence numbers.
     enc.set_dtx(true).map_err(|e| e.to_string())?;
-    if let Some(AudioInput::Bridge(Bridge {
-        band_khz: Some(khz),
-        ..
-    })) = &options.input
-    {
-        enc.set_max_bandwidth_khz(*khz).map_err(|e| e.to_string())?;
-    }
+    // A bridge's band, applied before the first frame and whenever the other side changes it.
+    let band = match &options.input {
+        Some(AudioInput::Bridge(b)) => Some(b.band_khz.clone()),
+        _ => None,
+    };
+    let mut band_applied = 0u8;
     let mut dec = OpusDecoder::new(frame_ms).map_err(|e| e.to_string())?;
     let frame = codec::frame_samples(frame_ms);
     let frame_dur = Duration::from_millis(u64::from(frame_ms));
@@ -629,6 +644,16 @@ pub fn start(
                     }
                     let this = frame_no;
                     frame_no = frame_no.wrapping_add(1);
+                    if let Some(b) = &band {
+                        let khz = b.load(std::sync::atomic::Ordering::Relaxed);
+                        if khz != band_applied {
+                            band_applied = khz;
+                            let cap = if khz == 0 { 20 } else { khz };
+                            if let Err(e) = enc.set_max_bandwidth_khz(cap) {
+                                tracing::warn!(error = %e, "cannot cap the encoder's band");
+                            }
+                        }
+                    }
                     match enc.encode(&pcm) {
                         // A pause: nothing to send (the peer plays comfort noise).
                         Ok(payload) if codec::is_dtx(&payload) => not_sent += 1,
