@@ -1,6 +1,7 @@
 //! What the gateway reads from the SIP side: SIP datagrams (ezk's parse path for a UDP message: message
 //! line, header lines, then the typed headers every transaction reads), SDP offers and answers, RTP
-//! packets and telephone events, and `gateway.toml`. The first byte picks the parser.
+//! packets (their payload decoded as each of the leg's codecs: G.722, PCMU, PCMA) and telephone events, and
+//! `gateway.toml`. The first byte picks the parser.
 //!
 //! Invariants: nothing panics; an RTP packet that parses encodes back to a packet that parses to the same
 //! header and payload; a telephone event round-trips; what SDP negotiation accepts names a codec the
@@ -50,7 +51,7 @@ fn seeds() -> Vec<Vec<u8>> {
     let offer = sdp::describe(
         "127.0.0.1".parse().unwrap(),
         30000,
-        &[sdp::Codec::Pcmu, sdp::Codec::Pcma],
+        &sdp::OFFER,
         1,
         1,
         "sendrecv",
@@ -87,7 +88,7 @@ fuzz_target!(
             let Ok(s) = sdp::parse(text) else { return };
             if let Ok(n) = sdp::negotiate(&s) {
                 assert_ne!(n.remote.port(), 0, "a stream without a port was taken");
-                assert!(matches!(n.codec, sdp::Codec::Pcmu | sdp::Codec::Pcma));
+                assert!(sdp::OFFER.contains(&n.codec));
             }
         }
         2 => {
@@ -95,6 +96,12 @@ fuzz_target!(
             let bytes = p.encode();
             let q = rtp::Packet::parse(&bytes).expect("an encoded packet parses");
             assert_eq!((q.marker, q.payload_type, q.seq, q.timestamp, q.ssrc, q.payload), (p.marker, p.payload_type, p.seq, p.timestamp, p.ssrc, p.payload));
+            // Whatever a phone sends decodes to audio of the codec's rate: two samples a byte for G.722.
+            for codec in sdp::OFFER {
+                let audio = kith_gateway::leg::decode_payload(codec, p.payload);
+                let per_byte = (codec.sample_rate() / 8000) as usize;
+                assert_eq!(audio.len(), p.payload.len() * per_byte, "{codec:?}");
+            }
         }
         3 => {
             if let Some(e) = rtp::Event::parse(rest) {

@@ -344,6 +344,12 @@ impl JitterBuffer {
     }
 }
 
+/// `payload` decoded as `codec` by a leg that has seen nothing before (for the fuzz target: what a peer's
+/// packet does to the decoder).
+pub fn decode_payload(codec: Codec, payload: &[u8]) -> Vec<i16> {
+    LegCodec::new(codec).decode(payload)
+}
+
 /// The leg's codec with its state: G.722 is ADPCM, each direction keeps its predictor (so a leg decodes
 /// its peer's packets in the order they came, and encodes its own in order).
 struct LegCodec {
