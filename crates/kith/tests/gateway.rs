@@ -42,6 +42,37 @@ fn done() {
 
 use kith::sip_peers::block_on;
 
+/// Alice calls the gateway's `service` saying `said.0` (48 kHz); the phone, saying `said.1`, answers and
+/// hangs up when its file ends. Returns the windowed correlation of what each side heard: (the phone, from
+/// its recordings in `phone_rec`; alice).
+async fn speech_to_service(
+    alice: &Daemon,
+    wa: &Watcher,
+    service: &str,
+    d: &Path,
+    said: (&Path, &Path),
+    phone_rec: &Path,
+) -> (f64, f64) {
+    let heard = d.join(format!("alice-heard-{service}.wav"));
+    let call = alice
+        .client()
+        .post(
+            "/v1/calls",
+            json!({ "to": "example", "service": service, "input": { "wav": said.0 }, "record_wav": heard }),
+        )
+        .await
+        .unwrap()["call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_event(wa, "call_answered", Some(&call), 30).await;
+    let end = wait_event(wa, "call_ended", Some(&call), 30).await;
+    assert_eq!(end["outcome"], "completed", "{end}");
+    let (to_kith, _) = windowed_ncc(&read_wav(said.1), &read_wav(&heard));
+    let (to_phone, _) = windowed_ncc(&read_wav(said.0), &phone_heard(phone_rec).unwrap());
+    (to_phone, to_kith)
+}
+
 async fn wait_event(w: &Watcher, kind: &str, call: Option<&str>, secs: u64) -> Value {
     assert!(
         w.wait_for(Duration::from_secs(secs), |w| w
@@ -114,23 +145,8 @@ async fn both_ways() {
 
     // kith -> SIP: alice calls the support service; the phone answers and hangs up when its file ends.
     let wa = alice.watcher().await.unwrap();
-    let heard = d.join("alice-heard.wav");
-    let call = alice
-        .client()
-        .post(
-            "/v1/calls",
-            json!({ "to": "example", "service": "support", "input": { "wav": a48 }, "record_wav": heard }),
-        )
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_event(&wa, "call_answered", Some(&call), 30).await;
-    let end = wait_event(&wa, "call_ended", Some(&call), 30).await;
-    assert_eq!(end["outcome"], "completed", "{end}");
-    let (to_kith, _) = windowed_ncc(&read_wav(&b48), &read_wav(&heard));
-    let (to_phone, _) = windowed_ncc(&read_wav(&a48), &phone_heard(&support_rec).unwrap());
+    let (to_phone, to_kith) =
+        speech_to_service(&alice, &wa, "support", d, (&a48, &b48), &support_rec).await;
     println!("kith -> SIP phone: {to_phone:.3}; SIP phone -> kith: {to_kith:.3}");
     assert!(to_phone >= 0.9, "the phone heard alice at {to_phone:.3}");
     assert!(to_kith >= 0.9, "alice heard the phone at {to_kith:.3}");
@@ -388,23 +404,8 @@ async fn wideband() {
         .unwrap();
     introduce(&alice, &gw).await.unwrap();
     let wa = alice.watcher().await.unwrap();
-    let heard = d.join("alice-heard.wav");
-    let call = alice
-        .client()
-        .post(
-            "/v1/calls",
-            json!({ "to": "example", "service": "wide", "input": { "wav": a48 }, "record_wav": heard }),
-        )
-        .await
-        .unwrap()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_event(&wa, "call_answered", Some(&call), 30).await;
-    let end = wait_event(&wa, "call_ended", Some(&call), 30).await;
-    assert_eq!(end["outcome"], "completed", "{end}");
-    let (to_kith, _) = windowed_ncc(&read_wav(&b48), &read_wav(&heard));
-    let (to_phone, _) = windowed_ncc(&read_wav(&a48), &phone_heard(&wide_rec).unwrap());
+    let (to_phone, to_kith) =
+        speech_to_service(&alice, &wa, "wide", d, (&a48, &b48), &wide_rec).await;
     println!("kith -> G.722 phone: {to_phone:.3}; G.722 phone -> kith: {to_kith:.3}");
     let phone_log = std::fs::read_to_string(&wide.log).unwrap_or_default();
     // baresip names the codec it set for each direction once the SDP was agreed.
